@@ -1,0 +1,296 @@
+"""The interceptor chain: one gRPC server interceptor that runs our per-concern interceptors.
+
+Each concern (metrics, audit, errors, auth, RBAC, validation) is one
+:class:`Interceptor` subclass in :mod:`bhiv_core.interceptors`. :class:`ChainInterceptor` composes
+them once per method — applying :class:`Selector` skip rules at that time — and caches the result,
+so a call costs one dictionary lookup plus one coroutine frame per concern, and nothing is re-wrapped
+per request. :func:`chain_order` is the single place that declares the order (outermost first).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import MethodDescriptor
+
+from bhiv_core.runtime.errors import Unimplemented
+
+__all__ = [
+    "CallInfo",
+    "ChainInterceptor",
+    "Interceptor",
+    "PreCheckInterceptor",
+    "Selector",
+    "StreamNext",
+    "UnaryNext",
+    "chain_order",
+    "is_infrastructure",
+]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclass(slots=True)
+class CallInfo:
+    """What the chain knows about one call; each concern reads or fills its part.
+
+    Attributes:
+        method: The full method path, ``/bhiv.crm.v1.CustomerService/GetCustomer``.
+        descriptor: The method's descriptor, or None for an unknown method or a non-proto service.
+        peer: The transport peer, like ``ipv4:127.0.0.1:53312``.
+        start: ``time.perf_counter()`` at entry.
+        code: The outcome, set by the error mapper (OK on success).
+        message: The status message sent with a non-OK code.
+        resource: The resource name the call addresses, when known.
+        principal: The authenticated principal, set by auth.
+        extra: Free slots for concerns (trace id, and the like).
+    """
+
+    method: str
+    descriptor: MethodDescriptor | None
+    peer: str
+    start: float
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""
+    resource: str = ""
+    principal: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mutating(self) -> bool:
+        """True unless the contract marks the method ``NO_SIDE_EFFECTS``."""
+        if self.descriptor is None:
+            return False
+        return bool(self.descriptor.GetOptions().idempotency_level != 1)
+
+
+UnaryNext = Callable[[CallInfo, Any, Context], Awaitable[Any]]
+StreamNext = Callable[[CallInfo, Any, Context], AsyncIterator[Any]]
+
+
+class Interceptor:
+    """One concern of the chain. The defaults pass the call through untouched."""
+
+    async def intercept_unary(self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext) -> Any:
+        """Handles a call with a single response; must await ``proceed`` to continue the chain."""
+        return await proceed(call, request, context)
+
+    def intercept_stream(
+        self, call: CallInfo, request: Any, context: Context, proceed: StreamNext
+    ) -> AsyncIterator[Any]:
+        """Handles a call with a streamed response; returns the (wrapped) response iterator."""
+        return proceed(call, request, context)
+
+
+class PreCheckInterceptor(Interceptor):
+    """A concern that only checks before the handler runs (auth, RBAC, validation)."""
+
+    async def check(self, call: CallInfo, request: Any, context: Context) -> None:
+        """Raises a :class:`~bhiv_core.runtime.errors.BhivError` to refuse the call."""
+
+    async def intercept_unary(self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext) -> Any:
+        """Checks, then continues."""
+        await self.check(call, request, context)
+        return await proceed(call, request, context)
+
+    async def intercept_stream(
+        self, call: CallInfo, request: Any, context: Context, proceed: StreamNext
+    ) -> AsyncIterator[Any]:
+        """Checks, then streams."""
+        await self.check(call, request, context)
+        async for item in proceed(call, request, context):
+            yield item
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """Applies ``inner`` only to methods for which ``match(method)`` is true.
+
+    Evaluated once per method when the chain is composed, not per call.
+    """
+
+    inner: Interceptor
+    match: Callable[[str], bool]
+
+
+def is_infrastructure(method: str) -> bool:
+    """True for the health and reflection services, which bypass authentication."""
+    return method.startswith(("/grpc.health.v1.Health/", "/grpc.reflection."))
+
+
+def chain_order(
+    *,
+    observability: Sequence[Interceptor] = (),
+    audit: Interceptor | None = None,
+    errors: Interceptor,
+    auth: Interceptor | None = None,
+    rbac: Interceptor | None = None,
+    validation: Interceptor | None = None,
+) -> list[Interceptor | Selector]:
+    """Returns the chain in its one declared order, outermost first.
+
+    tracing/metrics → audit + request log → error mapper → auth → RBAC → validation → handler.
+    Audit and metrics sit outside the error mapper so they see the final status of every call,
+    denials included. Auth and RBAC skip health and reflection.
+    """
+    chain: list[Interceptor | Selector] = [*observability]
+    if audit is not None:
+        chain.append(audit)
+    chain.append(errors)
+    for concern in (auth, rbac):
+        if concern is not None:
+            chain.append(Selector(concern, lambda m: not is_infrastructure(m)))
+    if validation is not None:
+        chain.append(validation)
+    return chain
+
+
+def _method_descriptor(method: str) -> MethodDescriptor | None:
+    service, _, name = method.lstrip("/").rpartition("/")
+    try:
+        return descriptor_pool.Default().FindMethodByName(f"{service}.{name}")
+    except KeyError:
+        return None
+
+
+def _bind_unary(interceptor: Interceptor, proceed: UnaryNext) -> UnaryNext:
+    intercept = interceptor.intercept_unary
+
+    async def layer(call: CallInfo, request: Any, context: Context) -> Any:
+        return await intercept(call, request, context, proceed)
+
+    return layer
+
+
+def _bind_stream(interceptor: Interceptor, proceed: StreamNext) -> StreamNext:
+    intercept = interceptor.intercept_stream
+
+    def layer(call: CallInfo, request: Any, context: Context) -> AsyncIterator[Any]:
+        return intercept(call, request, context, proceed)
+
+    return layer
+
+
+def _as_async_iterator(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    """Adapts a streaming behavior that writes with ``context.write`` (like grpcio's aio health
+    ``Watch``) to the async-iterator form the chain composes."""
+    if inspect.isasyncgenfunction(behavior):
+        return behavior
+
+    async def adapted(request: Any, context: Context) -> AsyncIterator[Any]:
+        result = behavior(request, context)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is not None:
+            async for item in result:
+                yield item
+
+    return adapted
+
+
+async def _unknown_method(request: bytes, context: Context) -> bytes:
+    raise Unimplemented("unknown method: no service of this server implements it", reason="UNKNOWN_METHOD")
+
+
+_UNKNOWN_HANDLER = grpc.unary_unary_rpc_method_handler(_unknown_method)
+
+
+class ChainInterceptor(grpc.aio.ServerInterceptor):
+    """The one gRPC interceptor of a server: runs the composed concerns around each handler.
+
+    Unknown methods also pass through the chain (as UNIMPLEMENTED), so scanning is audited too.
+    """
+
+    def __init__(self, chain: Sequence[Interceptor | Selector]):
+        self._chain = tuple(chain)
+        self._cache: dict[str, grpc.RpcMethodHandler] = {}
+
+    def concerns_for(self, method: str) -> list[Interceptor]:
+        """The concerns that apply to ``method``, outermost first."""
+        out: list[Interceptor] = []
+        for item in self._chain:
+            if isinstance(item, Selector):
+                if item.match(method):
+                    out.append(item.inner)
+            else:
+                out.append(item)
+        return out
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """Returns the cached composed handler for the method, composing it on first use."""
+        method: str = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            # Not cached: callers choose unknown names, and the cache must stay bounded.
+            return self._wrap(method, _UNKNOWN_HANDLER)
+        wrapped = self._wrap(method, handler)
+        self._cache[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        concerns = self.concerns_for(method)
+        descriptor = _method_descriptor(method)
+        if handler.response_streaming:
+            behavior = _as_async_iterator(handler.unary_stream or handler.stream_stream)
+
+            def stream_terminal(call: CallInfo, request: Any, context: Context) -> AsyncIterator[Any]:
+                return behavior(request, context)  # type: ignore[no-any-return]
+
+            stream_next: StreamNext = stream_terminal
+            for concern in reversed(concerns):
+                stream_next = _bind_stream(concern, stream_next)
+            composed_stream = stream_next
+
+            async def stream_entry(request: Any, context: Context) -> AsyncIterator[Any]:
+                call = CallInfo(method, descriptor, context.peer(), time.perf_counter())
+                async for item in composed_stream(call, request, context):
+                    yield item
+
+            factory = (
+                grpc.unary_stream_rpc_method_handler
+                if not handler.request_streaming
+                else grpc.stream_stream_rpc_method_handler
+            )
+            return factory(
+                stream_entry,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        unary_behavior = handler.unary_unary or handler.stream_unary
+
+        async def unary_terminal(call: CallInfo, request: Any, context: Context) -> Any:
+            return await unary_behavior(request, context)
+
+        unary_next: UnaryNext = unary_terminal
+        for concern in reversed(concerns):
+            unary_next = _bind_unary(concern, unary_next)
+        composed_unary = unary_next
+
+        async def unary_entry(request: Any, context: Context) -> Any:
+            call = CallInfo(method, descriptor, context.peer(), time.perf_counter())
+            return await composed_unary(call, request, context)
+
+        unary_factory = (
+            grpc.unary_unary_rpc_method_handler
+            if not handler.request_streaming
+            else grpc.stream_unary_rpc_method_handler
+        )
+        return unary_factory(
+            unary_entry,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

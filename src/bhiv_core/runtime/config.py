@@ -1,0 +1,181 @@
+"""Configuration, read once at start from the environment and an optional TOML file.
+
+Every setting has an environment name ``BHIV_<NAME>``; a TOML file named by ``BHIV_CONFIG_FILE``
+may set the same keys in lower case without the prefix (``crm_port = 6000``). The environment wins.
+A bad or missing value fails fast with a :class:`ConfigError` that names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from bhiv_core.registry import SERVICES, by_name
+
+__all__ = ["ConfigError", "RuntimeConfig", "Settings", "load_config"]
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it."""
+
+
+class Settings:
+    """Raw settings: the environment over the optional TOML file, with typed getters.
+
+    Args:
+        env: The environment (defaults to ``os.environ``).
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None):
+        env = dict(os.environ if env is None else env)
+        values: dict[str, str] = {}
+        path = env.get("BHIV_CONFIG_FILE")
+        if path:
+            try:
+                data = tomllib.loads(Path(path).read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"BHIV_CONFIG_FILE={path}: cannot read: {exc}") from exc
+            for key, value in data.items():
+                values[f"BHIV_{key.upper()}"] = str(value)
+        values.update({k: v for k, v in env.items() if k.startswith("BHIV_")})
+        self._values = values
+
+    def raw(self, name: str) -> str | None:
+        """Returns the setting ``BHIV_<name>`` as a string, or None when unset or empty."""
+        value = self._values.get(f"BHIV_{name}")
+        return value if value not in (None, "") else None
+
+    def get(self, name: str, default: T, parse: Callable[[str], T], what: str) -> T:
+        """Returns the parsed setting, or ``default``; ``what`` describes a valid value for errors."""
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        try:
+            return parse(raw)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"BHIV_{name} must be {what}, got {raw!r}") from exc
+
+    def port(self, name: str, default: int) -> int:
+        """Returns a TCP port setting (0 means any free port)."""
+
+        def parse(raw: str) -> int:
+            port = int(raw)
+            if not 0 <= port <= 65535:
+                raise ValueError(raw)
+            return port
+
+        return self.get(name, default, parse, "a port number 0-65535")
+
+    def positive_int(self, name: str, default: int) -> int:
+        """Returns an integer setting that must be at least 1."""
+
+        def parse(raw: str) -> int:
+            value = int(raw)
+            if value < 1:
+                raise ValueError(raw)
+            return value
+
+        return self.get(name, default, parse, "an integer >= 1")
+
+    def positive_float(self, name: str, default: float) -> float:
+        """Returns a number setting that must be greater than 0."""
+
+        def parse(raw: str) -> float:
+            value = float(raw)
+            if value <= 0:
+                raise ValueError(raw)
+            return value
+
+        return self.get(name, default, parse, "a number > 0")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        """Returns a setting that must be one of ``choices`` (case-insensitive)."""
+
+        def parse(raw: str) -> str:
+            value = raw.lower()
+            if value not in choices:
+                raise ValueError(raw)
+            return value
+
+        return self.get(name, default, parse, "one of " + ", ".join(choices))
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """What the shared runtime needs to run one service.
+
+    Attributes:
+        service: The registry name of the service.
+        host: The address to bind (``BHIV_HOST``, default 127.0.0.1).
+        port: The gRPC port (``BHIV_<SERVICE>_PORT``).
+        metrics_port: The Prometheus port (``BHIV_<SERVICE>_METRICS_PORT``; 0 disables).
+        data_dir: Where embedded stores keep their files (``BHIV_DATA_DIR``, default ``.data``).
+        workers: Processes sharing the port (``BHIV_<SERVICE>_WORKERS``, default 1).
+        max_message_bytes: Largest request or response (``BHIV_MAX_MESSAGE_BYTES``, default 4 MiB).
+        max_concurrent_rpcs: In-flight RPCs per process before RESOURCE_EXHAUSTED
+            (``BHIV_MAX_CONCURRENT_RPCS``, default 1000).
+        grace_seconds: How long in-flight calls may drain on shutdown (``BHIV_GRACE_SECONDS``, 10).
+        health_interval_seconds: How often dependency checks run (``BHIV_HEALTH_INTERVAL_SECONDS``, 5).
+        log_level: ``BHIV_LOG_LEVEL`` (debug, info, warning, error; default info).
+        log_format: ``BHIV_LOG_FORMAT`` (json or text; default json).
+        peers: The address of every service of the mesh (``BHIV_<SERVICE>_ADDR``, default
+            ``<host>:<port>``), for service-to-service calls.
+        settings: The raw settings, for service-specific options.
+    """
+
+    service: str
+    host: str
+    port: int
+    metrics_port: int
+    data_dir: Path
+    workers: int
+    max_message_bytes: int
+    max_concurrent_rpcs: int
+    grace_seconds: float
+    health_interval_seconds: float
+    log_level: str
+    log_format: str
+    peers: Mapping[str, str] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of this service."""
+        return f"{self.host}:{self.port}"
+
+
+def load_config(service: str, env: Mapping[str, str] | None = None) -> RuntimeConfig:
+    """Reads the configuration of ``service`` once; raises :class:`ConfigError` on a bad setting."""
+    try:
+        spec = by_name(service)
+    except KeyError:
+        raise ConfigError(f"unknown service {service!r}") from None
+    s = Settings(env)
+    key = service.upper()
+    host = s.raw("HOST") or "127.0.0.1"
+    peers = {}
+    for other in SERVICES:
+        port = s.port(f"{other.name.upper()}_PORT", other.port)
+        peers[other.name] = s.raw(f"{other.name.upper()}_ADDR") or f"{host}:{port}"
+    return RuntimeConfig(
+        service=service,
+        host=host,
+        port=s.port(f"{key}_PORT", spec.port),
+        metrics_port=s.port(f"{key}_METRICS_PORT", spec.metrics_port),
+        data_dir=Path(s.raw("DATA_DIR") or ".data").resolve(),
+        workers=s.positive_int(f"{key}_WORKERS", 1),
+        max_message_bytes=s.positive_int("MAX_MESSAGE_BYTES", 4 * 1024 * 1024),
+        max_concurrent_rpcs=s.positive_int("MAX_CONCURRENT_RPCS", 1000),
+        grace_seconds=s.positive_float("GRACE_SECONDS", 10.0),
+        health_interval_seconds=s.positive_float("HEALTH_INTERVAL_SECONDS", 5.0),
+        log_level=s.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+        log_format=s.choice("LOG_FORMAT", "json", ("json", "text")),
+        peers=peers,
+        settings=s,
+    )

@@ -1,0 +1,281 @@
+"""The shared service runtime: one way to build, run and stop every BHIV service.
+
+A service contributes a :class:`ServiceDefinition` (its servicers, dependency checks, start/stop
+hooks); the runtime adds everything else once: the interceptor chain, health driven by the named
+checks, reflection of the whole API, limits (message size, concurrency, keepalive enforcement),
+JSON logs, graceful shutdown on SIGTERM and, optionally, several worker processes on one port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from bhiv_core.interceptors.errors import ErrorMappingInterceptor
+from bhiv_core.interceptors.validation import ValidationInterceptor
+from bhiv_core.runtime.chain import ChainInterceptor, Interceptor, Selector, chain_order
+from bhiv_core.runtime.config import ConfigError, RuntimeConfig, load_config
+from bhiv_core.runtime.contracts import all_services
+from bhiv_core.runtime.handlers import service_handler
+from bhiv_core.runtime.logging import configure_logging
+
+__all__ = [
+    "HealthCheck",
+    "RunningService",
+    "ServiceDefinition",
+    "default_chain",
+    "serve",
+    "start_service",
+]
+
+log = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], Awaitable[None]]
+"""A named dependency check: returns when the dependency is usable, raises otherwise."""
+
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class ServiceDefinition:
+    """What one service contributes to the runtime.
+
+    Attributes:
+        name: The registry name (``crm``).
+        servicers: Each service descriptor with the object implementing its RPCs.
+        missing: What will implement the RPCs the servicers lack (for UNIMPLEMENTED messages).
+        checks: Named dependency checks that drive the health status.
+        on_start: Hooks run before the server accepts calls (open stores, and the like).
+        on_stop: Hooks run after the server stopped (close stores).
+    """
+
+    name: str
+    servicers: Sequence[tuple[ServiceDescriptor, object]]
+    missing: str = "planned for a later issue"
+    checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+    on_start: Sequence[Hook] = ()
+    on_stop: Sequence[Hook] = ()
+
+
+ChainFactory = Callable[[RuntimeConfig], Sequence[Interceptor | Selector]]
+
+
+def default_chain(config: RuntimeConfig) -> list[Interceptor | Selector]:
+    """The chain every service runs, in the order :func:`chain_order` declares."""
+    return chain_order(
+        errors=ErrorMappingInterceptor(domain=f"{config.service}.bhiv.core"),
+        validation=ValidationInterceptor(),
+    )
+
+
+def _server_options(config: RuntimeConfig) -> list[tuple[str, int]]:
+    return [
+        # Several workers share a port on purpose; otherwise a taken port must fail loudly.
+        ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        # Keepalive enforcement: clients may ping at most every 10 s, also between calls.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.keepalive_time_ms", 300_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
+
+
+class HealthMonitor:
+    """Runs the named checks and sets the health status of the server and of each service."""
+
+    def __init__(
+        self,
+        health: HealthServicer,
+        service_names: Sequence[str],
+        checks: Mapping[str, HealthCheck],
+        interval: float,
+    ):
+        self._health = health
+        self._names = ("", *service_names)
+        self._checks = dict(checks)
+        self._interval = interval
+        self.failures: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> bool:
+        """Runs every check once; returns True when all pass."""
+        failures: dict[str, str] = {}
+        for name, check in self._checks.items():
+            try:
+                await asyncio.wait_for(check(), timeout=self._interval)
+            except Exception as exc:
+                failures[name] = f"{type(exc).__name__}: {exc}"
+        if failures != self.failures:
+            if failures:
+                log.warning("health checks failing", extra={"failures": failures})
+            elif self.failures:
+                log.info("health checks passing again")
+        self.failures = failures
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if failures else health_pb2.HealthCheckResponse.SERVING
+        for name in self._names:
+            await self._health.set(name, status)
+        return not failures
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.run_once()
+
+    def start(self) -> None:
+        """Starts the periodic checks."""
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Stops the periodic checks."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+@dataclass
+class RunningService:
+    """A started service: its server, health and bound port."""
+
+    config: RuntimeConfig
+    definition: ServiceDefinition
+    server: grpc.aio.Server
+    health: HealthServicer
+    monitor: HealthMonitor
+    port: int
+
+    @property
+    def address(self) -> str:
+        """``host:port`` where the service listens."""
+        return f"{self.config.host}:{self.port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops gracefully: health goes NOT_SERVING, in-flight calls drain, then hooks run."""
+        await self.monitor.stop()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.grace_seconds if grace is None else grace)
+        for hook in self.definition.on_stop:
+            await hook()
+
+
+async def start_service(
+    config: RuntimeConfig,
+    definition: ServiceDefinition,
+    chain: ChainFactory = default_chain,
+) -> RunningService:
+    """Builds and starts the server of one service; raises ConfigError when its port is taken."""
+    for hook in definition.on_start:
+        await hook()
+    server = grpc.aio.server(
+        interceptors=[ChainInterceptor(chain(config))],
+        options=_server_options(config),
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
+    for descriptor, servicer in definition.servicers:
+        server.add_generic_rpc_handlers((service_handler(descriptor, servicer, definition.missing),))
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    # Reflection describes the whole API of the mesh, so grpcurl through the edge sees every service.
+    names = [s.full_name for s in all_services()]
+    reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
+    try:
+        port = server.add_insecure_port(f"{config.host}:{config.port}")
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"cannot listen on {config.host}:{config.port} "
+            f"(BHIV_{config.service.upper()}_PORT): the port is taken or the address is invalid"
+        ) from exc
+    monitor = HealthMonitor(
+        health,
+        [d.full_name for d, _ in definition.servicers],
+        definition.checks,
+        config.health_interval_seconds,
+    )
+    await monitor.run_once()
+    await server.start()
+    monitor.start()
+    return RunningService(config, definition, server, health, monitor, port)
+
+
+DefinitionFactory = Callable[[RuntimeConfig], ServiceDefinition]
+
+
+async def _run(config: RuntimeConfig, make_definition: DefinitionFactory) -> None:
+    running = await start_service(config, make_definition(config))
+    log.info("serving", extra={"address": running.address, "pid": os.getpid()})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_seconds": config.grace_seconds})
+    await running.stop()
+    log.info("stopped")
+
+
+def _worker(service: str, make_definition: DefinitionFactory) -> None:
+    config = load_config(service)
+    configure_logging(service, config.log_level, config.log_format)
+    asyncio.run(_run(config, make_definition))
+
+
+def _check_port_free(config: RuntimeConfig) -> None:
+    """Binds the port without SO_REUSEPORT, so a port taken by anything else fails loudly."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((config.host, config.port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {config.address} (BHIV_{config.service.upper()}_PORT): {exc.strerror}"
+            ) from exc
+
+
+def serve(service: str, make_definition: DefinitionFactory) -> None:
+    """Runs ``service`` until SIGTERM/SIGINT, in ``workers`` processes when configured."""
+    try:
+        config = load_config(service)
+        configure_logging(service, config.log_level, config.log_format)
+        if config.workers == 1:
+            asyncio.run(_run(config, make_definition))
+            return
+        if config.port == 0:
+            raise ConfigError(f"BHIV_{service.upper()}_WORKERS > 1 needs a fixed BHIV_{service.upper()}_PORT")
+        _check_port_free(config)
+    except ConfigError as exc:
+        print(f"{service}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_worker, args=(service, make_definition)) for _ in range(config.workers)]
+    for proc in workers:
+        proc.start()
+    log.info("started workers", extra={"workers": config.workers, "address": config.address})
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        for proc in workers:
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for proc in workers:
+        proc.join()

@@ -1,0 +1,32 @@
+"""Builds and serves the crm service on the shared runtime."""
+
+from __future__ import annotations
+
+from bhiv_core.runtime import server as runtime
+from bhiv_core.runtime.config import RuntimeConfig
+from bhiv_core.runtime.contracts import services_of_package
+from bhiv_core.services.crm.servicer import MISSING, CrmServicer
+
+__all__ = ["NAME", "build_server", "definition", "serve"]
+
+NAME = "crm"
+
+
+def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
+    """Returns what the crm service contributes to the runtime."""
+    servicer = CrmServicer()
+    return runtime.ServiceDefinition(
+        name=NAME,
+        servicers=[(service, servicer) for service in services_of_package("bhiv.crm.v1")],
+        missing=MISSING,
+    )
+
+
+async def build_server(config: RuntimeConfig) -> runtime.RunningService:
+    """Builds and starts the crm server."""
+    return await runtime.start_service(config, definition(config))
+
+
+def serve() -> None:
+    """Runs the crm service until SIGTERM."""
+    runtime.serve(NAME, definition)

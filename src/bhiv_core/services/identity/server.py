@@ -1,0 +1,32 @@
+"""Builds and serves the identity service on the shared runtime."""
+
+from __future__ import annotations
+
+from bhiv_core.runtime import server as runtime
+from bhiv_core.runtime.config import RuntimeConfig
+from bhiv_core.runtime.contracts import services_of_package
+from bhiv_core.services.identity.servicer import MISSING, IdentityServicer
+
+__all__ = ["NAME", "build_server", "definition", "serve"]
+
+NAME = "identity"
+
+
+def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
+    """Returns what the identity service contributes to the runtime."""
+    servicer = IdentityServicer()
+    return runtime.ServiceDefinition(
+        name=NAME,
+        servicers=[(service, servicer) for service in services_of_package("bhiv.identity.v1")],
+        missing=MISSING,
+    )
+
+
+async def build_server(config: RuntimeConfig) -> runtime.RunningService:
+    """Builds and starts the identity server."""
+    return await runtime.start_service(config, definition(config))
+
+
+def serve() -> None:
+    """Runs the identity service until SIGTERM."""
+    runtime.serve(NAME, definition)

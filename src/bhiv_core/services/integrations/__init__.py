@@ -1,0 +1,3 @@
+"""The integrations service: integrations, webhooks, external API calls and social content (``bhiv.integrations.v1``)."""
+
+__all__: list[str] = []

@@ -1,0 +1,5 @@
+"""Runs the integrations service: ``python -m bhiv_core.services.integrations``."""
+
+from bhiv_core.services.integrations.server import serve
+
+serve()

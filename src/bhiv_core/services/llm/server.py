@@ -1,0 +1,32 @@
+"""Builds and serves the llm service on the shared runtime."""
+
+from __future__ import annotations
+
+from bhiv_core.runtime import server as runtime
+from bhiv_core.runtime.config import RuntimeConfig
+from bhiv_core.runtime.contracts import services_of_package
+from bhiv_core.services.llm.servicer import MISSING, LlmServicer
+
+__all__ = ["NAME", "build_server", "definition", "serve"]
+
+NAME = "llm"
+
+
+def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
+    """Returns what the llm service contributes to the runtime."""
+    servicer = LlmServicer()
+    return runtime.ServiceDefinition(
+        name=NAME,
+        servicers=[(service, servicer) for service in services_of_package("bhiv.llm.v1")],
+        missing=MISSING,
+    )
+
+
+async def build_server(config: RuntimeConfig) -> runtime.RunningService:
+    """Builds and starts the llm server."""
+    return await runtime.start_service(config, definition(config))
+
+
+def serve() -> None:
+    """Runs the llm service until SIGTERM."""
+    runtime.serve(NAME, definition)

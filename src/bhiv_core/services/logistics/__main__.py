@@ -1,0 +1,5 @@
+"""Runs the logistics service: ``python -m bhiv_core.services.logistics``."""
+
+from bhiv_core.services.logistics.server import serve
+
+serve()

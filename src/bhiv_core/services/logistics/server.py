@@ -1,0 +1,32 @@
+"""Builds and serves the logistics service on the shared runtime."""
+
+from __future__ import annotations
+
+from bhiv_core.runtime import server as runtime
+from bhiv_core.runtime.config import RuntimeConfig
+from bhiv_core.runtime.contracts import services_of_package
+from bhiv_core.services.logistics.servicer import MISSING, LogisticsServicer
+
+__all__ = ["NAME", "build_server", "definition", "serve"]
+
+NAME = "logistics"
+
+
+def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
+    """Returns what the logistics service contributes to the runtime."""
+    servicer = LogisticsServicer()
+    return runtime.ServiceDefinition(
+        name=NAME,
+        servicers=[(service, servicer) for service in services_of_package("bhiv.logistics.v1")],
+        missing=MISSING,
+    )
+
+
+async def build_server(config: RuntimeConfig) -> runtime.RunningService:
+    """Builds and starts the logistics server."""
+    return await runtime.start_service(config, definition(config))
+
+
+def serve() -> None:
+    """Runs the logistics service until SIGTERM."""
+    runtime.serve(NAME, definition)

@@ -1,0 +1,3 @@
+"""The orchestration service: the twelve agents, tasks, workflows and the knowledge base (``bhiv.orchestration.v1``)."""
+
+__all__: list[str] = []

@@ -1,0 +1,32 @@
+"""Builds and serves the orchestration service on the shared runtime."""
+
+from __future__ import annotations
+
+from bhiv_core.runtime import server as runtime
+from bhiv_core.runtime.config import RuntimeConfig
+from bhiv_core.runtime.contracts import services_of_package
+from bhiv_core.services.orchestration.servicer import MISSING, OrchestrationServicer
+
+__all__ = ["NAME", "build_server", "definition", "serve"]
+
+NAME = "orchestration"
+
+
+def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
+    """Returns what the orchestration service contributes to the runtime."""
+    servicer = OrchestrationServicer()
+    return runtime.ServiceDefinition(
+        name=NAME,
+        servicers=[(service, servicer) for service in services_of_package("bhiv.orchestration.v1")],
+        missing=MISSING,
+    )
+
+
+async def build_server(config: RuntimeConfig) -> runtime.RunningService:
+    """Builds and starts the orchestration server."""
+    return await runtime.start_service(config, definition(config))
+
+
+def serve() -> None:
+    """Runs the orchestration service until SIGTERM."""
+    runtime.serve(NAME, definition)
