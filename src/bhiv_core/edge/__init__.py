@@ -1,0 +1,1 @@
+"""The Envoy edge: config generation, the Envoy binary, and running it."""

@@ -1,0 +1,699 @@
+"""Generates the Envoy edge's bootstrap from the registry of services, with typed Envoy API objects.
+
+The bootstrap is built from ``envoy-data-plane`` messages (so a misspelt field or a wrong type fails
+here, in Python, not at Envoy's start) and converted to proto3 JSON, which Envoy reads as it is.
+``make run``, the tests and the Kubernetes ConfigMap all go through :func:`build_bootstrap`.
+
+What the edge does, in the order a request meets it:
+
+* One listener; the HTTP connection manager speaks HTTP/2 (gRPC) and HTTP/1.1 (gRPC-web) on the same
+  port, trusts only the TCP peer (``use_remote_address``), normalises paths, rejects headers with
+  underscores, and caps buffers, streams, header sizes and idle times (Envoy's edge best practices).
+* HTTP filters: ``grpc_web`` → ``cors`` → ``local_ratelimit`` → *extra filters* → ``router``. The extra
+  filters are the seam for the JWT check and the IP-block RBAC filter; CORS comes before the rate limit
+  so preflights are answered without spending tokens.
+* Routes match the path prefix only. A ``grpc: {}`` match would make gRPC-web POSTs and CORS
+  preflights 404, because it requires ``content-type: application/grpc`` before the filters rewrite it.
+* Reflection goes to a cluster of every service (each process serves reflection for the whole API);
+  health goes to the service named in ``x-bhiv-service``, or to that same all-services cluster.
+* Admin listens on 127.0.0.1 only, whatever the listener's address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import betterproto2
+from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
+from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.cluster.v3 import (
+    CircuitBreakers,
+    CircuitBreakersThresholds,
+    Cluster,
+    ClusterCommonLbConfig,
+    ClusterDiscoveryType,
+    ClusterDnsLookupFamily,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    DataSource,
+    HeaderValue,
+    HeaderValueOption,
+    HeaderValueOptionHeaderAppendAction,
+    HealthCheck,
+    HealthCheckGrpcHealthCheck,
+    Http2ProtocolOptions,
+    HttpProtocolOptions,
+    HttpProtocolOptionsHeadersWithUnderscoresAction,
+    KeepaliveSettings,
+    Node,
+    RuntimeFractionalPercent,
+    SocketAddress,
+    SubstitutionFormatString,
+    TypedExtensionConfig,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import (
+    ClusterLoadAssignment,
+    Endpoint,
+    LbEndpoint,
+    LocalityLbEndpoints,
+)
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
+from envoy_data_plane.envoy.config.route.v3 import (
+    DirectResponseAction,
+    HeaderMatcher,
+    Route,
+    RouteAction,
+    RouteActionMaxStreamDuration,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.access_loggers.file.v3 import FileAccessLog
+from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.filters.http.cors.v3 import Cors, CorsPolicy
+from envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3 import GrpcWeb
+from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3 import LocalRateLimit
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpConnectionManagerCodecType,
+    HttpConnectionManagerInternalAddressConfig,
+    HttpConnectionManagerPathWithEscapedSlashesAction,
+    HttpFilter,
+)
+from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
+    DownstreamConnectionsConfig,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions as UpstreamHttpProtocolOptions,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher, StringMatcher
+from envoy_data_plane.envoy.type.v3 import (
+    FractionalPercent,
+    FractionalPercentDenominatorType,
+    Int64Range,
+    Percent,
+    TokenBucket,
+)
+from envoy_data_plane.google.protobuf import Any as AnyProto
+from envoy_data_plane.google.protobuf import Struct
+
+from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, ServiceSpec
+
+__all__ = [
+    "ACCESS_LOG_FORMAT",
+    "ADMIN_HOST",
+    "CORS_ALLOW_HEADERS",
+    "CORS_EXPOSE_HEADERS",
+    "DEFAULT_CORS_ALLOW_ORIGINS",
+    "HEALTH_PREFIX",
+    "REFLECTION_CLUSTER",
+    "REFLECTION_PREFIXES",
+    "SERVICE_HEADER",
+    "EdgeSettings",
+    "Upstream",
+    "build_bootstrap",
+    "build_route_config",
+    "write_bootstrap",
+]
+
+ADMIN_HOST: Final = "127.0.0.1"
+"""Admin is bound here and nowhere else: it can stop Envoy and dump its config."""
+
+REFLECTION_CLUSTER: Final = "reflection"
+"""The cluster of every upstream; serves reflection and un-addressed health checks."""
+
+SERVICE_HEADER: Final = "x-bhiv-service"
+"""A health check carrying this header (an upstream's name) is routed to that upstream."""
+
+HEALTH_PREFIX: Final = "/grpc.health.v1.Health/"
+REFLECTION_PREFIXES: Final = (
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+)
+
+DEFAULT_CORS_ALLOW_ORIGINS: Final = (r"^http://(localhost|127\.0\.0\.1)(:[0-9]+)?$",)
+"""Local development origins: ``http://localhost:*`` and ``http://127.0.0.1:*``."""
+
+CORS_ALLOW_HEADERS: Final = (
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "authorization",
+    "keep-alive",
+    "user-agent",
+    "cache-control",
+    SERVICE_HEADER,
+)
+CORS_EXPOSE_HEADERS: Final = ("grpc-status", "grpc-message", "grpc-status-details-bin")
+CORS_ALLOW_METHODS: Final = ("POST", "OPTIONS")
+
+ACCESS_LOG_FORMAT: Final[Mapping[str, str]] = {
+    "start_time": "%START_TIME%",
+    "peer": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "grpc_status": "%GRPC_STATUS%",
+    "duration_ms": "%DURATION%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+}
+"""One JSON object per request; sentinel's detection reads these field names."""
+
+# Extension names, as Envoy registers them.
+GRPC_WEB_FILTER: Final = "envoy.filters.http.grpc_web"
+CORS_FILTER: Final = "envoy.filters.http.cors"
+LOCAL_RATELIMIT_FILTER: Final = "envoy.filters.http.local_ratelimit"
+ROUTER_FILTER: Final = "envoy.filters.http.router"
+HCM_FILTER: Final = "envoy.filters.network.http_connection_manager"
+UPSTREAM_HTTP_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+MAX_CONNECTIONS_MONITOR: Final = "envoy.resource_monitors.global_downstream_max_connections"
+
+_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*$")
+_INT64_MAX: Final = 2**63 - 1
+# Edge best practice: flow control keeps at most this much per connection in Envoy's buffers.
+_BUFFER_LIMIT_BYTES: Final = 32 * 1024
+_LOOPBACK_BY_WILDCARD: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One service behind the edge.
+
+    Attributes:
+        name: The cluster name (the service's name in the registry); also the value of
+            ``x-bhiv-service`` that routes a health check to it.
+        host: An IP address or a DNS name where the service listens.
+        port: Its gRPC port.
+        route_prefix: The path prefix of its RPCs, like ``/bhiv.crm.v1.``.
+    """
+
+    name: str
+    host: str
+    port: int
+    route_prefix: str
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name) or self.name == REFLECTION_CLUSTER:
+            raise ValueError(f"invalid upstream name {self.name!r} (lower-case, not {REFLECTION_CLUSTER!r})")
+        if not self.host:
+            raise ValueError(f"upstream {self.name!r} has no host")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"upstream {self.name!r} has port {self.port} out of range")
+        if not (self.route_prefix.startswith("/") and self.route_prefix.endswith((".", "/"))):
+            raise ValueError(
+                f"upstream {self.name!r} route_prefix {self.route_prefix!r} must look like '/bhiv.crm.v1.'"
+            )
+
+    @classmethod
+    def from_spec(cls, spec: ServiceSpec, *, host: str = "127.0.0.1", port: int | None = None) -> Upstream:
+        """Returns the upstream of a registry service.
+
+        Args:
+            spec: The service, from :data:`bhiv_core.registry.SERVICES`.
+            host: Where it listens.
+            port: Its port; the registry's default when ``None``.
+        """
+        return cls(spec.name, host, spec.port if port is None else port, spec.route_prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSettings:
+    """How the edge listens and what it allows.
+
+    Attributes:
+        listen_host: The listener's address; ``0.0.0.0`` to accept from other hosts.
+        listen_port: The listener's port (gRPC and gRPC-web).
+        admin_port: The admin port, always bound to 127.0.0.1.
+        cors_allow_origins: Origins allowed to call from a browser. An entry starting with ``^`` is
+            an RE2 regex matched against the whole origin; any other entry is an exact origin.
+        rate_limit_tokens_per_fill: Tokens added to the edge-wide bucket every fill interval; also
+            the bucket's size unless ``rate_limit_max_tokens`` is set.
+        rate_limit_fill_interval_s: The fill interval in seconds (Envoy needs at least 0.05).
+        rate_limit_max_tokens: The bucket's size (the burst); ``None`` means tokens per fill.
+        access_log_path: Where the JSON-lines access log goes; ``None`` means Envoy's stdout.
+        max_request_bytes: The largest request body the edge forwards when the request declares its
+            length (gRPC-web from browsers does); equals the services' message-size limit.
+        max_request_headers_kb: The largest request header block, in KiB.
+        stream_idle_timeout_s: A stream with no traffic for this long is reset; server streams that
+            may stay silent longer must send heartbeats.
+        request_headers_timeout_s: How long a client may take to send its request headers.
+        connection_idle_timeout_s: A connection with no streams for this long is closed.
+        max_downstream_connections: The most client connections Envoy keeps open at once.
+        health_check_interval_s: How often Envoy checks each upstream with gRPC health.
+        connect_timeout_s: How long Envoy waits for a TCP connection to an upstream.
+    """
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = EDGE_PORT
+    admin_port: int = EDGE_ADMIN_PORT
+    cors_allow_origins: tuple[str, ...] = DEFAULT_CORS_ALLOW_ORIGINS
+    rate_limit_tokens_per_fill: int = 1000
+    rate_limit_fill_interval_s: float = 1.0
+    rate_limit_max_tokens: int | None = None
+    access_log_path: Path | None = None
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_request_headers_kb: int = 60
+    stream_idle_timeout_s: float = 300.0
+    request_headers_timeout_s: float = 10.0
+    connection_idle_timeout_s: float = 3600.0
+    max_downstream_connections: int = 50_000
+    health_check_interval_s: float = 5.0
+    connect_timeout_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("listen_port", "admin_port"):
+            port = getattr(self, name)
+            if not 0 < port < 65536:
+                raise ValueError(f"{name} {port} is out of range")
+        if self.listen_port == self.admin_port:
+            raise ValueError("listen_port and admin_port must differ")
+        if self.rate_limit_tokens_per_fill < 1 or (self.rate_limit_max_tokens or 1) < 1:
+            raise ValueError("the rate limit needs at least one token per fill and in the bucket")
+        if self.rate_limit_fill_interval_s < 0.05:
+            raise ValueError("rate_limit_fill_interval_s must be at least 0.05 (Envoy's minimum)")
+        if self.max_request_bytes < 1 or not 1 <= self.max_request_headers_kb <= 8192:
+            raise ValueError("max_request_bytes and max_request_headers_kb must be positive (headers ≤ 8 MiB)")
+        if not self.cors_allow_origins:
+            raise ValueError("cors_allow_origins is empty; browsers could not call the edge at all")
+
+    @property
+    def connect_host(self) -> str:
+        """The address a local client dials to reach the listener (loopback for a wildcard)."""
+        return _LOOPBACK_BY_WILDCARD.get(self.listen_host, self.listen_host)
+
+
+def build_bootstrap(
+    upstreams: Sequence[Upstream],
+    settings: EdgeSettings,
+    *,
+    extra_http_filters: Sequence[HttpFilter] = (),
+) -> dict[str, Any]:
+    """Builds the edge's Envoy bootstrap as a JSON-ready dict (proto3 JSON, proto field names).
+
+    Args:
+        upstreams: The services behind the edge; names and route prefixes must be unique.
+        settings: Listener, admin, CORS, rate-limit, log and limit settings.
+        extra_http_filters: Filters inserted after ``local_ratelimit`` and before the router, in
+            order: the seam for the JWT check and the IP-block RBAC filter.
+
+    Returns:
+        The bootstrap, ready for :func:`json.dumps`.
+
+    Raises:
+        ValueError: When ``upstreams`` is empty or repeats a name or a route prefix, or when an
+            extra filter is a router.
+    """
+    _check_upstreams(upstreams)
+    for extra in extra_http_filters:
+        if extra.name == ROUTER_FILTER:
+            raise ValueError("extra_http_filters must not contain the router; it is always last")
+    bootstrap = Bootstrap(
+        node=Node(id="bhiv-edge", cluster="bhiv-edge"),
+        admin=Admin(address=_socket_address(ADMIN_HOST, settings.admin_port)),
+        static_resources=BootstrapStaticResources(
+            listeners=[_listener(upstreams, settings, extra_http_filters)],
+            clusters=[
+                *(_cluster(upstream.name, [upstream], settings) for upstream in upstreams),
+                _cluster(REFLECTION_CLUSTER, upstreams, settings, panic_routing=False),
+            ],
+        ),
+        overload_manager=OverloadManager(
+            resource_monitors=[
+                ResourceMonitor(
+                    name=MAX_CONNECTIONS_MONITOR,
+                    typed_config=_pack(
+                        DownstreamConnectionsConfig(
+                            max_active_downstream_connections=settings.max_downstream_connections
+                        )
+                    ),
+                )
+            ]
+        ),
+    )
+    return _to_json_dict(bootstrap)
+
+
+def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) -> RouteConfiguration:
+    """Builds the route table (a typed message, so RDS can serve the same table later).
+
+    Order matters, first match wins: the request-size guard, health by ``x-bhiv-service``, health
+    and reflection to every service, then one prefix route per upstream.
+
+    Args:
+        upstreams: The services behind the edge.
+        settings: Supplies CORS origins and the request-size limit.
+
+    Returns:
+        The route configuration named ``edge``.
+    """
+    routes: list[Route] = [_oversized_request_route(settings.max_request_bytes)]
+    routes += [
+        _route(
+            f"health-{upstream.name}",
+            HEALTH_PREFIX,
+            upstream.name,
+            headers=[HeaderMatcher(name=SERVICE_HEADER, string_match=StringMatcher(exact=upstream.name))],
+        )
+        for upstream in upstreams
+    ]
+    routes.append(_route("health-any", HEALTH_PREFIX, REFLECTION_CLUSTER))
+    routes += [
+        _route(f"reflection-{prefix.split('.')[2]}", prefix, REFLECTION_CLUSTER) for prefix in REFLECTION_PREFIXES
+    ]
+    routes += [_route(upstream.name, upstream.route_prefix, upstream.name) for upstream in upstreams]
+    return RouteConfiguration(
+        name="edge",
+        virtual_hosts=[
+            VirtualHost(
+                name="bhiv",
+                domains=["*"],
+                routes=routes,
+                typed_per_filter_config={CORS_FILTER: _pack(_cors_policy(settings.cors_allow_origins))},
+            )
+        ],
+        # Route names are ours; every referenced cluster is static, so checking them costs nothing.
+        validate_clusters=True,
+    )
+
+
+def write_bootstrap(
+    path: Path,
+    upstreams: Sequence[Upstream],
+    settings: EdgeSettings,
+    *,
+    extra_http_filters: Sequence[HttpFilter] = (),
+) -> Path:
+    """Writes the bootstrap as JSON, atomically (a temporary file renamed over ``path``).
+
+    A watcher (or an Envoy reading the file) never sees a half-written config.
+
+    Args:
+        path: Where to write; the parent directory is created if needed.
+        upstreams: The services behind the edge.
+        settings: The edge settings.
+        extra_http_filters: See :func:`build_bootstrap`.
+
+    Returns:
+        ``path``.
+    """
+    text = json.dumps(build_bootstrap(upstreams, settings, extra_http_filters=extra_http_filters), indent=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
+            tmp.write(text + "\n")
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; the config holds no secret and Envoy may run as another user.
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _check_upstreams(upstreams: Sequence[Upstream]) -> None:
+    """Raises ValueError unless there is at least one upstream and names and prefixes are unique."""
+    if not upstreams:
+        raise ValueError("the edge needs at least one upstream")
+    for attribute in ("name", "route_prefix"):
+        values = [getattr(upstream, attribute) for upstream in upstreams]
+        duplicates = sorted({value for value in values if values.count(value) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate upstream {attribute}: {', '.join(duplicates)}")
+
+
+def _listener(
+    upstreams: Sequence[Upstream], settings: EdgeSettings, extra_http_filters: Sequence[HttpFilter]
+) -> Listener:
+    """The one listener: an HTTP connection manager for gRPC (h2c) and gRPC-web (HTTP/1.1)."""
+    hcm = HttpConnectionManager(
+        stat_prefix="edge",
+        codec_type=HttpConnectionManagerCodecType.AUTO,
+        route_config=build_route_config(upstreams, settings),
+        http_filters=[
+            HttpFilter(name=GRPC_WEB_FILTER, typed_config=_pack(GrpcWeb())),
+            HttpFilter(name=CORS_FILTER, typed_config=_pack(Cors())),
+            HttpFilter(name=LOCAL_RATELIMIT_FILTER, typed_config=_pack(_local_rate_limit(settings))),
+            *extra_http_filters,
+            HttpFilter(name=ROUTER_FILTER, typed_config=_pack(Router(suppress_envoy_headers=True))),
+        ],
+        access_log=[_access_log(settings.access_log_path)],
+        # The edge is the first hop: the TCP peer is the client, and a client's own
+        # x-forwarded-for or x-request-id is not trusted.
+        use_remote_address=True,
+        # Nothing outside is "internal": without this, RFC 1918 peers would get x-envoy-internal.
+        internal_address_config=HttpConnectionManagerInternalAddressConfig(cidr_ranges=[]),
+        normalize_path=True,
+        merge_slashes=True,
+        # No gRPC method path contains an escaped slash; one is a probe for a routing bypass.
+        path_with_escaped_slashes_action=HttpConnectionManagerPathWithEscapedSlashesAction.REJECT_REQUEST,
+        common_http_protocol_options=HttpProtocolOptions(
+            idle_timeout=_seconds(settings.connection_idle_timeout_s),
+            headers_with_underscores_action=HttpProtocolOptionsHeadersWithUnderscoresAction.REJECT_REQUEST,
+        ),
+        http2_protocol_options=Http2ProtocolOptions(
+            max_concurrent_streams=100,
+            initial_stream_window_size=64 * 1024,
+            initial_connection_window_size=1024 * 1024,
+        ),
+        max_request_headers_kb=settings.max_request_headers_kb,
+        stream_idle_timeout=_seconds(settings.stream_idle_timeout_s),
+        request_headers_timeout=_seconds(settings.request_headers_timeout_s),
+        # No request_timeout: it bounds the whole request body and would cut client streams.
+        server_name="bhiv-edge",
+        always_set_request_id_in_response=True,
+    )
+    return Listener(
+        name="edge",
+        address=_socket_address(settings.listen_host, settings.listen_port),
+        per_connection_buffer_limit_bytes=_BUFFER_LIMIT_BYTES,
+        # A port clash must fail loudly instead of two Envoys sharing the port.
+        enable_reuse_port=False,
+        filter_chains=[FilterChain(filters=[Filter(name=HCM_FILTER, typed_config=_pack(hcm))])],
+    )
+
+
+def _local_rate_limit(settings: EdgeSettings) -> LocalRateLimit:
+    """One edge-wide token bucket; gRPC callers over it get RESOURCE_EXHAUSTED, gRPC-web HTTP 429."""
+    everyone = RuntimeFractionalPercent(
+        default_value=FractionalPercent(numerator=100, denominator=FractionalPercentDenominatorType.HUNDRED),
+    )
+    return LocalRateLimit(
+        stat_prefix="edge_rate_limit",
+        token_bucket=TokenBucket(
+            max_tokens=settings.rate_limit_max_tokens or settings.rate_limit_tokens_per_fill,
+            tokens_per_fill=settings.rate_limit_tokens_per_fill,
+            fill_interval=_seconds(settings.rate_limit_fill_interval_s),
+        ),
+        # Both default to 0 %: without them the filter is configured but never limits anything.
+        filter_enabled=everyone,
+        filter_enforced=everyone,
+        # Envoy's default for gRPC is UNAVAILABLE, which clients treat as retryable.
+        rate_limited_as_resource_exhausted=True,
+        response_headers_to_add=[
+            HeaderValueOption(
+                header=HeaderValue(key="x-bhiv-rate-limited", value="edge"),
+                append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        ],
+    )
+
+
+def _cors_policy(origins: Sequence[str]) -> CorsPolicy:
+    """The browsers' policy: gRPC-web POSTs from the allowed origins, gRPC status readable."""
+    return CorsPolicy(
+        allow_origin_string_match=[_origin_matcher(origin) for origin in origins],
+        allow_methods=",".join(CORS_ALLOW_METHODS),
+        allow_headers=",".join(CORS_ALLOW_HEADERS),
+        expose_headers=",".join(CORS_EXPOSE_HEADERS),
+        max_age="7200",
+        # Preflights from other origins are answered here; gRPC servers cannot answer OPTIONS.
+        forward_not_matching_preflights=False,
+    )
+
+
+def _origin_matcher(origin: str) -> StringMatcher:
+    """An exact matcher, or a regex one for an entry starting with ``^``."""
+    if origin.startswith("^"):
+        return StringMatcher(safe_regex=RegexMatcher(regex=origin))
+    return StringMatcher(exact=origin)
+
+
+def _route(name: str, prefix: str, cluster: str, *, headers: Sequence[HeaderMatcher] = ()) -> Route:
+    """A prefix route to ``cluster`` with no route timeout, bounded by the client's grpc-timeout."""
+    return Route(
+        name=name,
+        # Prefix only: a `grpc: {}` match would turn gRPC-web POSTs and CORS preflights into 404s.
+        match=RouteMatch(prefix=prefix, headers=list(headers)),
+        route=RouteAction(
+            cluster=cluster,
+            # 0 disables the route timeout, so server streams live as long as the client wants.
+            timeout=timedelta(0),
+            # The client's grpc-timeout becomes the stream's deadline (0 = no cap on it).
+            max_stream_duration=RouteActionMaxStreamDuration(grpc_timeout_header_max=timedelta(0)),
+        ),
+    )
+
+
+def _oversized_request_route(max_request_bytes: int) -> Route:
+    """Refuses a request whose content-length exceeds the limit, without buffering anything.
+
+    gRPC-web from a browser always declares its length. gRPC over HTTP/2 usually does not; those
+    bodies stream through under flow control (never more than the buffer limit in Envoy) and the
+    services enforce the same limit per message. A gRPC caller sees RESOURCE_EXHAUSTED (set here,
+    since Envoy would map HTTP 413 to UNKNOWN); others see HTTP 413.
+    """
+    return Route(
+        name="request-too-large",
+        match=RouteMatch(
+            prefix="/",
+            headers=[
+                HeaderMatcher(
+                    name="content-length", range_match=Int64Range(start=max_request_bytes + 1, end=_INT64_MAX)
+                )
+            ],
+        ),
+        direct_response=DirectResponseAction(
+            status=413, body=DataSource(inline_string=f"request larger than {max_request_bytes} bytes")
+        ),
+        response_headers_to_add=[
+            HeaderValueOption(
+                header=HeaderValue(key="grpc-status", value="8"),
+                append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        ],
+    )
+
+
+def _cluster(
+    name: str, upstreams: Sequence[Upstream], settings: EdgeSettings, *, panic_routing: bool = True
+) -> Cluster:
+    """A cluster over ``upstreams`` speaking HTTP/2 (h2c), health-checked with gRPC health.
+
+    Args:
+        name: The cluster's name.
+        upstreams: Its endpoints.
+        settings: Timeouts and the health-check interval.
+        panic_routing: Whether to spread load over all hosts when most are unhealthy (Envoy's
+            default). Off for the all-services cluster: a dead service there must be skipped, since
+            any live one can answer.
+    """
+    all_ips = all(_is_ip(upstream.host) for upstream in upstreams)
+    interval = _seconds(settings.health_check_interval_s)
+    return Cluster(
+        name=name,
+        type=ClusterDiscoveryType.STATIC if all_ips else ClusterDiscoveryType.STRICT_DNS,
+        dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
+        connect_timeout=_seconds(settings.connect_timeout_s),
+        per_connection_buffer_limit_bytes=_BUFFER_LIMIT_BYTES,
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[
+                LocalityLbEndpoints(
+                    lb_endpoints=[
+                        LbEndpoint(endpoint=Endpoint(address=_socket_address(upstream.host, upstream.port)))
+                        for upstream in upstreams
+                    ]
+                )
+            ],
+        ),
+        typed_extension_protocol_options={
+            UPSTREAM_HTTP_OPTIONS: _pack(
+                UpstreamHttpProtocolOptions(
+                    explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                        http2_protocol_options=Http2ProtocolOptions(
+                            # Finds a dead service process behind a silent connection.
+                            connection_keepalive=KeepaliveSettings(
+                                interval=timedelta(seconds=30), timeout=timedelta(seconds=5)
+                            ),
+                        )
+                    )
+                )
+            )
+        },
+        circuit_breakers=CircuitBreakers(
+            thresholds=[
+                CircuitBreakersThresholds(
+                    max_connections=1024, max_pending_requests=1024, max_requests=10_000, max_retries=3
+                )
+            ]
+        ),
+        health_checks=[
+            HealthCheck(
+                timeout=timedelta(seconds=1),
+                interval=interval,
+                # Without traffic Envoy would slow checks to once a minute; a restarted service
+                # would wait that long to be used again.
+                no_traffic_interval=interval,
+                unhealthy_threshold=2,
+                healthy_threshold=1,
+                grpc_health_check=HealthCheckGrpcHealthCheck(),
+            )
+        ],
+        common_lb_config=None if panic_routing else ClusterCommonLbConfig(healthy_panic_threshold=Percent(value=0.0)),
+    )
+
+
+def _access_log(path: Path | None) -> AccessLog:
+    """JSON lines (one object per request) to ``path``, or to stdout."""
+    log_format = SubstitutionFormatString(json_format=Struct.from_dict(dict(ACCESS_LOG_FORMAT)))
+    if path is None:
+        return AccessLog(name="envoy.access_loggers.stdout", typed_config=_pack(StdoutAccessLog(log_format=log_format)))
+    return AccessLog(
+        name="envoy.access_loggers.file",
+        typed_config=_pack(FileAccessLog(path=str(path), log_format=log_format)),
+    )
+
+
+def _socket_address(host: str, port: int) -> Address:
+    """A TCP address."""
+    return Address(socket_address=SocketAddress(address=host, port_value=port))
+
+
+def _seconds(value: float) -> timedelta:
+    """A duration from seconds."""
+    return timedelta(seconds=value)
+
+
+def _is_ip(host: str) -> bool:
+    """Tells whether ``host`` is an IP literal (a STATIC cluster) rather than a DNS name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _pack(message: betterproto2.Message) -> AnyProto:
+    """Packs a message into ``google.protobuf.Any`` (JSON: its fields plus ``@type``)."""
+    return AnyProto.pack(message)
+
+
+def _to_json_dict(message: betterproto2.Message) -> dict[str, Any]:
+    """Proto3 JSON with the proto field names (as in Envoy's docs); Envoy accepts either casing."""
+    result: dict[str, Any] = message.to_dict(casing=betterproto2.Casing.SNAKE)
+    return result

@@ -1,0 +1,289 @@
+"""Starts the whole mesh — the seven services and the Envoy edge — on one host.
+
+``make run`` calls :func:`main`; the end-to-end tests use :class:`Mesh` with free ports. Each
+service is its own process (``python -m bhiv_core.services.<name>``); the edge configuration is
+generated from the registry; the mesh is up when every service and the edge answer health SERVING.
+SIGINT or SIGTERM stops everything, services first drained, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bhiv_core.edge.envoy_config import EdgeSettings, Upstream, write_bootstrap
+from bhiv_core.edge.process import EnvoyProcess
+from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, SERVICES, ServiceSpec
+from bhiv_core.runtime.config import ConfigError, Settings
+
+__all__ = ["Mesh", "MeshError", "free_port", "main"]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class MeshError(Exception):
+    """The mesh could not start; the message says which part and why."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Returns a port that was free a moment ago (for tests)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+@dataclass
+class Mesh:
+    """The services and the edge, started as child processes.
+
+    Attributes:
+        data_dir: Where stores, logs and the generated Envoy config live.
+        host: The loopback address everything binds.
+        ports: The gRPC port of each service by name.
+        metrics_ports: The Prometheus port of each service by name.
+        edge_port: The edge's listener.
+        admin_port: Envoy's admin interface (bound to 127.0.0.1 only).
+        env: Extra environment for the services.
+        startup_timeout: Seconds to wait for everything to be healthy.
+    """
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    ports: dict[str, int] = field(default_factory=lambda: {s.name: s.port for s in SERVICES})
+    metrics_ports: dict[str, int] = field(default_factory=lambda: {s.name: s.metrics_port for s in SERVICES})
+    edge_port: int = EDGE_PORT
+    admin_port: int = EDGE_ADMIN_PORT
+    env: Mapping[str, str] = field(default_factory=dict)
+    startup_timeout: float = 60.0
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
+    envoy: EnvoyProcess | None = field(default=None, init=False)
+
+    @classmethod
+    def with_free_ports(cls, data_dir: Path, **kwargs: object) -> Mesh:
+        """A mesh on free ports, for tests."""
+        return cls(
+            data_dir=data_dir,
+            ports={s.name: free_port() for s in SERVICES},
+            metrics_ports={s.name: free_port() for s in SERVICES},
+            edge_port=free_port(),
+            admin_port=free_port(),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    @property
+    def edge_address(self) -> str:
+        """``host:port`` of the edge."""
+        return f"{self.host}:{self.edge_port}"
+
+    def address(self, service: str) -> str:
+        """``host:port`` of one service, direct (not through the edge)."""
+        return f"{self.host}:{self.ports[service]}"
+
+    @property
+    def log_dir(self) -> Path:
+        """Where each process writes its log."""
+        return self.data_dir / "logs"
+
+    def _check_ports(self) -> None:
+        wanted = {f"BHIV_{n.upper()}_PORT": p for n, p in self.ports.items()}
+        wanted |= {f"BHIV_{n.upper()}_METRICS_PORT": p for n, p in self.metrics_ports.items() if p}
+        wanted |= {"BHIV_EDGE_PORT": self.edge_port, "BHIV_EDGE_ADMIN_PORT": self.admin_port}
+        seen: dict[int, str] = {}
+        for setting, port in wanted.items():
+            if port in seen:
+                raise MeshError(f"{setting} and {seen[port]} are both {port}")
+            seen[port] = setting
+            if _port_taken(self.host, port):
+                raise MeshError(f"port {port} ({setting}) on {self.host} is already in use")
+
+    def service_env(self) -> dict[str, str]:
+        """The environment every service process gets."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BHIV_")}
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "gen" / "python")])
+        env["BHIV_HOST"] = self.host
+        env["BHIV_DATA_DIR"] = str(self.data_dir)
+        for name, port in self.ports.items():
+            env[f"BHIV_{name.upper()}_PORT"] = str(port)
+        for name, port in self.metrics_ports.items():
+            env[f"BHIV_{name.upper()}_METRICS_PORT"] = str(port)
+        env.update(self.env)
+        return env
+
+    def _log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.log_dir / f"{name}.log"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    async def _wait_serving(self, name: str, address: str, deadline: float, proc: object = None) -> None:
+        request = health_pb2.HealthCheckRequest(service="")
+        metadata = (("x-bhiv-service", name),)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if isinstance(proc, subprocess.Popen) and proc.poll() is not None:
+                    raise MeshError(f"{name} exited with {proc.returncode}:\n{self._log_tail(name)}")
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    reply = await stub.Check(request, timeout=1.0, metadata=metadata)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                if time.monotonic() > deadline:
+                    raise MeshError(f"{name} at {address} was not healthy in time:\n{self._log_tail(name)}")
+                await asyncio.sleep(0.1)
+
+    async def start(self) -> None:
+        """Starts every service, then the edge, and waits until all are healthy."""
+        self._check_ports()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = self.service_env()
+        for spec in SERVICES:
+            log = (self.log_dir / f"{spec.name}.log").open("ab")
+            self.procs[spec.name] = subprocess.Popen(
+                [sys.executable, "-m", f"bhiv_core.services.{spec.name}"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            log.close()
+        deadline = time.monotonic() + self.startup_timeout
+        try:
+            await asyncio.gather(
+                *(self._wait_serving(n, self.address(n), deadline, self.procs[n]) for n in self.procs)
+            )
+            config = write_bootstrap(self.data_dir / "envoy" / "envoy.json", self.upstreams(), self.edge_settings())
+            self.envoy = EnvoyProcess(config, admin_port=self.admin_port, listen_port=self.edge_port)
+            await self.envoy.start()
+            await asyncio.gather(*(self._wait_serving(s.name, self.edge_address, deadline) for s in SERVICES))
+        except BaseException:
+            await self.stop()
+            raise
+
+    def upstreams(self) -> list[Upstream]:
+        """The edge's upstreams, from the registry."""
+        return [Upstream(s.name, self.host, self.ports[s.name], s.route_prefix) for s in SERVICES]
+
+    def edge_settings(self) -> EdgeSettings:
+        """The edge's settings for this mesh."""
+        return EdgeSettings(
+            listen_host=self.host,
+            listen_port=self.edge_port,
+            admin_port=self.admin_port,
+            access_log_path=str(self.log_dir / "edge-access.log"),
+        )
+
+    async def stop(self) -> None:
+        """Stops the edge, then the services (SIGTERM, then SIGKILL after the grace period)."""
+        if self.envoy is not None:
+            await self.envoy.stop()
+            self.envoy = None
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.procs.values():
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+    async def __aenter__(self) -> Mesh:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+def _from_settings(settings: Settings) -> Mesh:
+    host = settings.raw("HOST") or "127.0.0.1"
+    spec_ports = {s.name: settings.port(f"{s.name.upper()}_PORT", s.port) for s in SERVICES}
+    metrics = {s.name: settings.port(f"{s.name.upper()}_METRICS_PORT", s.metrics_port) for s in SERVICES}
+    return Mesh(
+        data_dir=Path(settings.raw("DATA_DIR") or ROOT / ".data").resolve(),
+        host=host,
+        ports=spec_ports,
+        metrics_ports=metrics,
+        edge_port=settings.port("EDGE_PORT", EDGE_PORT),
+        admin_port=settings.port("EDGE_ADMIN_PORT", EDGE_ADMIN_PORT),
+    )
+
+
+def _print_banner(mesh: Mesh, specs: tuple[ServiceSpec, ...]) -> None:
+    print(f"BHIV Core is up. Edge (gRPC and gRPC-web): {mesh.edge_address}")
+    print(f"  Envoy admin: 127.0.0.1:{mesh.admin_port}")
+    for spec in specs:
+        print(f"  {spec.name:<14} {mesh.address(spec.name):<22} {spec.package}")
+    print(f"  data: {mesh.data_dir}   logs: {mesh.log_dir}")
+    print(f"Try: .tools/bin/grpcurl -plaintext {mesh.edge_address} list")
+    print("All healthy. Ctrl-C stops everything.", flush=True)
+
+
+async def _amain() -> int:
+    try:
+        mesh = _from_settings(Settings())
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"starting {len(SERVICES)} services and the edge...", flush=True)
+    starting = asyncio.create_task(mesh.start())
+    waiting = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if starting not in done:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, MeshError):
+            await starting
+        await mesh.stop()
+        return 130
+    try:
+        starting.result()
+    except MeshError as exc:
+        print(f"mesh failed to start: {exc}", file=sys.stderr)
+        return 1
+    _print_banner(mesh, SERVICES)
+    await waiting
+    print("stopping...", flush=True)
+    await mesh.stop()
+    print("stopped.")
+    return 0
+
+
+def main() -> None:
+    """Entry point of ``make run``."""
+    raise SystemExit(asyncio.run(_amain()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The contracts, checked as data: every RPC declares its access, every List paginates."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bhiv_core.registry import SERVICES
+from bhiv_core.runtime.contracts import all_services, method_path, policy_of, services_of_package
+
+METHODS = [m for s in all_services() for m in s.methods]
+PERMISSION = re.compile(r"[a-z]+\.[a-z_]+\.[a-z_]+")
+
+
+def test_every_registered_service_has_contracts() -> None:
+    for spec in SERVICES:
+        assert services_of_package(spec.package), f"no services in {spec.package}"
+
+
+def test_every_contract_package_is_registered() -> None:
+    packages = {s.file.package for s in all_services()}
+    assert packages == {spec.package for spec in SERVICES}
+
+
+@pytest.mark.parametrize("method", METHODS, ids=method_path)
+def test_every_rpc_declares_its_access(method) -> None:
+    policy = policy_of(method)
+    assert policy.declared, f"{method_path(method)} has no (bhiv.options.v1.access)"
+    assert policy.public != bool(policy.permission), "exactly one of permission or public"
+    if policy.permission:
+        assert PERMISSION.fullmatch(policy.permission)
+        domain = method.containing_service.file.package.split(".")[1]
+        assert policy.permission.split(".")[0] == domain
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m.name.startswith("List")], ids=method_path)
+def test_every_list_paginates(method) -> None:
+    request, response = method.input_type.fields_by_name, method.output_type.fields_by_name
+    assert "page_size" in request and "page_token" in request
+    assert "next_page_token" in response
+
+
+def test_only_login_refresh_and_jwks_are_public() -> None:
+    public = {method_path(m) for m in METHODS if policy_of(m).public}
+    assert public == {
+        "/bhiv.identity.v1.AuthService/Login",
+        "/bhiv.identity.v1.AuthService/RefreshToken",
+        "/bhiv.identity.v1.AuthService/GetJwks",
+    }

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from bhiv.identity.v1 import user_service_pb2 as us
+from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
+
+from bhiv_core.interceptors.errors import ErrorMappingInterceptor
+from bhiv_core.interceptors.validation import ValidationInterceptor
+from bhiv_core.runtime.chain import CallInfo, ChainInterceptor, Interceptor, PreCheckInterceptor, Selector, chain_order
+from bhiv_core.runtime.errors import NotFound
+from tests.harness import serving
+
+USER_SERVICE = us.DESCRIPTOR.services_by_name["UserService"]
+
+
+class Recorder(PreCheckInterceptor):
+    def __init__(self, name: str, log: list[str]):
+        self.name, self.log = name, log
+
+    async def check(self, call: CallInfo, request: Any, context: Any) -> None:
+        self.log.append(self.name)
+
+
+class Users:
+    async def GetUser(self, request: us.GetUserRequest, context: Any) -> us.GetUserResponse:
+        if request.name == "users/missing":
+            raise NotFound(f"{request.name} does not exist")
+        return us.GetUserResponse(user={"name": request.name, "username": "ada"})
+
+
+def test_chain_order_is_declared_once_outermost_first() -> None:
+    obs, audit, auth, rbac = Interceptor(), Interceptor(), Interceptor(), Interceptor()
+    errors = ErrorMappingInterceptor("t")
+    validation = ValidationInterceptor()
+    chain = chain_order(
+        observability=[obs], audit=audit, errors=errors, auth=auth, rbac=rbac, validation=validation
+    )
+    flat = [c.inner if isinstance(c, Selector) else c for c in chain]
+    assert flat == [obs, audit, errors, auth, rbac, validation]
+    composed = ChainInterceptor(chain)
+    assert composed.concerns_for("/bhiv.identity.v1.UserService/GetUser") == flat
+    # Health and reflection bypass auth and RBAC, nothing else.
+    assert composed.concerns_for("/grpc.health.v1.Health/Check") == [obs, audit, errors, validation]
+
+
+async def test_concerns_run_in_order_and_handler_answers() -> None:
+    log: list[str] = []
+    chain = lambda _cfg: [Recorder("outer", log), ErrorMappingInterceptor("t"), Recorder("inner", log)]  # noqa: E731
+    async with serving([(USER_SERVICE, Users())], chain=chain) as (_, channel):
+        reply = await us_grpc.UserServiceStub(channel).GetUser(us.GetUserRequest(name="users/u1"))
+    assert reply.user.username == "ada"
+    assert log == ["outer", "inner"]
+
+
+async def test_typed_error_becomes_its_status_code() -> None:
+    async with serving([(USER_SERVICE, Users())]) as (_, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await us_grpc.UserServiceStub(channel).GetUser(us.GetUserRequest(name="users/missing"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details() == "users/missing does not exist"
+
+
+async def test_unbuilt_rpc_is_unimplemented_with_what_is_missing() -> None:
+    async with serving([(USER_SERVICE, Users())]) as (_, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await us_grpc.UserServiceStub(channel).ListUsers(us.ListUsersRequest())
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "bhiv.identity.v1.UserService/ListUsers is not implemented yet: test" == err.value.details()
+
+
+async def test_unknown_method_passes_the_chain_as_unimplemented() -> None:
+    log: list[str] = []
+    chain = lambda _cfg: [Recorder("seen", log), ErrorMappingInterceptor("t")]  # noqa: E731
+    async with serving([(USER_SERVICE, Users())], chain=chain) as (_, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await channel.unary_unary("/bhiv.nothing.v1.Nope/Call")(b"")
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert log == ["seen"]
+
+
+async def test_unexpected_exception_is_internal_without_detail() -> None:
+    class Broken:
+        async def GetUser(self, request: Any, context: Any) -> Any:
+            raise RuntimeError("secret detail")
+
+    async with serving([(USER_SERVICE, Broken())]) as (_, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await us_grpc.UserServiceStub(channel).GetUser(us.GetUserRequest(name="users/u1"))
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in (err.value.details() or "")

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import pytest
+
+from bhiv_core.runtime.config import ConfigError, load_config
+
+
+def test_defaults_come_from_the_registry() -> None:
+    config = load_config("crm", {})
+    assert (config.host, config.port, config.workers) == ("127.0.0.1", 50053, 1)
+    assert config.peers["identity"] == "127.0.0.1:50051"
+
+
+def test_environment_overrides_file(tmp_path) -> None:
+    path = tmp_path / "bhiv.toml"
+    path.write_text('crm_port = 6001\nlog_level = "debug"\n')
+    config = load_config("crm", {"BHIV_CONFIG_FILE": str(path), "BHIV_CRM_PORT": "6002"})
+    assert config.port == 6002
+    assert config.log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"BHIV_CRM_PORT": "http"}, "BHIV_CRM_PORT"),
+        ({"BHIV_CRM_PORT": "70000"}, "BHIV_CRM_PORT"),
+        ({"BHIV_CRM_WORKERS": "0"}, "BHIV_CRM_WORKERS"),
+        ({"BHIV_LOG_LEVEL": "loud"}, "BHIV_LOG_LEVEL"),
+        ({"BHIV_CONFIG_FILE": "/nonexistent/bhiv.toml"}, "BHIV_CONFIG_FILE"),
+    ],
+)
+def test_bad_setting_is_a_clear_error_naming_it(env, named) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_config("crm", env)
