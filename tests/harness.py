@@ -9,7 +9,13 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from bhiv_core.runtime.config import RuntimeConfig, load_config
-from bhiv_core.runtime.server import ChainFactory, RunningService, ServiceDefinition, default_chain, start_service
+from bhiv_core.runtime.server import (
+    ChainFactory,
+    RunningService,
+    ServiceDefinition,
+    default_chain,
+    start_service,
+)
 
 
 def config_for(service: str = "identity", **env: str) -> RuntimeConfig:

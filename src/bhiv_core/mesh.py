@@ -67,6 +67,7 @@ class Mesh:
         admin_port: Envoy's admin interface (bound to 127.0.0.1 only).
         env: Extra environment for the services.
         startup_timeout: Seconds to wait for everything to be healthy.
+
     """
 
     data_dir: Path
@@ -175,9 +176,11 @@ class Mesh:
             await asyncio.gather(
                 *(self._wait_serving(n, self.address(n), deadline, self.procs[n]) for n in self.procs)
             )
-            config = write_bootstrap(self.data_dir / "envoy" / "envoy.json", self.upstreams(), self.edge_settings())
-            self.envoy = EnvoyProcess(config, admin_port=self.admin_port, listen_port=self.edge_port)
-            await self.envoy.start()
+            config = write_bootstrap(
+                self.data_dir / "envoy" / "envoy.json", self.upstreams(), self.edge_settings()
+            )
+            self.envoy = EnvoyProcess(config, self.edge_settings(), log_path=self.log_dir / "envoy.log")
+            await self.envoy.astart()
             await asyncio.gather(*(self._wait_serving(s.name, self.edge_address, deadline) for s in SERVICES))
         except BaseException:
             await self.stop()
@@ -199,7 +202,7 @@ class Mesh:
     async def stop(self) -> None:
         """Stops the edge, then the services (SIGTERM, then SIGKILL after the grace period)."""
         if self.envoy is not None:
-            await self.envoy.stop()
+            await self.envoy.astop()
             self.envoy = None
         for proc in self.procs.values():
             if proc.poll() is None:

@@ -21,6 +21,7 @@ class ServiceSpec:
         package: The proto package it serves, like ``bhiv.crm.v1``; the edge routes ``/<package>.``.
         port: The default gRPC port.
         metrics_port: The default port of its Prometheus ``/metrics`` endpoint.
+
     """
 
     name: str

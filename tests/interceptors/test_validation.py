@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
+
 from bhiv.identity.v1 import auth_service_pb2 as auth
 from bhiv.identity.v1 import user_pb2
 from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
-from google.rpc import error_details_pb2, status_pb2
-
 from bhiv_core.interceptors.validation import validate
 from tests.harness import serving
 
@@ -21,7 +21,10 @@ def test_valid_request_has_no_violations() -> None:
 
 
 def test_required_and_length_rules() -> None:
-    assert fields(auth.LoginRequest(username="a" * 65)) == {("username", "TOO_LONG"), ("password", "REQUIRED")}
+    assert fields(auth.LoginRequest(username="a" * 65)) == {
+        ("username", "TOO_LONG"),
+        ("password", "REQUIRED"),
+    }
 
 
 def test_pattern_rule_on_resource_name() -> None:

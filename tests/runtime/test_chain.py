@@ -4,12 +4,19 @@ from typing import Any
 
 import grpc
 import pytest
+
 from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
-
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.validation import ValidationInterceptor
-from bhiv_core.runtime.chain import CallInfo, ChainInterceptor, Interceptor, PreCheckInterceptor, Selector, chain_order
+from bhiv_core.runtime.chain import (
+    CallInfo,
+    ChainInterceptor,
+    Interceptor,
+    PreCheckInterceptor,
+    Selector,
+    chain_order,
+)
 from bhiv_core.runtime.errors import NotFound
 from tests.harness import serving
 
@@ -48,7 +55,7 @@ def test_chain_order_is_declared_once_outermost_first() -> None:
 
 async def test_concerns_run_in_order_and_handler_answers() -> None:
     log: list[str] = []
-    chain = lambda _cfg: [Recorder("outer", log), ErrorMappingInterceptor("t"), Recorder("inner", log)]  # noqa: E731
+    chain = lambda _cfg: [Recorder("outer", log), ErrorMappingInterceptor("t"), Recorder("inner", log)]
     async with serving([(USER_SERVICE, Users())], chain=chain) as (_, channel):
         reply = await us_grpc.UserServiceStub(channel).GetUser(us.GetUserRequest(name="users/u1"))
     assert reply.user.username == "ada"
@@ -68,12 +75,12 @@ async def test_unbuilt_rpc_is_unimplemented_with_what_is_missing() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await us_grpc.UserServiceStub(channel).ListUsers(us.ListUsersRequest())
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "bhiv.identity.v1.UserService/ListUsers is not implemented yet: test" == err.value.details()
+    assert err.value.details() == "bhiv.identity.v1.UserService/ListUsers is not implemented yet: test"
 
 
 async def test_unknown_method_passes_the_chain_as_unimplemented() -> None:
     log: list[str] = []
-    chain = lambda _cfg: [Recorder("seen", log), ErrorMappingInterceptor("t")]  # noqa: E731
+    chain = lambda _cfg: [Recorder("seen", log), ErrorMappingInterceptor("t")]
     async with serving([(USER_SERVICE, Users())], chain=chain) as (_, channel):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await channel.unary_unary("/bhiv.nothing.v1.Nope/Call")(b"")

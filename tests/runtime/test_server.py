@@ -10,15 +10,15 @@ from typing import Any
 
 import grpc
 import pytest
-from bhiv.identity.v1 import user_service_pb2 as us
-from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from bhiv.identity.v1 import user_service_pb2 as us
+from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from bhiv_core.mesh import free_port
 from bhiv_core.runtime.config import ConfigError
 from bhiv_core.runtime.server import ServiceDefinition, start_service
-from tests.harness import serving, config_for
+from tests.harness import config_for, serving
 
 USER_SERVICE = us.DESCRIPTOR.services_by_name["UserService"]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -16,7 +16,7 @@ TOOLS_BIN = Path(__file__).resolve().parents[3] / ".tools" / "bin"
 
 
 def find_tool(name: str) -> Path:
-    """Returns the path of the executable ``name``.
+    """Return the path of the executable ``name``.
 
     Looks in ``<repo>/.tools/bin`` first (the versions pinned by ``make setup``), then on ``PATH``.
 
@@ -28,6 +28,7 @@ def find_tool(name: str) -> Path:
 
     Raises:
         FileNotFoundError: When neither place has it; the message says to run ``make setup``.
+
     """
     pinned = TOOLS_BIN / name
     if pinned.is_file() and _is_executable(pinned):
@@ -41,5 +42,5 @@ def find_tool(name: str) -> Path:
 
 
 def _is_executable(path: Path) -> bool:
-    """Tells whether ``path`` may be executed by this user."""
+    """Tell whether ``path`` may be executed by this user."""
     return shutil.which(path.name, path=str(path.parent)) is not None

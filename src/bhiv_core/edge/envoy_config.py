@@ -59,7 +59,6 @@ from envoy_data_plane.envoy.config.core.v3 import (
     RuntimeFractionalPercent,
     SocketAddress,
     SubstitutionFormatString,
-    TypedExtensionConfig,
 )
 from envoy_data_plane.envoy.config.endpoint.v3 import (
     ClusterLoadAssignment,
@@ -171,6 +170,7 @@ ACCESS_LOG_FORMAT: Final[Mapping[str, str]] = {
     "protocol": "%PROTOCOL%",
     "response_code": "%RESPONSE_CODE%",
     "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
     "grpc_status": "%GRPC_STATUS%",
     "duration_ms": "%DURATION%",
     "bytes_received": "%BYTES_RECEIVED%",
@@ -180,7 +180,15 @@ ACCESS_LOG_FORMAT: Final[Mapping[str, str]] = {
     "upstream_cluster": "%UPSTREAM_CLUSTER%",
     "upstream_host": "%UPSTREAM_HOST%",
 }
-"""One JSON object per request; sentinel's detection reads these field names."""
+"""One JSON object per request; sentinel's detection reads these field names.
+
+``grpc_status`` is exact for gRPC. For gRPC-web it is exact only when the status comes in the
+response headers (trailers-only replies: Envoy's own rejections and most errors); a gRPC-web reply
+with a body logs ``Unknown``, because the grpc_web filter moves the trailers into the body before
+the access log sees them (istio/istio#58430); the log cannot tell those requests apart reliably
+(the same filter rewrites their content-type to ``application/grpc``), so detection must not read
+``Unknown`` with ``response_code`` 200 as a failure.
+"""
 
 # Extension names, as Envoy registers them.
 GRPC_WEB_FILTER: Final = "envoy.filters.http.grpc_web"
@@ -195,7 +203,7 @@ _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*$")
 _INT64_MAX: Final = 2**63 - 1
 # Edge best practice: flow control keeps at most this much per connection in Envoy's buffers.
 _BUFFER_LIMIT_BYTES: Final = 32 * 1024
-_LOOPBACK_BY_WILDCARD: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+_LOOPBACK_BY_WILDCARD: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +216,7 @@ class Upstream:
         host: An IP address or a DNS name where the service listens.
         port: Its gRPC port.
         route_prefix: The path prefix of its RPCs, like ``/bhiv.crm.v1.``.
+
     """
 
     name: str
@@ -229,12 +238,13 @@ class Upstream:
 
     @classmethod
     def from_spec(cls, spec: ServiceSpec, *, host: str = "127.0.0.1", port: int | None = None) -> Upstream:
-        """Returns the upstream of a registry service.
+        """Return the upstream of a registry service.
 
         Args:
             spec: The service, from :data:`bhiv_core.registry.SERVICES`.
             host: Where it listens.
             port: Its port; the registry's default when ``None``.
+
         """
         return cls(spec.name, host, spec.port if port is None else port, spec.route_prefix)
 
@@ -264,6 +274,7 @@ class EdgeSettings:
         max_downstream_connections: The most client connections Envoy keeps open at once.
         health_check_interval_s: How often Envoy checks each upstream with gRPC health.
         connect_timeout_s: How long Envoy waits for a TCP connection to an upstream.
+
     """
 
     listen_host: str = "127.0.0.1"
@@ -273,7 +284,7 @@ class EdgeSettings:
     rate_limit_tokens_per_fill: int = 1000
     rate_limit_fill_interval_s: float = 1.0
     rate_limit_max_tokens: int | None = None
-    access_log_path: Path | None = None
+    access_log_path: Path | str | None = None
     max_request_bytes: int = 4 * 1024 * 1024
     max_request_headers_kb: int = 60
     stream_idle_timeout_s: float = 300.0
@@ -290,12 +301,16 @@ class EdgeSettings:
                 raise ValueError(f"{name} {port} is out of range")
         if self.listen_port == self.admin_port:
             raise ValueError("listen_port and admin_port must differ")
-        if self.rate_limit_tokens_per_fill < 1 or (self.rate_limit_max_tokens or 1) < 1:
+        if self.rate_limit_tokens_per_fill < 1 or (
+            self.rate_limit_max_tokens is not None and self.rate_limit_max_tokens < 1
+        ):
             raise ValueError("the rate limit needs at least one token per fill and in the bucket")
         if self.rate_limit_fill_interval_s < 0.05:
             raise ValueError("rate_limit_fill_interval_s must be at least 0.05 (Envoy's minimum)")
         if self.max_request_bytes < 1 or not 1 <= self.max_request_headers_kb <= 8192:
-            raise ValueError("max_request_bytes and max_request_headers_kb must be positive (headers ≤ 8 MiB)")
+            raise ValueError(
+                "max_request_bytes and max_request_headers_kb must be positive (headers ≤ 8 MiB)"
+            )
         if not self.cors_allow_origins:
             raise ValueError("cors_allow_origins is empty; browsers could not call the edge at all")
 
@@ -311,7 +326,7 @@ def build_bootstrap(
     *,
     extra_http_filters: Sequence[HttpFilter] = (),
 ) -> dict[str, Any]:
-    """Builds the edge's Envoy bootstrap as a JSON-ready dict (proto3 JSON, proto field names).
+    """Build the edge's Envoy bootstrap as a JSON-ready dict (proto3 JSON, proto field names).
 
     Args:
         upstreams: The services behind the edge; names and route prefixes must be unique.
@@ -325,6 +340,7 @@ def build_bootstrap(
     Raises:
         ValueError: When ``upstreams`` is empty or repeats a name or a route prefix, or when an
             extra filter is a router.
+
     """
     _check_upstreams(upstreams)
     for extra in extra_http_filters:
@@ -357,7 +373,7 @@ def build_bootstrap(
 
 
 def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) -> RouteConfiguration:
-    """Builds the route table (a typed message, so RDS can serve the same table later).
+    """Build the route table (a typed message, so RDS can serve the same table later).
 
     Order matters, first match wins: the request-size guard, health by ``x-bhiv-service``, health
     and reflection to every service, then one prefix route per upstream.
@@ -368,6 +384,7 @@ def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) ->
 
     Returns:
         The route configuration named ``edge``.
+
     """
     routes: list[Route] = [_oversized_request_route(settings.max_request_bytes)]
     routes += [
@@ -381,7 +398,8 @@ def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) ->
     ]
     routes.append(_route("health-any", HEALTH_PREFIX, REFLECTION_CLUSTER))
     routes += [
-        _route(f"reflection-{prefix.split('.')[2]}", prefix, REFLECTION_CLUSTER) for prefix in REFLECTION_PREFIXES
+        _route(f"reflection-{prefix.split('.')[2]}", prefix, REFLECTION_CLUSTER)
+        for prefix in REFLECTION_PREFIXES
     ]
     routes += [_route(upstream.name, upstream.route_prefix, upstream.name) for upstream in upstreams]
     return RouteConfiguration(
@@ -394,7 +412,7 @@ def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) ->
                 typed_per_filter_config={CORS_FILTER: _pack(_cors_policy(settings.cors_allow_origins))},
             )
         ],
-        # Route names are ours; every referenced cluster is static, so checking them costs nothing.
+        # Every cluster is static: Envoy refuses, at load, a route to a cluster that does not exist.
         validate_clusters=True,
     )
 
@@ -406,7 +424,7 @@ def write_bootstrap(
     *,
     extra_http_filters: Sequence[HttpFilter] = (),
 ) -> Path:
-    """Writes the bootstrap as JSON, atomically (a temporary file renamed over ``path``).
+    """Write the bootstrap as JSON, atomically (a temporary file renamed over ``path``).
 
     A watcher (or an Envoy reading the file) never sees a half-written config.
 
@@ -418,6 +436,7 @@ def write_bootstrap(
 
     Returns:
         ``path``.
+
     """
     text = json.dumps(build_bootstrap(upstreams, settings, extra_http_filters=extra_http_filters), indent=2)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -427,7 +446,8 @@ def write_bootstrap(
             tmp.write(text + "\n")
             tmp.flush()
             os.fsync(tmp.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; the config holds no secret and Envoy may run as another user.
+        # mkstemp makes 0600; the config holds no secret and Envoy may run as another user.
+        os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -436,7 +456,7 @@ def write_bootstrap(
 
 
 def _check_upstreams(upstreams: Sequence[Upstream]) -> None:
-    """Raises ValueError unless there is at least one upstream and names and prefixes are unique."""
+    """Raise ValueError unless there is at least one upstream and names and prefixes are unique."""
     if not upstreams:
         raise ValueError("the edge needs at least one upstream")
     for attribute in ("name", "route_prefix"):
@@ -449,7 +469,7 @@ def _check_upstreams(upstreams: Sequence[Upstream]) -> None:
 def _listener(
     upstreams: Sequence[Upstream], settings: EdgeSettings, extra_http_filters: Sequence[HttpFilter]
 ) -> Listener:
-    """The one listener: an HTTP connection manager for gRPC (h2c) and gRPC-web (HTTP/1.1)."""
+    """Build the one listener: an HTTP connection manager for gRPC (h2c) and gRPC-web (HTTP/1.1)."""
     hcm = HttpConnectionManager(
         stat_prefix="edge",
         codec_type=HttpConnectionManagerCodecType.AUTO,
@@ -498,7 +518,7 @@ def _listener(
 
 
 def _local_rate_limit(settings: EdgeSettings) -> LocalRateLimit:
-    """One edge-wide token bucket; gRPC callers over it get RESOURCE_EXHAUSTED, gRPC-web HTTP 429."""
+    """Build one edge-wide token bucket; gRPC callers over it get RESOURCE_EXHAUSTED, gRPC-web HTTP 429."""
     everyone = RuntimeFractionalPercent(
         default_value=FractionalPercent(numerator=100, denominator=FractionalPercentDenominatorType.HUNDRED),
     )
@@ -524,7 +544,7 @@ def _local_rate_limit(settings: EdgeSettings) -> LocalRateLimit:
 
 
 def _cors_policy(origins: Sequence[str]) -> CorsPolicy:
-    """The browsers' policy: gRPC-web POSTs from the allowed origins, gRPC status readable."""
+    """Build the browsers' policy: gRPC-web POSTs from the allowed origins, gRPC status readable."""
     return CorsPolicy(
         allow_origin_string_match=[_origin_matcher(origin) for origin in origins],
         allow_methods=",".join(CORS_ALLOW_METHODS),
@@ -537,14 +557,14 @@ def _cors_policy(origins: Sequence[str]) -> CorsPolicy:
 
 
 def _origin_matcher(origin: str) -> StringMatcher:
-    """An exact matcher, or a regex one for an entry starting with ``^``."""
+    """Match an origin exactly, or by regex for an entry starting with ``^``."""
     if origin.startswith("^"):
         return StringMatcher(safe_regex=RegexMatcher(regex=origin))
     return StringMatcher(exact=origin)
 
 
 def _route(name: str, prefix: str, cluster: str, *, headers: Sequence[HeaderMatcher] = ()) -> Route:
-    """A prefix route to ``cluster`` with no route timeout, bounded by the client's grpc-timeout."""
+    """Route a path prefix to ``cluster`` with no route timeout, bounded by the client's grpc-timeout."""
     return Route(
         name=name,
         # Prefix only: a `grpc: {}` match would turn gRPC-web POSTs and CORS preflights into 404s.
@@ -560,12 +580,17 @@ def _route(name: str, prefix: str, cluster: str, *, headers: Sequence[HeaderMatc
 
 
 def _oversized_request_route(max_request_bytes: int) -> Route:
-    """Refuses a request whose content-length exceeds the limit, without buffering anything.
+    """Refuse a request whose content-length exceeds the limit, without buffering anything.
 
     gRPC-web from a browser always declares its length. gRPC over HTTP/2 usually does not; those
-    bodies stream through under flow control (never more than the buffer limit in Envoy) and the
-    services enforce the same limit per message. A gRPC caller sees RESOURCE_EXHAUSTED (set here,
-    since Envoy would map HTTP 413 to UNKNOWN); others see HTTP 413.
+    bodies stream through under flow control (Envoy holds at most the buffer limit) and the services
+    enforce the same limit per message. What callers see:
+
+    * gRPC: RESOURCE_EXHAUSTED, from the ``grpc-status`` added here (Envoy keeps a ``grpc-status``
+      already set on a local reply; it would otherwise map 413 to UNKNOWN);
+    * gRPC-web: HTTP 413 (the grpc_web filter turns a non-gRPC local reply into grpc-status UNKNOWN
+      and keeps the HTTP status), like HTTP 429 for its rate limit;
+    * anything else: HTTP 413.
     """
     return Route(
         name="request-too-large",
@@ -592,7 +617,7 @@ def _oversized_request_route(max_request_bytes: int) -> Route:
 def _cluster(
     name: str, upstreams: Sequence[Upstream], settings: EdgeSettings, *, panic_routing: bool = True
 ) -> Cluster:
-    """A cluster over ``upstreams`` speaking HTTP/2 (h2c), health-checked with gRPC health.
+    """Build a cluster over ``upstreams`` speaking HTTP/2 (h2c), health-checked with gRPC health.
 
     Args:
         name: The cluster's name.
@@ -601,6 +626,7 @@ def _cluster(
         panic_routing: Whether to spread load over all hosts when most are unhealthy (Envoy's
             default). Off for the all-services cluster: a dead service there must be skipped, since
             any live one can answer.
+
     """
     all_ips = all(_is_ip(upstream.host) for upstream in upstreams)
     interval = _seconds(settings.health_check_interval_s)
@@ -654,15 +680,19 @@ def _cluster(
                 grpc_health_check=HealthCheckGrpcHealthCheck(),
             )
         ],
-        common_lb_config=None if panic_routing else ClusterCommonLbConfig(healthy_panic_threshold=Percent(value=0.0)),
+        common_lb_config=None
+        if panic_routing
+        else ClusterCommonLbConfig(healthy_panic_threshold=Percent(value=0.0)),
     )
 
 
-def _access_log(path: Path | None) -> AccessLog:
-    """JSON lines (one object per request) to ``path``, or to stdout."""
+def _access_log(path: Path | str | None) -> AccessLog:
+    """Log JSON lines (one object per request) to ``path``, or to stdout."""
     log_format = SubstitutionFormatString(json_format=Struct.from_dict(dict(ACCESS_LOG_FORMAT)))
     if path is None:
-        return AccessLog(name="envoy.access_loggers.stdout", typed_config=_pack(StdoutAccessLog(log_format=log_format)))
+        return AccessLog(
+            name="envoy.access_loggers.stdout", typed_config=_pack(StdoutAccessLog(log_format=log_format))
+        )
     return AccessLog(
         name="envoy.access_loggers.file",
         typed_config=_pack(FileAccessLog(path=str(path), log_format=log_format)),
@@ -670,17 +700,17 @@ def _access_log(path: Path | None) -> AccessLog:
 
 
 def _socket_address(host: str, port: int) -> Address:
-    """A TCP address."""
+    """Build a TCP address."""
     return Address(socket_address=SocketAddress(address=host, port_value=port))
 
 
 def _seconds(value: float) -> timedelta:
-    """A duration from seconds."""
+    """Convert seconds to a duration."""
     return timedelta(seconds=value)
 
 
 def _is_ip(host: str) -> bool:
-    """Tells whether ``host`` is an IP literal (a STATIC cluster) rather than a DNS name."""
+    """Tell whether ``host`` is an IP literal (a STATIC cluster) rather than a DNS name."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -689,11 +719,11 @@ def _is_ip(host: str) -> bool:
 
 
 def _pack(message: betterproto2.Message) -> AnyProto:
-    """Packs a message into ``google.protobuf.Any`` (JSON: its fields plus ``@type``)."""
+    """Pack a message into ``google.protobuf.Any`` (JSON: its fields plus ``@type``)."""
     return AnyProto.pack(message)
 
 
 def _to_json_dict(message: betterproto2.Message) -> dict[str, Any]:
-    """Proto3 JSON with the proto field names (as in Envoy's docs); Envoy accepts either casing."""
+    """Convert to proto3 JSON with the proto field names (as in Envoy's docs); Envoy accepts either casing."""
     result: dict[str, Any] = message.to_dict(casing=betterproto2.Casing.SNAKE)
     return result

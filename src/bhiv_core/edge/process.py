@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,7 +36,7 @@ class EnvoyError(RuntimeError):
 def validate_config(
     path: Path, *, envoy: Path | None = None, allow_deprecated: bool = False, timeout_s: float = 60.0
 ) -> None:
-    """Checks a bootstrap with ``envoy --mode validate`` (offline: nothing is bound or dialled).
+    """Check a bootstrap with ``envoy --mode validate`` (offline: nothing is bound or dialled).
 
     Args:
         path: The bootstrap file.
@@ -48,6 +49,7 @@ def validate_config(
         EnvoyError: When Envoy rejects the config (or uses a deprecated field); the message holds
             Envoy's output.
         FileNotFoundError: When Envoy is not installed.
+
     """
     binary = envoy or find_tool("envoy")
     result = subprocess.run(
@@ -89,7 +91,7 @@ class EnvoyProcess:
         stdout_path: Path | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
-        """Prepares (does not start) an Envoy.
+        """Prepare (not start) an Envoy.
 
         Args:
             config_path: The bootstrap, as written by :func:`~bhiv_core.edge.envoy_config.write_bootstrap`.
@@ -97,10 +99,11 @@ class EnvoyProcess:
             envoy: The Envoy binary; found with :func:`~bhiv_core.edge.binaries.find_tool` when ``None``.
             log_level: Envoy's log level.
             concurrency: Worker threads; Envoy's default (one per core) when ``None``.
-            startup_timeout_s: How long :meth:`start` waits for the admin ``/ready`` to say LIVE.
+            startup_timeout_s: How long :meth:`start` waits for the admin to report Envoy LIVE.
             log_path: Where Envoy's stderr goes; ``<config stem>.envoy.log`` beside the config by default.
             stdout_path: Where Envoy's stdout (the default access log) goes; inherited when ``None``.
             extra_args: More command-line arguments, appended last.
+
         """
         self._config_path = config_path
         self._settings = settings
@@ -113,6 +116,9 @@ class EnvoyProcess:
         self._extra_args = tuple(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
         self._files: list[IO[bytes]] = []
+        # start() may run in a worker thread (async use) while stop() is called from the loop.
+        self._lock = threading.Lock()
+        self._stopped = False
 
     @property
     def address(self) -> str:
@@ -135,7 +141,7 @@ class EnvoyProcess:
         return self._process is not None and self._process.poll() is None
 
     def command(self) -> list[str]:
-        """The command line :meth:`start` runs."""
+        """Return the command line :meth:`start` runs."""
         binary = self._envoy or find_tool("envoy")
         args = [str(binary), "-c", str(self._config_path), "--log-level", self._log_level]
         # Hot restart shares memory and a domain socket keyed by a base id; with several Envoys
@@ -146,49 +152,49 @@ class EnvoyProcess:
         return [*args, *self._extra_args]
 
     def start(self) -> None:
-        """Starts Envoy and blocks until its admin ``/ready`` answers LIVE.
+        """Start Envoy and block until its admin reports it LIVE.
 
         Raises:
-            EnvoyError: When it is already running, exits, or is not ready in time (it is then
-                killed); the message carries the tail of Envoy's log.
+            EnvoyError: When it was already started (or stopped), exits, or is not ready in time
+                (it is then killed); the message carries the tail of Envoy's log.
             FileNotFoundError: When Envoy is not installed.
+
         """
-        if self._process is not None:
-            raise EnvoyError("this Envoy was already started")
         command = self.command()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        stderr = self.log_path.open("wb")
-        self._files.append(stderr)
-        stdout: IO[bytes] | None = None
-        if self._stdout_path is not None:
-            stdout = self._stdout_path.open("ab")
-            self._files.append(stdout)
-        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
-        deadline = time.monotonic() + self._startup_timeout_s
-        while True:
-            code = self._process.poll()
-            if code is not None:
-                self._close_files()
-                raise EnvoyError(f"envoy exited with {code} while starting ({' '.join(command)}):\n{self._tail()}")
-            if self._is_live():
-                return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise EnvoyError(
-                    f"envoy was not ready within {self._startup_timeout_s:g}s "
-                    f"(admin {self.admin_address}/ready):\n{self._tail()}"
+        with self._lock:
+            if self._process is not None or self._stopped:
+                raise EnvoyError("an EnvoyProcess starts once; make a new one to start again")
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._files.append(stderr := self.log_path.open("wb"))
+            stdout: IO[bytes] | None = None
+            if self._stdout_path is not None:
+                self._files.append(stdout := self._stdout_path.open("ab"))
+            try:
+                self._process = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
                 )
-            time.sleep(_POLL_INTERVAL_S)
+            except BaseException:
+                self._close_files()
+                raise
+        try:
+            self._wait_until_live(self._process, command)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
-        """Stops Envoy: SIGTERM, then SIGKILL if it has not exited within ``timeout_s``.
+        """Stop Envoy: SIGTERM, then SIGKILL if it has not exited within ``timeout_s``.
 
-        Safe to call twice, or when never started.
+        Safe to call twice, when never started, and from another thread while :meth:`start` waits
+        (that start then fails).
 
         Returns:
             Envoy's exit code, or ``None`` when it was never started.
+
         """
-        process = self._process
+        with self._lock:
+            self._stopped = True
+            process = self._process
         if process is None:
             return None
         if process.poll() is None:
@@ -201,15 +207,57 @@ class EnvoyProcess:
         self._close_files()
         return process.returncode
 
+    async def astart(self) -> None:
+        """Start Envoy without blocking the event loop; see :meth:`start`.
+
+        Starting blocks (a spawn and readiness polling), so it runs in a thread. If the awaiting task
+        is cancelled meanwhile, the thread runs on: Envoy is stopped and that start fails, so no
+        Envoy outlives its owner.
+
+        Raises:
+            EnvoyError: As :meth:`start`.
+
+        """
+        starting = asyncio.ensure_future(asyncio.to_thread(self.start))
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            await asyncio.to_thread(self.stop)
+            with contextlib.suppress(Exception):
+                await starting
+            raise
+
+    async def astop(self, timeout_s: float = 10.0) -> int | None:
+        """Stop Envoy without blocking the event loop; see :meth:`stop`."""
+        return await asyncio.to_thread(self.stop, timeout_s)
+
+    def _wait_until_live(self, process: subprocess.Popen[bytes], command: Sequence[str]) -> None:
+        """Poll until Envoy is LIVE; raise EnvoyError when it exits or the startup timeout passes."""
+        deadline = time.monotonic() + self._startup_timeout_s
+        while True:
+            code = process.poll()
+            if code is not None:
+                raise EnvoyError(
+                    f"envoy exited with {code} while starting ({' '.join(command)}):\n{self._tail()}"
+                )
+            if self._is_live():
+                return
+            if time.monotonic() > deadline:
+                raise EnvoyError(
+                    f"envoy was not LIVE within {self._startup_timeout_s:g}s "
+                    f"(admin {self.admin_address}):\n{self._tail()}"
+                )
+            time.sleep(_POLL_INTERVAL_S)
+
     def _is_live(self) -> bool:
-        """Asks admin ``/server_info`` whether this Envoy is LIVE (listeners up, clusters initialised).
+        """Ask admin ``/server_info`` whether this Envoy is LIVE (listeners up, clusters initialised).
 
         ``/server_info`` rather than ``/ready`` because it also echoes the config path: another Envoy
         already holding the admin port must not pass for this one while this one fails to bind.
         """
         url = f"http://{self.admin_address}/server_info"
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 (a fixed http URL)
+            with urllib.request.urlopen(url, timeout=1.0) as response:
                 info = json.loads(response.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
             return False
@@ -217,7 +265,7 @@ class EnvoyProcess:
         return bool(info.get("state") == "LIVE" and options.get("config_path") == str(self._config_path))
 
     def _tail(self) -> str:
-        """The last lines of Envoy's log."""
+        """Return the last lines of Envoy's log."""
         try:
             lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError as error:
@@ -225,7 +273,7 @@ class EnvoyProcess:
         return "\n".join(lines[-_STDERR_TAIL_LINES:]) or "(empty log)"
 
     def _close_files(self) -> None:
-        """Closes the log files this object opened."""
+        """Close the log files this object opened."""
         for handle in self._files:
             with contextlib.suppress(OSError):
                 handle.close()
@@ -241,14 +289,13 @@ class EnvoyProcess:
         self.stop()
 
     async def __aenter__(self) -> Self:
-        # Starting blocks (a process spawn and readiness polling); keep it off the event loop.
-        await asyncio.to_thread(self.start)
+        await self.astart()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        await asyncio.to_thread(self.stop)
+        await self.astop()
 
 
 def _host_port(host: str, port: int) -> str:

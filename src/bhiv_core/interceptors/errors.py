@@ -67,6 +67,7 @@ class ErrorMappingInterceptor(Interceptor):
 
     Args:
         domain: The ``ErrorInfo.domain`` of this service, like ``crm.bhiv.core``.
+
     """
 
     def __init__(self, domain: str):
@@ -94,7 +95,9 @@ class ErrorMappingInterceptor(Interceptor):
         code = context.code()
         call.code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
 
-    async def intercept_unary(self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext) -> Any:
+    async def intercept_unary(
+        self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext
+    ) -> Any:
         """Runs the rest of the chain and maps any error."""
         try:
             response = await proceed(call, request, context)

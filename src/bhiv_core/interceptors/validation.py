@@ -12,10 +12,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from bhiv.options.v1 import annotations_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from bhiv.options.v1 import annotations_pb2
 from bhiv_core.runtime.chain import CallInfo, Context, PreCheckInterceptor
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
 
@@ -69,7 +69,9 @@ def _plan_for(descriptor: Descriptor, visiting: frozenset[str] = frozenset()) ->
     fields: list[_FieldPlan] = []
     for field in descriptor.fields:
         options = field.GetOptions()
-        rules = options.Extensions[annotations_pb2.rules] if options.HasExtension(annotations_pb2.rules) else None
+        rules = (
+            options.Extensions[annotations_pb2.rules] if options.HasExtension(annotations_pb2.rules) else None
+        )
         nested = None
         is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
         if field.message_type is not None and not is_map:
@@ -110,7 +112,8 @@ def _check_scalar(fp: _FieldPlan, value: Any, path: str, out: list[FieldViolatio
             out.append(FieldViolation(path, f"must be at most {rules.max_bytes} bytes", "TOO_LARGE"))
     elif field.type == FieldDescriptor.TYPE_ENUM:
         if fp.enum_values is not None and value not in fp.enum_values:
-            out.append(FieldViolation(path, f"{value} is not a defined {field.enum_type.name}", "UNDEFINED_ENUM"))
+            enum_name = field.enum_type.name if field.enum_type is not None else "enum value"
+            out.append(FieldViolation(path, f"{value} is not a defined {enum_name}", "UNDEFINED_ENUM"))
     elif field.type in _NUMERIC:
         if rules.has_min and value < rules.min:
             out.append(FieldViolation(path, f"must be at least {rules.min:g}", "OUT_OF_RANGE"))
@@ -152,7 +155,7 @@ def _validate(message: Message, plan: _Plan, prefix: str, out: list[FieldViolati
 
 def validate(message: Message) -> list[FieldViolation]:
     """Returns every rule ``message`` violates (empty when it is valid)."""
-    plan = _plan_for(message.DESCRIPTOR)
+    plan = _plan_for(message.DESCRIPTOR)  # type: ignore[arg-type]
     if plan is None:
         return []
     out: list[FieldViolation] = []

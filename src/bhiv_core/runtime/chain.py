@@ -13,7 +13,7 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 Context = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:  # grpc-stubs makes it generic; the runtime class is not subscriptable
+    Handler = grpc.RpcMethodHandler[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
 
 
 @dataclass(slots=True)
@@ -50,6 +54,7 @@ class CallInfo:
         resource: The resource name the call addresses, when known.
         principal: The authenticated principal, set by auth.
         extra: Free slots for concerns (trace id, and the like).
+
     """
 
     method: str
@@ -77,7 +82,9 @@ StreamNext = Callable[[CallInfo, Any, Context], AsyncIterator[Any]]
 class Interceptor:
     """One concern of the chain. The defaults pass the call through untouched."""
 
-    async def intercept_unary(self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext) -> Any:
+    async def intercept_unary(
+        self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext
+    ) -> Any:
         """Handles a call with a single response; must await ``proceed`` to continue the chain."""
         return await proceed(call, request, context)
 
@@ -94,7 +101,9 @@ class PreCheckInterceptor(Interceptor):
     async def check(self, call: CallInfo, request: Any, context: Context) -> None:
         """Raises a :class:`~bhiv_core.runtime.errors.BhivError` to refuse the call."""
 
-    async def intercept_unary(self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext) -> Any:
+    async def intercept_unary(
+        self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext
+    ) -> Any:
         """Checks, then continues."""
         await self.check(call, request, context)
         return await proceed(call, request, context)
@@ -178,8 +187,10 @@ def _bind_stream(interceptor: Interceptor, proceed: StreamNext) -> StreamNext:
 
 
 def _as_async_iterator(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
-    """Adapts a streaming behavior that writes with ``context.write`` (like grpcio's aio health
-    ``Watch``) to the async-iterator form the chain composes."""
+    """Adapts a streaming behavior to the async-iterator form the chain composes.
+
+    grpcio's own aio services (health ``Watch``) write with ``context.write`` instead of yielding.
+    """
     if inspect.isasyncgenfunction(behavior):
         return behavior
 
@@ -201,7 +212,7 @@ async def _unknown_method(request: bytes, context: Context) -> bytes:
 _UNKNOWN_HANDLER = grpc.unary_unary_rpc_method_handler(_unknown_method)
 
 
-class ChainInterceptor(grpc.aio.ServerInterceptor):
+class ChainInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """The one gRPC interceptor of a server: runs the composed concerns around each handler.
 
     Unknown methods also pass through the chain (as UNIMPLEMENTED), so scanning is audited too.
@@ -209,7 +220,7 @@ class ChainInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, chain: Sequence[Interceptor | Selector]):
         self._chain = tuple(chain)
-        self._cache: dict[str, grpc.RpcMethodHandler] = {}
+        self._cache: dict[str, Handler] = {}
 
     def concerns_for(self, method: str) -> list[Interceptor]:
         """The concerns that apply to ``method``, outermost first."""
@@ -224,9 +235,9 @@ class ChainInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         """Returns the cached composed handler for the method, composing it on first use."""
         method: str = handler_call_details.method
         cached = self._cache.get(method)
@@ -240,11 +251,11 @@ class ChainInterceptor(grpc.aio.ServerInterceptor):
         self._cache[method] = wrapped
         return wrapped
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(self, method: str, handler: Handler) -> Handler:
         concerns = self.concerns_for(method)
         descriptor = _method_descriptor(method)
         if handler.response_streaming:
-            behavior = _as_async_iterator(handler.unary_stream or handler.stream_stream)
+            behavior = _as_async_iterator(handler.unary_stream or handler.stream_stream)  # type: ignore[arg-type]
 
             def stream_terminal(call: CallInfo, request: Any, context: Context) -> AsyncIterator[Any]:
                 return behavior(request, context)  # type: ignore[no-any-return]
@@ -270,7 +281,7 @@ class ChainInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
 
-        unary_behavior = handler.unary_unary or handler.stream_unary
+        unary_behavior: Any = handler.unary_unary or handler.stream_unary
 
         async def unary_terminal(call: CallInfo, request: Any, context: Context) -> Any:
             return await unary_behavior(request, context)

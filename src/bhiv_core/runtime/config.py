@@ -30,6 +30,7 @@ class Settings:
 
     Args:
         env: The environment (defaults to ``os.environ``).
+
     """
 
     def __init__(self, env: Mapping[str, str] | None = None):
@@ -127,6 +128,7 @@ class RuntimeConfig:
         peers: The address of every service of the mesh (``BHIV_<SERVICE>_ADDR``, default
             ``<host>:<port>``), for service-to-service calls.
         settings: The raw settings, for service-specific options.
+
     """
 
     service: str

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from bhiv.options.v1 import annotations_pb2
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+
+from bhiv.options.v1 import annotations_pb2
 
 __all__ = ["MethodPolicy", "all_services", "method_path", "policy_of", "services_of_package"]
 
@@ -49,6 +50,7 @@ class MethodPolicy:
         public: True when no principal is needed.
         permission: The permission required otherwise (empty when public or undeclared).
         declared: False when the method has no ``access`` option — a contract bug.
+
     """
 
     public: bool

@@ -1,6 +1,8 @@
-"""Typed errors that handlers raise; :class:`~bhiv_core.interceptors.errors.ErrorMappingInterceptor`
-turns them into a ``google.rpc.Status`` with an ``ErrorInfo`` and, where it applies, ``BadRequest``
-field violations or a ``QuotaFailure``.
+"""Typed errors that handlers raise.
+
+:class:`~bhiv_core.interceptors.errors.ErrorMappingInterceptor` turns them into a
+``google.rpc.Status`` with an ``ErrorInfo`` and, where it applies, ``BadRequest`` field
+violations or a ``QuotaFailure``.
 
 Servicers never call ``context.abort``: they raise one of these.
 """
@@ -38,6 +40,7 @@ class FieldViolation:
         field: The field path, like ``customer.email`` or ``items[2].quantity``.
         description: What is wrong with it, for a person.
         reason: A machine-readable UPPER_SNAKE reason, like ``REQUIRED`` or ``TOO_LONG``.
+
     """
 
     field: str
@@ -53,6 +56,7 @@ class BhivError(Exception):
         reason: The UPPER_SNAKE ``ErrorInfo.reason``.
         message: The developer-facing message sent as ``grpc-message``.
         metadata: Extra ``ErrorInfo.metadata`` (string to string).
+
     """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN

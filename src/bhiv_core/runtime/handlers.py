@@ -40,15 +40,18 @@ def implemented_methods(service: ServiceDescriptor, servicer: object) -> list[st
     return [m.name for m in service.methods if callable(getattr(servicer, m.name, None))]
 
 
-def service_handler(service: ServiceDescriptor, servicer: object, missing: str) -> grpc.GenericRpcHandler:
+def service_handler(
+    service: ServiceDescriptor, servicer: object, missing: str
+) -> grpc.GenericRpcHandler[Any, Any]:
     """Builds the handler of every RPC of ``service``.
 
     Args:
         service: The service descriptor from the generated code.
         servicer: An object with an ``async`` method per implemented RPC.
         missing: Says what will implement the rest, for the UNIMPLEMENTED message.
+
     """
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
@@ -56,7 +59,7 @@ def service_handler(service: ServiceDescriptor, servicer: object, missing: str) 
         if not callable(behavior):
             behavior = _unimplemented(method, missing)
         if method.client_streaming and method.server_streaming:
-            factory: Callable[..., grpc.RpcMethodHandler] = grpc.stream_stream_rpc_method_handler
+            factory: Callable[..., grpc.RpcMethodHandler[Any, Any]] = grpc.stream_stream_rpc_method_handler
         elif method.client_streaming:
             factory = grpc.stream_unary_rpc_method_handler
         elif method.server_streaming:

@@ -62,6 +62,7 @@ class ServiceDefinition:
         checks: Named dependency checks that drive the health status.
         on_start: Hooks run before the server accepts calls (open stores, and the like).
         on_stop: Hooks run after the server stopped (close stores).
+
     """
 
     name: str
@@ -130,7 +131,9 @@ class HealthMonitor:
             elif self.failures:
                 log.info("health checks passing again")
         self.failures = failures
-        status = health_pb2.HealthCheckResponse.NOT_SERVING if failures else health_pb2.HealthCheckResponse.SERVING
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING if failures else health_pb2.HealthCheckResponse.SERVING
+        )
         for name in self._names:
             await self._health.set(name, status)
         return not failures

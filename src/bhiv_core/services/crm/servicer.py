@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CrmServicer", "MISSING"]
+__all__ = ["MISSING", "CrmServicer"]
 
 MISSING = "the CRM module (customers, leads, tickets, interactions) is a later issue"
 

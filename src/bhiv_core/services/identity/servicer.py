@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["IdentityServicer", "MISSING"]
+__all__ = ["MISSING", "IdentityServicer"]
 
 MISSING = "identity (login, tokens, JWKS, users, roles) is built by the identity and security-chain issue"
 

@@ -1,3 +1,6 @@
-"""The integrations service: integrations, webhooks, external API calls and social content (``bhiv.integrations.v1``)."""
+"""The integrations service: integrations, webhooks, external API calls and social content.
+
+Contract: ``bhiv.integrations.v1``.
+"""
 
 __all__: list[str] = []

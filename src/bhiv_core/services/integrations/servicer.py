@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["IntegrationsServicer", "MISSING"]
+__all__ = ["MISSING", "IntegrationsServicer"]
 
 MISSING = "integrations and webhooks are a later issue"
 

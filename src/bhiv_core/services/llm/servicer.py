@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["LlmServicer", "MISSING"]
+__all__ = ["MISSING", "LlmServicer"]
 
 MISSING = "the LLM service (Groq with an offline fallback) is a later issue"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["LogisticsServicer", "MISSING"]
+__all__ = ["MISSING", "LogisticsServicer"]
 
 MISSING = "the logistics module (inventory, suppliers, shipments) is a later issue"
 

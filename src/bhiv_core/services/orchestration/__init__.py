@@ -1,3 +1,6 @@
-"""The orchestration service: the twelve agents, tasks, workflows and the knowledge base (``bhiv.orchestration.v1``)."""
+"""The orchestration service: the twelve agents, tasks, workflows and the knowledge base.
+
+Contract: ``bhiv.orchestration.v1``.
+"""
 
 __all__: list[str] = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["OrchestrationServicer", "MISSING"]
+__all__ = ["MISSING", "OrchestrationServicer"]
 
 MISSING = "agent orchestration and retrieval are a later issue"
 

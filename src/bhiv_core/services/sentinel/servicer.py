@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SentinelServicer", "MISSING"]
+__all__ = ["MISSING", "SentinelServicer"]
 
 MISSING = "sentinel (audit queries, threats, blocks, alerts) is a later issue"
 

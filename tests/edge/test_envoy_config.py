@@ -1,0 +1,632 @@
+"""Tests of the edge's Envoy config: its shape, Envoy's validation, and a real Envoy routing real calls.
+
+The live tests start tiny ``grpc.aio`` servers on loopback (health, reflection and a raw-bytes echo
+under ``/bhiv.<name>.v1.``) and a real Envoy in front of them, then call through it with grpcio
+(HTTP/2), a hand-framed gRPC-web POST (HTTP/1.1), CORS preflights and grpcurl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import socket
+import subprocess
+import warnings
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import HttpFilter
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from bhiv_core.edge.binaries import find_tool
+from bhiv_core.edge.envoy_config import (
+    ADMIN_HOST,
+    REFLECTION_CLUSTER,
+    REFLECTION_PREFIXES,
+    SERVICE_HEADER,
+    EdgeSettings,
+    Upstream,
+    build_bootstrap,
+    write_bootstrap,
+)
+from bhiv_core.edge.process import EnvoyError, EnvoyProcess, validate_config
+from bhiv_core.registry import SERVICES
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic")
+
+ALLOWED_ORIGIN = "http://localhost:3000"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def free_settings(**overrides: Any) -> EdgeSettings:
+    return EdgeSettings(listen_port=free_port(), admin_port=free_port(), **overrides)
+
+
+def registry_upstreams() -> list[Upstream]:
+    return [Upstream.from_spec(spec) for spec in SERVICES]
+
+
+def dead_upstream() -> list[Upstream]:
+    """An upstream nobody listens on, for tests that only need Envoy itself."""
+    return [Upstream(name="alpha", host="127.0.0.1", port=free_port(), route_prefix="/bhiv.alpha.v1.")]
+
+
+def hcm(bootstrap: Mapping[str, Any]) -> dict[str, Any]:
+    listener = bootstrap["static_resources"]["listeners"][0]
+    config: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return config
+
+
+def virtual_host(bootstrap: Mapping[str, Any]) -> dict[str, Any]:
+    vhost: dict[str, Any] = hcm(bootstrap)["route_config"]["virtual_hosts"][0]
+    return vhost
+
+
+def grpc_frame(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+@dataclass(frozen=True)
+class GrpcWebReply:
+    http_status: int
+    headers: dict[str, str]
+    messages: list[bytes]
+    grpc_status: int | None
+    grpc_message: str
+
+
+def grpc_web_call(address: str, path: str, message: bytes, headers: Mapping[str, str] = {}) -> GrpcWebReply:
+    """One unary gRPC-web call over HTTP/1.1, framed by hand (blocking; run it in a thread)."""
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request(
+            "POST",
+            path,
+            body=grpc_frame(message),
+            headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1", **headers},
+        )
+        response = connection.getresponse()
+        body = response.read()
+        reply_headers = {key.lower(): value for key, value in response.getheaders()}
+    finally:
+        connection.close()
+    messages: list[bytes] = []
+    trailers: dict[str, str] = {}
+    offset = 0
+    while offset < len(body):
+        flags, length = body[offset], int.from_bytes(body[offset + 1 : offset + 5], "big")
+        payload = body[offset + 5 : offset + 5 + length]
+        offset += 5 + length
+        if flags & 0x80:  # the trailer frame: HTTP/1-style header lines
+            for line in payload.decode().split("\r\n"):
+                if line:
+                    key, _, value = line.partition(":")
+                    trailers[key.strip().lower()] = value.strip()
+        else:
+            messages.append(payload)
+    status_source = trailers if "grpc-status" in trailers else reply_headers  # trailers-only replies
+    status = status_source.get("grpc-status")
+    return GrpcWebReply(
+        http_status=response.status,
+        headers=reply_headers,
+        messages=messages,
+        grpc_status=int(status) if status is not None else None,
+        grpc_message=status_source.get("grpc-message", ""),
+    )
+
+
+def http_request(
+    address: str, method: str, path: str, headers: Mapping[str, str]
+) -> tuple[int, dict[str, str]]:
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request(method, path, headers=dict(headers))
+        response = connection.getresponse()
+        response.read()
+        return response.status, {key.lower(): value for key, value in response.getheaders()}
+    finally:
+        connection.close()
+
+
+def preflight(address: str, origin: str) -> tuple[int, dict[str, str]]:
+    return http_request(
+        address,
+        "OPTIONS",
+        "/bhiv.alpha.v1.EchoService/Echo",
+        {
+            "origin": origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type,x-grpc-web,authorization",
+        },
+    )
+
+
+def h2_grpc_headers_only(address: str, path: str, content_length: int) -> dict[str, str]:
+    """Sends gRPC request headers declaring ``content-length`` over h2c; returns the reply's headers.
+
+    grpcio never sends content-length, so this speaks HTTP/2 directly (h2 comes with grpclib).
+    """
+    host, port = address.rsplit(":", 1)
+    connection = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    )
+    received: dict[str, str] = {}
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        connection.initiate_connection()
+        stream_id = connection.get_next_available_stream_id()
+        connection.send_headers(
+            stream_id,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", address),
+                (":path", path),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                ("content-length", str(content_length)),
+            ],
+        )
+        sock.sendall(connection.data_to_send())
+        done = False
+        while not done:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    received.update((str(key), str(value)) for key, value in event.headers or [])
+                done = done or isinstance(event, h2.events.StreamEnded | h2.events.StreamReset)
+            sock.sendall(connection.data_to_send())
+    return received
+
+
+class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # the generated base is untyped
+    """Answers Check: SERVING for the names it serves, NOT_FOUND for the others."""
+
+    def __init__(self, serving: set[str]) -> None:
+        self._serving = serving
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service not in self._serving:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+async def start_upstream(name: str) -> tuple[grpc.aio.Server, Upstream]:
+    """Start a service called ``name``: echo under /bhiv.<name>.v1., health, reflection."""
+    server = grpc.aio.server()
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return name.encode() + b":" + request
+
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                f"bhiv.{name}.v1.EchoService", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+            ),
+        )
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(Health({"", f"bhiv.{name}"}), server)
+    reflection.enable_server_reflection([health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, Upstream(name=name, host="127.0.0.1", port=port, route_prefix=f"/bhiv.{name}.v1.")
+
+
+async def echo_call(address: str, name: str, payload: bytes = b"hi") -> tuple[grpc.StatusCode, bytes | None]:
+    """Calls /bhiv.<name>.v1.EchoService/Echo through ``address``; returns the code and the reply."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(
+            f"/bhiv.{name}.v1.EchoService/Echo", request_serializer=None, response_deserializer=None
+        )
+        try:
+            reply: bytes = await call(payload, timeout=10)
+        except grpc.aio.AioRpcError as error:
+            return error.code(), None
+        return grpc.StatusCode.OK, reply
+
+
+@pytest.fixture(scope="module")
+async def upstreams() -> AsyncIterator[list[Upstream]]:
+    started = [await start_upstream("alpha"), await start_upstream("beta")]
+    yield [upstream for _, upstream in started]
+    for server, _ in started:
+        await server.stop(None)
+
+
+@pytest.fixture(scope="module")
+async def edge(
+    upstreams: list[Upstream], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[EnvoyProcess]:
+    settings = free_settings(max_request_bytes=64 * 1024)
+    path = write_bootstrap(tmp_path_factory.mktemp("edge") / "envoy.json", upstreams, settings)
+    async with EnvoyProcess(path, settings, concurrency=2) as envoy:
+        yield envoy
+
+
+@pytest.fixture
+def registry_bootstrap() -> Iterator[dict[str, Any]]:
+    yield build_bootstrap(registry_upstreams(), EdgeSettings())
+
+
+# ----------------------------------------------------------------------------- the config's shape
+
+
+def test_registry_config_passes_envoy_validate_without_deprecated_fields(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        # envoy-data-plane warns when a deprecated field is set.
+        warnings.simplefilter("error", DeprecationWarning)
+        path = write_bootstrap(tmp_path / "envoy.json", registry_upstreams(), EdgeSettings())
+    validate_config(path)  # raises on rejection and on any deprecated field
+    assert [p.name for p in tmp_path.iterdir()] == ["envoy.json"]  # the atomic write left no temp file
+
+
+def test_validate_config_rejects_a_broken_config(tmp_path: Path) -> None:
+    bootstrap = build_bootstrap(registry_upstreams(), EdgeSettings())
+    virtual_host(bootstrap)["routes"][-1]["route"]["cluster"] = "no-such-cluster"
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(bootstrap))
+    with pytest.raises(EnvoyError, match="no-such-cluster"):
+        validate_config(path)
+
+
+def test_validate_config_rejects_deprecated_fields(tmp_path: Path) -> None:
+    bootstrap = build_bootstrap(registry_upstreams(), EdgeSettings())
+    virtual_host(bootstrap)["cors"] = {"allow_methods": "POST"}  # VirtualHost.cors is deprecated
+    path = tmp_path / "deprecated.json"
+    path.write_text(json.dumps(bootstrap))
+    with pytest.raises(EnvoyError, match="deprecated"):
+        validate_config(path)
+    validate_config(path, allow_deprecated=True)
+
+
+def test_admin_is_bound_to_loopback_even_when_listening_on_all_addresses() -> None:
+    bootstrap = build_bootstrap(registry_upstreams(), EdgeSettings(listen_host="0.0.0.0", admin_port=9911))
+    assert bootstrap["admin"]["address"]["socket_address"] == {"address": ADMIN_HOST, "port_value": 9911}
+    listener_address = bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]
+    assert listener_address["address"] == "0.0.0.0"
+
+
+def test_no_route_matches_grpc_and_each_service_prefix_routes_to_its_cluster(
+    registry_bootstrap: dict[str, Any],
+) -> None:
+    routes = virtual_host(registry_bootstrap)["routes"]
+    assert all("grpc" not in route["match"] for route in routes)
+    cluster_by_prefix = {
+        route["match"]["prefix"]: route["route"]["cluster"]
+        for route in routes
+        if "route" in route and not route["match"].get("headers")
+    }
+    for spec in SERVICES:
+        assert cluster_by_prefix[spec.route_prefix] == spec.name
+    for prefix in REFLECTION_PREFIXES:
+        assert cluster_by_prefix[prefix] == REFLECTION_CLUSTER
+    clusters = {cluster["name"]: cluster for cluster in registry_bootstrap["static_resources"]["clusters"]}
+    assert set(clusters) == {spec.name for spec in SERVICES} | {REFLECTION_CLUSTER}
+    reflection_ports = {
+        endpoint["endpoint"]["address"]["socket_address"]["port_value"]
+        for endpoint in clusters[REFLECTION_CLUSTER]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    }
+    assert reflection_ports == {spec.port for spec in SERVICES}
+
+
+def test_service_routes_have_no_timeout_and_honour_grpc_timeout(registry_bootstrap: dict[str, Any]) -> None:
+    crm = next(route for route in virtual_host(registry_bootstrap)["routes"] if route.get("name") == "crm")
+    assert crm["route"]["timeout"] == "0s"
+    assert crm["route"]["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}
+
+
+def test_health_routes_by_service_header_then_to_every_service(registry_bootstrap: dict[str, Any]) -> None:
+    health_routes = [
+        route
+        for route in virtual_host(registry_bootstrap)["routes"]
+        if route["match"]["prefix"] == "/grpc.health.v1.Health/"
+    ]
+    by_header = {
+        route["match"]["headers"][0]["string_match"]["exact"]: route["route"]["cluster"]
+        for route in health_routes
+        if route["match"].get("headers")
+    }
+    assert all(route["match"]["headers"][0]["name"] == SERVICE_HEADER for route in health_routes[:-1])
+    assert by_header == {spec.name: spec.name for spec in SERVICES}
+    assert health_routes[-1]["route"]["cluster"] == REFLECTION_CLUSTER  # the fallback comes last
+
+
+def test_cors_policy_is_per_filter_config_and_exposes_grpc_status(registry_bootstrap: dict[str, Any]) -> None:
+    vhost = virtual_host(registry_bootstrap)
+    assert "cors" not in vhost
+    policy = vhost["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert policy["@type"] == "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+    exposed = policy["expose_headers"].split(",")
+    assert {"grpc-status", "grpc-message", "grpc-status-details-bin"} <= set(exposed)
+    assert set(policy["allow_methods"].split(",")) == {"POST", "OPTIONS"}
+    assert {"x-grpc-web", "grpc-timeout", "authorization"} <= set(policy["allow_headers"].split(","))
+
+
+def test_http_filters_run_grpc_web_cors_rate_limit_then_extras_then_router() -> None:
+    extra = HttpFilter(name="envoy.filters.http.jwt_authn_placeholder", disabled=True)
+    bootstrap = build_bootstrap(registry_upstreams(), EdgeSettings(), extra_http_filters=[extra])
+    names = [f["name"] for f in hcm(bootstrap)["http_filters"]]
+    assert names == [
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.cors",
+        "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.jwt_authn_placeholder",
+        "envoy.filters.http.router",
+    ]
+
+
+def test_local_rate_limit_answers_resource_exhausted(registry_bootstrap: dict[str, Any]) -> None:
+    config = hcm(registry_bootstrap)["http_filters"][2]["typed_config"]
+    assert config["rate_limited_as_resource_exhausted"] is True
+    assert config["token_bucket"] == {"max_tokens": 1000, "tokens_per_fill": 1000, "fill_interval": "1s"}
+    # Both default to 0 %, which would leave the limiter inert.
+    for key in ("filter_enabled", "filter_enforced"):
+        assert config[key]["default_value"] == {"numerator": 100}
+
+
+def test_edge_best_practice_limits(registry_bootstrap: dict[str, Any]) -> None:
+    manager = hcm(registry_bootstrap)
+    assert manager["use_remote_address"] is True
+    assert manager["normalize_path"] is True
+    assert manager["merge_slashes"] is True
+    assert manager["common_http_protocol_options"]["headers_with_underscores_action"] == "REJECT_REQUEST"
+    assert manager["http2_protocol_options"]["max_concurrent_streams"] == 100
+    assert manager["stream_idle_timeout"] == "300s"
+    assert "codec_type" not in manager  # AUTO is the proto default, so proto3 JSON omits it
+    assert (
+        registry_bootstrap["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] == 32768
+    )
+    for cluster in registry_bootstrap["static_resources"]["clusters"]:
+        assert cluster["per_connection_buffer_limit_bytes"] == 32768
+        assert cluster["connect_timeout"] == "1s"
+        assert "grpc_health_check" in cluster["health_checks"][0]
+        options = cluster["typed_extension_protocol_options"][
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ]
+        assert "http2_protocol_options" in options["explicit_http_config"]
+
+
+def test_access_log_is_json_to_stdout_or_a_file(tmp_path: Path) -> None:
+    stdout_log = hcm(build_bootstrap(registry_upstreams(), EdgeSettings()))["access_log"][0]
+    assert stdout_log["typed_config"]["@type"].endswith("StdoutAccessLog")
+    fields = stdout_log["typed_config"]["log_format"]["json_format"]
+    assert fields["peer"] == "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+    assert fields["grpc_status"] == "%GRPC_STATUS%"
+    file_log = hcm(build_bootstrap(registry_upstreams(), EdgeSettings(access_log_path=tmp_path / "a.log")))
+    assert file_log["access_log"][0]["typed_config"]["path"] == str(tmp_path / "a.log")
+
+
+def test_invalid_upstreams_are_refused() -> None:
+    with pytest.raises(ValueError, match="duplicate upstream name"):
+        build_bootstrap([Upstream.from_spec(SERVICES[0]), Upstream.from_spec(SERVICES[0])], EdgeSettings())
+    with pytest.raises(ValueError, match="at least one upstream"):
+        build_bootstrap([], EdgeSettings())
+    with pytest.raises(ValueError, match="invalid upstream name"):
+        Upstream(name=REFLECTION_CLUSTER, host="127.0.0.1", port=1, route_prefix="/x.")
+    with pytest.raises(ValueError, match="route_prefix"):
+        Upstream(name="crm", host="127.0.0.1", port=1, route_prefix="bhiv.crm.v1")
+
+
+def test_dns_upstreams_make_strict_dns_clusters() -> None:
+    upstream = Upstream(name="crm", host="crm.bhiv.svc", port=50053, route_prefix="/bhiv.crm.v1.")
+    clusters = build_bootstrap([upstream], EdgeSettings())["static_resources"]["clusters"]
+    assert [cluster["type"] for cluster in clusters] == ["STRICT_DNS", "STRICT_DNS"]
+
+
+# ----------------------------------------------------------------------------- a real Envoy
+
+
+async def test_grpc_call_through_the_edge_reaches_the_service_owning_the_prefix(edge: EnvoyProcess) -> None:
+    assert await echo_call(edge.address, "alpha") == (grpc.StatusCode.OK, b"alpha:hi")
+    assert await echo_call(edge.address, "beta") == (grpc.StatusCode.OK, b"beta:hi")
+
+
+async def test_unknown_prefix_is_unimplemented(edge: EnvoyProcess) -> None:
+    assert await echo_call(edge.address, "gamma") == (grpc.StatusCode.UNIMPLEMENTED, None)
+
+
+async def test_health_check_goes_to_the_service_named_in_the_header(edge: EnvoyProcess) -> None:
+    async with grpc.aio.insecure_channel(edge.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="bhiv.beta")
+        reply = await stub.Check(request, metadata=((SERVICE_HEADER, "beta"),), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.Check(request, metadata=((SERVICE_HEADER, "alpha"),), timeout=10)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND  # alpha does not know bhiv.beta
+        overall = await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)  # no header: any service
+        assert overall.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_grpc_web_post_reaches_the_service_and_reads_the_status_trailer(edge: EnvoyProcess) -> None:
+    request = health_pb2.HealthCheckRequest(service="bhiv.alpha").SerializeToString()
+    reply = await asyncio.to_thread(
+        grpc_web_call,
+        edge.address,
+        HEALTH_CHECK,
+        request,
+        {SERVICE_HEADER: "alpha", "origin": ALLOWED_ORIGIN},
+    )
+    assert reply.http_status == 200
+    assert reply.headers["content-type"].startswith("application/grpc-web")
+    assert reply.grpc_status == 0
+    assert len(reply.messages) == 1
+    assert health_pb2.HealthCheckResponse.FromString(reply.messages[0]).status == (
+        health_pb2.HealthCheckResponse.SERVING
+    )
+    assert reply.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "grpc-status" in reply.headers["access-control-expose-headers"].split(",")
+
+    echo = await asyncio.to_thread(grpc_web_call, edge.address, "/bhiv.beta.v1.EchoService/Echo", b"web")
+    assert (echo.grpc_status, echo.messages) == (0, [b"beta:web"])
+
+
+async def test_grpc_web_error_status_reaches_the_browser(edge: EnvoyProcess) -> None:
+    request = health_pb2.HealthCheckRequest(service="bhiv.nothing").SerializeToString()
+    reply = await asyncio.to_thread(
+        grpc_web_call, edge.address, HEALTH_CHECK, request, {SERVICE_HEADER: "alpha"}
+    )
+    assert (reply.http_status, reply.grpc_status) == (200, grpc.StatusCode.NOT_FOUND.value[0])
+
+
+async def test_cors_preflight_allows_local_origin_only(edge: EnvoyProcess) -> None:
+    status, headers = await asyncio.to_thread(preflight, edge.address, ALLOWED_ORIGIN)
+    assert status == 200
+    assert headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "POST" in headers["access-control-allow-methods"]
+    assert "x-grpc-web" in headers["access-control-allow-headers"]
+
+    status, headers = await asyncio.to_thread(preflight, edge.address, "http://evil.example")
+    assert "access-control-allow-origin" not in headers
+    status, headers = await asyncio.to_thread(preflight, edge.address, "http://localhost.evil.example:3000")
+    assert "access-control-allow-origin" not in headers
+
+
+async def test_grpc_web_request_declaring_a_body_over_the_limit_gets_413(edge: EnvoyProcess) -> None:
+    big = b"x" * (64 * 1024)  # the frame header pushes it just over the edge fixture's 64 KiB limit
+    reply = await asyncio.to_thread(grpc_web_call, edge.address, "/bhiv.alpha.v1.EchoService/Echo", big)
+    assert (reply.http_status, reply.messages) == (413, [])
+    assert "larger than 65536 bytes" in reply.grpc_message
+    small = await asyncio.to_thread(
+        grpc_web_call, edge.address, "/bhiv.alpha.v1.EchoService/Echo", b"x" * 1000
+    )
+    assert (small.http_status, small.grpc_status) == (200, 0)
+
+
+async def test_grpc_request_declaring_a_body_over_the_limit_is_resource_exhausted(edge: EnvoyProcess) -> None:
+    headers = await asyncio.to_thread(
+        h2_grpc_headers_only, edge.address, "/bhiv.alpha.v1.EchoService/Echo", 70_000
+    )
+    assert headers[":status"] == "200"
+    assert headers["grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+    assert "larger than 65536 bytes" in headers["grpc-message"]
+
+
+async def test_underscore_headers_are_rejected(edge: EnvoyProcess) -> None:
+    async with grpc.aio.insecure_channel(edge.address) as channel:
+        call = channel.unary_unary(
+            "/bhiv.alpha.v1.EchoService/Echo", request_serializer=None, response_deserializer=None
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call(b"hi", metadata=(("x_sneaky", "1"),), timeout=10)
+    assert error.value.code() != grpc.StatusCode.OK
+    assert await echo_call(edge.address, "alpha") == (grpc.StatusCode.OK, b"alpha:hi")
+
+
+async def test_grpcurl_lists_services_through_the_edge_reflection_route(edge: EnvoyProcess) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [str(find_tool("grpcurl")), "-plaintext", edge.address, "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "grpc.health.v1.Health" in result.stdout.split()
+
+
+async def test_rate_limit_answers_resource_exhausted_after_the_bucket_empties(
+    upstreams: list[Upstream], tmp_path: Path
+) -> None:
+    access_log = tmp_path / "access.log"
+    settings = free_settings(
+        rate_limit_tokens_per_fill=2, rate_limit_fill_interval_s=60, access_log_path=access_log
+    )
+    path = write_bootstrap(tmp_path / "envoy.json", upstreams, settings)
+    async with EnvoyProcess(path, settings, concurrency=2) as envoy:
+        codes = [(await echo_call(envoy.address, "alpha"))[0] for _ in range(4)]
+        assert codes == [
+            grpc.StatusCode.OK,
+            grpc.StatusCode.OK,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ]
+        web = await asyncio.to_thread(grpc_web_call, envoy.address, "/bhiv.alpha.v1.EchoService/Echo", b"hi")
+        assert web.http_status == 429  # gRPC-web gets HTTP 429
+        # CORS runs before the limiter: preflights are answered without spending tokens.
+        status, headers = await asyncio.to_thread(preflight, envoy.address, ALLOWED_ORIGIN)
+        assert (status, headers["access-control-allow-origin"]) == (200, ALLOWED_ORIGIN)
+    # Envoy flushes the access log on exit; the rejected calls are in it, for sentinel to see.
+    entries = [json.loads(line) for line in access_log.read_text().splitlines()]
+    grpc_entries = [entry for entry in entries if entry["protocol"] == "HTTP/2"]
+    assert [entry["grpc_status"] for entry in grpc_entries] == [
+        "OK",
+        "OK",
+        "ResourceExhausted",
+        "ResourceExhausted",
+    ]
+    limited = grpc_entries[-1]
+    assert limited["peer"] == "127.0.0.1"
+    assert limited["path"] == "/bhiv.alpha.v1.EchoService/Echo"
+    assert limited["response_flags"] == "RL"
+    assert limited["upstream_host"] is None  # rejected at the edge (the route's cluster is still named)
+    assert grpc_entries[0]["upstream_host"] == f"127.0.0.1:{upstreams[0].port}"
+
+
+def test_envoy_process_reports_a_port_clash_with_envoys_log(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = EdgeSettings(listen_port=taken.getsockname()[1], admin_port=free_port())
+        path = write_bootstrap(tmp_path / "envoy.json", dead_upstream(), settings)
+        envoy = EnvoyProcess(path, settings, concurrency=1)
+        with pytest.raises(EnvoyError, match="Address already in use"):
+            envoy.start()
+        assert not envoy.running
+
+
+def test_envoy_process_runs_as_a_sync_context_manager(tmp_path: Path) -> None:
+    settings = free_settings()
+    path = write_bootstrap(tmp_path / "envoy.json", dead_upstream(), settings)
+    with EnvoyProcess(path, settings, concurrency=1) as envoy:
+        assert envoy.running
+        status, _ = http_request(envoy.admin_address, "GET", "/ready", {})
+        assert status == 200
+    assert not envoy.running
+    assert envoy.stop() == 0  # SIGTERM is a clean exit; stopping twice is harmless
+
+
+async def test_cancelled_async_start_leaves_no_envoy_running(tmp_path: Path) -> None:
+    # An upstream that accepts TCP but never answers keeps Envoy initialising (its first health
+    # check waits for the 1 s timeout), so the cancellation lands while start() is still waiting.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        upstream = Upstream(name="alpha", host="127.0.0.1", port=silent.getsockname()[1], route_prefix="/a.")
+        settings = free_settings()
+        path = write_bootstrap(tmp_path / "envoy.json", [upstream], settings)
+        envoy = EnvoyProcess(path, settings, concurrency=1)
+        task = asyncio.create_task(envoy.__aenter__())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert envoy.pid is None or not envoy.running
+        with pytest.raises(EnvoyError, match="starts once"):
+            envoy.start()
