@@ -66,6 +66,7 @@ class Mesh:
         edge_port: The edge's listener.
         admin_port: Envoy's admin interface (bound to 127.0.0.1 only).
         env: Extra environment for the services.
+        edge_rate_limit: Requests per second the edge admits (``BHIV_EDGE_RATE_LIMIT``).
         startup_timeout: Seconds to wait for everything to be healthy.
 
     """
@@ -77,6 +78,7 @@ class Mesh:
     edge_port: int = EDGE_PORT
     admin_port: int = EDGE_ADMIN_PORT
     env: Mapping[str, str] = field(default_factory=dict)
+    edge_rate_limit: int = 1000
     startup_timeout: float = 60.0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
     envoy: EnvoyProcess | None = field(default=None, init=False)
@@ -197,6 +199,7 @@ class Mesh:
             listen_port=self.edge_port,
             admin_port=self.admin_port,
             access_log_path=str(self.log_dir / "edge-access.log"),
+            rate_limit_tokens_per_fill=self.edge_rate_limit,
         )
 
     async def stop(self) -> None:
@@ -237,6 +240,7 @@ def _from_settings(settings: Settings) -> Mesh:
         metrics_ports=metrics,
         edge_port=settings.port("EDGE_PORT", EDGE_PORT),
         admin_port=settings.port("EDGE_ADMIN_PORT", EDGE_ADMIN_PORT),
+        edge_rate_limit=settings.positive_int("EDGE_RATE_LIMIT", 1000),
     )
 
 
