@@ -41,10 +41,11 @@ def test_every_list_paginates(method) -> None:
     assert "next_page_token" in response
 
 
-def test_only_login_refresh_and_jwks_are_public() -> None:
+def test_only_login_refresh_jwks_and_revocations_are_public() -> None:
     public = {method_path(m) for m in METHODS if policy_of(m).public}
     assert public == {
         "/bhiv.identity.v1.AuthService/Login",
         "/bhiv.identity.v1.AuthService/RefreshToken",
         "/bhiv.identity.v1.AuthService/GetJwks",
+        "/bhiv.identity.v1.AuthService/ListRevocations",
     }

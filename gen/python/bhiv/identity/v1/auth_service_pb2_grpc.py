@@ -127,7 +127,8 @@ class AuthServiceServicer:
 
     def ListRevocations(self, request, context):
         """Lists the revoked access-token ids that have not expired yet, for
-        verifiers that cache tokens.
+        verifiers that cache tokens. Public like the JWKS: a token id alone grants
+        nothing, and every service polls this list to honour revocations.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -57,7 +57,8 @@ class AuthServiceStub:
     """Returns the caller's own user and role."""
     ListRevocations: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListRevocationsRequest, _auth_service_pb2.ListRevocationsResponse]
     """Lists the revoked access-token ids that have not expired yet, for
-    verifiers that cache tokens.
+    verifiers that cache tokens. Public like the JWKS: a token id alone grants
+    nothing, and every service polls this list to honour revocations.
     """
 
 @_typing.type_check_only
@@ -89,7 +90,8 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """Returns the caller's own user and role."""
     ListRevocations: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListRevocationsRequest, _auth_service_pb2.ListRevocationsResponse]  # type: ignore[assignment]
     """Lists the revoked access-token ids that have not expired yet, for
-    verifiers that cache tokens.
+    verifiers that cache tokens. Public like the JWKS: a token id alone grants
+    nothing, and every service polls this list to honour revocations.
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -160,7 +162,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.ListRevocationsResponse, _abc.Awaitable[_auth_service_pb2.ListRevocationsResponse]]:
         """Lists the revoked access-token ids that have not expired yet, for
-        verifiers that cache tokens.
+        verifiers that cache tokens. Public like the JWKS: a token id alone grants
+        nothing, and every service polls this list to honour revocations.
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

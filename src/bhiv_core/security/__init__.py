@@ -1,0 +1,3 @@
+"""Who is calling: principals, roles and permissions, tokens, and the client address."""
+
+__all__: list[str] = []

@@ -1,0 +1,8 @@
+"""Storage building blocks: the embedded SQLite database and the MongoDB client every store uses.
+
+Each service defines a storage ``Protocol`` in its ``store.py`` with a SQLite implementation (the
+embedded default) and a MongoDB one (selected by a ``mongodb://`` URL); one contract test suite
+runs against both.
+"""
+
+__all__: list[str] = []

@@ -1,0 +1,124 @@
+"""An embedded SQLite database: WAL, durable commits, versioned migrations, one writer thread.
+
+All access goes through one dedicated thread per database, so the ``sqlite3`` connection is never
+shared across threads and the event loop never blocks on disk. Writes run inside
+``BEGIN IMMEDIATE`` … ``COMMIT`` and are durable when :meth:`SqliteDatabase.write` returns
+(``synchronous=FULL``), or batched by the caller for records that need not be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+__all__ = ["SqliteDatabase"]
+
+T = TypeVar("T")
+
+
+class SqliteDatabase:
+    """One SQLite file with its schema migrations.
+
+    Args:
+        path: The database file; its folder is created.
+        migrations: SQL scripts; script ``i`` moves the schema from version ``i`` to ``i + 1``
+            (``PRAGMA user_version``). Applied in order on :meth:`open`, each in a transaction.
+        busy_timeout_ms: How long a writer waits for another process's lock.
+    """
+
+    def __init__(self, path: Path, migrations: Sequence[str], *, busy_timeout_ms: int = 10_000):
+        self.path = path
+        self._migrations = tuple(migrations)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version this code expects."""
+        return len(self._migrations)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > len(self._migrations):
+                raise RuntimeError(
+                    f"{self.path} has schema version {version}, newer than this code's "
+                    f"{len(self._migrations)}: refusing to run an older release against it"
+                )
+            for number in range(version, len(self._migrations)):
+                for statement in _statements(self._migrations[number]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        self._conn = conn
+
+    async def open(self) -> None:
+        """Opens the file, enables WAL and applies pending migrations."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{self.path.stem}")
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+
+    async def close(self) -> None:
+        """Closes the connection and its thread."""
+        if self._executor is None:
+            return
+        conn = self._conn
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=True)
+        self._executor, self._conn = None, None
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T], transaction: bool) -> T:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError(f"{self.path} is not open")
+        if not transaction:
+            return fn(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs ``fn(connection)`` on the database thread and returns its result."""
+        if self._executor is None:
+            raise RuntimeError(f"{self.path} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, fn, False)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs ``fn(connection)`` in one transaction; durable on disk when this returns.
+
+        An exception inside ``fn`` rolls the whole transaction back, so nothing is half-written.
+        """
+        if self._executor is None:
+            raise RuntimeError(f"{self.path} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, fn, True)
+
+    async def ping(self) -> None:
+        """Health check: the database answers a query."""
+        await self.read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
