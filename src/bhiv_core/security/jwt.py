@@ -1,0 +1,278 @@
+"""Access-token verification: EdDSA JWTs against identity's JWKS, with a verified-token cache.
+
+Verifying a signature costs far more than the rest of a small RPC, so a verified token is cached
+(bounded) until it expires; revocations are honoured on every call, cached or not. An unknown
+``kid`` refreshes the key set from identity at most once per cooldown, keeping the last good keys
+when identity is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from bhiv_core.runtime.errors import Unauthenticated
+from bhiv_core.security.principal import Principal
+
+__all__ = [
+    "ALLOWED_ALGORITHMS",
+    "JwtVerifier",
+    "KeySource",
+    "RevocationSet",
+    "TokenError",
+    "TokenVerifier",
+    "keys_from_jwks",
+]
+
+log = logging.getLogger(__name__)
+
+ALLOWED_ALGORITHMS = ("EdDSA",)
+"""Only EdDSA: never ``none``, never an HMAC algorithm that a public key could be abused as a secret for."""
+
+_REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp", "iat", "jti"]
+
+
+class TokenError(Unauthenticated):
+    """A token was refused. ``reason`` is for metrics and logs only; the caller sees one message."""
+
+    def __init__(self, reason: str):
+        super().__init__("invalid or expired credentials", reason="INVALID_TOKEN")
+        self.detail = reason
+
+
+class TokenVerifier(Protocol):
+    """Turns a bearer token into a principal, or raises Unauthenticated."""
+
+    async def verify(self, token: str) -> Principal:
+        """Returns the token's principal; raises :class:`TokenError` for any bad token."""
+        ...
+
+
+class KeySource(Protocol):
+    """Where the public signing keys come from (identity's JWKS)."""
+
+    async def fetch(self) -> Mapping[str, Ed25519PublicKey]:
+        """Returns the current public keys by ``kid``."""
+        ...
+
+
+def _b64url_decode(value: str) -> bytes:
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+def keys_from_jwks(jwks: str | Mapping[str, Any]) -> dict[str, Ed25519PublicKey]:
+    """Parses the Ed25519 keys of a JWKS document; other key types are ignored."""
+    doc = json.loads(jwks) if isinstance(jwks, str) else jwks
+    keys: dict[str, Ed25519PublicKey] = {}
+    for jwk in doc.get("keys", []):
+        if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519" and jwk.get("kid"):
+            keys[jwk["kid"]] = Ed25519PublicKey.from_public_bytes(_b64url_decode(jwk["x"]))
+    return keys
+
+
+class RevocationSet:
+    """Revoked token ids until they expire, refreshed by polling a source.
+
+    Args:
+        fetch: Returns ``(jti, expires_at)`` pairs revoked at or after a Unix time.
+        interval: Seconds between polls; the longest a revocation takes to reach this process.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[float], Awaitable[Sequence[tuple[str, float]]]] | None = None,
+        interval: float = 2.0,
+    ):
+        self._revoked: dict[str, float] = {}
+        self._fetch = fetch
+        self._interval = interval
+        self._since = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, jti: str, expires_at: float) -> None:
+        """Marks ``jti`` revoked until ``expires_at``."""
+        self._revoked[jti] = expires_at
+
+    def is_revoked(self, jti: str) -> bool:
+        """True when ``jti`` is revoked."""
+        return jti in self._revoked
+
+    def prune(self, now: float | None = None) -> None:
+        """Forgets revocations of tokens that expired anyway."""
+        now = time.time() if now is None else now
+        for jti in [j for j, exp in self._revoked.items() if exp < now]:
+            del self._revoked[jti]
+
+    async def poll_once(self) -> None:
+        """Fetches revocations made since the last poll (with a margin for clock skew)."""
+        if self._fetch is None:
+            return
+        started = time.time()
+        for jti, expires_at in await self._fetch(max(0.0, self._since - 5.0)):
+            self.add(jti, expires_at)
+        self._since = started
+        self.prune()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception as exc:  # identity down: keep the last known list and retry
+                log.warning("revocation poll failed", extra={"error": str(exc)})
+            await asyncio.sleep(self._interval)
+
+    def start(self) -> None:
+        """Starts polling in the background."""
+        if self._fetch is not None and self._task is None:
+            self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Stops polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    principal: Principal
+    expires_at: float
+
+
+class JwtVerifier:
+    """Verifies BHIV access tokens.
+
+    Args:
+        keys: The JWKS source.
+        revocations: Revoked token ids.
+        issuer: The required ``iss``.
+        audience: The required ``aud``.
+        leeway: Seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat``.
+        cache_size: Verified tokens kept; the oldest is evicted beyond this.
+        refresh_cooldown: Minimum seconds between key-set refreshes caused by unknown ``kid``s.
+        clock: Returns the current Unix time (injected by tests).
+    """
+
+    def __init__(
+        self,
+        keys: KeySource,
+        revocations: RevocationSet,
+        *,
+        issuer: str,
+        audience: str,
+        leeway: float = 30.0,
+        cache_size: int = 10_000,
+        refresh_cooldown: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._source = keys
+        self._revocations = revocations
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._cache_size = cache_size
+        self._cooldown = refresh_cooldown
+        self._clock = clock
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._last_refresh = float("-inf")
+        self._refresh_lock = asyncio.Lock()
+
+    async def refresh_keys(self, *, force: bool = False) -> bool:
+        """Re-reads the key set unless refreshed within the cooldown; keeps the old keys on failure."""
+        async with self._refresh_lock:
+            now = time.monotonic()
+            if not force:
+                # The cooldown bounds refreshes that callers can trigger with made-up kids.
+                if now - self._last_refresh < self._cooldown:
+                    return False
+                self._last_refresh = now
+            try:
+                self._keys = dict(await self._source.fetch())
+            except Exception as exc:
+                log.warning("JWKS refresh failed; keeping the last good keys", extra={"error": str(exc)})
+                return False
+            return True
+
+    def _check_revoked(self, principal: Principal) -> None:
+        if self._revocations.is_revoked(principal.token_id):
+            raise TokenError("revoked")
+
+    async def verify(self, token: str) -> Principal:
+        """Returns the principal of a valid token; raises :class:`TokenError` otherwise."""
+        now = self._clock()
+        cached = self._cache.get(token)
+        if cached is not None:
+            if cached.expires_at + self._leeway >= now:
+                self._check_revoked(cached.principal)
+                return cached.principal
+            del self._cache[token]
+        principal = await self._verify_signature(token, now)
+        self._check_revoked(principal)
+        self._cache[token] = _Cached(principal, principal.expires_at)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return principal
+
+    async def _verify_signature(self, token: str, now: float) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenError("malformed") from None
+        if header.get("alg") not in ALLOWED_ALGORITHMS:
+            raise TokenError("algorithm not allowed")
+        if header.get("typ") != "at+jwt":
+            raise TokenError("not an access token")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise TokenError("no kid")
+        key = self._keys.get(kid)
+        if key is None and await self.refresh_keys():
+            key = self._keys.get(kid)
+        if key is None:
+            raise TokenError("unknown kid")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=list(ALLOWED_ALGORITHMS),
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": _REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenError("expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenError("not yet valid") from None
+        except jwt.InvalidSignatureError:
+            raise TokenError("bad signature") from None
+        except jwt.PyJWTError as exc:
+            raise TokenError(f"bad claims: {type(exc).__name__}") from None
+        if float(claims["iat"]) > now + self._leeway:
+            raise TokenError("issued in the future")
+        if float(claims["exp"]) + self._leeway < now:
+            raise TokenError("expired")
+        scope = claims.get("scope")
+        return Principal(
+            subject=str(claims["sub"]),
+            role=str(claims.get("role", "")),
+            customer=str(claims.get("customer", "")),
+            token_id=str(claims["jti"]),
+            expires_at=float(claims["exp"]),
+            scopes=frozenset(str(scope).split()) if scope is not None else None,
+            token=token,
+        )

@@ -1,0 +1,109 @@
+"""Auth and RBAC in a real server: codes, principals, public RPCs and service scopes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from bhiv.identity.v1 import auth_service_pb2 as auth
+from bhiv.identity.v1 import auth_service_pb2_grpc as auth_grpc
+from bhiv.identity.v1 import user_pb2
+from bhiv.identity.v1 import user_service_pb2 as us
+from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
+
+from bhiv_core.interceptors.auth import AuthInterceptor, bearer_token
+from bhiv_core.interceptors.errors import ErrorMappingInterceptor
+from bhiv_core.interceptors.rbac import RbacInterceptor, RolePolicy
+from bhiv_core.runtime.chain import chain_order
+from bhiv_core.security.principal import current_principal
+from tests.harness import serving
+from tests.security.tokens import Signer, unsigned_token, verifier_for
+
+USERS = us.DESCRIPTOR.services_by_name["UserService"]
+AUTH = auth.DESCRIPTOR.services_by_name["AuthService"]
+SIGNER = Signer()
+
+
+class Users:
+    async def GetUser(self, request: Any, context: Any) -> us.GetUserResponse:
+        principal = current_principal.get()
+        assert principal is not None
+        return us.GetUserResponse(user=user_pb2.User(name=principal.subject, display_name=principal.role))
+
+
+class Auth:
+    async def GetJwks(self, request: Any, context: Any) -> auth.GetJwksResponse:
+        return auth.GetJwksResponse(jwks_json='{"keys": []}')
+
+
+def chain(_config: Any) -> list[Any]:
+    return chain_order(
+        errors=ErrorMappingInterceptor("t"),
+        auth=AuthInterceptor(verifier_for(SIGNER)),
+        rbac=RbacInterceptor(RolePolicy()),
+    )
+
+
+async def call_get_user(token: str | None) -> grpc.StatusCode | us.GetUserResponse:
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    async with serving([(USERS, Users()), (AUTH, Auth())], chain=chain) as (_, channel):
+        try:
+            return await us_grpc.UserServiceStub(channel).GetUser(
+                us.GetUserRequest(name="users/u1"), metadata=metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            assert err.details() in ("authentication required", "invalid or expired credentials") or (
+                err.code() == grpc.StatusCode.PERMISSION_DENIED
+            )
+            return err.code()
+
+
+def test_bearer_token_parsing() -> None:
+    assert bearer_token((("authorization", "Bearer abc"),)) == "abc"
+    assert bearer_token((("authorization", "bearer abc"),)) == "abc"
+    assert bearer_token((("authorization", "Basic abc"),)) is None
+    assert bearer_token(()) is None
+
+
+async def test_missing_token_is_unauthenticated() -> None:
+    assert await call_get_user(None) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_alg_none_is_unauthenticated() -> None:
+    assert await call_get_user(unsigned_token(SIGNER.claims(role="admin"))) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_allowed_role_reaches_the_handler_with_its_principal() -> None:
+    reply = await call_get_user(SIGNER.token(role="ops"))
+    assert isinstance(reply, us.GetUserResponse)
+    assert (reply.user.name, reply.user.display_name) == ("users/u1", "ops")
+
+
+async def test_role_lacking_identity_read_is_denied() -> None:
+    assert await call_get_user(SIGNER.token(role="sales")) == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_role_without_the_permission_is_denied() -> None:
+    assert await call_get_user(SIGNER.token(role="nobody")) == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_service_token_gets_only_its_scope() -> None:
+    token = SIGNER.token(sub="services/identity", role="admin", scope="sentinel.events.write")
+    assert await call_get_user(token) == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_public_rpc_needs_no_token() -> None:
+    async with serving([(USERS, Users()), (AUTH, Auth())], chain=chain) as (_, channel):
+        reply = await auth_grpc.AuthServiceStub(channel).GetJwks(auth.GetJwksRequest())
+    assert reply.jwks_json == '{"keys": []}'
+
+
+async def test_permission_is_checked_before_existence() -> None:
+    async with serving([(USERS, Users())], chain=chain) as (_, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await us_grpc.UserServiceStub(channel).DisableUser(
+                us.DisableUserRequest(name="users/nope"),
+                metadata=(("authorization", f"Bearer {SIGNER.token(role='customer')}"),),
+            )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED

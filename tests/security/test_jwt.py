@@ -1,0 +1,142 @@
+"""The JWT attack list against the verifier: each is refused with one undetailed message."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import jwt
+import pytest
+
+from bhiv_core.security.jwt import JwtVerifier, RevocationSet, TokenError, keys_from_jwks
+from tests.security.tokens import AUDIENCE, ISSUER, Signer, StaticKeys, unsigned_token, verifier_for
+
+
+@pytest.fixture
+def signer() -> Signer:
+    return Signer()
+
+
+async def test_valid_token_yields_its_principal(signer: Signer) -> None:
+    principal = await verifier_for(signer).verify(signer.token(role="ops", customer=None))
+    assert (principal.subject, principal.role, principal.scopes) == ("users/u1", "ops", None)
+
+
+async def test_service_token_carries_its_scope(signer: Signer) -> None:
+    principal = await verifier_for(signer).verify(
+        signer.token(sub="services/identity", role=None, scope="sentinel.events.write")
+    )
+    assert principal.scopes == frozenset({"sentinel.events.write"})
+
+
+def _tamper(token: str) -> str:
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["role"] = "admin"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
+
+
+ATTACKS = {
+    "malformed": lambda s: "not.a.jwt",
+    "garbage": lambda s: "x" * 40,
+    "alg none": lambda s: unsigned_token(s.claims(role="admin")),
+    "hs256 with the public key": lambda s: jwt.encode(
+        s.claims(role="admin"), s.public_raw(), algorithm="HS256", headers={"typ": "at+jwt", "kid": s.kid}
+    ),
+    "expired": lambda s: s.token(exp=int(time.time()) - 120, iat=int(time.time()) - 600),
+    "nbf in the future": lambda s: s.token(nbf=int(time.time()) + 600),
+    "iat in the future": lambda s: s.token(iat=int(time.time()) + 600),
+    "wrong issuer": lambda s: s.token(iss="evil"),
+    "wrong audience": lambda s: s.token(aud="other-service"),
+    "unknown kid": lambda s: s.token(headers={"kid": "nope"}),
+    "missing kid": lambda s: jwt.encode(s.claims(), s.key, algorithm="EdDSA", headers={"typ": "at+jwt"}),
+    "not an access token": lambda s: s.token(headers={"typ": "JWT"}),
+    "missing jti": lambda s: s.token(jti=None),
+    "tampered payload": lambda s: _tamper(s.token()),
+    "signed by another key": lambda s: Signer(kid=s.kid).token(),
+}
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+async def test_attack_is_refused_without_detail(signer: Signer, attack: str) -> None:
+    token = ATTACKS[attack](signer)
+    with pytest.raises(TokenError) as err:
+        await verifier_for(signer).verify(token)
+    assert err.value.message == "invalid or expired credentials"
+
+
+async def test_revoked_token_is_refused_even_when_cached(signer: Signer) -> None:
+    revocations = RevocationSet()
+    verifier = verifier_for(signer, revocations)
+    token = signer.token()
+    principal = await verifier.verify(token)
+    revocations.add(principal.token_id, principal.expires_at)
+    with pytest.raises(TokenError) as err:
+        await verifier.verify(token)
+    assert err.value.detail == "revoked"
+
+
+async def test_cached_token_still_expires() -> None:
+    signer = Signer()
+    now = [time.time()]
+    verifier = verifier_for(signer, clock=lambda: now[0], leeway=0)
+    token = signer.token(exp=int(now[0]) + 5)
+    await verifier.verify(token)
+    now[0] += 10
+    with pytest.raises(TokenError):
+        await verifier.verify(token)
+
+
+async def test_unknown_kid_refreshes_keys_once_per_cooldown() -> None:
+    old, new = Signer("old"), Signer("new")
+    source = StaticKeys({old.kid: old.public})
+    verifier = JwtVerifier(source, RevocationSet(), issuer=ISSUER, audience=AUDIENCE, refresh_cooldown=60)
+    await verifier.refresh_keys(force=True)
+    assert source.fetches == 1
+    source.keys[new.kid] = new.public  # identity rotated
+    assert (await verifier.verify(new.token())).subject == "users/u1"
+    assert source.fetches == 2
+    for _ in range(3):  # a flood of unknown kids does not hammer identity
+        with pytest.raises(TokenError):
+            await verifier.verify(new.token(headers={"kid": "bogus"}))
+    assert source.fetches == 2
+
+
+async def test_failed_refresh_keeps_the_last_good_keys() -> None:
+    signer = Signer()
+
+    class Flaky(StaticKeys):
+        fail = False
+
+        async def fetch(self):  # type: ignore[override]
+            if self.fail:
+                raise ConnectionError("identity down")
+            return await super().fetch()
+
+    source = Flaky({signer.kid: signer.public})
+    verifier = JwtVerifier(source, RevocationSet(), issuer=ISSUER, audience=AUDIENCE, refresh_cooldown=0)
+    await verifier.refresh_keys(force=True)
+    source.fail = True
+    assert not await verifier.refresh_keys(force=True)
+    assert (await verifier.verify(signer.token())).role == "sales"
+
+
+async def test_revocations_are_polled_and_pruned() -> None:
+    now = time.time()
+
+    async def fetch(since: float):
+        return [("live", now + 100), ("dead", now - 100)]
+
+    revocations = RevocationSet(fetch)
+    await revocations.poll_once()
+    assert revocations.is_revoked("live")
+    assert not revocations.is_revoked("dead")
+
+
+def test_jwks_parsing_keeps_only_ed25519_keys() -> None:
+    signer = Signer("k9")
+    x = base64.urlsafe_b64encode(signer.public_raw()).rstrip(b"=").decode()
+    doc = {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k9"}, {"kty": "RSA", "kid": "r"}]}
+    assert list(keys_from_jwks(json.dumps(doc))) == ["k9"]
