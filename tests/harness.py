@@ -13,7 +13,7 @@ from bhiv_core.runtime.server import (
     ChainFactory,
     RunningService,
     ServiceDefinition,
-    default_chain,
+    basic_chain,
     start_service,
 )
 
@@ -29,7 +29,7 @@ def config_for(service: str = "identity", **env: str) -> RuntimeConfig:
 async def serving(
     servicers: Sequence[tuple[ServiceDescriptor, object]],
     *,
-    chain: ChainFactory = default_chain,
+    chain: ChainFactory = basic_chain,
     config: RuntimeConfig | None = None,
     checks: dict | None = None,
 ) -> AsyncIterator[tuple[RunningService, grpc.aio.Channel]]:

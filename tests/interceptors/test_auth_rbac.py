@@ -37,7 +37,7 @@ class Auth:
         return auth.GetJwksResponse(jwks_json='{"keys": []}')
 
 
-def chain(_config: Any) -> list[Any]:
+def chain(*_: Any) -> list[Any]:
     return chain_order(
         errors=ErrorMappingInterceptor("t"),
         auth=AuthInterceptor(verifier_for(SIGNER)),

@@ -55,7 +55,7 @@ def test_chain_order_is_declared_once_outermost_first() -> None:
 
 async def test_concerns_run_in_order_and_handler_answers() -> None:
     log: list[str] = []
-    chain = lambda _cfg: [Recorder("outer", log), ErrorMappingInterceptor("t"), Recorder("inner", log)]
+    chain = lambda *_: [Recorder("outer", log), ErrorMappingInterceptor("t"), Recorder("inner", log)]
     async with serving([(USER_SERVICE, Users())], chain=chain) as (_, channel):
         reply = await us_grpc.UserServiceStub(channel).GetUser(us.GetUserRequest(name="users/u1"))
     assert reply.user.username == "ada"
@@ -80,7 +80,7 @@ async def test_unbuilt_rpc_is_unimplemented_with_what_is_missing() -> None:
 
 async def test_unknown_method_passes_the_chain_as_unimplemented() -> None:
     log: list[str] = []
-    chain = lambda _cfg: [Recorder("seen", log), ErrorMappingInterceptor("t")]
+    chain = lambda *_: [Recorder("seen", log), ErrorMappingInterceptor("t")]
     async with serving([(USER_SERVICE, Users())], chain=chain) as (_, channel):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await channel.unary_unary("/bhiv.nothing.v1.Nope/Call")(b"")

@@ -17,7 +17,7 @@ from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from bhiv_core.mesh import free_port
 from bhiv_core.runtime.config import ConfigError
-from bhiv_core.runtime.server import ServiceDefinition, start_service
+from bhiv_core.runtime.server import ServiceDefinition, basic_chain, start_service
 from tests.harness import config_for, serving
 
 USER_SERVICE = us.DESCRIPTOR.services_by_name["UserService"]
@@ -69,7 +69,9 @@ async def test_taken_port_is_a_clear_error() -> None:
     async with serving([(USER_SERVICE, object())]) as (running, _):
         config = config_for(IDENTITY_PORT=str(running.port))
         with pytest.raises(ConfigError, match="BHIV_IDENTITY_PORT"):
-            await start_service(config, ServiceDefinition("identity", [(USER_SERVICE, object())]))
+            await start_service(
+                config, ServiceDefinition("identity", [(USER_SERVICE, object())]), basic_chain
+            )
 
 
 async def test_graceful_stop_drains_in_flight_calls() -> None:
@@ -82,7 +84,9 @@ async def test_graceful_stop_drains_in_flight_calls() -> None:
             return us.GetUserResponse(user={"name": request.name})
 
     config = config_for()
-    running = await start_service(config, ServiceDefinition("identity", [(USER_SERVICE, Slow())]))
+    running = await start_service(
+        config, ServiceDefinition("identity", [(USER_SERVICE, Slow())]), basic_chain
+    )
     async with grpc.aio.insecure_channel(running.address) as channel:
         call = us_grpc.UserServiceStub(channel).GetUser(us.GetUserRequest(name="users/u1"))
         await started.wait()

@@ -135,7 +135,7 @@ def is_infrastructure(method: str) -> bool:
 
 def chain_order(
     *,
-    observability: Sequence[Interceptor] = (),
+    observability: Sequence[Interceptor | Selector] = (),
     audit: Interceptor | None = None,
     errors: Interceptor,
     auth: Interceptor | None = None,

@@ -28,16 +28,21 @@ from grpc_reflection.v1alpha import reflection
 
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.validation import ValidationInterceptor
+from bhiv_core.runtime import telemetry
 from bhiv_core.runtime.chain import ChainInterceptor, Interceptor, Selector, chain_order
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig, load_config
 from bhiv_core.runtime.contracts import all_services
 from bhiv_core.runtime.handlers import service_handler
 from bhiv_core.runtime.logging import configure_logging
+from bhiv_core.security.jwt import KeySource, RevocationSet
 
 __all__ = [
+    "Chain",
+    "ChainFactory",
     "HealthCheck",
     "RunningService",
     "ServiceDefinition",
+    "basic_chain",
     "default_chain",
     "serve",
     "start_service",
@@ -62,6 +67,10 @@ class ServiceDefinition:
         checks: Named dependency checks that drive the health status.
         on_start: Hooks run before the server accepts calls (open stores, and the like).
         on_stop: Hooks run after the server stopped (close stores).
+        key_source: Where tokens' public keys come from; identity's JWKS over gRPC when None
+            (identity itself reads its own key store).
+        revocations: The revoked-token set; polled from identity when None (identity updates its
+            own directly).
 
     """
 
@@ -71,17 +80,38 @@ class ServiceDefinition:
     checks: Mapping[str, HealthCheck] = field(default_factory=dict)
     on_start: Sequence[Hook] = ()
     on_stop: Sequence[Hook] = ()
+    key_source: KeySource | None = None
+    revocations: RevocationSet | None = None
 
 
-ChainFactory = Callable[[RuntimeConfig], Sequence[Interceptor | Selector]]
+@dataclass
+class Chain:
+    """A composed chain and what its concerns need started and stopped with the server."""
+
+    interceptors: Sequence[Interceptor | Selector]
+    on_start: Sequence[Hook] = ()
+    on_stop: Sequence[Hook] = ()
+    checks: Mapping[str, HealthCheck] = field(default_factory=dict)
 
 
-def default_chain(config: RuntimeConfig) -> list[Interceptor | Selector]:
-    """The chain every service runs, in the order :func:`chain_order` declares."""
-    return chain_order(
-        errors=ErrorMappingInterceptor(domain=f"{config.service}.bhiv.core"),
-        validation=ValidationInterceptor(),
+ChainFactory = Callable[[RuntimeConfig, ServiceDefinition], "Chain | Sequence[Interceptor | Selector]"]
+
+
+def basic_chain(config: RuntimeConfig, definition: ServiceDefinition | None = None) -> Chain:
+    """Error mapping and validation only: for tests of concerns in isolation."""
+    return Chain(
+        chain_order(
+            errors=ErrorMappingInterceptor(domain=f"{config.service}.bhiv.core"),
+            validation=ValidationInterceptor(),
+        )
     )
+
+
+def default_chain(config: RuntimeConfig, definition: ServiceDefinition) -> Chain:
+    """The chain every service runs: tracing, metrics, audit, errors, auth, RBAC, validation."""
+    from bhiv_core.runtime.standard_chain import standard_chain
+
+    return standard_chain(config, definition)
 
 
 def _server_options(config: RuntimeConfig) -> list[tuple[str, int]]:
@@ -171,13 +201,17 @@ class RunningService:
         """``host:port`` where the service listens."""
         return f"{self.config.host}:{self.port}"
 
+    chain_stop: Sequence[Hook] = ()
+
     async def stop(self, grace: float | None = None) -> None:
         """Stops gracefully: health goes NOT_SERVING, in-flight calls drain, then hooks run."""
         await self.monitor.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace_seconds if grace is None else grace)
-        for hook in self.definition.on_stop:
+        # The chain's hooks (audit flush) run before the service's own (close stores).
+        for hook in (*self.chain_stop, *self.definition.on_stop):
             await hook()
+        telemetry.stop_metrics_servers()
 
 
 async def start_service(
@@ -188,8 +222,12 @@ async def start_service(
     """Builds and starts the server of one service; raises ConfigError when its port is taken."""
     for hook in definition.on_start:
         await hook()
+    built = chain(config, definition)
+    composed = built if isinstance(built, Chain) else Chain(built)
+    for hook in composed.on_start:
+        await hook()
     server = grpc.aio.server(
-        interceptors=[ChainInterceptor(chain(config))],
+        interceptors=[ChainInterceptor(composed.interceptors)],
         options=_server_options(config),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
@@ -210,19 +248,28 @@ async def start_service(
     monitor = HealthMonitor(
         health,
         [d.full_name for d, _ in definition.servicers],
-        definition.checks,
+        {**definition.checks, **composed.checks},
         config.health_interval_seconds,
     )
     await monitor.run_once()
     await server.start()
+    try:
+        telemetry.start_metrics_server(config.host, config.metrics_port)
+    except OSError as exc:
+        await server.stop(0)
+        raise ConfigError(
+            f"cannot serve metrics on {config.host}:{config.metrics_port} "
+            f"(BHIV_{config.service.upper()}_METRICS_PORT): {exc.strerror}"
+        ) from exc
     monitor.start()
-    return RunningService(config, definition, server, health, monitor, port)
+    return RunningService(config, definition, server, health, monitor, port, composed.on_stop)
 
 
 DefinitionFactory = Callable[[RuntimeConfig], ServiceDefinition]
 
 
 async def _run(config: RuntimeConfig, make_definition: DefinitionFactory) -> None:
+    telemetry.configure_tracing(config.service, config.settings)
     running = await start_service(config, make_definition(config))
     log.info("serving", extra={"address": running.address, "pid": os.getpid()})
     stop = asyncio.Event()
@@ -232,6 +279,7 @@ async def _run(config: RuntimeConfig, make_definition: DefinitionFactory) -> Non
     await stop.wait()
     log.info("shutting down", extra={"grace_seconds": config.grace_seconds})
     await running.stop()
+    await asyncio.to_thread(telemetry.shutdown_tracing)
     log.info("stopped")
 
 
@@ -264,6 +312,15 @@ def serve(service: str, make_definition: DefinitionFactory) -> None:
         if config.port == 0:
             raise ConfigError(f"BHIV_{service.upper()}_WORKERS > 1 needs a fixed BHIV_{service.upper()}_PORT")
         _check_port_free(config)
+        # Workers record metrics into shared files; this process serves their sum.
+        telemetry.prepare_multiprocess_metrics(config.data_dir / "metrics" / service)
+        try:
+            telemetry.start_multiprocess_metrics_server(config.host, config.metrics_port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {config.host}:{config.metrics_port} "
+                f"(BHIV_{service.upper()}_METRICS_PORT): {exc.strerror}"
+            ) from exc
     except ConfigError as exc:
         print(f"{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -282,3 +339,6 @@ def serve(service: str, make_definition: DefinitionFactory) -> None:
     signal.signal(signal.SIGINT, forward)
     for proc in workers:
         proc.join()
+        if proc.pid is not None:
+            telemetry.mark_worker_dead(proc.pid)
+    telemetry.stop_metrics_servers()

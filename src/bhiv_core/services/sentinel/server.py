@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from bhiv_core.audit.store import make_audit_store
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
+from bhiv_core.services.sentinel.service import SentinelService
 from bhiv_core.services.sentinel.servicer import MISSING, SentinelServicer
+from bhiv_core.services.sentinel.store import make_sentinel_store
 
 __all__ = ["NAME", "build_server", "definition", "serve"]
 
@@ -13,12 +16,22 @@ NAME = "sentinel"
 
 
 def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
-    """Returns what the sentinel service contributes to the runtime."""
-    servicer = SentinelServicer()
+    """Returns what the sentinel service contributes to the runtime.
+
+    Sentinel reads the mesh's audit chain (``make_audit_store``: ``<data_dir>/audit.db`` or
+    ``BHIV_AUDIT_STORE_URL``) and keeps its own data in ``<data_dir>/sentinel.db`` or
+    ``BHIV_SENTINEL_STORE_URL``. Both open before the server accepts calls and close after it stopped.
+    """
+    audit = make_audit_store(config)
+    store = make_sentinel_store(config)
+    servicer = SentinelServicer(SentinelService(audit, store))
     return runtime.ServiceDefinition(
         name=NAME,
         servicers=[(service, servicer) for service in services_of_package("bhiv.sentinel.v1")],
         missing=MISSING,
+        checks={"audit_store": audit.ping, "sentinel_store": store.ping},
+        on_start=[audit.open, store.open],
+        on_stop=[store.close, audit.close],
     )
 
 

@@ -1,0 +1,47 @@
+"""The tamper-evident audit log: hash-chained records of every call, their stores, and the sink.
+
+Every service appends to one chain (:func:`make_audit_store`) through an :class:`AuditSink`, fed by
+:class:`~bhiv_core.interceptors.audit.AuditInterceptor`; sentinel reads and verifies it.
+"""
+
+from bhiv_core.audit.record import (
+    GENESIS_HASH,
+    AuditEntry,
+    AuditRecord,
+    ChainBreak,
+    ChainVerifier,
+    VerifyResult,
+    seal,
+)
+from bhiv_core.audit.store import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    AuditFilter,
+    AuditSink,
+    AuditStore,
+    AuditWriteError,
+    MongoAuditStore,
+    SqliteAuditStore,
+    make_audit_store,
+    page_size_of,
+)
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "GENESIS_HASH",
+    "MAX_PAGE_SIZE",
+    "AuditEntry",
+    "AuditFilter",
+    "AuditRecord",
+    "AuditSink",
+    "AuditStore",
+    "AuditWriteError",
+    "ChainBreak",
+    "ChainVerifier",
+    "MongoAuditStore",
+    "SqliteAuditStore",
+    "VerifyResult",
+    "make_audit_store",
+    "page_size_of",
+    "seal",
+]

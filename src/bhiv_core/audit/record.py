@@ -1,0 +1,327 @@
+"""Audit records and their hash chain.
+
+An :class:`AuditEntry` is what the audit interceptor knows about one finished call. The store seals
+it into an :class:`AuditRecord` by assigning the next ``sequence`` and the ``prev_hash`` (the
+``hash`` of the record before it), and hashing the whole record: ``hash`` is the SHA-256 of
+:meth:`AuditRecord.canonical`, a JSON object with sorted keys and no whitespace over every field
+except ``hash``. Changing, removing, inserting or reordering a stored record therefore breaks either
+its own hash, the sequence, or the link to its neighbour; :class:`ChainVerifier` finds the first
+such break.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditEntry",
+    "AuditRecord",
+    "ChainBreak",
+    "ChainVerifier",
+    "VerifyResult",
+    "from_micros",
+    "seal",
+    "to_micros",
+]
+
+GENESIS_HASH = "0" * 64
+"""The ``prev_hash`` of the first record of the chain."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(moment: datetime) -> int:
+    """Returns ``moment`` as whole microseconds since the Unix epoch (naive means UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> datetime:
+    """Returns the UTC datetime ``micros`` microseconds after the Unix epoch."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One finished call, before the store gives it a place in the chain.
+
+    Attributes:
+        time: When the call finished (UTC, microsecond precision).
+        service: The service that handled it, like ``crm``.
+        principal: The caller's subject (``users/u1``, ``services/identity``); empty when
+            unauthenticated.
+        role: The caller's role (``admin``); empty when unauthenticated or for a service.
+        method: The full method path, ``/bhiv.crm.v1.CustomerService/GetCustomer``.
+        resource: The resource name the call addressed, like ``customers/c42``; empty when none.
+        outcome_code: The gRPC status name, like ``OK`` or ``PERMISSION_DENIED``.
+        outcome_code_number: The numeric gRPC status code (0-16).
+        client_address: The client's IP address, without port.
+        trace_id: The W3C trace id (32 lowercase hex characters), or empty.
+        duration_ms: How long the call took in the service, in milliseconds.
+
+    """
+
+    time: datetime
+    service: str
+    principal: str
+    role: str
+    method: str
+    resource: str
+    outcome_code: str
+    outcome_code_number: int
+    client_address: str
+    trace_id: str
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One sealed link of the audit chain, as stored.
+
+    Attributes:
+        sequence: The position in the chain: 1, 2, 3, … with no gap.
+        time: When the call finished (UTC).
+        service: The service that handled the call.
+        principal: The caller's subject; empty when unauthenticated.
+        role: The caller's role; empty when unauthenticated or for a service.
+        method: The full method path.
+        resource: The resource name the call addressed; empty when none.
+        outcome_code: The gRPC status name.
+        outcome_code_number: The numeric gRPC status code.
+        client_address: The client's IP address.
+        trace_id: The W3C trace id, or empty.
+        duration_ms: How long the call took, in milliseconds.
+        prev_hash: The ``hash`` of record ``sequence - 1``; :data:`GENESIS_HASH` for sequence 1.
+        hash: The SHA-256 (lowercase hex) of :meth:`canonical`.
+
+    """
+
+    sequence: int
+    time: datetime
+    service: str
+    principal: str
+    role: str
+    method: str
+    resource: str
+    outcome_code: str
+    outcome_code_number: int
+    client_address: str
+    trace_id: str
+    duration_ms: float
+    prev_hash: str
+    hash: str
+
+    @property
+    def name(self) -> str:
+        """The resource name, ``auditRecords/{sequence}``."""
+        return f"auditRecords/{self.sequence}"
+
+    def content(self) -> dict[str, Any]:
+        """Every hashed field as JSON-ready values: all fields but ``hash``, time as RFC 3339."""
+        return {
+            "sequence": self.sequence,
+            "time": from_micros(to_micros(self.time)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "service": self.service,
+            "principal": self.principal,
+            "role": self.role,
+            "method": self.method,
+            "resource": self.resource,
+            "outcome_code": self.outcome_code,
+            "outcome_code_number": self.outcome_code_number,
+            "client_address": self.client_address,
+            "trace_id": self.trace_id,
+            "duration_ms": self.duration_ms,
+            "prev_hash": self.prev_hash,
+        }
+
+    def canonical(self) -> bytes:
+        """The bytes the hash covers: :meth:`content` as compact JSON with sorted keys, UTF-8."""
+        return json.dumps(
+            self.content(), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
+
+    def computed_hash(self) -> str:
+        """The hash this record's content should have (compare with :attr:`hash`)."""
+        return hashlib.sha256(self.canonical()).hexdigest()
+
+
+def seal(entry: AuditEntry, sequence: int, prev_hash: str) -> AuditRecord:
+    """Places ``entry`` at ``sequence`` after the record whose hash is ``prev_hash``, and hashes it.
+
+    Times are truncated to microseconds and durations rounded to microseconds, which is what the
+    stores keep exactly, so a stored record re-hashes to the same value.
+    """
+    time = from_micros(to_micros(entry.time))
+    unsealed = AuditRecord(
+        sequence=sequence,
+        time=time,
+        service=entry.service,
+        principal=entry.principal,
+        role=entry.role,
+        method=entry.method,
+        resource=entry.resource,
+        outcome_code=entry.outcome_code,
+        outcome_code_number=int(entry.outcome_code_number),
+        client_address=entry.client_address,
+        trace_id=entry.trace_id,
+        duration_ms=round(float(entry.duration_ms), 3),
+        prev_hash=prev_hash,
+        hash="",
+    )
+    return replace(unsealed, hash=unsealed.computed_hash())
+
+
+class ChainBreak(StrEnum):
+    """Why a chain is broken."""
+
+    HASH_MISMATCH = "hash_mismatch"
+    """A record's stored hash differs from the hash of its content: the record was changed."""
+    PREV_HASH_MISMATCH = "prev_hash_mismatch"
+    """A record's ``prev_hash`` differs from the previous record's hash: inserted, replaced or moved."""
+    SEQUENCE_GAP = "sequence_gap"
+    """A sequence number is missing: a record was removed."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """The outcome of verifying a range of the chain.
+
+    Attributes:
+        ok: True when every record of the range is intact and linked to the one before.
+        checked: Records checked; when broken, up to and including the first broken one.
+        first_broken_sequence: The first broken record (for a gap, the first missing sequence);
+            0 when ``ok``.
+        reason: Why the chain is broken; None when ``ok``.
+        detail: What differs, for a person (expected and found hashes); empty when ``ok``.
+        start_sequence: The first sequence of the verified range.
+        end_sequence: The last sequence of the verified range (0 for an empty log).
+
+    """
+
+    ok: bool
+    checked: int
+    first_broken_sequence: int = 0
+    reason: ChainBreak | None = None
+    detail: str = ""
+    start_sequence: int = 0
+    end_sequence: int = 0
+
+
+class ChainVerifier:
+    """Checks stored records in sequence order, batch by batch, and stops at the first break.
+
+    Both stores feed it, so the verification rules exist once. Usage: :meth:`feed` each record of
+    ``start..end`` in ascending sequence order (or :meth:`feed_unreadable` for a row that cannot
+    be read back) while it returns True, then :meth:`finish`.
+
+    Args:
+        start: The first sequence of the range.
+        end: The last sequence of the range.
+        prev_hash: The hash of record ``start - 1`` (:data:`GENESIS_HASH` when ``start`` is 1).
+        head: The chain head the store keeps (the sequence and hash of its last append, written in
+            the same transaction), given when ``end`` is the latest record: it catches a last
+            record that was changed and re-hashed, or records added behind the store's back.
+            None to skip that check (a range that ends before the latest record).
+
+    """
+
+    def __init__(self, start: int, end: int, prev_hash: str, head: tuple[int, str] | None = None):
+        self._start = start
+        self._end = end
+        self._expected = start
+        self._prev_hash = prev_hash
+        self._head = head
+        self._checked = 0
+        self._broken: VerifyResult | None = None
+
+    @property
+    def broken(self) -> bool:
+        """True once a break was found."""
+        return self._broken is not None
+
+    def _break(self, sequence: int, reason: ChainBreak, detail: str) -> bool:
+        self._broken = VerifyResult(
+            ok=False,
+            checked=self._checked,
+            first_broken_sequence=sequence,
+            reason=reason,
+            detail=detail,
+            start_sequence=self._start,
+            end_sequence=self._end,
+        )
+        return False
+
+    def _gap(self, found: int | None) -> bool:
+        after = f"the next stored record is {found}" if found is not None else "no later record is stored"
+        return self._break(
+            self._expected,
+            ChainBreak.SEQUENCE_GAP,
+            f"record {self._expected} is missing ({after})",
+        )
+
+    def feed(self, record: AuditRecord) -> bool:
+        """Checks the next record; returns False when the chain is broken (stop feeding)."""
+        if self._broken is not None:
+            return False
+        if record.sequence != self._expected:
+            return self._gap(record.sequence)
+        self._checked += 1
+        computed = record.computed_hash()
+        if computed != record.hash:
+            return self._break(
+                record.sequence,
+                ChainBreak.HASH_MISMATCH,
+                f"record {record.sequence} stores hash {record.hash} but its content hashes to {computed}",
+            )
+        if record.prev_hash != self._prev_hash:
+            return self._break(
+                record.sequence,
+                ChainBreak.PREV_HASH_MISMATCH,
+                f"record {record.sequence} has prev_hash {record.prev_hash} but record "
+                f"{record.sequence - 1} has hash {self._prev_hash}",
+            )
+        self._prev_hash = record.hash
+        self._expected += 1
+        return True
+
+    def feed_unreadable(self, sequence: int, error: str) -> bool:
+        """Reports a stored row that no longer reads back as a record (a column was retyped)."""
+        if self._broken is not None:
+            return False
+        if sequence != self._expected:
+            return self._gap(sequence)
+        self._checked += 1
+        return self._break(sequence, ChainBreak.HASH_MISMATCH, f"record {sequence} is unreadable: {error}")
+
+    def finish(self) -> VerifyResult:
+        """Returns the result once every record of the range was fed (or a break was found)."""
+        if self._broken is None and self._expected <= self._end:
+            self._gap(None)
+        if self._broken is None and self._head is not None and self._checked:
+            head_sequence, head_hash = self._head
+            if head_sequence < self._end:
+                self._break(
+                    head_sequence + 1,
+                    ChainBreak.PREV_HASH_MISMATCH,
+                    f"records {head_sequence + 1}..{self._end} were added behind the chain head, "
+                    f"which ends at record {head_sequence}",
+                )
+            elif head_hash != self._prev_hash:
+                # The last record has no successor whose prev_hash would catch a re-hashed edit.
+                self._break(
+                    self._end,
+                    ChainBreak.HASH_MISMATCH,
+                    f"record {self._end} has hash {self._prev_hash} but the chain head records {head_hash}",
+                )
+        if self._broken is not None:
+            return self._broken
+        return VerifyResult(
+            ok=True, checked=self._checked, start_sequence=self._start, end_sequence=self._end
+        )

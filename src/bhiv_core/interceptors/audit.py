@@ -1,0 +1,185 @@
+"""Records every call, allowed or denied, in the audit chain, and writes one request-log line per call.
+
+The interceptor sits outside the error mapper, so when the inner chain finishes — normally, or by
+the ``AbortError`` the mapper raises for a refused call — ``call.code`` already holds the final
+status. A mutation that succeeded is recorded durably before its response leaves the handler; every
+other call (reads, refusals, failures) is queued and written in batches, so a read pays one enqueue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from bhiv_core.audit.record import AuditEntry
+from bhiv_core.runtime.chain import CallInfo, Context, Interceptor, StreamNext, UnaryNext, is_infrastructure
+from bhiv_core.security.address import client_address
+
+__all__ = ["AuditInterceptor", "AuditRecorder", "resource_of"]
+
+log = logging.getLogger(__name__)
+requests_log = logging.getLogger("bhiv.requests")
+
+
+class AuditRecorder(Protocol):
+    """Where the interceptor sends entries (:class:`~bhiv_core.audit.store.AuditSink`)."""
+
+    async def record(self, entry: AuditEntry, durable: bool) -> None:
+        """Records ``entry``; when ``durable``, returns only once it is committed."""
+
+
+_ResourcePlan = tuple[tuple[str, ...], tuple[str, ...]]
+_plans: dict[str, _ResourcePlan] = {}
+
+
+def _is_string(field: FieldDescriptor | None) -> bool:
+    return field is not None and field.type == FieldDescriptor.TYPE_STRING and not field.is_repeated
+
+
+def _plan_for(descriptor: Descriptor) -> _ResourcePlan:
+    """Which fields of a request type can carry the resource name, computed once per type."""
+    plan = _plans.get(descriptor.full_name)
+    if plan is None:
+        direct = tuple(n for n in ("name", "parent") if _is_string(descriptor.fields_by_name.get(n)))
+        nested = tuple(
+            f.name
+            for f in descriptor.fields
+            if f.message_type is not None
+            and not f.is_repeated
+            and _is_string(f.message_type.fields_by_name.get("name"))
+        )
+        plan = _plans[descriptor.full_name] = (direct, nested)
+    return plan
+
+
+def resource_of(request: Any) -> str:
+    """The resource name a request addresses.
+
+    Its ``name``, else its ``parent``, else the ``name`` of its first set message field that has a
+    non-empty one (``UpdateCustomerRequest.customer.name``), else empty.
+    """
+    if not isinstance(request, Message):
+        return ""
+    direct, nested = _plan_for(request.DESCRIPTOR)  # type: ignore[arg-type]
+    for field in direct:
+        value = getattr(request, field)
+        if value:
+            return str(value)
+    for field in nested:
+        if request.HasField(field):
+            value = getattr(request, field).name
+            if value:
+                return str(value)
+    return ""
+
+
+class AuditInterceptor(Interceptor):
+    """Audits every call and logs it on ``bhiv.requests``.
+
+    Args:
+        sink: Where entries go; mutations that succeeded are recorded with ``durable=True``.
+        service: The service name written in each record (``crm``).
+
+    """
+
+    def __init__(self, sink: AuditRecorder, service: str):
+        self._sink = sink
+        self._service = service
+
+    def _entry(self, call: CallInfo, request: Any, context: Context, code: grpc.StatusCode) -> AuditEntry:
+        principal = call.principal
+        return AuditEntry(
+            time=datetime.now(UTC),
+            service=self._service,
+            principal=str(getattr(principal, "subject", "") or ""),
+            role=str(getattr(principal, "role", "") or ""),
+            method=call.method,
+            resource=call.resource or resource_of(request),
+            outcome_code=code.name,
+            outcome_code_number=int(code.value[0]),
+            client_address=client_address(context.invocation_metadata(), call.peer),
+            trace_id=str(call.extra.get("trace_id", "") or ""),
+            duration_ms=(time.perf_counter() - call.start) * 1000.0,
+        )
+
+    async def _finish(self, call: CallInfo, request: Any, context: Context, code: grpc.StatusCode) -> None:
+        """Records the call (durably for a mutation that succeeded) and logs it; never raises."""
+        try:
+            entry = self._entry(call, request, context, code)
+        except Exception:  # a bug here must not fail the call; it is loud in the log
+            log.exception("cannot build the audit entry of %s", call.method)
+            return
+        if requests_log.isEnabledFor(logging.INFO):
+            requests_log.info(
+                "%s %s",
+                entry.method,
+                entry.outcome_code,
+                extra={
+                    "method": entry.method,
+                    "code": entry.outcome_code,
+                    "duration_ms": round(entry.duration_ms, 3),
+                    "principal": entry.principal,
+                    "client_address": entry.client_address,
+                    "trace_id": entry.trace_id,
+                },
+            )
+        # Health and reflection carry no NO_SIDE_EFFECTS option but never mutate: probes must not
+        # cost a commit each.
+        durable = call.mutating and code == grpc.StatusCode.OK and not is_infrastructure(call.method)
+        try:
+            await self._sink.record(entry, durable)
+        except Exception:
+            # The sink has logged the record itself at ERROR; the mutation already happened, so
+            # failing the call now would only invite a retry that repeats it.
+            log.exception("audit record of %s %s was not written", entry.method, entry.outcome_code)
+
+    async def intercept_unary(
+        self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext
+    ) -> Any:
+        """Runs the chain, then records the call before the response is returned."""
+        try:
+            response = await proceed(call, request, context)
+        except grpc.aio.AbortError:
+            await self._finish(call, request, context, call.code)
+            raise
+        except asyncio.CancelledError:
+            await self._finish(call, request, context, grpc.StatusCode.CANCELLED)
+            raise
+        except BaseException:
+            # Escaped the error mapper (or there is none): grpc answers UNKNOWN.
+            await self._finish(call, request, context, _escaped_code(call))
+            raise
+        await self._finish(call, request, context, call.code)
+        return response
+
+    async def intercept_stream(
+        self, call: CallInfo, request: Any, context: Context, proceed: StreamNext
+    ) -> AsyncIterator[Any]:
+        """Streams the chain's responses, then records the call when the stream ends."""
+        code: grpc.StatusCode | None = None
+        try:
+            async for item in proceed(call, request, context):
+                yield item
+        except grpc.aio.AbortError:
+            code = call.code
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = _escaped_code(call)
+            raise
+        finally:
+            await self._finish(call, request, context, call.code if code is None else code)
+
+
+def _escaped_code(call: CallInfo) -> grpc.StatusCode:
+    return call.code if call.code != grpc.StatusCode.OK else grpc.StatusCode.UNKNOWN

@@ -1,0 +1,259 @@
+"""OpenTelemetry tracing of every call, continued across services with W3C trace context.
+
+On the server, :class:`TracingInterceptor` extracts ``traceparent``/``tracestate`` from the incoming
+metadata with the global propagator, starts a SERVER span named after the method
+(``bhiv.crm.v1.CustomerService/GetCustomer``), and attaches it as the current context for the whole
+handler, so logs, the audit record and outgoing calls see it. The trace id goes to
+``call.extra["trace_id"]`` even when the sampler drops the span: the SDK gives non-sampled spans real
+ids too, so audit records and logs can always be correlated.
+
+On the client, :func:`client_interceptors` creates CLIENT spans and injects their context into the
+outgoing metadata of service-to-service calls; :func:`outgoing_metadata` injects the current context
+for code that builds metadata itself.
+
+The tracer comes from an explicit ``TracerProvider`` when one is given (tests, which cannot replace
+the global provider twice in one process) and from the global one otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextvars import Token
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+from opentelemetry import context as context_api
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from bhiv_core.interceptors.metrics import failure_code
+from bhiv_core.runtime.chain import CallInfo, Context, Interceptor, StreamNext, UnaryNext, is_infrastructure
+
+__all__ = [
+    "TracingInterceptor",
+    "client_interceptors",
+    "current_trace_id",
+    "outgoing_metadata",
+]
+
+_SCOPE = "bhiv_core.interceptors.tracing"
+
+if TYPE_CHECKING:  # grpc-stubs makes them generic; the runtime classes are not subscriptable
+    _UnaryUnaryBase = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStreamBase = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+else:
+    _UnaryUnaryBase = grpc.aio.UnaryUnaryClientInterceptor
+    _UnaryStreamBase = grpc.aio.UnaryStreamClientInterceptor
+
+_Attributes = dict[str, AttributeValue]
+
+
+def _tracer(provider: trace.TracerProvider | None) -> trace.Tracer:
+    # Without a provider this is the global proxy tracer, which follows a provider set later.
+    return trace.get_tracer(_SCOPE, tracer_provider=provider)
+
+
+def _span_name_and_attributes(method: str) -> tuple[str, _Attributes]:
+    name = method.lstrip("/")
+    service, _, rpc = name.rpartition("/")
+    return name, {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
+
+
+def _end(span: trace.Span, code: grpc.StatusCode, message: str) -> None:
+    if span.is_recording():
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code is not grpc.StatusCode.OK:
+            span.set_status(Status(StatusCode.ERROR, message or code.name))
+    span.end()
+
+
+def current_trace_id() -> str:
+    """Returns the trace id of the current span as 32 hex digits, or "" outside any trace."""
+    span_context = trace.get_current_span().get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else ""
+
+
+class TracingInterceptor(Interceptor):
+    """Starts a SERVER span for every call, continuing the caller's trace when it sent one.
+
+    Args:
+        tracer_provider: Where spans go (default: the global provider).
+
+    """
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None):
+        self._tracer = _tracer(tracer_provider)
+        self._fields = frozenset(propagate.get_global_textmap().fields)
+        self._methods: dict[str, tuple[str, _Attributes]] = {}
+
+    def _start(self, call: CallInfo, context: Context) -> tuple[trace.Span, Token[context_api.Context]]:
+        named = self._methods.get(call.method)
+        if named is None:
+            named = _span_name_and_attributes(call.method)
+            # Only contract methods are cached: callers choose unknown names.
+            if call.descriptor is not None or is_infrastructure(call.method):
+                self._methods[call.method] = named
+        fields = self._fields
+        carrier = {key: value for key, value in context.invocation_metadata() or () if key in fields}
+        # A server span's parent comes from the wire only, never from whatever context the task has.
+        parent = context_api.Context()
+        if carrier:
+            parent = propagate.extract(carrier, parent)
+        span = self._tracer.start_span(named[0], parent, SpanKind.SERVER, named[1])
+        token = context_api.attach(trace.set_span_in_context(span, parent))
+        span_context = span.get_span_context()
+        call.extra["trace_id"] = format(span_context.trace_id, "032x") if span_context.is_valid else ""
+        return span, token
+
+    async def intercept_unary(
+        self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext
+    ) -> Any:
+        """Runs the chain inside the call's SERVER span and records the final status on it."""
+        span, token = self._start(call, context)
+        try:
+            response = await proceed(call, request, context)
+        except BaseException as exc:
+            _end(span, failure_code(call, exc), call.message)
+            raise
+        finally:
+            context_api.detach(token)
+        _end(span, call.code, call.message)
+        return response
+
+    async def intercept_stream(
+        self, call: CallInfo, request: Any, context: Context, proceed: StreamNext
+    ) -> AsyncIterator[Any]:
+        """Streams the chain inside the call's SERVER span, which ends with the stream."""
+        span, token = self._start(call, context)
+        try:
+            async for item in proceed(call, request, context):
+                yield item
+        except BaseException as exc:
+            _end(span, failure_code(call, exc), call.message)
+            raise
+        finally:
+            context_api.detach(token)
+        _end(span, call.code, call.message)
+
+
+def _inject(
+    metadata: Sequence[tuple[str, str | bytes]] | None, span_context: context_api.Context | None
+) -> list[tuple[str, str | bytes]]:
+    """Returns ``metadata`` without stale trace headers, plus those of ``span_context``."""
+    headers: dict[str, str] = {}
+    propagate.inject(headers, context=span_context)
+    fields = propagate.get_global_textmap().fields
+    kept = [(key, value) for key, value in metadata or () if key not in fields]
+    return [*kept, *headers.items()]
+
+
+def outgoing_metadata(extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """Returns ``extra`` plus the trace headers of the current context, for hand-built metadata.
+
+    Args:
+        extra: Metadata the caller sends anyway (``authorization``, a request id...).
+
+    """
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return [*extra, *headers.items()]
+
+
+def _client_failure(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Returns the status a CLIENT span ends with when the call raised ``exc``."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code(), exc.details() or ""
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        # The caller gave up (or stopped reading a stream): the call is cancelled with it.
+        return grpc.StatusCode.CANCELLED, "cancelled by the caller"
+    return grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
+
+
+class _ClientSpans:
+    """Starts a CLIENT span for an outgoing call and puts its context into the call's metadata."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None):
+        self._tracer = _tracer(tracer_provider)
+
+    def start(self, details: grpc.aio.ClientCallDetails) -> tuple[trace.Span, grpc.aio.ClientCallDetails]:
+        method: str | bytes = details.method
+        # grpc.aio hands interceptors the method as bytes (grpc/grpc#31092); accept both.
+        name, attributes = _span_name_and_attributes(method.decode() if isinstance(method, bytes) else method)
+        span = self._tracer.start_span(name, None, SpanKind.CLIENT, attributes)
+        metadata = _inject(
+            cast("Sequence[tuple[str, str | bytes]] | None", details.metadata),
+            trace.set_span_in_context(span),
+        )
+        return span, grpc.aio.ClientCallDetails(
+            details.method,
+            details.timeout,
+            grpc.aio.Metadata(*metadata),
+            details.credentials,
+            details.wait_for_ready,
+        )
+
+
+class _UnaryUnaryTracing(_UnaryUnaryBase, _ClientSpans):
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        """Runs the call inside a CLIENT span that ends with the call's status."""
+        span, details = self.start(client_call_details)
+        try:
+            call = await continuation(details, request)
+            code: grpc.StatusCode = await call.code()
+            message = "" if code is grpc.StatusCode.OK else (await call.details() or "")
+        except BaseException as exc:
+            _end(span, *_client_failure(exc))
+            raise
+        _end(span, code, message)
+        return call
+
+
+class _UnaryStreamTracing(_UnaryStreamBase, _ClientSpans):
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        """Runs the call inside a CLIENT span that ends when the response stream does."""
+        span, details = self.start(client_call_details)
+        try:
+            call = await continuation(details, request)
+        except BaseException as exc:
+            _end(span, *_client_failure(exc))
+            raise
+        return self._responses(span, call)
+
+    async def _responses(self, span: trace.Span, call: Any) -> AsyncIterator[Any]:
+        try:
+            async for response in call:
+                yield response
+        except BaseException as exc:
+            _end(span, *_client_failure(exc))
+            raise
+        _end(span, grpc.StatusCode.OK, "")
+
+
+def client_interceptors(
+    tracer_provider: trace.TracerProvider | None = None,
+) -> list[grpc.aio.ClientInterceptor]:
+    """Returns the client interceptors of a service-to-service channel (unary and server-streaming).
+
+    Each outgoing call gets a CLIENT span, child of the current context, whose context travels in
+    the call's ``traceparent``, so the callee's SERVER span is its child.
+
+    Args:
+        tracer_provider: Where spans go (default: the global provider).
+
+    """
+    return [
+        cast("grpc.aio.ClientInterceptor", _UnaryUnaryTracing(tracer_provider)),
+        cast("grpc.aio.ClientInterceptor", _UnaryStreamTracing(tracer_provider)),
+    ]

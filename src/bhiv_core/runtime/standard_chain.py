@@ -1,0 +1,82 @@
+"""The standard chain every service runs, with the collaborators each concern needs.
+
+tracing → metrics → audit → errors → auth → RBAC → validation → handler (see
+:func:`~bhiv_core.runtime.chain.chain_order`). Health and reflection are not traced (probes would
+flood the traces) and skip auth and RBAC; they are still counted and audited.
+"""
+
+from __future__ import annotations
+
+from bhiv_core.audit.store import AuditSink, make_audit_store
+from bhiv_core.interceptors.audit import AuditInterceptor
+from bhiv_core.interceptors.auth import AuthInterceptor
+from bhiv_core.interceptors.errors import ErrorMappingInterceptor
+from bhiv_core.interceptors.metrics import MetricsInterceptor, auth_failures
+from bhiv_core.interceptors.rbac import RbacInterceptor, RolePolicy
+from bhiv_core.interceptors.tracing import TracingInterceptor, client_interceptors
+from bhiv_core.interceptors.validation import ValidationInterceptor
+from bhiv_core.runtime.chain import Selector, chain_order, is_infrastructure
+from bhiv_core.runtime.clients import PeerChannels
+from bhiv_core.runtime.config import RuntimeConfig
+from bhiv_core.runtime.server import Chain, ServiceDefinition
+from bhiv_core.security.identity_client import IdentityKeySource, revocation_fetcher
+from bhiv_core.security.jwt import JwtVerifier, RevocationSet
+
+__all__ = ["jwt_settings", "standard_chain"]
+
+
+def jwt_settings(config: RuntimeConfig) -> tuple[str, str]:
+    """The issuer and audience every verifier requires (``BHIV_JWT_ISSUER``, ``BHIV_JWT_AUDIENCE``)."""
+    settings = config.settings
+    return settings.raw("JWT_ISSUER") or "bhiv-identity", settings.raw("JWT_AUDIENCE") or "bhiv-core"
+
+
+def standard_chain(config: RuntimeConfig, definition: ServiceDefinition) -> Chain:
+    """Builds the full chain of one service; its hooks open and close the audit sink and pollers."""
+    settings = config.settings
+    channels = PeerChannels(config.peers, extra_interceptors=client_interceptors)
+    identity_channel = lambda: channels.channel("identity")  # noqa: E731
+    revocations = definition.revocations or RevocationSet(
+        revocation_fetcher(identity_channel),
+        interval=settings.positive_float("REVOCATION_POLL_SECONDS", 2.0),
+    )
+    issuer, audience = jwt_settings(config)
+    verifier = JwtVerifier(
+        definition.key_source or IdentityKeySource(identity_channel),
+        revocations,
+        issuer=issuer,
+        audience=audience,
+        leeway=settings.positive_float("JWT_LEEWAY_SECONDS", 30.0),
+        cache_size=settings.positive_int("TOKEN_CACHE_SIZE", 10_000),
+    )
+    sink = AuditSink(make_audit_store(config))
+    failures = {
+        reason: auth_failures.labels(config.service, reason)
+        for reason in ("missing", "malformed", "revoked", "expired", "unknown kid", "bad signature", "other")
+    }
+
+    def count_failure(reason: str) -> None:
+        (failures.get(reason) or failures["other"]).inc()
+
+    interceptors = chain_order(
+        observability=[
+            Selector(TracingInterceptor(), lambda m: not is_infrastructure(m)),
+            MetricsInterceptor(config.service),
+        ],
+        audit=AuditInterceptor(sink, config.service),
+        errors=ErrorMappingInterceptor(domain=f"{config.service}.bhiv.core"),
+        auth=AuthInterceptor(verifier, on_failure=count_failure),
+        rbac=RbacInterceptor(RolePolicy()),
+        validation=ValidationInterceptor(),
+    )
+
+    async def start() -> None:
+        await sink.start()
+        revocations.start()
+
+    async def stop() -> None:
+        await revocations.stop()
+        await sink.close()
+        await channels.close()
+
+    return Chain(interceptors, on_start=[start], on_stop=[stop], checks={"audit_sink": sink.check})

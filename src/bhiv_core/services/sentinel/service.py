@@ -1,0 +1,193 @@
+"""What sentinel does, independent of protos: query and verify the audit chain, take security events.
+
+The servicer maps protos to these calls; the rules (argument checks, defaults, ids, times) live here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import grpc
+
+from bhiv_core.audit.record import AuditRecord, VerifyResult, to_micros
+from bhiv_core.audit.store import AuditFilter, AuditStore, page_size_of
+from bhiv_core.runtime.errors import BhivError, FieldViolation, InvalidArgument, NotFound
+from bhiv_core.services.sentinel.store import EventFilter, EventKind, SecurityEvent, SentinelStore
+
+__all__ = ["OutOfRange", "SentinelService", "new_event_id", "parse_audit_record_name"]
+
+_AUDIT_NAME = re.compile(r"auditRecords/([1-9][0-9]{0,18})")
+_MAX_SEQUENCE = 2**63 - 1
+
+
+class OutOfRange(BhivError):
+    """An argument is valid but beyond what exists (a sequence after the latest record)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "OUT_OF_RANGE"
+
+
+def parse_audit_record_name(name: str) -> int:
+    """Returns the sequence of ``auditRecords/{sequence}``.
+
+    Raises:
+        InvalidArgument: ``name`` is not an audit record name.
+
+    """
+    match = _AUDIT_NAME.fullmatch(name)
+    if match is None:
+        raise InvalidArgument(
+            violations=[FieldViolation("name", "must be auditRecords/{sequence}", "BAD_FORMAT")]
+        )
+    return int(match.group(1))
+
+
+def new_event_id(received: datetime) -> str:
+    """A new event id: the receive time in milliseconds (12 hex digits), then 80 random bits."""
+    return f"{to_micros(received) // 1000:012x}{secrets.token_hex(10)}"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_time_range(start: datetime | None, end: datetime | None) -> None:
+    if start is not None and end is not None and end <= start:
+        raise InvalidArgument(
+            violations=[FieldViolation("end_time", "must be after start_time", "BAD_RANGE")]
+        )
+
+
+class SentinelService:
+    """Sentinel's operations.
+
+    Args:
+        audit: The mesh's audit chain (read and verified, never written here).
+        store: Sentinel's own store.
+        clock: Returns the current UTC time (injected by tests).
+
+    """
+
+    def __init__(self, audit: AuditStore, store: SentinelStore, clock: Callable[[], datetime] = _utc_now):
+        self.audit = audit
+        self.store = store
+        self._clock = clock
+
+    async def list_audit_records(
+        self, query: AuditFilter, page_size: int, page_token: str
+    ) -> tuple[list[AuditRecord], str]:
+        """Returns one page of matching records by ascending sequence, and the next page token.
+
+        Raises:
+            InvalidArgument: A negative ``page_size``, ``end_time`` not after ``start_time``, or a
+                page token of another query.
+
+        """
+        page_size_of(page_size)
+        _check_time_range(query.start_time, query.end_time)
+        return await self.audit.list(query, page_size, page_token)
+
+    async def get_audit_record(self, name: str) -> AuditRecord:
+        """Returns the record named ``auditRecords/{sequence}``.
+
+        Raises:
+            InvalidArgument: A malformed name.
+            NotFound: No such record.
+
+        """
+        sequence = parse_audit_record_name(name)
+        record = await self.audit.get(sequence) if sequence <= _MAX_SEQUENCE else None
+        if record is None:
+            raise NotFound(f"{name} does not exist")
+        return record
+
+    async def verify_audit_chain(self, start_sequence: int, end_sequence: int) -> VerifyResult:
+        """Verifies ``start_sequence`` (0 means 1) to ``end_sequence`` (0 means the latest).
+
+        A broken chain is a result with ``ok`` False, not an error.
+
+        Raises:
+            InvalidArgument: A negative bound, or ``end_sequence`` set and below ``start_sequence``.
+            OutOfRange: ``start_sequence`` is beyond the latest record.
+
+        """
+        violations = [
+            FieldViolation(field, "must be at least 0", "OUT_OF_RANGE")
+            for field, value in (("start_sequence", start_sequence), ("end_sequence", end_sequence))
+            if value < 0
+        ]
+        if violations:
+            raise InvalidArgument(violations=violations)
+        start = start_sequence or 1
+        if end_sequence and end_sequence < start:
+            raise InvalidArgument(
+                violations=[FieldViolation("end_sequence", "must not be below start_sequence", "BAD_RANGE")]
+            )
+        latest = await self.audit.latest_sequence()
+        if start > max(latest, 1):
+            raise OutOfRange(f"start_sequence {start} is beyond the latest audit record ({latest})")
+        return await self.audit.verify(start, end_sequence or None)
+
+    async def report_security_event(
+        self,
+        *,
+        kind: EventKind,
+        source_address: str,
+        principal: str,
+        method: str,
+        detail: str,
+        event_time: datetime | None,
+        reporter: str,
+    ) -> SecurityEvent:
+        """Stores a reported security event with a new id and the receive time, and returns it.
+
+        Args:
+            kind: What happened.
+            source_address: The client address involved; parsed strictly and normalised.
+            principal: The principal involved, or the username tried; may be empty.
+            method: The full gRPC method involved; may be empty.
+            detail: Context for a person; never a secret.
+            event_time: When it happened; None means now.
+            reporter: The subject of the reporting principal.
+
+        Raises:
+            InvalidArgument: ``source_address`` is not an IP address.
+
+        """
+        try:
+            address = ipaddress.ip_address(source_address)
+        except ValueError:
+            raise InvalidArgument(
+                violations=[
+                    FieldViolation("source_address", "must be an IPv4 or IPv6 address", "BAD_ADDRESS")
+                ]
+            ) from None
+        received = self._clock()
+        event = SecurityEvent(
+            event_id=new_event_id(received),
+            kind=kind,
+            source_address=address.compressed,
+            principal=principal,
+            method=method,
+            detail=detail,
+            reporter=reporter,
+            event_time=event_time or received,
+            receive_time=received,
+        )
+        return await self.store.add_security_event(event)
+
+    async def list_security_events(
+        self, query: EventFilter, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[SecurityEvent], str]:
+        """Returns one page of reported events in receive order (for detection and tests).
+
+        Raises:
+            InvalidArgument: A negative ``page_size``, a bad time range or a foreign page token.
+
+        """
+        _check_time_range(query.start_time, query.end_time)
+        return await self.store.list_security_events(query, page_size, page_token)

@@ -1,0 +1,423 @@
+"""Sentinel's own data: the security events services report (incidents, blocks and alerts come later).
+
+:class:`SentinelStore` is the protocol; :class:`SqliteSentinelStore` keeps ``<data_dir>/sentinel.db``
+and :class:`MongoSentinelStore` a MongoDB database, chosen by ``BHIV_SENTINEL_STORE_URL``. The audit
+chain is not here: it is the mesh-wide :mod:`bhiv_core.audit` store, which sentinel only reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from pymongo import ASCENDING
+from pymongo.errors import DuplicateKeyError
+from pymongo.write_concern import WriteConcern
+
+from bhiv_core.audit.record import from_micros, to_micros
+from bhiv_core.audit.store import page_size_of
+from bhiv_core.runtime.config import ConfigError, RuntimeConfig
+from bhiv_core.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument
+from bhiv_core.storage.mongo import MongoDatabase, is_mongo_url
+from bhiv_core.storage.sqlite import SqliteDatabase
+
+__all__ = [
+    "EventFilter",
+    "EventKind",
+    "MongoSentinelStore",
+    "SecurityEvent",
+    "SentinelStore",
+    "SqliteSentinelStore",
+    "make_sentinel_store",
+]
+
+
+class EventKind(StrEnum):
+    """The kind of a reported security event (``bhiv.sentinel.v1.SecurityEventKind``)."""
+
+    LOGIN_FAILED = "login_failed"
+    """A login with a wrong username or password."""
+    LOGIN_SUCCEEDED = "login_succeeded"
+    """A successful login (resets brute-force counting for the account)."""
+    TOKEN_INVALID = "token_invalid"  # noqa: S105 - a kind name, not a secret
+    """A token that failed verification: bad signature, expired, malformed or revoked."""
+    TOKEN_REPLAYED = "token_replayed"  # noqa: S105 - a kind name, not a secret
+    """A spent refresh token presented again."""
+    PERMISSION_DENIED = "permission_denied"
+    """A call refused for lack of permission."""
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityEvent:
+    """A fact a service reported to sentinel.
+
+    Attributes:
+        event_id: The id sentinel assigned: 12 hex digits of the receive time in milliseconds and
+            20 random hex digits, so ids sort by receive time.
+        kind: What happened.
+        source_address: The client address involved (normalised IP).
+        principal: The principal involved, or the username tried; empty when unknown.
+        method: The full gRPC method involved; empty when none.
+        detail: Extra context for a person; never a secret.
+        reporter: The subject of the service that reported it (``services/identity``).
+        event_time: When it happened, as reported (UTC).
+        receive_time: When sentinel received it (UTC).
+
+    """
+
+    event_id: str
+    kind: EventKind
+    source_address: str
+    principal: str
+    method: str
+    detail: str
+    reporter: str
+    event_time: datetime
+    receive_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events :meth:`SentinelStore.list_security_events` returns; every set field must match.
+
+    Attributes:
+        kind: Only this kind, when set.
+        source_address: Only events from this address, when set.
+        principal: Only events involving this principal, when set.
+        start_time: Only events that happened at or after this time, when set.
+        end_time: Only events that happened before this time, when set.
+
+    """
+
+    kind: EventKind | None = None
+    source_address: str = ""
+    principal: str = ""
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+    def fingerprint(self) -> str:
+        """A short digest of the filter, binding page tokens to it."""
+        parts = [
+            self.kind or "",
+            self.source_address,
+            self.principal,
+            "" if self.start_time is None else str(to_micros(self.start_time)),
+            "" if self.end_time is None else str(to_micros(self.end_time)),
+        ]
+        return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+class SentinelStore(Protocol):
+    """Sentinel's storage."""
+
+    async def open(self) -> None:
+        """Opens the store (creates the schema when missing)."""
+
+    async def close(self) -> None:
+        """Closes the store."""
+
+    async def ping(self) -> None:
+        """Health check: returns when the store answers, raises otherwise."""
+
+    async def add_security_event(self, event: SecurityEvent) -> SecurityEvent:
+        """Stores a new event durably and returns it.
+
+        Raises:
+            AlreadyExists: An event with the same id is stored.
+
+        """
+
+    async def get_security_event(self, event_id: str) -> SecurityEvent | None:
+        """Returns the event with ``event_id``, or None."""
+
+    async def list_security_events(
+        self, query: EventFilter, page_size: int = 0, page_token: str = ""
+    ) -> tuple[builtins.list[SecurityEvent], str]:
+        """Returns one page of matching events in id (receive) order, and the next page token.
+
+        Raises:
+            InvalidArgument: A negative ``page_size`` or a token of another query.
+
+        """
+
+
+def _bad_token() -> InvalidArgument:
+    return InvalidArgument(
+        violations=[
+            FieldViolation(
+                "page_token", "is not a next_page_token of this query (same filters)", "BAD_PAGE_TOKEN"
+            )
+        ]
+    )
+
+
+def _encode_token(after: str, query: EventFilter) -> str:
+    raw = json.dumps({"after": after, "filter": query.fingerprint()}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str, query: EventFilter) -> str:
+    """Returns the event id a page token continues after (empty for the first page)."""
+    if not token:
+        return ""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        after, fingerprint = data["after"], data["filter"]
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        raise _bad_token() from None
+    if not isinstance(after, str) or fingerprint != query.fingerprint():
+        raise _bad_token()
+    return after
+
+
+def _page(
+    events: builtins.list[SecurityEvent], size: int, query: EventFilter
+) -> tuple[builtins.list[SecurityEvent], str]:
+    if len(events) > size:
+        events = events[:size]
+        return events, _encode_token(events[-1].event_id, query)
+    return events, ""
+
+
+def _event_from_row(row: sqlite3.Row | dict[str, Any]) -> SecurityEvent:
+    return SecurityEvent(
+        event_id=str(row["event_id"]),
+        kind=EventKind(row["kind"]),
+        source_address=str(row["source_address"]),
+        principal=str(row["principal"]),
+        method=str(row["method"]),
+        detail=str(row["detail"]),
+        reporter=str(row["reporter"]),
+        event_time=from_micros(int(row["event_time_us"])),
+        receive_time=from_micros(int(row["receive_time_us"])),
+    )
+
+
+def _event_values(event: SecurityEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "kind": event.kind.value,
+        "source_address": event.source_address,
+        "principal": event.principal,
+        "method": event.method,
+        "detail": event.detail,
+        "reporter": event.reporter,
+        "event_time_us": to_micros(event.event_time),
+        "receive_time_us": to_micros(event.receive_time),
+    }
+
+
+# --- SQLite ---------------------------------------------------------------------------------------
+
+_SQLITE_MIGRATIONS = (
+    """
+    CREATE TABLE security_events (
+        event_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        source_address TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        method TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        reporter TEXT NOT NULL,
+        event_time_us INTEGER NOT NULL,
+        receive_time_us INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX security_events_by_source ON security_events (source_address, event_id);
+    CREATE INDEX security_events_by_kind ON security_events (kind, event_id);
+    CREATE INDEX security_events_by_principal ON security_events (principal, event_id);
+    CREATE INDEX security_events_by_time ON security_events (event_time_us);
+    """,
+)
+
+_EVENT_COLUMNS = (
+    "event_id",
+    "kind",
+    "source_address",
+    "principal",
+    "method",
+    "detail",
+    "reporter",
+    "event_time_us",
+    "receive_time_us",
+)
+# Composed only from the fixed names above; every value is a bound parameter.
+_EVENT_SELECT = "SELECT " + ", ".join(_EVENT_COLUMNS) + " FROM security_events"  # noqa: S608
+_EVENT_INSERT = (
+    "INSERT INTO security_events ("  # noqa: S608
+    + ", ".join(_EVENT_COLUMNS)
+    + ") VALUES ("
+    + ", ".join(f":{c}" for c in _EVENT_COLUMNS)
+    + ")"
+)
+
+
+class SqliteSentinelStore:
+    """Sentinel's data in one SQLite file (WAL, ``synchronous=FULL``).
+
+    Args:
+        path: The database file, ``<data_dir>/sentinel.db``.
+
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._db = SqliteDatabase(path, _SQLITE_MIGRATIONS)
+
+    async def open(self) -> None:
+        """Opens the file and applies migrations."""
+        await self._db.open()
+
+    async def close(self) -> None:
+        """Closes the file."""
+        await self._db.close()
+
+    async def ping(self) -> None:
+        """Health check: the file answers a query."""
+        await self._db.ping()
+
+    async def add_security_event(self, event: SecurityEvent) -> SecurityEvent:
+        """Inserts ``event``; durable when this returns."""
+        values = _event_values(event)
+
+        def write(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(_EVENT_INSERT, values)
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"security event {event.event_id} already exists") from None
+
+        await self._db.write(write)
+        return event
+
+    async def get_security_event(self, event_id: str) -> SecurityEvent | None:
+        """Returns the event with ``event_id``, or None."""
+
+        def read(conn: sqlite3.Connection) -> SecurityEvent | None:
+            row = conn.execute(f"{_EVENT_SELECT} WHERE event_id = ?", (event_id,)).fetchone()
+            return None if row is None else _event_from_row(row)
+
+        return await self._db.read(read)
+
+    async def list_security_events(
+        self, query: EventFilter, page_size: int = 0, page_token: str = ""
+    ) -> tuple[builtins.list[SecurityEvent], str]:
+        """Returns one page of matching events in id order."""
+        size = page_size_of(page_size)
+        clauses = ["event_id > ?"]
+        params: builtins.list[Any] = [_decode_token(page_token, query)]
+        if query.kind is not None:
+            clauses.append("kind = ?")
+            params.append(query.kind.value)
+        for column in ("source_address", "principal"):
+            value = getattr(query, column)
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if query.start_time is not None:
+            clauses.append("event_time_us >= ?")
+            params.append(to_micros(query.start_time))
+        if query.end_time is not None:
+            clauses.append("event_time_us < ?")
+            params.append(to_micros(query.end_time))
+        sql = f"{_EVENT_SELECT} WHERE {' AND '.join(clauses)} ORDER BY event_id LIMIT ?"
+
+        def read(conn: sqlite3.Connection) -> builtins.list[SecurityEvent]:
+            return [_event_from_row(r) for r in conn.execute(sql, (*params, size + 1)).fetchall()]
+
+        return _page(await self._db.read(read), size, query)
+
+
+# --- MongoDB --------------------------------------------------------------------------------------
+
+
+class MongoSentinelStore:
+    """Sentinel's data in MongoDB: a ``security_events`` collection keyed by event id.
+
+    Args:
+        database: The database (``bhiv_sentinel``).
+
+    """
+
+    def __init__(self, database: MongoDatabase):
+        self._database = database
+        self._events = database.db.get_collection(
+            "security_events", write_concern=WriteConcern("majority", j=True)
+        )
+
+    async def open(self) -> None:
+        """Creates the indexes."""
+        for field in ("source_address", "kind", "principal"):
+            await self._events.create_index([(field, ASCENDING), ("_id", ASCENDING)], name=f"by_{field}")
+        await self._events.create_index([("event_time_us", ASCENDING)], name="by_time")
+
+    async def close(self) -> None:
+        """Closes the client."""
+        await self._database.close()
+
+    async def ping(self) -> None:
+        """Health check: the server answers ``ping``."""
+        await self._database.ping()
+
+    async def add_security_event(self, event: SecurityEvent) -> SecurityEvent:
+        """Inserts ``event`` (``_id`` is its id); acknowledged by a majority, journaled."""
+        doc = _event_values(event)
+        doc["_id"] = doc.pop("event_id")
+        try:
+            await self._events.insert_one(doc)
+        except DuplicateKeyError:
+            raise AlreadyExists(f"security event {event.event_id} already exists") from None
+        return event
+
+    async def get_security_event(self, event_id: str) -> SecurityEvent | None:
+        """Returns the event with ``event_id``, or None."""
+        doc = await self._events.find_one({"_id": event_id})
+        return None if doc is None else _event_from_row({**doc, "event_id": doc["_id"]})
+
+    async def list_security_events(
+        self, query: EventFilter, page_size: int = 0, page_token: str = ""
+    ) -> tuple[builtins.list[SecurityEvent], str]:
+        """Returns one page of matching events in id order."""
+        size = page_size_of(page_size)
+        selector: dict[str, Any] = {"_id": {"$gt": _decode_token(page_token, query)}}
+        if query.kind is not None:
+            selector["kind"] = query.kind.value
+        for field in ("source_address", "principal"):
+            value = getattr(query, field)
+            if value:
+                selector[field] = value
+        time_range: dict[str, int] = {}
+        if query.start_time is not None:
+            time_range["$gte"] = to_micros(query.start_time)
+        if query.end_time is not None:
+            time_range["$lt"] = to_micros(query.end_time)
+        if time_range:
+            selector["event_time_us"] = time_range
+        cursor = self._events.find(selector).sort("_id", ASCENDING).limit(size + 1)
+        events = [_event_from_row({**doc, "event_id": doc["_id"]}) async for doc in cursor]
+        return _page(events, size, query)
+
+
+def make_sentinel_store(config: RuntimeConfig) -> SentinelStore:
+    """Returns sentinel's store: ``<data_dir>/sentinel.db``, or MongoDB by ``BHIV_SENTINEL_STORE_URL``.
+
+    Raises:
+        ConfigError: ``BHIV_SENTINEL_STORE_URL`` is set but is not a MongoDB URL.
+
+    """
+    url = config.settings.raw("SENTINEL_STORE_URL")
+    if url is None:
+        return SqliteSentinelStore(config.data_dir / "sentinel.db")
+    if not is_mongo_url(url):
+        raise ConfigError(
+            "BHIV_SENTINEL_STORE_URL must be a mongodb:// or mongodb+srv:// URL "
+            "(leave it unset for the SQLite file <data_dir>/sentinel.db)"
+        )
+    return MongoSentinelStore(MongoDatabase(url, "bhiv_sentinel"))

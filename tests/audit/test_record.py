@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from bhiv_core.audit.record import (
+    GENESIS_HASH,
+    AuditRecord,
+    ChainBreak,
+    ChainVerifier,
+    from_micros,
+    seal,
+    to_micros,
+)
+from tests.audit.support import entry
+
+
+def chain(count: int) -> list[AuditRecord]:
+    records, prev = [], GENESIS_HASH
+    for i in range(1, count + 1):
+        record = seal(entry(f"users/u{i}"), i, prev)
+        records.append(record)
+        prev = record.hash
+    return records
+
+
+def test_hash_is_sha256_of_sorted_compact_json_of_every_field_but_hash() -> None:
+    record = seal(entry(time=datetime(2026, 11, 2, 8, 30, 0, 123456, tzinfo=UTC)), 1, GENESIS_HASH)
+    content = json.loads(record.canonical())
+    assert set(content) == {f.name for f in dataclasses.fields(AuditRecord)} - {"hash"}
+    assert content["time"] == "2026-11-02T08:30:00.123456Z"
+    assert content["prev_hash"] == "0" * 64
+    assert record.canonical() == json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+    assert record.hash == hashlib.sha256(record.canonical()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("sequence", 2),
+        ("time", datetime(2020, 1, 1, tzinfo=UTC)),
+        ("service", "llm"),
+        ("principal", "users/mallory"),
+        ("role", "admin"),
+        ("method", "/bhiv.crm.v1.CustomerService/DeleteCustomer"),
+        ("resource", "customers/c2"),
+        ("outcome_code", "PERMISSION_DENIED"),
+        ("outcome_code_number", 7),
+        ("client_address", "203.0.113.7"),
+        ("trace_id", ""),
+        ("duration_ms", 9.0),
+        ("prev_hash", "f" * 64),
+    ],
+)
+def test_changing_any_field_changes_the_hash(field: str, value: object) -> None:
+    record = seal(entry(), 1, GENESIS_HASH)
+    assert dataclasses.replace(record, **{field: value}).computed_hash() != record.hash
+
+
+def test_seal_truncates_to_what_stores_keep_exactly() -> None:
+    record = seal(entry(duration_ms=1.23456789), 1, GENESIS_HASH)
+    assert record.duration_ms == 1.235
+    assert from_micros(to_micros(record.time)) == record.time
+
+
+def test_naive_times_are_utc() -> None:
+    assert to_micros(datetime(1970, 1, 1, 0, 0, 1)) == 1_000_000
+
+
+def test_verifier_accepts_an_intact_chain() -> None:
+    records = chain(3)
+    verifier = ChainVerifier(1, 3, GENESIS_HASH, (3, records[-1].hash))
+    assert all(verifier.feed(r) for r in records)
+    result = verifier.finish()
+    assert (result.ok, result.checked, result.reason, result.start_sequence, result.end_sequence) == (
+        True,
+        3,
+        None,
+        1,
+        3,
+    )
+
+
+def test_verifier_reports_a_gap_at_the_first_missing_sequence() -> None:
+    records = chain(4)
+    verifier = ChainVerifier(1, 4, GENESIS_HASH)
+    assert verifier.feed(records[0])
+    assert not verifier.feed(records[2])
+    result = verifier.finish()
+    assert (result.ok, result.first_broken_sequence, result.reason, result.checked) == (
+        False,
+        2,
+        ChainBreak.SEQUENCE_GAP,
+        1,
+    )
+
+
+def test_verifier_reports_a_missing_tail_as_a_gap() -> None:
+    records = chain(3)
+    verifier = ChainVerifier(1, 3, GENESIS_HASH)
+    verifier.feed(records[0])
+    verifier.feed(records[1])
+    result = verifier.finish()
+    assert (result.first_broken_sequence, result.reason) == (3, ChainBreak.SEQUENCE_GAP)
+
+
+def test_verifier_catches_a_rehashed_last_record_through_the_head() -> None:
+    records = chain(2)
+    forged = seal(dataclasses.replace(entry("users/mallory")), 2, records[0].hash)
+    verifier = ChainVerifier(1, 2, GENESIS_HASH, (2, records[1].hash))
+    assert verifier.feed(records[0]) and verifier.feed(forged)
+    result = verifier.finish()
+    assert (result.ok, result.first_broken_sequence, result.reason) == (False, 2, ChainBreak.HASH_MISMATCH)
+
+
+def test_verifier_catches_records_added_behind_the_head() -> None:
+    records = chain(3)
+    verifier = ChainVerifier(1, 3, GENESIS_HASH, (2, records[1].hash))
+    assert all(verifier.feed(r) for r in records)
+    result = verifier.finish()
+    assert (result.first_broken_sequence, result.reason) == (3, ChainBreak.PREV_HASH_MISMATCH)
+
+
+def test_unreadable_row_is_a_hash_mismatch() -> None:
+    verifier = ChainVerifier(1, 1, GENESIS_HASH)
+    assert not verifier.feed_unreadable(1, "duration_ms is str")
+    result = verifier.finish()
+    assert (result.first_broken_sequence, result.reason, result.checked) == (1, ChainBreak.HASH_MISMATCH, 1)

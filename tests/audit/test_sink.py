@@ -1,0 +1,201 @@
+"""The audit sink: durable records before returning, batched ones by a writer, nothing dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from bhiv_core.audit.record import AuditEntry, AuditRecord, VerifyResult
+from bhiv_core.audit.store import AuditFilter, AuditSink, AuditStore, AuditWriteError
+from tests.audit.support import Backend, entry
+
+
+async def stored_principals(backend: Backend) -> list[str]:
+    """What another connection (another process, say) sees in the chain right now."""
+    reader = backend.new_store()
+    await reader.open()
+    try:
+        records, _ = await reader.list(AuditFilter(), 500)
+        return [r.principal for r in records]
+    finally:
+        await reader.close()
+
+
+class SlowAppends:
+    """Delegates to a real store, but every append first takes a while (a slow disk)."""
+
+    def __init__(self, store: AuditStore):
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def append(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        await asyncio.sleep(0.2)
+        return await self._store.append(entries)
+
+
+async def test_durable_record_is_committed_when_record_returns(backend: Backend) -> None:
+    reader = backend.new_store()
+    await reader.open()
+    sink = AuditSink(SlowAppends(backend.new_store()), flush_interval=30)  # type: ignore[arg-type]
+    await sink.start()
+    try:
+        await sink.record(entry("users/mutator"), durable=True)
+        # No flush, no close: another connection reads it at once.
+        records, _ = await reader.list(AuditFilter())
+        assert [r.principal for r in records] == ["users/mutator"]
+    finally:
+        await sink.close()
+        await reader.close()
+
+
+async def test_batched_records_wait_for_the_batch_and_are_flushed_on_close(backend: Backend) -> None:
+    sink = AuditSink(backend.new_store(), flush_interval=30)
+    await sink.start()
+    await sink.record(entry("users/reader1"), durable=False)
+    await sink.record(entry("users/reader2"), durable=False)
+    assert await stored_principals(backend) == []  # queued, not yet written
+    await sink.close()
+    assert await stored_principals(backend) == ["users/reader1", "users/reader2"]
+
+
+async def test_batched_records_are_written_after_the_flush_interval(backend: Backend) -> None:
+    sink = AuditSink(backend.new_store(), flush_interval=0.05)
+    await sink.start()
+    try:
+        await sink.record(entry("users/reader"), durable=False)
+        for _ in range(100):
+            if await stored_principals(backend):
+                break
+            await asyncio.sleep(0.02)
+        assert await stored_principals(backend) == ["users/reader"]
+    finally:
+        await sink.close()
+
+
+async def test_chain_keeps_the_order_of_record_calls(backend: Backend) -> None:
+    sink = AuditSink(backend.new_store(), flush_interval=30)
+    await sink.start()
+    await sink.record(entry("users/1"), durable=False)
+    await sink.record(entry("users/2"), durable=True)
+    # The durable write took the batched record queued before it along.
+    assert await stored_principals(backend) == ["users/1", "users/2"]
+    await sink.record(entry("users/3"), durable=False)
+    await sink.flush()
+    assert await stored_principals(backend) == ["users/1", "users/2", "users/3"]
+    await sink.close()
+    reader = backend.new_store()
+    await reader.open()
+    try:
+        assert (await reader.verify()).ok
+    finally:
+        await reader.close()
+
+
+async def test_full_batch_is_written_without_waiting(backend: Backend) -> None:
+    sink = AuditSink(backend.new_store(), flush_interval=30, batch_size=4)
+    await sink.start()
+    try:
+        for i in range(4):
+            await sink.record(entry(f"users/{i}"), durable=False)
+        for _ in range(100):
+            if len(await stored_principals(backend)) == 4:
+                break
+            await asyncio.sleep(0.02)
+        assert len(await stored_principals(backend)) == 4
+    finally:
+        await sink.close()
+
+
+class GatedStore:
+    """A store whose appends wait for a gate, or fail, and remember what they wrote."""
+
+    def __init__(self, fail: bool = False):
+        self.gate = asyncio.Event()
+        self.fail = fail
+        self.batches: list[list[str]] = []
+        self.opened = self.closed = False
+
+    async def open(self) -> None:
+        self.opened = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def ping(self) -> None:
+        pass
+
+    async def append(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        await self.gate.wait()
+        if self.fail:
+            raise OSError("disk full")
+        self.batches.append([e.principal for e in entries])
+        return []
+
+    async def list(
+        self, query: AuditFilter, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[AuditRecord], str]:
+        return [], ""
+
+    async def get(self, sequence: int) -> AuditRecord | None:
+        return None
+
+    async def latest_sequence(self) -> int:
+        return 0
+
+    async def verify(self, start_seq: int | None = None, end_seq: int | None = None) -> VerifyResult:
+        return VerifyResult(ok=True, checked=0)
+
+
+async def test_full_queue_makes_callers_wait_and_drops_nothing() -> None:
+    store = GatedStore()
+    sink = AuditSink(store, batch_size=1, flush_interval=0.001, max_pending=2)
+    await sink.start()
+    await sink.record(entry("users/0"), durable=False)
+    await asyncio.sleep(0.02)  # the writer took users/0 and waits on the gate
+    await sink.record(entry("users/1"), durable=False)
+    await sink.record(entry("users/2"), durable=False)
+    blocked = asyncio.create_task(sink.record(entry("users/3"), durable=False))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()  # backpressure: the queue is full
+    store.gate.set()
+    await blocked
+    await sink.close()
+    assert [p for batch in store.batches for p in batch] == ["users/0", "users/1", "users/2", "users/3"]
+    assert store.opened and store.closed
+
+
+async def test_refused_records_are_logged_and_durable_callers_told(caplog: pytest.LogCaptureFixture) -> None:
+    store = GatedStore(fail=True)
+    store.gate.set()
+    sink = AuditSink(store, retry_delays=(0.0,))
+    await sink.start()
+    with (
+        caplog.at_level(logging.WARNING, logger="bhiv_core.audit.store"),
+        pytest.raises(AuditWriteError, match="disk full"),
+    ):
+        await sink.record(entry("users/lost"), durable=True)
+    with pytest.raises(AuditWriteError):
+        await sink.check()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].audit_records[0]["principal"] == "users/lost"  # type: ignore[attr-defined]
+    store.fail = False
+    await sink.record(entry("users/kept"), durable=True)
+    await sink.check()  # healthy again once a write succeeds
+    await sink.close()
+
+
+async def test_record_before_start_or_after_close_is_an_error() -> None:
+    sink = AuditSink(GatedStore())
+    with pytest.raises(RuntimeError, match="not running"):
+        await sink.record(entry(), durable=False)
+    await sink.start()
+    await sink.close()
+    with pytest.raises(RuntimeError, match="not running"):
+        await sink.record(entry(), durable=False)

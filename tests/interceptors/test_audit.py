@@ -1,0 +1,271 @@
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+
+from bhiv.identity.v1 import user_service_pb2 as us
+from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
+from bhiv.integrations.v1 import webhook_service_pb2 as ws
+from bhiv.sentinel.v1 import threat_service_pb2 as ts
+from bhiv.sentinel.v1 import threat_service_pb2_grpc as ts_grpc
+from bhiv_core.audit.record import AuditEntry
+from bhiv_core.audit.store import AuditFilter, AuditSink, SqliteAuditStore
+from bhiv_core.interceptors.audit import AuditInterceptor, resource_of
+from bhiv_core.interceptors.errors import ErrorMappingInterceptor
+from bhiv_core.runtime.chain import CallInfo, PreCheckInterceptor
+from bhiv_core.runtime.errors import NotFound, PermissionDenied
+from bhiv_core.runtime.logging import JsonFormatter
+from bhiv_core.security.principal import Principal, current_principal
+from tests.harness import serving
+
+USER_SERVICE = us.DESCRIPTOR.services_by_name["UserService"]
+THREAT_SERVICE = ts.DESCRIPTOR.services_by_name["ThreatService"]
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+class FakeSink:
+    def __init__(self) -> None:
+        self.records: list[tuple[AuditEntry, bool]] = []
+
+    async def record(self, entry: AuditEntry, durable: bool) -> None:
+        self.records.append((entry, durable))
+
+
+class FakeAuth(PreCheckInterceptor):
+    """Sets the principal named by ``x-test-user``; refuses when ``x-test-deny`` is sent."""
+
+    async def check(self, call: CallInfo, request: Any, context: Any) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        call.extra["trace_id"] = TRACE_ID
+        user = metadata.get("x-test-user")
+        if user:
+            call.principal = Principal(subject=f"users/{user}", role="sales")
+            current_principal.set(call.principal)
+        if "x-test-deny" in metadata:
+            raise PermissionDenied("the role may not do this")
+
+
+class Users:
+    async def GetUser(self, request: us.GetUserRequest, context: Any) -> us.GetUserResponse:
+        if request.name == "users/missing":
+            raise NotFound(f"{request.name} does not exist")
+        if request.name == "users/crash":
+            raise RuntimeError("bug")
+        return us.GetUserResponse(user={"name": request.name})
+
+    async def DisableUser(self, request: us.DisableUserRequest, context: Any) -> us.DisableUserResponse:
+        return us.DisableUserResponse(user={"name": request.name})
+
+    async def UpdateUser(self, request: us.UpdateUserRequest, context: Any) -> us.UpdateUserResponse:
+        return us.UpdateUserResponse(user=request.user)
+
+
+class Threats:
+    async def StreamThreatEvents(self, request: ts.StreamThreatEventsRequest, context: Any) -> Any:
+        yield ts.StreamThreatEventsResponse(event={"event_id": "e1"})
+        if request.min_severity:
+            raise NotFound("no such stream")
+        yield ts.StreamThreatEventsResponse(event={"event_id": "e2"})
+
+
+def chain_with(sink: Any) -> Any:
+    return lambda *_: [AuditInterceptor(sink, "test"), ErrorMappingInterceptor("t"), FakeAuth()]
+
+
+async def test_allowed_call_is_recorded_with_principal_method_resource_and_address() -> None:
+    sink = FakeSink()
+    async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
+        await us_grpc.UserServiceStub(channel).GetUser(
+            us.GetUserRequest(name="users/u7"), metadata=(("x-test-user", "ada"),)
+        )
+    [(entry, durable)] = sink.records
+    assert (entry.principal, entry.role, entry.method, entry.resource) == (
+        "users/ada",
+        "sales",
+        "/bhiv.identity.v1.UserService/GetUser",
+        "users/u7",
+    )
+    assert (entry.outcome_code, entry.outcome_code_number, entry.service) == ("OK", 0, "test")
+    assert (entry.client_address, entry.trace_id) == ("127.0.0.1", TRACE_ID)
+    assert entry.duration_ms > 0
+    assert durable is False  # a read goes the batched path
+
+
+async def test_denied_call_is_recorded_as_permission_denied() -> None:
+    sink = FakeSink()
+    async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await us_grpc.UserServiceStub(channel).DisableUser(
+                us.DisableUserRequest(name="users/u9"),
+                metadata=(
+                    ("x-test-user", "eve"),
+                    ("x-test-deny", "1"),
+                    ("x-envoy-external-address", "203.0.113.7"),
+                ),
+            )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    [(entry, durable)] = sink.records
+    assert (entry.outcome_code, entry.outcome_code_number) == ("PERMISSION_DENIED", 7)
+    assert (entry.principal, entry.method, entry.resource) == (
+        "users/eve",
+        "/bhiv.identity.v1.UserService/DisableUser",
+        "users/u9",
+    )
+    assert entry.client_address == "203.0.113.7"  # the edge's view of the client
+    assert durable is False  # a refused mutation changed nothing
+
+
+async def test_unauthenticated_call_has_an_empty_principal() -> None:
+    sink = FakeSink()
+    async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await us_grpc.UserServiceStub(channel).GetUser(
+                us.GetUserRequest(name="users/u1"), metadata=(("x-test-deny", "1"),)
+            )
+    [(entry, _)] = sink.records
+    assert (entry.principal, entry.role) == ("", "")
+
+
+async def test_handler_error_is_recorded_with_its_code() -> None:
+    sink = FakeSink()
+    async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await us_grpc.UserServiceStub(channel).GetUser(us.GetUserRequest(name="users/missing"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert sink.records[0][0].outcome_code == "NOT_FOUND"
+
+
+async def test_exception_escaping_without_a_mapper_is_recorded_unknown() -> None:
+    sink = FakeSink()
+    chain = lambda *_: [AuditInterceptor(sink, "test")]
+    async with serving([(USER_SERVICE, Users())], chain=chain) as (_, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await us_grpc.UserServiceStub(channel).GetUser(us.GetUserRequest(name="users/crash"))
+    assert err.value.code() == grpc.StatusCode.UNKNOWN
+    assert sink.records[0][0].outcome_code == "UNKNOWN"
+
+
+async def test_successful_mutation_is_recorded_durably() -> None:
+    sink = FakeSink()
+    async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
+        await us_grpc.UserServiceStub(channel).UpdateUser(
+            us.UpdateUserRequest(
+                user={"name": "users/u3"}, update_mask=field_mask_pb2.FieldMask(paths=["email"])
+            )
+        )
+    [(entry, durable)] = sink.records
+    assert entry.resource == "users/u3"  # from the first message field that has a name
+    assert durable is True
+
+
+async def test_mutation_record_is_in_the_store_when_the_client_gets_the_response(tmp_path: Path) -> None:
+    sink = AuditSink(SqliteAuditStore(tmp_path / "audit.db"), flush_interval=30)
+    await sink.start()
+    reader = SqliteAuditStore(tmp_path / "audit.db")
+    await reader.open()
+    try:
+        async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
+            stub = us_grpc.UserServiceStub(channel)
+            await stub.GetUser(us.GetUserRequest(name="users/u1"), metadata=(("x-test-user", "ada"),))
+            await stub.DisableUser(us.DisableUserRequest(name="users/u2"), metadata=(("x-test-user", "ada"),))
+            records, _ = await reader.list(AuditFilter())
+            # Written by the mutation's durable commit (the batch interval is 30 s), read before
+            # it included, in call order.
+            assert [(r.method.rsplit("/", 1)[1], r.resource, r.outcome_code) for r in records] == [
+                ("GetUser", "users/u1", "OK"),
+                ("DisableUser", "users/u2", "OK"),
+            ]
+            await stub.GetUser(us.GetUserRequest(name="users/u3"))
+            assert len((await reader.list(AuditFilter()))[0]) == 2  # the read waits for its batch
+        await sink.close()
+        records, _ = await reader.list(AuditFilter())
+        assert [r.resource for r in records] == ["users/u1", "users/u2", "users/u3"]
+        assert (await reader.verify()).ok
+    finally:
+        await reader.close()
+
+
+async def test_stream_is_recorded_when_it_ends() -> None:
+    sink = FakeSink()
+    async with serving([(THREAT_SERVICE, Threats())], chain=chain_with(sink)) as (_, channel):
+        stub = ts_grpc.ThreatServiceStub(channel)
+        got = [r.event.event_id async for r in stub.StreamThreatEvents(ts.StreamThreatEventsRequest())]
+        assert got == ["e1", "e2"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stub.StreamThreatEvents(ts.StreamThreatEventsRequest(min_severity=2)):
+                pass
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert [(e.method.rsplit("/", 1)[1], e.outcome_code, d) for e, d in sink.records] == [
+        ("StreamThreatEvents", "OK", False),
+        ("StreamThreatEvents", "NOT_FOUND", False),
+    ]
+
+
+async def test_unknown_method_is_recorded_unimplemented() -> None:
+    sink = FakeSink()
+    async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
+        call = channel.unary_unary("/bhiv.nothing.v1.Nope/Probe")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(b"")
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    [(entry, _)] = sink.records
+    assert (entry.method, entry.outcome_code, entry.resource) == (
+        "/bhiv.nothing.v1.Nope/Probe",
+        "UNIMPLEMENTED",
+        "",
+    )
+
+
+async def test_health_checks_are_recorded_but_never_durably() -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    sink = FakeSink()
+    async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    [(entry, durable)] = sink.records
+    assert (entry.method, entry.outcome_code, durable) == ("/grpc.health.v1.Health/Check", "OK", False)
+
+
+async def test_each_call_writes_one_json_request_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    sink = FakeSink()
+    with caplog.at_level(logging.INFO, logger="bhiv.requests"):
+        async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
+            await us_grpc.UserServiceStub(channel).GetUser(
+                us.GetUserRequest(name="users/u1"), metadata=(("x-test-user", "ada"),)
+            )
+    [record] = [r for r in caplog.records if r.name == "bhiv.requests"]
+    line = json.loads(JsonFormatter("test").format(record))
+    assert line["method"] == "/bhiv.identity.v1.UserService/GetUser"
+    assert (line["code"], line["principal"], line["client_address"], line["trace_id"]) == (
+        "OK",
+        "users/ada",
+        "127.0.0.1",
+        TRACE_ID,
+    )
+    assert isinstance(line["duration_ms"], float)
+
+
+async def test_failing_sink_does_not_fail_the_call(caplog: pytest.LogCaptureFixture) -> None:
+    class BrokenSink:
+        async def record(self, entry: AuditEntry, durable: bool) -> None:
+            raise RuntimeError("store down")
+
+    async with serving([(USER_SERVICE, Users())], chain=chain_with(BrokenSink())) as (_, channel):
+        reply = await us_grpc.UserServiceStub(channel).DisableUser(us.DisableUserRequest(name="users/u1"))
+    assert reply.user.name == "users/u1"
+    assert any("was not written" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+
+
+def test_resource_is_name_then_parent_then_a_nested_name() -> None:
+    assert resource_of(us.GetUserRequest(name="users/u1")) == "users/u1"
+    assert resource_of(ws.ListDeliveriesRequest(parent="webhooks/w1")) == "webhooks/w1"
+    assert resource_of(us.UpdateUserRequest(user={"name": "users/u2"})) == "users/u2"
+    assert resource_of(us.UpdateUserRequest(user={"email": "a@b.example"})) == ""
+    assert resource_of(us.ListUsersRequest()) == ""
+    assert resource_of(b"raw") == ""

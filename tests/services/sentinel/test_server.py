@@ -1,0 +1,90 @@
+"""Sentinel's service definition: its stores open on start, drive health, and close on stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bhiv.sentinel.v1 import audit_service_pb2 as aus
+from bhiv.sentinel.v1 import audit_service_pb2_grpc as aus_grpc
+from bhiv.sentinel.v1 import block_service_pb2 as bs
+from bhiv.sentinel.v1 import block_service_pb2_grpc as bs_grpc
+from bhiv.sentinel.v1 import threat_service_pb2 as ts
+from bhiv.sentinel.v1 import threat_service_pb2_grpc as ts_grpc
+from bhiv_core.audit.store import SqliteAuditStore
+from bhiv_core.interceptors.errors import ErrorMappingInterceptor
+from bhiv_core.runtime.chain import CallInfo, PreCheckInterceptor, chain_order
+from bhiv_core.runtime.config import ConfigError
+from bhiv_core.runtime.server import start_service
+from bhiv_core.security.principal import Principal, current_principal
+from bhiv_core.services.sentinel import server
+from bhiv_core.services.sentinel.servicer import MISSING
+from tests.audit.support import entry
+from tests.harness import config_for
+
+
+class AsAdmin(PreCheckInterceptor):
+    async def check(self, call: CallInfo, request: Any, context: Any) -> None:
+        call.principal = Principal(subject="users/root", role="admin")
+        current_principal.set(call.principal)
+
+
+def chain(*_: Any) -> Any:
+    return chain_order(errors=ErrorMappingInterceptor("sentinel.bhiv.core"), auth=AsAdmin())
+
+
+async def test_sentinel_reads_the_shared_audit_file_and_reports_health(tmp_path: Path) -> None:
+    # Another service of the mesh appended to the shared chain.
+    writer = SqliteAuditStore(tmp_path / "audit.db")
+    await writer.open()
+    await writer.append([entry("users/a"), entry("users/b")])
+    await writer.close()
+
+    config = config_for("sentinel", DATA_DIR=str(tmp_path))
+    definition = server.definition(config)
+    assert set(definition.checks) == {"audit_store", "sentinel_store"}
+    running = await start_service(config, definition, chain)
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("", "bhiv.sentinel.v1.AuditService", "bhiv.sentinel.v1.ThreatService"):
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            audit = aus_grpc.AuditServiceStub(channel)
+            listed = await audit.ListAuditRecords(aus.ListAuditRecordsRequest())
+            assert [r.principal for r in listed.audit_records] == ["users/a", "users/b"]
+            assert (await audit.VerifyAuditChain(aus.VerifyAuditChainRequest())).ok
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ts_grpc.ThreatServiceStub(channel).ListIncidents(ts.ListIncidentsRequest())
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert err.value.details() == (
+                f"bhiv.sentinel.v1.ThreatService/ListIncidents is not implemented yet: {MISSING}"
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                blocks = bs_grpc.BlockServiceStub(channel)
+                await blocks.CheckAddress(bs.CheckAddressRequest(address="192.0.2.1"))
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert MISSING in (err.value.details() or "")
+    finally:
+        await running.stop(grace=0.5)
+    assert (tmp_path / "sentinel.db").exists()
+    # on_stop closed both stores: their checks fail now.
+    for check in definition.checks.values():
+        with pytest.raises(RuntimeError, match="not open"):
+            await check()
+
+
+def test_bad_store_url_fails_fast() -> None:
+    with pytest.raises(ConfigError, match="BHIV_AUDIT_STORE_URL"):
+        server.definition(config_for("sentinel", AUDIT_STORE_URL="sqlite:///x"))
+    with pytest.raises(ConfigError, match="BHIV_SENTINEL_STORE_URL"):
+        server.definition(config_for("sentinel", SENTINEL_STORE_URL="sqlite:///x"))
+
+
+def test_server_module_keeps_its_entry_points() -> None:
+    assert server.NAME == "sentinel"
+    assert callable(server.build_server) and callable(server.serve)

@@ -1,0 +1,389 @@
+"""Sentinel's built RPCs through a real server: audit queries and verification, security events."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import timestamp_pb2
+
+from bhiv.sentinel.v1 import audit_record_pb2 as ar
+from bhiv.sentinel.v1 import audit_service_pb2 as aus
+from bhiv.sentinel.v1 import audit_service_pb2_grpc as aus_grpc
+from bhiv.sentinel.v1 import threat_pb2 as tp
+from bhiv.sentinel.v1 import threat_service_pb2 as ts
+from bhiv.sentinel.v1 import threat_service_pb2_grpc as ts_grpc
+from bhiv_core.audit.record import AuditEntry
+from bhiv_core.audit.store import SqliteAuditStore
+from bhiv_core.interceptors.errors import ErrorMappingInterceptor
+from bhiv_core.interceptors.validation import ValidationInterceptor
+from bhiv_core.runtime.chain import CallInfo, PreCheckInterceptor, chain_order
+from bhiv_core.runtime.contracts import services_of_package
+from bhiv_core.security.principal import Principal, current_principal
+from bhiv_core.services.sentinel.service import SentinelService
+from bhiv_core.services.sentinel.servicer import SentinelServicer
+from bhiv_core.services.sentinel.store import EventFilter, EventKind, SqliteSentinelStore
+from tests.harness import config_for, serving
+
+T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+
+
+class AsService(PreCheckInterceptor):
+    """Stands in for auth: the caller is ``services/identity`` unless ``x-anonymous`` is sent."""
+
+    async def check(self, call: CallInfo, request: Any, context: Any) -> None:
+        if "x-anonymous" in dict(context.invocation_metadata() or ()):
+            return
+        call.principal = Principal(subject="services/identity", role="")
+        current_principal.set(call.principal)
+
+
+@dataclass
+class Sentinel:
+    audit: SqliteAuditStore
+    service: SentinelService
+    audit_path: Path
+    audit_stub: aus_grpc.AuditServiceStub
+    threat_stub: ts_grpc.ThreatServiceStub
+
+
+def entry(
+    n: int, principal: str, code: str = "OK", number: int = 0, method: str = "GetCustomer"
+) -> AuditEntry:
+    return AuditEntry(
+        time=T0 + timedelta(minutes=n),
+        service="crm",
+        principal=principal,
+        role="sales",
+        method=f"/bhiv.crm.v1.CustomerService/{method}",
+        resource=f"customers/c{n}",
+        outcome_code=code,
+        outcome_code_number=number,
+        client_address="198.51.100.4",
+        trace_id="",
+        duration_ms=2.5,
+    )
+
+
+@pytest.fixture
+async def sentinel(tmp_path: Path) -> AsyncIterator[Sentinel]:
+    audit = SqliteAuditStore(tmp_path / "audit.db")
+    store = SqliteSentinelStore(tmp_path / "sentinel.db")
+    await audit.open()
+    await store.open()
+    service = SentinelService(audit, store)
+    servicer = SentinelServicer(service)
+    chain = lambda *_: chain_order(
+        errors=ErrorMappingInterceptor("sentinel.bhiv.core"),
+        auth=AsService(),
+        validation=ValidationInterceptor(),
+    )
+    try:
+        async with serving(
+            [(s, servicer) for s in services_of_package("bhiv.sentinel.v1")],
+            chain=chain,
+            config=config_for("sentinel"),
+        ) as (_, channel):
+            yield Sentinel(
+                audit,
+                service,
+                tmp_path / "audit.db",
+                aus_grpc.AuditServiceStub(channel),
+                ts_grpc.ThreatServiceStub(channel),
+            )
+    finally:
+        await store.close()
+        await audit.close()
+
+
+async def seed(s: Sentinel) -> None:
+    await s.audit.append(
+        [
+            entry(1, "users/a"),
+            entry(2, "users/b", "PERMISSION_DENIED", 7, "DeleteCustomer"),
+            entry(3, "users/a", method="UpdateCustomer"),
+            entry(4, "users/a", "NOT_FOUND", 5),
+            entry(5, "users/b"),
+        ]
+    )
+
+
+def tamper(path: Path, sql: str) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("DROP TRIGGER IF EXISTS audit_records_no_update")
+        conn.execute("DROP TRIGGER IF EXISTS audit_records_no_delete")
+        conn.execute(sql)
+    finally:
+        conn.close()
+
+
+def ts_of(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+async def expect_code(code: grpc.StatusCode, call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    assert err.value.code() == code, err.value.details()
+    return err.value
+
+
+# --- ListAuditRecords -----------------------------------------------------------------------------
+
+
+async def test_list_returns_records_in_sequence_order_with_every_field(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    reply = await sentinel.audit_stub.ListAuditRecords(aus.ListAuditRecordsRequest())
+    assert [r.sequence for r in reply.audit_records] == [1, 2, 3, 4, 5]
+    assert reply.next_page_token == ""
+    first = reply.audit_records[0]
+    assert first.name == "auditRecords/1"
+    assert (first.principal, first.role, first.service, first.resource) == (
+        "users/a",
+        "sales",
+        "crm",
+        "customers/c1",
+    )
+    assert (first.outcome_code, first.outcome_code_number, first.client_address) == ("OK", 0, "198.51.100.4")
+    assert first.time.ToDatetime(tzinfo=UTC) == T0 + timedelta(minutes=1)
+    assert first.duration.ToMicroseconds() == 2500
+    assert first.prev_hash == "0" * 64
+    assert reply.audit_records[1].prev_hash == first.hash
+
+
+async def test_list_applies_every_filter(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+
+    async def sequences(**fields: Any) -> list[int]:
+        reply = await sentinel.audit_stub.ListAuditRecords(aus.ListAuditRecordsRequest(**fields))
+        return [r.sequence for r in reply.audit_records]
+
+    assert await sequences(principal="users/a") == [1, 3, 4]
+    assert await sequences(outcome_code="PERMISSION_DENIED") == [2]
+    assert await sequences(method="/bhiv.crm.v1.CustomerService/UpdateCustomer") == [3]
+    assert await sequences(resource="customers/c4") == [4]
+    assert await sequences(principal="users/b", outcome_code="OK") == [5]
+    assert await sequences(
+        start_time=ts_of(T0 + timedelta(minutes=2)), end_time=ts_of(T0 + timedelta(minutes=4))
+    ) == [
+        2,
+        3,
+    ]
+
+
+async def test_list_paginates(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    seen, token = [], ""
+    while True:
+        reply = await sentinel.audit_stub.ListAuditRecords(
+            aus.ListAuditRecordsRequest(page_size=2, page_token=token)
+        )
+        assert len(reply.audit_records) <= 2
+        seen += [r.sequence for r in reply.audit_records]
+        token = reply.next_page_token
+        if not token:
+            break
+    assert seen == [1, 2, 3, 4, 5]
+
+
+async def test_list_rejects_negative_page_size_bad_range_and_foreign_token(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    stub = sentinel.audit_stub
+    await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT, stub.ListAuditRecords(aus.ListAuditRecordsRequest(page_size=-1))
+    )
+    await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.ListAuditRecords(aus.ListAuditRecordsRequest(start_time=ts_of(T0), end_time=ts_of(T0))),
+    )
+    token = (await stub.ListAuditRecords(aus.ListAuditRecordsRequest(page_size=1))).next_page_token
+    await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.ListAuditRecords(
+            aus.ListAuditRecordsRequest(page_size=1, page_token=token, principal="users/a")
+        ),
+    )
+    await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.ListAuditRecords(aus.ListAuditRecordsRequest(outcome_code="FINE")),
+    )
+
+
+async def test_service_layer_rejects_negative_page_size_too(sentinel: Sentinel) -> None:
+    from bhiv_core.audit.store import AuditFilter
+    from bhiv_core.runtime.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument):
+        await sentinel.service.list_audit_records(AuditFilter(), -5, "")
+
+
+# --- GetAuditRecord -------------------------------------------------------------------------------
+
+
+async def test_get_returns_the_named_record(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    reply = await sentinel.audit_stub.GetAuditRecord(aus.GetAuditRecordRequest(name="auditRecords/2"))
+    assert (reply.audit_record.sequence, reply.audit_record.outcome_code) == (2, "PERMISSION_DENIED")
+
+
+async def test_get_missing_record_is_not_found(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    error = await expect_code(
+        grpc.StatusCode.NOT_FOUND,
+        sentinel.audit_stub.GetAuditRecord(aus.GetAuditRecordRequest(name="auditRecords/6")),
+    )
+    assert error.details() == "auditRecords/6 does not exist"
+    await expect_code(
+        grpc.StatusCode.NOT_FOUND,
+        sentinel.audit_stub.GetAuditRecord(
+            aus.GetAuditRecordRequest(name="auditRecords/9999999999999999999")
+        ),
+    )
+
+
+async def test_get_malformed_name_is_invalid_argument(sentinel: Sentinel) -> None:
+    await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        sentinel.audit_stub.GetAuditRecord(aus.GetAuditRecordRequest(name="auditRecords/0")),
+    )
+
+
+# --- VerifyAuditChain -----------------------------------------------------------------------------
+
+
+async def test_verify_reports_ok_then_the_first_tampered_record(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    stub = sentinel.audit_stub
+    reply = await stub.VerifyAuditChain(aus.VerifyAuditChainRequest())
+    assert (reply.ok, reply.records_checked, reply.start_sequence, reply.end_sequence, reply.reason) == (
+        True,
+        5,
+        1,
+        5,
+        ar.CHAIN_BREAK_REASON_UNSPECIFIED,
+    )
+    # Someone with the file hides a denial.
+    tamper(
+        sentinel.audit_path,
+        "UPDATE audit_records SET outcome_code = 'OK', outcome_code_number = 0 WHERE sequence = 2",
+    )
+    reply = await stub.VerifyAuditChain(aus.VerifyAuditChainRequest())
+    assert (reply.ok, reply.first_broken_sequence, reply.reason, reply.records_checked) == (
+        False,
+        2,
+        ar.CHAIN_BREAK_REASON_HASH_MISMATCH,
+        2,
+    )
+    assert "record 2" in reply.detail
+    tamper(sentinel.audit_path, "DELETE FROM audit_records WHERE sequence = 4")
+    reply = await stub.VerifyAuditChain(aus.VerifyAuditChainRequest(start_sequence=3))
+    assert (reply.ok, reply.first_broken_sequence, reply.reason) == (
+        False,
+        4,
+        ar.CHAIN_BREAK_REASON_SEQUENCE_GAP,
+    )
+
+
+async def test_verify_of_an_empty_log_is_ok(sentinel: Sentinel) -> None:
+    reply = await sentinel.audit_stub.VerifyAuditChain(aus.VerifyAuditChainRequest())
+    assert (reply.ok, reply.records_checked, reply.end_sequence) == (True, 0, 0)
+
+
+async def test_verify_range_checks(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    stub = sentinel.audit_stub
+    reply = await stub.VerifyAuditChain(aus.VerifyAuditChainRequest(start_sequence=2, end_sequence=3))
+    assert (reply.ok, reply.records_checked, reply.start_sequence, reply.end_sequence) == (True, 2, 2, 3)
+    await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.VerifyAuditChain(aus.VerifyAuditChainRequest(start_sequence=3, end_sequence=2)),
+    )
+    await expect_code(
+        grpc.StatusCode.OUT_OF_RANGE, stub.VerifyAuditChain(aus.VerifyAuditChainRequest(start_sequence=6))
+    )
+
+
+# --- ReportSecurityEvent --------------------------------------------------------------------------
+
+
+async def test_reported_event_is_stored_with_id_reporter_and_times(sentinel: Sentinel) -> None:
+    reply = await sentinel.threat_stub.ReportSecurityEvent(
+        ts.ReportSecurityEventRequest(
+            kind=tp.SECURITY_EVENT_KIND_LOGIN_FAILED,
+            source_address="2001:DB8:0:0::7",
+            principal="ada",
+            method="/bhiv.identity.v1.AuthService/Login",
+            detail="wrong password",
+            event_time=ts_of(T0),
+        )
+    )
+    event = reply.event
+    assert len(event.event_id) == 32
+    assert (event.kind, event.source_address, event.reporter) == (
+        tp.SECURITY_EVENT_KIND_LOGIN_FAILED,
+        "2001:db8::7",
+        "services/identity",
+    )
+    assert event.event_time.ToDatetime(tzinfo=UTC) == T0
+    assert abs(event.receive_time.ToDatetime(tzinfo=UTC) - datetime.now(UTC)) < timedelta(seconds=10)
+    stored, _ = await sentinel.service.store.list_security_events(EventFilter())
+    assert [(e.event_id, e.kind, e.principal, e.detail) for e in stored] == [
+        (event.event_id, EventKind.LOGIN_FAILED, "ada", "wrong password")
+    ]
+
+
+async def test_event_without_time_happened_when_received(sentinel: Sentinel) -> None:
+    reply = await sentinel.threat_stub.ReportSecurityEvent(
+        ts.ReportSecurityEventRequest(kind=tp.SECURITY_EVENT_KIND_TOKEN_REPLAYED, source_address="192.0.2.1")
+    )
+    assert reply.event.event_time == reply.event.receive_time
+
+
+async def test_every_kind_round_trips(sentinel: Sentinel) -> None:
+    kinds = [v.number for v in tp.SecurityEventKind.DESCRIPTOR.values if v.number]
+    for kind in kinds:
+        reply = await sentinel.threat_stub.ReportSecurityEvent(
+            ts.ReportSecurityEventRequest(kind=kind, source_address="192.0.2.1")
+        )
+        assert reply.event.kind == kind
+    stored, _ = await sentinel.service.store.list_security_events(EventFilter())
+    assert {e.kind for e in stored} == set(EventKind)
+
+
+async def test_bad_events_are_invalid_argument(sentinel: Sentinel) -> None:
+    stub = sentinel.threat_stub
+    await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.ReportSecurityEvent(
+            ts.ReportSecurityEventRequest(
+                kind=tp.SECURITY_EVENT_KIND_LOGIN_FAILED, source_address="999.1.1.1"
+            )
+        ),
+    )
+    await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.ReportSecurityEvent(ts.ReportSecurityEventRequest(source_address="192.0.2.1")),
+    )
+    stored, _ = await sentinel.service.store.list_security_events(EventFilter())
+    assert stored == []
+
+
+async def test_event_without_a_principal_is_unauthenticated(sentinel: Sentinel) -> None:
+    await expect_code(
+        grpc.StatusCode.UNAUTHENTICATED,
+        sentinel.threat_stub.ReportSecurityEvent(
+            ts.ReportSecurityEventRequest(
+                kind=tp.SECURITY_EVENT_KIND_LOGIN_FAILED, source_address="192.0.2.1"
+            ),
+            metadata=(("x-anonymous", "1"),),
+        ),
+    )
