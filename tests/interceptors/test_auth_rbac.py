@@ -6,12 +6,12 @@ from typing import Any
 
 import grpc
 import pytest
+
 from bhiv.identity.v1 import auth_service_pb2 as auth
 from bhiv.identity.v1 import auth_service_pb2_grpc as auth_grpc
 from bhiv.identity.v1 import user_pb2
 from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
-
 from bhiv_core.interceptors.auth import AuthInterceptor, bearer_token
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.rbac import RbacInterceptor, RolePolicy
