@@ -19,6 +19,7 @@ from bhiv_core.edge.binaries import find_tool
 from bhiv_core.mesh import Mesh
 from bhiv_core.registry import SERVICES
 from bhiv_core.runtime.contracts import all_services
+from tests.e2e.client import Session
 
 pytestmark = pytest.mark.e2e
 
@@ -46,18 +47,22 @@ async def test_every_service_is_healthy_through_the_edge(mesh: Mesh) -> None:
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING, service.full_name
 
 
-async def test_unbuilt_rpc_is_unimplemented_through_the_edge(mesh: Mesh) -> None:
+async def test_unbuilt_rpc_is_unimplemented_through_the_edge(mesh: Mesh, admin: Session) -> None:
     async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await cs_grpc.CustomerServiceStub(channel).ListCustomers(cs.ListCustomersRequest())
+            await cs_grpc.CustomerServiceStub(channel).ListCustomers(
+                cs.ListCustomersRequest(), metadata=admin.metadata
+            )
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert err.value.details().startswith("bhiv.crm.v1.CustomerService/ListCustomers is not implemented yet")
 
 
-async def test_bad_input_is_invalid_argument_through_the_edge(mesh: Mesh) -> None:
+async def test_bad_input_is_invalid_argument_through_the_edge(mesh: Mesh, admin: Session) -> None:
     async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await us_grpc.UserServiceStub(channel).GetUser(us.GetUserRequest(name="not-a-user"))
+            await us_grpc.UserServiceStub(channel).GetUser(
+                us.GetUserRequest(name="not-a-user"), metadata=admin.metadata
+            )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "name: must match" in err.value.details()
 
@@ -69,13 +74,19 @@ def test_grpcurl_lists_every_service_through_the_edge(mesh: Mesh) -> None:
     assert {s.full_name for s in all_services()} <= listed
 
 
-def test_grpcurl_calls_an_rpc_through_reflection(mesh: Mesh) -> None:
-    out = grpcurl(mesh, "-d", '{"name": "users/u1"}', "bhiv.identity.v1.UserService/GetUser")
+def test_grpcurl_calls_rpcs_through_reflection(mesh: Mesh, admin: Session) -> None:
+    bearer = f"authorization: Bearer {admin.access_token}"
+    out = grpcurl(mesh, "-H", bearer, "-d", "{}", "bhiv.crm.v1.CustomerService/ListCustomers")
     assert out.returncode != 0
     assert "Code: Unimplemented" in out.stderr
-    assert "bhiv.identity.v1.UserService/GetUser is not implemented yet" in out.stderr
-    bad = grpcurl(mesh, "-d", '{"page_size": -1}', "bhiv.identity.v1.UserService/ListUsers")
+    assert "bhiv.crm.v1.CustomerService/ListCustomers is not implemented yet" in out.stderr
+    bad = grpcurl(mesh, "-H", bearer, "-d", '{"page_size": -1}', "bhiv.identity.v1.UserService/ListUsers")
     assert "Code: InvalidArgument" in bad.stderr
+    me = grpcurl(mesh, "-H", bearer, "-d", "{}", "bhiv.identity.v1.AuthService/GetCurrentUser")
+    assert me.returncode == 0, me.stderr
+    assert '"username": "admin"' in me.stdout
+    anonymous = grpcurl(mesh, "-d", "{}", "bhiv.identity.v1.AuthService/GetCurrentUser")
+    assert "Code: Unauthenticated" in anonymous.stderr
 
 
 def grpc_web(
@@ -123,9 +134,13 @@ def test_hand_framed_grpc_web_reaches_a_service(mesh: Mesh) -> None:
     )
 
 
-def test_grpc_web_error_carries_status_and_message(mesh: Mesh) -> None:
+def test_grpc_web_error_carries_status_and_message(mesh: Mesh, admin: Session) -> None:
     status, headers, body = grpc_web(
-        mesh, "/bhiv.crm.v1.CustomerService/ListCustomers", b"", origin="http://localhost:3000"
+        mesh,
+        "/bhiv.crm.v1.CustomerService/ListCustomers",
+        b"",
+        origin="http://localhost:3000",
+        authorization=f"Bearer {admin.access_token}",
     )
     assert status == 200
     _, trailers = parse_frames(body)

@@ -89,19 +89,22 @@ async def test_cached_token_still_expires() -> None:
         await verifier.verify(token)
 
 
-async def test_unknown_kid_refreshes_keys_once_per_cooldown() -> None:
+async def test_rotated_key_is_seen_at_once_but_made_up_kids_cannot_hammer_identity() -> None:
     old, new = Signer("old"), Signer("new")
     source = StaticKeys({old.kid: old.public})
-    verifier = JwtVerifier(source, RevocationSet(), issuer=ISSUER, audience=AUDIENCE, refresh_cooldown=60)
+    verifier = JwtVerifier(
+        source, RevocationSet(), issuer=ISSUER, audience=AUDIENCE, refresh_cooldown=60, refresh_burst=3
+    )
     await verifier.refresh_keys(force=True)
+    assert (await verifier.verify(old.token())).subject == "users/u1"
     assert source.fetches == 1
-    source.keys[new.kid] = new.public  # identity rotated
+    source.keys[new.kid] = new.public  # identity rotated right after our last fetch
     assert (await verifier.verify(new.token())).subject == "users/u1"
     assert source.fetches == 2
-    for _ in range(3):  # a flood of unknown kids does not hammer identity
+    for i in range(20):  # a flood of made-up kids spends the small budget, then nothing
         with pytest.raises(TokenError):
-            await verifier.verify(new.token(headers={"kid": "bogus"}))
-    assert source.fetches == 2
+            await verifier.verify(new.token(headers={"kid": f"bogus-{i}"}))
+    assert source.fetches == 4
 
 
 async def test_failed_refresh_keeps_the_last_good_keys() -> None:

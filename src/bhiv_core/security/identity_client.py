@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
-from bhiv.identity.v1 import auth_service_pb2, auth_service_pb2_grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from bhiv.identity.v1 import auth_service_pb2, auth_service_pb2_grpc
 from bhiv_core.security.jwt import keys_from_jwks
 
 __all__ = ["IdentityKeySource", "revocation_fetcher"]

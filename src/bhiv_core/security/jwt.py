@@ -162,7 +162,9 @@ class JwtVerifier:
         audience: The required ``aud``.
         leeway: Seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat``.
         cache_size: Verified tokens kept; the oldest is evicted beyond this.
-        refresh_cooldown: Minimum seconds between key-set refreshes caused by unknown ``kid``s.
+        refresh_cooldown: Seconds to earn one key-set refresh caused by an unknown ``kid``.
+        refresh_burst: Refreshes that may happen back to back (a token bucket): a rotation is seen
+            at once, while made-up ``kid``s cannot make this process hammer identity.
         clock: Returns the current Unix time (injected by tests).
     """
 
@@ -176,6 +178,7 @@ class JwtVerifier:
         leeway: float = 30.0,
         cache_size: int = 10_000,
         refresh_cooldown: float = 10.0,
+        refresh_burst: int = 5,
         clock: Callable[[], float] = time.time,
     ):
         self._source = keys
@@ -188,18 +191,21 @@ class JwtVerifier:
         self._cooldown = refresh_cooldown
         self._clock = clock
         self._keys: dict[str, Ed25519PublicKey] = {}
-        self._last_refresh = float("-inf")
+        self._burst = float(refresh_burst)
+        self._tokens = float(refresh_burst)
+        self._tokens_at = time.monotonic()
         self._refresh_lock = asyncio.Lock()
 
     async def refresh_keys(self, *, force: bool = False) -> bool:
-        """Re-reads the key set unless refreshed within the cooldown; keeps the old keys on failure."""
+        """Re-reads the key set if the refresh budget allows; keeps the old keys on failure."""
         async with self._refresh_lock:
-            now = time.monotonic()
             if not force:
-                # The cooldown bounds refreshes that callers can trigger with made-up kids.
-                if now - self._last_refresh < self._cooldown:
+                now = time.monotonic()
+                earned = (now - self._tokens_at) / self._cooldown if self._cooldown > 0 else self._burst
+                self._tokens, self._tokens_at = min(self._burst, self._tokens + earned), now
+                if self._tokens < 1:
                     return False
-                self._last_refresh = now
+                self._tokens -= 1
             try:
                 self._keys = dict(await self._source.fetch())
             except Exception as exc:

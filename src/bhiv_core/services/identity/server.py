@@ -2,23 +2,90 @@
 
 from __future__ import annotations
 
+from bhiv.identity.v1 import auth_service_pb2, role_service_pb2, user_service_pb2
+from bhiv_core.interceptors.tracing import client_interceptors
 from bhiv_core.runtime import server as runtime
+from bhiv_core.runtime.clients import PeerChannels
 from bhiv_core.runtime.config import RuntimeConfig
-from bhiv_core.runtime.contracts import services_of_package
-from bhiv_core.services.identity.servicer import MISSING, IdentityServicer
+from bhiv_core.security.jwt import RevocationSet
+from bhiv_core.services.identity.config import IdentityConfig
+from bhiv_core.services.identity.service import IdentityService, SecurityEventReporter, SentinelReporter
+from bhiv_core.services.identity.servicer import AuthServicer, RoleServicer, UserServicer
+from bhiv_core.services.identity.store import make_identity_store
 
-__all__ = ["NAME", "build_server", "definition", "serve"]
+__all__ = ["NAME", "build_server", "definition", "identity_service", "serve"]
 
 NAME = "identity"
 
+SENTINEL_SCOPES = ("sentinel.events.write",)
+"""The only permission identity's service token carries: reporting security events."""
 
-def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
-    """Returns what the identity service contributes to the runtime."""
-    servicer = IdentityServicer()
+
+def identity_service(
+    config: RuntimeConfig, *, reporter: SecurityEventReporter | None = None
+) -> IdentityService:
+    """Builds the (not yet started) identity domain from the configuration.
+
+    Args:
+        config: The runtime configuration.
+        reporter: Where security events go; defaults to a :class:`SentinelReporter` for the
+            ``sentinel`` peer, started and stopped with the service.
+
+    """
+    settings = IdentityConfig.from_runtime(config)
+    service = IdentityService(settings, make_identity_store(settings), reporter=reporter)
+    if reporter is None:
+        # Reports carry the login's trace context, so one trace spans identity and sentinel.
+        channels = PeerChannels(config.peers, extra_interceptors=client_interceptors)
+        service.reporter = SentinelReporter(
+            settings.sentinel_address,
+            lambda: service.mint_service_token(NAME, SENTINEL_SCOPES),
+            queue_size=settings.report_queue_size,
+            channel=lambda: channels.channel("sentinel"),
+        )
+    return service
+
+
+def definition(config: RuntimeConfig, *, service: IdentityService | None = None) -> runtime.ServiceDefinition:
+    """Returns what the identity service contributes to the runtime.
+
+    Args:
+        config: The runtime configuration.
+        service: The domain to serve; built from ``config`` by :func:`identity_service` when None.
+
+    """
+    service = service or identity_service(config)
+    reporter = service.reporter
+    # This process verifies tokens with its own keys and revocations: no call to itself, and a
+    # revocation applies here as soon as it is stored.
+    revocations = RevocationSet(
+        service.revoked_since, interval=config.settings.positive_float("REVOCATION_POLL_SECONDS", 2.0)
+    )
+    service.on_revoked = revocations.poll_once
+
+    async def start() -> None:
+        await service.start()
+        if isinstance(reporter, SentinelReporter):
+            await reporter.start()
+
+    async def stop() -> None:
+        if isinstance(reporter, SentinelReporter):
+            await reporter.stop()
+        await service.stop()
+
     return runtime.ServiceDefinition(
         name=NAME,
-        servicers=[(service, servicer) for service in services_of_package("bhiv.identity.v1")],
-        missing=MISSING,
+        servicers=[
+            (auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"], AuthServicer(service)),
+            (user_service_pb2.DESCRIPTOR.services_by_name["UserService"], UserServicer(service)),
+            (role_service_pb2.DESCRIPTOR.services_by_name["RoleService"], RoleServicer(service)),
+        ],
+        missing="every identity RPC is implemented",
+        checks={"store": service.store.ping},
+        on_start=[start],
+        on_stop=[stop],
+        key_source=service.key_source(),
+        revocations=revocations,
     )
 
 

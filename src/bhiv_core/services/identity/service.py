@@ -1,0 +1,1119 @@
+"""The identity domain: logins, token rotation and revocation, signing keys, users and roles.
+
+:class:`IdentityService` has plain ``async`` methods taking and returning plain values and raising
+the typed errors of :mod:`bhiv_core.runtime.errors`; the servicer only translates protos. Ownership
+is checked here (the RBAC interceptor checks the contract permission first): a customer sees only
+its own user, and another user is NOT_FOUND to it, never PERMISSION_DENIED.
+
+Security events (failed logins, lockouts, replayed refresh tokens) go to a
+:class:`SecurityEventReporter`; the production one, :class:`SentinelReporter`, sends them to
+sentinel from a background task with a bounded queue, so reporting never slows or fails a login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import contextvars
+import enum
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from bhiv.sentinel.v1 import threat_pb2, threat_service_pb2, threat_service_pb2_grpc
+from bhiv_core.runtime.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    QuotaViolation,
+    ResourceExhausted,
+    Unauthenticated,
+    Unimplemented,
+)
+from bhiv_core.security.principal import Principal
+from bhiv_core.services.identity.config import IdentityConfig
+from bhiv_core.services.identity.keys import SigningKeyRing, load_or_create_kek
+from bhiv_core.services.identity.passwords import PasswordHasher
+from bhiv_core.services.identity.store import (
+    IdentityStore,
+    RefreshTokenRecord,
+    Revocation,
+    SpendOutcome,
+    UsernameTaken,
+    UserRecord,
+)
+from bhiv_core.services.identity.tokens import (
+    SERVICE_TOKEN_TTL_SECONDS,
+    TokenIssuer,
+    hash_refresh_token,
+    new_refresh_token,
+    new_token_id,
+)
+
+__all__ = [
+    "LOCKOUT_CAP_SECONDS",
+    "LOCKOUT_THRESHOLD",
+    "ROLES",
+    "ClientInfo",
+    "IdentityService",
+    "LocalKeySource",
+    "NullReporter",
+    "RoleInfo",
+    "SecurityEvent",
+    "SecurityEventKind",
+    "SecurityEventReporter",
+    "SentinelReporter",
+    "TokenPair",
+    "UserFields",
+    "lock_seconds",
+    "to_timestamp",
+]
+
+log = logging.getLogger(__name__)
+
+ROLES: tuple[str, ...] = ("admin", "ops", "sales", "support", "customer")
+"""The five roles, in the order of the ``Role`` enum."""
+
+LOCKOUT_THRESHOLD = 5
+"""Consecutive failed logins after which an account starts backing off."""
+
+LOCKOUT_CAP_SECONDS = 900
+"""The longest an account is locked at once."""
+
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+"""How long a CreateUser ``request_id`` is remembered."""
+
+INVALID_CREDENTIALS = "invalid username or password"
+INVALID_REFRESH = "invalid refresh token"
+
+_USERNAME = re.compile(r"[A-Za-z0-9._-]{3,64}")
+_USER_NAME = re.compile(r"users/([A-Za-z0-9_-]{1,64})")
+_CUSTOMER_NAME = re.compile(r"customers/[A-Za-z0-9_-]{1,64}")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_MAX_DISPLAY_NAME = 200
+_MAX_EMAIL = 254
+_MIN_PASSWORD, _MAX_PASSWORD = 12, 256
+_UPDATABLE = ("display_name", "email", "role", "customer")
+
+_USERS_DEFAULT_PAGE, _USERS_MAX_PAGE = 50, 500
+_REVOCATIONS_DEFAULT_PAGE, _REVOCATIONS_MAX_PAGE = 500, 5000
+
+
+def lock_seconds(failures: int) -> float:
+    """How long an account is locked after ``failures`` consecutive failed logins.
+
+    Nothing below :data:`LOCKOUT_THRESHOLD`; then 1, 2, 4 … seconds, capped at
+    :data:`LOCKOUT_CAP_SECONDS`.
+    """
+    if failures < LOCKOUT_THRESHOLD:
+        return 0.0
+    return float(min(LOCKOUT_CAP_SECONDS, 2 ** min(failures - LOCKOUT_THRESHOLD, 20)))
+
+
+# --------------------------------------------------------------------------------- security events
+
+
+class SecurityEventKind(enum.Enum):
+    """The kinds of security event identity reports (a subset of sentinel's ``SecurityEventKind``)."""
+
+    LOGIN_FAILED = "login_failed"
+    LOGIN_SUCCEEDED = "login_succeeded"
+    TOKEN_REPLAYED = "token_replayed"  # noqa: S105 - an event kind, not a secret
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityEvent:
+    """One security fact for sentinel's detection rules.
+
+    Attributes:
+        kind: What happened.
+        source_address: The client's IP.
+        principal: The username tried, or the user's resource name.
+        method: The full gRPC method.
+        detail: Context for a person; never a password or token.
+        event_time: When it happened (Unix seconds).
+
+    """
+
+    kind: SecurityEventKind
+    source_address: str
+    principal: str
+    method: str
+    detail: str
+    event_time: float
+
+
+class SecurityEventReporter(Protocol):
+    """Where identity sends security events. ``report`` must return at once and never raise."""
+
+    def report(self, event: SecurityEvent, *, metadata: Sequence[tuple[str, str]] = ()) -> None:
+        """Queues ``event``; ``metadata`` travels with it (trace context, for instance)."""
+
+
+class NullReporter:
+    """A reporter that drops every event (no sentinel configured)."""
+
+    def report(self, event: SecurityEvent, *, metadata: Sequence[tuple[str, str]] = ()) -> None:
+        """Drops ``event``."""
+
+
+_Queued = tuple[SecurityEvent, tuple[tuple[str, str], ...], contextvars.Context]
+
+
+class SentinelReporter:
+    """Sends security events to sentinel's ``ThreatService/ReportSecurityEvent`` in the background.
+
+    Events wait in a bounded queue; when it is full new ones are dropped and counted, so a slow or
+    absent sentinel never slows a login. Each call carries a short-lived service token
+    (``services/identity`` with the scope ``sentinel.events.write``). Failures are logged (at most
+    once a minute) and counted, never raised.
+
+    Each event is sent in a copy of the context it was reported in, so client interceptors that read
+    context variables (the current trace span) see the call that caused it, and with it the
+    ``metadata`` given to :meth:`report`.
+
+    Args:
+        address: Sentinel's ``host:port``.
+        token_source: Returns a fresh service token.
+        queue_size: Events that may wait before new ones are dropped.
+        timeout_seconds: Deadline of each call.
+        channel: Returns the channel to sentinel when the caller owns one (a shared channel pool
+            with tracing interceptors, say); by default the reporter opens and closes its own.
+
+    Attributes:
+        sent: Events sentinel accepted.
+        failed: Events whose call failed.
+        dropped: Events dropped because the queue was full.
+
+    """
+
+    def __init__(
+        self,
+        address: str,
+        token_source: Callable[[], Awaitable[str]],
+        *,
+        queue_size: int = 1000,
+        timeout_seconds: float = 3.0,
+        channel: Callable[[], grpc.aio.Channel] | None = None,
+    ):
+        self.address = address
+        self._token_source = token_source
+        self._channel_factory = channel
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(queue_size)
+        self._timeout = timeout_seconds
+        self._channel: grpc.aio.Channel | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._token = ""
+        self._token_expires = 0.0
+        self._last_error_log = 0.0
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+
+    def report(self, event: SecurityEvent, *, metadata: Sequence[tuple[str, str]] = ()) -> None:
+        """Queues ``event``, or drops and counts it when the queue is full."""
+        try:
+            self._queue.put_nowait((event, tuple(metadata), contextvars.copy_context()))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("security event queue full: dropping events", extra={"dropped": self.dropped})
+
+    async def start(self) -> None:
+        """Opens the channel and starts the sender task."""
+        if self._task is None:
+            if self._channel_factory is None:
+                self._channel = grpc.aio.insecure_channel(self.address)
+            self._task = asyncio.create_task(self._run(), name="identity-security-events")
+
+    async def stop(self, drain_seconds: float = 1.0) -> None:
+        """Gives queued events up to ``drain_seconds`` to go out, then stops and closes the channel."""
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), drain_seconds)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = None
+
+    async def _token_now(self) -> str:
+        now = time.time()
+        if now >= self._token_expires:
+            self._token = await self._token_source()
+            # Renewed a minute early so a token never expires in flight.
+            self._token_expires = now + SERVICE_TOKEN_TTL_SECONDS - 60
+        return self._token
+
+    async def _run(self) -> None:
+        while True:
+            event, metadata, context = await self._queue.get()
+            try:
+                await asyncio.create_task(self._send(event, metadata), context=context)
+                self.sent += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failed += 1
+                now = time.monotonic()
+                if now - self._last_error_log >= 60:
+                    self._last_error_log = now
+                    log.warning(
+                        "cannot report a security event to sentinel",
+                        extra={
+                            "address": self.address,
+                            "error": f"{type(exc).__name__}: {exc}",
+                            "failed": self.failed,
+                        },
+                    )
+            finally:
+                self._queue.task_done()
+
+    async def _send(self, event: SecurityEvent, metadata: tuple[tuple[str, str], ...]) -> None:
+        channel = self._channel_factory() if self._channel_factory is not None else self._channel
+        assert channel is not None
+        request = threat_service_pb2.ReportSecurityEventRequest(
+            kind=threat_pb2.SecurityEventKind.Value(f"SECURITY_EVENT_KIND_{event.kind.name}"),
+            source_address=event.source_address,
+            principal=event.principal[:256],
+            method=event.method,
+            detail=event.detail[:2000],
+            event_time=to_timestamp(event.event_time),
+        )
+        token = await self._token_now()
+        stub = threat_service_pb2_grpc.ThreatServiceStub(channel)
+        await stub.ReportSecurityEvent(
+            request, metadata=(("authorization", f"Bearer {token}"), *metadata), timeout=self._timeout
+        )
+
+
+class LocalKeySource:
+    """The public keys for a token verifier inside the identity process: read from the store, no RPC.
+
+    Has the shape of :class:`bhiv_core.security.jwt.KeySource`; every fetch re-reads the store, as
+    a verifier fetches only at start and when it meets an unknown ``kid``.
+    """
+
+    def __init__(self, service: IdentityService):
+        self._service = service
+
+    async def fetch(self) -> Mapping[str, Ed25519PublicKey]:
+        """Returns the published keys by kid, the current one first."""
+        return await self._service.public_keys(refresh=True)
+
+
+# --------------------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who is on the other end of a call, for security events.
+
+    Attributes:
+        address: The client's IP (:func:`bhiv_core.security.address.client_address`).
+        method: The full gRPC method.
+
+    """
+
+    address: str
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    """Tokens issued by a login or refresh.
+
+    Attributes:
+        access_token: The signed JWT.
+        expires_in: Its lifetime in seconds.
+        refresh_token: The opaque, single-use refresh token.
+        refresh_expire_time: When the refresh token expires (Unix seconds).
+        access_jti: The ``jti`` of the access token.
+
+    """
+
+    access_token: str
+    expires_in: int
+    refresh_token: str
+    refresh_expire_time: float
+    access_jti: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserFields:
+    """The client-settable fields of a user, as given in a request.
+
+    Attributes:
+        username: The login name.
+        display_name: The display name.
+        email: The e-mail address.
+        role: The role in lower case; empty when unset; anything else that is not one of
+            :data:`ROLES` is invalid (the servicer passes ``#<number>`` for an undefined enum value).
+        customer: ``customers/{id}`` for customer accounts.
+
+    """
+
+    username: str = ""
+    display_name: str = ""
+    email: str = ""
+    role: str = ""
+    customer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RoleInfo:
+    """A role and its permissions (sorted)."""
+
+    role: str
+    permissions: tuple[str, ...]
+    description: str
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def to_timestamp(seconds: float) -> Timestamp:
+    """Converts Unix seconds to a ``Timestamp`` that converts back to the very same float.
+
+    The fraction is split off first: ``seconds * 1e9`` would lose the last bits of the float, and
+    a ``since`` filter built from a listed time must not end up a hair after it.
+    """
+    whole = math.floor(seconds)
+    nanos = round((seconds - whole) * 1e9)
+    if nanos >= 1_000_000_000:
+        whole, nanos = whole + 1, nanos - 1_000_000_000
+    return Timestamp(seconds=whole, nanos=nanos)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _new_etag() -> str:
+    return secrets.token_hex(8)
+
+
+def _encode_page(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_page(token: str) -> Any:
+    try:
+        return json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, binascii.Error):
+        raise InvalidArgument(
+            violations=[FieldViolation("page_token", "not a page token from a previous call", "BAD_FORMAT")]
+        ) from None
+
+
+def _page_size(value: int, default: int, cap: int) -> int:
+    if value < 0:
+        raise InvalidArgument(
+            violations=[FieldViolation("page_size", "must not be negative", "OUT_OF_RANGE")]
+        )
+    return default if value == 0 else min(value, cap)
+
+
+def _user_id(name: str, field: str = "name") -> str:
+    match = _USER_NAME.fullmatch(name)
+    if match is None:
+        raise InvalidArgument(
+            violations=[FieldViolation(field, "must look like users/{user_id}", "BAD_FORMAT")]
+        )
+    return match.group(1)
+
+
+def _check_field(field: str, value: str, out: list[FieldViolation]) -> None:
+    """Appends the violations of one user field (``field`` without the ``user.`` prefix)."""
+    path = f"user.{field}"
+    if field == "username":
+        if not value:
+            out.append(FieldViolation(path, "is required", "REQUIRED"))
+        elif not _USERNAME.fullmatch(value):
+            out.append(FieldViolation(path, "must be 3-64 letters, digits, '.', '_' or '-'", "BAD_FORMAT"))
+    elif field == "display_name":
+        if len(value) > _MAX_DISPLAY_NAME:
+            out.append(FieldViolation(path, f"must be at most {_MAX_DISPLAY_NAME} characters", "TOO_LONG"))
+    elif field == "email":
+        if len(value) > _MAX_EMAIL:
+            out.append(FieldViolation(path, f"must be at most {_MAX_EMAIL} characters", "TOO_LONG"))
+        elif value and not _EMAIL.fullmatch(value):
+            out.append(FieldViolation(path, "must be an e-mail address", "BAD_FORMAT"))
+    elif field == "role":
+        if not value:
+            out.append(FieldViolation(path, "is required", "REQUIRED"))
+        elif value not in ROLES:
+            out.append(FieldViolation(path, "must be one of the defined roles", "UNDEFINED_ENUM"))
+    elif field == "customer" and value and not _CUSTOMER_NAME.fullmatch(value):
+        out.append(FieldViolation(path, "must look like customers/{customer_id}", "BAD_FORMAT"))
+
+
+def _check_role_customer(role: str, customer: str, out: list[FieldViolation]) -> None:
+    """A customer account names its customer; no other account does."""
+    if role == "customer" and not customer:
+        out.append(FieldViolation("user.customer", "is required for a customer account", "REQUIRED"))
+    elif role in ROLES and role != "customer" and customer:
+        out.append(
+            FieldViolation("user.customer", "must be empty unless the role is customer", "NOT_ALLOWED")
+        )
+
+
+def _check_password(field: str, value: str, out: list[FieldViolation]) -> None:
+    if len(value) < _MIN_PASSWORD:
+        out.append(FieldViolation(field, f"must be at least {_MIN_PASSWORD} characters", "TOO_SHORT"))
+    elif len(value) > _MAX_PASSWORD:
+        out.append(FieldViolation(field, f"must be at most {_MAX_PASSWORD} characters", "TOO_LONG"))
+
+
+# --------------------------------------------------------------------------------------- service
+
+
+class IdentityService:
+    """The identity domain over an :class:`~bhiv_core.services.identity.store.IdentityStore`.
+
+    Args:
+        config: The identity settings.
+        store: The store (opened by :meth:`start`).
+        reporter: Where security events go (a :class:`SentinelReporter` in production).
+        clock: Returns the time in Unix seconds (tests pass a fake).
+        hasher: The password hasher (defaults to scrypt at ``config.scrypt_log_n``).
+        outgoing_metadata: Called when an event is reported; its pairs travel with the event to
+            sentinel (the hook for trace-context propagation).
+
+    Attributes:
+        on_revoked: Awaited after every change that revokes access tokens (logout, refresh-token
+            reuse, disable, role change, password change), so this process's own token verifier
+            can apply them at once instead of at its next poll.
+
+    """
+
+    def __init__(
+        self,
+        config: IdentityConfig,
+        store: IdentityStore,
+        *,
+        reporter: SecurityEventReporter | None = None,
+        clock: Callable[[], float] = time.time,
+        hasher: PasswordHasher | None = None,
+        outgoing_metadata: Callable[[], Sequence[tuple[str, str]]] | None = None,
+    ):
+        self.config = config
+        self.store = store
+        self.reporter: SecurityEventReporter = reporter or NullReporter()
+        self.hasher = hasher or PasswordHasher(config.scrypt_log_n)
+        self._clock = clock
+        self._outgoing_metadata = outgoing_metadata
+        self._keys: SigningKeyRing | None = None
+        self._issuer: TokenIssuer | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self.on_revoked: Callable[[], Awaitable[None]] | None = None
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    @property
+    def keys(self) -> SigningKeyRing:
+        """The signing keys (available after :meth:`start`)."""
+        if self._keys is None:
+            raise RuntimeError("the identity service is not started")
+        return self._keys
+
+    @property
+    def issuer(self) -> TokenIssuer:
+        """The token issuer (available after :meth:`start`)."""
+        if self._issuer is None:
+            raise RuntimeError("the identity service is not started")
+        return self._issuer
+
+    async def start(self) -> None:
+        """Opens the store, loads (or creates) the signing keys, creates the first admin if needed.
+
+        Also starts the housekeeping task: key rotation at maximum age, pruning of retired keys,
+        expired revocations and refresh tokens, every ``key_check_interval_seconds``.
+        """
+        await self.store.open()
+        kek = await asyncio.to_thread(load_or_create_kek, self.config.kek_path)
+        self._keys = SigningKeyRing(
+            self.store,
+            kek,
+            max_age_seconds=self.config.signing_key_max_age_seconds,
+            overlap_seconds=self.config.signing_key_overlap_seconds,
+            clock=self._clock,
+        )
+        self._issuer = TokenIssuer(
+            self._keys,
+            issuer=self.config.issuer,
+            audience=self.config.audience,
+            access_ttl_seconds=self.config.access_ttl_seconds,
+            clock=self._clock,
+        )
+        await self.housekeep()
+        await self.bootstrap_admin()
+        self._housekeeping = asyncio.create_task(self._housekeep_loop(), name="identity-housekeeping")
+
+    async def stop(self) -> None:
+        """Stops housekeeping and closes the store."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+            self._housekeeping = None
+        await self.store.close()
+
+    async def ping(self) -> None:
+        """Health check: the store answers."""
+        await self.store.ping()
+
+    async def housekeep(self) -> None:
+        """Rotates an over-age signing key, deletes retired keys past the overlap, prunes expired records."""
+        await self.keys.maintain()
+        await self.store.prune(now=self._clock(), idempotency_ttl=IDEMPOTENCY_TTL_SECONDS)
+
+    async def _housekeep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.key_check_interval_seconds)
+            try:
+                await self.housekeep()
+            except Exception:
+                log.exception("identity housekeeping failed; retrying at the next interval")
+
+    async def bootstrap_admin(self) -> bool:
+        """Creates the user ``admin`` with a generated password when there are no users at all.
+
+        The password goes only to ``<data_dir>/admin-credentials`` (mode 0600); the log names the
+        file, never the password. Returns True when the admin was created now.
+        """
+        if await self.store.has_users():
+            return False
+        password = secrets.token_urlsafe(18)
+        now = self._clock()
+        admin = UserRecord(
+            id=_new_id(),
+            username="admin",
+            display_name="Administrator",
+            email="",
+            role="admin",
+            customer="",
+            disabled=False,
+            password_hash=await self.hasher.hash(password),
+            create_time=now,
+            update_time=now,
+            etag=_new_etag(),
+        )
+        path = self.config.admin_credentials_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written before the user exists, so a crash never leaves an admin nobody knows the password of.
+        staged = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.staged")
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, f"username=admin\npassword={password}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            await self.store.create_user(admin, now=now)
+        except UsernameTaken:
+            staged.unlink()  # another process bootstrapped first
+            return False
+        except BaseException:
+            staged.unlink()
+            raise
+        os.replace(staged, path)
+        log.warning(
+            "created the first admin user; its password is in the credentials file", extra={"path": str(path)}
+        )
+        return True
+
+    # ----------------------------------------------------------------------------- events
+
+    def _report(self, kind: SecurityEventKind, client: ClientInfo, principal: str, detail: str) -> None:
+        metadata: Sequence[tuple[str, str]] = ()
+        try:
+            if self._outgoing_metadata is not None:
+                metadata = tuple(self._outgoing_metadata())
+            self.reporter.report(
+                SecurityEvent(kind, client.address, principal, client.method, detail, self._clock()),
+                metadata=metadata,
+            )
+        except Exception:
+            log.exception("cannot queue a security event")
+
+    async def _revoked(self) -> None:
+        """Tells :attr:`on_revoked` that access tokens were just revoked; never fails the call."""
+        if self.on_revoked is None:
+            return
+        try:
+            await self.on_revoked()
+        except Exception:
+            log.exception("cannot apply new revocations locally; the next poll will")
+
+    # ----------------------------------------------------------------------------- tokens
+
+    async def _issue(
+        self, user: UserRecord, family_id: str, now: float
+    ) -> tuple[TokenPair, RefreshTokenRecord]:
+        jti = new_token_id()
+        refresh = new_refresh_token()
+        record = RefreshTokenRecord(
+            token_hash=hash_refresh_token(refresh),
+            family_id=family_id,
+            user_id=user.id,
+            access_jti=jti,
+            access_expire_time=float(self.issuer.access_expiry(now)),
+            create_time=now,
+            expire_time=now + self.config.refresh_ttl_seconds,
+        )
+        access = await self.issuer.mint_access_token(
+            subject=user.name, role=user.role, customer=user.customer, jti=jti, now=now
+        )
+        return TokenPair(access.token, access.expires_in, refresh, record.expire_time, jti), record
+
+    def _locked(self, user: UserRecord, now: float) -> ResourceExhausted:
+        wait = max(1, int(user.locked_until - now + 0.999))
+        return ResourceExhausted(
+            f"too many failed logins: try again in {wait} s",
+            violations=[
+                QuotaViolation(
+                    user.name, f"{user.failed_logins} consecutive failed logins; locked for {wait} s"
+                )
+            ],
+            reason="LOGIN_BACKOFF",
+            metadata={"retry_after_seconds": str(wait)},
+        )
+
+    async def login(self, username: str, password: str, client: ClientInfo) -> tuple[TokenPair, UserRecord]:
+        """Checks a username and password and issues a token pair in a new refresh family.
+
+        Raises:
+            Unauthenticated: Unknown user, wrong password or disabled account (one message for all).
+            ResourceExhausted: The account is backing off after repeated failures.
+
+        """
+        now = self._clock()
+        user = await self.store.get_user_by_username(username) if _USERNAME.fullmatch(username) else None
+        if user is None:
+            # Spends one hash, so an unknown user takes as long as a wrong password.
+            await self.hasher.spend(password)
+            self._report(SecurityEventKind.LOGIN_FAILED, client, username, "unknown username")
+            raise Unauthenticated(INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
+        if user.locked_until > now:
+            self._report(
+                SecurityEventKind.LOGIN_FAILED, client, username, "account locked after repeated failures"
+            )
+            raise self._locked(user, now)
+        if not await self.hasher.verify(password, user.password_hash):
+            counted = await self.store.record_login_failure(user.id, now=now, lock_seconds=lock_seconds)
+            failures = counted.failed_logins if counted else user.failed_logins + 1
+            detail = f"wrong password ({failures} consecutive failures)"
+            if counted is not None and counted.locked_until > now:
+                detail += f"; account locked for {int(counted.locked_until - now)} s"
+            self._report(SecurityEventKind.LOGIN_FAILED, client, username, detail)
+            raise Unauthenticated(INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
+        if user.disabled:
+            self._report(SecurityEventKind.LOGIN_FAILED, client, username, "account disabled")
+            raise Unauthenticated(INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
+        if user.failed_logins or user.locked_until:
+            await self.store.reset_login_failures(user.id)
+            user = replace(user, failed_logins=0, locked_until=0.0)
+        pair, record = await self._issue(user, family_id=uuid.uuid4().hex, now=now)
+        await self.store.insert_refresh_token(record)
+        self._report(SecurityEventKind.LOGIN_SUCCEEDED, client, username, "")
+        return pair, user
+
+    async def refresh(self, refresh_token: str, client: ClientInfo) -> TokenPair:
+        """Spends a refresh token and issues a new pair in the same family.
+
+        A spent token presented again revokes its whole family (every refresh token and the access
+        tokens issued from them).
+
+        Raises:
+            Unauthenticated: Unknown, expired, revoked or reused token, or a disabled user.
+
+        """
+        now = self._clock()
+        token_hash = hash_refresh_token(refresh_token)
+        record = await self.store.get_refresh_token(token_hash)
+        if record is None:
+            raise Unauthenticated(INVALID_REFRESH, reason="INVALID_REFRESH_TOKEN")
+        user = await self.store.get_user(record.user_id)
+        if user is None or user.disabled:
+            raise Unauthenticated(INVALID_REFRESH, reason="INVALID_REFRESH_TOKEN")
+        pair, successor = await self._issue(user, family_id=record.family_id, now=now)
+        outcome = await self.store.spend_refresh_token(token_hash, successor, now=now)
+        if outcome is SpendOutcome.REUSED:
+            log.warning("refresh token reused: revoked its family", extra={"user": user.name})
+            await self._revoked()
+            self._report(
+                SecurityEventKind.TOKEN_REPLAYED, client, user.name, "spent refresh token presented again"
+            )
+        if outcome is not SpendOutcome.SPENT:
+            raise Unauthenticated(INVALID_REFRESH, reason="INVALID_REFRESH_TOKEN")
+        return pair
+
+    async def logout(self, principal: Principal, refresh_token: str = "") -> None:
+        """Revokes the caller's session: the refresh token's family and the caller's access token.
+
+        A refresh token of someone else is ignored (revoking it would let anyone log others out).
+        """
+        now = self._clock()
+        families: set[str] = set()
+        if refresh_token:
+            record = await self.store.get_refresh_token(hash_refresh_token(refresh_token))
+            if record is not None and f"users/{record.user_id}" == principal.subject:
+                families.add(record.family_id)
+        if principal.token_id:
+            own = await self.store.family_of_access_token(principal.token_id)
+            if own is not None:
+                families.add(own)
+        for family in sorted(families):
+            await self.store.revoke_family(family, now=now)
+        if principal.token_id:
+            expires = principal.expires_at or float(self.issuer.access_expiry(now))
+            await self.store.add_revocations([Revocation(principal.token_id, expires, now)])
+        await self._revoked()
+
+    async def mint_service_token(self, name: str, scopes: Sequence[str]) -> str:
+        """A five-minute token for ``services/<name>`` carrying only ``scopes``."""
+        return await self.issuer.mint_service_token(name, scopes)
+
+    async def jwks(self) -> dict[str, Any]:
+        """The published keys as a JWKS document, the current key first."""
+        return await self.keys.jwks()
+
+    async def rotate_signing_key(self) -> str:
+        """Makes a new signing key current; returns its kid."""
+        return await self.keys.rotate()
+
+    async def public_keys(self, *, refresh: bool = False) -> dict[str, Ed25519PublicKey]:
+        """The published verification keys by kid, for a local token verifier.
+
+        Args:
+            refresh: Re-reads the store first (for a kid the verifier does not know).
+
+        """
+        return await self.keys.public_keys(refresh=refresh)
+
+    def key_source(self) -> LocalKeySource:
+        """A key source for the auth interceptor of this process (no call to itself)."""
+        return LocalKeySource(self)
+
+    async def revoked_since(self, since: float) -> list[tuple[str, float]]:
+        """Every unexpired revocation made at or after ``since``, as (jti, exp), for a local verifier."""
+        out: list[tuple[str, float]] = []
+        after: tuple[float, str] | None = None
+        while True:
+            page = await self.store.list_revocations(
+                now=self._clock(), since=since, after=after, limit=_REVOCATIONS_MAX_PAGE
+            )
+            out.extend((r.jti, r.expire_time) for r in page)
+            if len(page) < _REVOCATIONS_MAX_PAGE:
+                return out
+            after = (page[-1].revoke_time, page[-1].jti)
+
+    async def list_revocations(
+        self, *, since: float = 0.0, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Revocation], str]:
+        """A page of unexpired revocations made at or after ``since``, oldest first, and the next token."""
+        limit = _page_size(page_size, _REVOCATIONS_DEFAULT_PAGE, _REVOCATIONS_MAX_PAGE)
+        after: tuple[float, str] | None = None
+        if page_token:
+            cursor = _decode_page(page_token)
+            if not (
+                isinstance(cursor, list)
+                and len(cursor) == 2
+                and isinstance(cursor[0], int | float)
+                and isinstance(cursor[1], str)
+            ):
+                raise InvalidArgument(
+                    violations=[
+                        FieldViolation("page_token", "not a page token from a previous call", "BAD_FORMAT")
+                    ]
+                )
+            after = (float(cursor[0]), cursor[1])
+        page = await self.store.list_revocations(now=self._clock(), since=since, after=after, limit=limit + 1)
+        if len(page) > limit:
+            page = page[:limit]
+            return page, _encode_page([page[-1].revoke_time, page[-1].jti])
+        return page, ""
+
+    # ----------------------------------------------------------------------------- users
+
+    async def _user_of(self, principal: Principal) -> UserRecord:
+        match = _USER_NAME.fullmatch(principal.subject)
+        user = await self.store.get_user(match.group(1)) if match else None
+        if user is None:
+            raise NotFound(f"{principal.subject} has no user account")
+        return user
+
+    async def _visible_user(self, principal: Principal, name: str) -> UserRecord:
+        """The user ``name`` if the caller may see it; NOT_FOUND otherwise, as if it did not exist."""
+        user_id = _user_id(name)
+        if principal.is_customer and principal.subject != name:
+            raise NotFound(f"{name} not found")
+        user = await self.store.get_user(user_id)
+        if user is None:
+            raise NotFound(f"{name} not found")
+        return user
+
+    async def current_user(self, principal: Principal) -> UserRecord:
+        """The caller's own user."""
+        return await self._user_of(principal)
+
+    async def create_user(
+        self, principal: Principal, fields: UserFields, password: str, *, request_id: str = ""
+    ) -> UserRecord:
+        """Creates a user.
+
+        Raises:
+            InvalidArgument: A bad field (with field violations).
+            AlreadyExists: The username is taken (regardless of case).
+
+        """
+        violations: list[FieldViolation] = []
+        for field in ("username", "display_name", "email", "role", "customer"):
+            _check_field(field, getattr(fields, field), violations)
+        _check_role_customer(fields.role, fields.customer, violations)
+        _check_password("password", password, violations)
+        if len(request_id) > 64:
+            violations.append(FieldViolation("request_id", "must be at most 64 characters", "TOO_LONG"))
+        if violations:
+            raise InvalidArgument(violations=violations)
+        now = self._clock()
+        user = UserRecord(
+            id=_new_id(),
+            username=fields.username,
+            display_name=fields.display_name,
+            email=fields.email,
+            role=fields.role,
+            customer=fields.customer,
+            disabled=False,
+            password_hash=await self.hasher.hash(password),
+            create_time=now,
+            update_time=now,
+            etag=_new_etag(),
+        )
+        try:
+            created, fresh = await self.store.create_user(user, request_id=request_id, now=now)
+        except UsernameTaken:
+            raise AlreadyExists(
+                f"the username {fields.username!r} is taken", reason="USERNAME_TAKEN"
+            ) from None
+        if fresh:
+            log.info(
+                "created a user", extra={"user": created.name, "role": created.role, "by": principal.subject}
+            )
+        return created
+
+    async def get_user(self, principal: Principal, name: str) -> UserRecord:
+        """The user ``name``; NOT_FOUND when it does not exist or the caller may not see it."""
+        return await self._visible_user(principal, name)
+
+    async def list_users(
+        self, principal: Principal, *, page_size: int = 0, page_token: str = "", role: str = ""
+    ) -> tuple[list[UserRecord], str]:
+        """A page of users ordered by username, and the next page token; a customer sees only itself."""
+        limit = _page_size(page_size, _USERS_DEFAULT_PAGE, _USERS_MAX_PAGE)
+        if role and role not in ROLES:
+            raise InvalidArgument(
+                violations=[FieldViolation("role", "must be a defined role", "UNDEFINED_ENUM")]
+            )
+        after = ""
+        if page_token:
+            after = _decode_page(page_token)
+            if not isinstance(after, str):
+                raise InvalidArgument(
+                    violations=[
+                        FieldViolation("page_token", "not a page token from a previous call", "BAD_FORMAT")
+                    ]
+                )
+        if principal.is_customer:
+            own = await self._user_of(principal)
+            matches = own.username_key > after and (not role or own.role == role)
+            return ([own] if matches else []), ""
+        page = await self.store.list_users(after=after, limit=limit + 1, role=role)
+        if len(page) > limit:
+            page = page[:limit]
+            return page, _encode_page(page[-1].username_key)
+        return page, ""
+
+    async def update_user(
+        self,
+        principal: Principal,
+        name: str,
+        fields: UserFields,
+        paths: Sequence[str],
+        *,
+        etag: str = "",
+    ) -> UserRecord:
+        """Changes the fields named in ``paths`` (display_name, email, role, customer).
+
+        A change of role or customer revokes the user's sessions, so the new role applies at once.
+
+        Raises:
+            InvalidArgument: An unknown path, a bad value, or a role/customer mismatch.
+            NotFound: No such user (or not visible to the caller).
+            Aborted: ``etag`` is stale, or the user changed concurrently.
+            FailedPrecondition: The caller tried to change its own role or customer.
+
+        """
+        violations: list[FieldViolation] = []
+        if not paths:
+            violations.append(FieldViolation("update_mask", "name at least one field to change", "REQUIRED"))
+        for index, path in enumerate(paths):
+            if path not in _UPDATABLE:
+                violations.append(
+                    FieldViolation(
+                        f"update_mask.paths[{index}]",
+                        f"{path!r} cannot be updated; updatable: {', '.join(_UPDATABLE)}",
+                        "UNKNOWN_PATH",
+                    )
+                )
+        if violations:
+            raise InvalidArgument(violations=violations)
+        user = await self._visible_user(principal, name)
+        if etag and etag != user.etag:
+            raise Aborted(
+                f"{name} changed since it was read (stale etag): re-read and retry", reason="STALE_ETAG"
+            )
+        changes = {path: getattr(fields, path) for path in paths}
+        for path, value in changes.items():
+            _check_field(path, value, violations)
+        updated = replace(user, **changes)
+        _check_role_customer(updated.role, updated.customer, violations)
+        if violations:
+            raise InvalidArgument(violations=violations)
+        privileges_changed = (updated.role, updated.customer) != (user.role, user.customer)
+        if privileges_changed and principal.subject == user.name:
+            # Nobody raises or re-links their own account, and the last admin cannot demote itself.
+            raise FailedPrecondition(
+                "you cannot change your own role or customer", reason="SELF_PRIVILEGE_CHANGE"
+            )
+        if updated == user:
+            return user
+        now = self._clock()
+        updated = replace(updated, update_time=now, etag=_new_etag())
+        if not await self.store.update_user(
+            updated, expected_etag=user.etag, revoke_sessions=privileges_changed, now=now
+        ):
+            raise Aborted(f"{name} changed concurrently: re-read and retry", reason="CONCURRENT_UPDATE")
+        if privileges_changed:
+            await self._revoked()
+        return updated
+
+    async def disable_user(self, principal: Principal, name: str) -> UserRecord:
+        """Disables a user and revokes all its sessions (refresh families and their access tokens).
+
+        Raises:
+            NotFound: No such user (or not visible to the caller).
+            FailedPrecondition: The caller tried to disable itself.
+
+        """
+        if principal.subject == name:
+            raise FailedPrecondition("you cannot disable your own account", reason="SELF_DISABLE")
+        for _ in range(5):
+            user = await self._visible_user(principal, name)
+            now = self._clock()
+            updated = replace(user, disabled=True, update_time=now, etag=_new_etag())
+            if await self.store.update_user(updated, expected_etag=user.etag, revoke_sessions=True, now=now):
+                log.info("disabled a user", extra={"user": name, "by": principal.subject})
+                await self._revoked()
+                return updated
+        raise Aborted(f"{name} keeps changing concurrently: retry", reason="CONCURRENT_UPDATE")
+
+    async def change_password(
+        self, principal: Principal, current_password: str, new_password: str, client: ClientInfo
+    ) -> None:
+        """Changes the caller's password and revokes its other sessions (this one stays).
+
+        A wrong current password counts as a failed login (same backoff).
+
+        Raises:
+            InvalidArgument: Wrong current password, or a bad new one (field violations).
+            ResourceExhausted: The account is backing off after repeated failures.
+
+        """
+        violations: list[FieldViolation] = []
+        _check_password("new_password", new_password, violations)
+        if violations:
+            raise InvalidArgument(violations=violations)
+        user = await self._user_of(principal)
+        now = self._clock()
+        if user.locked_until > now:
+            raise self._locked(user, now)
+        if not await self.hasher.verify(current_password, user.password_hash):
+            await self.store.record_login_failure(user.id, now=now, lock_seconds=lock_seconds)
+            self._report(SecurityEventKind.LOGIN_FAILED, client, user.username, "wrong current password")
+            raise InvalidArgument(
+                violations=[FieldViolation("current_password", "is not the current password", "INCORRECT")]
+            )
+        if new_password == current_password:
+            raise InvalidArgument(
+                violations=[
+                    FieldViolation("new_password", "must differ from the current password", "UNCHANGED")
+                ]
+            )
+        password_hash = await self.hasher.hash(new_password)
+        keep = await self.store.family_of_access_token(principal.token_id) if principal.token_id else None
+        for _ in range(5):
+            now = self._clock()
+            updated = replace(user, password_hash=password_hash, update_time=now, etag=_new_etag())
+            if await self.store.update_user(
+                updated, expected_etag=user.etag, revoke_sessions=True, keep_family=keep or "", now=now
+            ):
+                await self.store.reset_login_failures(user.id)
+                log.info("changed a password", extra={"user": user.name})
+                await self._revoked()
+                return
+            user = await self._user_of(principal)
+        raise Aborted(f"{user.name} keeps changing concurrently: retry", reason="CONCURRENT_UPDATE")
+
+    # ----------------------------------------------------------------------------- roles
+
+    async def list_roles(self, *, page_size: int = 0, page_token: str = "") -> tuple[list[RoleInfo], str]:
+        """The roles with their permissions, in the order of the ``Role`` enum, and the next page token."""
+        try:
+            # Imported here: the matrix is data owned by the security package, read at call time.
+            from bhiv_core.security import roles as matrix
+        except ImportError:
+            raise Unimplemented("the role matrix (bhiv_core.security.roles) is not available") from None
+        permissions: Mapping[str, frozenset[str]] = matrix.ROLE_PERMISSIONS
+        descriptions: Mapping[str, str] = matrix.ROLE_DESCRIPTIONS
+        infos = [
+            RoleInfo(role, tuple(sorted(permissions[role])), descriptions.get(role, ""))
+            for role in ROLES
+            if role in permissions
+        ]
+        if page_size < 0:
+            raise InvalidArgument(
+                violations=[FieldViolation("page_size", "must not be negative", "OUT_OF_RANGE")]
+            )
+        start = 0
+        if page_token:
+            start = _decode_page(page_token)
+            if not isinstance(start, int) or not 0 <= start <= len(infos):
+                raise InvalidArgument(
+                    violations=[
+                        FieldViolation("page_token", "not a page token from a previous call", "BAD_FORMAT")
+                    ]
+                )
+        end = len(infos) if page_size == 0 else min(len(infos), start + page_size)
+        return infos[start:end], (_encode_page(end) if end < len(infos) else "")

@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import stat
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bhiv_core.runtime.config import ConfigError
+from bhiv_core.services.identity.keys import (
+    SigningKeyRing,
+    decrypt_private_key,
+    encrypt_private_key,
+    jwk_of,
+    kid_of,
+    load_or_create_kek,
+)
+from bhiv_core.services.identity.store import SqliteIdentityStore
+from bhiv_core.services.identity.tokens import TokenIssuer, decode_access_token
+from tests.services.identity.conftest import Clock
+
+OVERLAP = 1800.0
+MAX_AGE = 30 * 24 * 3600.0
+
+
+@pytest.fixture
+async def sqlite(tmp_path: Path):
+    store = SqliteIdentityStore(tmp_path / "identity.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+def database_bytes(folder: Path) -> bytes:
+    """Everything SQLite wrote: the database file with its WAL."""
+    return b"".join(p.read_bytes() for p in folder.glob("identity.db*"))
+
+
+def ring(store, kek: bytes, clock: Clock) -> SigningKeyRing:
+    return SigningKeyRing(store, kek, max_age_seconds=MAX_AGE, overlap_seconds=OVERLAP, clock=clock)
+
+
+def test_kid_is_base64url_of_the_first_12_bytes_of_the_sha256_of_the_raw_public_key() -> None:
+    public = Ed25519PrivateKey.generate().public_key()
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    expected = base64.urlsafe_b64encode(hashlib.sha256(raw).digest()[:12]).decode().rstrip("=")
+    assert kid_of(public) == expected
+    assert len(expected) == 16
+
+
+def test_jwk_is_an_okp_ed25519_key_for_eddsa_signatures() -> None:
+    public = Ed25519PrivateKey.generate().public_key()
+    jwk = jwk_of("kid-1", public)
+    assert set(jwk) == {"kty", "crv", "x", "kid", "alg", "use"}
+    assert (jwk["kty"], jwk["crv"], jwk["alg"], jwk["use"], jwk["kid"]) == (
+        "OKP",
+        "Ed25519",
+        "EdDSA",
+        "sig",
+        "kid-1",
+    )
+    assert base64.urlsafe_b64decode(jwk["x"] + "=") == public.public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+
+
+def test_kek_file_is_created_once_with_mode_0600(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "identity-kek"
+    kek = load_or_create_kek(path)
+    assert len(kek) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_kek(path) == kek
+    assert [p.name for p in path.parent.iterdir()] == ["identity-kek"]  # no temporary file left
+
+
+def test_kek_of_the_wrong_size_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "identity-kek"
+    path.write_bytes(b"short")
+    with pytest.raises(ConfigError, match="32-byte key"):
+        load_or_create_kek(path)
+
+
+def test_private_key_needs_the_kek_to_decrypt() -> None:
+    private = Ed25519PrivateKey.generate()
+    pem = encrypt_private_key(private, b"k" * 32)
+    assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert decrypt_private_key(pem, b"k" * 32).private_bytes_raw() == private.private_bytes_raw()
+    with pytest.raises(ValueError):
+        decrypt_private_key(pem, b"x" * 32)
+
+
+async def test_private_key_at_rest_is_encrypted(sqlite, tmp_path: Path) -> None:
+    kek = load_or_create_kek(tmp_path / "identity-kek")
+    keys = ring(sqlite, kek, Clock())
+    kid, private = await keys.signing_key()
+    clear_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    body = b"".join(clear_pem.splitlines()[1:-1])
+    on_disk = database_bytes(tmp_path)
+    assert kid.encode() in on_disk  # the scan does see the key's row
+    assert b"ENCRYPTED PRIVATE KEY" in on_disk
+    assert body not in on_disk
+    assert private.private_bytes_raw() not in on_disk
+
+
+async def test_wrong_kek_fails_loudly(sqlite) -> None:
+    await ring(sqlite, b"a" * 32, Clock()).reload()
+    with pytest.raises(RuntimeError, match="BHIV_IDENTITY_KEK_FILE"):
+        await ring(sqlite, b"b" * 32, Clock()).reload()
+
+
+async def test_rotation_keeps_the_old_key_published_for_the_overlap_then_prunes_it(sqlite) -> None:
+    clock = Clock()
+    keys = ring(sqlite, b"k" * 32, clock)
+    issuer = TokenIssuer(keys, issuer="iss", audience="aud", access_ttl_seconds=900, clock=clock)
+    old_kid, _ = await keys.signing_key()
+    old_token = (await issuer.mint_access_token(subject="users/u1", role="ops")).token
+
+    new_kid = await keys.rotate()
+    assert new_kid != old_kid
+    assert (await keys.signing_key())[0] == new_kid
+    assert [k["kid"] for k in (await keys.jwks())["keys"]] == [new_kid, old_kid]
+    # A token signed before the rotation still verifies against the published keys.
+    assert (
+        decode_access_token(old_token, await keys.public_keys(), issuer="iss", audience="aud")["sub"]
+        == "users/u1"
+    )
+
+    clock.advance(OVERLAP - 1)
+    await keys.maintain()
+    assert list(await keys.public_keys()) == [new_kid, old_kid]
+    clock.advance(2)
+    await keys.maintain()
+    assert list(await keys.public_keys()) == [new_kid]
+    assert [k.kid for k in await sqlite.signing_keys()] == [new_kid]
+
+
+async def test_key_older_than_the_maximum_age_is_rotated_automatically(sqlite) -> None:
+    clock = Clock()
+    keys = ring(sqlite, b"k" * 32, clock)
+    first, _ = await keys.signing_key()
+    clock.advance(MAX_AGE - 10)
+    await keys.maintain()
+    assert (await keys.signing_key())[0] == first
+    clock.advance(10)
+    await keys.maintain()
+    second, _ = await keys.signing_key()
+    assert second != first
+    assert list(await keys.public_keys()) == [second, first]
+
+
+async def test_a_rotation_by_another_process_is_picked_up_on_reload(sqlite) -> None:
+    clock = Clock()
+    here, there = ring(sqlite, b"k" * 32, clock), ring(sqlite, b"k" * 32, clock)
+    first, _ = await here.signing_key()
+    assert (await there.signing_key())[0] == first  # one shared first key, not one per process
+    rotated = await there.rotate()
+    assert rotated not in await here.public_keys()
+    assert rotated in await here.public_keys(refresh=True)
+    assert (await here.signing_key())[0] == rotated
+
+
+async def test_jwks_json_is_the_key_set_current_key_first(sqlite) -> None:
+    keys = ring(sqlite, b"k" * 32, Clock())
+    await keys.rotate()
+    document = json.loads(await keys.jwks_json())
+    assert document == await keys.jwks()
+    current, _ = await keys.signing_key()
+    assert document["keys"][0]["kid"] == current
+    # PyJWT can verify with a key taken from the published set.
+    token = jwt.encode(
+        {"sub": "x"}, (await keys.signing_key())[1], algorithm="EdDSA", headers={"kid": current}
+    )
+    published = jwt.PyJWK(document["keys"][0])
+    assert jwt.decode(token, published.key, algorithms=["EdDSA"]) == {"sub": "x"}
