@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -156,10 +156,33 @@ def seal(entry: AuditEntry, sequence: int, prev_hash: str) -> AuditRecord:
     """Places ``entry`` at ``sequence`` after the record whose hash is ``prev_hash``, and hashes it.
 
     Times are truncated to microseconds and durations rounded to microseconds, which is what the
-    stores keep exactly, so a stored record re-hashes to the same value.
+    stores keep exactly, so a stored record re-hashes to the same value. This runs for every call
+    of the mesh, so it builds the record once and hashes the same content :meth:`AuditRecord.canonical`
+    covers (a test pins the two together).
     """
     time = from_micros(to_micros(entry.time))
-    unsealed = AuditRecord(
+    duration_ms = round(float(entry.duration_ms), 3)
+    code_number = int(entry.outcome_code_number)
+    content = {
+        "client_address": entry.client_address,
+        "duration_ms": duration_ms,
+        "method": entry.method,
+        "outcome_code": entry.outcome_code,
+        "outcome_code_number": code_number,
+        "prev_hash": prev_hash,
+        "principal": entry.principal,
+        "resource": entry.resource,
+        "role": entry.role,
+        "sequence": sequence,
+        "service": entry.service,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "trace_id": entry.trace_id,
+    }
+    canonical = json.dumps(
+        content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return AuditRecord(
         sequence=sequence,
         time=time,
         service=entry.service,
@@ -168,14 +191,13 @@ def seal(entry: AuditEntry, sequence: int, prev_hash: str) -> AuditRecord:
         method=entry.method,
         resource=entry.resource,
         outcome_code=entry.outcome_code,
-        outcome_code_number=int(entry.outcome_code_number),
+        outcome_code_number=code_number,
         client_address=entry.client_address,
         trace_id=entry.trace_id,
-        duration_ms=round(float(entry.duration_ms), 3),
+        duration_ms=duration_ms,
         prev_hash=prev_hash,
-        hash="",
+        hash=digest,
     )
-    return replace(unsealed, hash=unsealed.computed_hash())
 
 
 class ChainBreak(StrEnum):

@@ -262,6 +262,15 @@ _COLUMNS = (
 # every value is a bound parameter.
 _SELECT = "SELECT " + _COLUMNS + " FROM audit_records"  # noqa: S608
 _INSERT = "INSERT INTO audit_records (" + _COLUMNS + ") VALUES (" + ", ".join("?" * 14) + ")"  # noqa: S608
+# One statement for a whole batch: sqlite3 releases and retakes the GIL around every step, and
+# a step per row made the writer thread fight the event loop for the GIL on every record.
+_INSERT_BATCH = (
+    "INSERT INTO audit_records ("  # noqa: S608
+    + _COLUMNS
+    + ") SELECT "
+    + ", ".join(f"value ->> {i}" for i in range(14))
+    + " FROM json_each(?)"
+)
 
 
 def _record_from_row(row: sqlite3.Row | dict[str, Any]) -> AuditRecord:
@@ -436,10 +445,7 @@ class SqliteAuditStore:
             # to COMMIT, so no other process can read the same head and append beside us.
             head = conn.execute("SELECT sequence, hash FROM audit_head WHERE id = 1").fetchone()
             records = _seal_all(entries, int(head["sequence"]), str(head["hash"]))
-            conn.executemany(
-                _INSERT,
-                [_row_values(r) for r in records],
-            )
+            conn.execute(_INSERT_BATCH, (json.dumps([_row_values(r) for r in records]),))
             conn.execute(
                 "UPDATE audit_head SET sequence = ?, hash = ? WHERE id = 1",
                 (records[-1].sequence, records[-1].hash),

@@ -227,7 +227,7 @@ async def start_service(
     for hook in composed.on_start:
         await hook()
     server = grpc.aio.server(
-        interceptors=[ChainInterceptor(composed.interceptors)],
+        interceptors=[ChainInterceptor(composed.interceptors)] if composed.interceptors else [],
         options=_server_options(config),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
