@@ -250,6 +250,11 @@ def _print_banner(mesh: Mesh, specs: tuple[ServiceSpec, ...]) -> None:
     for spec in specs:
         print(f"  {spec.name:<14} {mesh.address(spec.name):<22} {spec.package}")
     print(f"  data: {mesh.data_dir}   logs: {mesh.log_dir}")
+    credentials = mesh.data_dir / "admin-credentials"
+    if credentials.exists():
+        print(f"  admin credentials (generated on first start, mode 0600): {credentials}")
+    metrics = ", ".join(f"{n}:{p}" for n, p in mesh.metrics_ports.items() if p)
+    print(f"  metrics (/metrics on 127.0.0.1): {metrics}")
     print(f"Try: .tools/bin/grpcurl -plaintext {mesh.edge_address} list")
     print("All healthy. Ctrl-C stops everything.", flush=True)
 
