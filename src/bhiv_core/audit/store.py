@@ -15,8 +15,6 @@ batches by a background task. Both go through one queue, so the chain keeps the 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import builtins
 import contextlib
 import hashlib
@@ -47,8 +45,9 @@ from bhiv_core.audit.record import (
     to_micros,
 )
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig
-from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
 from bhiv_core.storage.mongo import MongoDatabase, is_mongo_url
+from bhiv_core.storage.pagination import bad_page_token, decode_page_token, encode_page_token
+from bhiv_core.storage.pagination import page_size_of as _page_size_of
 from bhiv_core.storage.sqlite import SqliteDatabase
 
 __all__ = [
@@ -111,44 +110,26 @@ class AuditFilter:
 
 
 def page_size_of(requested: int) -> int:
-    """Returns the page size to use: 0 means :data:`DEFAULT_PAGE_SIZE`, capped at :data:`MAX_PAGE_SIZE`.
+    """Returns the page size for ``requested``: 0 means the default, larger values are capped.
 
     Raises:
         InvalidArgument: ``requested`` is negative.
 
     """
-    if requested < 0:
-        raise InvalidArgument(violations=[FieldViolation("page_size", "must be at least 0", "OUT_OF_RANGE")])
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def _bad_token() -> InvalidArgument:
-    return InvalidArgument(
-        violations=[
-            FieldViolation(
-                "page_token", "is not a next_page_token of this query (same filters)", "BAD_PAGE_TOKEN"
-            )
-        ]
-    )
+    return _page_size_of(requested, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 def _encode_token(after: int, query: AuditFilter) -> str:
-    raw = json.dumps({"after": after, "filter": query.fingerprint()}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return encode_page_token(after, query.fingerprint())
 
 
 def _decode_token(token: str, query: AuditFilter) -> int:
     """Returns the sequence a page token continues after (0 for the first page)."""
     if not token:
         return 0
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        after = data["after"]
-        matches = data["filter"] == query.fingerprint()
-    except (ValueError, TypeError, KeyError, binascii.Error):
-        raise _bad_token() from None
-    if not matches or type(after) is not int or not 0 <= after <= _MAX_SEQUENCE:
-        raise _bad_token()
+    after = decode_page_token(token, query.fingerprint())
+    if type(after) is not int or not 0 <= after <= _MAX_SEQUENCE:
+        raise bad_page_token()
     return after
 
 

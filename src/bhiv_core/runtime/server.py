@@ -44,6 +44,7 @@ __all__ = [
     "ServiceDefinition",
     "basic_chain",
     "default_chain",
+    "package_definition",
     "serve",
     "start_service",
 ]
@@ -82,6 +83,21 @@ class ServiceDefinition:
     on_stop: Sequence[Hook] = ()
     key_source: KeySource | None = None
     revocations: RevocationSet | None = None
+
+
+def package_definition(name: str, servicer: object, missing: str) -> ServiceDefinition:
+    """The definition of a service whose one servicer implements every service of its package.
+
+    Args:
+        name: The registry name; its proto package comes from the registry.
+        servicer: The object with an ``async`` method per implemented RPC.
+        missing: What will implement the rest (for UNIMPLEMENTED messages).
+    """
+    from bhiv_core.registry import by_name
+    from bhiv_core.runtime.contracts import services_of_package
+
+    services = services_of_package(by_name(name).package)
+    return ServiceDefinition(name=name, servicers=[(s, servicer) for s in services], missing=missing)
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
-from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.services.integrations.servicer import MISSING, IntegrationsServicer
 
 __all__ = ["NAME", "build_server", "definition", "serve"]
@@ -14,12 +13,7 @@ NAME = "integrations"
 
 def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
     """Returns what the integrations service contributes to the runtime."""
-    servicer = IntegrationsServicer()
-    return runtime.ServiceDefinition(
-        name=NAME,
-        servicers=[(service, servicer) for service in services_of_package("bhiv.integrations.v1")],
-        missing=MISSING,
-    )
+    return runtime.package_definition(NAME, IntegrationsServicer(), MISSING)
 
 
 async def build_server(config: RuntimeConfig) -> runtime.RunningService:

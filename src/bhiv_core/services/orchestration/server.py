@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
-from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.services.orchestration.servicer import MISSING, OrchestrationServicer
 
 __all__ = ["NAME", "build_server", "definition", "serve"]
@@ -14,12 +13,7 @@ NAME = "orchestration"
 
 def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
     """Returns what the orchestration service contributes to the runtime."""
-    servicer = OrchestrationServicer()
-    return runtime.ServiceDefinition(
-        name=NAME,
-        servicers=[(service, servicer) for service in services_of_package("bhiv.orchestration.v1")],
-        missing=MISSING,
-    )
+    return runtime.package_definition(NAME, OrchestrationServicer(), MISSING)
 
 
 async def build_server(config: RuntimeConfig) -> runtime.RunningService:

@@ -7,11 +7,8 @@ chain is not here: it is the mesh-wide :mod:`bhiv_core.audit` store, which senti
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
 import hashlib
-import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,8 +23,9 @@ from pymongo.write_concern import WriteConcern
 from bhiv_core.audit.record import from_micros, to_micros
 from bhiv_core.audit.store import page_size_of
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig
-from bhiv_core.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument
+from bhiv_core.runtime.errors import AlreadyExists
 from bhiv_core.storage.mongo import MongoDatabase, is_mongo_url
+from bhiv_core.storage.pagination import bad_page_token, decode_page_token, encode_page_token
 from bhiv_core.storage.sqlite import SqliteDatabase
 
 __all__ = [
@@ -150,32 +148,17 @@ class SentinelStore(Protocol):
         """
 
 
-def _bad_token() -> InvalidArgument:
-    return InvalidArgument(
-        violations=[
-            FieldViolation(
-                "page_token", "is not a next_page_token of this query (same filters)", "BAD_PAGE_TOKEN"
-            )
-        ]
-    )
-
-
 def _encode_token(after: str, query: EventFilter) -> str:
-    raw = json.dumps({"after": after, "filter": query.fingerprint()}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return encode_page_token(after, query.fingerprint())
 
 
 def _decode_token(token: str, query: EventFilter) -> str:
     """Returns the event id a page token continues after (empty for the first page)."""
     if not token:
         return ""
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        after, fingerprint = data["after"], data["filter"]
-    except (ValueError, TypeError, KeyError, binascii.Error):
-        raise _bad_token() from None
-    if not isinstance(after, str) or fingerprint != query.fingerprint():
-        raise _bad_token()
+    after = decode_page_token(token, query.fingerprint())
+    if not isinstance(after, str):
+        raise bad_page_token()
     return after
 
 
