@@ -9,11 +9,12 @@ VENV := .venv
 TOOLS := .tools
 PY := $(VENV)/bin/python
 BUF := $(TOOLS)/bin/buf
-# The contracts `make breaking` compares against (a git ref); skipped when it has no protos/.
-BREAKING_AGAINST ?= HEAD~1
+# The released contracts `make breaking` compares against: a buf image committed on purpose with
+# `make contracts-baseline` when a contract change is accepted (reviewed like any API change).
+BASELINE := contracts/baseline.binpb
 PYTEST_ARGS ?=
 
-.PHONY: help setup proto check-proto lint fmt typecheck buf-lint breaking test run bench clean
+.PHONY: help setup proto check-proto lint fmt typecheck buf-lint breaking contracts-baseline test run bench clean
 
 help: ## Lists the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,10 +43,13 @@ check-proto: $(VENV)/.stamp ## Fails when gen/python is stale.
 buf-lint: $(TOOLS)/.stamp ## Lints the contracts (buf STANDARD + COMMENTS).
 	$(BUF) lint
 
-breaking: $(TOOLS)/.stamp ## Checks the contracts for breaking changes against BREAKING_AGAINST.
-	@if git cat-file -e "$(BREAKING_AGAINST):protos" 2>/dev/null; then \
-	  $(BUF) breaking --against ".git#ref=$(BREAKING_AGAINST),subdir=protos"; echo "buf breaking: no breaking change against $(BREAKING_AGAINST)"; \
-	else echo "buf breaking: $(BREAKING_AGAINST) has no contracts, skipped"; fi
+breaking: $(TOOLS)/.stamp ## Fails when the contracts break the released baseline (buf breaking, FILE rules).
+	$(BUF) breaking --against $(BASELINE)
+	@echo "buf breaking: no breaking change against $(BASELINE)"
+
+contracts-baseline: $(TOOLS)/.stamp ## Accepts the current contracts as the released baseline.
+	mkdir -p $(dir $(BASELINE))
+	$(BUF) build -o $(BASELINE)
 
 lint: $(VENV)/.stamp ## Runs ruff (lint and format check) and mypy.
 	$(VENV)/bin/ruff check .
