@@ -23,6 +23,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "NotFound",
+    "OutOfRange",
     "PermissionDenied",
     "QuotaViolation",
     "ResourceExhausted",
@@ -154,6 +155,13 @@ class ResourceExhausted(BhivError):
     ):
         super().__init__(message, reason=reason, metadata=metadata)
         self.quota_violations: tuple[QuotaViolation, ...] = tuple(violations)
+
+
+class OutOfRange(BhivError):
+    """An argument is valid but beyond what exists (a sequence after the latest record)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "OUT_OF_RANGE"
 
 
 class Unimplemented(BhivError):

@@ -11,24 +11,15 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import grpc
-
 from bhiv_core.audit.record import AuditRecord, VerifyResult, to_micros
 from bhiv_core.audit.store import AuditFilter, AuditStore, page_size_of
-from bhiv_core.runtime.errors import BhivError, FieldViolation, InvalidArgument, NotFound
+from bhiv_core.runtime.errors import FieldViolation, InvalidArgument, NotFound, OutOfRange
 from bhiv_core.services.sentinel.store import EventFilter, EventKind, SecurityEvent, SentinelStore
 
-__all__ = ["OutOfRange", "SentinelService", "new_event_id", "parse_audit_record_name"]
+__all__ = ["SentinelService", "new_event_id", "parse_audit_record_name"]
 
 _AUDIT_NAME = re.compile(r"auditRecords/([1-9][0-9]{0,18})")
 _MAX_SEQUENCE = 2**63 - 1
-
-
-class OutOfRange(BhivError):
-    """An argument is valid but beyond what exists (a sequence after the latest record)."""
-
-    code = grpc.StatusCode.OUT_OF_RANGE
-    default_reason = "OUT_OF_RANGE"
 
 
 def parse_audit_record_name(name: str) -> int:

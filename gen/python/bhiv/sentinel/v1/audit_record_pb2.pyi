@@ -89,7 +89,7 @@ class AuditRecord(_message.Message):
     name; empty for an unauthenticated call.
     """
     role: _builtins.str
-    """The role of the principal, such as `ROLE_ADMIN`; empty for an
+    """The role of the principal in lower case, such as `admin`; empty for an
     unauthenticated call.
     """
     method: _builtins.str
