@@ -15,6 +15,9 @@ from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from bhiv_core.mesh import Mesh
 
+CALL_TIMEOUT = 20.0
+"""Seconds any test call may take: a stuck service fails the test instead of hanging it."""
+
 ROLE_ENUM = {
     "admin": user_pb2.ROLE_ADMIN,
     "ops": user_pb2.ROLE_OPS,
@@ -48,7 +51,7 @@ def admin_credentials(mesh: Mesh) -> tuple[str, str]:
 async def login(mesh: Mesh, username: str, password: str) -> Session:
     async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
         reply = await auth_grpc.AuthServiceStub(channel).Login(
-            auth.LoginRequest(username=username, password=password)
+            auth.LoginRequest(username=username, password=password), timeout=CALL_TIMEOUT
         )
     return Session(username, password, reply.tokens.access_token, reply.tokens.refresh_token, reply.user)
 
@@ -63,6 +66,6 @@ async def create_user(mesh: Mesh, admin: Session, role: str, customer: str = "")
     user = user_pb2.User(username=username, display_name=role, role=ROLE_ENUM[role], customer=customer)
     async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
         await us_grpc.UserServiceStub(channel).CreateUser(
-            us.CreateUserRequest(user=user, password=password), metadata=admin.metadata
+            us.CreateUserRequest(user=user, password=password), metadata=admin.metadata, timeout=CALL_TIMEOUT
         )
     return await login(mesh, username, password)
