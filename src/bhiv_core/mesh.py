@@ -29,7 +29,7 @@ from bhiv_core.edge.process import EnvoyProcess
 from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, SERVICES, ServiceSpec
 from bhiv_core.runtime.config import ConfigError, Settings
 
-__all__ = ["Mesh", "MeshError", "free_port", "main"]
+__all__ = ["Mesh", "MeshError", "free_port", "free_ports", "main"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,9 +40,20 @@ class MeshError(Exception):
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Returns a port that was free a moment ago (for tests)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Returns ``count`` distinct ports that were free a moment ago.
+
+    The sockets stay bound until all are chosen: one at a time, the kernel may hand out the same
+    port twice.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def _port_taken(host: str, port: int) -> bool:
@@ -86,12 +97,13 @@ class Mesh:
     @classmethod
     def with_free_ports(cls, data_dir: Path, **kwargs: object) -> Mesh:
         """A mesh on free ports, for tests."""
+        ports = free_ports(2 * len(SERVICES) + 2)
         return cls(
             data_dir=data_dir,
-            ports={s.name: free_port() for s in SERVICES},
-            metrics_ports={s.name: free_port() for s in SERVICES},
-            edge_port=free_port(),
-            admin_port=free_port(),
+            ports={s.name: ports.pop() for s in SERVICES},
+            metrics_ports={s.name: ports.pop() for s in SERVICES},
+            edge_port=ports.pop(),
+            admin_port=ports.pop(),
             **kwargs,  # type: ignore[arg-type]
         )
 

@@ -39,6 +39,7 @@ from bhiv_core.edge.envoy_config import (
     write_bootstrap,
 )
 from bhiv_core.edge.process import EnvoyError, EnvoyProcess, validate_config
+from bhiv_core.mesh import free_ports
 from bhiv_core.registry import SERVICES
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic")
@@ -59,7 +60,8 @@ def free_port() -> int:
 
 
 def free_settings(**overrides: Any) -> EdgeSettings:
-    return EdgeSettings(listen_port=free_port(), admin_port=free_port(), **overrides)
+    listen, admin = free_ports(2)  # chosen together: one at a time they may coincide
+    return EdgeSettings(listen_port=listen, admin_port=admin, **overrides)
 
 
 def registry_upstreams() -> list[Upstream]:
