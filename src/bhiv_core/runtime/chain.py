@@ -32,6 +32,7 @@ __all__ = [
     "UnaryNext",
     "chain_order",
     "is_infrastructure",
+    "is_mutating",
 ]
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -50,6 +51,8 @@ class CallInfo:
         descriptor: The method's descriptor, or None for an unknown method or a non-proto service.
         peer: The transport peer, like ``ipv4:127.0.0.1:53312``.
         start: ``time.perf_counter()`` at entry.
+        mutating: False when the contract marks the method ``NO_SIDE_EFFECTS`` (read once per
+            method when the chain is composed, not per call).
         code: The outcome, set by the error mapper (OK on success).
         message: The status message sent with a non-OK code.
         resource: The resource name the call addresses, when known.
@@ -62,18 +65,12 @@ class CallInfo:
     descriptor: MethodDescriptor | None
     peer: str
     start: float
+    mutating: bool = False
     code: grpc.StatusCode = grpc.StatusCode.OK
     message: str = ""
     resource: str = ""
     principal: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def mutating(self) -> bool:
-        """True unless the contract marks the method ``NO_SIDE_EFFECTS``."""
-        if self.descriptor is None:
-            return False
-        return bool(self.descriptor.GetOptions().idempotency_level != 1)
 
 
 UnaryNext = Callable[[CallInfo, Any, Context], Awaitable[Any]]
@@ -161,6 +158,13 @@ def chain_order(
     return chain
 
 
+def is_mutating(descriptor: MethodDescriptor | None) -> bool:
+    """True unless the contract marks the method ``NO_SIDE_EFFECTS`` (unknown methods: False)."""
+    if descriptor is None:
+        return False
+    return bool(descriptor.GetOptions().idempotency_level != 1)
+
+
 def _method_descriptor(method: str) -> MethodDescriptor | None:
     service, _, name = method.lstrip("/").rpartition("/")
     try:
@@ -246,6 +250,7 @@ class ChainInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _wrap(self, method: str, handler: Handler) -> Handler:
         concerns = self.concerns_for(method)
         descriptor = _method_descriptor(method)
+        mutating = is_mutating(descriptor)
         if handler.response_streaming:
             behavior = _as_async_iterator(handler.unary_stream or handler.stream_stream)  # type: ignore[arg-type]
 
@@ -258,7 +263,7 @@ class ChainInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             composed_stream = stream_next
 
             async def stream_entry(request: Any, context: Context) -> AsyncIterator[Any]:
-                call = CallInfo(method, descriptor, context.peer(), time.perf_counter())
+                call = CallInfo(method, descriptor, context.peer(), time.perf_counter(), mutating)
                 async for item in composed_stream(call, request, context):
                     yield item
 
@@ -284,7 +289,7 @@ class ChainInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         composed_unary = unary_next
 
         async def unary_entry(request: Any, context: Context) -> Any:
-            call = CallInfo(method, descriptor, context.peer(), time.perf_counter())
+            call = CallInfo(method, descriptor, context.peer(), time.perf_counter(), mutating)
             return await composed_unary(call, request, context)
 
         unary_factory = (
