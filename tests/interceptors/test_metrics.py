@@ -22,6 +22,7 @@ from bhiv.llm.v1 import completion_service_pb2_grpc as ccs_grpc
 from bhiv_core.interceptors import metrics
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.metrics import GrpcServerMetrics, MetricsInterceptor
+from bhiv_core.mesh import free_port
 from bhiv_core.runtime.chain import CallInfo, PreCheckInterceptor, Selector
 from bhiv_core.runtime.errors import NotFound, PermissionDenied
 from bhiv_core.runtime.telemetry import (
@@ -64,12 +65,6 @@ class Completions:
 class DenyAll(PreCheckInterceptor):
     async def check(self, call: CallInfo, request: Any, context: Any) -> None:
         raise PermissionDenied("denied by the test")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fetch(url: str) -> str:

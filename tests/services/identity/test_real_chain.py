@@ -14,6 +14,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+# Plain imports: a broken module must fail these tests, not skip them.
+import bhiv_core.interceptors.auth as auth_interceptors
+import bhiv_core.interceptors.rbac as rbac
+import bhiv_core.security.jwt as security_jwt
 from bhiv.identity.v1 import auth_service_pb2 as auth
 from bhiv.identity.v1 import auth_service_pb2_grpc as auth_grpc
 from bhiv.identity.v1 import user_pb2
@@ -25,12 +29,6 @@ from bhiv_core.services.identity.server import definition
 from bhiv_core.services.identity.service import IdentityService
 from tests.harness import serving
 from tests.services.identity.conftest import admin_password, bearer, make_service
-
-auth_interceptors = pytest.importorskip(
-    "bhiv_core.interceptors.auth", reason="the auth interceptor is not built yet"
-)
-rbac = pytest.importorskip("bhiv_core.interceptors.rbac", reason="the RBAC interceptor is not built yet")
-security_jwt = pytest.importorskip("bhiv_core.security.jwt", reason="the JWT verifier is not built yet")
 
 PASSWORD = "a long enough password"
 

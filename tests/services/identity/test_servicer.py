@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import grpc
@@ -513,10 +512,6 @@ async def test_list_revocations_filters_by_time_and_paginates(served: Served) ->
     assert [r.jti for r in recent.revocations] == jtis[2:]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("bhiv_core.security.roles") is None,
-    reason="bhiv_core.security.roles is not written yet",
-)
 async def test_list_roles_returns_the_five_roles_with_sorted_permissions(served: Served) -> None:
     from bhiv_core.security.roles import ROLE_DESCRIPTIONS, ROLE_PERMISSIONS
 

@@ -38,9 +38,9 @@ from bhiv_core.runtime.errors import (
     QuotaViolation,
     ResourceExhausted,
     Unauthenticated,
-    Unimplemented,
 )
 from bhiv_core.security.principal import Principal
+from bhiv_core.security.roles import ROLE_DESCRIPTIONS, ROLE_PERMISSIONS
 from bhiv_core.services.identity.config import IdentityConfig
 from bhiv_core.services.identity.events import (
     NullReporter,
@@ -66,6 +66,7 @@ from bhiv_core.services.identity.tokens import (
     new_refresh_token,
     new_token_id,
 )
+from bhiv_core.storage.pagination import page_size_of
 
 __all__ = [
     "LOCKOUT_CAP_SECONDS",
@@ -234,14 +235,6 @@ def _decode_page(token: str) -> Any:
         raise InvalidArgument(
             violations=[FieldViolation("page_token", "not a page token from a previous call", "BAD_FORMAT")]
         ) from None
-
-
-def _page_size(value: int, default: int, cap: int) -> int:
-    if value < 0:
-        raise InvalidArgument(
-            violations=[FieldViolation("page_size", "must not be negative", "OUT_OF_RANGE")]
-        )
-    return default if value == 0 else min(value, cap)
 
 
 def _user_id(name: str, field: str = "name") -> str:
@@ -643,7 +636,7 @@ class IdentityService:
         self, *, since: float = 0.0, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[Revocation], str]:
         """A page of unexpired revocations made at or after ``since``, oldest first, and the next token."""
-        limit = _page_size(page_size, _REVOCATIONS_DEFAULT_PAGE, _REVOCATIONS_MAX_PAGE)
+        limit = page_size_of(page_size, _REVOCATIONS_DEFAULT_PAGE, _REVOCATIONS_MAX_PAGE)
         after: tuple[float, str] | None = None
         if page_token:
             cursor = _decode_page(page_token)
@@ -741,7 +734,7 @@ class IdentityService:
         self, principal: Principal, *, page_size: int = 0, page_token: str = "", role: str = ""
     ) -> tuple[list[UserRecord], str]:
         """A page of users ordered by username, and the next page token; a customer sees only itself."""
-        limit = _page_size(page_size, _USERS_DEFAULT_PAGE, _USERS_MAX_PAGE)
+        limit = page_size_of(page_size, _USERS_DEFAULT_PAGE, _USERS_MAX_PAGE)
         if role and role not in ROLES:
             raise InvalidArgument(
                 violations=[FieldViolation("role", "must be a defined role", "UNDEFINED_ENUM")]
@@ -900,22 +893,14 @@ class IdentityService:
 
     async def list_roles(self, *, page_size: int = 0, page_token: str = "") -> tuple[list[RoleInfo], str]:
         """The roles with their permissions, in the order of the ``Role`` enum, and the next page token."""
-        try:
-            # Imported here: the matrix is data owned by the security package, read at call time.
-            from bhiv_core.security import roles as matrix
-        except ImportError:
-            raise Unimplemented("the role matrix (bhiv_core.security.roles) is not available") from None
-        permissions: Mapping[str, frozenset[str]] = matrix.ROLE_PERMISSIONS
-        descriptions: Mapping[str, str] = matrix.ROLE_DESCRIPTIONS
+        permissions: Mapping[str, frozenset[str]] = ROLE_PERMISSIONS
+        descriptions: Mapping[str, str] = ROLE_DESCRIPTIONS
         infos = [
             RoleInfo(role, tuple(sorted(permissions[role])), descriptions.get(role, ""))
             for role in ROLES
             if role in permissions
         ]
-        if page_size < 0:
-            raise InvalidArgument(
-                violations=[FieldViolation("page_size", "must not be negative", "OUT_OF_RANGE")]
-            )
+        page_size_of(page_size)  # only the check: 0 means every role
         start = 0
         if page_token:
             start = _decode_page(page_token)
