@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import uuid
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ def entry(
     service: str = "crm",
 ) -> AuditEntry:
     return AuditEntry(
-        time=time or datetime.now(UTC),
+        time_us=to_micros(time or datetime.now(UTC)),
         service=service,
         principal=principal,
         role=role,
@@ -56,9 +55,7 @@ def entry(
 
 def stored_fields(record: AuditRecord) -> dict[str, Any]:
     """The record as stored columns (time as microseconds)."""
-    fields = asdict(record)
-    fields["time_us"] = to_micros(fields.pop("time"))
-    return fields
+    return record._asdict()
 
 
 class SqliteBackend:

@@ -170,6 +170,20 @@ async def test_full_queue_makes_callers_wait_and_drops_nothing() -> None:
     assert store.opened and store.closed
 
 
+async def test_offer_queues_without_waiting_and_refuses_when_full() -> None:
+    store = GatedStore()
+    sink = AuditSink(store, batch_size=1, flush_interval=0.001, max_pending=1)
+    await sink.start()
+    assert sink.offer(entry("users/0"))
+    await asyncio.sleep(0.02)  # the writer took users/0 and waits on the gate
+    assert sink.offer(entry("users/1"))
+    assert not sink.offer(entry("users/2"))  # full: the caller must wait through record()
+    store.gate.set()
+    await sink.record(entry("users/2"), durable=False)
+    await sink.close()
+    assert [p for batch in store.batches for p in batch] == ["users/0", "users/1", "users/2"]
+
+
 async def test_refused_records_are_logged_and_durable_callers_told(caplog: pytest.LogCaptureFixture) -> None:
     store = GatedStore(fail=True)
     store.gate.set()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import multiprocessing
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -30,7 +29,7 @@ async def fill(store: AuditStore, count: int) -> list[AuditRecord]:
 
 
 def as_entry(record: AuditRecord) -> AuditEntry:
-    fields = dataclasses.asdict(record)
+    fields = record._asdict()
     for key in ("sequence", "prev_hash", "hash"):
         del fields[key]
     return AuditEntry(**fields)
@@ -185,7 +184,7 @@ async def test_edited_record_is_a_hash_mismatch_at_its_sequence(
 
 async def test_edited_and_rehashed_record_breaks_the_next_link(backend: Backend, store: AuditStore) -> None:
     records = await fill(store, 5)
-    forged = seal(dataclasses.replace(as_entry(records[2]), principal="users/mallory"), 3, records[1].hash)
+    forged = seal(as_entry(records[2])._replace(principal="users/mallory"), 3, records[1].hash)
     await backend.overwrite(3, forged)
     result = await store.verify()
     assert (result.ok, result.first_broken_sequence, result.reason) == (
@@ -199,7 +198,7 @@ async def test_edited_and_rehashed_last_record_is_caught_by_the_head(
     backend: Backend, store: AuditStore
 ) -> None:
     records = await fill(store, 3)
-    forged = seal(dataclasses.replace(as_entry(records[2]), principal="users/mallory"), 3, records[1].hash)
+    forged = seal(as_entry(records[2])._replace(principal="users/mallory"), 3, records[1].hash)
     await backend.overwrite(3, forged)
     result = await store.verify()
     assert (result.ok, result.first_broken_sequence, result.reason) == (False, 3, ChainBreak.HASH_MISMATCH)
@@ -226,8 +225,8 @@ async def test_deleted_last_record_is_a_sequence_gap(backend: Backend, store: Au
 
 async def test_swapped_records_are_a_hash_mismatch_at_the_first(backend: Backend, store: AuditStore) -> None:
     records = await fill(store, 5)
-    await backend.overwrite(2, dataclasses.replace(records[3], sequence=2))
-    await backend.overwrite(4, dataclasses.replace(records[1], sequence=4))
+    await backend.overwrite(2, records[3]._replace(sequence=2))
+    await backend.overwrite(4, records[1]._replace(sequence=4))
     result = await store.verify()
     assert (result.ok, result.first_broken_sequence, result.reason) == (False, 2, ChainBreak.HASH_MISMATCH)
 

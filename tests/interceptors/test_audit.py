@@ -30,11 +30,22 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 class FakeSink:
-    def __init__(self) -> None:
+    """Keeps what it is given; ``full`` makes :meth:`offer` refuse, like a full queue."""
+
+    def __init__(self, *, full: bool = False) -> None:
         self.records: list[tuple[AuditEntry, bool]] = []
+        self.full = full
+        self.waited = 0
 
     async def record(self, entry: AuditEntry, durable: bool) -> None:
+        self.waited += not durable
         self.records.append((entry, durable))
+
+    def offer(self, entry: AuditEntry) -> bool:
+        if self.full:
+            return False
+        self.records.append((entry, False))
+        return True
 
 
 class FakeAuth(PreCheckInterceptor):
@@ -95,6 +106,16 @@ async def test_allowed_call_is_recorded_with_principal_method_resource_and_addre
     assert (entry.client_address, entry.trace_id) == ("127.0.0.1", TRACE_ID)
     assert entry.duration_ms > 0
     assert durable is False  # a read goes the batched path
+
+
+async def test_a_read_waits_for_room_when_the_sink_is_full() -> None:
+    sink = FakeSink(full=True)
+    async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
+        await us_grpc.UserServiceStub(channel).GetUser(us.GetUserRequest(name="users/u7"))
+    assert [(entry.method, durable) for entry, durable in sink.records] == [
+        ("/bhiv.identity.v1.UserService/GetUser", False)
+    ]
+    assert sink.waited == 1
 
 
 async def test_denied_call_is_recorded_as_permission_denied() -> None:

@@ -11,7 +11,7 @@ from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.validation import ValidationInterceptor
 from bhiv_core.runtime.chain import (
     CallInfo,
-    ChainInterceptor,
+    ChainedHandlers,
     Interceptor,
     PreCheckInterceptor,
     Selector,
@@ -47,7 +47,7 @@ def test_chain_order_is_declared_once_outermost_first() -> None:
     )
     flat = [c.inner if isinstance(c, Selector) else c for c in chain]
     assert flat == [obs, audit, errors, auth, rbac, validation]
-    composed = ChainInterceptor(chain)
+    composed = ChainedHandlers(chain)
     assert composed.concerns_for("/bhiv.identity.v1.UserService/GetUser") == flat
     # Health and reflection bypass auth and RBAC, nothing else.
     assert composed.concerns_for("/grpc.health.v1.Health/Check") == [obs, audit, errors, validation]

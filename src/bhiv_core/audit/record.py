@@ -3,20 +3,24 @@
 An :class:`AuditEntry` is what the audit interceptor knows about one finished call. The store seals
 it into an :class:`AuditRecord` by assigning the next ``sequence`` and the ``prev_hash`` (the
 ``hash`` of the record before it), and hashing the whole record: ``hash`` is the SHA-256 of
-:meth:`AuditRecord.canonical`, a JSON object with sorted keys and no whitespace over every field
-except ``hash``. Changing, removing, inserting or reordering a stored record therefore breaks either
-its own hash, the sequence, or the link to its neighbour; :class:`ChainVerifier` finds the first
-such break.
+:meth:`AuditRecord.canonical`, the JSON array of every field but ``hash`` in declaration order,
+compact and ASCII-only (``json.dumps(fields, separators=(",", ":"))``). Changing, removing, inserting
+or reordering a stored record therefore breaks either its own hash, the sequence, or the link to its
+neighbour; :class:`ChainVerifier` finds the first such break.
+
+Entries and records are named tuples: one is built for every call of the mesh, and a tuple costs a
+fraction of a frozen dataclass. Their order is the hashed order and the stored column order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import NamedTuple
 
 __all__ = [
     "GENESIS_HASH",
@@ -27,6 +31,7 @@ __all__ = [
     "VerifyResult",
     "from_micros",
     "seal",
+    "seal_batch",
     "to_micros",
 ]
 
@@ -34,6 +39,11 @@ GENESIS_HASH = "0" * 64
 """The ``prev_hash`` of the first record of the chain."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# One encoder for every record: json.dumps with non-default options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+_encode = _ENCODER.encode
+_sha256 = hashlib.sha256
 
 
 def to_micros(moment: datetime) -> int:
@@ -48,12 +58,11 @@ def from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
+class AuditEntry(NamedTuple):
     """One finished call, before the store gives it a place in the chain.
 
     Attributes:
-        time: When the call finished (UTC, microsecond precision).
+        time_us: When the call finished, in microseconds since the Unix epoch (UTC).
         service: The service that handled it, like ``crm``.
         principal: The caller's subject (``users/u1``, ``services/identity``); empty when
             unauthenticated.
@@ -68,7 +77,7 @@ class AuditEntry:
 
     """
 
-    time: datetime
+    time_us: int
     service: str
     principal: str
     role: str
@@ -80,14 +89,18 @@ class AuditEntry:
     trace_id: str
     duration_ms: float
 
+    @property
+    def time(self) -> datetime:
+        """:attr:`time_us` as a UTC datetime."""
+        return from_micros(self.time_us)
 
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """One sealed link of the audit chain, as stored.
+
+class AuditRecord(NamedTuple):
+    """One sealed link of the audit chain, as stored (fields in hashed and column order).
 
     Attributes:
         sequence: The position in the chain: 1, 2, 3, … with no gap.
-        time: When the call finished (UTC).
+        time_us: When the call finished, in microseconds since the Unix epoch (UTC).
         service: The service that handled the call.
         principal: The caller's subject; empty when unauthenticated.
         role: The caller's role; empty when unauthenticated or for a service.
@@ -97,14 +110,14 @@ class AuditRecord:
         outcome_code_number: The numeric gRPC status code.
         client_address: The client's IP address.
         trace_id: The W3C trace id, or empty.
-        duration_ms: How long the call took, in milliseconds.
+        duration_ms: How long the call took, in milliseconds (rounded to microseconds).
         prev_hash: The ``hash`` of record ``sequence - 1``; :data:`GENESIS_HASH` for sequence 1.
         hash: The SHA-256 (lowercase hex) of :meth:`canonical`.
 
     """
 
     sequence: int
-    time: datetime
+    time_us: int
     service: str
     principal: str
     role: str
@@ -119,85 +132,45 @@ class AuditRecord:
     hash: str
 
     @property
+    def time(self) -> datetime:
+        """:attr:`time_us` as a UTC datetime."""
+        return from_micros(self.time_us)
+
+    @property
     def name(self) -> str:
         """The resource name, ``auditRecords/{sequence}``."""
         return f"auditRecords/{self.sequence}"
 
-    def content(self) -> dict[str, Any]:
-        """Every hashed field as JSON-ready values: all fields but ``hash``, time as RFC 3339."""
-        return {
-            "sequence": self.sequence,
-            "time": from_micros(to_micros(self.time)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "service": self.service,
-            "principal": self.principal,
-            "role": self.role,
-            "method": self.method,
-            "resource": self.resource,
-            "outcome_code": self.outcome_code,
-            "outcome_code_number": self.outcome_code_number,
-            "client_address": self.client_address,
-            "trace_id": self.trace_id,
-            "duration_ms": self.duration_ms,
-            "prev_hash": self.prev_hash,
-        }
-
     def canonical(self) -> bytes:
-        """The bytes the hash covers: :meth:`content` as compact JSON with sorted keys, UTF-8."""
-        return json.dumps(
-            self.content(), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
+        """The bytes the hash covers: every field but ``hash``, as a compact ASCII JSON array."""
+        return _encode(self[:-1]).encode()
 
     def computed_hash(self) -> str:
         """The hash this record's content should have (compare with :attr:`hash`)."""
-        return hashlib.sha256(self.canonical()).hexdigest()
+        return _sha256(self.canonical()).hexdigest()
+
+
+def _hashed_fields(entry: AuditEntry, sequence: int, prev_hash: str) -> tuple[int | str | float, ...]:
+    # Durations are rounded to microseconds, which every store keeps exactly as a double, so a
+    # stored record re-hashes to the same value.
+    return (sequence, *entry[:10], round(float(entry[10]), 3), prev_hash)
 
 
 def seal(entry: AuditEntry, sequence: int, prev_hash: str) -> AuditRecord:
-    """Places ``entry`` at ``sequence`` after the record whose hash is ``prev_hash``, and hashes it.
+    """Places ``entry`` at ``sequence`` after the record whose hash is ``prev_hash``, and hashes it."""
+    fields = _hashed_fields(entry, sequence, prev_hash)
+    return AuditRecord._make((*fields, _sha256(_encode(fields).encode()).hexdigest()))
 
-    Times are truncated to microseconds and durations rounded to microseconds, which is what the
-    stores keep exactly, so a stored record re-hashes to the same value. This runs for every call
-    of the mesh, so it builds the record once and hashes the same content :meth:`AuditRecord.canonical`
-    covers (a test pins the two together).
-    """
-    time = from_micros(to_micros(entry.time))
-    duration_ms = round(float(entry.duration_ms), 3)
-    code_number = int(entry.outcome_code_number)
-    content = {
-        "client_address": entry.client_address,
-        "duration_ms": duration_ms,
-        "method": entry.method,
-        "outcome_code": entry.outcome_code,
-        "outcome_code_number": code_number,
-        "prev_hash": prev_hash,
-        "principal": entry.principal,
-        "resource": entry.resource,
-        "role": entry.role,
-        "sequence": sequence,
-        "service": entry.service,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "trace_id": entry.trace_id,
-    }
-    canonical = json.dumps(
-        content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
-    return AuditRecord(
-        sequence=sequence,
-        time=time,
-        service=entry.service,
-        principal=entry.principal,
-        role=entry.role,
-        method=entry.method,
-        resource=entry.resource,
-        outcome_code=entry.outcome_code,
-        outcome_code_number=code_number,
-        client_address=entry.client_address,
-        trace_id=entry.trace_id,
-        duration_ms=duration_ms,
-        prev_hash=prev_hash,
-        hash=digest,
-    )
+
+def seal_batch(entries: Sequence[AuditEntry], sequence: int, prev_hash: str) -> list[AuditRecord]:
+    """Seals ``entries`` in order after record ``sequence``, whose hash is ``prev_hash``."""
+    records: list[AuditRecord] = []
+    for entry in entries:
+        sequence += 1
+        fields = _hashed_fields(entry, sequence, prev_hash)
+        prev_hash = _sha256(_encode(fields).encode()).hexdigest()
+        records.append(AuditRecord._make((*fields, prev_hash)))
+    return records
 
 
 class ChainBreak(StrEnum):

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import grpc
@@ -34,6 +33,9 @@ class AuditRecorder(Protocol):
 
     async def record(self, entry: AuditEntry, durable: bool) -> None:
         """Records ``entry``; when ``durable``, returns only once it is committed."""
+
+    def offer(self, entry: AuditEntry) -> bool:
+        """Queues a non-durable ``entry`` without waiting; False when it must wait for room."""
 
 
 _ResourcePlan = tuple[tuple[str, ...], tuple[str, ...]]
@@ -96,18 +98,19 @@ class AuditInterceptor(Interceptor):
 
     def _entry(self, call: CallInfo, request: Any, context: Context, code: grpc.StatusCode) -> AuditEntry:
         principal = call.principal
+        # Positional, in field order: this runs on every call of the mesh.
         return AuditEntry(
-            time=datetime.now(UTC),
-            service=self._service,
-            principal=str(getattr(principal, "subject", "") or ""),
-            role=str(getattr(principal, "role", "") or ""),
-            method=call.method,
-            resource=call.resource or resource_of(request),
-            outcome_code=code.name,
-            outcome_code_number=int(code.value[0]),
-            client_address=client_address(context.invocation_metadata(), call.peer),
-            trace_id=str(call.extra.get("trace_id", "") or ""),
-            duration_ms=(time.perf_counter() - call.start) * 1000.0,
+            time.time_ns() // 1000,
+            self._service,
+            "" if principal is None else principal.subject,
+            "" if principal is None else principal.role,
+            call.method,
+            call.resource or resource_of(request),
+            code.name,
+            code.value[0],
+            client_address(context.invocation_metadata(), call.peer),
+            call.extra.get("trace_id", ""),
+            (time.perf_counter() - call.start) * 1000.0,
         )
 
     async def _finish(self, call: CallInfo, request: Any, context: Context, code: grpc.StatusCode) -> None:
@@ -135,7 +138,8 @@ class AuditInterceptor(Interceptor):
         # cost a commit each.
         durable = call.mutating and code == grpc.StatusCode.OK and not is_infrastructure(call.method)
         try:
-            await self._sink.record(entry, durable)
+            if durable or not self._sink.offer(entry):
+                await self._sink.record(entry, durable)
         except Exception:
             # The sink has logged the record itself at ERROR; the mutation already happened, so
             # failing the call now would only invite a retry that repeats it.

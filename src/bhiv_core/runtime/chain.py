@@ -1,10 +1,13 @@
-"""The interceptor chain: one gRPC server interceptor that runs our per-concern interceptors.
+"""The interceptor chain: our per-concern interceptors, composed around every handler of a server.
 
 Each concern (metrics, audit, errors, auth, RBAC, validation) is one
-:class:`Interceptor` subclass in :mod:`bhiv_core.interceptors`. :class:`ChainInterceptor` composes
-them once per method — applying :class:`Selector` skip rules at that time — and caches the result,
-so a call costs one dictionary lookup plus one coroutine frame per concern, and nothing is re-wrapped
-per request. :func:`chain_order` is the single place that declares the order (outermost first).
+:class:`Interceptor` subclass in :mod:`bhiv_core.interceptors`. :class:`ChainedHandlers` is the one
+generic handler a server registers: it finds a method's handler among the services' own, composes
+the concerns around it once — applying :class:`Selector` skip rules at that time — and caches the
+result, so a call costs one dictionary lookup plus one coroutine frame per concern, and nothing is
+re-wrapped per request. It is not a ``grpc.aio.ServerInterceptor``: grpc runs those on every call,
+which cost more than some concerns themselves. :func:`chain_order` is the single place that
+declares the order (outermost first).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from bhiv_core.runtime.errors import Unimplemented
 
 __all__ = [
     "CallInfo",
-    "ChainInterceptor",
+    "ChainedHandlers",
     "Interceptor",
     "PreCheckInterceptor",
     "Selector",
@@ -38,8 +41,10 @@ __all__ = [
 Context = grpc.aio.ServicerContext[Any, Any]
 if TYPE_CHECKING:  # grpc-stubs makes it generic; the runtime class is not subscriptable
     Handler = grpc.RpcMethodHandler[Any, Any]
+    GenericHandler = grpc.GenericRpcHandler[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
+    GenericHandler = grpc.GenericRpcHandler
 
 
 @dataclass(slots=True)
@@ -208,15 +213,25 @@ async def _unknown_method(request: bytes, context: Context) -> bytes:
 _UNKNOWN_HANDLER = grpc.unary_unary_rpc_method_handler(_unknown_method)
 
 
-class ChainInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """The one gRPC interceptor of a server: runs the composed concerns around each handler.
+class ChainedHandlers(GenericHandler):
+    """The one generic handler of a server: every method's handler with the chain composed around it.
 
     Unknown methods also pass through the chain (as UNIMPLEMENTED), so scanning is audited too.
+
+    Args:
+        chain: The concerns, outermost first (:func:`chain_order`).
+        handlers: The services' own generic handlers, asked in order.
+
     """
 
-    def __init__(self, chain: Sequence[Interceptor | Selector]):
+    def __init__(self, chain: Sequence[Interceptor | Selector], handlers: Sequence[Any] = ()):
         self._chain = tuple(chain)
+        self._handlers = list(handlers)
         self._cache: dict[str, Handler] = {}
+
+    def add(self, handlers: Sequence[Any]) -> None:
+        """Adds services' generic handlers (before the server starts)."""
+        self._handlers.extend(handlers)
 
     def concerns_for(self, method: str) -> list[Interceptor]:
         """The concerns that apply to ``method``, outermost first."""
@@ -229,23 +244,20 @@ class ChainInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 out.append(item)
         return out
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler:
         """Returns the cached composed handler for the method, composing it on first use."""
         method: str = handler_call_details.method
         cached = self._cache.get(method)
         if cached is not None:
             return cached
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            # Not cached: callers choose unknown names, and the cache must stay bounded.
-            return self._wrap(method, _UNKNOWN_HANDLER)
-        wrapped = self._wrap(method, handler)
-        self._cache[method] = wrapped
-        return wrapped
+        for generic in self._handlers:
+            handler = generic.service(handler_call_details)
+            if handler is not None:
+                wrapped = self._wrap(method, handler)
+                self._cache[method] = wrapped
+                return wrapped
+        # Not cached: callers choose unknown names, and the cache must stay bounded.
+        return self._wrap(method, _UNKNOWN_HANDLER)
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
         concerns = self.concerns_for(method)

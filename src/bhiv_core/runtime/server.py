@@ -19,17 +19,18 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.validation import ValidationInterceptor
 from bhiv_core.runtime import telemetry
-from bhiv_core.runtime.chain import ChainInterceptor, Interceptor, Selector, chain_order
+from bhiv_core.runtime.chain import ChainedHandlers, Interceptor, Selector, chain_order
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig, load_config
 from bhiv_core.runtime.contracts import all_services
 from bhiv_core.runtime.handlers import service_handler
@@ -128,6 +129,23 @@ def default_chain(config: RuntimeConfig, definition: ServiceDefinition) -> Chain
     from bhiv_core.runtime.standard_chain import standard_chain
 
     return standard_chain(config, definition)
+
+
+class _Registrar:
+    """Takes the handlers that generated ``add_*_to_server`` functions register, for the chain."""
+
+    def __init__(self, chained: ChainedHandlers):
+        self._chained = chained
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]) -> None:
+        self._chained.add(handlers)
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        # The same handlers also arrive through add_generic_rpc_handlers; registering them with
+        # grpc core as well would bypass the chain.
+        pass
 
 
 def _server_options(config: RuntimeConfig) -> list[tuple[str, int]]:
@@ -243,17 +261,24 @@ async def start_service(
     for hook in composed.on_start:
         await hook()
     server = grpc.aio.server(
-        interceptors=[ChainInterceptor(composed.interceptors)] if composed.interceptors else [],
-        options=_server_options(config),
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        options=_server_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs
     )
+    # With a chain, every handler (health and reflection too) is registered through ChainedHandlers,
+    # which composes the chain around it once; without one, handlers go to the server as they are.
+    chained = ChainedHandlers(composed.interceptors) if composed.interceptors else None
+    registrar: _Registrar | grpc.aio.Server = _Registrar(chained) if chained is not None else server
     for descriptor, servicer in definition.servicers:
-        server.add_generic_rpc_handlers((service_handler(descriptor, servicer, definition.missing),))
+        registrar.add_generic_rpc_handlers((service_handler(descriptor, servicer, definition.missing),))
     health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, registrar)
     # Reflection describes the whole API of the mesh, so grpcurl through the edge sees every service.
     names = [s.full_name for s in all_services()]
-    reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
+    reflected = [*names, "grpc.health.v1.Health", reflection.SERVICE_NAME]
+    # The aio servicer that enable_server_reflection picks for an aio server (public as reflection.aio).
+    servicer = reflection.aio.ReflectionServicer(reflected)  # type: ignore[attr-defined]
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, registrar)
+    if chained is not None:
+        server.add_generic_rpc_handlers((chained,))
     try:
         port = server.add_insecure_port(f"{config.host}:{config.port}")
     except RuntimeError as exc:

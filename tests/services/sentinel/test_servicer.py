@@ -19,7 +19,7 @@ from bhiv.sentinel.v1 import audit_service_pb2_grpc as aus_grpc
 from bhiv.sentinel.v1 import threat_pb2 as tp
 from bhiv.sentinel.v1 import threat_service_pb2 as ts
 from bhiv.sentinel.v1 import threat_service_pb2_grpc as ts_grpc
-from bhiv_core.audit.record import AuditEntry
+from bhiv_core.audit.record import AuditEntry, to_micros
 from bhiv_core.audit.store import SqliteAuditStore
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.validation import ValidationInterceptor
@@ -57,7 +57,7 @@ def entry(
     n: int, principal: str, code: str = "OK", number: int = 0, method: str = "GetCustomer"
 ) -> AuditEntry:
     return AuditEntry(
-        time=T0 + timedelta(minutes=n),
+        time_us=to_micros(T0 + timedelta(minutes=n)),
         service="crm",
         principal=principal,
         role="sales",
