@@ -169,7 +169,7 @@ async def test_abort_from_an_inner_layer_propagates_after_being_recorded() -> No
         call.code = grpc.StatusCode.UNAUTHENTICATED  # what the error mapper does before aborting
         raise grpc.aio.AbortError()
 
-    call = CallInfo(GET_CUSTOMER, descriptor, "ipv4:127.0.0.1:1", time.perf_counter())
+    call = CallInfo(GET_CUSTOMER, descriptor, "ipv4:127.0.0.1:1", (), time.perf_counter())
     with pytest.raises(grpc.aio.AbortError):
         await interceptor.intercept_unary(call, None, None, aborted)  # type: ignore[arg-type]
     handled = registry.get_sample_value(
@@ -220,7 +220,7 @@ def _record_in_worker(calls_to_make: int, port: int) -> None:
 
     async def run() -> None:
         for _ in range(calls_to_make):
-            call = CallInfo(GET_CUSTOMER, descriptor, "ipv4:127.0.0.1:1", time.perf_counter())
+            call = CallInfo(GET_CUSTOMER, descriptor, "ipv4:127.0.0.1:1", (), time.perf_counter())
             await interceptor.intercept_unary(call, None, None, ok)  # type: ignore[arg-type]
 
     asyncio.run(run())

@@ -32,7 +32,13 @@ from bhiv_core.runtime.chain import CallInfo, Interceptor
 from bhiv_core.runtime.config import ConfigError, Settings
 from bhiv_core.runtime.errors import NotFound
 from bhiv_core.runtime.logging import JsonFormatter
-from bhiv_core.runtime.telemetry import configure_tracing, otlp_target, sample_ratio, shutdown_tracing
+from bhiv_core.runtime.telemetry import (
+    configure_tracing,
+    otlp_target,
+    sample_ratio,
+    shutdown_tracing,
+    spans_exported,
+)
 from tests.harness import config_for, serving
 
 CUSTOMERS = cs.DESCRIPTOR.services_by_name["CustomerService"]
@@ -260,6 +266,64 @@ async def test_unsampled_calls_export_nothing_but_still_carry_a_trace_id() -> No
     assert continued == sampled == TRACE_HEX
     assert [s["trace_id"] for s in customers.seen] == [fresh, TRACE_HEX, TRACE_HEX]
     assert [f"{s.context.trace_id:032x}" for s in traced.spans()] == [TRACE_HEX]
+
+
+async def test_without_an_exporter_calls_get_trace_ids_and_propagate_them_but_build_no_span(
+    crm: Traced,
+) -> None:
+    users, recorder = Users(), ExtraRecorder()
+    async with serving([(USERS, users)], config=config_for("identity")) as (b, _):
+        to_b = grpc.aio.insecure_channel(b.address)
+        customers = Customers(us_grpc.UserServiceStub(to_b))
+
+        def unrecorded(cfg: Any, *_: Any) -> list[Interceptor]:
+            return [
+                TracingInterceptor(crm.provider, recording=False),
+                recorder,
+                ErrorMappingInterceptor(f"{cfg.service}.bhiv.core"),
+            ]
+
+        try:
+            async with serving([(CUSTOMERS, customers)], chain=unrecorded, config=config_for("crm")) as (
+                _,
+                channel,
+            ):
+                stub = cs_grpc.CustomerServiceStub(channel)
+                await stub.GetCustomer(cs.GetCustomerRequest(name="customers/c1"))
+                await stub.GetCustomer(
+                    cs.GetCustomerRequest(name="customers/c2"), metadata=(("traceparent", TRACEPARENT),)
+                )
+        finally:
+            await to_b.close()
+    assert crm.spans() == []  # even the caller's sampled trace builds no span here
+    fresh, continued = recorder.trace_ids
+    assert len(fresh) == 32 and int(fresh, 16) != 0 and fresh != TRACE_HEX
+    assert continued == TRACE_HEX
+    assert [(s["trace_id"], s["log_trace_id"]) for s in customers.seen] == [
+        (fresh, fresh),
+        (TRACE_HEX, TRACE_HEX),
+    ]
+    # Each call got its own span id, which is what the outgoing call names as its parent.
+    span_ids = [s["span_id"] for s in customers.seen]
+    assert len(set(span_ids)) == 2 and int(CALLER_SPAN_HEX, 16) not in span_ids
+    assert [s["traceparents"] for s in users.seen] == [
+        [f"00-{fresh}-{span_ids[0]:016x}-00"],
+        [f"00-{TRACE_HEX}-{span_ids[1]:016x}-01"],  # the caller's sampling decision travels on
+    ]
+
+
+def test_spans_are_exported_only_once_an_endpoint_is_configured() -> None:
+    provider = configure_tracing("crm", Settings({}), set_global=False)
+    assert not spans_exported()
+    shutdown_tracing(provider)
+    provider = configure_tracing(
+        "crm", Settings({"BHIV_OTLP_ENDPOINT": "http://127.0.0.1:4317"}), set_global=False
+    )
+    try:
+        assert spans_exported()
+    finally:
+        shutdown_tracing(provider)
+    assert not spans_exported()
 
 
 async def test_server_stream_span_ends_with_the_stream_and_client_span_parents_it(crm: Traced) -> None:

@@ -108,7 +108,7 @@ class AuditInterceptor(Interceptor):
             call.resource or resource_of(request),
             code.name,
             code.value[0],
-            client_address(context.invocation_metadata(), call.peer),
+            client_address(call.metadata, call.peer),
             call.extra.get("trace_id", ""),
             (time.perf_counter() - call.start) * 1000.0,
         )

@@ -53,7 +53,7 @@ class AuthInterceptor(PreCheckInterceptor):
         """Sets the principal, or refuses the call with UNAUTHENTICATED."""
         if self._is_public(call):
             return
-        token = bearer_token(context.invocation_metadata())
+        token = bearer_token(call.metadata)
         if token is None:
             self._failed("missing")
             raise Unauthenticated("authentication required", reason="MISSING_CREDENTIALS")

@@ -13,11 +13,16 @@ for code that builds metadata itself.
 
 The tracer comes from an explicit ``TracerProvider`` when one is given (tests, which cannot replace
 the global provider twice in one process) and from the global one otherwise.
+
+When no span can go anywhere (no exporter is configured: ``recording=False``), the server side skips
+the SDK: it continues the caller's trace, or starts one, with a non-recording span of fresh ids,
+so trace ids still reach logs, audit records and downstream calls, for a fraction of the cost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import Token
 from typing import TYPE_CHECKING, Any, cast
@@ -25,7 +30,14 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from opentelemetry import context as context_api
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+)
 from opentelemetry.util.types import AttributeValue
 
 from bhiv_core.interceptors.metrics import failure_code
@@ -75,20 +87,33 @@ def current_trace_id() -> str:
     return format(span_context.trace_id, "032x") if span_context.is_valid else ""
 
 
+def _random_id(bits: int) -> int:
+    # What the SDK's RandomIdGenerator does: any non-zero value of the width is valid.
+    value = random.getrandbits(bits)
+    while not value:
+        value = random.getrandbits(bits)
+    return value
+
+
 class TracingInterceptor(Interceptor):
     """Starts a SERVER span for every call, continuing the caller's trace when it sent one.
 
     Args:
         tracer_provider: Where spans go (default: the global provider).
+        recording: False when no span could be exported: calls then get a non-recording span with
+            real ids from a fast path that skips the SDK's span machinery.
 
     """
 
-    def __init__(self, tracer_provider: trace.TracerProvider | None = None):
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None, *, recording: bool = True):
         self._tracer = _tracer(tracer_provider)
         self._fields = frozenset(propagate.get_global_textmap().fields)
         self._methods: dict[str, tuple[str, _Attributes]] = {}
+        self._recording = recording
 
     def _start(self, call: CallInfo, context: Context) -> tuple[trace.Span, Token[context_api.Context]]:
+        if not self._recording:
+            return self._start_unrecorded(call)
         named = self._methods.get(call.method)
         if named is None:
             named = _span_name_and_attributes(call.method)
@@ -96,7 +121,7 @@ class TracingInterceptor(Interceptor):
             if call.descriptor is not None or is_infrastructure(call.method):
                 self._methods[call.method] = named
         fields = self._fields
-        carrier = {key: value for key, value in context.invocation_metadata() or () if key in fields}
+        carrier = {key: value for key, value in call.metadata if key in fields}
         # A server span's parent comes from the wire only, never from whatever context the task has.
         parent = context_api.Context()
         if carrier:
@@ -105,6 +130,25 @@ class TracingInterceptor(Interceptor):
         token = context_api.attach(trace.set_span_in_context(span, parent))
         span_context = span.get_span_context()
         call.extra["trace_id"] = format(span_context.trace_id, "032x") if span_context.is_valid else ""
+        return span, token
+
+    def _start_unrecorded(self, call: CallInfo) -> tuple[trace.Span, Token[context_api.Context]]:
+        fields = self._fields
+        carrier = {key: value for key, value in call.metadata if key in fields}
+        remote = INVALID_SPAN_CONTEXT
+        if carrier:
+            remote = trace.get_current_span(
+                propagate.extract(carrier, context_api.Context())
+            ).get_span_context()
+        if remote.is_valid:
+            span_context = SpanContext(
+                remote.trace_id, _random_id(64), False, remote.trace_flags, remote.trace_state
+            )
+        else:
+            span_context = SpanContext(_random_id(128), _random_id(64), False)
+        span = NonRecordingSpan(span_context)
+        token = context_api.attach(trace.set_span_in_context(span, context_api.Context()))
+        call.extra["trace_id"] = format(span_context.trace_id, "032x")
         return span, token
 
     async def intercept_unary(

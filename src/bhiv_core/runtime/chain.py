@@ -55,6 +55,7 @@ class CallInfo:
         method: The full method path, ``/bhiv.crm.v1.CustomerService/GetCustomer``.
         descriptor: The method's descriptor, or None for an unknown method or a non-proto service.
         peer: The transport peer, like ``ipv4:127.0.0.1:53312``.
+        metadata: The call's invocation metadata, read once for every concern.
         start: ``time.perf_counter()`` at entry.
         mutating: False when the contract marks the method ``NO_SIDE_EFFECTS`` (read once per
             method when the chain is composed, not per call).
@@ -69,6 +70,7 @@ class CallInfo:
     method: str
     descriptor: MethodDescriptor | None
     peer: str
+    metadata: Any
     start: float
     mutating: bool = False
     code: grpc.StatusCode = grpc.StatusCode.OK
@@ -275,7 +277,14 @@ class ChainedHandlers(GenericHandler):
             composed_stream = stream_next
 
             async def stream_entry(request: Any, context: Context) -> AsyncIterator[Any]:
-                call = CallInfo(method, descriptor, context.peer(), time.perf_counter(), mutating)
+                call = CallInfo(
+                    method,
+                    descriptor,
+                    context.peer(),
+                    context.invocation_metadata() or (),
+                    time.perf_counter(),
+                    mutating,
+                )
                 async for item in composed_stream(call, request, context):
                     yield item
 
@@ -301,7 +310,14 @@ class ChainedHandlers(GenericHandler):
         composed_unary = unary_next
 
         async def unary_entry(request: Any, context: Context) -> Any:
-            call = CallInfo(method, descriptor, context.peer(), time.perf_counter(), mutating)
+            call = CallInfo(
+                method,
+                descriptor,
+                context.peer(),
+                context.invocation_metadata() or (),
+                time.perf_counter(),
+                mutating,
+            )
             return await composed_unary(call, request, context)
 
         unary_factory = (

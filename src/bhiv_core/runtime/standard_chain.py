@@ -15,6 +15,7 @@ from bhiv_core.interceptors.metrics import MetricsInterceptor, auth_failures
 from bhiv_core.interceptors.rbac import RbacInterceptor, RolePolicy
 from bhiv_core.interceptors.tracing import TracingInterceptor, client_interceptors
 from bhiv_core.interceptors.validation import ValidationInterceptor
+from bhiv_core.runtime import telemetry
 from bhiv_core.runtime.chain import Selector, chain_order, is_infrastructure
 from bhiv_core.runtime.clients import PeerChannels
 from bhiv_core.runtime.config import RuntimeConfig
@@ -60,7 +61,10 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition) -> Chai
 
     interceptors = chain_order(
         observability=[
-            Selector(TracingInterceptor(), lambda m: not is_infrastructure(m)),
+            # Spans are only built when an exporter takes them; trace ids are assigned regardless.
+            Selector(
+                TracingInterceptor(recording=telemetry.spans_exported()), lambda m: not is_infrastructure(m)
+            ),
             MetricsInterceptor(config.service),
         ],
         audit=AuditInterceptor(sink, config.service),

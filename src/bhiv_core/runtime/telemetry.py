@@ -41,6 +41,7 @@ __all__ = [
     "prepare_multiprocess_metrics",
     "sample_ratio",
     "shutdown_tracing",
+    "spans_exported",
     "start_metrics_server",
     "start_multiprocess_metrics_server",
     "stop_metrics_servers",
@@ -54,6 +55,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _servers: list[WSGIServer] = []
 _servers_lock = threading.Lock()
 _provider: TracerProvider | None = None
+_exporting = False
 
 
 def multiprocess_metrics_enabled() -> bool:
@@ -212,7 +214,7 @@ def configure_tracing(service: str, settings: Settings, *, set_global: bool = Tr
         ConfigError: A setting is malformed.
 
     """
-    global _provider
+    global _provider, _exporting
     resource = Resource.create({"service.name": f"bhiv-{service}", "service.namespace": "bhiv"})
     provider = TracerProvider(
         resource=resource, sampler=ParentBased(TraceIdRatioBased(sample_ratio(settings)))
@@ -228,7 +230,13 @@ def configure_tracing(service: str, settings: Settings, *, set_global: bool = Tr
     if set_global:
         trace.set_tracer_provider(provider)
     _provider = provider
+    _exporting = endpoint is not None
     return provider
+
+
+def spans_exported() -> bool:
+    """True when the last :func:`configure_tracing` set up an exporter, so recorded spans go somewhere."""
+    return _exporting
 
 
 def shutdown_tracing(provider: TracerProvider | None = None) -> None:
@@ -237,11 +245,11 @@ def shutdown_tracing(provider: TracerProvider | None = None) -> None:
     It blocks while the exporter sends; from a running event loop, call it through
     ``asyncio.to_thread``.
     """
-    global _provider
+    global _provider, _exporting
     target = provider if provider is not None else _provider
     if target is None:
         return
     target.force_flush()
     target.shutdown()
     if target is _provider:
-        _provider = None
+        _provider, _exporting = None, False
