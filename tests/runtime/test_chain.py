@@ -17,7 +17,7 @@ from bhiv_core.runtime.chain import (
     Selector,
     chain_order,
 )
-from bhiv_core.runtime.errors import NotFound
+from bhiv_core.runtime.errors import NotFound, PermissionDenied
 from tests.harness import serving
 
 USER_SERVICE = us.DESCRIPTOR.services_by_name["UserService"]
@@ -60,6 +60,59 @@ async def test_concerns_run_in_order_and_handler_answers() -> None:
         reply = await us_grpc.UserServiceStub(channel).GetUser(us.GetUserRequest(name="users/u1"))
     assert reply.user.username == "ada"
     assert log == ["outer", "inner"]
+
+
+class Refuser(PreCheckInterceptor):
+    def __init__(self, log: list[str]):
+        self.log = log
+
+    async def check(self, call: CallInfo, request: Any, context: Any) -> None:
+        self.log.append("refuser")
+        if request.name == "users/refused":
+            raise PermissionDenied("no")
+
+
+class Wrapping(PreCheckInterceptor):
+    """A pre-check that also wraps the call: it must keep its own intercept_unary."""
+
+    def __init__(self, log: list[str]):
+        self.log = log
+
+    async def intercept_unary(self, call: CallInfo, request: Any, context: Any, proceed: Any) -> Any:
+        self.log.append("wrap in")
+        try:
+            return await proceed(call, request, context)
+        finally:
+            self.log.append("wrap out")
+
+
+async def test_consecutive_checks_run_in_order_and_a_refusal_stops_the_rest() -> None:
+    log: list[str] = []
+
+    def chain(*_: Any) -> list[Interceptor]:
+        return [
+            ErrorMappingInterceptor("t"),
+            Recorder("a", log),
+            Refuser(log),
+            Recorder("b", log),
+            Wrapping(log),
+            Recorder("c", log),
+        ]
+
+    class Logged(Users):
+        async def GetUser(self, request: us.GetUserRequest, context: Any) -> us.GetUserResponse:
+            log.append("handler")
+            return await super().GetUser(request, context)
+
+    async with serving([(USER_SERVICE, Logged())], chain=chain) as (_, channel):
+        stub = us_grpc.UserServiceStub(channel)
+        await stub.GetUser(us.GetUserRequest(name="users/u1"))
+        assert log == ["a", "refuser", "b", "wrap in", "c", "handler", "wrap out"]
+        log.clear()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetUser(us.GetUserRequest(name="users/refused"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert log == ["a", "refuser"]
 
 
 async def test_typed_error_becomes_its_status_code() -> None:

@@ -38,13 +38,30 @@ _NUMERIC = {
 }
 
 
+_STRING, _BYTES, _ENUM, _NUMBER, _OTHER = range(5)
+
+
 @dataclass(frozen=True, slots=True)
 class _FieldPlan:
-    field: FieldDescriptor
-    rules: annotations_pb2.FieldRules | None
+    """One field's rules, read out of the descriptor once into plain values (checked per call)."""
+
+    name: str
+    kind: int
+    repeated: bool
+    message: bool
+    required: bool
+    min_len: int
+    max_len: int
+    max_bytes: int
+    max_items: int
+    minimum: float | None
+    maximum: float | None
+    email: bool
     pattern: re.Pattern[str] | None
-    nested: _Plan | None
+    pattern_text: str
     enum_values: frozenset[int] | None
+    enum_name: str
+    nested: _Plan | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +72,43 @@ class _Plan:
 _plans: dict[str, _Plan | None] = {}
 
 
-def _is_repeated(field: FieldDescriptor) -> bool:
-    return bool(field.is_repeated)
+def _kind(field: FieldDescriptor) -> int:
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return _STRING
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return _BYTES
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return _ENUM
+    return _NUMBER if field.type in _NUMERIC else _OTHER
+
+
+def _field_plan(
+    field: FieldDescriptor, rules: annotations_pb2.FieldRules | None, nested: _Plan | None
+) -> _FieldPlan:
+    r = rules if rules is not None else annotations_pb2.FieldRules()
+    return _FieldPlan(
+        name=field.name,
+        kind=_kind(field),
+        repeated=bool(field.is_repeated),
+        message=field.message_type is not None,
+        required=r.required,
+        min_len=r.min_len,
+        max_len=r.max_len,
+        max_bytes=r.max_bytes,
+        max_items=r.max_items,
+        minimum=r.min if r.has_min else None,
+        maximum=r.max if r.has_max else None,
+        email=r.email,
+        pattern=re.compile(r.pattern) if r.pattern else None,
+        pattern_text=r.pattern,
+        enum_values=(
+            frozenset(v.number for v in field.enum_type.values)
+            if field.enum_type is not None and r.defined_only
+            else None
+        ),
+        enum_name=field.enum_type.name if field.enum_type is not None else "enum value",
+        nested=nested,
+    )
 
 
 def _plan_for(descriptor: Descriptor, visiting: frozenset[str] = frozenset()) -> _Plan | None:
@@ -78,79 +130,67 @@ def _plan_for(descriptor: Descriptor, visiting: frozenset[str] = frozenset()) ->
             nested = _plan_for(field.message_type, visiting | {name})
         if rules is None and nested is None:
             continue
-        pattern = re.compile(rules.pattern) if rules is not None and rules.pattern else None
-        enum_values = (
-            frozenset(v.number for v in field.enum_type.values)
-            if field.enum_type is not None and rules is not None and rules.defined_only
-            else None
-        )
-        fields.append(_FieldPlan(field, rules, pattern, nested, enum_values))
+        fields.append(_field_plan(field, rules, nested))
     plan = _Plan(tuple(fields)) if fields else None
     _plans[name] = plan
     return plan
 
 
 def _check_scalar(fp: _FieldPlan, value: Any, path: str, out: list[FieldViolation]) -> None:
-    rules = fp.rules
-    if rules is None:
-        return
-    field = fp.field
-    if field.type == FieldDescriptor.TYPE_STRING:
+    kind = fp.kind
+    if kind == _STRING:
         if not value:
             return
         length = len(value)
-        if rules.min_len and length < rules.min_len:
-            out.append(FieldViolation(path, f"must be at least {rules.min_len} characters", "TOO_SHORT"))
-        if rules.max_len and length > rules.max_len:
-            out.append(FieldViolation(path, f"must be at most {rules.max_len} characters", "TOO_LONG"))
+        if fp.min_len and length < fp.min_len:
+            out.append(FieldViolation(path, f"must be at least {fp.min_len} characters", "TOO_SHORT"))
+        if fp.max_len and length > fp.max_len:
+            out.append(FieldViolation(path, f"must be at most {fp.max_len} characters", "TOO_LONG"))
         if fp.pattern is not None and not fp.pattern.fullmatch(value):
-            out.append(FieldViolation(path, f"must match {rules.pattern}", "BAD_FORMAT"))
-        if rules.email and not _EMAIL.fullmatch(value):
+            out.append(FieldViolation(path, f"must match {fp.pattern_text}", "BAD_FORMAT"))
+        if fp.email and not _EMAIL.fullmatch(value):
             out.append(FieldViolation(path, "must be an e-mail address", "BAD_EMAIL"))
-    elif field.type == FieldDescriptor.TYPE_BYTES:
-        if rules.max_bytes and len(value) > rules.max_bytes:
-            out.append(FieldViolation(path, f"must be at most {rules.max_bytes} bytes", "TOO_LARGE"))
-    elif field.type == FieldDescriptor.TYPE_ENUM:
+    elif kind == _BYTES:
+        if fp.max_bytes and len(value) > fp.max_bytes:
+            out.append(FieldViolation(path, f"must be at most {fp.max_bytes} bytes", "TOO_LARGE"))
+    elif kind == _ENUM:
         if fp.enum_values is not None and value not in fp.enum_values:
-            enum_name = field.enum_type.name if field.enum_type is not None else "enum value"
-            out.append(FieldViolation(path, f"{value} is not a defined {enum_name}", "UNDEFINED_ENUM"))
-    elif field.type in _NUMERIC:
-        if rules.has_min and value < rules.min:
-            out.append(FieldViolation(path, f"must be at least {rules.min:g}", "OUT_OF_RANGE"))
-        if rules.has_max and value > rules.max:
-            out.append(FieldViolation(path, f"must be at most {rules.max:g}", "OUT_OF_RANGE"))
+            out.append(FieldViolation(path, f"{value} is not a defined {fp.enum_name}", "UNDEFINED_ENUM"))
+    elif kind == _NUMBER:
+        if fp.minimum is not None and value < fp.minimum:
+            out.append(FieldViolation(path, f"must be at least {fp.minimum:g}", "OUT_OF_RANGE"))
+        if fp.maximum is not None and value > fp.maximum:
+            out.append(FieldViolation(path, f"must be at most {fp.maximum:g}", "OUT_OF_RANGE"))
 
 
 def _validate(message: Message, plan: _Plan, prefix: str, out: list[FieldViolation]) -> None:
     for fp in plan.fields:
-        field = fp.field
-        path = f"{prefix}{field.name}"
-        rules = fp.rules
-        if _is_repeated(field):
-            items = getattr(message, field.name)
-            if rules is not None:
-                if rules.required and len(items) == 0:
-                    out.append(FieldViolation(path, "is required", "REQUIRED"))
-                if rules.max_items and len(items) > rules.max_items:
-                    out.append(FieldViolation(path, f"must have at most {rules.max_items} items", "TOO_MANY"))
+        name = fp.name
+        if fp.repeated:
+            path = prefix + name
+            items = getattr(message, name)
+            if fp.required and len(items) == 0:
+                out.append(FieldViolation(path, "is required", "REQUIRED"))
+            if fp.max_items and len(items) > fp.max_items:
+                out.append(FieldViolation(path, f"must have at most {fp.max_items} items", "TOO_MANY"))
             for i, item in enumerate(items):
                 if fp.nested is not None:
                     _validate(item, fp.nested, f"{path}[{i}].", out)
-                elif field.message_type is None:
+                elif not fp.message:
                     _check_scalar(fp, item, f"{path}[{i}]", out)
             continue
-        if field.message_type is not None:
-            present = message.HasField(field.name)
-            if rules is not None and rules.required and not present:
-                out.append(FieldViolation(path, "is required", "REQUIRED"))
+        if fp.message:
+            present = message.HasField(name)
+            if fp.required and not present:
+                out.append(FieldViolation(prefix + name, "is required", "REQUIRED"))
             if present and fp.nested is not None:
-                _validate(getattr(message, field.name), fp.nested, f"{path}.", out)
+                _validate(getattr(message, name), fp.nested, f"{prefix}{name}.", out)
             continue
-        value = getattr(message, field.name)
-        if rules is not None and rules.required and not value:
-            out.append(FieldViolation(path, "is required", "REQUIRED"))
+        value = getattr(message, name)
+        if fp.required and not value:
+            out.append(FieldViolation(prefix + name, "is required", "REQUIRED"))
             continue
-        _check_scalar(fp, value, path, out)
+        _check_scalar(fp, value, prefix + name, out)
 
 
 def validate(message: Message) -> list[FieldViolation]:
