@@ -40,6 +40,10 @@ class AuditRecorder(Protocol):
 
 _ResourcePlan = tuple[tuple[str, ...], tuple[str, ...]]
 _plans: dict[str, _ResourcePlan] = {}
+_plans_by_type: dict[type, _ResourcePlan] = {}
+
+# The name and number of every status, looked up once per call instead of through Enum properties.
+_CODES = {code: (code.name, int(code.value[0])) for code in grpc.StatusCode}
 
 
 def _is_string(field: FieldDescriptor | None) -> bool:
@@ -68,9 +72,12 @@ def resource_of(request: Any) -> str:
     Its ``name``, else its ``parent``, else the ``name`` of its first set message field that has a
     non-empty one (``UpdateCustomerRequest.customer.name``), else empty.
     """
-    if not isinstance(request, Message):
-        return ""
-    direct, nested = _plan_for(request.DESCRIPTOR)  # type: ignore[arg-type]
+    plan = _plans_by_type.get(type(request))
+    if plan is None:
+        if not isinstance(request, Message):
+            return ""
+        plan = _plans_by_type[type(request)] = _plan_for(request.DESCRIPTOR)  # type: ignore[arg-type]
+    direct, nested = plan
     for field in direct:
         value = getattr(request, field)
         if value:
@@ -98,6 +105,7 @@ class AuditInterceptor(Interceptor):
 
     def _entry(self, call: CallInfo, request: Any, context: Context, code: grpc.StatusCode) -> AuditEntry:
         principal = call.principal
+        name, number = _CODES[code]
         # Positional, in field order: this runs on every call of the mesh.
         return AuditEntry(
             time.time_ns() // 1000,
@@ -106,8 +114,8 @@ class AuditInterceptor(Interceptor):
             "" if principal is None else principal.role,
             call.method,
             call.resource or resource_of(request),
-            code.name,
-            code.value[0],
+            name,
+            number,
             client_address(call.metadata, call.peer),
             call.extra.get("trace_id", ""),
             (time.perf_counter() - call.start) * 1000.0,

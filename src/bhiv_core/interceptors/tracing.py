@@ -155,6 +155,12 @@ class TracingInterceptor(Interceptor):
         self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext
     ) -> Any:
         """Runs the chain inside the call's SERVER span and records the final status on it."""
+        if not self._recording:  # nothing to record on the span: only its context matters
+            token = self._start_unrecorded(call)[1]
+            try:
+                return await proceed(call, request, context)
+            finally:
+                context_api.detach(token)
         span, token = self._start(call, context)
         try:
             response = await proceed(call, request, context)
