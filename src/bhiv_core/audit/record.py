@@ -150,16 +150,9 @@ class AuditRecord(NamedTuple):
         return _sha256(self.canonical()).hexdigest()
 
 
-def _hashed_fields(entry: AuditEntry, sequence: int, prev_hash: str) -> tuple[int | str | float, ...]:
-    # Durations are rounded to microseconds, which every store keeps exactly as a double, so a
-    # stored record re-hashes to the same value.
-    return (sequence, *entry[:10], round(float(entry[10]), 3), prev_hash)
-
-
 def seal(entry: AuditEntry, sequence: int, prev_hash: str) -> AuditRecord:
     """Places ``entry`` at ``sequence`` after the record whose hash is ``prev_hash``, and hashes it."""
-    fields = _hashed_fields(entry, sequence, prev_hash)
-    return AuditRecord._make((*fields, _sha256(_encode(fields).encode()).hexdigest()))
+    return seal_batch((entry,), sequence - 1, prev_hash)[0]
 
 
 def seal_batch(entries: Sequence[AuditEntry], sequence: int, prev_hash: str) -> list[AuditRecord]:
@@ -167,7 +160,9 @@ def seal_batch(entries: Sequence[AuditEntry], sequence: int, prev_hash: str) -> 
     records: list[AuditRecord] = []
     for entry in entries:
         sequence += 1
-        fields = _hashed_fields(entry, sequence, prev_hash)
+        # Durations are rounded to microseconds, which every store keeps exactly as a double, so a
+        # stored record re-hashes to the same value.
+        fields = (sequence, *entry[:10], round(float(entry[10]), 3), prev_hash)
         prev_hash = _sha256(_encode(fields).encode()).hexdigest()
         records.append(AuditRecord._make((*fields, prev_hash)))
     return records

@@ -39,8 +39,7 @@ class AuditRecorder(Protocol):
 
 
 _ResourcePlan = tuple[tuple[str, ...], tuple[str, ...]]
-_plans: dict[str, _ResourcePlan] = {}
-_plans_by_type: dict[type, _ResourcePlan] = {}
+_plans: dict[type, _ResourcePlan] = {}
 
 # The name and number of every status, looked up once per call instead of through Enum properties.
 _CODES = {code: (code.name, int(code.value[0])) for code in grpc.StatusCode}
@@ -51,19 +50,16 @@ def _is_string(field: FieldDescriptor | None) -> bool:
 
 
 def _plan_for(descriptor: Descriptor) -> _ResourcePlan:
-    """Which fields of a request type can carry the resource name, computed once per type."""
-    plan = _plans.get(descriptor.full_name)
-    if plan is None:
-        direct = tuple(n for n in ("name", "parent") if _is_string(descriptor.fields_by_name.get(n)))
-        nested = tuple(
-            f.name
-            for f in descriptor.fields
-            if f.message_type is not None
-            and not f.is_repeated
-            and _is_string(f.message_type.fields_by_name.get("name"))
-        )
-        plan = _plans[descriptor.full_name] = (direct, nested)
-    return plan
+    """Which fields of a request type can carry the resource name (cached per type by the caller)."""
+    direct = tuple(n for n in ("name", "parent") if _is_string(descriptor.fields_by_name.get(n)))
+    nested = tuple(
+        f.name
+        for f in descriptor.fields
+        if f.message_type is not None
+        and not f.is_repeated
+        and _is_string(f.message_type.fields_by_name.get("name"))
+    )
+    return direct, nested
 
 
 def resource_of(request: Any) -> str:
@@ -72,11 +68,11 @@ def resource_of(request: Any) -> str:
     Its ``name``, else its ``parent``, else the ``name`` of its first set message field that has a
     non-empty one (``UpdateCustomerRequest.customer.name``), else empty.
     """
-    plan = _plans_by_type.get(type(request))
+    plan = _plans.get(type(request))
     if plan is None:
         if not isinstance(request, Message):
             return ""
-        plan = _plans_by_type[type(request)] = _plan_for(request.DESCRIPTOR)  # type: ignore[arg-type]
+        plan = _plans[type(request)] = _plan_for(request.DESCRIPTOR)  # type: ignore[arg-type]
     direct, nested = plan
     for field in direct:
         value = getattr(request, field)
@@ -103,7 +99,7 @@ class AuditInterceptor(Interceptor):
         self._sink = sink
         self._service = service
 
-    def _entry(self, call: CallInfo, request: Any, context: Context, code: grpc.StatusCode) -> AuditEntry:
+    def _entry(self, call: CallInfo, request: Any, code: grpc.StatusCode) -> AuditEntry:
         principal = call.principal
         name, number = _CODES[code]
         # Positional, in field order: this runs on every call of the mesh.
@@ -121,10 +117,10 @@ class AuditInterceptor(Interceptor):
             (time.perf_counter() - call.start) * 1000.0,
         )
 
-    async def _finish(self, call: CallInfo, request: Any, context: Context, code: grpc.StatusCode) -> None:
+    async def _finish(self, call: CallInfo, request: Any, code: grpc.StatusCode) -> None:
         """Records the call (durably for a mutation that succeeded) and logs it; never raises."""
         try:
-            entry = self._entry(call, request, context, code)
+            entry = self._entry(call, request, code)
         except Exception:  # a bug here must not fail the call; it is loud in the log
             log.exception("cannot build the audit entry of %s", call.method)
             return
@@ -160,16 +156,16 @@ class AuditInterceptor(Interceptor):
         try:
             response = await proceed(call, request, context)
         except grpc.aio.AbortError:
-            await self._finish(call, request, context, call.code)
+            await self._finish(call, request, call.code)
             raise
         except asyncio.CancelledError:
-            await self._finish(call, request, context, grpc.StatusCode.CANCELLED)
+            await self._finish(call, request, grpc.StatusCode.CANCELLED)
             raise
         except BaseException:
             # Escaped the error mapper (or there is none): grpc answers UNKNOWN.
-            await self._finish(call, request, context, _escaped_code(call))
+            await self._finish(call, request, _escaped_code(call))
             raise
-        await self._finish(call, request, context, call.code)
+        await self._finish(call, request, call.code)
         return response
 
     async def intercept_stream(
@@ -190,7 +186,7 @@ class AuditInterceptor(Interceptor):
             code = _escaped_code(call)
             raise
         finally:
-            await self._finish(call, request, context, call.code if code is None else code)
+            await self._finish(call, request, call.code if code is None else code)
 
 
 def _escaped_code(call: CallInfo) -> grpc.StatusCode:
