@@ -303,6 +303,17 @@ class ChainedHandlers(GenericHandler):
         concerns = self.concerns_for(method)
         descriptor = _method_descriptor(method)
         mutating = is_mutating(descriptor)
+
+        def begin(context: Context) -> CallInfo:
+            return CallInfo(
+                method,
+                descriptor,
+                context.peer(),
+                context.invocation_metadata() or (),
+                time.perf_counter(),
+                mutating,
+            )
+
         if handler.response_streaming:
             behavior = _as_async_iterator(handler.unary_stream or handler.stream_stream)  # type: ignore[arg-type]
 
@@ -315,14 +326,7 @@ class ChainedHandlers(GenericHandler):
             composed_stream = stream_next
 
             async def stream_entry(request: Any, context: Context) -> AsyncIterator[Any]:
-                call = CallInfo(
-                    method,
-                    descriptor,
-                    context.peer(),
-                    context.invocation_metadata() or (),
-                    time.perf_counter(),
-                    mutating,
-                )
+                call = begin(context)
                 async for item in composed_stream(call, request, context):
                     yield item
 
@@ -345,14 +349,7 @@ class ChainedHandlers(GenericHandler):
         composed_unary = _compose_unary(concerns, unary_terminal)
 
         async def unary_entry(request: Any, context: Context) -> Any:
-            call = CallInfo(
-                method,
-                descriptor,
-                context.peer(),
-                context.invocation_metadata() or (),
-                time.perf_counter(),
-                mutating,
-            )
+            call = begin(context)
             return await composed_unary(call, request, context)
 
         unary_factory = (
