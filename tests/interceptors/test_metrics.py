@@ -8,6 +8,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -268,3 +269,62 @@ def test_multiprocess_server_needs_preparation() -> None:
     assert MULTIPROC_ENV not in os.environ
     with pytest.raises(ValueError, match="prepare_multiprocess_metrics"):
         start_multiprocess_metrics_server("127.0.0.1", free_port())
+
+
+async def test_plain_series_expose_what_prometheus_client_children_would() -> None:
+    """The single-process collector and the multiprocess path give the same samples for the same calls."""
+    durations = [0.0001, 0.0002, 0.0007, 0.03, 0.03, 11.0]  # at least; the calls take a little longer
+    codes = [grpc.StatusCode.OK] * 4 + [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OK]
+    texts = []
+    for multiprocess in (False, True):
+        registry = CollectorRegistry()
+        interceptor = MetricsInterceptor("crm", GrpcServerMetrics(registry, multiprocess=multiprocess))
+        descriptor = CUSTOMERS.methods_by_name["GetCustomer"]
+        for duration, code in zip(durations, codes, strict=True):
+
+            async def answer(call: CallInfo, request: Any, context: Any, code: grpc.StatusCode = code) -> str:
+                call.code = code
+                return "done"
+
+            call = CallInfo(GET_CUSTOMER, descriptor, "ipv4:127.0.0.1:1", (), time.perf_counter() - duration)
+            await interceptor.intercept_unary(call, None, None, answer)  # type: ignore[arg-type]
+        texts.append(
+            sorted(
+                (s.name, tuple(sorted(s.labels.items())), round(s.value, 2))
+                for family in registry.collect()
+                for s in family.samples
+                if not s.name.endswith("_created")
+            )
+        )
+    plain, shared = texts
+    assert plain == shared
+    get = calls(GET_CUSTOMER, grpc_type="unary")
+    registry_samples = {(name, labels): value for name, labels, value in plain}
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry_samples.get((name, tuple(sorted({**get, **labels}.items()))))
+
+    assert value("grpc_server_started_total") == 6
+    assert value("grpc_server_handled_total", grpc_code="OK") == 5
+    assert value("grpc_server_handled_total", grpc_code="NOT_FOUND") == 1
+    assert value("grpc_server_handling_seconds_bucket", le="0.0005") == 2
+    assert value("grpc_server_handling_seconds_bucket", le="0.001") == 3
+    assert value("grpc_server_handling_seconds_bucket", le="0.05") == 5
+    assert value("grpc_server_handling_seconds_bucket", le="10.0") == 5
+    assert value("grpc_server_handling_seconds_bucket", le="+Inf") == 6
+    assert value("grpc_server_handling_seconds_count") == 6
+    assert value("grpc_server_handling_seconds_sum") == pytest.approx(11.06, abs=0.01)
+
+
+def test_a_duration_on_a_bucket_bound_counts_in_that_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
+    series = metrics.CallSeries(("s", "m", "unary"))
+    now = [0.0]
+    monkeypatch.setattr(metrics, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    for elapsed in (0.0005, 0.00051, 10.0, 10.5):
+        now[0] = elapsed
+        series.finish(grpc.StatusCode.OK, 0.0)
+    assert series.buckets[0] == 1  # le="0.0005"
+    assert series.buckets[1] == 1  # le="0.001"
+    assert series.buckets[-2:] == [1, 1]  # le="10.0", then above every bound
+    assert series.handled == {grpc.StatusCode.OK: 4}
+    assert series.seconds == pytest.approx(20.50101)

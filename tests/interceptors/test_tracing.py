@@ -39,6 +39,7 @@ from bhiv_core.runtime.telemetry import (
     shutdown_tracing,
     spans_exported,
 )
+from bhiv_core.runtime.trace_context import UNRECORDED, current_context, current_span_context
 from tests.harness import config_for, serving
 
 CUSTOMERS = cs.DESCRIPTOR.services_by_name["CustomerService"]
@@ -127,7 +128,7 @@ class Customers:
         self.seen.append(
             {
                 "trace_id": current_trace_id(),
-                "span_id": trace.get_current_span().get_span_context().span_id,
+                "span_id": current_span_context().span_id,
                 "log_trace_id": log_line.get("trace_id"),
             }
         )
@@ -436,3 +437,23 @@ def test_otlp_endpoint_is_plaintext_only_on_loopback_or_http() -> None:
     assert otlp_target("collector.observability:4317") == ("collector.observability:4317", False)
     assert otlp_target("http://collector:4317") == ("collector:4317", True)
     assert otlp_target("https://collector:4317") == ("collector:4317", False)
+
+
+def test_an_unrecorded_call_is_continued_by_outgoing_calls_and_logs_without_an_otel_span(crm: Traced) -> None:
+    token = UNRECORDED.set((int(TRACE_HEX, 16), int(CALLER_SPAN_HEX, 16), 1, None))
+    try:
+        assert not trace.get_current_span().get_span_context().is_valid  # no OpenTelemetry object
+        assert current_trace_id() == TRACE_HEX
+        assert current_span_context().span_id == int(CALLER_SPAN_HEX, 16)
+        assert outgoing_metadata() == [("traceparent", f"00-{TRACE_HEX}-{CALLER_SPAN_HEX}-01")]
+        line = json.loads(JsonFormatter("crm").format(logging.makeLogRecord({"msg": "x"})))
+        assert line["trace_id"] == TRACE_HEX
+        # A span started where the client interceptor starts its CLIENT span is the call's child.
+        span = crm.provider.get_tracer("test").start_span("child", context=current_context())
+        span.end()
+    finally:
+        UNRECORDED.reset(token)
+    child = next(s for s in crm.spans() if s.name == "child")
+    assert child.parent is not None and child.parent.span_id == int(CALLER_SPAN_HEX, 16)
+    assert f"{child.context.trace_id:032x}" == TRACE_HEX
+    assert current_trace_id() == "" and UNRECORDED.get() is None

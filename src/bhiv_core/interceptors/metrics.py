@@ -6,22 +6,30 @@ final status name as ``grpc_code``) and the ``grpc_server_handling_seconds`` his
 outside the error mapper, so it reads ``call.code`` once the inner chain has finished, also when a
 denial propagates as :class:`grpc.aio.AbortError`.
 
-The labelled children are resolved once per method and status and kept in dictionaries: on the hot
-path a call costs two dictionary lookups, two counter increments and one histogram observation.
-Methods outside the contracts (a scanner's guesses) share one ``unknown`` series, so callers cannot
-grow the label set or the caches.
+In a single-process service a call costs a few integer additions: each method's numbers are plain
+attributes of a :class:`CallSeries`, changed only on the event loop's thread, and
+:class:`GrpcServerMetrics` registers a collector that turns them into the three families when
+``/metrics`` is scraped — exact, never stale, and without prometheus_client's lock and call layers
+on every call (they cost more than the rest of the concern). Under several worker processes the
+values must reach ``PROMETHEUS_MULTIPROC_DIR`` on every call, so each series then records into
+prometheus_client's own (file-backed) children, and the parent serves the sum (see
+:mod:`bhiv_core.runtime.telemetry`). Either way the exposition is the same, except that the
+collected families carry no ``_created`` samples.
+
+Series are resolved once per method and kept in a dictionary. Methods outside the contracts (a
+scanner's guesses) share one ``unknown`` series, so callers cannot grow the label set or the cache.
 
 :data:`REGISTRY` is this process's registry; :data:`auth_failures` and :data:`audit_records` live
-in it for the auth and audit concerns. Under several worker processes the values go to
-``PROMETHEUS_MULTIPROC_DIR`` instead and the parent serves their sum (see
-:mod:`bhiv_core.runtime.telemetry`).
+in it for the auth and audit concerns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import AsyncIterator
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -35,13 +43,18 @@ from prometheus_client import (
     Gauge,
     Histogram,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from bhiv_core.runtime.chain import CallInfo, Context, Interceptor, StreamNext, UnaryNext, is_infrastructure
 
 __all__ = [
     "HANDLING_BUCKETS",
+    "MULTIPROC_ENV",
     "REGISTRY",
     "SERVER_METRICS",
+    "CallSeries",
     "GrpcServerMetrics",
     "MetricsInterceptor",
     "audit_records",
@@ -49,6 +62,9 @@ __all__ = [
     "failure_code",
     "grpc_type",
 ]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""The variable that switches prometheus_client to multiprocess mode when it is imported."""
 
 HANDLING_BUCKETS: tuple[float, ...] = (
     0.0005,
@@ -77,43 +93,142 @@ for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
     REGISTRY.register(_collector)
 
 
+_LABELS = ("grpc_service", "grpc_method", "grpc_type")
+_STARTED = ("grpc_server_started", "RPCs started on the server.")
+_HANDLED = ("grpc_server_handled", "RPCs completed on the server, by final status code (denials included).")
+_HANDLING = (
+    "grpc_server_handling_seconds",
+    "Time from the start of an RPC to its final status, in seconds (whole stream for streams).",
+)
+# The `le` labels exactly as prometheus_client writes them for its own histograms.
+_LE = (*(floatToGoString(bound) for bound in HANDLING_BUCKETS), "+Inf")  # type: ignore[no-untyped-call]
+
+
+class CallSeries:
+    """The calls of one method (or of every unknown method of one type), as plain numbers.
+
+    Only the event loop's thread changes them; a scrape reads them from the endpoint's thread, and
+    may see a call started but not yet handled, which is what it is.
+
+    Attributes:
+        labels: ``(grpc_service, grpc_method, grpc_type)``.
+        started: Calls started.
+        handled: Calls finished, by final status.
+        buckets: Finished calls by the first :data:`HANDLING_BUCKETS` bound their duration does not
+            exceed; the last slot counts those above every bound (not cumulative).
+        seconds: The sum of their durations.
+
+    """
+
+    __slots__ = ("buckets", "handled", "labels", "seconds", "started")
+
+    def __init__(self, labels: tuple[str, str, str]):
+        self.labels = labels
+        self.started = 0
+        self.handled: dict[grpc.StatusCode, int] = {}
+        self.buckets = [0] * (len(HANDLING_BUCKETS) + 1)
+        self.seconds = 0.0
+
+    def start(self) -> None:
+        """Counts a started call."""
+        self.started += 1
+
+    def finish(self, code: grpc.StatusCode, start: float) -> None:
+        """Records the outcome of one call that started at ``start`` (``perf_counter``)."""
+        elapsed = time.perf_counter() - start
+        self.seconds += elapsed
+        self.buckets[bisect_left(HANDLING_BUCKETS, elapsed)] += 1
+        handled = self.handled
+        handled[code] = handled.get(code, 0) + 1
+
+
+class _CallSeriesCollector(Collector):
+    """Exposes every :class:`CallSeries` of a registry as the three server families."""
+
+    def __init__(self) -> None:
+        self.series: dict[tuple[str, str, str], CallSeries] = {}
+
+    def describe(self) -> Iterator[Metric]:
+        """The families, without samples (for the registry's duplicate-name check)."""
+        yield CounterMetricFamily(*_STARTED, labels=_LABELS)
+        yield CounterMetricFamily(*_HANDLED, labels=(*_LABELS, "grpc_code"))
+        yield HistogramMetricFamily(*_HANDLING, labels=_LABELS)
+
+    def collect(self) -> Iterator[Metric]:
+        """Reads every series once (copies, since the event loop keeps counting meanwhile)."""
+        started = CounterMetricFamily(*_STARTED, labels=_LABELS)
+        handled = CounterMetricFamily(*_HANDLED, labels=(*_LABELS, "grpc_code"))
+        handling = HistogramMetricFamily(*_HANDLING, labels=_LABELS)
+        for series in list(self.series.values()):
+            labels = series.labels
+            started.add_metric(labels, series.started)
+            for code, count in dict(series.handled).items():
+                handled.add_metric((*labels, code.name), count)
+            cumulative, total = [], 0
+            for le, count in zip(_LE, list(series.buckets), strict=True):
+                total += count
+                cumulative.append((le, float(total)))
+            handling.add_metric(labels, cumulative, series.seconds)
+        yield started
+        yield handled
+        yield handling
+
+
+class _SharedCallSeries:
+    """A :class:`CallSeries` that records into prometheus_client's children (multiprocess mode)."""
+
+    __slots__ = ("_handled", "_handled_family", "_labels", "_started", "handling")
+
+    def __init__(self, metrics: GrpcServerMetrics, labels: tuple[str, str, str]):
+        assert metrics.shared is not None
+        started, handled, handling = metrics.shared
+        self._labels = labels
+        self._handled_family = handled
+        self._handled: dict[grpc.StatusCode, Counter] = {}
+        self._started = started.labels(*labels)
+        self.handling = handling.labels(*labels)
+
+    def start(self) -> None:
+        self._started.inc()
+
+    def finish(self, code: grpc.StatusCode, start: float) -> None:
+        self.handling.observe(time.perf_counter() - start)
+        handled = self._handled.get(code)
+        if handled is None:
+            handled = self._handled[code] = self._handled_family.labels(*self._labels, code.name)
+        handled.inc()
+
+
 class GrpcServerMetrics:
-    """The server metric families, created in one registry.
+    """The server metric families of one registry.
 
     Tests create their own in a fresh registry; services use :data:`SERVER_METRICS`.
 
     Args:
         registry: Where the families are registered.
+        multiprocess: Record into prometheus_client's file-backed children, for a parent to sum
+            (default: when ``PROMETHEUS_MULTIPROC_DIR`` is set, as prometheus_client decides).
 
     Attributes:
-        started: ``grpc_server_started_total{grpc_service, grpc_method, grpc_type}``.
-        handled: ``grpc_server_handled_total{grpc_service, grpc_method, grpc_type, grpc_code}``.
-        handling_seconds: ``grpc_server_handling_seconds{grpc_service, grpc_method, grpc_type}``.
         service_info: ``bhiv_service_info{service}``, 1 while a process of the service runs.
+        shared: The started, handled and handling-seconds families in multiprocess mode, else None.
 
     """
 
-    def __init__(self, registry: CollectorRegistry):
-        labels = ("grpc_service", "grpc_method", "grpc_type")
-        self.started = Counter(
-            "grpc_server_started",
-            "RPCs started on the server.",
-            labels,
-            registry=registry,
-        )
-        self.handled = Counter(
-            "grpc_server_handled",
-            "RPCs completed on the server, by final status code (denials included).",
-            (*labels, "grpc_code"),
-            registry=registry,
-        )
-        self.handling_seconds = Histogram(
-            "grpc_server_handling_seconds",
-            "Time from the start of an RPC to its final status, in seconds (whole stream for streams).",
-            labels,
-            buckets=HANDLING_BUCKETS,
-            registry=registry,
-        )
+    def __init__(self, registry: CollectorRegistry, *, multiprocess: bool | None = None):
+        if multiprocess is None:
+            multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self._collector: _CallSeriesCollector | None = None
+        self.shared: tuple[Counter, Counter, Histogram] | None = None
+        if multiprocess:
+            self.shared = (
+                Counter(*_STARTED, _LABELS, registry=registry),
+                Counter(*_HANDLED, (*_LABELS, "grpc_code"), registry=registry),
+                Histogram(*_HANDLING, _LABELS, buckets=HANDLING_BUCKETS, registry=registry),
+            )
+        else:
+            self._collector = _CallSeriesCollector()
+            registry.register(self._collector)
         # livemax: the parent drops a dead worker's value (mark_worker_dead) and reports 1, not N.
         self.service_info = Gauge(
             "bhiv_service_info",
@@ -122,6 +237,15 @@ class GrpcServerMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+
+    def series(self, labels: tuple[str, str, str]) -> CallSeries | _SharedCallSeries:
+        """The series of ``labels``, created on first use (one per label set)."""
+        if self._collector is None:
+            return _SharedCallSeries(self, labels)
+        found = self._collector.series.get(labels)
+        if found is None:
+            found = self._collector.series[labels] = CallSeries(labels)
+        return found
 
 
 SERVER_METRICS = GrpcServerMetrics(REGISTRY)
@@ -180,27 +304,6 @@ def failure_code(call: CallInfo, exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-class _MethodMetrics:
-    """The resolved children of one method (or of every unknown method of one type)."""
-
-    __slots__ = ("_handled", "_handled_family", "_labels", "handling", "started")
-
-    def __init__(self, metrics: GrpcServerMetrics, labels: tuple[str, str, str]):
-        self._labels = labels
-        self._handled_family = metrics.handled
-        self._handled: dict[grpc.StatusCode, Counter] = {}
-        self.started = metrics.started.labels(*labels)
-        self.handling = metrics.handling_seconds.labels(*labels)
-
-    def finish(self, code: grpc.StatusCode, start: float) -> None:
-        """Records the outcome of one call that started at ``start`` (``perf_counter``)."""
-        self.handling.observe(time.perf_counter() - start)
-        handled = self._handled.get(code)
-        if handled is None:
-            handled = self._handled[code] = self._handled_family.labels(*self._labels, code.name)
-        handled.inc()
-
-
 class MetricsInterceptor(Interceptor):
     """Records the started, handled and handling-time metrics of every call.
 
@@ -213,19 +316,19 @@ class MetricsInterceptor(Interceptor):
     def __init__(self, service: str, metrics: GrpcServerMetrics | None = None):
         self._metrics = metrics if metrics is not None else SERVER_METRICS
         self._metrics.service_info.labels(service).set(1)
-        self._methods: dict[str, _MethodMetrics] = {}
-        self._unknown: dict[str, _MethodMetrics] = {}
+        self._methods: dict[str, CallSeries | _SharedCallSeries] = {}
+        self._unknown: dict[str, CallSeries | _SharedCallSeries] = {}
 
-    def _resolve(self, call: CallInfo, streaming: bool) -> _MethodMetrics:
+    def _resolve(self, call: CallInfo, streaming: bool) -> CallSeries | _SharedCallSeries:
         kind = grpc_type(call.descriptor, streaming)
         if call.descriptor is None and not is_infrastructure(call.method):
             # Not cached by name: callers choose unknown names, and series and cache must stay bounded.
             entry = self._unknown.get(kind)
             if entry is None:
-                entry = self._unknown[kind] = _MethodMetrics(self._metrics, (_UNKNOWN, _UNKNOWN, kind))
+                entry = self._unknown[kind] = self._metrics.series((_UNKNOWN, _UNKNOWN, kind))
             return entry
         service, _, method = call.method.lstrip("/").rpartition("/")
-        entry = self._methods[call.method] = _MethodMetrics(self._metrics, (service, method, kind))
+        entry = self._methods[call.method] = self._metrics.series((service, method, kind))
         return entry
 
     async def intercept_unary(
@@ -233,7 +336,7 @@ class MetricsInterceptor(Interceptor):
     ) -> Any:
         """Counts the call, runs the chain, and records its final code and duration."""
         entry = self._methods.get(call.method) or self._resolve(call, False)
-        entry.started.inc()
+        entry.start()
         try:
             response = await proceed(call, request, context)
         except BaseException as exc:
@@ -247,7 +350,7 @@ class MetricsInterceptor(Interceptor):
     ) -> AsyncIterator[Any]:
         """Counts the call, streams the chain, and records its final code and whole duration."""
         entry = self._methods.get(call.method) or self._resolve(call, True)
-        entry.started.inc()
+        entry.start()
         try:
             async for item in proceed(call, request, context):
                 yield item

@@ -15,13 +15,16 @@ The tracer comes from an explicit ``TracerProvider`` when one is given (tests, w
 the global provider twice in one process) and from the global one otherwise.
 
 When no span can go anywhere (no exporter is configured: ``recording=False``), the server side skips
-the SDK: it continues the caller's trace, or starts one, with a non-recording span of fresh ids,
-so trace ids still reach logs, audit records and downstream calls, for a fraction of the cost.
+OpenTelemetry's objects altogether: it continues the caller's trace, or starts one, by setting the
+call's ids in :data:`bhiv_core.runtime.trace_context.UNRECORDED`, so trace ids still reach logs,
+audit records and downstream calls (the client side and :func:`outgoing_metadata` read them through
+:func:`~bhiv_core.runtime.trace_context.current_context`), for a fraction of the cost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import Token
@@ -30,18 +33,12 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from opentelemetry import context as context_api
 from opentelemetry import propagate, trace
-from opentelemetry.trace import (
-    INVALID_SPAN_CONTEXT,
-    NonRecordingSpan,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-)
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from bhiv_core.interceptors.metrics import failure_code
 from bhiv_core.runtime.chain import CallInfo, Context, Interceptor, StreamNext, UnaryNext, is_infrastructure
+from bhiv_core.runtime.trace_context import UNRECORDED, UnrecordedSpan, current_context, current_trace_id
 
 __all__ = [
     "TracingInterceptor",
@@ -81,12 +78,6 @@ def _end(span: trace.Span, code: grpc.StatusCode, message: str) -> None:
     span.end()
 
 
-def current_trace_id() -> str:
-    """Returns the trace id of the current span as 32 hex digits, or "" outside any trace."""
-    span_context = trace.get_current_span().get_span_context()
-    return format(span_context.trace_id, "032x") if span_context.is_valid else ""
-
-
 def _random_id(bits: int) -> int:
     # What the SDK's RandomIdGenerator does: any non-zero value of the width is valid.
     value = random.getrandbits(bits)
@@ -112,8 +103,6 @@ class TracingInterceptor(Interceptor):
         self._recording = recording
 
     def _start(self, call: CallInfo, context: Context) -> tuple[trace.Span, Token[context_api.Context]]:
-        if not self._recording:
-            return self._start_unrecorded(call)
         named = self._methods.get(call.method)
         if named is None:
             named = _span_name_and_attributes(call.method)
@@ -132,35 +121,32 @@ class TracingInterceptor(Interceptor):
         call.extra["trace_id"] = format(span_context.trace_id, "032x") if span_context.is_valid else ""
         return span, token
 
-    def _start_unrecorded(self, call: CallInfo) -> tuple[trace.Span, Token[context_api.Context]]:
+    def _unrecorded_ids(self, call: CallInfo) -> UnrecordedSpan:
         fields = self._fields
         carrier = {key: value for key, value in call.metadata if key in fields}
-        remote = INVALID_SPAN_CONTEXT
+        ids: UnrecordedSpan
         if carrier:
             remote = trace.get_current_span(
                 propagate.extract(carrier, context_api.Context())
             ).get_span_context()
-        if remote.is_valid:
-            span_context = SpanContext(
-                remote.trace_id, _random_id(64), False, remote.trace_flags, remote.trace_state
-            )
-        else:
-            span_context = SpanContext(_random_id(128), _random_id(64), False)
-        span = NonRecordingSpan(span_context)
-        token = context_api.attach(trace.set_span_in_context(span, context_api.Context()))
-        call.extra["trace_id"] = format(span_context.trace_id, "032x")
-        return span, token
+            if remote.is_valid:
+                ids = (remote.trace_id, _random_id(64), remote.trace_flags, remote.trace_state)
+                call.extra["trace_id"] = format(remote.trace_id, "032x")
+                return ids
+        trace_id = _random_id(128)
+        call.extra["trace_id"] = format(trace_id, "032x")
+        return (trace_id, _random_id(64), 0, None)
 
     async def intercept_unary(
         self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext
     ) -> Any:
         """Runs the chain inside the call's SERVER span and records the final status on it."""
-        if not self._recording:  # nothing to record on the span: only its context matters
-            token = self._start_unrecorded(call)[1]
+        if not self._recording:  # nothing to record: only the call's ids matter
+            ids = UNRECORDED.set(self._unrecorded_ids(call))
             try:
                 return await proceed(call, request, context)
             finally:
-                context_api.detach(token)
+                UNRECORDED.reset(ids)
         span, token = self._start(call, context)
         try:
             response = await proceed(call, request, context)
@@ -176,6 +162,16 @@ class TracingInterceptor(Interceptor):
         self, call: CallInfo, request: Any, context: Context, proceed: StreamNext
     ) -> AsyncIterator[Any]:
         """Streams the chain inside the call's SERVER span, which ends with the stream."""
+        if not self._recording:
+            ids = UNRECORDED.set(self._unrecorded_ids(call))
+            try:
+                async for item in proceed(call, request, context):
+                    yield item
+            finally:
+                # A stream closed from another context (its finalizer) cannot reset; nothing to undo.
+                with contextlib.suppress(ValueError):
+                    UNRECORDED.reset(ids)
+            return
         span, token = self._start(call, context)
         try:
             async for item in proceed(call, request, context):
@@ -207,7 +203,7 @@ def outgoing_metadata(extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, 
 
     """
     headers: dict[str, str] = {}
-    propagate.inject(headers)
+    propagate.inject(headers, context=current_context())
     return [*extra, *headers.items()]
 
 
@@ -231,7 +227,7 @@ class _ClientSpans:
         method: str | bytes = details.method
         # grpc.aio hands interceptors the method as bytes (grpc/grpc#31092); accept both.
         name, attributes = _span_name_and_attributes(method.decode() if isinstance(method, bytes) else method)
-        span = self._tracer.start_span(name, None, SpanKind.CLIENT, attributes)
+        span = self._tracer.start_span(name, current_context(), SpanKind.CLIENT, attributes)
         metadata = _inject(
             cast("Sequence[tuple[str, str | bytes]] | None", details.metadata),
             trace.set_span_in_context(span),

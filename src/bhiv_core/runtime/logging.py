@@ -15,11 +15,10 @@ _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 def _trace_id() -> str:
     try:
-        from opentelemetry import trace
+        from bhiv_core.runtime.trace_context import current_trace_id
     except ImportError:  # pragma: no cover - opentelemetry is a runtime dependency
         return ""
-    ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+    return current_trace_id()
 
 
 class JsonFormatter(logging.Formatter):

@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
-from bhiv_core.interceptors.metrics import REGISTRY
+from bhiv_core.interceptors.metrics import MULTIPROC_ENV, REGISTRY
 from bhiv_core.runtime.config import Settings
 
 __all__ = [
@@ -48,9 +48,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-"""The variable that switches prometheus_client to multiprocess mode when it is imported."""
 
 _servers: list[WSGIServer] = []
 _servers_lock = threading.Lock()
