@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from bhiv_core.audit import record as record_module
 from bhiv_core.audit.record import (
     GENESIS_HASH,
     AuditEntry,
@@ -47,6 +48,26 @@ def test_canonical_form_is_ascii_whatever_the_text() -> None:
     record = seal(entry("users/zoë\u2028"), 1, GENESIS_HASH)
     assert record.canonical().isascii()
     assert json.loads(record.canonical())[3] == "users/zoë\u2028"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        (1, 2, 'quote " back \\ slash', "zoë\u2028\x00\n", "", -0.0, 1e-7, 123456.789, 10**20, True, None),
+        (0.1 + 0.2, 1.5e300, -7, "\ud800"),
+    ],
+)
+def test_the_prebuilt_encoder_writes_exactly_what_jsonencoder_writes(fields: tuple[object, ...]) -> None:
+    reference = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    assert record_module._encode(fields) == reference.encode(fields)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_the_encoder_refuses_what_json_cannot_carry_exactly(value: float) -> None:
+    with pytest.raises(ValueError):
+        record_module._encode((1, value))
+    with pytest.raises(TypeError):
+        record_module._encode((1, object()))
 
 
 def test_a_batch_seals_like_one_record_at_a_time() -> None:
