@@ -213,3 +213,33 @@ async def test_record_before_start_or_after_close_is_an_error() -> None:
     await sink.close()
     with pytest.raises(RuntimeError, match="not running"):
         await sink.record(entry(), durable=False)
+
+
+async def test_a_caller_still_waiting_for_room_when_the_sink_closes_is_told_not_dropped_silently() -> None:
+    store = GatedStore()
+    sink = AuditSink(store, batch_size=1, flush_interval=0.001, max_pending=1)
+    await sink.start()
+    await sink.record(entry("users/0"), durable=False)
+    await asyncio.sleep(0.02)  # the writer took users/0 and waits on the gate
+    await sink.record(entry("users/1"), durable=False)
+    blocked = asyncio.create_task(sink.record(entry("users/2"), durable=False))
+    await asyncio.sleep(0.02)
+    closing = asyncio.create_task(sink.close())
+    await asyncio.sleep(0.02)
+    store.gate.set()
+    await closing
+    with pytest.raises(RuntimeError, match="not running"):
+        await blocked
+    assert [p for batch in store.batches for p in batch] == ["users/0", "users/1"]
+
+
+async def test_offer_after_the_writer_died_is_an_error() -> None:
+    sink = AuditSink(GatedStore())
+    await sink.start()
+    assert sink._task is not None
+    sink._task.cancel()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="writer stopped"):
+        sink.offer(entry())
+    await sink.close()

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import logging
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -656,21 +657,22 @@ def make_audit_store(config: RuntimeConfig) -> AuditStore:
 # --- The sink -------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Pending:
-    entry: AuditEntry
-    done: asyncio.Future[None] | None
+_Pending = tuple[AuditEntry, "asyncio.Future[None] | None"]
+"""An entry waiting for the writer, with the future of a caller who waits for it to be written."""
 
 
 class AuditSink:
     """Writes audit entries to a store: durable ones before returning, the rest in batches.
 
-    One background task writes everything, in the order :meth:`record` was called. It writes a
-    batch as soon as a durable entry is waiting or ``batch_size`` entries are, and otherwise
+    One background task writes everything, in the order entries were queued. It writes a batch as
+    soon as a durable entry is waiting or ``batch_size`` entries are, and otherwise
     ``flush_interval`` seconds after the first waiting entry. The queue is bounded: when it is full,
     :meth:`record` waits (backpressure) instead of dropping. A batch the store refuses is retried;
     after the last retry its entries are logged at ERROR (logger ``bhiv_core.audit.store``), durable
     callers get :class:`AuditWriteError`, and :meth:`check` fails until a write succeeds again.
+
+    The queue is a plain deque, not an ``asyncio.Queue``: every call of the mesh queues an entry,
+    and :meth:`offer` costs an append and a length check.
 
     The sink owns the store: :meth:`start` opens it and :meth:`close` flushes and closes it.
 
@@ -697,26 +699,44 @@ class AuditSink:
         self._flush_interval = flush_interval
         self._max_pending = max_pending
         self._retry_delays = tuple(retry_delays)
-        self._queue: asyncio.Queue[_Pending | None] | None = None
-        self._wake = asyncio.Event()
+        self._pending: deque[_Pending] = deque()
+        self._wake = asyncio.Event()  # for the writer: something to write, or to write now
+        self._room = asyncio.Event()  # for callers waiting on a full queue: the writer took a batch
         self._durable_waiting = 0
         self._task: asyncio.Task[None] | None = None
+        self._accepting = False  # started, not closing, and the writer alive
         self._closing = False
         self._failure: str | None = None
 
     async def start(self) -> None:
         """Opens the store and starts the writer."""
         await self.store.open()
-        self._queue = asyncio.Queue(self._max_pending)
+        self._pending.clear()
         self._closing = False
         self._task = asyncio.create_task(self._run(), name="audit-sink")
+        self._task.add_done_callback(self._stopped)
+        self._accepting = True
 
-    def _ready_queue(self) -> asyncio.Queue[_Pending | None]:
-        if self._queue is None or self._task is None or self._closing:
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        self._accepting = False
+        self._room.set()  # callers waiting for room find out
+
+    def _check_running(self) -> None:
+        if self._task is None or self._closing:
             raise RuntimeError("the audit sink is not running (start() it, and record before close())")
         if self._task.done():
             raise RuntimeError("the audit sink's writer stopped; see the error logged by the writer")
-        return self._queue
+
+    async def _put(self, item: _Pending) -> None:
+        """Queues ``item``, waiting while the queue is full."""
+        self._check_running()
+        pending = self._pending
+        while len(pending) >= self._max_pending:
+            self._room.clear()
+            await self._room.wait()
+            self._check_running()
+        pending.append(item)
+        self._wake.set()
 
     async def record(self, entry: AuditEntry, durable: bool) -> None:
         """Records ``entry``.
@@ -733,17 +753,16 @@ class AuditSink:
         """
         if not durable:
             if not self.offer(entry):
-                await self._ready_queue().put(_Pending(entry, None))
+                await self._put((entry, None))
             return
-        queue = self._ready_queue()
+        self._check_running()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._durable_waiting += 1
         try:
-            await queue.put(_Pending(entry, done))
+            await self._put((entry, done))
         except BaseException:
             self._durable_waiting -= 1
             raise
-        self._wake.set()
         await done
 
     def offer(self, entry: AuditEntry) -> bool:
@@ -756,22 +775,28 @@ class AuditSink:
             RuntimeError: The sink is not running.
 
         """
-        queue = self._ready_queue()
-        try:
-            queue.put_nowait(_Pending(entry, None))
-        except asyncio.QueueFull:
+        if not self._accepting:
+            self._check_running()
+        pending = self._pending
+        size = len(pending)
+        if size >= self._max_pending:
             return False
-        if queue.qsize() >= self._batch_size:
+        pending.append((entry, None))
+        # The writer sleeps until the first entry arrives, then until a batch is full.
+        if size == 0 or size + 1 >= self._batch_size:
             self._wake.set()
         return True
 
     async def flush(self) -> None:
         """Returns once every entry recorded before the call is written."""
-        queue = self._ready_queue()
+        self._check_running()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._durable_waiting += 1
-        await queue.put(_Pending(_FLUSH, done))
-        self._wake.set()
+        try:
+            await self._put((_FLUSH, done))
+        except BaseException:
+            self._durable_waiting -= 1
+            raise
         await done
 
     async def check(self) -> None:
@@ -782,49 +807,41 @@ class AuditSink:
 
     async def close(self) -> None:
         """Writes everything queued, stops the writer and closes the store."""
-        if self._queue is None or self._task is None:
+        if self._task is None:
             return
         if not self._closing:
             self._closing = True
-            if not self._task.done():
-                await self._queue.put(None)
-                self._wake.set()
-            # The writer drains everything queued before the stop marker, then exits.
+            self._accepting = False
+            self._wake.set()
+            # The writer drains everything queued before close, then exits.
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._queue, self._task = None, None
+        self._task = None
         await self.store.close()
 
+    def _write_now(self) -> bool:
+        return self._closing or self._durable_waiting > 0 or len(self._pending) >= self._batch_size
+
     async def _run(self) -> None:
-        queue = self._queue
-        assert queue is not None
+        pending = self._pending
         while True:
-            first = await queue.get()
-            if first is not None and self._durable_waiting == 0 and queue.qsize() + 1 < self._batch_size:
+            if not pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if not self._write_now():
                 # Wait for more, unless something (a durable entry, a full batch, close) wakes us.
+                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._flush_interval)
-            self._wake.clear()
-            batch: list[_Pending] = []
-            stop = first is None
-            if first is not None:
-                batch.append(first)
-            while not stop and len(batch) < self._batch_size:
-                try:
-                    item = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if item is None:
-                    stop = True
-                else:
-                    batch.append(item)
-            if batch:
-                await self._write(batch)
-            if stop:
-                return
+            batch = [pending.popleft() for _ in range(min(len(pending), self._batch_size))]
+            self._room.set()
+            await self._write(batch)
 
     async def _write(self, batch: list[_Pending]) -> None:
-        entries = [p.entry for p in batch if p.entry is not _FLUSH]
+        entries = [entry for entry, _ in batch if entry is not _FLUSH]
         error: Exception | None = None
         for delay in (*self._retry_delays, None) if entries else ():
             try:
@@ -850,16 +867,16 @@ class AuditSink:
                 len(entries),
                 extra={"audit_records": [e._asdict() for e in entries], "error": self._failure},
             )
-        for pending in batch:
-            if pending.done is None:
+        for entry, done in batch:
+            if done is None:
                 continue
             self._durable_waiting -= 1
-            if pending.done.done():  # the caller was cancelled; the record was still written
+            if done.done():  # the caller was cancelled; the record was still written
                 continue
-            if error is None or pending.entry is _FLUSH:
-                pending.done.set_result(None)
+            if error is None or entry is _FLUSH:
+                done.set_result(None)
             else:
-                pending.done.set_exception(AuditWriteError(self._failure or "audit write failed"))
+                done.set_exception(AuditWriteError(self._failure or "audit write failed"))
 
 
 _FLUSH = AuditEntry(

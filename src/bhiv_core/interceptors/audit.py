@@ -117,13 +117,17 @@ class AuditInterceptor(Interceptor):
             (time.perf_counter() - call.start) * 1000.0,
         )
 
-    async def _finish(self, call: CallInfo, request: Any, code: grpc.StatusCode) -> None:
-        """Records the call (durably for a mutation that succeeded) and logs it; never raises."""
+    def _queue(self, call: CallInfo, request: Any, code: grpc.StatusCode) -> tuple[AuditEntry, bool] | None:
+        """Builds and logs the call's entry and queues it when nothing needs to wait.
+
+        Returns the entry and its durability when the caller must await :meth:`_wait` (a mutation
+        that succeeded, or a full queue); None otherwise. Never raises.
+        """
         try:
             entry = self._entry(call, request, code)
         except Exception:  # a bug here must not fail the call; it is loud in the log
             log.exception("cannot build the audit entry of %s", call.method)
-            return
+            return None
         if requests_log.isEnabledFor(logging.INFO):
             requests_log.info(
                 "%s %s",
@@ -141,13 +145,28 @@ class AuditInterceptor(Interceptor):
         # Health and reflection carry no NO_SIDE_EFFECTS option but never mutate: probes must not
         # cost a commit each.
         durable = call.mutating and code == grpc.StatusCode.OK and not is_infrastructure(call.method)
+        if durable:
+            return entry, True
         try:
-            if durable or not self._sink.offer(entry):
-                await self._sink.record(entry, durable)
+            return None if self._sink.offer(entry) else (entry, False)
+        except Exception:
+            log.exception("audit record of %s %s was not written", entry.method, entry.outcome_code)
+            return None
+
+    async def _wait(self, entry: AuditEntry, durable: bool) -> None:
+        """Records ``entry`` through the sink, waiting as it needs; never raises."""
+        try:
+            await self._sink.record(entry, durable)
         except Exception:
             # The sink has logged the record itself at ERROR; the mutation already happened, so
             # failing the call now would only invite a retry that repeats it.
             log.exception("audit record of %s %s was not written", entry.method, entry.outcome_code)
+
+    async def _finish(self, call: CallInfo, request: Any, code: grpc.StatusCode) -> None:
+        """Records the call (durably for a mutation that succeeded) and logs it; never raises."""
+        waiting = self._queue(call, request, code)
+        if waiting is not None:
+            await self._wait(*waiting)
 
     async def intercept_unary(
         self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext
@@ -165,7 +184,10 @@ class AuditInterceptor(Interceptor):
             # Escaped the error mapper (or there is none): grpc answers UNKNOWN.
             await self._finish(call, request, _escaped_code(call))
             raise
-        await self._finish(call, request, call.code)
+        # A read costs no coroutine here: its entry is queued, and only a mutation waits.
+        waiting = self._queue(call, request, call.code)
+        if waiting is not None:
+            await self._wait(*waiting)
         return response
 
     async def intercept_stream(
