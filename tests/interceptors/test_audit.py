@@ -53,7 +53,7 @@ class FakeAuth(PreCheckInterceptor):
 
     async def check(self, call: CallInfo, request: Any, context: Any) -> None:
         metadata = dict(context.invocation_metadata() or ())
-        call.extra["trace_id"] = TRACE_ID
+        call.trace_id = TRACE_ID
         user = metadata.get("x-test-user")
         if user:
             call.principal = Principal(subject=f"users/{user}", role="sales")

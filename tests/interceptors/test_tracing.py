@@ -86,13 +86,13 @@ def identity() -> Iterator[Traced]:
 
 
 class ExtraRecorder(Interceptor):
-    """Sits inside tracing and records what tracing put into ``call.extra``."""
+    """Sits inside tracing and records what tracing put into ``call.trace_id``."""
 
     def __init__(self) -> None:
         self.trace_ids: list[str] = []
 
     async def intercept_unary(self, call: CallInfo, request: Any, context: Any, proceed: Any) -> Any:
-        self.trace_ids.append(call.extra["trace_id"])
+        self.trace_ids.append(call.trace_id)
         return await proceed(call, request, context)
 
 
@@ -197,7 +197,7 @@ async def test_a_trace_spans_two_services_from_the_callers_traceparent(crm: Trac
     assert a_server.status.status_code == StatusCode.UNSET
     assert a_server.resource.attributes["service.name"] == "bhiv-crm"
     assert b_server.resource.attributes["service.name"] == "bhiv-identity"
-    # The interceptor's call.extra, the handler's current span and its log lines all carry the trace.
+    # The interceptor's call.trace_id, the handler's current span and its log lines all carry the trace.
     assert recorder_a.trace_ids == recorder_b.trace_ids == [TRACE_HEX]
     assert customers.seen == [
         {"trace_id": TRACE_HEX, "span_id": a_server.context.span_id, "log_trace_id": TRACE_HEX}

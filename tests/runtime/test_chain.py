@@ -151,3 +151,23 @@ async def test_unexpected_exception_is_internal_without_detail() -> None:
             await us_grpc.UserServiceStub(channel).GetUser(us.GetUserRequest(name="users/u1"))
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (err.value.details() or "")
+
+
+class Headers(PreCheckInterceptor):
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    async def check(self, call: CallInfo, request: Any, context: Any) -> None:
+        self.seen.append(dict(call.headers))
+
+
+async def test_concerns_read_the_metadata_as_a_dict_keeping_the_first_of_repeated_keys() -> None:
+    headers = Headers()
+    async with serving([(USER_SERVICE, Users())], chain=lambda *_: [headers]) as (_, channel):
+        await us_grpc.UserServiceStub(channel).GetUser(
+            us.GetUserRequest(name="users/u1"),
+            metadata=(("x-tenant", "first"), ("x-tenant", "second"), ("x-bin", b"\x00\x01")),
+        )
+    (seen,) = headers.seen
+    assert seen["x-tenant"] == "first"
+    assert seen["x-bin"] == b"\x00\x01"

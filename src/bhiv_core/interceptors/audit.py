@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 
 from bhiv_core.audit.record import AuditEntry
 from bhiv_core.runtime.chain import CallInfo, Context, Interceptor, StreamNext, UnaryNext, is_infrastructure
-from bhiv_core.security.address import client_address
+from bhiv_core.security.address import client_address_of
 
 __all__ = ["AuditInterceptor", "AuditRecorder", "resource_of"]
 
@@ -42,7 +42,9 @@ _ResourcePlan = tuple[tuple[str, ...], tuple[str, ...]]
 _plans: dict[type, _ResourcePlan] = {}
 
 # The name and number of every status, looked up once per call instead of through Enum properties.
+# (Hashing an Enum member runs Python code, so the common OK skips the lookup.)
 _CODES = {code: (code.name, int(code.value[0])) for code in grpc.StatusCode}
+_OK = grpc.StatusCode.OK
 
 
 def _is_string(field: FieldDescriptor | None) -> bool:
@@ -101,7 +103,7 @@ class AuditInterceptor(Interceptor):
 
     def _entry(self, call: CallInfo, request: Any, code: grpc.StatusCode) -> AuditEntry:
         principal = call.principal
-        name, number = _CODES[code]
+        name, number = ("OK", 0) if code is _OK else _CODES[code]
         # Positional, in field order: this runs on every call of the mesh.
         return AuditEntry(
             time.time_ns() // 1000,
@@ -112,8 +114,8 @@ class AuditInterceptor(Interceptor):
             call.resource or resource_of(request),
             name,
             number,
-            client_address(call.metadata, call.peer),
-            call.extra.get("trace_id", ""),
+            client_address_of(call.headers, call.peer),
+            call.trace_id,
             (time.perf_counter() - call.start) * 1000.0,
         )
 
@@ -144,7 +146,7 @@ class AuditInterceptor(Interceptor):
             )
         # Health and reflection carry no NO_SIDE_EFFECTS option but never mutate: probes must not
         # cost a commit each.
-        durable = call.mutating and code == grpc.StatusCode.OK and not is_infrastructure(call.method)
+        durable = call.mutating and code is _OK and not is_infrastructure(call.method)
         if durable:
             return entry, True
         try:

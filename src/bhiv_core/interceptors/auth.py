@@ -15,18 +15,24 @@ from bhiv_core.runtime.errors import Unauthenticated
 from bhiv_core.security.jwt import TokenError, TokenVerifier
 from bhiv_core.security.principal import current_principal
 
-__all__ = ["AuthInterceptor", "bearer_token"]
+__all__ = ["AuthInterceptor", "bearer_token", "parse_bearer"]
 
 
 def bearer_token(metadata: Any) -> str | None:
-    """The token of an ``authorization: Bearer <token>`` header, or None."""
+    """The token of the first ``authorization: Bearer <token>`` header of ``metadata``, or None."""
     for key, value in metadata or ():
         if key == "authorization":
-            scheme, _, token = str(value).partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            return None
+            return parse_bearer(value)
     return None
+
+
+def parse_bearer(value: Any) -> str | None:
+    """The token of an ``authorization`` header value ``Bearer <token>``, or None (absent, other scheme)."""
+    if value is None:
+        return None
+    scheme, _, token = str(value).partition(" ")
+    token = token.strip()
+    return token if token and scheme.lower() == "bearer" else None
 
 
 class AuthInterceptor(PreCheckInterceptor):
@@ -53,7 +59,7 @@ class AuthInterceptor(PreCheckInterceptor):
         """Sets the principal, or refuses the call with UNAUTHENTICATED."""
         if self._is_public(call):
             return
-        token = bearer_token(call.metadata)
+        token = parse_bearer(call.headers.get("authorization"))
         if token is None:
             self._failed("missing")
             raise Unauthenticated("authentication required", reason="MISSING_CREDENTIALS")

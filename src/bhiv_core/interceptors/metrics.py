@@ -100,6 +100,7 @@ _HANDLING = (
     "grpc_server_handling_seconds",
     "Time from the start of an RPC to its final status, in seconds (whole stream for streams).",
 )
+_OK = grpc.StatusCode.OK
 # The `le` labels exactly as prometheus_client writes them for its own histograms.
 _LE = (*(floatToGoString(bound) for bound in HANDLING_BUCKETS), "+Inf")  # type: ignore[no-untyped-call]
 
@@ -113,19 +114,22 @@ class CallSeries:
     Attributes:
         labels: ``(grpc_service, grpc_method, grpc_type)``.
         started: Calls started.
-        handled: Calls finished, by final status.
+        ok: Calls finished with OK.
+        failed: Calls finished with another status, by status. (Hashing an Enum member runs
+            Python code, so the common OK is a plain attribute; :meth:`handled` has them all.)
         buckets: Finished calls by the first :data:`HANDLING_BUCKETS` bound their duration does not
             exceed; the last slot counts those above every bound (not cumulative).
         seconds: The sum of their durations.
 
     """
 
-    __slots__ = ("buckets", "handled", "labels", "seconds", "started")
+    __slots__ = ("buckets", "failed", "labels", "ok", "seconds", "started")
 
     def __init__(self, labels: tuple[str, str, str]):
         self.labels = labels
         self.started = 0
-        self.handled: dict[grpc.StatusCode, int] = {}
+        self.ok = 0
+        self.failed: dict[grpc.StatusCode, int] = {}
         self.buckets = [0] * (len(HANDLING_BUCKETS) + 1)
         self.seconds = 0.0
 
@@ -138,8 +142,18 @@ class CallSeries:
         elapsed = time.perf_counter() - start
         self.seconds += elapsed
         self.buckets[bisect_left(HANDLING_BUCKETS, elapsed)] += 1
-        handled = self.handled
-        handled[code] = handled.get(code, 0) + 1
+        if code is _OK:
+            self.ok += 1
+        else:
+            failed = self.failed
+            failed[code] = failed.get(code, 0) + 1
+
+    def handled(self) -> dict[grpc.StatusCode, int]:
+        """Finished calls by final status (a copy)."""
+        counts = dict(self.failed)
+        if self.ok:
+            counts[_OK] = self.ok
+        return counts
 
 
 class _CallSeriesCollector(Collector):
@@ -162,7 +176,7 @@ class _CallSeriesCollector(Collector):
         for series in list(self.series.values()):
             labels = series.labels
             started.add_metric(labels, series.started)
-            for code, count in dict(series.handled).items():
+            for code, count in series.handled().items():
                 handled.add_metric((*labels, code.name), count)
             cumulative, total = [], 0
             for le, count in zip(_LE, list(series.buckets), strict=True):

@@ -4,7 +4,7 @@ On the server, :class:`TracingInterceptor` extracts ``traceparent``/``tracestate
 metadata with the global propagator, starts a SERVER span named after the method
 (``bhiv.crm.v1.CustomerService/GetCustomer``), and attaches it as the current context for the whole
 handler, so logs, the audit record and outgoing calls see it. The trace id goes to
-``call.extra["trace_id"]`` even when the sampler drops the span: the SDK gives non-sampled spans real
+``call.trace_id`` even when the sampler drops the span: the SDK gives non-sampled spans real
 ids too, so audit records and logs can always be correlated.
 
 On the client, :func:`client_interceptors` creates CLIENT spans and injects their context into the
@@ -78,11 +78,14 @@ def _end(span: trace.Span, code: grpc.StatusCode, message: str) -> None:
     span.end()
 
 
+_getrandbits = random.getrandbits
+
+
 def _random_id(bits: int) -> int:
     # What the SDK's RandomIdGenerator does: any non-zero value of the width is valid.
-    value = random.getrandbits(bits)
+    value = _getrandbits(bits)
     while not value:
-        value = random.getrandbits(bits)
+        value = _getrandbits(bits)
     return value
 
 
@@ -109,8 +112,8 @@ class TracingInterceptor(Interceptor):
             # Only contract methods are cached: callers choose unknown names.
             if call.descriptor is not None or is_infrastructure(call.method):
                 self._methods[call.method] = named
-        fields = self._fields
-        carrier = {key: value for key, value in call.metadata if key in fields}
+        headers = call.headers
+        carrier = {key: headers[key] for key in self._fields if key in headers}
         # A server span's parent comes from the wire only, never from whatever context the task has.
         parent = context_api.Context()
         if carrier:
@@ -118,24 +121,23 @@ class TracingInterceptor(Interceptor):
         span = self._tracer.start_span(named[0], parent, SpanKind.SERVER, named[1])
         token = context_api.attach(trace.set_span_in_context(span, parent))
         span_context = span.get_span_context()
-        call.extra["trace_id"] = format(span_context.trace_id, "032x") if span_context.is_valid else ""
+        call.trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
         return span, token
 
     def _unrecorded_ids(self, call: CallInfo) -> UnrecordedSpan:
-        fields = self._fields
-        carrier = {key: value for key, value in call.metadata if key in fields}
-        ids: UnrecordedSpan
-        if carrier:
+        headers = call.headers
+        if not self._fields.isdisjoint(headers):  # the caller sent trace context
+            carrier = {key: headers[key] for key in self._fields if key in headers}
             remote = trace.get_current_span(
                 propagate.extract(carrier, context_api.Context())
             ).get_span_context()
             if remote.is_valid:
-                ids = (remote.trace_id, _random_id(64), remote.trace_flags, remote.trace_state)
-                call.extra["trace_id"] = format(remote.trace_id, "032x")
-                return ids
-        trace_id = _random_id(128)
-        call.extra["trace_id"] = format(trace_id, "032x")
-        return (trace_id, _random_id(64), 0, None)
+                call.trace_id = format(remote.trace_id, "032x")
+                return (remote.trace_id, _random_id(64), remote.trace_flags, remote.trace_state)
+        # Zero is invalid, and one draw in 2**128 (or 2**64) is zero: _random_id draws again.
+        trace_id = _getrandbits(128) or _random_id(128)
+        call.trace_id = format(trace_id, "032x")
+        return (trace_id, _getrandbits(64) or _random_id(64), 0, None)
 
     async def intercept_unary(
         self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext

@@ -15,8 +15,8 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -55,7 +55,8 @@ class CallInfo:
         method: The full method path, ``/bhiv.crm.v1.CustomerService/GetCustomer``.
         descriptor: The method's descriptor, or None for an unknown method or a non-proto service.
         peer: The transport peer, like ``ipv4:127.0.0.1:53312``.
-        metadata: The call's invocation metadata, read once for every concern.
+        headers: The call's invocation metadata as a dictionary, read once for every concern; a
+            key sent more than once keeps its first value.
         start: ``time.perf_counter()`` at entry.
         mutating: False when the contract marks the method ``NO_SIDE_EFFECTS`` (read once per
             method when the chain is composed, not per call).
@@ -63,21 +64,21 @@ class CallInfo:
         message: The status message sent with a non-OK code.
         resource: The resource name the call addresses, when known.
         principal: The authenticated principal, set by auth.
-        extra: Free slots for concerns (trace id, and the like).
+        trace_id: The W3C trace id (32 lowercase hex digits), set by tracing; empty without it.
 
     """
 
     method: str
     descriptor: MethodDescriptor | None
     peer: str
-    metadata: Any
+    headers: Mapping[str, Any]
     start: float
     mutating: bool = False
     code: grpc.StatusCode = grpc.StatusCode.OK
     message: str = ""
     resource: str = ""
     principal: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    trace_id: str = ""
 
 
 UnaryNext = Callable[[CallInfo, Any, Context], Awaitable[Any]]
@@ -309,7 +310,9 @@ class ChainedHandlers(GenericHandler):
                 method,
                 descriptor,
                 context.peer(),
-                context.invocation_metadata() or (),
+                # Reversed, so the first of repeated keys is the one kept (C-level passes only;
+                # tuple() of the tuple the server gives is the same object).
+                dict(reversed(tuple(context.invocation_metadata() or ()))),
                 time.perf_counter(),
                 mutating,
             )
