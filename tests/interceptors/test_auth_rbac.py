@@ -107,3 +107,41 @@ async def test_permission_is_checked_before_existence() -> None:
                 metadata=(("authorization", f"Bearer {SIGNER.token(role='customer')}"),),
             )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_checks_are_bound_once_per_method_and_skipped_where_nothing_is_checked() -> None:
+    from bhiv.identity.v1 import role_service_pb2 as rs
+    from bhiv_core.interceptors.validation import ValidationInterceptor
+
+    get_user = USERS.methods_by_name["GetUser"]
+    get_jwks = AUTH.methods_by_name["GetJwks"]  # public
+    list_roles = rs.DESCRIPTOR.services_by_name["RoleService"].methods_by_name["ListRoles"]
+    auth_check = AuthInterceptor(verifier_for(SIGNER))
+    rbac = RbacInterceptor(RolePolicy())
+    validation = ValidationInterceptor()
+    assert auth_check.bind("/x/GetJwks", get_jwks) is None
+    assert auth_check.bind("/bhiv.scan.v1.Nothing/Probe", None) is not None  # unknown: a token first
+    assert auth_check.bind("/x/GetUser", get_user) is not None
+    assert rbac.bind("/x/GetJwks", get_jwks) is None
+    assert rbac.bind("/bhiv.scan.v1.Nothing/Probe", None) is None  # answers UNIMPLEMENTED
+    assert rbac.bind("/x/GetUser", get_user) is not None
+    assert validation.bind("/x/GetJwks", get_jwks) is None  # GetJwksRequest carries no rules
+    assert validation.bind("/x/ListRoles", list_roles) is not None  # page_size >= 0
+    assert validation.bind("/bhiv.scan.v1.Nothing/Probe", None) is None
+
+
+async def test_a_token_verified_once_is_admitted_from_the_cache_without_awaiting() -> None:
+    from bhiv_core.runtime.chain import CallInfo
+
+    verifier = verifier_for(SIGNER)
+    interceptor = AuthInterceptor(verifier)
+    check = interceptor.bind("/x/GetUser", USERS.methods_by_name["GetUser"])
+    assert check is not None
+    token = SIGNER.token(role="admin")
+    call = CallInfo("/x/GetUser", None, "ipv4:127.0.0.1:1", {"authorization": f"Bearer {token}"}, 0.0)
+    first = check(call, None, None)  # type: ignore[arg-type]
+    assert first is not None  # not verified yet: it must await the signature check
+    await first
+    again = CallInfo("/x/GetUser", None, "ipv4:127.0.0.1:1", {"authorization": f"Bearer {token}"}, 0.0)
+    assert check(again, None, None) is None  # type: ignore[arg-type]
+    assert again.principal == call.principal and again.principal.role == "admin"

@@ -143,3 +143,23 @@ def test_jwks_parsing_keeps_only_ed25519_keys() -> None:
     x = base64.urlsafe_b64encode(signer.public_raw()).rstrip(b"=").decode()
     doc = {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k9"}, {"kty": "RSA", "kid": "r"}]}
     assert list(keys_from_jwks(json.dumps(doc))) == ["k9"]
+
+
+async def test_cached_answers_without_awaiting_only_what_verify_admitted_before() -> None:
+    signer = Signer()
+    revocations = RevocationSet()
+    now = [time.time()]
+    verifier = verifier_for(signer, revocations, clock=lambda: now[0], leeway=0)
+    token = signer.token(exp=int(now[0]) + 5)
+    assert verifier.cached(token) is None  # never verified: the caller must await verify()
+    principal = await verifier.verify(token)
+    assert verifier.cached(token) == principal
+    now[0] += 10
+    assert verifier.cached(token) is None  # expired: verify() decides (and refuses)
+    with pytest.raises(TokenError):
+        await verifier.verify(token)
+    fresh = signer.token()
+    revocations.add((await verifier.verify(fresh)).token_id, now[0] + 60)
+    with pytest.raises(TokenError) as err:
+        verifier.cached(fresh)
+    assert err.value.detail == "revoked"

@@ -7,9 +7,12 @@ selector. The principal is set on the call and in the read-only ``current_princi
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
-from bhiv_core.runtime.chain import CallInfo, Context, PreCheckInterceptor
+from google.protobuf.descriptor import MethodDescriptor
+
+from bhiv_core.runtime.chain import CallInfo, Check, Context, PreCheckInterceptor, run_bound
 from bhiv_core.runtime.contracts import policy_of
 from bhiv_core.runtime.errors import Unauthenticated
 from bhiv_core.security.jwt import TokenError, TokenVerifier
@@ -38,6 +41,9 @@ def parse_bearer(value: Any) -> str | None:
 class AuthInterceptor(PreCheckInterceptor):
     """Verifies the caller's access token.
 
+    Bound per method: public RPCs get no check at all; the others read the token and, for a token
+    verified before (the verifier's cache), admit the call without awaiting anything.
+
     Args:
         verifier: Checks tokens (signature, claims, revocation; cached).
         on_failure: Called with the failure reason (for metrics); optional.
@@ -46,23 +52,34 @@ class AuthInterceptor(PreCheckInterceptor):
     def __init__(self, verifier: TokenVerifier, on_failure: Any = None):
         self._verifier = verifier
         self._on_failure = on_failure
-        self._public: dict[str, bool] = {}
 
-    def _is_public(self, call: CallInfo) -> bool:
-        public = self._public.get(call.method)
-        if public is None:
-            public = call.descriptor is not None and policy_of(call.descriptor).public
-            self._public[call.method] = public
-        return public
+    def bind(self, method: str, descriptor: MethodDescriptor | None) -> Check | None:
+        """No check for a public RPC; the token check for every other method (unknown ones too)."""
+        if descriptor is not None and policy_of(descriptor).public:
+            return None
+        return self._authenticate
 
     async def check(self, call: CallInfo, request: Any, context: Context) -> None:
         """Sets the principal, or refuses the call with UNAUTHENTICATED."""
-        if self._is_public(call):
-            return
+        await run_bound(self.bind(call.method, call.descriptor), call, request, context)
+
+    def _authenticate(self, call: CallInfo, request: Any, context: Context) -> Awaitable[None] | None:
         token = parse_bearer(call.headers.get("authorization"))
         if token is None:
             self._failed("missing")
             raise Unauthenticated("authentication required", reason="MISSING_CREDENTIALS")
+        try:
+            principal = self._verifier.cached(token)
+        except TokenError as exc:
+            self._failed(exc.detail)
+            raise
+        if principal is None:
+            return self._verify(call, token)
+        call.principal = principal
+        current_principal.set(principal)
+        return None
+
+    async def _verify(self, call: CallInfo, token: str) -> None:
         try:
             principal = await self._verifier.verify(token)
         except TokenError as exc:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from bhiv_core.runtime.chain import CallInfo, Context, PreCheckInterceptor
-from bhiv_core.runtime.contracts import MethodPolicy, policy_of
+from google.protobuf.descriptor import MethodDescriptor
+
+from bhiv_core.runtime.chain import CallInfo, Check, Context, PreCheckInterceptor, run_bound
+from bhiv_core.runtime.contracts import policy_of
 from bhiv_core.runtime.errors import PermissionDenied, Unauthenticated
 from bhiv_core.security.principal import Principal
 from bhiv_core.security.roles import role_allows
@@ -40,33 +42,44 @@ class RolePolicy:
 class RbacInterceptor(PreCheckInterceptor):
     """Refuses calls whose principal lacks the RPC's permission.
 
+    Bound per method: the contract's rule is read once, public and unknown methods get no check,
+    and the others a check with their permission built in.
+
     Args:
         policy: The role/scope policy.
     """
 
     def __init__(self, policy: Policy):
         self._policy = policy
-        self._policies: dict[str, MethodPolicy | None] = {}
 
-    def _policy_for(self, call: CallInfo) -> MethodPolicy | None:
-        if call.method not in self._policies:
-            self._policies[call.method] = policy_of(call.descriptor) if call.descriptor is not None else None
-        return self._policies[call.method]
+    def bind(self, method: str, descriptor: MethodDescriptor | None) -> Check | None:
+        """The permission check of ``method``, from its contract (fail closed without a rule)."""
+        policy = policy_of(descriptor) if descriptor is not None else None
+        if policy is None or policy.public:
+            return None  # unknown methods answer UNIMPLEMENTED; public RPCs need nothing
+        if not policy.declared:
+            return _refuse_undeclared
+        permission = policy.permission
+        allows = self._policy.allows
+
+        def authorize(call: CallInfo, request: Any, context: Context) -> None:
+            principal = call.principal
+            if not isinstance(principal, Principal):
+                raise Unauthenticated("authentication required", reason="MISSING_CREDENTIALS")
+            if not allows(principal, permission):
+                who = principal.role or principal.subject
+                raise PermissionDenied(
+                    f"{who} may not call this RPC: it requires {permission}",
+                    reason="MISSING_PERMISSION",
+                    metadata={"permission": permission},
+                )
+
+        return authorize
 
     async def check(self, call: CallInfo, request: Any, context: Context) -> None:
         """Allows the call, or raises PermissionDenied."""
-        policy = self._policy_for(call)
-        if policy is None or policy.public:
-            return  # unknown methods answer UNIMPLEMENTED; public RPCs need nothing
-        if not policy.declared:
-            raise PermissionDenied("this RPC declares no access rule", reason="NO_ACCESS_RULE")
-        principal = call.principal
-        if not isinstance(principal, Principal):
-            raise Unauthenticated("authentication required", reason="MISSING_CREDENTIALS")
-        if not self._policy.allows(principal, policy.permission):
-            who = principal.role or principal.subject
-            raise PermissionDenied(
-                f"{who} may not call this RPC: it requires {policy.permission}",
-                reason="MISSING_PERMISSION",
-                metadata={"permission": policy.permission},
-            )
+        await run_bound(self.bind(call.method, call.descriptor), call, request, context)
+
+
+def _refuse_undeclared(call: CallInfo, request: Any, context: Context) -> None:
+    raise PermissionDenied("this RPC declares no access rule", reason="NO_ACCESS_RULE")

@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 
 from bhiv.options.v1 import annotations_pb2
-from bhiv_core.runtime.chain import CallInfo, Context, PreCheckInterceptor
+from bhiv_core.runtime.chain import CallInfo, Check, Context, PreCheckInterceptor
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
 
 __all__ = ["ValidationInterceptor", "validate"]
@@ -204,7 +204,27 @@ def validate(message: Message) -> list[FieldViolation]:
 
 
 class ValidationInterceptor(PreCheckInterceptor):
-    """Refuses requests that break their contract's rules with INVALID_ARGUMENT."""
+    """Refuses requests that break their contract's rules with INVALID_ARGUMENT.
+
+    Bound per method: a request type without rules gets no check at all, the others their plan.
+    Streamed requests are validated by their handler, message by message.
+    """
+
+    def bind(self, method: str, descriptor: MethodDescriptor | None) -> Check | None:
+        """The check of a unary request type with rules; None otherwise (unknown methods too)."""
+        if descriptor is None or descriptor.client_streaming:
+            return None
+        plan = _plan_for(descriptor.input_type)
+        if plan is None:
+            return None
+
+        def check(call: CallInfo, request: Any, context: Context) -> None:
+            out: list[FieldViolation] = []
+            _validate(request, plan, "", out)
+            if out:
+                raise InvalidArgument(violations=out)
+
+        return check
 
     async def check(self, call: CallInfo, request: Any, context: Context) -> None:
         """Validates unary requests; streamed requests are validated by their handler per message."""

@@ -28,6 +28,7 @@ from bhiv_core.runtime.errors import Unimplemented
 __all__ = [
     "CallInfo",
     "ChainedHandlers",
+    "Check",
     "Interceptor",
     "PreCheckInterceptor",
     "Selector",
@@ -36,6 +37,7 @@ __all__ = [
     "chain_order",
     "is_infrastructure",
     "is_mutating",
+    "run_bound",
 ]
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -101,11 +103,24 @@ class Interceptor:
         return proceed(call, request, context)
 
 
+Check = Callable[[CallInfo, Any, Context], Awaitable[None] | None]
+"""A pre-check bound to one method: raises to refuse; returns None when done, or an awaitable to await."""
+
+
 class PreCheckInterceptor(Interceptor):
-    """A concern that only checks before the handler runs (auth, RBAC, validation)."""
+    """A concern that only checks before the handler runs (auth, RBAC, validation).
+
+    A subclass implements :meth:`check`, or :meth:`bind` when much of its work depends only on the
+    method: the chain binds each check to each method once, when it is composed, skips the methods
+    a check returns None for, and runs consecutive checks in one frame.
+    """
 
     async def check(self, call: CallInfo, request: Any, context: Context) -> None:
         """Raises a :class:`~bhiv_core.runtime.errors.BhivError` to refuse the call."""
+
+    def bind(self, method: str, descriptor: MethodDescriptor | None) -> Check | None:
+        """Returns the check of ``method``, or None when it needs none (default: :meth:`check`)."""
+        return self.check
 
     async def intercept_unary(
         self, call: CallInfo, request: Any, context: Context, proceed: UnaryNext
@@ -121,6 +136,14 @@ class PreCheckInterceptor(Interceptor):
         await self.check(call, request, context)
         async for item in proceed(call, request, context):
             yield item
+
+
+async def run_bound(check: Check | None, call: CallInfo, request: Any, context: Context) -> None:
+    """Runs a check made by :meth:`PreCheckInterceptor.bind` (for a ``check`` built on ``bind``)."""
+    if check is not None:
+        pending = check(call, request, context)
+        if pending is not None:
+            await pending
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,24 +212,34 @@ def _is_plain_check(concern: Interceptor) -> bool:
     )
 
 
-def _checks_then(checks: Sequence[PreCheckInterceptor], proceed: UnaryNext) -> UnaryNext:
-    """Runs consecutive pre-checks in one frame, in order, then the rest of the chain.
+def _checks_then(
+    checks: Sequence[PreCheckInterceptor],
+    proceed: UnaryNext,
+    method: str,
+    descriptor: MethodDescriptor | None,
+) -> UnaryNext:
+    """Runs consecutive pre-checks, bound to the method, in one frame, in order, then the rest.
 
-    The same behaviour as binding each one, with one coroutine frame for the run instead of one per check.
+    The same behaviour as binding each one, with one coroutine frame for the run instead of one per
+    check, and none at all for a check that needs no await.
     """
-    if len(checks) == 1:
-        return _bind_unary(checks[0], proceed)
-    bound = tuple(check.check for check in checks)
+    bound = tuple(c for c in (check.bind(method, descriptor) for check in checks) if c is not None)
+    if not bound:
+        return proceed
 
     async def run(call: CallInfo, request: Any, context: Context) -> Any:
         for check in bound:
-            await check(call, request, context)
+            pending = check(call, request, context)
+            if pending is not None:
+                await pending
         return await proceed(call, request, context)
 
     return run
 
 
-def _compose_unary(concerns: Sequence[Interceptor], terminal: UnaryNext) -> UnaryNext:
+def _compose_unary(
+    concerns: Sequence[Interceptor], terminal: UnaryNext, method: str, descriptor: MethodDescriptor | None
+) -> UnaryNext:
     composed = terminal
     checks: list[PreCheckInterceptor] = []  # consecutive plain checks, innermost first
     for concern in reversed(concerns):
@@ -214,9 +247,9 @@ def _compose_unary(concerns: Sequence[Interceptor], terminal: UnaryNext) -> Unar
             checks.insert(0, concern)  # type: ignore[arg-type]
             continue
         if checks:
-            composed, checks = _checks_then(checks, composed), []
+            composed, checks = _checks_then(checks, composed, method, descriptor), []
         composed = _bind_unary(concern, composed)
-    return _checks_then(checks, composed) if checks else composed
+    return _checks_then(checks, composed, method, descriptor) if checks else composed
 
 
 def _bind_unary(interceptor: Interceptor, proceed: UnaryNext) -> UnaryNext:
@@ -349,7 +382,7 @@ class ChainedHandlers(GenericHandler):
         async def unary_terminal(call: CallInfo, request: Any, context: Context) -> Any:
             return await unary_behavior(request, context)
 
-        composed_unary = _compose_unary(concerns, unary_terminal)
+        composed_unary = _compose_unary(concerns, unary_terminal, method, descriptor)
 
         async def unary_entry(request: Any, context: Context) -> Any:
             call = begin(context)

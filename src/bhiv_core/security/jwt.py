@@ -58,6 +58,10 @@ class TokenVerifier(Protocol):
         """Returns the token's principal; raises :class:`TokenError` for any bad token."""
         ...
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token already verified and still valid, or None; raises when revoked."""
+        ...
+
 
 class KeySource(Protocol):
     """Where the public signing keys come from (identity's JWKS)."""
@@ -217,15 +221,25 @@ class JwtVerifier:
         if self._revocations.is_revoked(principal.token_id):
             raise TokenError("revoked")
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token verified before and not yet expired, without awaiting.
+
+        Returns None when the token must go through :meth:`verify`; raises :class:`TokenError`
+        when it was revoked since.
+        """
+        cached = self._cache.get(token)
+        if cached is None or cached.expires_at + self._leeway < self._clock():
+            return None
+        self._check_revoked(cached.principal)
+        return cached.principal
+
     async def verify(self, token: str) -> Principal:
         """Returns the principal of a valid token; raises :class:`TokenError` otherwise."""
+        principal = self.cached(token)
+        if principal is not None:
+            return principal
         now = self._clock()
-        cached = self._cache.get(token)
-        if cached is not None:
-            if cached.expires_at + self._leeway >= now:
-                self._check_revoked(cached.principal)
-                return cached.principal
-            del self._cache[token]
+        self._cache.pop(token, None)  # expired, if it was there
         principal = await self._verify_signature(token, now)
         self._check_revoked(principal)
         self._cache[token] = _Cached(principal, principal.expires_at)
