@@ -22,6 +22,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.admin_credentials_path == tmp_path / "admin-credentials"
     assert (config.issuer, config.audience) == ("bhiv-identity", "bhiv-core")
     assert (config.access_ttl_seconds, config.refresh_ttl_seconds) == (900, 14 * 24 * 3600)
+    assert config.session_max_seconds == 30 * 24 * 3600
     assert config.signing_key_max_age_seconds == 30 * 24 * 3600
     assert config.signing_key_overlap_seconds == 1800
     assert config.scrypt_log_n == 15
@@ -40,6 +41,7 @@ def test_overlap_defaults_to_twice_the_access_token_lifetime(tmp_path: Path) -> 
         ({"SCRYPT_LOG_N": "fast"}, "BHIV_SCRYPT_LOG_N"),
         ({"ACCESS_TOKEN_TTL_SECONDS": "0"}, "BHIV_ACCESS_TOKEN_TTL_SECONDS"),
         ({"REFRESH_TOKEN_TTL_SECONDS": "-5"}, "BHIV_REFRESH_TOKEN_TTL_SECONDS"),
+        ({"SESSION_MAX_SECONDS": "0"}, "BHIV_SESSION_MAX_SECONDS"),
         ({"SIGNING_KEY_MAX_AGE_SECONDS": "soon"}, "BHIV_SIGNING_KEY_MAX_AGE_SECONDS"),
         (
             {"ACCESS_TOKEN_TTL_SECONDS": "900", "SIGNING_KEY_OVERLAP_SECONDS": "600"},

@@ -204,6 +204,27 @@ async def test_unknown_and_expired_refresh_tokens_are_unauthenticated(served: Se
     assert expired.value.details() == unknown.value.details() == "invalid refresh token"
 
 
+async def test_rotation_never_extends_a_session_past_its_maximum(served: Served) -> None:
+    config = served.service.config
+    start = served.clock()
+    tokens = (await served.login("admin", admin_password(served.data_dir))).tokens
+    session_end = start + config.session_max_seconds
+    # Refresh just often enough to keep each token alive, until the session's end is reached.
+    while served.clock() + config.refresh_ttl_seconds < session_end:
+        served.clock.advance(config.refresh_ttl_seconds - 60)
+        tokens = (
+            await served.auth.RefreshToken(auth.RefreshTokenRequest(refresh_token=tokens.refresh_token))
+        ).tokens
+    assert tokens.refresh_expire_time.seconds <= int(session_end) + 1  # capped, not a full TTL
+    served.clock.advance(session_end - served.clock() + 1)
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await served.auth.RefreshToken(auth.RefreshTokenRequest(refresh_token=tokens.refresh_token))
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert ended.value.details() == "invalid refresh token"
+    # A new login starts a new session.
+    assert (await served.login("admin", admin_password(served.data_dir))).tokens.refresh_token
+
+
 # ----------------------------------------------------------------------------------------- logout
 
 

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from bhiv_core.services.identity.store import (
+    SCHEMA_V1,
     IdentityStore,
     RefreshTokenRecord,
     Revocation,
     SigningKeyRecord,
     SpendOutcome,
+    SqliteIdentityStore,
     UsernameTaken,
     UserRecord,
 )
+from bhiv_core.storage.sqlite import SqliteDatabase
 
 NOW = time.time()
 
@@ -146,6 +151,20 @@ async def test_spending_a_refresh_token_stores_its_successor(store: IdentityStor
     assert await store.family_of_access_token("nope") is None
 
 
+async def test_a_successor_inherits_its_familys_end_and_never_outlives_it(store: IdentityStore) -> None:
+    await store.create_user(user("u1", "ada"), now=NOW)
+    await store.insert_refresh_token(refresh("h1", "fam", "u1", "jti-1", family_expire_time=NOW + 100))
+    # The successor asks for an hour and no family end: the stored one keeps the family's end.
+    asked = refresh("h2", "fam", "u1", "jti-2", expire_time=NOW + 3600)
+    assert await store.spend_refresh_token("h1", asked, now=NOW + 5) is SpendOutcome.SPENT
+    stored = await store.get_refresh_token("h2")
+    assert stored is not None
+    assert (stored.family_expire_time, stored.expire_time) == (NOW + 100, NOW + 100)
+    # Once the family has ended, its last token is expired like any other.
+    third = refresh("h3", "fam", "u1", "jti-3")
+    assert await store.spend_refresh_token("h2", third, now=NOW + 100) is SpendOutcome.EXPIRED
+
+
 async def test_spend_and_successor_are_one_transaction(store: IdentityStore) -> None:
     await store.create_user(user("u1", "ada"), now=NOW)
     await store.insert_refresh_token(refresh("h1", "fam", "u1", "jti-1"))
@@ -265,3 +284,38 @@ async def test_rotation_is_a_compare_and_set_on_the_current_key(store: IdentityS
     assert await store.prune_signing_keys(NOW + 69) == []
     assert await store.prune_signing_keys(NOW + 70) == ["k1"]
     assert [k.kid for k in await store.signing_keys()] == ["k2"]
+
+
+async def test_tokens_stored_before_the_session_cap_end_their_family_with_their_own_expiry(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "identity.db"
+    old = SqliteDatabase(path, (SCHEMA_V1,))
+    await old.open()
+    try:
+
+        def seed(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO users (id, username, username_key, role, password_hash, create_time, "
+                "update_time, etag) VALUES ('u1', 'ada', 'ada', 'ops', 'x', 0, 0, 'e')"
+            )
+            conn.execute(
+                "INSERT INTO refresh_tokens (token_hash, family_id, user_id, access_jti, "
+                "access_expire_time, create_time, expire_time) VALUES ('h1', 'fam', 'u1', 'j1', ?, ?, ?)",
+                (NOW + 900, NOW, NOW + 3600),
+            )
+
+        await old.write(seed)
+    finally:
+        await old.close()
+    store = SqliteIdentityStore(path)
+    await store.open()
+    try:
+        migrated = await store.get_refresh_token("h1")
+        assert migrated is not None and migrated.family_expire_time == NOW + 3600
+        asked = refresh("h2", "fam", "u1", "jti-2", expire_time=NOW + 7200)
+        assert await store.spend_refresh_token("h1", asked, now=NOW + 5) is SpendOutcome.SPENT
+        successor = await store.get_refresh_token("h2")
+        assert successor is not None and successor.expire_time == NOW + 3600
+    finally:
+        await store.close()

@@ -39,6 +39,9 @@ class IdentityConfig:
         audience: ``BHIV_JWT_AUDIENCE``, the ``aud`` of access tokens (default ``bhiv-core``).
         access_ttl_seconds: ``BHIV_ACCESS_TOKEN_TTL_SECONDS``, access-token lifetime (default 900).
         refresh_ttl_seconds: ``BHIV_REFRESH_TOKEN_TTL_SECONDS``, refresh-token lifetime (default 14 days).
+        session_max_seconds: ``BHIV_SESSION_MAX_SECONDS``, the absolute lifetime of a login session
+            (a refresh family): rotation never extends it past this many seconds after the login
+            (default 30 days).
         signing_key_max_age_seconds: ``BHIV_SIGNING_KEY_MAX_AGE_SECONDS``, age at which the signing
             key is rotated automatically (default 30 days).
         signing_key_overlap_seconds: ``BHIV_SIGNING_KEY_OVERLAP_SECONDS``, how long a retired key
@@ -60,6 +63,7 @@ class IdentityConfig:
     audience: str
     access_ttl_seconds: int
     refresh_ttl_seconds: int
+    session_max_seconds: int
     signing_key_max_age_seconds: int
     signing_key_overlap_seconds: int
     key_check_interval_seconds: float
@@ -114,6 +118,7 @@ class IdentityConfig:
             audience=audience,
             access_ttl_seconds=access_ttl,
             refresh_ttl_seconds=s.positive_int("REFRESH_TOKEN_TTL_SECONDS", 14 * _DAY),
+            session_max_seconds=s.positive_int("SESSION_MAX_SECONDS", 30 * _DAY),
             signing_key_max_age_seconds=s.positive_int("SIGNING_KEY_MAX_AGE_SECONDS", 30 * _DAY),
             signing_key_overlap_seconds=overlap,
             key_check_interval_seconds=s.positive_float("SIGNING_KEY_CHECK_SECONDS", 3600.0),

@@ -472,10 +472,12 @@ class IdentityService:
     # ----------------------------------------------------------------------------- tokens
 
     async def _issue(
-        self, user: UserRecord, family_id: str, now: float
+        self, user: UserRecord, family_id: str, family_expire_time: float, now: float
     ) -> tuple[TokenPair, RefreshTokenRecord]:
+        """Mints an access token and a refresh token that expires with its family at the latest."""
         jti = new_token_id()
         refresh = new_refresh_token()
+        expire_time = now + self.config.refresh_ttl_seconds
         record = RefreshTokenRecord(
             token_hash=hash_refresh_token(refresh),
             family_id=family_id,
@@ -483,7 +485,8 @@ class IdentityService:
             access_jti=jti,
             access_expire_time=float(self.issuer.access_expiry(now)),
             create_time=now,
-            expire_time=now + self.config.refresh_ttl_seconds,
+            expire_time=min(expire_time, family_expire_time) if family_expire_time else expire_time,
+            family_expire_time=family_expire_time,
         )
         access = await self.issuer.mint_access_token(
             subject=user.name, role=user.role, customer=user.customer, jti=jti, now=now
@@ -537,7 +540,12 @@ class IdentityService:
         if user.failed_logins or user.locked_until:
             await self.store.reset_login_failures(user.id)
             user = replace(user, failed_logins=0, locked_until=0.0)
-        pair, record = await self._issue(user, family_id=uuid.uuid4().hex, now=now)
+        pair, record = await self._issue(
+            user,
+            family_id=uuid.uuid4().hex,
+            family_expire_time=now + self.config.session_max_seconds,
+            now=now,
+        )
         await self.store.insert_refresh_token(record)
         self._report(SecurityEventKind.LOGIN_SUCCEEDED, client, username, "")
         return pair, user
@@ -546,7 +554,8 @@ class IdentityService:
         """Spends a refresh token and issues a new pair in the same family.
 
         A spent token presented again revokes its whole family (every refresh token and the access
-        tokens issued from them).
+        tokens issued from them). The new refresh token never outlives the family: once
+        ``BHIV_SESSION_MAX_SECONDS`` have passed since the login, the user must log in again.
 
         Raises:
             Unauthenticated: Unknown, expired, revoked or reused token, or a disabled user.
@@ -560,7 +569,9 @@ class IdentityService:
         user = await self.store.get_user(record.user_id)
         if user is None or user.disabled:
             raise Unauthenticated(INVALID_REFRESH, reason="INVALID_REFRESH_TOKEN")
-        pair, successor = await self._issue(user, family_id=record.family_id, now=now)
+        pair, successor = await self._issue(
+            user, family_id=record.family_id, family_expire_time=record.family_expire_time, now=now
+        )
         outcome = await self.store.spend_refresh_token(token_hash, successor, now=now)
         if outcome is SpendOutcome.REUSED:
             log.warning("refresh token reused: revoked its family", extra={"user": user.name})

@@ -128,9 +128,12 @@ class RefreshTokenRecord:
         access_jti: The ``jti`` of the access token issued together with it.
         access_expire_time: When that access token expires (Unix seconds).
         create_time: When it was issued.
-        expire_time: When it expires.
+        expire_time: When it expires; never after ``family_expire_time``.
         used_time: When it was spent; None while unused.
         revoked: True once its family is revoked.
+        family_expire_time: When the whole family (the login session) ends, whatever its
+            rotations: set at login, inherited by every successor. 0 means no cap (a record built
+            before the cap existed; the migration gives stored ones their own expiry).
 
     """
 
@@ -143,6 +146,7 @@ class RefreshTokenRecord:
     expire_time: float
     used_time: float | None = None
     revoked: bool = False
+    family_expire_time: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,7 +389,14 @@ CREATE TABLE idempotency (
 CREATE INDEX idempotency_by_time ON idempotency (create_time)
 """
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1,)
+# A refresh family's absolute end. Tokens stored before it get their own expiry as their family's
+# end: a session then lasts at most until the token it holds expires, and rotation cannot extend it.
+SCHEMA_V2 = """
+ALTER TABLE refresh_tokens ADD COLUMN family_expire_time REAL NOT NULL DEFAULT 0;
+UPDATE refresh_tokens SET family_expire_time = expire_time
+"""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
 """The SQLite schema, one script per version (``PRAGMA user_version``)."""
 
 _USER_COLUMNS = (
@@ -434,6 +445,7 @@ def _refresh_from_row(row: sqlite3.Row) -> RefreshTokenRecord:
         expire_time=row["expire_time"],
         used_time=row["used_time"],
         revoked=bool(row["revoked"]),
+        family_expire_time=row["family_expire_time"],
     )
 
 
@@ -442,10 +454,23 @@ def _select_user(conn: sqlite3.Connection, where: str, *args: object) -> UserRec
     return None if row is None else _user_from_row(row)
 
 
+def _successor_of(token: RefreshTokenRecord, successor: RefreshTokenRecord) -> RefreshTokenRecord:
+    """``successor`` as stored: in ``token``'s family, for its user, never outliving the family."""
+    end = token.family_expire_time
+    return replace(
+        successor,
+        family_id=token.family_id,
+        user_id=token.user_id,
+        family_expire_time=end,
+        expire_time=min(successor.expire_time, end) if end else successor.expire_time,
+    )
+
+
 def _insert_refresh(conn: sqlite3.Connection, t: RefreshTokenRecord) -> None:
     conn.execute(
         "INSERT INTO refresh_tokens (token_hash, family_id, user_id, access_jti, access_expire_time, "
-        "create_time, expire_time, used_time, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "create_time, expire_time, used_time, revoked, family_expire_time) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             t.token_hash,
             t.family_id,
@@ -456,6 +481,7 @@ def _insert_refresh(conn: sqlite3.Connection, t: RefreshTokenRecord) -> None:
             t.expire_time,
             t.used_time,
             int(t.revoked),
+            t.family_expire_time,
         ),
     )
 
@@ -714,7 +740,7 @@ class SqliteIdentityStore:
             if token.expire_time <= now:
                 return SpendOutcome.EXPIRED
             conn.execute("UPDATE refresh_tokens SET used_time = ? WHERE token_hash = ?", (now, token_hash))
-            _insert_refresh(conn, replace(successor, family_id=token.family_id, user_id=token.user_id))
+            _insert_refresh(conn, _successor_of(token, successor))
             return SpendOutcome.SPENT
 
         return await self.db.write(run)
@@ -828,6 +854,7 @@ def _refresh_doc(t: RefreshTokenRecord) -> dict[str, Any]:
         "expire_time": t.expire_time,
         "used_time": t.used_time,
         "revoked": t.revoked,
+        "family_expire_time": t.family_expire_time,
         # A TTL index deletes the document once this date passes.
         "expire_at": _date(t.expire_time),
     }
@@ -845,6 +872,8 @@ def _refresh_from_doc(doc: dict[str, Any]) -> RefreshTokenRecord:
         expire_time=float(doc["expire_time"]),
         used_time=None if used is None else float(used),
         revoked=bool(doc["revoked"]),
+        # Documents stored before the cap existed end with their own expiry, as in SQLite.
+        family_expire_time=float(doc.get("family_expire_time", doc["expire_time"])),
     )
 
 
@@ -1149,7 +1178,7 @@ class MongoIdentityStore:
                 await self._revoke_where({"family_id": token.family_id}, now, session)
                 return SpendOutcome.REUSED
             await self._refresh.insert_one(
-                _refresh_doc(replace(successor, family_id=token.family_id, user_id=token.user_id)),
+                _refresh_doc(_successor_of(token, successor)),
                 session=session,
             )
             return SpendOutcome.SPENT
