@@ -33,8 +33,8 @@ def bad_page_token() -> InvalidArgument:
     )
 
 
-def encode_page_token(after: int | str, fingerprint: str) -> str:
-    """An opaque token for the page after the key ``after`` of the query ``fingerprint``."""
+def encode_page_token(after: int | str | list[int | float | str], fingerprint: str) -> str:
+    """An opaque token for the page after the key ``after`` (a JSON value) of the query ``fingerprint``."""
     raw = json.dumps({"after": after, "filter": fingerprint}, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 

@@ -354,6 +354,14 @@ async def test_list_users_paginates_by_username_and_filters_by_role(served: Serv
     with pytest.raises(grpc.aio.AioRpcError) as bad:
         await served.users.ListUsers(us.ListUsersRequest(page_token="%%%"), metadata=bearer(admin))
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # A token continues only the query that issued it: with another role filter it is refused.
+    with pytest.raises(grpc.aio.AioRpcError) as foreign:
+        await served.users.ListUsers(
+            us.ListUsersRequest(role=user_pb2.ROLE_SALES, page_token=first.next_page_token),
+            metadata=bearer(admin),
+        )
+    assert foreign.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(foreign.value) == {("page_token", "BAD_PAGE_TOKEN")}
 
 
 async def test_update_user_applies_the_mask_and_checks_the_etag(served: Served) -> None:
@@ -531,6 +539,11 @@ async def test_list_revocations_filters_by_time_and_paginates(served: Served) ->
     assert all(r.expire_time.seconds > r.revoke_time.seconds for r in listed)
     recent = await served.auth.ListRevocations(auth.ListRevocationsRequest(since=listed[2].revoke_time))
     assert [r.jti for r in recent.revocations] == jtis[2:]
+    with pytest.raises(grpc.aio.AioRpcError) as foreign:
+        await served.auth.ListRevocations(
+            auth.ListRevocationsRequest(since=listed[1].revoke_time, page_token=first.next_page_token)
+        )
+    assert violations(foreign.value) == {("page_token", "BAD_PAGE_TOKEN")}
 
 
 async def test_list_roles_returns_the_five_roles_with_sorted_permissions(served: Served) -> None:

@@ -12,10 +12,7 @@ Security events (failed logins, lockouts, replayed refresh tokens) go to a
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import json
 import logging
 import os
 import re
@@ -66,7 +63,7 @@ from bhiv_core.services.identity.tokens import (
     new_refresh_token,
     new_token_id,
 )
-from bhiv_core.storage.pagination import page_size_of
+from bhiv_core.storage.pagination import bad_page_token, decode_page_token, encode_page_token, page_size_of
 
 __all__ = [
     "LOCKOUT_CAP_SECONDS",
@@ -222,19 +219,6 @@ def _new_id() -> str:
 
 def _new_etag() -> str:
     return secrets.token_hex(8)
-
-
-def _encode_page(value: Any) -> str:
-    return base64.urlsafe_b64encode(json.dumps(value, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def _decode_page(token: str) -> Any:
-    try:
-        return json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error):
-        raise InvalidArgument(
-            violations=[FieldViolation("page_token", "not a page token from a previous call", "BAD_FORMAT")]
-        ) from None
 
 
 def _user_id(name: str, field: str = "name") -> str:
@@ -648,25 +632,22 @@ class IdentityService:
     ) -> tuple[list[Revocation], str]:
         """A page of unexpired revocations made at or after ``since``, oldest first, and the next token."""
         limit = page_size_of(page_size, _REVOCATIONS_DEFAULT_PAGE, _REVOCATIONS_MAX_PAGE)
+        query = f"revocations since={since!r}"
         after: tuple[float, str] | None = None
         if page_token:
-            cursor = _decode_page(page_token)
+            cursor = decode_page_token(page_token, query)
             if not (
                 isinstance(cursor, list)
                 and len(cursor) == 2
                 and isinstance(cursor[0], int | float)
                 and isinstance(cursor[1], str)
             ):
-                raise InvalidArgument(
-                    violations=[
-                        FieldViolation("page_token", "not a page token from a previous call", "BAD_FORMAT")
-                    ]
-                )
+                raise bad_page_token()
             after = (float(cursor[0]), cursor[1])
         page = await self.store.list_revocations(now=self._clock(), since=since, after=after, limit=limit + 1)
         if len(page) > limit:
             page = page[:limit]
-            return page, _encode_page([page[-1].revoke_time, page[-1].jti])
+            return page, encode_page_token([page[-1].revoke_time, page[-1].jti], query)
         return page, ""
 
     # ----------------------------------------------------------------------------- users
@@ -750,15 +731,13 @@ class IdentityService:
             raise InvalidArgument(
                 violations=[FieldViolation("role", "must be a defined role", "UNDEFINED_ENUM")]
             )
+        query = f"users role={role}"
         after = ""
         if page_token:
-            after = _decode_page(page_token)
-            if not isinstance(after, str):
-                raise InvalidArgument(
-                    violations=[
-                        FieldViolation("page_token", "not a page token from a previous call", "BAD_FORMAT")
-                    ]
-                )
+            cursor = decode_page_token(page_token, query)
+            if not isinstance(cursor, str):
+                raise bad_page_token()
+            after = cursor
         if principal.is_customer:
             own = await self._user_of(principal)
             matches = own.username_key > after and (not role or own.role == role)
@@ -766,7 +745,7 @@ class IdentityService:
         page = await self.store.list_users(after=after, limit=limit + 1, role=role)
         if len(page) > limit:
             page = page[:limit]
-            return page, _encode_page(page[-1].username_key)
+            return page, encode_page_token(page[-1].username_key, query)
         return page, ""
 
     async def update_user(
@@ -914,12 +893,9 @@ class IdentityService:
         page_size_of(page_size)  # only the check: 0 means every role
         start = 0
         if page_token:
-            start = _decode_page(page_token)
-            if not isinstance(start, int) or not 0 <= start <= len(infos):
-                raise InvalidArgument(
-                    violations=[
-                        FieldViolation("page_token", "not a page token from a previous call", "BAD_FORMAT")
-                    ]
-                )
+            cursor = decode_page_token(page_token, "roles")
+            if not isinstance(cursor, int) or isinstance(cursor, bool) or not 0 <= cursor <= len(infos):
+                raise bad_page_token()
+            start = cursor
         end = len(infos) if page_size == 0 else min(len(infos), start + page_size)
-        return infos[start:end], (_encode_page(end) if end < len(infos) else "")
+        return infos[start:end], (encode_page_token(end, "roles") if end < len(infos) else "")
