@@ -215,17 +215,26 @@ async def test_record_before_start_or_after_close_is_an_error() -> None:
         await sink.record(entry(), durable=False)
 
 
+async def until(condition: Any, timeout: float = 10.0) -> None:
+    """Waits until ``condition()`` holds (polling), so a slow machine only makes the test slower."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
+        await asyncio.sleep(0.005)
+
+
 async def test_a_caller_still_waiting_for_room_when_the_sink_closes_is_told_not_dropped_silently() -> None:
     store = GatedStore()
     sink = AuditSink(store, batch_size=1, flush_interval=0.001, max_pending=1)
     await sink.start()
     await sink.record(entry("users/0"), durable=False)
-    await asyncio.sleep(0.02)  # the writer took users/0 and waits on the gate
+    await until(lambda: not sink._pending)  # the writer took users/0 and waits on the gate
     await sink.record(entry("users/1"), durable=False)
     blocked = asyncio.create_task(sink.record(entry("users/2"), durable=False))
     await asyncio.sleep(0.02)
+    assert not blocked.done()  # the queue is full
     closing = asyncio.create_task(sink.close())
-    await asyncio.sleep(0.02)
+    await until(lambda: sink._closing)
     store.gate.set()
     await closing
     with pytest.raises(RuntimeError, match="not running"):
@@ -238,8 +247,7 @@ async def test_offer_after_the_writer_died_is_an_error() -> None:
     await sink.start()
     assert sink._task is not None
     sink._task.cancel()
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await until(lambda: not sink._accepting)
     with pytest.raises(RuntimeError, match="writer stopped"):
         sink.offer(entry())
     await sink.close()
