@@ -789,15 +789,8 @@ class AuditSink:
 
     async def flush(self) -> None:
         """Returns once every entry recorded before the call is written."""
-        self._check_running()
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._durable_waiting += 1
-        try:
-            await self._put((_FLUSH, done))
-        except BaseException:
-            self._durable_waiting -= 1
-            raise
-        await done
+        # A durable marker: the writer writes everything queued before it, then answers it.
+        await self.record(_FLUSH, durable=True)
 
     async def check(self) -> None:
         """Health check: fails while the latest write was refused, else pings the store."""
