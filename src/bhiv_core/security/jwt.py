@@ -16,7 +16,6 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jwt
@@ -150,12 +149,6 @@ class RevocationSet:
             self._task = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Cached:
-    principal: Principal
-    expires_at: float
-
-
 class JwtVerifier:
     """Verifies BHIV access tokens.
 
@@ -190,7 +183,7 @@ class JwtVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
-        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._cache: OrderedDict[str, Principal] = OrderedDict()  # verified tokens
         self._cache_size = cache_size
         self._cooldown = refresh_cooldown
         self._clock = clock
@@ -230,8 +223,8 @@ class JwtVerifier:
         cached = self._cache.get(token)
         if cached is None or cached.expires_at + self._leeway < self._clock():
             return None
-        self._check_revoked(cached.principal)
-        return cached.principal
+        self._check_revoked(cached)
+        return cached
 
     async def verify(self, token: str) -> Principal:
         """Returns the principal of a valid token; raises :class:`TokenError` otherwise."""
@@ -242,7 +235,7 @@ class JwtVerifier:
         self._cache.pop(token, None)  # expired, if it was there
         principal = await self._verify_signature(token, now)
         self._check_revoked(principal)
-        self._cache[token] = _Cached(principal, principal.expires_at)
+        self._cache[token] = principal
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return principal
