@@ -14,8 +14,6 @@ from bhiv_core.audit.record import (
     seal,
 )
 from bhiv_core.audit.store import (
-    DEFAULT_PAGE_SIZE,
-    MAX_PAGE_SIZE,
     AuditFilter,
     AuditSink,
     AuditStore,
@@ -23,13 +21,10 @@ from bhiv_core.audit.store import (
     MongoAuditStore,
     SqliteAuditStore,
     make_audit_store,
-    page_size_of,
 )
 
 __all__ = [
-    "DEFAULT_PAGE_SIZE",
     "GENESIS_HASH",
-    "MAX_PAGE_SIZE",
     "AuditEntry",
     "AuditFilter",
     "AuditRecord",
@@ -42,6 +37,5 @@ __all__ = [
     "SqliteAuditStore",
     "VerifyResult",
     "make_audit_store",
-    "page_size_of",
     "seal",
 ]

@@ -45,13 +45,10 @@ from bhiv_core.audit.record import (
 )
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig
 from bhiv_core.storage.mongo import MongoDatabase, is_mongo_url
-from bhiv_core.storage.pagination import bad_page_token, decode_page_token, encode_page_token
-from bhiv_core.storage.pagination import page_size_of as _page_size_of
+from bhiv_core.storage.pagination import bad_page_token, decode_page_token, encode_page_token, page_size_of
 from bhiv_core.storage.sqlite import SqliteDatabase
 
 __all__ = [
-    "DEFAULT_PAGE_SIZE",
-    "MAX_PAGE_SIZE",
     "AuditFilter",
     "AuditSink",
     "AuditStore",
@@ -59,16 +56,9 @@ __all__ = [
     "MongoAuditStore",
     "SqliteAuditStore",
     "make_audit_store",
-    "page_size_of",
 ]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PAGE_SIZE = 50
-"""Records per page when the caller asks for 0."""
-
-MAX_PAGE_SIZE = 500
-"""The most records one page returns."""
 
 _MAX_SEQUENCE = 2**63 - 1
 _VERIFY_BATCH = 2000
@@ -106,16 +96,6 @@ class AuditFilter:
             "" if self.end_time is None else str(to_micros(self.end_time)),
         ]
         return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
-
-
-def page_size_of(requested: int) -> int:
-    """Returns the page size for ``requested``: 0 means the default, larger values are capped.
-
-    Raises:
-        InvalidArgument: ``requested`` is negative.
-
-    """
-    return _page_size_of(requested, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 def _encode_token(after: int, query: AuditFilter) -> str:
@@ -172,7 +152,7 @@ class AuditStore(Protocol):
         """
 
     async def get(self, sequence: int) -> AuditRecord | None:
-        """Returns the record at ``sequence``, or None."""
+        """Returns the record at ``sequence``, or None (also for any sequence outside 1..2**63-1)."""
 
     async def latest_sequence(self) -> int:
         """The sequence of the latest record; 0 for an empty chain."""

@@ -12,14 +12,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from bhiv_core.audit.record import AuditRecord, VerifyResult, to_micros
-from bhiv_core.audit.store import AuditFilter, AuditStore, page_size_of
+from bhiv_core.audit.store import AuditFilter, AuditStore
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument, NotFound, OutOfRange
 from bhiv_core.services.sentinel.store import EventFilter, EventKind, SecurityEvent, SentinelStore
+from bhiv_core.storage.pagination import page_size_of
 
 __all__ = ["SentinelService", "new_event_id", "parse_audit_record_name"]
 
 _AUDIT_NAME = re.compile(r"auditRecords/([1-9][0-9]{0,18})")
-_MAX_SEQUENCE = 2**63 - 1
 
 
 def parse_audit_record_name(name: str) -> int:
@@ -91,7 +91,7 @@ class SentinelService:
 
         """
         sequence = parse_audit_record_name(name)
-        record = await self.audit.get(sequence) if sequence <= _MAX_SEQUENCE else None
+        record = await self.audit.get(sequence)  # None for a sequence no store can hold, too
         if record is None:
             raise NotFound(f"{name} does not exist")
         return record

@@ -21,11 +21,10 @@ from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from bhiv_core.audit.record import from_micros, to_micros
-from bhiv_core.audit.store import page_size_of
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig
 from bhiv_core.runtime.errors import AlreadyExists
 from bhiv_core.storage.mongo import MongoDatabase, is_mongo_url
-from bhiv_core.storage.pagination import bad_page_token, decode_page_token, encode_page_token
+from bhiv_core.storage.pagination import bad_page_token, decode_page_token, encode_page_token, page_size_of
 from bhiv_core.storage.sqlite import SqliteDatabase
 
 __all__ = [
