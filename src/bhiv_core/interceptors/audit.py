@@ -8,7 +8,6 @@ other call (reads, refusals, failures) is queued and written in batches, so a re
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +18,15 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from bhiv_core.audit.record import AuditEntry
-from bhiv_core.runtime.chain import CallInfo, Context, Interceptor, StreamNext, UnaryNext, is_infrastructure
+from bhiv_core.runtime.chain import (
+    CallInfo,
+    Context,
+    Interceptor,
+    StreamNext,
+    UnaryNext,
+    failure_code,
+    is_infrastructure,
+)
 from bhiv_core.security.address import client_address_of
 
 __all__ = ["AuditInterceptor", "AuditRecorder", "resource_of"]
@@ -176,15 +183,8 @@ class AuditInterceptor(Interceptor):
         """Runs the chain, then records the call before the response is returned."""
         try:
             response = await proceed(call, request, context)
-        except grpc.aio.AbortError:
-            await self._finish(call, request, call.code)
-            raise
-        except asyncio.CancelledError:
-            await self._finish(call, request, grpc.StatusCode.CANCELLED)
-            raise
-        except BaseException:
-            # Escaped the error mapper (or there is none): grpc answers UNKNOWN.
-            await self._finish(call, request, _escaped_code(call))
+        except BaseException as exc:
+            await self._finish(call, request, failure_code(call, exc))
             raise
         # A read costs no coroutine here: its entry is queued, and only a mutation waits.
         waiting = self._queue(call, request, call.code)
@@ -200,18 +200,8 @@ class AuditInterceptor(Interceptor):
         try:
             async for item in proceed(call, request, context):
                 yield item
-        except grpc.aio.AbortError:
-            code = call.code
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except BaseException:
-            code = _escaped_code(call)
+        except BaseException as exc:
+            code = failure_code(call, exc)
             raise
         finally:
             await self._finish(call, request, call.code if code is None else code)
-
-
-def _escaped_code(call: CallInfo) -> grpc.StatusCode:
-    return call.code if call.code != grpc.StatusCode.OK else grpc.StatusCode.UNKNOWN

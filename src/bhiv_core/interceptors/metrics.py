@@ -25,7 +25,6 @@ in it for the auth and audit concerns.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from bisect import bisect_left
@@ -47,7 +46,15 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from bhiv_core.runtime.chain import CallInfo, Context, Interceptor, StreamNext, UnaryNext, is_infrastructure
+from bhiv_core.runtime.chain import (
+    CallInfo,
+    Context,
+    Interceptor,
+    StreamNext,
+    UnaryNext,
+    failure_code,
+    is_infrastructure,
+)
 
 __all__ = [
     "HANDLING_BUCKETS",
@@ -59,7 +66,6 @@ __all__ = [
     "MetricsInterceptor",
     "audit_records",
     "auth_failures",
-    "failure_code",
     "grpc_type",
 ]
 
@@ -302,20 +308,6 @@ def grpc_type(descriptor: MethodDescriptor | None, streaming: bool) -> str:
     if descriptor is not None:
         return _TYPES[bool(descriptor.client_streaming), bool(descriptor.server_streaming)]
     return "server_stream" if streaming else "unary"
-
-
-def failure_code(call: CallInfo, exc: BaseException) -> grpc.StatusCode:
-    """Returns the final status of a call whose inner chain raised ``exc``.
-
-    The error mapper records the code before it aborts, so a non-OK ``call.code`` is the answer;
-    otherwise a cancellation (or a stream the client stopped reading) is CANCELLED, and anything
-    else reaches gRPC as UNKNOWN.
-    """
-    if call.code is not grpc.StatusCode.OK:
-        return call.code
-    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.UNKNOWN
 
 
 class MetricsInterceptor(Interceptor):

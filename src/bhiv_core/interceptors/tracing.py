@@ -36,8 +36,15 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from bhiv_core.interceptors.metrics import failure_code
-from bhiv_core.runtime.chain import CallInfo, Context, Interceptor, StreamNext, UnaryNext, is_infrastructure
+from bhiv_core.runtime.chain import (
+    CallInfo,
+    Context,
+    Interceptor,
+    StreamNext,
+    UnaryNext,
+    failure_code,
+    is_infrastructure,
+)
 from bhiv_core.runtime.trace_context import UNRECORDED, UnrecordedSpan, current_context, current_trace_id
 
 __all__ = [

@@ -12,6 +12,7 @@ declares the order (outermost first).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import time
@@ -35,6 +36,7 @@ __all__ = [
     "StreamNext",
     "UnaryNext",
     "chain_order",
+    "failure_code",
     "is_infrastructure",
     "is_mutating",
     "run_bound",
@@ -81,6 +83,20 @@ class CallInfo:
     resource: str = ""
     principal: Any = None
     trace_id: str = ""
+
+
+def failure_code(call: CallInfo, exc: BaseException) -> grpc.StatusCode:
+    """Returns the final status of a call whose inner chain raised ``exc``.
+
+    The error mapper records the code before it aborts, so a non-OK ``call.code`` is the answer;
+    otherwise a cancellation (or a stream the client stopped reading) is CANCELLED, and anything
+    else reaches gRPC as UNKNOWN.
+    """
+    if call.code is not grpc.StatusCode.OK:
+        return call.code
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
 
 
 UnaryNext = Callable[[CallInfo, Any, Context], Awaitable[Any]]
