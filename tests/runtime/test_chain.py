@@ -171,3 +171,46 @@ async def test_concerns_read_the_metadata_as_a_dict_keeping_the_first_of_repeate
     (seen,) = headers.seen
     assert seen["x-tenant"] == "first"
     assert seen["x-bin"] == b"\x00\x01"
+
+
+class BindCounter(PreCheckInterceptor):
+    """Counts how often the chain binds it, and refuses the model ``models/refused``."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log, self.binds = log, 0
+
+    def bind(self, method: str, descriptor: Any) -> Any:
+        self.binds += 1
+
+        def check(call: CallInfo, request: Any, context: Any) -> None:
+            self.log.append("check")
+            if request.model == "models/refused":
+                raise PermissionDenied("no")
+
+        return check
+
+
+async def test_stream_pre_checks_are_bound_once_per_method_and_run_before_the_first_item() -> None:
+    from bhiv.llm.v1 import completion_service_pb2 as ccs
+    from bhiv.llm.v1 import completion_service_pb2_grpc as ccs_grpc
+
+    log: list[str] = []
+    counter = BindCounter(log)
+
+    class Completions:
+        async def StreamComplete(self, request: Any, context: Any) -> Any:
+            log.append("handler")
+            yield ccs.StreamCompleteResponse(delta={"content": "a"})
+
+    service = ccs.DESCRIPTOR.services_by_name["CompletionService"]
+    chain = lambda *_: [ErrorMappingInterceptor("t"), Recorder("a", log), counter]
+    async with serving([(service, Completions())], chain=chain) as (_, channel):
+        stub = ccs_grpc.CompletionServiceStub(channel)
+        for _ in range(2):
+            replies = [r.delta.content async for r in stub.StreamComplete(ccs.StreamCompleteRequest())]
+            assert replies == ["a"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            _ = [r async for r in stub.StreamComplete(ccs.StreamCompleteRequest(model="models/refused"))]
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert log == ["a", "check", "handler"] * 2 + ["a", "check"]
+    assert counter.binds == 1

@@ -220,12 +220,18 @@ def _method_descriptor(method: str) -> MethodDescriptor | None:
         return None
 
 
-def _is_plain_check(concern: Interceptor) -> bool:
-    """True for a pre-check that keeps :class:`PreCheckInterceptor`'s own unary behaviour."""
-    return (
-        isinstance(concern, PreCheckInterceptor)
-        and type(concern).intercept_unary is PreCheckInterceptor.intercept_unary
+def _is_plain_check(concern: Interceptor, streaming: bool) -> bool:
+    """True for a pre-check that keeps :class:`PreCheckInterceptor`'s own behaviour for the call kind."""
+    name = "intercept_stream" if streaming else "intercept_unary"
+    return isinstance(concern, PreCheckInterceptor) and getattr(type(concern), name) is getattr(
+        PreCheckInterceptor, name
     )
+
+
+def _bound(
+    checks: Sequence[PreCheckInterceptor], method: str, descriptor: MethodDescriptor | None
+) -> tuple[Check, ...]:
+    return tuple(c for c in (check.bind(method, descriptor) for check in checks) if c is not None)
 
 
 def _checks_then(
@@ -239,7 +245,7 @@ def _checks_then(
     The same behaviour as binding each one, with one coroutine frame for the run instead of one per
     check, and none at all for a check that needs no await.
     """
-    bound = tuple(c for c in (check.bind(method, descriptor) for check in checks) if c is not None)
+    bound = _bound(checks, method, descriptor)
     if not bound:
         return proceed
 
@@ -253,19 +259,49 @@ def _checks_then(
     return run
 
 
-def _compose_unary(
-    concerns: Sequence[Interceptor], terminal: UnaryNext, method: str, descriptor: MethodDescriptor | None
-) -> UnaryNext:
+def _checks_then_stream(
+    checks: Sequence[PreCheckInterceptor],
+    proceed: StreamNext,
+    method: str,
+    descriptor: MethodDescriptor | None,
+) -> StreamNext:
+    """:func:`_checks_then` for a streamed response: the checks run before the first item."""
+    bound = _bound(checks, method, descriptor)
+    if not bound:
+        return proceed
+
+    async def run(call: CallInfo, request: Any, context: Context) -> AsyncIterator[Any]:
+        for check in bound:
+            pending = check(call, request, context)
+            if pending is not None:
+                await pending
+        async for item in proceed(call, request, context):
+            yield item
+
+    return run
+
+
+def _compose(
+    concerns: Sequence[Interceptor],
+    terminal: Any,
+    method: str,
+    descriptor: MethodDescriptor | None,
+    *,
+    streaming: bool,
+) -> Any:
+    """Composes ``concerns`` around ``terminal``, outermost first, each bound once for ``method``."""
+    checks_then: Any = _checks_then_stream if streaming else _checks_then
+    bind: Any = _bind_stream if streaming else _bind_unary
     composed = terminal
     checks: list[PreCheckInterceptor] = []  # consecutive plain checks, innermost first
     for concern in reversed(concerns):
-        if _is_plain_check(concern):
+        if _is_plain_check(concern, streaming):
             checks.insert(0, concern)  # type: ignore[arg-type]
             continue
         if checks:
-            composed, checks = _checks_then(checks, composed, method, descriptor), []
-        composed = _bind_unary(concern, composed)
-    return _checks_then(checks, composed, method, descriptor) if checks else composed
+            composed, checks = checks_then(checks, composed, method, descriptor), []
+        composed = bind(concern, composed)
+    return checks_then(checks, composed, method, descriptor) if checks else composed
 
 
 def _bind_unary(interceptor: Interceptor, proceed: UnaryNext) -> UnaryNext:
@@ -372,10 +408,9 @@ class ChainedHandlers(GenericHandler):
             def stream_terminal(call: CallInfo, request: Any, context: Context) -> AsyncIterator[Any]:
                 return behavior(request, context)  # type: ignore[no-any-return]
 
-            stream_next: StreamNext = stream_terminal
-            for concern in reversed(concerns):
-                stream_next = _bind_stream(concern, stream_next)
-            composed_stream = stream_next
+            composed_stream: StreamNext = _compose(
+                concerns, stream_terminal, method, descriptor, streaming=True
+            )
 
             async def stream_entry(request: Any, context: Context) -> AsyncIterator[Any]:
                 call = begin(context)
@@ -398,7 +433,7 @@ class ChainedHandlers(GenericHandler):
         async def unary_terminal(call: CallInfo, request: Any, context: Context) -> Any:
             return await unary_behavior(request, context)
 
-        composed_unary = _compose_unary(concerns, unary_terminal, method, descriptor)
+        composed_unary: UnaryNext = _compose(concerns, unary_terminal, method, descriptor, streaming=False)
 
         async def unary_entry(request: Any, context: Context) -> Any:
             call = begin(context)
