@@ -56,6 +56,7 @@ from bhiv_core.services.identity.store import (
     SpendOutcome,
     UsernameTaken,
     UserRecord,
+    capped_expiry,
 )
 from bhiv_core.services.identity.tokens import (
     TokenIssuer,
@@ -461,7 +462,6 @@ class IdentityService:
         """Mints an access token and a refresh token that expires with its family at the latest."""
         jti = new_token_id()
         refresh = new_refresh_token()
-        expire_time = now + self.config.refresh_ttl_seconds
         record = RefreshTokenRecord(
             token_hash=hash_refresh_token(refresh),
             family_id=family_id,
@@ -469,7 +469,7 @@ class IdentityService:
             access_jti=jti,
             access_expire_time=float(self.issuer.access_expiry(now)),
             create_time=now,
-            expire_time=min(expire_time, family_expire_time) if family_expire_time else expire_time,
+            expire_time=capped_expiry(now + self.config.refresh_ttl_seconds, family_expire_time),
             family_expire_time=family_expire_time,
         )
         access = await self.issuer.mint_access_token(

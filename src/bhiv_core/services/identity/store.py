@@ -40,6 +40,7 @@ __all__ = [
     "SqliteIdentityStore",
     "UserRecord",
     "UsernameTaken",
+    "capped_expiry",
     "make_identity_store",
 ]
 
@@ -454,6 +455,11 @@ def _select_user(conn: sqlite3.Connection, where: str, *args: object) -> UserRec
     return None if row is None else _user_from_row(row)
 
 
+def capped_expiry(expire_time: float, family_expire_time: float) -> float:
+    """A refresh token's expiry: ``expire_time``, but never after its family ends (0: no end)."""
+    return min(expire_time, family_expire_time) if family_expire_time else expire_time
+
+
 def _successor_of(token: RefreshTokenRecord, successor: RefreshTokenRecord) -> RefreshTokenRecord:
     """``successor`` as stored: in ``token``'s family, for its user, never outliving the family."""
     end = token.family_expire_time
@@ -462,7 +468,7 @@ def _successor_of(token: RefreshTokenRecord, successor: RefreshTokenRecord) -> R
         family_id=token.family_id,
         user_id=token.user_id,
         family_expire_time=end,
-        expire_time=min(successor.expire_time, end) if end else successor.expire_time,
+        expire_time=capped_expiry(successor.expire_time, end),
     )
 
 
