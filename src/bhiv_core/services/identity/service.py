@@ -37,7 +37,7 @@ from bhiv_core.runtime.errors import (
     Unauthenticated,
 )
 from bhiv_core.security.principal import Principal
-from bhiv_core.security.roles import ROLE_DESCRIPTIONS, ROLE_PERMISSIONS
+from bhiv_core.security.roles import ROLE_DESCRIPTIONS, ROLE_PERMISSIONS, ROLES
 from bhiv_core.services.identity.config import IdentityConfig
 from bhiv_core.services.identity.events import (
     NullReporter,
@@ -86,9 +86,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ROLES: tuple[str, ...] = ("admin", "ops", "sales", "support", "customer")
-"""The five roles, in the order of the ``Role`` enum."""
 
 LOCKOUT_THRESHOLD = 5
 """Consecutive failed logins after which an account starts backing off."""
@@ -883,12 +880,9 @@ class IdentityService:
 
     async def list_roles(self, *, page_size: int = 0, page_token: str = "") -> tuple[list[RoleInfo], str]:
         """The roles with their permissions, in the order of the ``Role`` enum, and the next page token."""
-        permissions: Mapping[str, frozenset[str]] = ROLE_PERMISSIONS
-        descriptions: Mapping[str, str] = ROLE_DESCRIPTIONS
         infos = [
-            RoleInfo(role, tuple(sorted(permissions[role])), descriptions.get(role, ""))
+            RoleInfo(role, tuple(sorted(ROLE_PERMISSIONS[role])), ROLE_DESCRIPTIONS.get(role, ""))
             for role in ROLES
-            if role in permissions
         ]
         page_size_of(page_size)  # only the check: 0 means every role
         start = 0
