@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from bhiv_core.registry import SERVICES, by_name
 
-__all__ = ["ConfigError", "RuntimeConfig", "Settings", "load_config"]
+__all__ = ["ConfigError", "RuntimeConfig", "Settings", "jwt_settings", "load_config"]
 
 T = TypeVar("T")
 
@@ -150,6 +150,16 @@ class RuntimeConfig:
     def address(self) -> str:
         """``host:port`` of this service."""
         return f"{self.host}:{self.port}"
+
+
+def jwt_settings(config: RuntimeConfig) -> tuple[str, str]:
+    """The issuer and audience of access tokens (``BHIV_JWT_ISSUER``, ``BHIV_JWT_AUDIENCE``).
+
+    Identity issues tokens with them and every service's verifier requires them: one definition,
+    so the two sides cannot drift apart.
+    """
+    settings = config.settings
+    return settings.raw("JWT_ISSUER") or "bhiv-identity", settings.raw("JWT_AUDIENCE") or "bhiv-core"
 
 
 def load_config(service: str, env: Mapping[str, str] | None = None) -> RuntimeConfig:

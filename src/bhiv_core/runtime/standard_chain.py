@@ -18,18 +18,12 @@ from bhiv_core.interceptors.validation import ValidationInterceptor
 from bhiv_core.runtime import telemetry
 from bhiv_core.runtime.chain import Selector, chain_order, is_infrastructure
 from bhiv_core.runtime.clients import PeerChannels
-from bhiv_core.runtime.config import RuntimeConfig
+from bhiv_core.runtime.config import RuntimeConfig, jwt_settings
 from bhiv_core.runtime.server import Chain, ServiceDefinition
 from bhiv_core.security.identity_client import IdentityKeySource, revocation_fetcher
 from bhiv_core.security.jwt import JwtVerifier, RevocationSet
 
-__all__ = ["jwt_settings", "standard_chain"]
-
-
-def jwt_settings(config: RuntimeConfig) -> tuple[str, str]:
-    """The issuer and audience every verifier requires (``BHIV_JWT_ISSUER``, ``BHIV_JWT_AUDIENCE``)."""
-    settings = config.settings
-    return settings.raw("JWT_ISSUER") or "bhiv-identity", settings.raw("JWT_AUDIENCE") or "bhiv-core"
+__all__ = ["standard_chain"]
 
 
 def standard_chain(config: RuntimeConfig, definition: ServiceDefinition) -> Chain:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bhiv_core.runtime.config import ConfigError, RuntimeConfig
+from bhiv_core.runtime.config import ConfigError, RuntimeConfig, jwt_settings
 from bhiv_core.storage.mongo import is_mongo_url
 
 __all__ = ["IdentityConfig"]
@@ -106,8 +106,7 @@ class IdentityConfig:
                 raise ValueError(raw)
             return value
 
-        issuer = s.raw("JWT_ISSUER") or "bhiv-identity"
-        audience = s.raw("JWT_AUDIENCE") or "bhiv-core"
+        issuer, audience = jwt_settings(config)
         kek = s.raw("IDENTITY_KEK_FILE")
         return cls(
             data_dir=config.data_dir,
