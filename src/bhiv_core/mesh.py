@@ -190,10 +190,9 @@ class Mesh:
             await asyncio.gather(
                 *(self._wait_serving(n, self.address(n), deadline, self.procs[n]) for n in self.procs)
             )
-            config = write_bootstrap(
-                self.data_dir / "envoy" / "envoy.json", self.upstreams(), self.edge_settings()
-            )
-            self.envoy = EnvoyProcess(config, self.edge_settings(), log_path=self.log_dir / "envoy.log")
+            edge = self.edge_settings()
+            config = write_bootstrap(self.data_dir / "envoy" / "envoy.json", self.upstreams(), edge)
+            self.envoy = EnvoyProcess(config, edge, log_path=self.log_dir / "envoy.log")
             await self.envoy.astart()
             await asyncio.gather(*(self._wait_serving(s.name, self.edge_address, deadline) for s in SERVICES))
         except BaseException:
@@ -202,7 +201,7 @@ class Mesh:
 
     def upstreams(self) -> list[Upstream]:
         """The edge's upstreams, from the registry."""
-        return [Upstream(s.name, self.host, self.ports[s.name], s.route_prefix) for s in SERVICES]
+        return [Upstream.from_spec(s, host=self.host, port=self.ports[s.name]) for s in SERVICES]
 
     def edge_settings(self) -> EdgeSettings:
         """The edge's settings for this mesh."""
