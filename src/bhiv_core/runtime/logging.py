@@ -8,17 +8,11 @@ import sys
 import time
 from typing import Any
 
+from bhiv_core.runtime.trace_context import current_trace_id
+
 __all__ = ["JsonFormatter", "configure_logging"]
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
-
-def _trace_id() -> str:
-    try:
-        from bhiv_core.runtime.trace_context import current_trace_id
-    except ImportError:  # pragma: no cover - opentelemetry is a runtime dependency
-        return ""
-    return current_trace_id()
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,9 +32,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        trace_id = _trace_id()
-        if trace_id:
-            out["trace_id"] = trace_id
+        # A record that carries its trace id (the request log) keeps it; others get the current one.
+        if "trace_id" not in record.__dict__:
+            trace_id = current_trace_id()
+            if trace_id:
+                out["trace_id"] = trace_id
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 out[key] = value
