@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import Token
 from typing import TYPE_CHECKING, Any, cast
 
@@ -119,25 +119,27 @@ class TracingInterceptor(Interceptor):
             # Only contract methods are cached: callers choose unknown names.
             if call.descriptor is not None or is_infrastructure(call.method):
                 self._methods[call.method] = named
-        headers = call.headers
-        carrier = {key: headers[key] for key in self._fields if key in headers}
-        # A server span's parent comes from the wire only, never from whatever context the task has.
-        parent = context_api.Context()
-        if carrier:
-            parent = propagate.extract(carrier, parent)
+        parent = self._caller_context(call.headers)
         span = self._tracer.start_span(named[0], parent, SpanKind.SERVER, named[1])
         token = context_api.attach(trace.set_span_in_context(span, parent))
         span_context = span.get_span_context()
         call.trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
         return span, token
 
+    def _caller_context(self, headers: Mapping[str, Any]) -> context_api.Context:
+        """The caller's trace context from the call's headers, in a fresh context.
+
+        A server span's parent comes from the wire only, never from whatever context the task has.
+        """
+        parent = context_api.Context()
+        if self._fields.isdisjoint(headers):
+            return parent
+        return propagate.extract({key: headers[key] for key in self._fields if key in headers}, parent)
+
     def _unrecorded_ids(self, call: CallInfo) -> UnrecordedSpan:
         headers = call.headers
         if not self._fields.isdisjoint(headers):  # the caller sent trace context
-            carrier = {key: headers[key] for key in self._fields if key in headers}
-            remote = trace.get_current_span(
-                propagate.extract(carrier, context_api.Context())
-            ).get_span_context()
+            remote = trace.get_current_span(self._caller_context(headers)).get_span_context()
             if remote.is_valid:
                 call.trace_id = format(remote.trace_id, "032x")
                 return (remote.trace_id, _random_id(64), remote.trace_flags, remote.trace_state)

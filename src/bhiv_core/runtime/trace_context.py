@@ -34,15 +34,17 @@ UNRECORDED: ContextVar[UnrecordedSpan | None] = ContextVar("bhiv_unrecorded_span
 """The current call's ids when its span is not recorded; None otherwise."""
 
 
+def _span_context(ids: UnrecordedSpan) -> SpanContext:
+    return SpanContext(ids[0], ids[1], False, TraceFlags(ids[2]), ids[3])
+
+
 def current_span_context() -> SpanContext:
     """The span context work continues: OpenTelemetry's current span, else the unrecorded call's."""
     span_context = trace.get_current_span().get_span_context()
     if span_context.is_valid:
         return span_context
     ids = UNRECORDED.get()
-    if ids is None:
-        return INVALID_SPAN_CONTEXT
-    return SpanContext(ids[0], ids[1], False, TraceFlags(ids[2]), ids[3])
+    return INVALID_SPAN_CONTEXT if ids is None else _span_context(ids)
 
 
 def current_context() -> context_api.Context:
@@ -54,9 +56,7 @@ def current_context() -> context_api.Context:
     ids = UNRECORDED.get()
     if ids is None or trace.get_current_span(context).get_span_context().is_valid:
         return context
-    return trace.set_span_in_context(
-        NonRecordingSpan(SpanContext(ids[0], ids[1], False, TraceFlags(ids[2]), ids[3])), context
-    )
+    return trace.set_span_in_context(NonRecordingSpan(_span_context(ids)), context)
 
 
 def current_trace_id() -> str:
