@@ -252,11 +252,6 @@ class ChainVerifier:
         self._checked = 0
         self._broken: VerifyResult | None = None
 
-    @property
-    def broken(self) -> bool:
-        """True once a break was found."""
-        return self._broken is not None
-
     def _break(self, sequence: int, reason: ChainBreak, detail: str) -> bool:
         self._broken = VerifyResult(
             ok=False,

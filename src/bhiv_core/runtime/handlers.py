@@ -16,7 +16,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from bhiv_core.runtime.errors import Unimplemented
 
-__all__ = ["implemented_methods", "service_handler"]
+__all__ = ["service_handler"]
 
 
 def _unimplemented(method: MethodDescriptor, missing: str) -> Callable[..., Any]:
@@ -33,11 +33,6 @@ def _unimplemented(method: MethodDescriptor, missing: str) -> Callable[..., Any]
         raise Unimplemented(message)
 
     return unary
-
-
-def implemented_methods(service: ServiceDescriptor, servicer: object) -> list[str]:
-    """The names of the RPCs of ``service`` that ``servicer`` implements."""
-    return [m.name for m in service.methods if callable(getattr(servicer, m.name, None))]
 
 
 def service_handler(

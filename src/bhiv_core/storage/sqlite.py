@@ -37,11 +37,6 @@ class SqliteDatabase:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
 
-    @property
-    def schema_version(self) -> int:
-        """The schema version this code expects."""
-        return len(self._migrations)
-
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
