@@ -21,7 +21,7 @@ import hashlib
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -327,6 +327,44 @@ def _missing_before(start: int, end: int) -> VerifyResult:
     )
 
 
+async def _begin_verify(
+    head: tuple[int, str, int],
+    start_seq: int | None,
+    end_seq: int | None,
+    hash_at: Callable[[int], Awaitable[str | None]],
+) -> tuple[int, int, ChainVerifier] | VerifyResult:
+    """Clamps a range to the chain and sets up its verifier; both stores only feed it.
+
+    Args:
+        head: The store's head sequence and hash, and its highest stored sequence.
+        start_seq: The first sequence asked for (None or 0: 1).
+        end_seq: The last sequence asked for (None or 0: the latest).
+        hash_at: Reads the stored hash of one record, None when it is missing.
+
+    Returns:
+        ``(start, end, verifier)``, or the result itself when there is nothing to feed: an empty
+        range, or a missing record ``start - 1``.
+
+    """
+    head_sequence, head_hash, top = head
+    latest = max(head_sequence, top)
+    start = max(start_seq or 1, 1)
+    end = latest if not end_seq else min(end_seq, latest)
+    if start > end:
+        return VerifyResult(ok=True, checked=0, start_sequence=start, end_sequence=max(end, 0))
+    prev_hash = GENESIS_HASH
+    if start > 1:
+        found = await hash_at(start - 1)
+        if found is None:
+            return _missing_before(start, end)
+        prev_hash = found
+    return (
+        start,
+        end,
+        ChainVerifier(start, end, prev_hash, (head_sequence, head_hash) if end == latest else None),
+    )
+
+
 def _where(query: AuditFilter) -> tuple[str, builtins.list[Any]]:
     clauses: builtins.list[str] = []
     params: builtins.list[Any] = []
@@ -437,25 +475,20 @@ class SqliteAuditStore:
         head_sequence, _, top = await self._head()
         return max(head_sequence, top)
 
+    async def _hash_at(self, sequence: int) -> str | None:
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT hash FROM audit_records WHERE sequence = ?", (sequence,)
+            ).fetchone()
+        )
+        return None if row is None else str(row["hash"])
+
     async def verify(self, start_seq: int | None = None, end_seq: int | None = None) -> VerifyResult:
         """Verifies the range batch by batch, in short read transactions."""
-        head_sequence, head_hash, top = await self._head()
-        latest = max(head_sequence, top)
-        start = max(start_seq or 1, 1)
-        end = latest if not end_seq else min(end_seq, latest)
-        if start > end:
-            return VerifyResult(ok=True, checked=0, start_sequence=start, end_sequence=max(end, 0))
-        prev_hash = GENESIS_HASH
-        if start > 1:
-            before = await self._db.read(
-                lambda conn: conn.execute(
-                    "SELECT hash FROM audit_records WHERE sequence = ?", (start - 1,)
-                ).fetchone()
-            )
-            if before is None:
-                return _missing_before(start, end)
-            prev_hash = str(before["hash"])
-        verifier = ChainVerifier(start, end, prev_hash, (head_sequence, head_hash) if end == latest else None)
+        begun = await _begin_verify(await self._head(), start_seq, end_seq, self._hash_at)
+        if isinstance(begun, VerifyResult):
+            return begun
+        start, end, verifier = begun
         after: int | None = start - 1
         while after is not None:
             after = await self._db.read(_batch_verifier(verifier, after, end))
@@ -576,21 +609,16 @@ class MongoAuditStore:
         head_sequence, _, top = await self._head()
         return max(head_sequence, top)
 
+    async def _hash_at(self, sequence: int) -> str | None:
+        doc = await self._records.find_one({"sequence": sequence}, {"hash": True})
+        return None if doc is None else str(doc["hash"])
+
     async def verify(self, start_seq: int | None = None, end_seq: int | None = None) -> VerifyResult:
         """Verifies the range in one cursor, ordered by sequence."""
-        head_sequence, head_hash, top = await self._head()
-        latest = max(head_sequence, top)
-        start = max(start_seq or 1, 1)
-        end = latest if not end_seq else min(end_seq, latest)
-        if start > end:
-            return VerifyResult(ok=True, checked=0, start_sequence=start, end_sequence=max(end, 0))
-        prev_hash = GENESIS_HASH
-        if start > 1:
-            before = await self._records.find_one({"sequence": start - 1}, {"hash": True})
-            if before is None:
-                return _missing_before(start, end)
-            prev_hash = str(before["hash"])
-        verifier = ChainVerifier(start, end, prev_hash, (head_sequence, head_hash) if end == latest else None)
+        begun = await _begin_verify(await self._head(), start_seq, end_seq, self._hash_at)
+        if isinstance(begun, VerifyResult):
+            return begun
+        start, end, verifier = begun
         cursor = (
             self._records.find({"sequence": {"$gte": start, "$lte": end}}, {"_id": False})
             .sort("sequence", ASCENDING)
