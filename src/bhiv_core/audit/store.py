@@ -43,8 +43,8 @@ from bhiv_core.audit.record import (
     seal_batch,
     to_micros,
 )
-from bhiv_core.runtime.config import ConfigError, RuntimeConfig
-from bhiv_core.storage.mongo import MongoDatabase, is_mongo_url
+from bhiv_core.runtime.config import RuntimeConfig
+from bhiv_core.storage.mongo import MongoDatabase, mongo_url_setting
 from bhiv_core.storage.pagination import bad_page_token, decode_page_token, encode_page_token, page_size_of
 from bhiv_core.storage.sqlite import SqliteDatabase
 
@@ -651,14 +651,9 @@ def make_audit_store(config: RuntimeConfig) -> AuditStore:
         ConfigError: ``BHIV_AUDIT_STORE_URL`` is set but is not a MongoDB URL.
 
     """
-    url = config.settings.raw("AUDIT_STORE_URL")
+    url = mongo_url_setting(config.settings, "AUDIT_STORE_URL", "the SQLite file <data_dir>/audit.db")
     if url is None:
         return SqliteAuditStore(config.data_dir / "audit.db")
-    if not is_mongo_url(url):
-        raise ConfigError(
-            "BHIV_AUDIT_STORE_URL must be a mongodb:// or mongodb+srv:// URL "
-            "(leave it unset for the SQLite file <data_dir>/audit.db)"
-        )
     return MongoAuditStore(MongoDatabase(url, "bhiv_audit"))
 
 

@@ -12,12 +12,34 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-__all__ = ["MongoDatabase", "is_mongo_url"]
+from bhiv_core.runtime.config import ConfigError, Settings
+
+__all__ = ["MongoDatabase", "is_mongo_url", "mongo_url_setting"]
 
 
 def is_mongo_url(url: str) -> bool:
     """True for ``mongodb://`` and ``mongodb+srv://`` URLs."""
     return url.startswith(("mongodb://", "mongodb+srv://"))
+
+
+def mongo_url_setting(settings: Settings, name: str, embedded: str) -> str | None:
+    """The MongoDB URL a store setting selects, or None when it is unset (the embedded store).
+
+    Args:
+        settings: Where to read ``BHIV_<name>``.
+        name: The setting without its prefix, like ``AUDIT_STORE_URL``.
+        embedded: What leaving it unset selects, for the error message.
+
+    Raises:
+        ConfigError: The setting is not a ``mongodb://`` or ``mongodb+srv://`` URL.
+
+    """
+    url = settings.raw(name)
+    if url is not None and not is_mongo_url(url):
+        raise ConfigError(
+            f"BHIV_{name} must be a mongodb:// or mongodb+srv:// URL (leave it unset for {embedded})"
+        )
+    return url
 
 
 class MongoDatabase:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig, jwt_settings
-from bhiv_core.storage.mongo import is_mongo_url
+from bhiv_core.storage.mongo import mongo_url_setting
 
 __all__ = ["IdentityConfig"]
 
@@ -85,12 +85,7 @@ class IdentityConfig:
     def from_runtime(cls, config: RuntimeConfig) -> IdentityConfig:
         """Reads every identity setting once; raises ConfigError naming a bad one."""
         s = config.settings
-        store_url = s.raw("IDENTITY_STORE_URL")
-        if store_url is not None and not is_mongo_url(store_url):
-            raise ConfigError(
-                "BHIV_IDENTITY_STORE_URL must be a mongodb:// or mongodb+srv:// URL "
-                "(leave it unset for the embedded SQLite store)"
-            )
+        store_url = mongo_url_setting(s, "IDENTITY_STORE_URL", "the embedded SQLite store")
         access_ttl = s.positive_int("ACCESS_TOKEN_TTL_SECONDS", 900)
         overlap = s.positive_int("SIGNING_KEY_OVERLAP_SECONDS", 2 * access_ttl)
         if overlap < access_ttl:

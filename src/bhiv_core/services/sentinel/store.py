@@ -21,9 +21,9 @@ from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from bhiv_core.audit.record import from_micros, to_micros
-from bhiv_core.runtime.config import ConfigError, RuntimeConfig
+from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.errors import AlreadyExists
-from bhiv_core.storage.mongo import MongoDatabase, is_mongo_url
+from bhiv_core.storage.mongo import MongoDatabase, mongo_url_setting
 from bhiv_core.storage.pagination import bad_page_token, decode_page_token, encode_page_token, page_size_of
 from bhiv_core.storage.sqlite import SqliteDatabase
 
@@ -394,12 +394,7 @@ def make_sentinel_store(config: RuntimeConfig) -> SentinelStore:
         ConfigError: ``BHIV_SENTINEL_STORE_URL`` is set but is not a MongoDB URL.
 
     """
-    url = config.settings.raw("SENTINEL_STORE_URL")
+    url = mongo_url_setting(config.settings, "SENTINEL_STORE_URL", "the SQLite file <data_dir>/sentinel.db")
     if url is None:
         return SqliteSentinelStore(config.data_dir / "sentinel.db")
-    if not is_mongo_url(url):
-        raise ConfigError(
-            "BHIV_SENTINEL_STORE_URL must be a mongodb:// or mongodb+srv:// URL "
-            "(leave it unset for the SQLite file <data_dir>/sentinel.db)"
-        )
     return MongoSentinelStore(MongoDatabase(url, "bhiv_sentinel"))
