@@ -28,6 +28,7 @@ from bhiv_core.edge.envoy_config import EdgeSettings, Upstream, write_bootstrap
 from bhiv_core.edge.process import EnvoyProcess
 from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, SERVICES, ServiceSpec
 from bhiv_core.runtime.config import ConfigError, Settings
+from bhiv_core.runtime.server import bind_error
 
 __all__ = ["Mesh", "MeshError", "free_port", "free_ports", "main"]
 
@@ -54,15 +55,6 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         for sock in socks:
             sock.bind((host, 0))
         return [int(sock.getsockname()[1]) for sock in socks]
-
-
-def _port_taken(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 @dataclass
@@ -130,7 +122,7 @@ class Mesh:
             if port in seen:
                 raise MeshError(f"{setting} and {seen[port]} are both {port}")
             seen[port] = setting
-            if _port_taken(self.host, port):
+            if bind_error(self.host, port) is not None:
                 raise MeshError(f"port {port} ({setting}) on {self.host} is already in use")
 
     def service_env(self) -> dict[str, str]:

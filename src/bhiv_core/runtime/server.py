@@ -44,6 +44,7 @@ __all__ = [
     "RunningService",
     "ServiceDefinition",
     "basic_chain",
+    "bind_error",
     "default_chain",
     "package_definition",
     "serve",
@@ -330,16 +331,24 @@ def _worker(service: str, make_definition: DefinitionFactory) -> None:
     asyncio.run(_run(config, make_definition))
 
 
-def _check_port_free(config: RuntimeConfig) -> None:
-    """Binds the port without SO_REUSEPORT, so a port taken by anything else fails loudly."""
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be bound right now (without SO_REUSEPORT), or None when it can."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         try:
-            sock.bind((config.host, config.port))
+            sock.bind((host, port))
         except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {config.address} (BHIV_{config.service.upper()}_PORT): {exc.strerror}"
-            ) from exc
+            return exc
+    return None
+
+
+def _check_port_free(config: RuntimeConfig) -> None:
+    """Binds the port without SO_REUSEPORT, so a port taken by anything else fails loudly."""
+    error = bind_error(config.host, config.port)
+    if error is not None:
+        raise ConfigError(
+            f"cannot listen on {config.address} (BHIV_{config.service.upper()}_PORT): {error.strerror}"
+        ) from error
 
 
 def serve(service: str, make_definition: DefinitionFactory) -> None:
