@@ -25,6 +25,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor
 
 from bhiv_core.runtime.errors import Unimplemented
+from bhiv_core.runtime.handlers import method_handler
 
 __all__ = [
     "CallInfo",
@@ -339,6 +340,17 @@ async def _unknown_method(request: bytes, context: Context) -> bytes:
 _UNKNOWN_HANDLER = grpc.unary_unary_rpc_method_handler(_unknown_method)
 
 
+def _rewrapped(handler: Handler, behavior: Callable[..., Any]) -> Handler:
+    """A handler like ``handler`` (same kind and (de)serializers) that runs ``behavior``."""
+    return method_handler(
+        behavior,
+        request_streaming=handler.request_streaming,
+        response_streaming=handler.response_streaming,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
 class ChainedHandlers(GenericHandler):
     """The one generic handler of a server: every method's handler with the chain composed around it.
 
@@ -417,16 +429,7 @@ class ChainedHandlers(GenericHandler):
                 async for item in composed_stream(call, request, context):
                     yield item
 
-            factory = (
-                grpc.unary_stream_rpc_method_handler
-                if not handler.request_streaming
-                else grpc.stream_stream_rpc_method_handler
-            )
-            return factory(
-                stream_entry,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return _rewrapped(handler, stream_entry)
 
         unary_behavior: Any = handler.unary_unary or handler.stream_unary
 
@@ -439,13 +442,4 @@ class ChainedHandlers(GenericHandler):
             call = begin(context)
             return await composed_unary(call, request, context)
 
-        unary_factory = (
-            grpc.unary_unary_rpc_method_handler
-            if not handler.request_streaming
-            else grpc.stream_unary_rpc_method_handler
-        )
-        return unary_factory(
-            unary_entry,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return _rewrapped(handler, unary_entry)

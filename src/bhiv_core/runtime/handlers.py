@@ -16,7 +16,29 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from bhiv_core.runtime.errors import Unimplemented
 
-__all__ = ["service_handler"]
+__all__ = ["method_handler", "service_handler"]
+
+
+def method_handler(
+    behavior: Callable[..., Any],
+    *,
+    request_streaming: bool,
+    response_streaming: bool,
+    request_deserializer: Callable[[bytes], Any] | None,
+    response_serializer: Callable[[Any], bytes] | None,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """The gRPC handler of ``behavior`` for the method's kind (unary or streaming, each way)."""
+    if request_streaming and response_streaming:
+        factory: Callable[..., grpc.RpcMethodHandler[Any, Any]] = grpc.stream_stream_rpc_method_handler
+    elif request_streaming:
+        factory = grpc.stream_unary_rpc_method_handler
+    elif response_streaming:
+        factory = grpc.unary_stream_rpc_method_handler
+    else:
+        factory = grpc.unary_unary_rpc_method_handler
+    return factory(
+        behavior, request_deserializer=request_deserializer, response_serializer=response_serializer
+    )
 
 
 def _unimplemented(method: MethodDescriptor, missing: str) -> Callable[..., Any]:
@@ -53,16 +75,10 @@ def service_handler(
         behavior = getattr(servicer, method.name, None)
         if not callable(behavior):
             behavior = _unimplemented(method, missing)
-        if method.client_streaming and method.server_streaming:
-            factory: Callable[..., grpc.RpcMethodHandler[Any, Any]] = grpc.stream_stream_rpc_method_handler
-        elif method.client_streaming:
-            factory = grpc.stream_unary_rpc_method_handler
-        elif method.server_streaming:
-            factory = grpc.unary_stream_rpc_method_handler
-        else:
-            factory = grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = factory(
+        handlers[method.name] = method_handler(
             behavior,
+            request_streaming=method.client_streaming,
+            response_streaming=method.server_streaming,
             request_deserializer=request_cls.FromString,
             response_serializer=response_cls.SerializeToString,
         )
