@@ -191,6 +191,13 @@ LockPolicy = Callable[[int], float]
 """Maps a count of consecutive failed logins to how many seconds the account is locked (0 = not)."""
 
 
+def _after_failure(user: UserRecord, now: float, lock_seconds: LockPolicy) -> tuple[int, float]:
+    """The failed-login count and lock end after one more failure of ``user`` at ``now``."""
+    failures = user.failed_logins + 1
+    lock = lock_seconds(failures)
+    return failures, (now + lock if lock > 0 else user.locked_until)
+
+
 class IdentityStore(Protocol):
     """The storage contract of identity. Every method is atomic."""
 
@@ -650,9 +657,7 @@ class SqliteIdentityStore:
             user = _select_user(conn, "id = ?", user_id)
             if user is None:
                 return None
-            failures = user.failed_logins + 1
-            lock = lock_seconds(failures)
-            locked_until = now + lock if lock > 0 else user.locked_until
+            failures, locked_until = _after_failure(user, now, lock_seconds)
             conn.execute(
                 "UPDATE users SET failed_logins = ?, locked_until = ? WHERE id = ?",
                 (failures, locked_until, user_id),
@@ -1083,9 +1088,7 @@ class MongoIdentityStore:
             if doc is None:
                 return None
             user = _user_from_doc(doc)
-            failures = user.failed_logins + 1
-            lock = lock_seconds(failures)
-            locked_until = now + lock if lock > 0 else user.locked_until
+            failures, locked_until = _after_failure(user, now, lock_seconds)
             updated = await self._users.find_one_and_update(
                 {"_id": user_id, "failed_logins": user.failed_logins},
                 {"$set": {"failed_logins": failures, "locked_until": locked_until}},
