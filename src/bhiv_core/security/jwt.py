@@ -25,6 +25,7 @@ from bhiv_core.runtime.errors import Unauthenticated
 from bhiv_core.security.principal import Principal
 
 __all__ = [
+    "ACCESS_TOKEN_TYPE",
     "ALLOWED_ALGORITHMS",
     "JwtVerifier",
     "KeySource",
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a header value, not a secret
+"""The ``typ`` header of access tokens (RFC 9068): identity signs it, every verifier requires it."""
 
 ALLOWED_ALGORITHMS = ("EdDSA",)
 """Only EdDSA: never ``none``, never an HMAC algorithm that a public key could be abused as a secret for."""
@@ -247,7 +251,7 @@ class JwtVerifier:
             raise TokenError("malformed") from None
         if header.get("alg") not in ALLOWED_ALGORITHMS:
             raise TokenError("algorithm not allowed")
-        if header.get("typ") != "at+jwt":
+        if header.get("typ") != ACCESS_TOKEN_TYPE:
             raise TokenError("not an access token")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:

@@ -20,6 +20,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from bhiv_core.security.jwt import ACCESS_TOKEN_TYPE
 from bhiv_core.services.identity.keys import SigningKeyRing
 
 __all__ = [
@@ -31,9 +32,6 @@ __all__ = [
     "hash_refresh_token",
     "new_refresh_token",
 ]
-
-ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a header value, not a secret
-"""The ``typ`` header of access tokens (RFC 9068)."""
 
 SERVICE_TOKEN_TTL_SECONDS = 300
 """Lifetime of service tokens."""
@@ -122,7 +120,7 @@ class TokenIssuer:
 
         """
         issued = int(self._clock() if now is None else now)
-        expires = issued + self.access_ttl_seconds
+        expires = self.access_expiry(issued)
         claims: dict[str, Any] = {
             "iss": self.issuer,
             "aud": self.audience,
