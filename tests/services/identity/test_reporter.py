@@ -7,6 +7,7 @@ import contextvars
 import time
 from typing import Any
 
+import grpc
 import pytest
 
 from bhiv.sentinel.v1 import threat_pb2, threat_service_pb2
@@ -125,3 +126,24 @@ async def test_a_failing_token_source_is_counted_never_raised() -> None:
     reporter.report(event())
     await reporter.stop(drain_seconds=5)
     assert reporter.failed == 1
+
+
+async def test_a_lent_channel_pool_is_closed_when_the_reporter_stops() -> None:
+    closed: list[bool] = []
+
+    async def token() -> str:
+        return "token"
+
+    async def close() -> None:
+        closed.append(True)
+
+    reporter = SentinelReporter(
+        "127.0.0.1:1",
+        token,
+        channel=lambda: grpc.aio.insecure_channel("127.0.0.1:1"),
+        close_channel=close,
+    )
+    await reporter.start()
+    assert closed == []
+    await reporter.stop(drain_seconds=0)
+    assert closed == [True]

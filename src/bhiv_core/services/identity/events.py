@@ -101,6 +101,8 @@ class SentinelReporter:
         timeout_seconds: Deadline of each call.
         channel: Returns the channel to sentinel when the caller owns one (a shared channel pool
             with tracing interceptors, say); by default the reporter opens and closes its own.
+        close_channel: Closes what ``channel`` draws on; awaited by :meth:`stop`, once the sender
+            has stopped (when the pool lives exactly as long as the reporter).
 
     Attributes:
         sent: Events sentinel accepted.
@@ -117,10 +119,12 @@ class SentinelReporter:
         queue_size: int = 1000,
         timeout_seconds: float = 3.0,
         channel: Callable[[], grpc.aio.Channel] | None = None,
+        close_channel: Callable[[], Awaitable[None]] | None = None,
     ):
         self.address = address
         self._token_source = token_source
         self._channel_factory = channel
+        self._close_channel = close_channel
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue(queue_size)
         self._timeout = timeout_seconds
         self._channel: grpc.aio.Channel | None = None
@@ -161,6 +165,8 @@ class SentinelReporter:
         if self._channel is not None:
             await self._channel.close(None)
             self._channel = None
+        if self._close_channel is not None:
+            await self._close_channel()
 
     async def _token_now(self) -> str:
         now = time.time()

@@ -42,6 +42,7 @@ def identity_service(
             lambda: service.mint_service_token(NAME, SENTINEL_SCOPES),
             queue_size=settings.report_queue_size,
             channel=lambda: channels.channel("sentinel"),
+            close_channel=channels.close,
         )
     return service
 
