@@ -16,7 +16,14 @@ from typing import TypeVar
 
 from bhiv_core.registry import SERVICES, by_name
 
-__all__ = ["ConfigError", "RuntimeConfig", "Settings", "jwt_settings", "load_config"]
+__all__ = [
+    "ConfigError",
+    "RuntimeConfig",
+    "Settings",
+    "jwt_settings",
+    "load_config",
+    "revocation_poll_seconds",
+]
 
 T = TypeVar("T")
 
@@ -160,6 +167,11 @@ def jwt_settings(config: RuntimeConfig) -> tuple[str, str]:
     """
     settings = config.settings
     return settings.raw("JWT_ISSUER") or "bhiv-identity", settings.raw("JWT_AUDIENCE") or "bhiv-core"
+
+
+def revocation_poll_seconds(config: RuntimeConfig) -> float:
+    """How often a process refreshes its revocation list (``BHIV_REVOCATION_POLL_SECONDS``, 2)."""
+    return config.settings.positive_float("REVOCATION_POLL_SECONDS", 2.0)
 
 
 def load_config(service: str, env: Mapping[str, str] | None = None) -> RuntimeConfig:

@@ -18,7 +18,7 @@ from bhiv_core.interceptors.validation import ValidationInterceptor
 from bhiv_core.runtime import telemetry
 from bhiv_core.runtime.chain import Selector, chain_order, is_infrastructure
 from bhiv_core.runtime.clients import PeerChannels
-from bhiv_core.runtime.config import RuntimeConfig, jwt_settings
+from bhiv_core.runtime.config import RuntimeConfig, jwt_settings, revocation_poll_seconds
 from bhiv_core.runtime.server import Chain, ServiceDefinition
 from bhiv_core.security.identity_client import IdentityKeySource, revocation_fetcher
 from bhiv_core.security.jwt import JwtVerifier, RevocationSet
@@ -33,7 +33,7 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition) -> Chai
     identity_channel = lambda: channels.channel("identity")  # noqa: E731
     revocations = definition.revocations or RevocationSet(
         revocation_fetcher(identity_channel),
-        interval=settings.positive_float("REVOCATION_POLL_SECONDS", 2.0),
+        interval=revocation_poll_seconds(config),
     )
     issuer, audience = jwt_settings(config)
     verifier = JwtVerifier(

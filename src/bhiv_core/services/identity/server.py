@@ -6,7 +6,7 @@ from bhiv.identity.v1 import auth_service_pb2, role_service_pb2, user_service_pb
 from bhiv_core.interceptors.tracing import client_interceptors
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.clients import PeerChannels
-from bhiv_core.runtime.config import RuntimeConfig
+from bhiv_core.runtime.config import RuntimeConfig, revocation_poll_seconds
 from bhiv_core.security.jwt import RevocationSet
 from bhiv_core.services.identity.config import IdentityConfig
 from bhiv_core.services.identity.service import IdentityService, SecurityEventReporter, SentinelReporter
@@ -59,9 +59,7 @@ def definition(config: RuntimeConfig, *, service: IdentityService | None = None)
     reporter = service.reporter
     # This process verifies tokens with its own keys and revocations: no call to itself, and a
     # revocation applies here as soon as it is stored.
-    revocations = RevocationSet(
-        service.revoked_since, interval=config.settings.positive_float("REVOCATION_POLL_SECONDS", 2.0)
-    )
+    revocations = RevocationSet(service.revoked_since, interval=revocation_poll_seconds(config))
     service.on_revoked = revocations.poll_once
 
     async def start() -> None:
