@@ -9,6 +9,7 @@ shared across threads and the event loop never blocks on disk. Writes run inside
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,17 +29,29 @@ class SqliteDatabase:
         migrations: SQL scripts; script ``i`` moves the schema from version ``i`` to ``i + 1``
             (``PRAGMA user_version``). Applied in order on :meth:`open`, each in a transaction.
         busy_timeout_ms: How long a writer waits for another process's lock.
+        file_mode: The permissions a new file is created with (SQLite gives its -wal and -shm
+            files the same); None for the process's default.
     """
 
-    def __init__(self, path: Path, migrations: Sequence[str], *, busy_timeout_ms: int = 10_000):
+    def __init__(
+        self,
+        path: Path,
+        migrations: Sequence[str],
+        *,
+        busy_timeout_ms: int = 10_000,
+        file_mode: int | None = None,
+    ):
         self.path = path
         self._migrations = tuple(migrations)
         self._busy_timeout_ms = busy_timeout_ms
+        self._file_mode = file_mode
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._file_mode is not None and not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, self._file_mode))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")

@@ -14,7 +14,6 @@ Times are Unix seconds (floats) everywhere, so the service logic is the same ove
 from __future__ import annotations
 
 import enum
-import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -519,15 +518,11 @@ class SqliteIdentityStore:
     """
 
     def __init__(self, path: Path):
-        self.db = SqliteDatabase(path, MIGRATIONS)
+        # Password hashes live here: the file is created owner-only.
+        self.db = SqliteDatabase(path, MIGRATIONS, file_mode=0o600)
 
     async def open(self) -> None:
         """Opens the file (created owner-only) and applies pending migrations."""
-        path = self.db.path
-        if not path.exists():
-            # Password hashes live here: create it 0600; SQLite gives its -wal/-shm files the same mode.
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         await self.db.open()
 
     async def close(self) -> None:
