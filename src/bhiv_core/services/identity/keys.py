@@ -41,6 +41,7 @@ __all__ = [
     "kid_of",
     "load_or_create_kek",
     "raw_public_key",
+    "write_private_beside",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_private_beside(path: Path, data: bytes, suffix: str) -> Path:
+    """Writes ``data`` to a new owner-only (0600) file next to ``path``, synced to disk; returns it.
+
+    The caller then moves or links it into place, so nobody ever reads a partial ``path``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{suffix}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return temporary
+
+
 def load_or_create_kek(path: Path) -> bytes:
     """Returns the key-encryption key in ``path``, generating it (32 random bytes, mode 0600) if absent.
 
@@ -121,14 +138,7 @@ def load_or_create_kek(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_bytes(KEK_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        tmp = write_private_beside(path, secrets.token_bytes(KEK_BYTES), "tmp")
         try:
             os.link(tmp, path)
             log.info("generated the signing-key encryption key", extra={"path": str(path)})

@@ -47,7 +47,7 @@ from bhiv_core.services.identity.events import (
     SentinelReporter,
     to_timestamp,
 )
-from bhiv_core.services.identity.keys import SigningKeyRing, load_or_create_kek
+from bhiv_core.services.identity.keys import SigningKeyRing, load_or_create_kek, write_private_beside
 from bhiv_core.services.identity.passwords import PasswordHasher
 from bhiv_core.services.identity.store import (
     IdentityStore,
@@ -405,15 +405,8 @@ class IdentityService:
             etag=_new_etag(),
         )
         path = self.config.admin_credentials_path
-        path.parent.mkdir(parents=True, exist_ok=True)
         # Written before the user exists, so a crash never leaves an admin nobody knows the password of.
-        staged = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.staged")
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, f"username=admin\npassword={password}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        staged = write_private_beside(path, f"username=admin\npassword={password}\n".encode(), "staged")
         try:
             await self.store.create_user(admin, now=now)
         except UsernameTaken:
