@@ -37,6 +37,7 @@ __all__ = [
     "SigningKeyRing",
     "decrypt_private_key",
     "encrypt_private_key",
+    "fsync_directory",
     "jwk_of",
     "kid_of",
     "load_or_create_kek",
@@ -100,7 +101,8 @@ def decrypt_private_key(pem: bytes, kek: bytes) -> Ed25519PrivateKey:
     return key
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
+    """Makes the entries of the folder ``path`` (a new, linked or renamed file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -146,7 +148,7 @@ def load_or_create_kek(path: Path) -> bytes:
             pass
         finally:
             tmp.unlink()
-        _fsync_dir(path.parent)
+        fsync_directory(path.parent)
         data = path.read_bytes()
     if len(data) != KEK_BYTES:
         raise ConfigError(

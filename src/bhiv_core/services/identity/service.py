@@ -47,7 +47,12 @@ from bhiv_core.services.identity.events import (
     SentinelReporter,
     to_timestamp,
 )
-from bhiv_core.services.identity.keys import SigningKeyRing, load_or_create_kek, write_private_beside
+from bhiv_core.services.identity.keys import (
+    SigningKeyRing,
+    fsync_directory,
+    load_or_create_kek,
+    write_private_beside,
+)
 from bhiv_core.services.identity.passwords import PasswordHasher
 from bhiv_core.services.identity.store import (
     IdentityStore,
@@ -416,6 +421,7 @@ class IdentityService:
             staged.unlink()
             raise
         os.replace(staged, path)
+        fsync_directory(path.parent)  # the rename survives a power loss too
         log.warning(
             "created the first admin user; its password is in the credentials file", extra={"path": str(path)}
         )
