@@ -45,7 +45,7 @@ from bhiv_core.audit.record import (
 )
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.storage.mongo import MongoDatabase, mongo_url_setting
-from bhiv_core.storage.pagination import bad_page_token, decode_page_token, encode_page_token, page_size_of
+from bhiv_core.storage.pagination import bad_page_token, cut_page, decode_page_token, page_size_of
 from bhiv_core.storage.sqlite import SqliteDatabase
 
 __all__ = [
@@ -98,10 +98,6 @@ class AuditFilter:
         return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 
-def _encode_token(after: int, query: AuditFilter) -> str:
-    return encode_page_token(after, query.fingerprint())
-
-
 def _decode_token(token: str, query: AuditFilter) -> int:
     """Returns the sequence a page token continues after (0 for the first page)."""
     if not token:
@@ -115,11 +111,7 @@ def _decode_token(token: str, query: AuditFilter) -> int:
 def _page(
     records: builtins.list[AuditRecord], size: int, query: AuditFilter
 ) -> tuple[builtins.list[AuditRecord], str]:
-    """Cuts a ``size + 1`` fetch into a page and the token of the next one."""
-    if len(records) > size:
-        records = records[:size]
-        return records, _encode_token(records[-1].sequence, query)
-    return records, ""
+    return cut_page(records, size, lambda record: record.sequence, query.fingerprint())
 
 
 class AuditStore(Protocol):

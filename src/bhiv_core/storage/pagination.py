@@ -9,10 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
+from typing import TypeVar
 
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
 
-__all__ = ["bad_page_token", "decode_page_token", "encode_page_token", "page_size_of"]
+T = TypeVar("T")
+
+__all__ = ["bad_page_token", "cut_page", "decode_page_token", "encode_page_token", "page_size_of"]
 
 
 def page_size_of(requested: int, default: int = 50, maximum: int = 500) -> int:
@@ -52,3 +56,24 @@ def decode_page_token(token: str, fingerprint: str) -> object:
     if found != fingerprint:
         raise bad_page_token()
     return after
+
+
+def cut_page(
+    items: list[T], size: int, key: Callable[[T], int | str | list[int | float | str]], fingerprint: str
+) -> tuple[list[T], str]:
+    """Cuts a fetch of up to ``size + 1`` items into one page and the token of the next.
+
+    Args:
+        items: What the store read, one item more than a page when there is a next page.
+        size: The page size.
+        key: The key of an item, which the next page continues after.
+        fingerprint: The query's filters, which the token is bound to.
+
+    Returns:
+        The page, and the next page's token (empty on the last page).
+
+    """
+    if len(items) <= size:
+        return items, ""
+    page = items[:size]
+    return page, encode_page_token(key(page[-1]), fingerprint)

@@ -69,7 +69,13 @@ from bhiv_core.services.identity.tokens import (
     new_refresh_token,
     new_token_id,
 )
-from bhiv_core.storage.pagination import bad_page_token, decode_page_token, encode_page_token, page_size_of
+from bhiv_core.storage.pagination import (
+    bad_page_token,
+    cut_page,
+    decode_page_token,
+    encode_page_token,
+    page_size_of,
+)
 
 __all__ = [
     "LOCKOUT_CAP_SECONDS",
@@ -641,10 +647,7 @@ class IdentityService:
                 raise bad_page_token()
             after = (float(cursor[0]), cursor[1])
         page = await self.store.list_revocations(now=self._clock(), since=since, after=after, limit=limit + 1)
-        if len(page) > limit:
-            page = page[:limit]
-            return page, encode_page_token([page[-1].revoke_time, page[-1].jti], query)
-        return page, ""
+        return cut_page(page, limit, lambda r: [r.revoke_time, r.jti], query)
 
     # ----------------------------------------------------------------------------- users
 
@@ -739,10 +742,7 @@ class IdentityService:
             matches = own.username_key > after and (not role or own.role == role)
             return ([own] if matches else []), ""
         page = await self.store.list_users(after=after, limit=limit + 1, role=role)
-        if len(page) > limit:
-            page = page[:limit]
-            return page, encode_page_token(page[-1].username_key, query)
-        return page, ""
+        return cut_page(page, limit, lambda user: user.username_key, query)
 
     async def update_user(
         self,

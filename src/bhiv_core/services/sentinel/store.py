@@ -24,7 +24,7 @@ from bhiv_core.audit.record import from_micros, to_micros
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.errors import AlreadyExists
 from bhiv_core.storage.mongo import MongoDatabase, mongo_url_setting
-from bhiv_core.storage.pagination import bad_page_token, decode_page_token, encode_page_token, page_size_of
+from bhiv_core.storage.pagination import bad_page_token, cut_page, decode_page_token, page_size_of
 from bhiv_core.storage.sqlite import SqliteDatabase
 
 __all__ = [
@@ -147,10 +147,6 @@ class SentinelStore(Protocol):
         """
 
 
-def _encode_token(after: str, query: EventFilter) -> str:
-    return encode_page_token(after, query.fingerprint())
-
-
 def _decode_token(token: str, query: EventFilter) -> str:
     """Returns the event id a page token continues after (empty for the first page)."""
     if not token:
@@ -164,10 +160,7 @@ def _decode_token(token: str, query: EventFilter) -> str:
 def _page(
     events: builtins.list[SecurityEvent], size: int, query: EventFilter
 ) -> tuple[builtins.list[SecurityEvent], str]:
-    if len(events) > size:
-        events = events[:size]
-        return events, _encode_token(events[-1].event_id, query)
-    return events, ""
+    return cut_page(events, size, lambda event: event.event_id, query.fingerprint())
 
 
 def _event_from_row(row: sqlite3.Row | dict[str, Any]) -> SecurityEvent:
