@@ -234,16 +234,20 @@ class SigningKeyRing:
         """Reads the keys, creating the first one when the store has none."""
         records = await self._store.signing_keys()
         while not records or records[0].retire_time is not None:
-            now = self._clock()
-            expected = None
-            await self._store.rotate_signing_key(
-                self._new_record(now),
-                expected_current=expected,
-                retire_time=now,
-                not_after=now + self._overlap,
-            )
+            await self._rotate_from(None, self._clock())
             records = await self._store.signing_keys()
         return records
+
+    async def _rotate_from(self, expected_current: str | None, now: float) -> str | None:
+        """Makes a new key current if ``expected_current`` still is; returns its kid, or None if not.
+
+        The key it replaces stays published for the overlap window.
+        """
+        new = self._new_record(now)
+        rotated = await self._store.rotate_signing_key(
+            new, expected_current=expected_current, retire_time=now, not_after=now + self._overlap
+        )
+        return new.kid if rotated else None
 
     async def reload(self) -> None:
         """Re-reads the key set from the store (creating the first key if there is none)."""
@@ -301,14 +305,11 @@ class SigningKeyRing:
         """
         while True:
             records = await self._read()
-            now = self._clock()
-            new = self._new_record(now)
-            if await self._store.rotate_signing_key(
-                new, expected_current=records[0].kid, retire_time=now, not_after=now + self._overlap
-            ):
-                log.info("rotated the signing key", extra={"kid": new.kid, "retired": records[0].kid})
+            kid = await self._rotate_from(records[0].kid, self._clock())
+            if kid is not None:
+                log.info("rotated the signing key", extra={"kid": kid, "retired": records[0].kid})
                 await self.reload()
-                return new.kid
+                return kid
 
     async def maintain(self) -> None:
         """Rotates the current key when it is older than the maximum age, and prunes expired keys.
@@ -319,13 +320,9 @@ class SigningKeyRing:
         now = self._clock()
         current = records[0]
         if now - current.create_time >= self._max_age:
-            new = self._new_record(now)
-            if await self._store.rotate_signing_key(
-                new, expected_current=current.kid, retire_time=now, not_after=now + self._overlap
-            ):
-                log.info(
-                    "rotated the signing key (maximum age)", extra={"kid": new.kid, "retired": current.kid}
-                )
+            kid = await self._rotate_from(current.kid, now)
+            if kid is not None:
+                log.info("rotated the signing key (maximum age)", extra={"kid": kid, "retired": current.kid})
         pruned = await self._store.prune_signing_keys(now)
         if pruned:
             log.info("deleted retired signing keys", extra={"kids": pruned})
