@@ -19,8 +19,8 @@ collected families carry no ``_created`` samples.
 Series are resolved once per method and kept in a dictionary. Methods outside the contracts (a
 scanner's guesses) share one ``unknown`` series, so callers cannot grow the label set or the cache.
 
-:data:`REGISTRY` is this process's registry; :data:`auth_failures` and :data:`audit_records` live
-in it for the auth and audit concerns.
+:data:`REGISTRY` is this process's registry (:mod:`bhiv_core.runtime.telemetry` keeps and serves it);
+:data:`auth_failures` and :data:`audit_records` live in it for the auth and audit concerns.
 """
 
 from __future__ import annotations
@@ -34,9 +34,6 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import MethodDescriptor
 from prometheus_client import (
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -55,6 +52,7 @@ from bhiv_core.runtime.chain import (
     failure_code,
     is_infrastructure,
 )
+from bhiv_core.runtime.telemetry import MULTIPROC_ENV, REGISTRY
 
 __all__ = [
     "HANDLING_BUCKETS",
@@ -68,9 +66,6 @@ __all__ = [
     "auth_failures",
     "grpc_type",
 ]
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-"""The variable that switches prometheus_client to multiprocess mode when it is imported."""
 
 HANDLING_BUCKETS: tuple[float, ...] = (
     0.0005,
@@ -89,14 +84,6 @@ HANDLING_BUCKETS: tuple[float, ...] = (
     10.0,
 )
 """Upper bounds of ``grpc_server_handling_seconds``: 0.5 ms (a cached read) to 10 s (an LLM call)."""
-
-REGISTRY = CollectorRegistry(auto_describe=True)
-"""The registry ``/metrics`` serves in a single-process service."""
-
-# The process, platform and GC collectors describe this process only; they are registered here so
-# a single-process service exports them, and are meaningless (so absent) from the multiprocess sum.
-for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-    REGISTRY.register(_collector)
 
 
 _LABELS = ("grpc_service", "grpc_method", "grpc_type")

@@ -1,6 +1,6 @@
 """Telemetry setup of a service process: the ``/metrics`` endpoint and the OpenTelemetry tracer provider.
 
-Metrics: a single-process service serves :data:`bhiv_core.interceptors.metrics.REGISTRY` with
+Metrics: a single-process service serves :data:`REGISTRY` (where the concerns register theirs) with
 :func:`start_metrics_server`. A service run as several worker processes uses prometheus_client's
 multiprocess mode instead: the parent calls :func:`prepare_multiprocess_metrics` before it spawns the
 workers (the variable must be in their environment before they import prometheus_client), serves the
@@ -27,13 +27,20 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    multiprocess,
+    start_http_server,
+)
 
-from bhiv_core.interceptors.metrics import MULTIPROC_ENV, REGISTRY
 from bhiv_core.runtime.config import Settings
 
 __all__ = [
     "MULTIPROC_ENV",
+    "REGISTRY",
     "configure_tracing",
     "mark_worker_dead",
     "multiprocess_metrics_enabled",
@@ -48,6 +55,17 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""The variable that switches prometheus_client to multiprocess mode when it is imported."""
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+"""The registry ``/metrics`` serves in a single-process service."""
+
+# The process, platform and GC collectors describe this process only; they are registered here so
+# a single-process service exports them, and are meaningless (so absent) from the multiprocess sum.
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
 
 _servers: list[WSGIServer] = []
 _servers_lock = threading.Lock()
@@ -77,7 +95,7 @@ def start_metrics_server(
     Args:
         host: The address to bind; keep loopback unless a scraper must reach it from elsewhere.
         port: The port; 0 disables the endpoint.
-        registry: What to serve (default: :data:`bhiv_core.interceptors.metrics.REGISTRY`).
+        registry: What to serve (default: :data:`REGISTRY`).
 
     Returns:
         The bound port, or 0 when disabled — also in a multiprocess worker, whose parent serves
