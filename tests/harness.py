@@ -9,13 +9,8 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from bhiv_core.runtime.config import RuntimeConfig, load_config
-from bhiv_core.runtime.server import (
-    ChainFactory,
-    RunningService,
-    ServiceDefinition,
-    basic_chain,
-    start_service,
-)
+from bhiv_core.runtime.server import ChainFactory, RunningService, ServiceDefinition, start_service
+from bhiv_core.standard_chain import basic_chain
 
 
 def config_for(service: str = "identity", **env: str) -> RuntimeConfig:

@@ -1,6 +1,11 @@
-"""The standard chain every service runs, with the collaborators each concern needs.
+"""The chain wiring: the concerns composed with their collaborators, for the runtime to run.
 
-tracing → metrics → audit → errors → auth → RBAC → validation → handler (see
+The runtime knows no concern: each service's ``server.py`` hands :func:`standard_chain` to
+:func:`~bhiv_core.runtime.server.serve` and :func:`~bhiv_core.runtime.server.start_service`.
+Imports only go down — services → this module → interceptors, audit, storage → runtime → security
+(``tests/test_layers.py`` holds every module to it).
+
+The standard chain: tracing → metrics → audit → errors → auth → RBAC → validation → handler (see
 :func:`~bhiv_core.runtime.chain.chain_order`). Health and reflection are not traced (probes would
 flood the traces) and skip auth and RBAC; they are still counted and audited.
 """
@@ -23,7 +28,7 @@ from bhiv_core.runtime.server import Chain, ServiceDefinition
 from bhiv_core.security.identity_client import IdentityKeySource, revocation_fetcher
 from bhiv_core.security.jwt import JwtVerifier, RevocationSet
 
-__all__ = ["standard_chain"]
+__all__ = ["basic_chain", "standard_chain"]
 
 
 def standard_chain(config: RuntimeConfig, definition: ServiceDefinition) -> Chain:
@@ -78,3 +83,13 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition) -> Chai
         await channels.close()
 
     return Chain(interceptors, on_start=[start], on_stop=[stop], checks={"audit_sink": sink.check})
+
+
+def basic_chain(config: RuntimeConfig, definition: ServiceDefinition | None = None) -> Chain:
+    """Error mapping and validation only: for tests of concerns in isolation."""
+    return Chain(
+        chain_order(
+            errors=ErrorMappingInterceptor(domain=f"{config.service}.bhiv.core"),
+            validation=ValidationInterceptor(),
+        )
+    )

@@ -17,7 +17,8 @@ from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from bhiv_core.mesh import free_port
 from bhiv_core.runtime.config import ConfigError
-from bhiv_core.runtime.server import ServiceDefinition, basic_chain, start_service
+from bhiv_core.runtime.server import ServiceDefinition, start_service
+from bhiv_core.standard_chain import basic_chain
 from tests.harness import config_for, serving
 
 USER_SERVICE = us.DESCRIPTOR.services_by_name["UserService"]

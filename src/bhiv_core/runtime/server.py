@@ -1,7 +1,7 @@
 """The shared service runtime: one way to build, run and stop every BHIV service.
 
 A service contributes a :class:`ServiceDefinition` (its servicers, dependency checks, start/stop
-hooks); the runtime adds everything else once: the interceptor chain, health driven by the named
+hooks); the runtime adds everything else once: the interceptor chain it is given, health driven by the named
 checks, reflection of the whole API, limits (message size, concurrency, keepalive enforcement),
 JSON logs, graceful shutdown on SIGTERM and, optionally, several worker processes on one port.
 """
@@ -27,10 +27,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from bhiv_core.interceptors.errors import ErrorMappingInterceptor
-from bhiv_core.interceptors.validation import ValidationInterceptor
 from bhiv_core.runtime import telemetry
-from bhiv_core.runtime.chain import ChainedHandlers, Interceptor, Selector, chain_order
+from bhiv_core.runtime.chain import ChainedHandlers, Interceptor, Selector
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig, load_config
 from bhiv_core.runtime.contracts import all_services
 from bhiv_core.runtime.handlers import service_handler
@@ -43,9 +41,7 @@ __all__ = [
     "HealthCheck",
     "RunningService",
     "ServiceDefinition",
-    "basic_chain",
     "bind_error",
-    "default_chain",
     "package_definition",
     "serve",
     "start_service",
@@ -113,23 +109,6 @@ class Chain:
 
 
 ChainFactory = Callable[[RuntimeConfig, ServiceDefinition], "Chain | Sequence[Interceptor | Selector]"]
-
-
-def basic_chain(config: RuntimeConfig, definition: ServiceDefinition | None = None) -> Chain:
-    """Error mapping and validation only: for tests of concerns in isolation."""
-    return Chain(
-        chain_order(
-            errors=ErrorMappingInterceptor(domain=f"{config.service}.bhiv.core"),
-            validation=ValidationInterceptor(),
-        )
-    )
-
-
-def default_chain(config: RuntimeConfig, definition: ServiceDefinition) -> Chain:
-    """The chain every service runs: tracing, metrics, audit, errors, auth, RBAC, validation."""
-    from bhiv_core.runtime.standard_chain import standard_chain
-
-    return standard_chain(config, definition)
 
 
 class _Registrar:
@@ -252,9 +231,17 @@ class RunningService:
 async def start_service(
     config: RuntimeConfig,
     definition: ServiceDefinition,
-    chain: ChainFactory = default_chain,
+    chain: ChainFactory,
 ) -> RunningService:
-    """Builds and starts the server of one service; raises ConfigError when its port is taken."""
+    """Builds and starts the server of one service; raises ConfigError when its port is taken.
+
+    Args:
+        config: The service's runtime configuration.
+        definition: What the service contributes.
+        chain: Builds the interceptor chain (:func:`bhiv_core.standard_chain.standard_chain` for a
+            service); required, so no service starts without auth by omission.
+
+    """
     for hook in definition.on_start:
         await hook()
     built = chain(config, definition)
@@ -310,9 +297,9 @@ async def start_service(
 DefinitionFactory = Callable[[RuntimeConfig], ServiceDefinition]
 
 
-async def _run(config: RuntimeConfig, make_definition: DefinitionFactory) -> None:
+async def _run(config: RuntimeConfig, make_definition: DefinitionFactory, chain: ChainFactory) -> None:
     telemetry.configure_tracing(config.service, config.settings)
-    running = await start_service(config, make_definition(config))
+    running = await start_service(config, make_definition(config), chain)
     log.info("serving", extra={"address": running.address, "pid": os.getpid()})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -325,10 +312,10 @@ async def _run(config: RuntimeConfig, make_definition: DefinitionFactory) -> Non
     log.info("stopped")
 
 
-def _worker(service: str, make_definition: DefinitionFactory) -> None:
+def _worker(service: str, make_definition: DefinitionFactory, chain: ChainFactory) -> None:
     config = load_config(service)
     configure_logging(service, config.log_level, config.log_format)
-    asyncio.run(_run(config, make_definition))
+    asyncio.run(_run(config, make_definition, chain))
 
 
 def bind_error(host: str, port: int) -> OSError | None:
@@ -351,13 +338,16 @@ def _check_port_free(config: RuntimeConfig) -> None:
         ) from error
 
 
-def serve(service: str, make_definition: DefinitionFactory) -> None:
-    """Runs ``service`` until SIGTERM/SIGINT, in ``workers`` processes when configured."""
+def serve(service: str, make_definition: DefinitionFactory, chain: ChainFactory) -> None:
+    """Runs ``service`` until SIGTERM/SIGINT, in ``workers`` processes when configured.
+
+    ``make_definition`` and ``chain`` must be module-level functions: workers are spawned.
+    """
     try:
         config = load_config(service)
         configure_logging(service, config.log_level, config.log_format)
         if config.workers == 1:
-            asyncio.run(_run(config, make_definition))
+            asyncio.run(_run(config, make_definition, chain))
             return
         if config.port == 0:
             raise ConfigError(f"BHIV_{service.upper()}_WORKERS > 1 needs a fixed BHIV_{service.upper()}_PORT")
@@ -375,7 +365,9 @@ def serve(service: str, make_definition: DefinitionFactory) -> None:
         print(f"{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_worker, args=(service, make_definition)) for _ in range(config.workers)]
+    workers = [
+        ctx.Process(target=_worker, args=(service, make_definition, chain)) for _ in range(config.workers)
+    ]
     for proc in workers:
         proc.start()
     log.info("started workers", extra={"workers": config.workers, "address": config.address})

@@ -17,6 +17,7 @@ from bhiv_core.security.principal import Principal
 from bhiv_core.services.identity.server import definition, identity_service
 from bhiv_core.services.identity.service import ClientInfo, SentinelReporter
 from bhiv_core.services.identity.store import MongoIdentityStore, SqliteIdentityStore
+from bhiv_core.standard_chain import standard_chain
 from tests.harness import config_for
 from tests.services.identity.conftest import (
     TEST_ENV,
@@ -72,7 +73,7 @@ async def test_kek_and_database_are_private_to_the_owner(tmp_path: Path) -> None
 async def test_definition_serves_all_three_services_and_checks_the_store(tmp_path: Path) -> None:
     runtime = config_for(DATA_DIR=str(tmp_path), **TEST_ENV)
     service = identity_service(runtime, reporter=FakeReporter())
-    running = await start_service(runtime, definition(runtime, service=service))
+    running = await start_service(runtime, definition(runtime, service=service), standard_chain)
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
             health = await health_pb2_grpc.HealthStub(channel).Check(

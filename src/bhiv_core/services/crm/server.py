@@ -5,6 +5,7 @@ from __future__ import annotations
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.services.crm.servicer import MISSING, CrmServicer
+from bhiv_core.standard_chain import standard_chain
 
 __all__ = ["NAME", "build_server", "definition", "serve"]
 
@@ -18,9 +19,9 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
 
 async def build_server(config: RuntimeConfig) -> runtime.RunningService:
     """Builds and starts the crm server."""
-    return await runtime.start_service(config, definition(config))
+    return await runtime.start_service(config, definition(config), standard_chain)
 
 
 def serve() -> None:
     """Runs the crm service until SIGTERM."""
-    runtime.serve(NAME, definition)
+    runtime.serve(NAME, definition, chain=standard_chain)

@@ -12,6 +12,7 @@ from bhiv_core.services.identity.config import IdentityConfig
 from bhiv_core.services.identity.service import IdentityService, SecurityEventReporter, SentinelReporter
 from bhiv_core.services.identity.servicer import AuthServicer, RoleServicer, UserServicer
 from bhiv_core.services.identity.store import make_identity_store
+from bhiv_core.standard_chain import standard_chain
 
 __all__ = ["NAME", "build_server", "definition", "identity_service", "serve"]
 
@@ -90,9 +91,9 @@ def definition(config: RuntimeConfig, *, service: IdentityService | None = None)
 
 async def build_server(config: RuntimeConfig) -> runtime.RunningService:
     """Builds and starts the identity server."""
-    return await runtime.start_service(config, definition(config))
+    return await runtime.start_service(config, definition(config), standard_chain)
 
 
 def serve() -> None:
     """Runs the identity service until SIGTERM."""
-    runtime.serve(NAME, definition)
+    runtime.serve(NAME, definition, chain=standard_chain)

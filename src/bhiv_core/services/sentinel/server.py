@@ -9,6 +9,7 @@ from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.services.sentinel.service import SentinelService
 from bhiv_core.services.sentinel.servicer import MISSING, SentinelServicer
 from bhiv_core.services.sentinel.store import make_sentinel_store
+from bhiv_core.standard_chain import standard_chain
 
 __all__ = ["NAME", "build_server", "definition", "serve"]
 
@@ -37,9 +38,9 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
 
 async def build_server(config: RuntimeConfig) -> runtime.RunningService:
     """Builds and starts the sentinel server."""
-    return await runtime.start_service(config, definition(config))
+    return await runtime.start_service(config, definition(config), standard_chain)
 
 
 def serve() -> None:
     """Runs the sentinel service until SIGTERM."""
-    runtime.serve(NAME, definition)
+    runtime.serve(NAME, definition, chain=standard_chain)
