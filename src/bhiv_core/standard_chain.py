@@ -12,7 +12,8 @@ flood the traces) and skip auth and RBAC; they are still counted and audited.
 
 from __future__ import annotations
 
-from bhiv_core.audit.store import AuditSink, make_audit_store
+from bhiv_core.audit.sink import AuditSink
+from bhiv_core.audit.store import make_audit_store
 from bhiv_core.interceptors.audit import AuditInterceptor
 from bhiv_core.interceptors.auth import AuthInterceptor
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bhiv_core.audit.record import AuditEntry, AuditRecord, to_micros
-from bhiv_core.audit.store import MongoAuditStore, SqliteAuditStore
+from bhiv_core.audit.store.mongo import MongoAuditStore
+from bhiv_core.audit.store.sqlite import SqliteAuditStore
 from bhiv_core.storage.mongo import MongoDatabase
 
 MONGO_URL = os.environ.get("BHIV_TEST_MONGODB_URL", "")

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from bhiv_core.audit.record import AuditEntry, AuditRecord, VerifyResult
-from bhiv_core.audit.store import AuditFilter, AuditSink, AuditStore, AuditWriteError
+from bhiv_core.audit.sink import AuditSink, AuditWriteError
+from bhiv_core.audit.store import AuditFilter, AuditStore
 from tests.audit.support import Backend, entry
 
 
@@ -190,7 +191,7 @@ async def test_refused_records_are_logged_and_durable_callers_told(caplog: pytes
     sink = AuditSink(store, retry_delays=(0.0,))
     await sink.start()
     with (
-        caplog.at_level(logging.WARNING, logger="bhiv_core.audit.store"),
+        caplog.at_level(logging.WARNING, logger="bhiv_core.audit.sink"),
         pytest.raises(AuditWriteError, match="disk full"),
     ):
         await sink.record(entry("users/lost"), durable=True)

@@ -11,13 +11,9 @@ from pathlib import Path
 import pytest
 
 from bhiv_core.audit.record import GENESIS_HASH, AuditEntry, AuditRecord, ChainBreak, seal
-from bhiv_core.audit.store import (
-    AuditFilter,
-    AuditStore,
-    MongoAuditStore,
-    SqliteAuditStore,
-    make_audit_store,
-)
+from bhiv_core.audit.store import AuditFilter, AuditStore, make_audit_store
+from bhiv_core.audit.store.mongo import MongoAuditStore
+from bhiv_core.audit.store.sqlite import SqliteAuditStore
 from bhiv_core.runtime.config import ConfigError
 from bhiv_core.runtime.errors import InvalidArgument
 from tests.audit.support import Backend, SqliteBackend, entry

@@ -15,7 +15,9 @@ from bhiv.integrations.v1 import webhook_service_pb2 as ws
 from bhiv.sentinel.v1 import threat_service_pb2 as ts
 from bhiv.sentinel.v1 import threat_service_pb2_grpc as ts_grpc
 from bhiv_core.audit.record import AuditEntry
-from bhiv_core.audit.store import AuditFilter, AuditSink, SqliteAuditStore
+from bhiv_core.audit.sink import AuditSink
+from bhiv_core.audit.store import AuditFilter
+from bhiv_core.audit.store.sqlite import SqliteAuditStore
 from bhiv_core.interceptors.audit import AuditInterceptor, resource_of
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.runtime.chain import CallInfo, PreCheckInterceptor

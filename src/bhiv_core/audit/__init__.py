@@ -13,15 +13,10 @@ from bhiv_core.audit.record import (
     VerifyResult,
     seal,
 )
-from bhiv_core.audit.store import (
-    AuditFilter,
-    AuditSink,
-    AuditStore,
-    AuditWriteError,
-    MongoAuditStore,
-    SqliteAuditStore,
-    make_audit_store,
-)
+from bhiv_core.audit.sink import AuditSink, AuditWriteError
+from bhiv_core.audit.store import AuditFilter, AuditStore, make_audit_store
+from bhiv_core.audit.store.mongo import MongoAuditStore
+from bhiv_core.audit.store.sqlite import SqliteAuditStore
 
 __all__ = [
     "GENESIS_HASH",

@@ -36,7 +36,7 @@ requests_log = logging.getLogger("bhiv.requests")
 
 
 class AuditRecorder(Protocol):
-    """Where the interceptor sends entries (:class:`~bhiv_core.audit.store.AuditSink`)."""
+    """Where the interceptor sends entries (:class:`~bhiv_core.audit.sink.AuditSink`)."""
 
     async def record(self, entry: AuditEntry, durable: bool) -> None:
         """Records ``entry``; when ``durable``, returns only once it is committed."""

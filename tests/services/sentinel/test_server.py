@@ -15,7 +15,7 @@ from bhiv.sentinel.v1 import block_service_pb2 as bs
 from bhiv.sentinel.v1 import block_service_pb2_grpc as bs_grpc
 from bhiv.sentinel.v1 import threat_service_pb2 as ts
 from bhiv.sentinel.v1 import threat_service_pb2_grpc as ts_grpc
-from bhiv_core.audit.store import SqliteAuditStore
+from bhiv_core.audit.store.sqlite import SqliteAuditStore
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.runtime.chain import CallInfo, PreCheckInterceptor, chain_order
 from bhiv_core.runtime.config import ConfigError

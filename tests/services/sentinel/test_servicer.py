@@ -20,7 +20,7 @@ from bhiv.sentinel.v1 import threat_pb2 as tp
 from bhiv.sentinel.v1 import threat_service_pb2 as ts
 from bhiv.sentinel.v1 import threat_service_pb2_grpc as ts_grpc
 from bhiv_core.audit.record import AuditEntry, to_micros
-from bhiv_core.audit.store import SqliteAuditStore
+from bhiv_core.audit.store.sqlite import SqliteAuditStore
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.validation import ValidationInterceptor
 from bhiv_core.runtime.chain import CallInfo, PreCheckInterceptor, chain_order

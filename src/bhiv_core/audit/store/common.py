@@ -1,0 +1,147 @@
+"""What both audit stores share: page tokens, reading stored rows back, setting up a verification.
+
+Used by :mod:`~bhiv_core.audit.store.sqlite` and :mod:`~bhiv_core.audit.store.mongo` only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from bhiv_core.audit.record import GENESIS_HASH, AuditRecord, ChainBreak, ChainVerifier, VerifyResult
+from bhiv_core.audit.store import AuditFilter
+from bhiv_core.storage.pagination import bad_page_token, cut_page, decode_page_token
+
+__all__ = [
+    "MAX_SEQUENCE",
+    "VERIFY_BATCH",
+    "begin_verify",
+    "decode_token",
+    "page_of",
+    "record_from_row",
+    "verify_rows",
+]
+
+MAX_SEQUENCE = 2**63 - 1
+"""The highest sequence a record can have: the largest 64-bit integer both stores hold."""
+
+VERIFY_BATCH = 2000
+"""Records read and hashed per step of a verification."""
+
+
+def decode_token(token: str, query: AuditFilter) -> int:
+    """Returns the sequence a page token continues after (0 for the first page)."""
+    if not token:
+        return 0
+    after = decode_page_token(token, query.fingerprint())
+    if type(after) is not int or not 0 <= after <= MAX_SEQUENCE:
+        raise bad_page_token()
+    return after
+
+
+def page_of(records: list[AuditRecord], size: int, query: AuditFilter) -> tuple[list[AuditRecord], str]:
+    """Cuts a ``size + 1`` fetch into one page and the token of the next (bound to ``query``)."""
+    return cut_page(records, size, lambda record: record.sequence, query.fingerprint())
+
+
+def record_from_row(row: sqlite3.Row | dict[str, Any]) -> AuditRecord:
+    """Reads a stored row back; raises TypeError/ValueError when a column holds the wrong type."""
+
+    def text(key: str) -> str:
+        value = row[key]
+        if not isinstance(value, str):
+            raise TypeError(f"{key} is {type(value).__name__}, not text")
+        return value
+
+    def integer(key: str) -> int:
+        value = row[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{key} is {type(value).__name__}, not an integer")
+        return value
+
+    duration = row["duration_ms"]
+    if not isinstance(duration, int | float) or isinstance(duration, bool):
+        raise TypeError(f"duration_ms is {type(duration).__name__}, not a number")
+    return AuditRecord(
+        sequence=integer("sequence"),
+        time_us=integer("time_us"),
+        service=text("service"),
+        principal=text("principal"),
+        role=text("role"),
+        method=text("method"),
+        resource=text("resource"),
+        outcome_code=text("outcome_code"),
+        outcome_code_number=integer("outcome_code_number"),
+        client_address=text("client_address"),
+        trace_id=text("trace_id"),
+        duration_ms=float(duration),
+        prev_hash=text("prev_hash"),
+        hash=text("hash"),
+    )
+
+
+def verify_rows(verifier: ChainVerifier, rows: Sequence[sqlite3.Row | dict[str, Any]]) -> bool:
+    """Feeds stored rows to ``verifier``; returns False once it found a break."""
+    for row in rows:
+        try:
+            record = record_from_row(row)
+        except (TypeError, ValueError, OverflowError, KeyError) as exc:
+            sequence = row["sequence"]
+            if not verifier.feed_unreadable(sequence if isinstance(sequence, int) else -1, str(exc)):
+                return False
+            continue
+        if not verifier.feed(record):
+            return False
+    return True
+
+
+def _missing_before(start: int, end: int) -> VerifyResult:
+    """The result when the record a range must link to (``start - 1``) is gone."""
+    return VerifyResult(
+        ok=False,
+        checked=0,
+        first_broken_sequence=start - 1,
+        reason=ChainBreak.SEQUENCE_GAP,
+        detail=f"record {start - 1}, which record {start} must link to, is missing",
+        start_sequence=start,
+        end_sequence=end,
+    )
+
+
+async def begin_verify(
+    head: tuple[int, str, int],
+    start_seq: int | None,
+    end_seq: int | None,
+    hash_at: Callable[[int], Awaitable[str | None]],
+) -> tuple[int, int, ChainVerifier] | VerifyResult:
+    """Clamps a range to the chain and sets up its verifier; both stores only feed it.
+
+    Args:
+        head: The store's head sequence and hash, and its highest stored sequence.
+        start_seq: The first sequence asked for (None or 0: 1).
+        end_seq: The last sequence asked for (None or 0: the latest).
+        hash_at: Reads the stored hash of one record, None when it is missing.
+
+    Returns:
+        ``(start, end, verifier)``, or the result itself when there is nothing to feed: an empty
+        range, or a missing record ``start - 1``.
+
+    """
+    head_sequence, head_hash, top = head
+    latest = max(head_sequence, top)
+    start = max(start_seq or 1, 1)
+    end = latest if not end_seq else min(end_seq, latest)
+    if start > end:
+        return VerifyResult(ok=True, checked=0, start_sequence=start, end_sequence=max(end, 0))
+    prev_hash = GENESIS_HASH
+    if start > 1:
+        found = await hash_at(start - 1)
+        if found is None:
+            return _missing_before(start, end)
+        prev_hash = found
+    return (
+        start,
+        end,
+        ChainVerifier(start, end, prev_hash, (head_sequence, head_hash) if end == latest else None),
+    )

@@ -1,0 +1,177 @@
+"""The audit chain in MongoDB (a replica set, for transactions): records plus a head document."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.errors import DuplicateKeyError
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
+from bhiv_core.audit.record import GENESIS_HASH, AuditEntry, AuditRecord, VerifyResult, seal_batch, to_micros
+from bhiv_core.audit.store import AuditFilter
+from bhiv_core.audit.store.common import (
+    MAX_SEQUENCE,
+    VERIFY_BATCH,
+    begin_verify,
+    decode_token,
+    page_of,
+    record_from_row,
+    verify_rows,
+)
+from bhiv_core.storage.mongo import MongoDatabase
+from bhiv_core.storage.pagination import page_size_of
+
+__all__ = ["MongoAuditStore"]
+
+_HEAD_ID = "chain"
+
+
+class MongoAuditStore:
+    """The audit chain in MongoDB: one ``audit_records`` collection plus a head (counter) document.
+
+    Appends run in a transaction that first increments the head (so concurrent appenders conflict
+    on it and MongoDB retries the loser), inserts the sealed records, and stores the new head hash.
+    Needs a replica set (a single-node one is enough) for transactions.
+
+    Args:
+        database: The database holding the chain (``bhiv_audit``).
+
+    """
+
+    def __init__(self, database: MongoDatabase):
+        self._database = database
+        self._records = database.db["audit_records"]
+        self._heads = database.db["audit_head"]
+        self._durable = WriteConcern("majority", j=True)
+
+    async def open(self) -> None:
+        """Creates the indexes (sequence unique) and the head document when missing."""
+        await self._records.create_index([("sequence", ASCENDING)], unique=True, name="sequence_unique")
+        for field in ("principal", "method", "resource", "outcome_code"):
+            await self._records.create_index(
+                [(field, ASCENDING), ("sequence", ASCENDING)], name=f"by_{field}"
+            )
+        await self._records.create_index([("time_us", ASCENDING)], name="by_time")
+        with contextlib.suppress(DuplicateKeyError):  # another process created it first
+            await self._heads.update_one(
+                {"_id": _HEAD_ID},
+                {"$setOnInsert": {"sequence": 0, "hash": GENESIS_HASH}},
+                upsert=True,
+            )
+
+    async def close(self) -> None:
+        """Closes the client."""
+        await self._database.close()
+
+    async def ping(self) -> None:
+        """Health check: the server answers ``ping``."""
+        await self._database.ping()
+
+    async def append(self, entries: Sequence[AuditEntry]) -> builtins.list[AuditRecord]:
+        """Seals and inserts ``entries`` in one transaction with the head update."""
+        if not entries:
+            return []
+        count = len(entries)
+
+        async def transaction(session: AsyncClientSession) -> builtins.list[AuditRecord]:
+            head = await self._heads.find_one_and_update(
+                {"_id": _HEAD_ID},
+                {"$inc": {"sequence": count}},
+                return_document=ReturnDocument.BEFORE,
+                session=session,
+            )
+            if head is None:
+                raise RuntimeError("the audit chain head is missing: open() the store first")
+            records = seal_batch(entries, int(head["sequence"]), str(head["hash"]))
+            await self._records.insert_many([_document(r) for r in records], ordered=True, session=session)
+            await self._heads.update_one(
+                {"_id": _HEAD_ID}, {"$set": {"hash": records[-1].hash}}, session=session
+            )
+            return records
+
+        async with self._database.client.start_session() as session:
+            return await session.with_transaction(
+                transaction, read_concern=ReadConcern("snapshot"), write_concern=self._durable
+            )
+
+    async def list(
+        self, query: AuditFilter, page_size: int = 0, page_token: str = ""
+    ) -> tuple[builtins.list[AuditRecord], str]:
+        """Returns one page of records matching ``query``, by ascending sequence."""
+        size = page_size_of(page_size)
+        after = decode_token(page_token, query)
+        selector: dict[str, Any] = {"sequence": {"$gt": after}}
+        for field in ("principal", "method", "resource", "outcome_code"):
+            value = getattr(query, field)
+            if value:
+                selector[field] = value
+        time_range: dict[str, int] = {}
+        if query.start_time is not None:
+            time_range["$gte"] = to_micros(query.start_time)
+        if query.end_time is not None:
+            time_range["$lt"] = to_micros(query.end_time)
+        if time_range:
+            selector["time_us"] = time_range
+        cursor = self._records.find(selector, {"_id": False}).sort("sequence", ASCENDING).limit(size + 1)
+        return page_of([record_from_row(doc) async for doc in cursor], size, query)
+
+    async def get(self, sequence: int) -> AuditRecord | None:
+        """Returns the record at ``sequence``, or None."""
+        if not 1 <= sequence <= MAX_SEQUENCE:
+            return None
+        doc = await self._records.find_one({"sequence": sequence}, {"_id": False})
+        return None if doc is None else record_from_row(doc)
+
+    async def _head(self) -> tuple[int, str, int]:
+        head = await self._heads.find_one({"_id": _HEAD_ID})
+        top_doc = await self._records.find_one({}, {"sequence": True}, sort=[("sequence", DESCENDING)])
+        top = int(top_doc["sequence"]) if top_doc is not None else 0
+        if head is None:
+            return 0, GENESIS_HASH, top
+        return int(head["sequence"]), str(head.get("hash", GENESIS_HASH)), top
+
+    async def latest_sequence(self) -> int:
+        """The sequence of the latest record (the head, or a higher stored one); 0 when empty."""
+        head_sequence, _, top = await self._head()
+        return max(head_sequence, top)
+
+    async def _hash_at(self, sequence: int) -> str | None:
+        doc = await self._records.find_one({"sequence": sequence}, {"hash": True})
+        return None if doc is None else str(doc["hash"])
+
+    async def verify(self, start_seq: int | None = None, end_seq: int | None = None) -> VerifyResult:
+        """Verifies the range in one cursor, ordered by sequence."""
+        begun = await begin_verify(await self._head(), start_seq, end_seq, self._hash_at)
+        if isinstance(begun, VerifyResult):
+            return begun
+        start, end, verifier = begun
+        cursor = (
+            self._records.find({"sequence": {"$gte": start, "$lte": end}}, {"_id": False})
+            .sort("sequence", ASCENDING)
+            .batch_size(VERIFY_BATCH)
+        )
+        batch: builtins.list[dict[str, Any]] = []
+        try:
+            async for doc in cursor:
+                batch.append(doc)
+                if len(batch) >= VERIFY_BATCH:
+                    # Hashing off the event loop, like the SQLite store.
+                    if not await asyncio.to_thread(verify_rows, verifier, batch):
+                        break
+                    batch = []
+            else:
+                await asyncio.to_thread(verify_rows, verifier, batch)
+        finally:
+            await cursor.close()
+        return verifier.finish()
+
+
+def _document(record: AuditRecord) -> dict[str, Any]:
+    return record._asdict()
