@@ -58,12 +58,11 @@ from bhiv_core.services.identity.store import (
     RefreshTokenRecord,
     Revocation,
     SpendOutcome,
-    ThrottleEntry,
     UsernameTaken,
     UserRecord,
     capped_expiry,
 )
-from bhiv_core.services.identity.throttle import LoginThrottle, ThrottleCheck, login_throttled
+from bhiv_core.services.identity.throttle import LoginThrottle, ThrottleCheck, describe, login_throttled
 from bhiv_core.services.identity.tokens import (
     TokenIssuer,
     hash_refresh_token,
@@ -260,17 +259,6 @@ def _check_password(field: str, value: str, out: list[FieldViolation]) -> None:
         out.append(FieldViolation(field, f"must be at least {_MIN_PASSWORD} characters", "TOO_SHORT"))
     elif len(value) > _MAX_PASSWORD:
         out.append(FieldViolation(field, f"must be at most {_MAX_PASSWORD} characters", "TOO_LONG"))
-
-
-def _counts(counted: Mapping[str, ThrottleEntry], now: float) -> str:
-    """The throttle counts after a failure, for sentinel (never for the caller)."""
-    text = (
-        f"failures: {counted['account_address'].failures} of this username from this address, "
-        f"{counted['address'].failures} from this address, "
-        f"{counted['account'].failures} of this username from all addresses"
-    )
-    wait = max(entry.locked_until for entry in counted.values()) - now
-    return text + (f"; backing off {math.ceil(wait)} s" if wait > 0 else "")
 
 
 # --------------------------------------------------------------------------------------- service
@@ -491,7 +479,7 @@ class IdentityService:
         """Counts a failed login on its throttle counters and reports it with the counts to sentinel."""
         now = self._clock()
         counted = await self.throttle.failed(check.keys, now=now)
-        self._report(SecurityEventKind.LOGIN_FAILED, client, username, f"{why}; {_counts(counted, now)}")
+        self._report(SecurityEventKind.LOGIN_FAILED, client, username, f"{why}; {describe(counted, now)}")
 
     async def login(self, username: str, password: str, client: ClientInfo) -> tuple[TokenPair, UserRecord]:
         """Checks a username and password and issues a token pair in a new refresh family.

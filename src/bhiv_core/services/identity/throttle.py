@@ -31,6 +31,7 @@ import functools
 import hashlib
 import ipaddress
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bhiv_core.runtime.errors import QuotaViolation, ResourceExhausted
@@ -43,6 +44,7 @@ __all__ = [
     "ThrottleKeys",
     "address_key",
     "backoff_seconds",
+    "describe",
     "login_throttled",
 ]
 
@@ -128,6 +130,17 @@ def login_throttled(wait_seconds: float) -> ResourceExhausted:
         reason="LOGIN_BACKOFF",
         metadata={"retry_after_seconds": str(wait)},
     )
+
+
+def describe(counted: Mapping[str, ThrottleEntry], now: float) -> str:
+    """The counts :meth:`LoginThrottle.failed` returned, for sentinel (never for the caller)."""
+    text = (
+        f"failures: {counted['account_address'].failures} of this username from this address, "
+        f"{counted['address'].failures} from this address, "
+        f"{counted['account'].failures} of this username from all addresses"
+    )
+    wait = max(entry.locked_until for entry in counted.values()) - now
+    return text + (f"; backing off {math.ceil(wait)} s" if wait > 0 else "")
 
 
 class LoginThrottle:
