@@ -34,6 +34,22 @@ def test_every_rpc_declares_its_access(method) -> None:
         assert policy.permission.split(".")[0] == domain
 
 
+def test_self_rules_name_a_string_request_field_and_a_declared_permission() -> None:
+    from google.protobuf.descriptor import FieldDescriptor
+
+    with_self = {
+        method_path(m): m for m in METHODS if policy_of(m).self_field or policy_of(m).self_permission
+    }
+    assert set(with_self) == {"/bhiv.identity.v1.UserService/GetUser"}
+    for path, method in with_self.items():
+        policy = policy_of(method)
+        field = method.input_type.fields_by_name.get(policy.self_field)
+        assert field is not None and field.type == FieldDescriptor.TYPE_STRING and not field.is_repeated, path
+        assert policy.permission and PERMISSION.fullmatch(policy.self_permission), path
+    get_user = policy_of(with_self["/bhiv.identity.v1.UserService/GetUser"])
+    assert (get_user.self_field, get_user.self_permission) == ("name", "identity.self.read")
+
+
 @pytest.mark.parametrize("method", [m for m in METHODS if m.name.startswith("List")], ids=method_path)
 def test_every_list_paginates(method) -> None:
     request, response = method.input_type.fields_by_name, method.output_type.fields_by_name

@@ -60,6 +60,7 @@ async def call(channel: grpc.aio.Channel, method: Any, metadata: Any, request: A
 
 CONSUMES_TOKEN = {"/bhiv.identity.v1.AuthService/Logout"}
 METHODS = [m for s in all_services() for m in s.methods if not policy_of(m).public]
+SELF_METHODS = [m for m in METHODS if policy_of(m).self_field]
 
 
 async def test_every_rpc_for_every_role_gets_what_the_matrix_says(
@@ -78,6 +79,23 @@ async def test_every_rpc_for_every_role_gets_what_the_matrix_says(
                     not allowed and code != grpc.StatusCode.PERMISSION_DENIED
                 ):
                     mismatches.append(f"{role} {method_path(method)}: {code.name} (allowed={allowed})")
+            # The self case: a caller naming itself needs only the self permission (any principal
+            # may get its own user); naming anyone else, existing or not, needs the permission.
+            other = sessions["ops" if role == "admin" else "admin"].user.name
+            for method in SELF_METHODS:
+                policy, request_cls = policy_of(method), message_factory.GetMessageClass(method.input_type)
+                granted = ROLE_PERMISSIONS[role]
+                for name, allowed in [
+                    (session.user.name, {policy.permission, policy.self_permission} & granted != set()),
+                    (other, policy.permission in granted),
+                    ("users/doesnotexist", policy.permission in granted),
+                ]:
+                    request = request_cls(**{policy.self_field: name})
+                    code = await call(channel, method, session.metadata, request)
+                    if (allowed and code in DENIED) or (
+                        not allowed and code != grpc.StatusCode.PERMISSION_DENIED
+                    ):
+                        mismatches.append(f"{role} {method_path(method)} {name}: {code.name} ({allowed=})")
             # Without any token, every non-public RPC is UNAUTHENTICATED.
         for method in METHODS:
             code = await call(channel, method, ())

@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from bhiv.identity.v1 import auth_service_pb2 as auth
 from bhiv.identity.v1 import auth_service_pb2_grpc as auth_grpc
@@ -45,12 +46,12 @@ def chain(*_: Any) -> list[Any]:
     )
 
 
-async def call_get_user(token: str | None) -> grpc.StatusCode | us.GetUserResponse:
+async def call_get_user(token: str | None, name: str = "users/u1") -> grpc.StatusCode | us.GetUserResponse:
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     async with serving([(USERS, Users()), (AUTH, Auth())], chain=chain) as (_, channel):
         try:
             return await us_grpc.UserServiceStub(channel).GetUser(
-                us.GetUserRequest(name="users/u1"), metadata=metadata
+                us.GetUserRequest(name=name), metadata=metadata
             )
         except grpc.aio.AioRpcError as err:
             assert err.details() in ("authentication required", "invalid or expired credentials") or (
@@ -80,8 +81,56 @@ async def test_allowed_role_reaches_the_handler_with_its_principal() -> None:
     assert (reply.user.name, reply.user.display_name) == ("users/u1", "ops")
 
 
-async def test_role_lacking_identity_read_is_denied() -> None:
-    assert await call_get_user(SIGNER.token(role="sales")) == grpc.StatusCode.PERMISSION_DENIED
+async def test_role_lacking_identity_read_is_denied_another_user() -> None:
+    token = SIGNER.token(sub="users/u1", role="sales")
+    assert await call_get_user(token, name="users/u2") == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_every_role_may_get_its_own_user_as_the_contract_says() -> None:
+    for role in ("admin", "ops", "sales", "support", "customer"):
+        reply = await call_get_user(SIGNER.token(sub="users/u1", role=role), name="users/u1")
+        assert isinstance(reply, us.GetUserResponse), role
+        assert (reply.user.name, reply.user.display_name) == ("users/u1", role)
+
+
+async def test_the_self_case_still_needs_the_self_permission() -> None:
+    # A role the matrix does not know holds no identity.self.read: naming itself does not help.
+    token = SIGNER.token(sub="users/u1", role="nobody")
+    assert await call_get_user(token, name="users/u1") == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def denial(token: str, request: us.DisableUserRequest) -> grpc.aio.AioRpcError:
+    async with serving([(USERS, Users())], chain=chain) as (_, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await us_grpc.UserServiceStub(channel).DisableUser(
+                request, metadata=(("authorization", f"Bearer {token}"),)
+            )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    return err.value
+
+
+def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    status = status_pb2.Status.FromString(dict(err.trailing_metadata() or ())["grpc-status-details-bin"])
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return info
+
+
+async def test_a_customer_refused_learns_neither_its_role_nor_the_missing_permission() -> None:
+    err = await denial(SIGNER.token(role="customer"), us.DisableUserRequest(name="users/u2"))
+    assert err.details() == "you may not call this RPC"
+    info = error_info(err)
+    assert info.reason == "MISSING_PERMISSION"
+    assert dict(info.metadata) == {}
+    raw = dict(err.trailing_metadata() or ())["grpc-status-details-bin"]
+    assert b"customer" not in raw and b"identity.users.write" not in raw
+
+
+async def test_staff_refused_are_told_their_role_and_the_missing_permission() -> None:
+    for role in ("ops", "sales", "support"):
+        err = await denial(SIGNER.token(role=role), us.DisableUserRequest(name="users/u2"))
+        assert err.details() == f"{role} may not call this RPC: it requires identity.users.write"
+        assert dict(error_info(err).metadata) == {"permission": "identity.users.write"}
 
 
 async def test_role_without_the_permission_is_denied() -> None:

@@ -50,12 +50,17 @@ class MethodPolicy:
         public: True when no principal is needed.
         permission: The permission required otherwise (empty when public or undeclared).
         declared: False when the method has no ``access`` option — a contract bug.
+        self_field: The request field that may name the caller itself (``name``); empty when the
+            RPC has no self case.
+        self_permission: The permission that suffices when ``self_field`` names the caller.
 
     """
 
     public: bool
     permission: str
     declared: bool
+    self_field: str = ""
+    self_permission: str = ""
 
 
 def policy_of(method: MethodDescriptor) -> MethodPolicy:
@@ -64,4 +69,10 @@ def policy_of(method: MethodDescriptor) -> MethodPolicy:
     if not options.HasExtension(annotations_pb2.access):
         return MethodPolicy(public=False, permission="", declared=False)
     rule = options.Extensions[annotations_pb2.access]
-    return MethodPolicy(public=rule.public, permission=rule.permission, declared=True)
+    return MethodPolicy(
+        public=rule.public,
+        permission=rule.permission,
+        declared=True,
+        self_field=rule.self_field,
+        self_permission=rule.self_permission,
+    )

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["ROLES", "ROLE_DESCRIPTIONS", "ROLE_PERMISSIONS", "all_permissions", "role_allows"]
+__all__ = [
+    "ROLES",
+    "ROLE_DESCRIPTIONS",
+    "ROLE_PERMISSIONS",
+    "STAFF_ROLES",
+    "all_permissions",
+    "role_allows",
+]
 
 _SELF = {"identity.self.read", "identity.self.write", "identity.roles.read"}
 _ASSISTANT = {
@@ -102,8 +109,12 @@ def all_permissions() -> frozenset[str]:
     """Every permission the contracts declare (read from the descriptors)."""
     from bhiv_core.runtime.contracts import all_services, policy_of
 
+    policies = [policy_of(m) for s in all_services() for m in s.methods]
     return frozenset(
-        policy_of(m).permission for s in all_services() for m in s.methods if policy_of(m).permission
+        permission
+        for policy in policies
+        for permission in (policy.permission, policy.self_permission)
+        if permission
     )
 
 
@@ -117,6 +128,13 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
 }
 
 ROLES: tuple[str, ...] = tuple(ROLE_PERMISSIONS)
+
+STAFF_ROLES: frozenset[str] = frozenset({"admin", "ops", "sales", "support"})
+"""The roles of the people who run the platform; customers (and unknown roles) are outside them.
+
+A refusal tells staff which permission their role lacks, so they can ask for it; anyone else learns
+only that the call is not theirs to make.
+"""
 
 ROLE_DESCRIPTIONS: Mapping[str, str] = {
     "admin": "Administers users, keys, security and every module.",

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from bhiv_core.runtime.config import ConfigError
-from bhiv_core.services.identity.config import IdentityConfig
-from bhiv_core.services.identity.service import lock_seconds
+from bhiv_core.services.identity.config import IdentityConfig, LoginThrottleSettings
+from bhiv_core.services.identity.throttle import backoff_seconds
 from tests.harness import config_for
 
 
@@ -27,6 +27,27 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.signing_key_overlap_seconds == 1800
     assert config.scrypt_log_n == 15
     assert config.sentinel_address == "127.0.0.1:50057"
+    assert config.login_throttle == LoginThrottleSettings(
+        account_address_after=5,
+        address_after=20,
+        account_after=100,
+        max_backoff_seconds=900,
+        window_seconds=900,
+        max_entries=100_000,
+    )
+
+
+def test_login_throttle_settings_are_read(tmp_path: Path) -> None:
+    config = settings(
+        tmp_path,
+        LOGIN_BACKOFF_AFTER="3",
+        LOGIN_ADDRESS_BACKOFF_AFTER="10",
+        LOGIN_ACCOUNT_BACKOFF_AFTER="50",
+        LOGIN_BACKOFF_MAX_SECONDS="60",
+        LOGIN_FAILURE_WINDOW_SECONDS="300",
+        LOGIN_THROTTLE_MAX_ENTRIES="1000",
+    )
+    assert config.login_throttle == LoginThrottleSettings(3, 10, 50, 60, 300, 1000)
 
 
 def test_overlap_defaults_to_twice_the_access_token_lifetime(tmp_path: Path) -> None:
@@ -48,6 +69,12 @@ def test_overlap_defaults_to_twice_the_access_token_lifetime(tmp_path: Path) -> 
             "BHIV_SIGNING_KEY_OVERLAP_SECONDS",
         ),
         ({"IDENTITY_STORE_URL": "postgres://db/identity"}, "BHIV_IDENTITY_STORE_URL"),
+        ({"LOGIN_BACKOFF_AFTER": "0"}, "BHIV_LOGIN_BACKOFF_AFTER"),
+        ({"LOGIN_ADDRESS_BACKOFF_AFTER": "many"}, "BHIV_LOGIN_ADDRESS_BACKOFF_AFTER"),
+        ({"LOGIN_ACCOUNT_BACKOFF_AFTER": "-1"}, "BHIV_LOGIN_ACCOUNT_BACKOFF_AFTER"),
+        ({"LOGIN_BACKOFF_MAX_SECONDS": "0"}, "BHIV_LOGIN_BACKOFF_MAX_SECONDS"),
+        ({"LOGIN_FAILURE_WINDOW_SECONDS": "1.5"}, "BHIV_LOGIN_FAILURE_WINDOW_SECONDS"),
+        ({"LOGIN_THROTTLE_MAX_ENTRIES": "0"}, "BHIV_LOGIN_THROTTLE_MAX_ENTRIES"),
     ],
 )
 def test_bad_setting_is_a_config_error_naming_it(tmp_path: Path, env: dict[str, str], setting: str) -> None:
@@ -72,7 +99,8 @@ def test_mongodb_url_and_overrides_are_read(tmp_path: Path) -> None:
     assert config.sentinel_address == "sentinel:7000"
 
 
-def test_lockout_starts_at_the_fifth_failure_and_doubles_up_to_fifteen_minutes() -> None:
-    assert [lock_seconds(n) for n in range(1, 10)] == [0, 0, 0, 0, 1, 2, 4, 8, 16]
-    assert lock_seconds(15) == 900
-    assert lock_seconds(10_000) == 900
+def test_backoff_starts_at_the_threshold_and_doubles_up_to_the_maximum() -> None:
+    assert [backoff_seconds(n, 5, 900) for n in range(1, 10)] == [0, 0, 0, 0, 1, 2, 4, 8, 16]
+    assert backoff_seconds(15, 5, 900) == 900
+    assert backoff_seconds(10_000, 5, 900) == 900
+    assert [backoff_seconds(n, 20, 900) for n in (19, 20, 21)] == [0, 1, 2]

@@ -131,3 +131,28 @@ async def test_a_rotated_key_is_picked_up_by_the_local_verifier(chained: Chained
     assert me.user.username == "admin"
     again = await chained.auth.GetCurrentUser(auth.GetCurrentUserRequest(), metadata=bearer(admin))
     assert again.user.username == "admin"
+
+
+async def test_staff_without_users_read_get_themselves_and_are_refused_others_whether_or_not_they_exist(
+    chained: Chained, tmp_path
+) -> None:
+    admin = await login(chained, "admin", admin_password(tmp_path))
+    for username, role in [("sam", user_pb2.ROLE_SALES), ("sue", user_pb2.ROLE_SUPPORT)]:
+        await chained.users.CreateUser(
+            us.CreateUserRequest(user=user_pb2.User(username=username, role=role), password=PASSWORD),
+            metadata=bearer(admin.tokens.access_token),
+        )
+        me = await login(chained, username, PASSWORD)
+        own = await chained.users.GetUser(
+            us.GetUserRequest(name=me.user.name), metadata=bearer(me.tokens.access_token)
+        )
+        assert own.user == me.user
+        refusals = []
+        for other in (admin.user.name, "users/doesnotexist"):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await chained.users.GetUser(
+                    us.GetUserRequest(name=other), metadata=bearer(me.tokens.access_token)
+                )
+            refusals.append((err.value.code(), err.value.details()))
+        assert refusals[0] == refusals[1]
+        assert refusals[0][0] == grpc.StatusCode.PERMISSION_DENIED

@@ -121,19 +121,83 @@ async def test_update_user_is_a_compare_and_set_on_the_etag(store: IdentityStore
     assert await store.update_user(replace(changed, id="missing"), expected_etag="etag-2") is False
 
 
-async def test_login_failures_count_lock_and_reset(store: IdentityStore) -> None:
-    await store.create_user(user("u1", "ada"), now=NOW)
-    policy = lambda failures: 0.0 if failures < 2 else 30.0
-    once = await store.record_login_failure("u1", now=NOW, lock_seconds=policy)
-    assert once is not None and (once.failed_logins, once.locked_until) == (1, 0.0)
-    twice = await store.record_login_failure("u1", now=NOW, lock_seconds=policy)
-    assert twice is not None and (twice.failed_logins, twice.locked_until) == (2, NOW + 30)
-    stored = await store.get_user("u1")
-    assert stored is not None and (stored.failed_logins, stored.locked_until) == (2, NOW + 30)
-    await store.reset_login_failures("u1")
-    stored = await store.get_user("u1")
-    assert stored is not None and (stored.failed_logins, stored.locked_until) == (0, 0.0)
-    assert await store.record_login_failure("missing", now=NOW, lock_seconds=policy) is None
+def never(failures: int) -> float:
+    return 0.0
+
+
+def after_two(failures: int) -> float:
+    return 0.0 if failures < 2 else 30.0
+
+
+async def count(store: IdentityStore, *keys: str, now: float, policy=never, keep: float = 60, cap: int = 100):
+    return await store.count_login_failure(
+        dict.fromkeys(keys, policy), now=now, keep_seconds=keep, max_entries=cap
+    )
+
+
+async def test_a_failed_login_counts_on_every_counter_and_locks_as_each_policy_says(
+    store: IdentityStore,
+) -> None:
+    policies = {"a": after_two, "b": never}
+    first = await store.count_login_failure(policies, now=NOW, keep_seconds=60, max_entries=100)
+    assert [(e.key, e.failures, e.locked_until) for e in first] == [("a", 1, 0.0), ("b", 1, 0.0)]
+    second = await store.count_login_failure(policies, now=NOW + 1, keep_seconds=60, max_entries=100)
+    assert [(e.key, e.failures, e.locked_until) for e in second] == [("a", 2, NOW + 31), ("b", 2, 0.0)]
+    # A counter outlives its lock by the window, so the count does not restart after a backoff.
+    assert [e.expire_time for e in second] == [NOW + 31 + 60, NOW + 1 + 60]
+    live = await store.login_throttles(["a", "b", "unknown"], now=NOW + 2)
+    assert sorted(live, key=lambda e: e.key) == second
+    await store.clear_login_failures("a")
+    assert [e.key for e in await store.login_throttles(["a", "b"], now=NOW + 2)] == ["b"]
+
+
+async def test_a_counter_is_forgotten_a_window_after_its_last_failure_and_starts_again(
+    store: IdentityStore,
+) -> None:
+    await count(store, "a", now=NOW)
+    assert [e.failures for e in await store.login_throttles(["a"], now=NOW + 59)] == [1]
+    assert await store.login_throttles(["a"], now=NOW + 60) == []
+    (again,) = await count(store, "a", now=NOW + 61)
+    assert (again.failures, again.locked_until) == (1, 0.0)
+    await store.prune(now=NOW + 61 + 60, idempotency_ttl=3600)
+    assert await store.login_throttles(["a"], now=NOW) == []  # gone, not just expired
+
+
+async def test_counters_are_capped_forgetting_those_not_backing_off_oldest_first(
+    store: IdentityStore,
+) -> None:
+    await count(store, "locked", now=NOW, policy=lambda failures: 300.0, keep=600, cap=3)
+    for i in range(5):
+        await count(store, f"k{i}", now=NOW + 1 + i, keep=600, cap=3)
+    keys = ["locked", *(f"k{i}" for i in range(5))]
+    left = {e.key for e in await store.login_throttles(keys, now=NOW + 10)}
+    assert left == {"locked", "k3", "k4"}
+
+
+async def test_a_user_no_longer_carries_login_counters(tmp_path: Path) -> None:
+    path = tmp_path / "identity.db"
+    old = SqliteDatabase(path, (SCHEMA_V1,))
+    await old.open()
+    try:
+        await old.write(
+            lambda conn: conn.execute(
+                "INSERT INTO users (id, username, username_key, role, password_hash, create_time, "
+                "update_time, etag, failed_logins, locked_until) "
+                "VALUES ('u1', 'ada', 'ada', 'ops', 'x', 0, 0, 'e', 7, ?)",
+                (NOW + 900,),
+            )
+        )
+    finally:
+        await old.close()
+    store = SqliteIdentityStore(path)
+    await store.open()
+    try:
+        migrated = await store.get_user("u1")
+        assert migrated is not None and migrated.username == "ada"
+        columns = await store.db.read(lambda conn: conn.execute("PRAGMA table_info(users)").fetchall())
+        assert not {"failed_logins", "locked_until"} & {c["name"] for c in columns}
+    finally:
+        await store.close()
 
 
 # ------------------------------------------------------------------------------- refresh tokens

@@ -12,7 +12,7 @@ from pathlib import Path
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig, jwt_settings
 from bhiv_core.storage.mongo import mongo_url_setting
 
-__all__ = ["IdentityConfig"]
+__all__ = ["IdentityConfig", "LoginThrottleSettings"]
 
 _DAY = 24 * 3600
 
@@ -21,6 +21,36 @@ MIN_SCRYPT_LOG_N = 12
 
 MAX_SCRYPT_LOG_N = 20
 """The strongest scrypt cost accepted (n = 2**20, 1 GiB of memory with r = 8)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoginThrottleSettings:
+    """How failed logins back off (see :mod:`bhiv_core.services.identity.throttle`).
+
+    Each counter backs off once it reaches its threshold: 1 s, then twice as long with each
+    further failure, up to ``max_backoff_seconds``.
+
+    Attributes:
+        account_address_after: ``BHIV_LOGIN_BACKOFF_AFTER``, failures of one username from one
+            client address (default 5).
+        address_after: ``BHIV_LOGIN_ADDRESS_BACKOFF_AFTER``, failures from one client address
+            whatever the username: password spraying (default 20).
+        account_after: ``BHIV_LOGIN_ACCOUNT_BACKOFF_AFTER``, failures of one username from every
+            address together (default 100): much higher, so locking someone out takes many addresses.
+        max_backoff_seconds: ``BHIV_LOGIN_BACKOFF_MAX_SECONDS``, the longest single backoff (default 900).
+        window_seconds: ``BHIV_LOGIN_FAILURE_WINDOW_SECONDS``, how long a counter outlives its last
+            failure and the end of its backoff before it is forgotten (default 900).
+        max_entries: ``BHIV_LOGIN_THROTTLE_MAX_ENTRIES``, the most counters kept (default 100000);
+            beyond it the oldest ones not backing off are forgotten first.
+
+    """
+
+    account_address_after: int = 5
+    address_after: int = 20
+    account_after: int = 100
+    max_backoff_seconds: int = 900
+    window_seconds: int = 900
+    max_entries: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +82,7 @@ class IdentityConfig:
         sentinel_address: Where security events go, ``host:port`` of sentinel (from the peers).
         report_queue_size: ``BHIV_IDENTITY_REPORT_QUEUE_SIZE``, security events waiting to be sent
             before new ones are dropped (default 1000).
+        login_throttle: How failed logins back off (``BHIV_LOGIN_*``).
 
     """
 
@@ -70,6 +101,7 @@ class IdentityConfig:
     scrypt_log_n: int
     sentinel_address: str
     report_queue_size: int
+    login_throttle: LoginThrottleSettings = LoginThrottleSettings()
 
     @property
     def sqlite_path(self) -> Path:
@@ -121,4 +153,12 @@ class IdentityConfig:
             ),
             sentinel_address=config.peers.get("sentinel", ""),
             report_queue_size=s.positive_int("IDENTITY_REPORT_QUEUE_SIZE", 1000),
+            login_throttle=LoginThrottleSettings(
+                account_address_after=s.positive_int("LOGIN_BACKOFF_AFTER", 5),
+                address_after=s.positive_int("LOGIN_ADDRESS_BACKOFF_AFTER", 20),
+                account_after=s.positive_int("LOGIN_ACCOUNT_BACKOFF_AFTER", 100),
+                max_backoff_seconds=s.positive_int("LOGIN_BACKOFF_MAX_SECONDS", 900),
+                window_seconds=s.positive_int("LOGIN_FAILURE_WINDOW_SECONDS", 900),
+                max_entries=s.positive_int("LOGIN_THROTTLE_MAX_ENTRIES", 100_000),
+            ),
         )

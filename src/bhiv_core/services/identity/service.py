@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import secrets
@@ -32,8 +33,6 @@ from bhiv_core.runtime.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
-    QuotaViolation,
-    ResourceExhausted,
     Unauthenticated,
 )
 from bhiv_core.security.principal import Principal
@@ -63,6 +62,7 @@ from bhiv_core.services.identity.store import (
     UserRecord,
     capped_expiry,
 )
+from bhiv_core.services.identity.throttle import LoginThrottle, ThrottleCheck, describe, login_throttled
 from bhiv_core.services.identity.tokens import (
     TokenIssuer,
     hash_refresh_token,
@@ -78,8 +78,6 @@ from bhiv_core.storage.pagination import (
 )
 
 __all__ = [
-    "LOCKOUT_CAP_SECONDS",
-    "LOCKOUT_THRESHOLD",
     "ROLES",
     "ClientInfo",
     "IdentityService",
@@ -92,17 +90,10 @@ __all__ = [
     "SentinelReporter",
     "TokenPair",
     "UserFields",
-    "lock_seconds",
     "to_timestamp",
 ]
 
 log = logging.getLogger(__name__)
-
-LOCKOUT_THRESHOLD = 5
-"""Consecutive failed logins after which an account starts backing off."""
-
-LOCKOUT_CAP_SECONDS = 900
-"""The longest an account is locked at once."""
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 """How long a CreateUser ``request_id`` is remembered."""
@@ -121,17 +112,6 @@ _UPDATABLE = ("display_name", "email", "role", "customer")
 
 _USERS_DEFAULT_PAGE, _USERS_MAX_PAGE = 50, 500
 _REVOCATIONS_DEFAULT_PAGE, _REVOCATIONS_MAX_PAGE = 500, 5000
-
-
-def lock_seconds(failures: int) -> float:
-    """How long an account is locked after ``failures`` consecutive failed logins.
-
-    Nothing below :data:`LOCKOUT_THRESHOLD`; then 1, 2, 4 … seconds, capped at
-    :data:`LOCKOUT_CAP_SECONDS`.
-    """
-    if failures < LOCKOUT_THRESHOLD:
-        return 0.0
-    return float(min(LOCKOUT_CAP_SECONDS, 2 ** min(failures - LOCKOUT_THRESHOLD, 20)))
 
 
 # --------------------------------------------------------------------------------- security events
@@ -317,6 +297,7 @@ class IdentityService:
         self.store = store
         self.reporter: SecurityEventReporter = reporter or NullReporter()
         self.hasher = hasher or PasswordHasher(config.scrypt_log_n)
+        self.throttle = LoginThrottle(store, config.login_throttle)
         self._clock = clock
         self._outgoing_metadata = outgoing_metadata
         self._keys: SigningKeyRing | None = None
@@ -364,6 +345,9 @@ class IdentityService:
         )
         await self.housekeep()
         await self.bootstrap_admin()
+        # Makes the unknown-username hash now, so even the first such login costs one hash, as a
+        # known username's does.
+        await self.hasher.spend("")
         self._housekeeping = asyncio.create_task(self._housekeep_loop(), name="identity-housekeeping")
 
     async def stop(self) -> None:
@@ -479,53 +463,56 @@ class IdentityService:
         )
         return TokenPair(access.token, access.expires_in, refresh, record.expire_time, jti), record
 
-    def _locked(self, user: UserRecord, now: float) -> ResourceExhausted:
-        wait = max(1, int(user.locked_until - now + 0.999))
-        return ResourceExhausted(
-            f"too many failed logins: try again in {wait} s",
-            violations=[
-                QuotaViolation(
-                    user.name, f"{user.failed_logins} consecutive failed logins; locked for {wait} s"
-                )
-            ],
-            reason="LOGIN_BACKOFF",
-            metadata={"retry_after_seconds": str(wait)},
-        )
+    def _refuse_if_throttled(self, check: ThrottleCheck, client: ClientInfo, username: str) -> None:
+        """Raises the throttled refusal (reported to sentinel) when a counter of ``check`` backs off."""
+        if check.wait_seconds > 0:
+            self._report(
+                SecurityEventKind.LOGIN_FAILED,
+                client,
+                username,
+                f"throttled for {math.ceil(check.wait_seconds)} s "
+                f"(backing off: {', '.join(check.backing_off)})",
+            )
+            raise login_throttled(check.wait_seconds)
+
+    async def _failed(self, check: ThrottleCheck, client: ClientInfo, username: str, why: str) -> None:
+        """Counts a failed login on its throttle counters and reports it with the counts to sentinel."""
+        now = self._clock()
+        counted = await self.throttle.failed(check.keys, now=now)
+        self._report(SecurityEventKind.LOGIN_FAILED, client, username, f"{why}; {describe(counted, now)}")
 
     async def login(self, username: str, password: str, client: ClientInfo) -> tuple[TokenPair, UserRecord]:
         """Checks a username and password and issues a token pair in a new refresh family.
 
+        A known and an unknown username go through the same steps (a throttle read, a user read,
+        one password hash, one throttle write on failure) and get the same answers, so neither the
+        reply nor its timing tells which usernames exist (see
+        :mod:`bhiv_core.services.identity.throttle`).
+
         Raises:
             Unauthenticated: Unknown user, wrong password or disabled account (one message for all).
-            ResourceExhausted: The account is backing off after repeated failures.
+            ResourceExhausted: This username from this address, this address, or this username from
+                everywhere is backing off after repeated failures.
 
         """
         now = self._clock()
+        check = await self.throttle.check(username, client.address, now=now)
+        self._refuse_if_throttled(check, client, username)
         user = await self.store.get_user_by_username(username) if _USERNAME.fullmatch(username) else None
         if user is None:
             # Spends one hash, so an unknown user takes as long as a wrong password.
             await self.hasher.spend(password)
-            self._report(SecurityEventKind.LOGIN_FAILED, client, username, "unknown username")
+            why = "unknown username"
+        elif not await self.hasher.verify(password, user.password_hash):
+            why = "wrong password"
+        elif user.disabled:
+            why = "account disabled"
+        else:
+            why = ""
+        if user is None or why:
+            await self._failed(check, client, username, why)
             raise Unauthenticated(INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
-        if user.locked_until > now:
-            self._report(
-                SecurityEventKind.LOGIN_FAILED, client, username, "account locked after repeated failures"
-            )
-            raise self._locked(user, now)
-        if not await self.hasher.verify(password, user.password_hash):
-            counted = await self.store.record_login_failure(user.id, now=now, lock_seconds=lock_seconds)
-            failures = counted.failed_logins if counted else user.failed_logins + 1
-            detail = f"wrong password ({failures} consecutive failures)"
-            if counted is not None and counted.locked_until > now:
-                detail += f"; account locked for {int(counted.locked_until - now)} s"
-            self._report(SecurityEventKind.LOGIN_FAILED, client, username, detail)
-            raise Unauthenticated(INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
-        if user.disabled:
-            self._report(SecurityEventKind.LOGIN_FAILED, client, username, "account disabled")
-            raise Unauthenticated(INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
-        if user.failed_logins or user.locked_until:
-            await self.store.reset_login_failures(user.id)
-            user = replace(user, failed_logins=0, locked_until=0.0)
+        await self.throttle.succeeded(check)
         pair, record = await self._issue(
             user,
             family_id=uuid.uuid4().hex,
@@ -833,11 +820,12 @@ class IdentityService:
     ) -> None:
         """Changes the caller's password and revokes its other sessions (this one stays).
 
-        A wrong current password counts as a failed login (same backoff).
+        A wrong current password counts as a failed login of the caller's username from its address
+        (the same counters and backoff as :meth:`login`).
 
         Raises:
             InvalidArgument: Wrong current password, or a bad new one (field violations).
-            ResourceExhausted: The account is backing off after repeated failures.
+            ResourceExhausted: The caller's login is backing off after repeated failures.
 
         """
         violations: list[FieldViolation] = []
@@ -845,12 +833,10 @@ class IdentityService:
         if violations:
             raise InvalidArgument(violations=violations)
         user = await self._user_of(principal)
-        now = self._clock()
-        if user.locked_until > now:
-            raise self._locked(user, now)
+        check = await self.throttle.check(user.username, client.address, now=self._clock())
+        self._refuse_if_throttled(check, client, user.username)
         if not await self.hasher.verify(current_password, user.password_hash):
-            await self.store.record_login_failure(user.id, now=now, lock_seconds=lock_seconds)
-            self._report(SecurityEventKind.LOGIN_FAILED, client, user.username, "wrong current password")
+            await self._failed(check, client, user.username, "wrong current password")
             raise InvalidArgument(
                 violations=[FieldViolation("current_password", "is not the current password", "INCORRECT")]
             )
@@ -868,7 +854,7 @@ class IdentityService:
             if await self.store.update_user(
                 updated, expected_etag=user.etag, revoke_sessions=True, keep_family=keep or "", now=now
             ):
-                await self.store.reset_login_failures(user.id)
+                await self.throttle.succeeded(check)
                 log.info("changed a password", extra={"user": user.name})
                 await self._revoked()
                 return

@@ -54,7 +54,7 @@ def role_value(role: str) -> user_pb2.Role.ValueType:
 
 
 def user_proto(user: UserRecord) -> user_pb2.User:
-    """The ``User`` message of a stored user (never its password hash or login counters)."""
+    """The ``User`` message of a stored user (never its password hash)."""
     return user_pb2.User(
         name=user.name,
         username=user.username,

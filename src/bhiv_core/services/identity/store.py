@@ -1,12 +1,13 @@
-"""Where identity keeps its data: users, signing keys, refresh tokens, revocations, idempotency keys.
+"""Where identity keeps its data: users, keys, refresh tokens, revocations, idempotency, throttling.
 
 :class:`IdentityStore` is the storage contract; :class:`SqliteIdentityStore` (the embedded default,
 ``<data_dir>/identity.db``) and :class:`MongoIdentityStore` (deployments) implement it, and one
 contract test suite runs against both. Every change that touches several records is one
 transaction: spending a refresh token and inserting its successor, revoking a family together with
 the access tokens issued from it, creating a user together with its idempotency key, rotating the
-signing key. Refresh tokens are stored only as their SHA-256 hex digest; private signing keys only
-encrypted with the key-encryption key.
+signing key, counting one failed login on all its throttle counters. Refresh tokens are stored
+only as their SHA-256 hex digest; private signing keys only encrypted with the key-encryption key;
+throttle counters only under hashed keys (see :mod:`bhiv_core.services.identity.throttle`).
 
 Times are Unix seconds (floats) everywhere, so the service logic is the same over both stores.
 """
@@ -15,13 +16,13 @@ from __future__ import annotations
 
 import enum
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
@@ -37,6 +38,7 @@ __all__ = [
     "SigningKeyRecord",
     "SpendOutcome",
     "SqliteIdentityStore",
+    "ThrottleEntry",
     "UserRecord",
     "UsernameTaken",
     "capped_expiry",
@@ -60,8 +62,6 @@ class UserRecord:
         create_time: When it was created (Unix seconds).
         update_time: When it last changed (Unix seconds).
         etag: The version for optimistic concurrency; changes on every update.
-        failed_logins: Consecutive failed logins since the last success.
-        locked_until: Until when logins are refused (Unix seconds; 0 when not locked).
 
     """
 
@@ -76,8 +76,6 @@ class UserRecord:
     create_time: float
     update_time: float
     etag: str
-    failed_logins: int = 0
-    locked_until: float = 0.0
 
     @property
     def name(self) -> str:
@@ -165,6 +163,26 @@ class Revocation:
     revoke_time: float
 
 
+@dataclass(frozen=True, slots=True)
+class ThrottleEntry:
+    """One login-throttle counter.
+
+    Attributes:
+        key: The counter's (hashed) key.
+        failures: Failed logins counted since the counter was last forgotten.
+        locked_until: Until when logins it covers are refused (Unix seconds; 0 when never).
+        expire_time: When the counter is forgotten if nothing more fails.
+        update_time: When it last counted a failure.
+
+    """
+
+    key: str
+    failures: int
+    locked_until: float
+    expire_time: float
+    update_time: float
+
+
 class SpendOutcome(enum.Enum):
     """What spending a refresh token did."""
 
@@ -187,14 +205,24 @@ class UsernameTaken(Exception):
 T = TypeVar("T")
 
 LockPolicy = Callable[[int], float]
-"""Maps a count of consecutive failed logins to how many seconds the account is locked (0 = not)."""
+"""Maps a count of failed logins to how many seconds logins it covers are refused (0 = none)."""
 
 
-def _after_failure(user: UserRecord, now: float, lock_seconds: LockPolicy) -> tuple[int, float]:
-    """The failed-login count and lock end after one more failure of ``user`` at ``now``."""
-    failures = user.failed_logins + 1
+def _after_failure(
+    entry: ThrottleEntry | None, key: str, now: float, lock_seconds: LockPolicy, keep_seconds: float
+) -> ThrottleEntry:
+    """Counter ``key`` after one more failure at ``now`` (``entry`` is its stored state, if any).
+
+    An expired counter starts again from one. It is kept ``keep_seconds`` past the later of this
+    failure and the end of its lock, so the count outlives a backoff instead of restarting after it.
+    """
+    live = entry is not None and entry.expire_time > now
+    failures = entry.failures + 1 if entry is not None and live else 1
+    locked_until = entry.locked_until if entry is not None and live else 0.0
     lock = lock_seconds(failures)
-    return failures, (now + lock if lock > 0 else user.locked_until)
+    if lock > 0:
+        locked_until = max(locked_until, now + lock)
+    return ThrottleEntry(key, failures, locked_until, max(now, locked_until) + keep_seconds, now)
 
 
 class IdentityStore(Protocol):
@@ -268,13 +296,34 @@ class IdentityStore(Protocol):
 
         """
 
-    async def record_login_failure(
-        self, user_id: str, *, now: float, lock_seconds: LockPolicy
-    ) -> UserRecord | None:
-        """Counts one failed login and locks the account for ``lock_seconds(failures)`` seconds."""
+    async def login_throttles(self, keys: Sequence[str], *, now: float) -> list[ThrottleEntry]:
+        """Returns the throttle counters among ``keys`` that have not expired by ``now``."""
 
-    async def reset_login_failures(self, user_id: str) -> None:
-        """Clears the failed-login count and any lock."""
+    async def count_login_failure(
+        self,
+        counters: Mapping[str, LockPolicy],
+        *,
+        now: float,
+        keep_seconds: float,
+        max_entries: int,
+    ) -> list[ThrottleEntry]:
+        """Counts one failed login on every counter in ``counters``, atomically.
+
+        Args:
+            counters: Each counter's key and the lock its new count earns (``policy(failures)``
+                seconds from ``now``). A counter that does not exist, or expired, starts at one.
+            now: The time of the failure.
+            keep_seconds: How long a counter is kept after its last failure or the end of its lock.
+            max_entries: The most counters kept: beyond it, those whose lock ended earliest (never
+                locked first), then the least recently counted, are forgotten.
+
+        Returns:
+            The counters as stored now, in the order of ``counters``.
+
+        """
+
+    async def clear_login_failures(self, key: str) -> None:
+        """Forgets the throttle counter ``key`` (a successful login)."""
 
     async def signing_keys(self) -> list[SigningKeyRecord]:
         """Returns every stored signing key, the current one first, then newest first."""
@@ -329,7 +378,7 @@ class IdentityStore(Protocol):
         """
 
     async def prune(self, *, now: float, idempotency_ttl: float) -> None:
-        """Forgets expired revocations and refresh tokens, and idempotency keys older than the TTL."""
+        """Forgets expired revocations, refresh tokens and throttle counters, and old idempotency keys."""
 
 
 # --------------------------------------------------------------------------------------------- SQLite
@@ -403,12 +452,28 @@ ALTER TABLE refresh_tokens ADD COLUMN family_expire_time REAL NOT NULL DEFAULT 0
 UPDATE refresh_tokens SET family_expire_time = expire_time
 """
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
+# Login throttling moves from per-user columns (a lock anyone could set on any account, from
+# anywhere) to counters keyed by username and client address, which unknown usernames get too.
+SCHEMA_V3 = """
+CREATE TABLE login_throttle (
+    key TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    locked_until REAL NOT NULL,
+    expire_time REAL NOT NULL,
+    update_time REAL NOT NULL
+);
+CREATE INDEX login_throttle_by_expiry ON login_throttle (expire_time);
+CREATE INDEX login_throttle_by_eviction ON login_throttle (locked_until, update_time);
+ALTER TABLE users DROP COLUMN failed_logins;
+ALTER TABLE users DROP COLUMN locked_until
+"""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
 """The SQLite schema, one script per version (``PRAGMA user_version``)."""
 
 _USER_COLUMNS = (
     "id, username, display_name, email, role, customer, disabled, password_hash, "
-    "create_time, update_time, etag, failed_logins, locked_until"
+    "create_time, update_time, etag"
 )
 
 
@@ -425,8 +490,6 @@ def _user_from_row(row: sqlite3.Row) -> UserRecord:
         create_time=row["create_time"],
         update_time=row["update_time"],
         etag=row["etag"],
-        failed_logins=row["failed_logins"],
-        locked_until=row["locked_until"],
     )
 
 
@@ -453,6 +516,16 @@ def _refresh_from_row(row: sqlite3.Row) -> RefreshTokenRecord:
         used_time=row["used_time"],
         revoked=bool(row["revoked"]),
         family_expire_time=row["family_expire_time"],
+    )
+
+
+def _throttle_from_row(row: sqlite3.Row) -> ThrottleEntry:
+    return ThrottleEntry(
+        key=row["key"],
+        failures=row["failures"],
+        locked_until=row["locked_until"],
+        expire_time=row["expire_time"],
+        update_time=row["update_time"],
     )
 
 
@@ -550,7 +623,7 @@ class SqliteIdentityStore:
             try:
                 conn.execute(
                     f"INSERT INTO users ({_USER_COLUMNS}, username_key) "  # noqa: S608 - constant columns
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         user.id,
                         user.username,
@@ -563,8 +636,6 @@ class SqliteIdentityStore:
                         user.create_time,
                         user.update_time,
                         user.etag,
-                        user.failed_logins,
-                        user.locked_until,
                         user.username_key,
                     ),
                 )
@@ -643,33 +714,54 @@ class SqliteIdentityStore:
 
         return await self.db.write(run)
 
-    async def record_login_failure(
-        self, user_id: str, *, now: float, lock_seconds: LockPolicy
-    ) -> UserRecord | None:
-        """Counts one failed login and sets the lock the policy gives."""
+    async def login_throttles(self, keys: Sequence[str], *, now: float) -> list[ThrottleEntry]:
+        """Returns the unexpired throttle counters among ``keys``."""
+        marks = ", ".join("?" * len(keys))
+        sql = f"SELECT * FROM login_throttle WHERE key IN ({marks}) AND expire_time > ?"  # noqa: S608
+        rows = await self.db.read(lambda conn: conn.execute(sql, (*keys, now)).fetchall())
+        return [_throttle_from_row(r) for r in rows]
 
-        def run(conn: sqlite3.Connection) -> UserRecord | None:
-            user = _select_user(conn, "id = ?", user_id)
-            if user is None:
-                return None
-            failures, locked_until = _after_failure(user, now, lock_seconds)
-            conn.execute(
-                "UPDATE users SET failed_logins = ?, locked_until = ? WHERE id = ?",
-                (failures, locked_until, user_id),
-            )
-            return replace(user, failed_logins=failures, locked_until=locked_until)
+    async def count_login_failure(
+        self,
+        counters: Mapping[str, LockPolicy],
+        *,
+        now: float,
+        keep_seconds: float,
+        max_entries: int,
+    ) -> list[ThrottleEntry]:
+        """Counts one failed login on every counter (one transaction); see the protocol."""
+
+        def run(conn: sqlite3.Connection) -> list[ThrottleEntry]:
+            out: list[ThrottleEntry] = []
+            inserted = False
+            for key, policy in counters.items():
+                row = conn.execute("SELECT * FROM login_throttle WHERE key = ?", (key,)).fetchone()
+                inserted = inserted or row is None
+                entry = _after_failure(
+                    None if row is None else _throttle_from_row(row), key, now, policy, keep_seconds
+                )
+                conn.execute(
+                    "INSERT OR REPLACE INTO login_throttle "
+                    "(key, failures, locked_until, expire_time, update_time) VALUES (?, ?, ?, ?, ?)",
+                    (entry.key, entry.failures, entry.locked_until, entry.expire_time, entry.update_time),
+                )
+                out.append(entry)
+            if inserted:
+                # Only a new counter can push the table past its cap.
+                excess = conn.execute("SELECT count(*) FROM login_throttle").fetchone()[0] - max_entries
+                if excess > 0:
+                    conn.execute(
+                        "DELETE FROM login_throttle WHERE key IN (SELECT key FROM login_throttle "
+                        "ORDER BY locked_until, update_time LIMIT ?)",
+                        (excess,),
+                    )
+            return out
 
         return await self.db.write(run)
 
-    async def reset_login_failures(self, user_id: str) -> None:
-        """Clears the failed-login count and the lock."""
-        await self.db.write(
-            lambda conn: conn.execute(
-                "UPDATE users SET failed_logins = 0, locked_until = 0 WHERE id = ? "
-                "AND (failed_logins != 0 OR locked_until != 0)",
-                (user_id,),
-            )
-        )
+    async def clear_login_failures(self, key: str) -> None:
+        """Forgets the throttle counter ``key``."""
+        await self.db.write(lambda conn: conn.execute("DELETE FROM login_throttle WHERE key = ?", (key,)))
 
     async def signing_keys(self) -> list[SigningKeyRecord]:
         """Returns every signing key, the current one first, then newest first."""
@@ -790,12 +882,13 @@ class SqliteIdentityStore:
         return [Revocation(r["jti"], r["expire_time"], r["revoke_time"]) for r in rows]
 
     async def prune(self, *, now: float, idempotency_ttl: float) -> None:
-        """Forgets expired revocations and refresh tokens and old idempotency keys."""
+        """Forgets expired revocations, refresh tokens and throttle counters, and old idempotency keys."""
 
         def run(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM revocations WHERE expire_time <= ?", (now,))
             conn.execute("DELETE FROM refresh_tokens WHERE expire_time <= ?", (now,))
             conn.execute("DELETE FROM idempotency WHERE create_time <= ?", (now - idempotency_ttl,))
+            conn.execute("DELETE FROM login_throttle WHERE expire_time <= ?", (now,))
 
         await self.db.write(run)
 
@@ -826,8 +919,6 @@ def _user_doc(user: UserRecord) -> dict[str, Any]:
         "create_time": user.create_time,
         "update_time": user.update_time,
         "etag": user.etag,
-        "failed_logins": user.failed_logins,
-        "locked_until": user.locked_until,
     }
 
 
@@ -844,8 +935,6 @@ def _user_from_doc(doc: dict[str, Any]) -> UserRecord:
         create_time=float(doc["create_time"]),
         update_time=float(doc["update_time"]),
         etag=doc["etag"],
-        failed_logins=int(doc.get("failed_logins", 0)),
-        locked_until=float(doc.get("locked_until", 0.0)),
     )
 
 
@@ -895,6 +984,27 @@ def _key_from_doc(doc: dict[str, Any]) -> SigningKeyRecord:
     )
 
 
+def _throttle_doc(entry: ThrottleEntry) -> dict[str, Any]:
+    return {
+        "failures": entry.failures,
+        "locked_until": entry.locked_until,
+        "expire_time": entry.expire_time,
+        "update_time": entry.update_time,
+        # A TTL index deletes the document once this date passes.
+        "expire_at": _date(entry.expire_time),
+    }
+
+
+def _throttle_from_doc(doc: dict[str, Any]) -> ThrottleEntry:
+    return ThrottleEntry(
+        key=doc["_id"],
+        failures=int(doc["failures"]),
+        locked_until=float(doc["locked_until"]),
+        expire_time=float(doc["expire_time"]),
+        update_time=float(doc["update_time"]),
+    )
+
+
 def _revocation_doc(r: Revocation) -> dict[str, Any]:
     return {
         "expire_time": r.expire_time,
@@ -921,6 +1031,7 @@ class MongoIdentityStore:
         self._refresh = db["refresh_tokens"]
         self._revocations = db["revocations"]
         self._idempotency = db["idempotency"]
+        self._throttle = db["login_throttle"]
 
     async def open(self) -> None:
         """Creates the indexes (a no-op when they exist)."""
@@ -940,6 +1051,15 @@ class MongoIdentityStore:
         await self._revocations.create_index([("revoke_time", ASCENDING), ("_id", ASCENDING)], name="by_time")
         await self._revocations.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0, name="ttl")
         await self._idempotency.create_index([("create_time", ASCENDING)], name="by_time")
+        await self._throttle.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0, name="ttl")
+        await self._throttle.create_index(
+            [("locked_until", ASCENDING), ("update_time", ASCENDING)], name="by_eviction"
+        )
+        # Throttling once lived on the users (per account, lockable from anywhere): drop that state.
+        await self._users.update_many(
+            {"$or": [{"failed_logins": {"$exists": True}}, {"locked_until": {"$exists": True}}]},
+            {"$unset": {"failed_logins": "", "locked_until": ""}},
+        )
 
     async def close(self) -> None:
         """Closes the client."""
@@ -1074,30 +1194,49 @@ class MongoIdentityStore:
 
         return await self._transaction(run)
 
-    async def record_login_failure(
-        self, user_id: str, *, now: float, lock_seconds: LockPolicy
-    ) -> UserRecord | None:
-        """Counts one failed login; compare-and-set on the count, so concurrent failures all count."""
-        while True:
-            doc = await self._users.find_one({"_id": user_id})
-            if doc is None:
-                return None
-            user = _user_from_doc(doc)
-            failures, locked_until = _after_failure(user, now, lock_seconds)
-            updated = await self._users.find_one_and_update(
-                {"_id": user_id, "failed_logins": user.failed_logins},
-                {"$set": {"failed_logins": failures, "locked_until": locked_until}},
-                return_document=ReturnDocument.AFTER,
-            )
-            if updated is not None:
-                return _user_from_doc(updated)
+    async def login_throttles(self, keys: Sequence[str], *, now: float) -> list[ThrottleEntry]:
+        """Returns the unexpired throttle counters among ``keys``."""
+        cursor = self._throttle.find({"_id": {"$in": list(keys)}, "expire_time": {"$gt": now}})
+        return [_throttle_from_doc(doc) async for doc in cursor]
 
-    async def reset_login_failures(self, user_id: str) -> None:
-        """Clears the failed-login count and the lock."""
-        await self._users.update_one(
-            {"_id": user_id, "$or": [{"failed_logins": {"$ne": 0}}, {"locked_until": {"$ne": 0}}]},
-            {"$set": {"failed_logins": 0, "locked_until": 0.0}},
-        )
+    async def count_login_failure(
+        self,
+        counters: Mapping[str, LockPolicy],
+        *,
+        now: float,
+        keep_seconds: float,
+        max_entries: int,
+    ) -> list[ThrottleEntry]:
+        """Counts one failed login on every counter (one transaction; a conflicting one retries)."""
+
+        async def run(session: AsyncClientSession) -> tuple[list[ThrottleEntry], bool]:
+            cursor = self._throttle.find({"_id": {"$in": list(counters)}}, session=session)
+            stored = {doc["_id"]: _throttle_from_doc(doc) async for doc in cursor}
+            out: list[ThrottleEntry] = []
+            for key, policy in counters.items():
+                entry = _after_failure(stored.get(key), key, now, policy, keep_seconds)
+                await self._throttle.replace_one(
+                    {"_id": key}, _throttle_doc(entry), upsert=True, session=session
+                )
+                out.append(entry)
+            return out, len(stored) < len(counters)
+
+        entries, inserted = await self._transaction(run)
+        if inserted:
+            # Only a new counter can push the collection past its cap; the count is an estimate
+            # from the collection's metadata (cheap), which is all a cap needs.
+            excess = await self._throttle.estimated_document_count() - max_entries
+            if excess > 0:
+                oldest = self._throttle.find({}, {"_id": 1}).sort(
+                    [("locked_until", ASCENDING), ("update_time", ASCENDING)]
+                )
+                ids = [doc["_id"] async for doc in oldest.limit(excess)]
+                await self._throttle.delete_many({"_id": {"$in": ids}})
+        return entries
+
+    async def clear_login_failures(self, key: str) -> None:
+        """Forgets the throttle counter ``key``."""
+        await self._throttle.delete_one({"_id": key})
 
     async def signing_keys(self) -> list[SigningKeyRecord]:
         """Returns every signing key, the current one first, then newest first."""
@@ -1236,6 +1375,7 @@ class MongoIdentityStore:
         await self._revocations.delete_many({"expire_time": {"$lte": now}})
         await self._refresh.delete_many({"expire_time": {"$lte": now}})
         await self._idempotency.delete_many({"create_time": {"$lte": now - idempotency_ttl}})
+        await self._throttle.delete_many({"expire_time": {"$lte": now}})
 
 
 def make_identity_store(config: IdentityConfig) -> IdentityStore:

@@ -82,8 +82,11 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUser(self, request, context):
-        """Gets a user by resource name. Returns NOT_FOUND when it does not exist.
-        Any principal may get its own user.
+        """Gets a user by resource name. Any principal may get its own user (it
+        needs only `identity.self.read`); another user needs
+        `identity.users.read`, without which the answer is PERMISSION_DENIED
+        whether or not that user exists. Returns NOT_FOUND when it does not exist
+        (and, for a customer, for every user but itself).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

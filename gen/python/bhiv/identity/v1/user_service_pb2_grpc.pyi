@@ -40,8 +40,11 @@ class UserServiceStub:
     INVALID_ARGUMENT for a bad field.
     """
     GetUser: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.GetUserRequest, _user_service_pb2.GetUserResponse]
-    """Gets a user by resource name. Returns NOT_FOUND when it does not exist.
-    Any principal may get its own user.
+    """Gets a user by resource name. Any principal may get its own user (it
+    needs only `identity.self.read`); another user needs
+    `identity.users.read`, without which the answer is PERMISSION_DENIED
+    whether or not that user exists. Returns NOT_FOUND when it does not exist
+    (and, for a customer, for every user but itself).
     """
     ListUsers: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.ListUsersRequest, _user_service_pb2.ListUsersResponse]
     """Lists users, ordered by username."""
@@ -68,8 +71,11 @@ class UserServiceAsyncStub(UserServiceStub):
     INVALID_ARGUMENT for a bad field.
     """
     GetUser: _aio.UnaryUnaryMultiCallable[_user_service_pb2.GetUserRequest, _user_service_pb2.GetUserResponse]  # type: ignore[assignment]
-    """Gets a user by resource name. Returns NOT_FOUND when it does not exist.
-    Any principal may get its own user.
+    """Gets a user by resource name. Any principal may get its own user (it
+    needs only `identity.self.read`); another user needs
+    `identity.users.read`, without which the answer is PERMISSION_DENIED
+    whether or not that user exists. Returns NOT_FOUND when it does not exist
+    (and, for a customer, for every user but itself).
     """
     ListUsers: _aio.UnaryUnaryMultiCallable[_user_service_pb2.ListUsersRequest, _user_service_pb2.ListUsersResponse]  # type: ignore[assignment]
     """Lists users, ordered by username."""
@@ -105,8 +111,11 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _user_service_pb2.GetUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_user_service_pb2.GetUserResponse, _abc.Awaitable[_user_service_pb2.GetUserResponse]]:
-        """Gets a user by resource name. Returns NOT_FOUND when it does not exist.
-        Any principal may get its own user.
+        """Gets a user by resource name. Any principal may get its own user (it
+        needs only `identity.self.read`); another user needs
+        `identity.users.read`, without which the answer is PERMISSION_DENIED
+        whether or not that user exists. Returns NOT_FOUND when it does not exist
+        (and, for a customer, for every user but itself).
         """
 
     @_abc_1.abstractmethod

@@ -29,21 +29,35 @@ class AccessRule(_message.Message):
 
     PERMISSION_FIELD_NUMBER: _builtins.int
     PUBLIC_FIELD_NUMBER: _builtins.int
+    SELF_FIELD_FIELD_NUMBER: _builtins.int
+    SELF_PERMISSION_FIELD_NUMBER: _builtins.int
     permission: _builtins.str
     """The permission the caller's role must hold, as `<domain>.<collection>.<verb>`,
     for example `crm.customers.read`.
     """
     public: _builtins.bool
     """True when the RPC needs no authenticated principal (login, refresh, JWKS)."""
+    self_field: _builtins.str
+    """A string field of the request that holds a resource name, such as `name`.
+    When it names the caller itself (its token's subject, `users/{id}`), the
+    caller needs only `self_permission` instead of `permission`. Set together
+    with `self_permission`, on RPCs that require a permission.
+    """
+    self_permission: _builtins.str
+    """The permission that suffices when `self_field` names the caller, for
+    example `identity.self.read`.
+    """
     def __init__(
         self,
         *,
         permission: _builtins.str = ...,
         public: _builtins.bool = ...,
+        self_field: _builtins.str = ...,
+        self_permission: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["permission", b"permission", "public", b"public"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["permission", b"permission", "public", b"public", "self_field", b"self_field", "self_permission", b"self_permission"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
