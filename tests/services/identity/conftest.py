@@ -32,12 +32,9 @@ from bhiv_core.security.principal import Principal, current_principal
 from bhiv_core.services.identity.config import IdentityConfig
 from bhiv_core.services.identity.server import definition
 from bhiv_core.services.identity.service import IdentityService, SecurityEvent
-from bhiv_core.services.identity.store import (
-    IdentityStore,
-    MongoIdentityStore,
-    SqliteIdentityStore,
-    make_identity_store,
-)
+from bhiv_core.services.identity.store import IdentityStore, make_identity_store
+from bhiv_core.services.identity.store.mongo import MongoIdentityStore
+from bhiv_core.services.identity.store.sqlite import SqliteIdentityStore
 from bhiv_core.services.identity.tokens import decode_access_token
 from bhiv_core.storage.mongo import MongoDatabase
 from tests.harness import config_for, serving

@@ -20,7 +20,7 @@ from bhiv_core.services.identity.keys import (
     kid_of,
     load_or_create_kek,
 )
-from bhiv_core.services.identity.store import SqliteIdentityStore
+from bhiv_core.services.identity.store.sqlite import SqliteIdentityStore
 from bhiv_core.services.identity.tokens import TokenIssuer, decode_access_token
 from tests.services.identity.conftest import Clock
 

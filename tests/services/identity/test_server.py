@@ -16,7 +16,8 @@ from bhiv_core.runtime.server import start_service
 from bhiv_core.security.principal import Principal
 from bhiv_core.services.identity.server import definition, identity_service
 from bhiv_core.services.identity.service import ClientInfo, SentinelReporter
-from bhiv_core.services.identity.store import MongoIdentityStore, SqliteIdentityStore
+from bhiv_core.services.identity.store.mongo import MongoIdentityStore
+from bhiv_core.services.identity.store.sqlite import SqliteIdentityStore
 from bhiv_core.standard_chain import standard_chain
 from tests.harness import config_for
 from tests.services.identity.conftest import (

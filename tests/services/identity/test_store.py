@@ -10,16 +10,15 @@ from pathlib import Path
 import pytest
 
 from bhiv_core.services.identity.store import (
-    SCHEMA_V1,
     IdentityStore,
     RefreshTokenRecord,
     Revocation,
     SigningKeyRecord,
     SpendOutcome,
-    SqliteIdentityStore,
     UsernameTaken,
     UserRecord,
 )
+from bhiv_core.services.identity.store.sqlite import SCHEMA_V1, SqliteIdentityStore
 from bhiv_core.storage.sqlite import SqliteDatabase
 
 NOW = time.time()

@@ -11,7 +11,7 @@ import pytest
 from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv_core.runtime.errors import ResourceExhausted, Unauthenticated
 from bhiv_core.services.identity.service import ClientInfo, SecurityEventKind
-from bhiv_core.services.identity.store import SqliteIdentityStore
+from bhiv_core.services.identity.store.sqlite import SqliteIdentityStore
 from bhiv_core.services.identity.throttle import ThrottleKeys, address_key
 from tests.services.identity.conftest import Served, admin_password, bearer, serve_identity
 from tests.services.identity.test_servicer import PASSWORD, create

@@ -9,7 +9,7 @@ import jwt
 import pytest
 
 from bhiv_core.services.identity.keys import SigningKeyRing
-from bhiv_core.services.identity.store import SqliteIdentityStore
+from bhiv_core.services.identity.store.sqlite import SqliteIdentityStore
 from bhiv_core.services.identity.tokens import (
     TokenIssuer,
     decode_access_token,
