@@ -46,8 +46,14 @@ def make_venv(path: Path) -> Path:
 
 
 def pip_install(python: Path, *requirements: str | Path) -> None:
-    """Installs ``requirements`` (with their dependencies) into the venv of ``python``."""
-    done = run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", *requirements)
+    """Installs ``requirements`` (with their dependencies) into the venv of ``python``.
+
+    ``--no-compile``: byte-compiling every installed module is a fifth of the install's CPU, and the
+    tests import few of them.
+    """
+    done = run(
+        sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-compile", *requirements
+    )
     assert done.returncode == 0, f"pip install {requirements} failed:\n{done.stdout}\n{done.stderr}"
 
 
