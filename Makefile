@@ -19,9 +19,9 @@ PYTEST_ARGS ?=
 help: ## Lists the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.stamp: requirements.txt
+$(VENV)/.stamp: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	$(PY) -c 'import site, pathlib; root = pathlib.Path.cwd(); pathlib.Path(site.getsitepackages()[0], "bhiv_core.pth").write_text(f"{root}/src\n{root}/gen/python\n")'
 	touch $@
 
