@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -43,3 +44,13 @@ async def serving(
     finally:
         await channel.close()
         await running.stop(grace=0.5)
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """Runs with the process umask ``mask`` (restored after)."""
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
