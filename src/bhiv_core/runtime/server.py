@@ -34,7 +34,7 @@ from bhiv_core.runtime.chain import ChainedHandlers, Interceptor, Selector, chai
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig, load_config
 from bhiv_core.runtime.contracts import all_services
 from bhiv_core.runtime.handlers import service_handler
-from bhiv_core.runtime.logging import configure_logging
+from bhiv_core.runtime.process import prepare_process
 from bhiv_core.security.jwt import KeySource, RevocationSet
 
 __all__ = [
@@ -325,9 +325,9 @@ async def _run(config: RuntimeConfig, make_definition: DefinitionFactory) -> Non
     log.info("stopped")
 
 
-def _worker(service: str, make_definition: DefinitionFactory) -> None:
+def _worker(service: str, make_definition: DefinitionFactory, number: int) -> None:
     config = load_config(service)
-    configure_logging(service, config.log_level, config.log_format)
+    prepare_process(config, worker=number)
     asyncio.run(_run(config, make_definition))
 
 
@@ -355,7 +355,7 @@ def serve(service: str, make_definition: DefinitionFactory) -> None:
     """Runs ``service`` until SIGTERM/SIGINT, in ``workers`` processes when configured."""
     try:
         config = load_config(service)
-        configure_logging(service, config.log_level, config.log_format)
+        prepare_process(config)
         if config.workers == 1:
             asyncio.run(_run(config, make_definition))
             return
@@ -375,7 +375,10 @@ def serve(service: str, make_definition: DefinitionFactory) -> None:
         print(f"{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_worker, args=(service, make_definition)) for _ in range(config.workers)]
+    workers = [
+        ctx.Process(target=_worker, args=(service, make_definition, number))
+        for number in range(1, config.workers + 1)
+    ]
     for proc in workers:
         proc.start()
     log.info("started workers", extra={"workers": config.workers, "address": config.address})
