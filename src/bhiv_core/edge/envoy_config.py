@@ -45,6 +45,7 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
 )
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
+    BindConfig,
     DataSource,
     HeaderValue,
     HeaderValueOption,
@@ -274,6 +275,10 @@ class EdgeSettings:
         max_downstream_connections: The most client connections Envoy keeps open at once.
         health_check_interval_s: How often Envoy checks each upstream with gRPC health.
         connect_timeout_s: How long Envoy waits for a TCP connection to an upstream.
+        upstream_source_address: The IP address Envoy connects to the upstreams from, or None for
+            the system's choice. The services believe the client address the edge forwards only
+            from their trusted edge peers (``BHIV_EDGE_PEERS``), so on one host the mesh gives
+            Envoy a loopback address of its own (127.0.0.2), one no direct caller uses by chance.
 
     """
 
@@ -293,6 +298,7 @@ class EdgeSettings:
     max_downstream_connections: int = 50_000
     health_check_interval_s: float = 5.0
     connect_timeout_s: float = 1.0
+    upstream_source_address: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("listen_port", "admin_port"):
@@ -313,6 +319,8 @@ class EdgeSettings:
             )
         if not self.cors_allow_origins:
             raise ValueError("cors_allow_origins is empty; browsers could not call the edge at all")
+        if self.upstream_source_address is not None and not _is_ip(self.upstream_source_address):
+            raise ValueError(f"upstream_source_address {self.upstream_source_address!r} is not an IP address")
 
     @property
     def connect_host(self) -> str:
@@ -446,8 +454,8 @@ def write_bootstrap(
             tmp.write(text + "\n")
             tmp.flush()
             os.fsync(tmp.fileno())
-        # mkstemp makes 0600; the config holds no secret and Envoy may run as another user.
-        os.chmod(tmp_name, 0o644)
+        # mkstemp's 0600 stays: the file lives in the private data directory, read by an Envoy
+        # running as the same user (a ConfigMap sets its own mode).
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -683,6 +691,9 @@ def _cluster(
         common_lb_config=None
         if panic_routing
         else ClusterCommonLbConfig(healthy_panic_threshold=Percent(value=0.0)),
+        upstream_bind_config=None
+        if settings.upstream_source_address is None
+        else BindConfig(source_address=_socket_address(settings.upstream_source_address, 0).socket_address),
     )
 
 
