@@ -22,16 +22,24 @@ from tests.harness import relay
 pytestmark = pytest.mark.e2e
 
 FORGED = (("x-envoy-external-address", "6.6.6.6"), ("x-forwarded-for", "6.6.6.6"))
+CLAIMS = {
+    "no claim": (),
+    "x-envoy-external-address": FORGED[:1],
+    "x-forwarded-for": FORGED[1:],
+    "both": FORGED,
+}
 
 
-async def audited_address(mesh: Mesh, admin: Session, target: str) -> str:
-    """Calls GetUser on a fresh name at ``target`` with forged forwarding headers; returns the
-    client address of its audit record."""
+async def audited_address(
+    mesh: Mesh, admin: Session, target: str, claims: tuple[tuple[str, str], ...] = FORGED
+) -> str:
+    """Calls GetUser on a fresh name at ``target`` sending ``claims`` (forged forwarding headers);
+    returns the client address of its audit record."""
     name = f"users/{secrets.token_hex(8)}"
     async with grpc.aio.insecure_channel(target) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await us_grpc.UserServiceStub(channel).GetUser(
-                us.GetUserRequest(name=name), metadata=(*admin.metadata, *FORGED), timeout=CALL_TIMEOUT
+                us.GetUserRequest(name=name), metadata=(*admin.metadata, *claims), timeout=CALL_TIMEOUT
             )
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
@@ -49,16 +57,23 @@ async def audited_address(mesh: Mesh, admin: Session, target: str) -> str:
     return str(record.client_address)
 
 
-async def test_through_the_edge_the_audited_address_is_the_clients_own(mesh: Mesh, admin: Session) -> None:
-    assert await audited_address(mesh, admin, mesh.edge_address) == "127.0.0.1"
+@pytest.mark.parametrize("claim", CLAIMS)
+async def test_through_the_edge_the_audited_address_is_the_clients_own(
+    mesh: Mesh, admin: Session, claim: str
+) -> None:
+    assert await audited_address(mesh, admin, mesh.edge_address, CLAIMS[claim]) == "127.0.0.1"
 
 
+@pytest.mark.parametrize("claim", CLAIMS)
 async def test_through_the_edge_a_client_elsewhere_is_audited_at_its_address(
-    mesh: Mesh, admin: Session
+    mesh: Mesh, admin: Session, claim: str
 ) -> None:
     async with relay(mesh.edge_address, "127.0.0.3") as client_at_127_0_0_3:
-        assert await audited_address(mesh, admin, client_at_127_0_0_3) == "127.0.0.3"
+        assert await audited_address(mesh, admin, client_at_127_0_0_3, CLAIMS[claim]) == "127.0.0.3"
 
 
-async def test_a_direct_caller_claiming_an_address_is_audited_at_its_own(mesh: Mesh, admin: Session) -> None:
-    assert await audited_address(mesh, admin, mesh.address("identity")) == "127.0.0.1"
+@pytest.mark.parametrize("claim", CLAIMS)
+async def test_a_direct_caller_claiming_an_address_is_audited_at_its_own(
+    mesh: Mesh, admin: Session, claim: str
+) -> None:
+    assert await audited_address(mesh, admin, mesh.address("identity"), CLAIMS[claim]) == "127.0.0.1"

@@ -442,6 +442,18 @@ def test_dns_upstreams_make_strict_dns_clusters() -> None:
     assert [cluster["type"] for cluster in clusters] == ["STRICT_DNS", "STRICT_DNS"]
 
 
+def test_no_client_is_internal_so_every_request_gets_the_edge_headers(
+    registry_bootstrap: dict[str, Any],
+) -> None:
+    # An empty list would be Envoy's default: loopback and RFC 1918 clients internal, keeping the
+    # x-envoy-* headers they send (a forged x-envoy-external-address too).
+    config = hcm(registry_bootstrap)
+    assert config["use_remote_address"] is True
+    assert config["internal_address_config"] == {
+        "cidr_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 32}]
+    }
+
+
 def test_upstream_connections_leave_from_the_configured_source_address(tmp_path: Path) -> None:
     settings = EdgeSettings(upstream_source_address="127.0.0.2")
     clusters = build_bootstrap(registry_upstreams(), settings)["static_resources"]["clusters"]

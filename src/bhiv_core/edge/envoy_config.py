@@ -7,7 +7,8 @@ here, in Python, not at Envoy's start) and converted to proto3 JSON, which Envoy
 What the edge does, in the order a request meets it:
 
 * One listener; the HTTP connection manager speaks HTTP/2 (gRPC) and HTTP/1.1 (gRPC-web) on the same
-  port, trusts only the TCP peer (``use_remote_address``), normalises paths, rejects headers with
+  port, trusts only the TCP peer (``use_remote_address``, no client internal, so the client's address
+  always reaches the services in ``x-envoy-external-address``), normalises paths, rejects headers with
   underscores, and caps buffers, streams, header sizes and idle times (Envoy's edge best practices).
 * HTTP filters: ``grpc_web`` → ``cors`` → ``local_ratelimit`` → *extra filters* → ``router``. The extra
   filters are the seam for the JWT check and the IP-block RBAC filter; CORS comes before the rate limit
@@ -17,6 +18,8 @@ What the edge does, in the order a request meets it:
 * Reflection goes to a cluster of every service (each process serves reflection for the whole API);
   health goes to the service named in ``x-bhiv-service``, or to that same all-services cluster.
 * Admin listens on 127.0.0.1 only, whatever the listener's address.
+* Upstream connections can leave from an address of their own (``upstream_source_address``), the
+  one the services trust to vouch for client addresses.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
     BindConfig,
+    CidrRange,
     DataSource,
     HeaderValue,
     HeaderValueOption,
@@ -204,6 +208,8 @@ _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*$")
 _INT64_MAX: Final = 2**63 - 1
 # Edge best practice: flow control keeps at most this much per connection in Envoy's buffers.
 _BUFFER_LIMIT_BYTES: Final = 32 * 1024
+# The edge's "internal" addresses: 0.0.0.0/32, which no TCP peer has, so no client is internal.
+_NO_CLIENT_RANGE: Final = CidrRange(address_prefix="0.0.0.0", prefix_len=32)
 _LOOPBACK_BY_WILDCARD: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
@@ -493,8 +499,11 @@ def _listener(
         # The edge is the first hop: the TCP peer is the client, and a client's own
         # x-forwarded-for or x-request-id is not trusted.
         use_remote_address=True,
-        # Nothing outside is "internal": without this, RFC 1918 peers would get x-envoy-internal.
-        internal_address_config=HttpConnectionManagerInternalAddressConfig(cidr_ranges=[]),
+        # No client is "internal". An empty list would mean Envoy's default (loopback, RFC 1918
+        # and ULA peers are internal): their requests would keep the x-envoy-* headers they send,
+        # a forged x-envoy-external-address included, and get none from Envoy. A range no TCP
+        # peer can come from makes every request an edge request.
+        internal_address_config=HttpConnectionManagerInternalAddressConfig(cidr_ranges=[_NO_CLIENT_RANGE]),
         normalize_path=True,
         merge_slashes=True,
         # No gRPC method path contains an escaped slash; one is a probe for a routing bypass.
