@@ -207,9 +207,12 @@ class Mesh:
         # Owner-only from the first byte, whatever this process's umask: the audit trail and the
         # security events hold usernames (and, now and then, a password typed as one). Whatever
         # an earlier release left readable by others is tightened first.
-        private_dir(self.data_dir)
-        tighten_tree(self.data_dir)
-        private_dir(self.log_dir)
+        try:
+            private_dir(self.data_dir)
+            tighten_tree(self.data_dir)
+            private_dir(self.log_dir)
+        except OSError as exc:
+            raise MeshError(f"the data directory {self.data_dir} cannot be made private: {exc}") from exc
         for spec in SERVICES:
             with open_private(self.log_dir / f"{spec.name}.stderr.log", "wb") as output:
                 self.procs[spec.name] = subprocess.Popen(
