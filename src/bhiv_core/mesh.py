@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -26,9 +27,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bhiv_core.edge.envoy_config import EdgeSettings, Upstream, write_bootstrap
 from bhiv_core.edge.process import EnvoyProcess
-from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, SERVICES, ServiceSpec
+from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, EDGE_SOURCE_ADDRESS, SERVICES, ServiceSpec
 from bhiv_core.runtime.config import ConfigError, Settings
+from bhiv_core.runtime.files import PRIVATE_UMASK, open_private, private_dir, tighten_tree
 from bhiv_core.runtime.server import bind_error
+from bhiv_core.security.address import parse_edge_peers
 
 __all__ = ["Mesh", "MeshError", "free_port", "free_ports", "main"]
 
@@ -70,6 +73,8 @@ class Mesh:
         admin_port: Envoy's admin interface (bound to 127.0.0.1 only).
         env: Extra environment for the services.
         edge_rate_limit: Requests per second the edge admits (``BHIV_EDGE_RATE_LIMIT``).
+        edge_source_address: Where Envoy connects to the services from; the services believe the
+            client address the edge forwards only from there (``BHIV_EDGE_PEERS``' default).
         startup_timeout: Seconds to wait for everything to be healthy.
 
     """
@@ -82,6 +87,7 @@ class Mesh:
     admin_port: int = EDGE_ADMIN_PORT
     env: Mapping[str, str] = field(default_factory=dict)
     edge_rate_limit: int = 1000
+    edge_source_address: str = EDGE_SOURCE_ADDRESS
     startup_timeout: float = 60.0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
     envoy: EnvoyProcess | None = field(default=None, init=False)
@@ -110,7 +116,12 @@ class Mesh:
 
     @property
     def log_dir(self) -> Path:
-        """Where each process writes its log."""
+        """Where each process writes its log.
+
+        A service writes ``<service>.log`` itself (rotating, ``BHIV_LOG_DIR``); whatever it prints
+        to stdout or stderr (a crash before its logging starts) goes to ``<service>.stderr.log``,
+        emptied at each start.
+        """
         return self.data_dir / "logs"
 
     def _check_ports(self) -> None:
@@ -125,12 +136,34 @@ class Mesh:
             if bind_error(self.host, port) is not None:
                 raise MeshError(f"port {port} ({setting}) on {self.host} is already in use")
 
+    def _check_edge_trusted(self, env: Mapping[str, str]) -> None:
+        """Fails when the services would not believe the client addresses this mesh's Envoy forwards.
+
+        Every call through the edge would then be audited at the edge's own address.
+        """
+        try:
+            peers = Settings(env).get(
+                "EDGE_PEERS",
+                parse_edge_peers(EDGE_SOURCE_ADDRESS),
+                parse_edge_peers,
+                "IP addresses or networks",
+            )
+        except ConfigError as exc:
+            raise MeshError(f"configuration error: {exc}") from exc
+        source = ipaddress.ip_address(self.edge_source_address)
+        if not any(source in network for network in peers):
+            raise MeshError(
+                f"BHIV_EDGE_PEERS ({', '.join(map(str, peers))}) leaves out {source}, where this mesh's "
+                "Envoy connects from: the services would record every client at the edge's address"
+            )
+
     def service_env(self) -> dict[str, str]:
         """The environment every service process gets."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("BHIV_")}
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "gen" / "python")])
         env["BHIV_HOST"] = self.host
         env["BHIV_DATA_DIR"] = str(self.data_dir)
+        env["BHIV_LOG_DIR"] = str(self.log_dir)
         for name, port in self.ports.items():
             env[f"BHIV_{name.upper()}_PORT"] = str(port)
         for name, port in self.metrics_ports.items():
@@ -139,11 +172,16 @@ class Mesh:
         return env
 
     def _log_tail(self, name: str, lines: int = 20) -> str:
-        path = self.log_dir / f"{name}.log"
-        try:
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        """The last lines of a service's log, then of its stderr (where a crash at start lands)."""
+        parts = []
+        for path in (self.log_dir / f"{name}.log", self.log_dir / f"{name}.stderr.log"):
+            try:
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                continue
+            if tail:
+                parts.append("\n".join([f"--- {path.name}", *tail]))
+        return "\n".join(parts) or "(no log)"
 
     async def _wait_serving(self, name: str, address: str, deadline: float, proc: object = None) -> None:
         request = health_pb2.HealthCheckRequest(service="")
@@ -164,26 +202,37 @@ class Mesh:
     async def start(self) -> None:
         """Starts every service, then the edge, and waits until all are healthy."""
         self._check_ports()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         env = self.service_env()
+        self._check_edge_trusted(env)
+        # Owner-only from the first byte, whatever this process's umask: the audit trail and the
+        # security events hold usernames (and, now and then, a password typed as one). Whatever
+        # an earlier release left readable by others is tightened first.
+        try:
+            private_dir(self.data_dir)
+            tighten_tree(self.data_dir)
+            private_dir(self.log_dir)
+        except OSError as exc:
+            raise MeshError(f"the data directory {self.data_dir} cannot be made private: {exc}") from exc
         for spec in SERVICES:
-            log = (self.log_dir / f"{spec.name}.log").open("ab")
-            self.procs[spec.name] = subprocess.Popen(
-                [sys.executable, "-m", f"bhiv_core.services.{spec.name}"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            log.close()
+            with open_private(self.log_dir / f"{spec.name}.stderr.log", "wb") as output:
+                self.procs[spec.name] = subprocess.Popen(
+                    [sys.executable, "-m", f"bhiv_core.services.{spec.name}"],
+                    env=env,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    umask=PRIVATE_UMASK,
+                )
         deadline = time.monotonic() + self.startup_timeout
         try:
             await asyncio.gather(
                 *(self._wait_serving(n, self.address(n), deadline, self.procs[n]) for n in self.procs)
             )
             edge = self.edge_settings()
-            config = write_bootstrap(self.data_dir / "envoy" / "envoy.json", self.upstreams(), edge)
+            config = write_bootstrap(
+                private_dir(self.data_dir / "envoy") / "envoy.json", self.upstreams(), edge
+            )
             self.envoy = EnvoyProcess(config, edge, log_path=self.log_dir / "envoy.log")
             await self.envoy.astart()
             await asyncio.gather(*(self._wait_serving(s.name, self.edge_address, deadline) for s in SERVICES))
@@ -202,6 +251,7 @@ class Mesh:
             listen_port=self.edge_port,
             admin_port=self.admin_port,
             access_log_path=str(self.log_dir / "edge-access.log"),
+            upstream_source_address=self.edge_source_address,
             rate_limit_tokens_per_fill=self.edge_rate_limit,
         )
 
@@ -297,6 +347,7 @@ async def _amain() -> int:
 
 def main() -> None:
     """Entry point of ``make run``."""
+    os.umask(PRIVATE_UMASK)  # everything the launcher and its children write is owner-only
     raise SystemExit(asyncio.run(_amain()))
 
 

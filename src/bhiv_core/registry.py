@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["EDGE_ADMIN_PORT", "EDGE_PORT", "SERVICES", "ServiceSpec", "by_name"]
+__all__ = ["EDGE_ADMIN_PORT", "EDGE_PORT", "EDGE_SOURCE_ADDRESS", "SERVICES", "ServiceSpec", "by_name"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,12 @@ SERVICES: tuple[ServiceSpec, ...] = (
 
 EDGE_PORT = 8080
 EDGE_ADMIN_PORT = 9901
+EDGE_SOURCE_ADDRESS = "127.0.0.2"
+"""The address the mesh's Envoy connects to the services from, and the one they trust by default.
+
+A loopback address of its own, so a local process that dials a service directly (from 127.0.0.1)
+is not taken for the edge and cannot choose the client address written in the audit log.
+"""
 
 
 def by_name(name: str) -> ServiceSpec:

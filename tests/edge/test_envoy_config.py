@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import socket
+import stat
 import subprocess
 import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -438,6 +440,40 @@ def test_dns_upstreams_make_strict_dns_clusters() -> None:
     upstream = Upstream(name="crm", host="crm.bhiv.svc", port=50053, route_prefix="/bhiv.crm.v1.")
     clusters = build_bootstrap([upstream], EdgeSettings())["static_resources"]["clusters"]
     assert [cluster["type"] for cluster in clusters] == ["STRICT_DNS", "STRICT_DNS"]
+
+
+def test_no_client_is_internal_so_every_request_gets_the_edge_headers(
+    registry_bootstrap: dict[str, Any],
+) -> None:
+    # An empty list would be Envoy's default: loopback and RFC 1918 clients internal, keeping the
+    # x-envoy-* headers they send (a forged x-envoy-external-address too).
+    config = hcm(registry_bootstrap)
+    assert config["use_remote_address"] is True
+    assert config["internal_address_config"] == {
+        "cidr_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 32}]
+    }
+
+
+def test_upstream_connections_leave_from_the_configured_source_address(tmp_path: Path) -> None:
+    settings = EdgeSettings(upstream_source_address="127.0.0.2")
+    clusters = build_bootstrap(registry_upstreams(), settings)["static_resources"]["clusters"]
+    assert {json.dumps(c["upstream_bind_config"]) for c in clusters} == {
+        json.dumps({"source_address": {"address": "127.0.0.2", "port_value": 0}})
+    }
+    validate_config(write_bootstrap(tmp_path / "envoy.json", registry_upstreams(), settings))
+    default = build_bootstrap(registry_upstreams(), EdgeSettings())["static_resources"]["clusters"]
+    assert all("upstream_bind_config" not in c for c in default)
+    with pytest.raises(ValueError, match="not an IP address"):
+        EdgeSettings(upstream_source_address="edge.local")
+
+
+def test_the_written_bootstrap_is_owner_only_under_umask_022(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        path = write_bootstrap(tmp_path / "envoy.json", registry_upstreams(), EdgeSettings())
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 # ----------------------------------------------------------------------------- a real Envoy

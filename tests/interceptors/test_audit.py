@@ -20,11 +20,12 @@ from bhiv_core.audit.store import AuditFilter
 from bhiv_core.audit.store.sqlite import SqliteAuditStore
 from bhiv_core.interceptors.audit import AuditInterceptor, resource_of
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
+from bhiv_core.registry import EDGE_SOURCE_ADDRESS
 from bhiv_core.runtime.chain import CallInfo, PreCheckInterceptor
 from bhiv_core.runtime.errors import NotFound, PermissionDenied
 from bhiv_core.runtime.logging import JsonFormatter
 from bhiv_core.security.principal import Principal, current_principal
-from tests.harness import serving
+from tests.harness import relay, serving
 
 USER_SERVICE = us.DESCRIPTOR.services_by_name["UserService"]
 THREAT_SERVICE = ts.DESCRIPTOR.services_by_name["ThreatService"]
@@ -140,8 +141,35 @@ async def test_denied_call_is_recorded_as_permission_denied() -> None:
         "/bhiv.identity.v1.UserService/DisableUser",
         "users/u9",
     )
-    assert entry.client_address == "203.0.113.7"  # the edge's view of the client
+    assert entry.client_address == "127.0.0.1"  # a direct caller does not choose its address
     assert durable is False  # a refused mutation changed nothing
+
+
+async def test_a_direct_caller_is_audited_at_its_peer_whatever_it_claims() -> None:
+    sink = FakeSink()
+    claims = (("x-envoy-external-address", "6.6.6.6"), ("x-forwarded-for", "6.6.6.6"))
+    async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
+        await us_grpc.UserServiceStub(channel).GetUser(us.GetUserRequest(name="users/u7"), metadata=claims)
+    [(entry, _)] = sink.records
+    assert entry.client_address == "127.0.0.1"
+
+
+async def test_the_edge_vouches_for_the_client_address_it_forwards() -> None:
+    sink = FakeSink()
+    forwarded = (("x-envoy-external-address", "203.0.113.7"),)
+    # A peer at the edge's address (127.0.0.2 by default), as the mesh's Envoy connects from.
+    async with (
+        serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (running, _),
+        relay(running.address, EDGE_SOURCE_ADDRESS) as edge,
+        grpc.aio.insecure_channel(edge) as channel,
+    ):
+        stub = us_grpc.UserServiceStub(channel)
+        await stub.GetUser(us.GetUserRequest(name="users/u7"), metadata=forwarded)
+        await stub.GetUser(us.GetUserRequest(name="users/u8"))
+    assert [(entry.resource, entry.client_address) for entry, _ in sink.records] == [
+        ("users/u7", "203.0.113.7"),
+        ("users/u8", EDGE_SOURCE_ADDRESS),  # the edge's own call (a health check) is its own
+    ]
 
 
 async def test_unauthenticated_call_has_an_empty_principal() -> None:

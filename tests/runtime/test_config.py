@@ -32,3 +32,37 @@ def test_environment_overrides_file(tmp_path) -> None:
 def test_bad_setting_is_a_clear_error_naming_it(env, named) -> None:
     with pytest.raises(ConfigError, match=named):
         load_config("crm", env)
+
+
+def test_log_and_edge_settings_default_to_stderr_and_the_mesh_edge() -> None:
+    config = load_config("crm", {})
+    assert (config.log_dir, config.log_max_bytes, config.log_backups) == (None, 10 * 1024 * 1024, 5)
+    assert [str(n) for n in config.edge_peers] == ["127.0.0.2/32"]
+
+
+def test_log_and_edge_settings_are_read_from_the_environment(tmp_path) -> None:
+    config = load_config(
+        "crm",
+        {
+            "BHIV_LOG_DIR": str(tmp_path),
+            "BHIV_LOG_MAX_BYTES": "4096",
+            "BHIV_LOG_BACKUPS": "2",
+            "BHIV_EDGE_PEERS": "10.20.0.0/16, 192.0.2.7",
+        },
+    )
+    assert (config.log_dir, config.log_max_bytes, config.log_backups) == (tmp_path, 4096, 2)
+    assert [str(n) for n in config.edge_peers] == ["10.20.0.0/16", "192.0.2.7/32"]
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"BHIV_LOG_MAX_BYTES": "0"}, "BHIV_LOG_MAX_BYTES"),
+        ({"BHIV_LOG_BACKUPS": "0"}, "BHIV_LOG_BACKUPS"),
+        ({"BHIV_EDGE_PEERS": "edge.internal"}, "BHIV_EDGE_PEERS"),
+        ({"BHIV_EDGE_PEERS": " , "}, "BHIV_EDGE_PEERS"),
+    ],
+)
+def test_bad_log_or_edge_setting_is_a_clear_error_naming_it(env, named) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_config("crm", env)

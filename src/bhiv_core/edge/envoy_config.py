@@ -7,7 +7,8 @@ here, in Python, not at Envoy's start) and converted to proto3 JSON, which Envoy
 What the edge does, in the order a request meets it:
 
 * One listener; the HTTP connection manager speaks HTTP/2 (gRPC) and HTTP/1.1 (gRPC-web) on the same
-  port, trusts only the TCP peer (``use_remote_address``), normalises paths, rejects headers with
+  port, trusts only the TCP peer (``use_remote_address``, no client internal, so the client's address
+  always reaches the services in ``x-envoy-external-address``), normalises paths, rejects headers with
   underscores, and caps buffers, streams, header sizes and idle times (Envoy's edge best practices).
 * HTTP filters: ``grpc_web`` → ``cors`` → ``local_ratelimit`` → *extra filters* → ``router``. The extra
   filters are the seam for the JWT check and the IP-block RBAC filter; CORS comes before the rate limit
@@ -17,6 +18,8 @@ What the edge does, in the order a request meets it:
 * Reflection goes to a cluster of every service (each process serves reflection for the whole API);
   health goes to the service named in ``x-bhiv-service``, or to that same all-services cluster.
 * Admin listens on 127.0.0.1 only, whatever the listener's address.
+* Upstream connections can leave from an address of their own (``upstream_source_address``), the
+  one the services trust to vouch for client addresses.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
 )
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
+    BindConfig,
+    CidrRange,
     DataSource,
     HeaderValue,
     HeaderValueOption,
@@ -203,6 +208,8 @@ _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*$")
 _INT64_MAX: Final = 2**63 - 1
 # Edge best practice: flow control keeps at most this much per connection in Envoy's buffers.
 _BUFFER_LIMIT_BYTES: Final = 32 * 1024
+# The edge's "internal" addresses: 0.0.0.0/32, which no TCP peer has, so no client is internal.
+_NO_CLIENT_RANGE: Final = CidrRange(address_prefix="0.0.0.0", prefix_len=32)
 _LOOPBACK_BY_WILDCARD: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
@@ -274,6 +281,10 @@ class EdgeSettings:
         max_downstream_connections: The most client connections Envoy keeps open at once.
         health_check_interval_s: How often Envoy checks each upstream with gRPC health.
         connect_timeout_s: How long Envoy waits for a TCP connection to an upstream.
+        upstream_source_address: The IP address Envoy connects to the upstreams from, or None for
+            the system's choice. The services believe the client address the edge forwards only
+            from their trusted edge peers (``BHIV_EDGE_PEERS``), so on one host the mesh gives
+            Envoy a loopback address of its own (127.0.0.2), one no direct caller uses by chance.
 
     """
 
@@ -293,6 +304,7 @@ class EdgeSettings:
     max_downstream_connections: int = 50_000
     health_check_interval_s: float = 5.0
     connect_timeout_s: float = 1.0
+    upstream_source_address: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("listen_port", "admin_port"):
@@ -313,6 +325,8 @@ class EdgeSettings:
             )
         if not self.cors_allow_origins:
             raise ValueError("cors_allow_origins is empty; browsers could not call the edge at all")
+        if self.upstream_source_address is not None and not _is_ip(self.upstream_source_address):
+            raise ValueError(f"upstream_source_address {self.upstream_source_address!r} is not an IP address")
 
     @property
     def connect_host(self) -> str:
@@ -446,8 +460,8 @@ def write_bootstrap(
             tmp.write(text + "\n")
             tmp.flush()
             os.fsync(tmp.fileno())
-        # mkstemp makes 0600; the config holds no secret and Envoy may run as another user.
-        os.chmod(tmp_name, 0o644)
+        # mkstemp's 0600 stays: the file lives in the private data directory, read by an Envoy
+        # running as the same user (a ConfigMap sets its own mode).
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -485,8 +499,11 @@ def _listener(
         # The edge is the first hop: the TCP peer is the client, and a client's own
         # x-forwarded-for or x-request-id is not trusted.
         use_remote_address=True,
-        # Nothing outside is "internal": without this, RFC 1918 peers would get x-envoy-internal.
-        internal_address_config=HttpConnectionManagerInternalAddressConfig(cidr_ranges=[]),
+        # No client is "internal". An empty list would mean Envoy's default (loopback, RFC 1918
+        # and ULA peers are internal): their requests would keep the x-envoy-* headers they send,
+        # a forged x-envoy-external-address included, and get none from Envoy. A range no TCP
+        # peer can come from makes every request an edge request.
+        internal_address_config=HttpConnectionManagerInternalAddressConfig(cidr_ranges=[_NO_CLIENT_RANGE]),
         normalize_path=True,
         merge_slashes=True,
         # No gRPC method path contains an escaped slash; one is a probe for a routing bypass.
@@ -683,6 +700,9 @@ def _cluster(
         common_lb_config=None
         if panic_routing
         else ClusterCommonLbConfig(healthy_panic_threshold=Percent(value=0.0)),
+        upstream_bind_config=None
+        if settings.upstream_source_address is None
+        else BindConfig(source_address=_socket_address(settings.upstream_source_address, 0).socket_address),
     )
 
 

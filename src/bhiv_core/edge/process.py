@@ -21,6 +21,7 @@ from typing import IO, Final, Self
 
 from bhiv_core.edge.binaries import find_tool
 from bhiv_core.edge.envoy_config import ADMIN_HOST, EdgeSettings
+from bhiv_core.runtime.files import PRIVATE_UMASK, open_private
 
 __all__ = ["EnvoyError", "EnvoyProcess", "validate_config"]
 
@@ -165,13 +166,14 @@ class EnvoyProcess:
             if self._process is not None or self._stopped:
                 raise EnvoyError("an EnvoyProcess starts once; make a new one to start again")
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._files.append(stderr := self.log_path.open("wb"))
+            self._files.append(stderr := open_private(self.log_path, "wb"))
             stdout: IO[bytes] | None = None
             if self._stdout_path is not None:
-                self._files.append(stdout := self._stdout_path.open("ab"))
+                self._files.append(stdout := open_private(self._stdout_path, "ab"))
             try:
+                # Envoy creates its access log itself (0644 less the umask): owner-only.
                 self._process = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
+                    command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, umask=PRIVATE_UMASK
                 )
             except BaseException:
                 self._close_files()

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from bhiv_core.registry import SERVICES, by_name
+from bhiv_core.registry import EDGE_SOURCE_ADDRESS, SERVICES, by_name
+from bhiv_core.runtime.logging import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
+from bhiv_core.security.address import Network, parse_edge_peers
 
 __all__ = [
     "ConfigError",
@@ -132,6 +134,11 @@ class RuntimeConfig:
         health_interval_seconds: How often dependency checks run (``BHIV_HEALTH_INTERVAL_SECONDS``, 5).
         log_level: ``BHIV_LOG_LEVEL`` (debug, info, warning, error; default info).
         log_format: ``BHIV_LOG_FORMAT`` (json or text; default json).
+        log_dir: Where the log file goes (``BHIV_LOG_DIR``); None, the default, logs to stderr.
+        log_max_bytes: Size at which the log file rotates (``BHIV_LOG_MAX_BYTES``, 10 MiB).
+        log_backups: Rotated log files kept (``BHIV_LOG_BACKUPS``, 5).
+        edge_peers: The TCP peers whose ``x-envoy-external-address`` is believed
+            (``BHIV_EDGE_PEERS``, default 127.0.0.2: the mesh's Envoy).
         peers: The address of every service of the mesh (``BHIV_<SERVICE>_ADDR``, default
             ``<host>:<port>``), for service-to-service calls.
         settings: The raw settings, for service-specific options.
@@ -150,6 +157,10 @@ class RuntimeConfig:
     health_interval_seconds: float
     log_level: str
     log_format: str
+    log_dir: Path | None = None
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_backups: int = DEFAULT_LOG_BACKUPS
+    edge_peers: tuple[Network, ...] = field(default_factory=lambda: parse_edge_peers(EDGE_SOURCE_ADDRESS))
     peers: Mapping[str, str] = field(default_factory=dict)
     settings: Settings = field(default_factory=Settings)
 
@@ -200,6 +211,12 @@ def load_config(service: str, env: Mapping[str, str] | None = None) -> RuntimeCo
         health_interval_seconds=s.positive_float("HEALTH_INTERVAL_SECONDS", 5.0),
         log_level=s.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
         log_format=s.choice("LOG_FORMAT", "json", ("json", "text")),
+        log_dir=Path(log_dir).resolve() if (log_dir := s.raw("LOG_DIR")) else None,
+        log_max_bytes=s.positive_int("LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES),
+        log_backups=s.positive_int("LOG_BACKUPS", DEFAULT_LOG_BACKUPS),
+        edge_peers=s.get(
+            "EDGE_PEERS", parse_edge_peers(EDGE_SOURCE_ADDRESS), parse_edge_peers, "IP addresses or networks"
+        ),
         peers=peers,
         settings=s,
     )

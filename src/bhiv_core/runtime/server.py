@@ -32,7 +32,7 @@ from bhiv_core.runtime.chain import ChainedHandlers, Interceptor, Selector
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig, load_config
 from bhiv_core.runtime.contracts import all_services
 from bhiv_core.runtime.handlers import service_handler
-from bhiv_core.runtime.logging import configure_logging
+from bhiv_core.runtime.process import prepare_process
 from bhiv_core.security.jwt import KeySource, RevocationSet
 
 __all__ = [
@@ -312,9 +312,9 @@ async def _run(config: RuntimeConfig, make_definition: DefinitionFactory, chain:
     log.info("stopped")
 
 
-def _worker(service: str, make_definition: DefinitionFactory, chain: ChainFactory) -> None:
+def _worker(service: str, make_definition: DefinitionFactory, chain: ChainFactory, number: int) -> None:
     config = load_config(service)
-    configure_logging(service, config.log_level, config.log_format)
+    prepare_process(config, worker=number)
     asyncio.run(_run(config, make_definition, chain))
 
 
@@ -345,7 +345,7 @@ def serve(service: str, make_definition: DefinitionFactory, chain: ChainFactory)
     """
     try:
         config = load_config(service)
-        configure_logging(service, config.log_level, config.log_format)
+        prepare_process(config)
         if config.workers == 1:
             asyncio.run(_run(config, make_definition, chain))
             return
@@ -366,7 +366,8 @@ def serve(service: str, make_definition: DefinitionFactory, chain: ChainFactory)
         raise SystemExit(2) from None
     ctx = multiprocessing.get_context("spawn")
     workers = [
-        ctx.Process(target=_worker, args=(service, make_definition, chain)) for _ in range(config.workers)
+        ctx.Process(target=_worker, args=(service, make_definition, chain, number))
+        for number in range(1, config.workers + 1)
     ]
     for proc in workers:
         proc.start()

@@ -37,6 +37,7 @@ from prometheus_client import (
 )
 
 from bhiv_core.runtime.config import Settings
+from bhiv_core.runtime.files import private_dir
 
 __all__ = [
     "MULTIPROC_ENV",
@@ -133,7 +134,7 @@ def prepare_multiprocess_metrics(directory: Path) -> None:
         directory: A directory for this service alone (created when missing).
 
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     for stale in directory.glob("*.db"):
         stale.unlink()
     os.environ[MULTIPROC_ENV] = str(directory)

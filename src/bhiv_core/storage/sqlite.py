@@ -9,12 +9,16 @@ shared across threads and the event loop never blocks on disk. Writes run inside
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
+import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
+
+from bhiv_core.runtime.files import PRIVATE_FILE_MODE, private_dir
 
 __all__ = ["SqliteDatabase"]
 
@@ -29,8 +33,8 @@ class SqliteDatabase:
         migrations: SQL scripts; script ``i`` moves the schema from version ``i`` to ``i + 1``
             (``PRAGMA user_version``). Applied in order on :meth:`open`, each in a transaction.
         busy_timeout_ms: How long a writer waits for another process's lock.
-        file_mode: The permissions a new file is created with (SQLite gives its -wal and -shm
-            files the same); None for the process's default.
+        file_mode: The permissions of the file, set when it is created or opened (SQLite creates
+            its -wal and -shm files with the same); owner-only by default, whatever the umask.
     """
 
     def __init__(
@@ -39,7 +43,7 @@ class SqliteDatabase:
         migrations: Sequence[str],
         *,
         busy_timeout_ms: int = 10_000,
-        file_mode: int | None = None,
+        file_mode: int = PRIVATE_FILE_MODE,
     ):
         self.path = path
         self._migrations = tuple(migrations)
@@ -49,9 +53,14 @@ class SqliteDatabase:
         self._conn: sqlite3.Connection | None = None
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self._file_mode is not None and not self.path.exists():
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, self._file_mode))
+        private_dir(self.path.parent)
+        # SQLite creates the -wal and -shm files with the mode of the database file, so the
+        # database gets its mode before SQLite opens it; files an earlier run left get it too.
+        os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, self._file_mode))
+        for path in (self.path, _beside(self.path, "-wal"), _beside(self.path, "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_IMODE(path.stat().st_mode) != self._file_mode:
+                    os.chmod(path, self._file_mode)  # the umask took bits from the new file
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
@@ -126,6 +135,10 @@ class SqliteDatabase:
     async def ping(self) -> None:
         """Health check: the database answers a query."""
         await self.read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+
+def _beside(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
 
 
 def _statements(script: str) -> list[str]:

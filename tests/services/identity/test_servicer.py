@@ -16,6 +16,7 @@ from bhiv.identity.v1 import user_pb2
 from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv_core.services.identity.service import SecurityEventKind
 from bhiv_core.services.identity.tokens import decode_access_token
+from tests.harness import trusting_edge
 from tests.services.identity.conftest import Served, admin_password, bearer
 
 PASSWORD = "a long enough password"
@@ -138,14 +139,15 @@ async def test_backoff_doubles_with_each_further_failure(served: Served) -> None
 async def test_failed_logins_are_reported_with_the_client_address(served: Served) -> None:
     with pytest.raises(grpc.aio.AioRpcError):
         await served.login("admin", "wrong password")
-    with pytest.raises(grpc.aio.AioRpcError):
-        await served.auth.Login(
-            auth.LoginRequest(username="mallory", password="guess"),
-            metadata=(("x-envoy-external-address", "203.0.113.7"),),
-        )
+    forwarded = (("x-envoy-external-address", "203.0.113.7"),)
+    with pytest.raises(grpc.aio.AioRpcError):  # a direct caller's claim is ignored
+        await served.auth.Login(auth.LoginRequest(username="trudy", password="guess"), metadata=forwarded)
+    with trusting_edge("127.0.0.1"), pytest.raises(grpc.aio.AioRpcError):  # the edge's is believed
+        await served.auth.Login(auth.LoginRequest(username="mallory", password="guess"), metadata=forwarded)
     failed = [e for e in served.reporter.events if e.kind is SecurityEventKind.LOGIN_FAILED]
     assert [(e.source_address, e.principal, e.method) for e in failed] == [
         ("127.0.0.1", "admin", "/bhiv.identity.v1.AuthService/Login"),
+        ("127.0.0.1", "trudy", "/bhiv.identity.v1.AuthService/Login"),
         ("203.0.113.7", "mallory", "/bhiv.identity.v1.AuthService/Login"),
     ]
     assert all("wrong password" not in e.detail or "guess" not in e.detail for e in failed)
