@@ -24,7 +24,6 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
@@ -34,6 +33,7 @@ from bhiv_core.runtime.chain import ChainedHandlers, Interceptor, Selector, chai
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig, load_config
 from bhiv_core.runtime.contracts import all_services
 from bhiv_core.runtime.handlers import service_handler
+from bhiv_core.runtime.health import HealthServicer
 from bhiv_core.runtime.logging import configure_logging
 from bhiv_core.security.jwt import KeySource, RevocationSet
 
