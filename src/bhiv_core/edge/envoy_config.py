@@ -9,13 +9,18 @@ What the edge does, in the order a request meets it:
 * One listener; the HTTP connection manager speaks HTTP/2 (gRPC) and HTTP/1.1 (gRPC-web) on the same
   port, trusts only the TCP peer (``use_remote_address``), normalises paths, rejects headers with
   underscores, and caps buffers, streams, header sizes and idle times (Envoy's edge best practices).
-* HTTP filters: ``grpc_web`` → ``cors`` → ``local_ratelimit`` → *extra filters* → ``router``. The extra
-  filters are the seam for the JWT check and the IP-block RBAC filter; CORS comes before the rate limit
-  so preflights are answered without spending tokens.
+* HTTP filters: ``grpc_web`` → ``cors`` → ``local_ratelimit`` → ``lua`` → *extra filters* → ``router``.
+  The extra filters are the seam for the JWT check and the IP-block RBAC filter; CORS comes before
+  the rate limit so preflights are answered without spending tokens. The Lua filter has no default
+  script: it runs only on the routes that name one of its scripts (:mod:`bhiv_core.edge.lua_scripts`),
+  so other requests pay nothing for it.
 * Routes match the path prefix only. A ``grpc: {}`` match would make gRPC-web POSTs and CORS
   preflights 404, because it requires ``content-type: application/grpc`` before the filters rewrite it.
-* Reflection goes to a cluster of every service (each process serves reflection for the whole API);
-  health goes to the service named in ``x-bhiv-service``, or to that same all-services cluster.
+* Reflection goes to a cluster of every service (each process serves reflection for the whole API).
+* Health goes to the service named in ``x-bhiv-service`` (an unknown name is NOT_FOUND at the edge);
+  without the header, the health router (:mod:`bhiv_core.edge.lua_scripts`) reads the service
+  name from the request and routes by it, and answers an empty name with the edge's view of the
+  whole mesh.
 * Admin listens on 127.0.0.1 only, whatever the listener's address.
 """
 
@@ -83,6 +88,7 @@ from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAcc
 from envoy_data_plane.envoy.extensions.filters.http.cors.v3 import Cors, CorsPolicy
 from envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3 import GrpcWeb
 from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3 import LocalRateLimit
+from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua, LuaPerRoute
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -111,6 +117,12 @@ from envoy_data_plane.envoy.type.v3 import (
 from envoy_data_plane.google.protobuf import Any as AnyProto
 from envoy_data_plane.google.protobuf import Struct
 
+from bhiv_core.edge.lua_scripts import (
+    NOT_SERVING_HEADER,
+    NOT_SERVING_METADATA,
+    health_router_script,
+    reply_script,
+)
 from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, ServiceSpec
 
 __all__ = [
@@ -120,6 +132,7 @@ __all__ = [
     "CORS_EXPOSE_HEADERS",
     "DEFAULT_CORS_ALLOW_ORIGINS",
     "HEALTH_PREFIX",
+    "HEALTH_ROUTER",
     "REFLECTION_CLUSTER",
     "REFLECTION_PREFIXES",
     "SERVICE_HEADER",
@@ -137,7 +150,8 @@ REFLECTION_CLUSTER: Final = "reflection"
 """The cluster of every upstream; serves reflection and un-addressed health checks."""
 
 SERVICE_HEADER: Final = "x-bhiv-service"
-"""A health check carrying this header (an upstream's name) is routed to that upstream."""
+"""A health check carrying this header (an upstream's name) is routed to that upstream; the health
+router fills it in from the name a health check asks about."""
 
 HEALTH_PREFIX: Final = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES: Final = (
@@ -192,12 +206,18 @@ the access log sees them (istio/istio#58430); the log cannot tell those requests
 
 # Extension names, as Envoy registers them.
 GRPC_WEB_FILTER: Final = "envoy.filters.http.grpc_web"
+LUA_FILTER: Final = "envoy.filters.http.lua"
 CORS_FILTER: Final = "envoy.filters.http.cors"
 LOCAL_RATELIMIT_FILTER: Final = "envoy.filters.http.local_ratelimit"
 ROUTER_FILTER: Final = "envoy.filters.http.router"
 HCM_FILTER: Final = "envoy.filters.network.http_connection_manager"
 UPSTREAM_HTTP_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 MAX_CONNECTIONS_MONITOR: Final = "envoy.resource_monitors.global_downstream_max_connections"
+HEALTH_ROUTER: Final = "health-router"
+"""The name of the health router's Lua source; the one route that needs it enables it."""
+
+UNKNOWN_SERVICE: Final = "unknown-service"
+"""The name of the Lua reply to a health call whose ``x-bhiv-service`` names no service."""
 
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*$")
 _INT64_MAX: Final = 2**63 - 1
@@ -331,8 +351,8 @@ def build_bootstrap(
     Args:
         upstreams: The services behind the edge; names and route prefixes must be unique.
         settings: Listener, admin, CORS, rate-limit, log and limit settings.
-        extra_http_filters: Filters inserted after ``local_ratelimit`` and before the router, in
-            order: the seam for the JWT check and the IP-block RBAC filter.
+        extra_http_filters: Filters inserted after ``local_ratelimit`` and the Lua filter and before
+            the router, in order: the seam for the JWT check and the IP-block RBAC filter.
 
     Returns:
         The bootstrap, ready for :func:`json.dumps`.
@@ -375,8 +395,9 @@ def build_bootstrap(
 def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) -> RouteConfiguration:
     """Build the route table (a typed message, so RDS can serve the same table later).
 
-    Order matters, first match wins: the request-size guard, health by ``x-bhiv-service``, health
-    and reflection to every service, then one prefix route per upstream.
+    Order matters, first match wins: the request-size guard, health by ``x-bhiv-service`` (then an
+    unknown one refused), health by the name asked about (the health router), reflection to every
+    service, then one prefix route per upstream.
 
     Args:
         upstreams: The services behind the edge.
@@ -387,16 +408,20 @@ def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) ->
 
     """
     routes: list[Route] = [_oversized_request_route(settings.max_request_bytes)]
+    # An empty-name Check the health router sent to a service that is not serving says which are not.
+    not_serving = _header(NOT_SERVING_HEADER, "%DYNAMIC_METADATA({}:{})%".format(*NOT_SERVING_METADATA))
     routes += [
         _route(
             f"health-{upstream.name}",
             HEALTH_PREFIX,
             upstream.name,
             headers=[HeaderMatcher(name=SERVICE_HEADER, string_match=StringMatcher(exact=upstream.name))],
+            response_headers=[not_serving],
         )
         for upstream in upstreams
     ]
-    routes.append(_route("health-any", HEALTH_PREFIX, REFLECTION_CLUSTER))
+    routes.append(_unknown_service_header_route())
+    routes.append(_with_script(_route("health-by-name", HEALTH_PREFIX, REFLECTION_CLUSTER), HEALTH_ROUTER))
     routes += [
         _route(f"reflection-{prefix.split('.')[2]}", prefix, REFLECTION_CLUSTER)
         for prefix in REFLECTION_PREFIXES
@@ -478,6 +503,7 @@ def _listener(
             HttpFilter(name=GRPC_WEB_FILTER, typed_config=_pack(GrpcWeb())),
             HttpFilter(name=CORS_FILTER, typed_config=_pack(Cors())),
             HttpFilter(name=LOCAL_RATELIMIT_FILTER, typed_config=_pack(_local_rate_limit(settings))),
+            HttpFilter(name=LUA_FILTER, typed_config=_pack(_lua(upstreams))),
             *extra_http_filters,
             HttpFilter(name=ROUTER_FILTER, typed_config=_pack(Router(suppress_envoy_headers=True))),
         ],
@@ -543,6 +569,38 @@ def _local_rate_limit(settings: EdgeSettings) -> LocalRateLimit:
     )
 
 
+def _lua(upstreams: Sequence[Upstream]) -> Lua:
+    """Build the Lua filter: the health router and a fixed reply, each run only where a route names it.
+
+    Fixed replies are Lua local replies on ordinary routes, not ``direct_response`` routes, because
+    Envoy's CORS filter skips those, and a browser page reads only replies that carry
+    ``access-control-allow-origin``.
+    """
+    owners = [(upstream.route_prefix.strip("/"), upstream.name) for upstream in upstreams]
+    names = ", ".join(upstream.name for upstream in upstreams)
+    scripts = {
+        HEALTH_ROUTER: health_router_script(owners),
+        # A gRPC trailers-only reply, status and message in headers, so that the grpc_web filter
+        # passes the status to gRPC-web callers as it is.
+        UNKNOWN_SERVICE: reply_script(
+            200,
+            "",
+            {
+                "content-type": "application/grpc",
+                "grpc-status": "5",  # NOT_FOUND
+                "grpc-message": f"{SERVICE_HEADER} names no service of the mesh ({names})",
+            },
+        ),
+    }
+    return Lua(
+        stat_prefix="edge_lua",
+        # No default_source_code: without a route naming a script, the filter does nothing.
+        source_codes={name: DataSource(inline_string=script) for name, script in scripts.items()},
+        # The router's choice follows the x-bhiv-service header the health router fills in.
+        clear_route_cache=True,
+    )
+
+
 def _cors_policy(origins: Sequence[str]) -> CorsPolicy:
     """Build the browsers' policy: gRPC-web POSTs from the allowed origins, gRPC status readable."""
     return CorsPolicy(
@@ -563,7 +621,14 @@ def _origin_matcher(origin: str) -> StringMatcher:
     return StringMatcher(exact=origin)
 
 
-def _route(name: str, prefix: str, cluster: str, *, headers: Sequence[HeaderMatcher] = ()) -> Route:
+def _route(
+    name: str,
+    prefix: str,
+    cluster: str,
+    *,
+    headers: Sequence[HeaderMatcher] = (),
+    response_headers: Sequence[HeaderValueOption] = (),
+) -> Route:
     """Route a path prefix to ``cluster`` with no route timeout, bounded by the client's grpc-timeout."""
     return Route(
         name=name,
@@ -576,6 +641,34 @@ def _route(name: str, prefix: str, cluster: str, *, headers: Sequence[HeaderMatc
             # The client's grpc-timeout becomes the stream's deadline (0 = no cap on it).
             max_stream_duration=RouteActionMaxStreamDuration(grpc_timeout_header_max=timedelta(0)),
         ),
+        response_headers_to_add=list(response_headers),
+    )
+
+
+def _header(key: str, value: str) -> HeaderValueOption:
+    """Set a response header (replacing one the upstream sent); an empty value adds nothing."""
+    return HeaderValueOption(
+        header=HeaderValue(key=key, value=value),
+        append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def _with_script(route: Route, script: str) -> Route:
+    """Run the Lua filter's ``script`` on ``route``."""
+    route.typed_per_filter_config = {LUA_FILTER: _pack(LuaPerRoute(name=script))}
+    return route
+
+
+def _unknown_service_header_route() -> Route:
+    """Answer a health call whose ``x-bhiv-service`` names no upstream NOT_FOUND, at the edge.
+
+    The known names are matched by the routes before this one; without this route the call would
+    fall through to some service, which would report its own health (SERVING) under a wrong name.
+    """
+    present = HeaderMatcher(name=SERVICE_HEADER, present_match=True)
+    return _with_script(
+        _route("health-unknown-service", HEALTH_PREFIX, REFLECTION_CLUSTER, headers=[present]),
+        UNKNOWN_SERVICE,
     )
 
 
