@@ -6,9 +6,12 @@ import http.client
 import json
 import struct
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bhiv.crm.v1 import customer_service_pb2 as cs
@@ -16,6 +19,7 @@ from bhiv.crm.v1 import customer_service_pb2_grpc as cs_grpc
 from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from bhiv_core.edge.binaries import find_tool
+from bhiv_core.edge.envoy_config import PROTOCOL_HINT
 from bhiv_core.edge.lua_scripts import NOT_SERVING_HEADER
 from bhiv_core.mesh import Mesh
 from bhiv_core.registry import SERVICES
@@ -263,3 +267,44 @@ def test_grpcurl_lists_services_directly_from_one_service(mesh: Mesh) -> None:
     assert {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= set(
         out.stdout.split()
     )
+
+
+def test_a_connect_client_is_told_the_edge_speaks_grpc_and_grpc_web(mesh: Mesh, tmp_path: Path) -> None:
+    # The contracts as a descriptor set: buf curl then needs no reflection (which it would also
+    # try over Connect).
+    schema = tmp_path / "contracts.binpb"
+    schema.write_bytes(descriptor_set().SerializeToString())
+    url = f"http://{mesh.edge_address}/bhiv.identity.v1.AuthService/GetJwks"
+    refused = buf_curl(f"--schema={schema}", "--data={}", url)  # buf curl speaks Connect by default
+    assert refused.returncode == grpc.StatusCode.UNIMPLEMENTED.value[0] << 3, refused.stderr
+    assert json.loads(refused.stderr) == {"code": "unimplemented", "message": PROTOCOL_HINT}
+    for protocol in ("grpc", "grpcweb"):
+        allowed = buf_curl(f"--schema={schema}", f"--protocol={protocol}", "--data={}", url)
+        assert allowed.returncode == 0, (protocol, allowed.stderr)
+        assert json.loads(allowed.stdout)["keys"], protocol
+
+
+def test_a_plain_get_is_told_the_same(mesh: Mesh) -> None:
+    conn = http.client.HTTPConnection(mesh.host, mesh.edge_port, timeout=10)
+    conn.request("GET", "/bhiv.identity.v1.AuthService/GetJwks")
+    response = conn.getresponse()
+    assert (response.status, response.getheader("allow")) == (405, "POST")
+    assert json.loads(response.read())["message"] == PROTOCOL_HINT
+
+
+def descriptor_set() -> descriptor_pb2.FileDescriptorSet:
+    """Every contract file with its dependencies, dependencies first."""
+    files = descriptor_pb2.FileDescriptorSet()
+    seen: set[str] = set()
+
+    def add(file: Any) -> None:
+        if file.name in seen:
+            return
+        seen.add(file.name)
+        for dependency in file.dependencies:
+            add(dependency)
+        file.CopyToProto(files.file.add())
+
+    for service in all_services():
+        add(service.file)
+    return files

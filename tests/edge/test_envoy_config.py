@@ -31,6 +31,7 @@ from bhiv_core.edge.binaries import find_tool
 from bhiv_core.edge.envoy_config import (
     ADMIN_HOST,
     HEALTH_ROUTER,
+    PROTOCOL_HINT,
     REFLECTION_CLUSTER,
     REFLECTION_PREFIXES,
     SERVICE_HEADER,
@@ -388,6 +389,18 @@ def test_health_router_script_maps_each_package_to_its_service() -> None:
     assert 'local NAMES = "crm, x"' in script
 
 
+def test_protocol_refusals_come_first_and_answer_from_lua(registry_bootstrap: dict[str, Any]) -> None:
+    routes = virtual_host(registry_bootstrap)["routes"]
+    assert [route["name"] for route in routes[:3]] == ["refuse-method", "refuse-options", "refuse-media-type"]
+    scripts = [route["typed_per_filter_config"]["envoy.filters.http.lua"]["name"] for route in routes[:3]]
+    assert scripts == ["refuse-method", "refuse-method", "refuse-media-type"]
+    # No route answers with a direct response but the size guard: the CORS filter skips those.
+    assert [route["name"] for route in routes if "direct_response" in route] == ["request-too-large"]
+    lua = next(f for f in hcm(registry_bootstrap)["http_filters"] if f["name"] == "envoy.filters.http.lua")
+    refusal = lua["typed_config"]["source_codes"]["refuse-media-type"]["inline_string"]
+    assert '[":status"] = "415"' in refusal
+
+
 def test_cors_policy_is_per_filter_config_and_exposes_grpc_status(registry_bootstrap: dict[str, Any]) -> None:
     vhost = virtual_host(registry_bootstrap)
     assert "cors" not in vhost
@@ -413,7 +426,12 @@ def test_http_filters_run_grpc_web_cors_rate_limit_lua_then_extras_then_router()
     ]
     lua = hcm(bootstrap)["http_filters"][3]["typed_config"]
     assert "default_source_code" not in lua  # it runs only where a route names one of its scripts
-    assert set(lua["source_codes"]) == {HEALTH_ROUTER, "unknown-service"}
+    assert set(lua["source_codes"]) == {
+        HEALTH_ROUTER,
+        "refuse-method",
+        "refuse-media-type",
+        "unknown-service",
+    }
 
 
 def test_local_rate_limit_answers_resource_exhausted(registry_bootstrap: dict[str, Any]) -> None:
@@ -651,6 +669,94 @@ async def test_empty_name_is_serving_only_while_every_service_serves(tmp_path: P
     finally:
         await gamma[0].stop(None)
         await delta[0].stop(None)
+
+
+def connect_post(
+    address: str, path: str, content_type: str, **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    """A POST the way a Connect client sends a unary call, over HTTP/1.1."""
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request(
+            "POST",
+            path,
+            body=b"{}",
+            headers={"content-type": content_type, "connect-protocol-version": "1", **headers},
+        )
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+async def test_connect_protocol_is_refused_with_415_and_a_hint_a_browser_can_read(edge: EnvoyProcess) -> None:
+    path = "/bhiv.alpha.v1.EchoService/Echo"
+    for content_type in ("application/json", "application/proto", "application/connect+json"):
+        status, headers, body = await asyncio.to_thread(
+            connect_post, edge.address, path, content_type, origin=ALLOWED_ORIGIN
+        )
+        assert status == 415, content_type
+        assert headers["content-type"] == "application/json"
+        assert json.loads(body) == {"code": "unimplemented", "message": PROTOCOL_HINT}
+        assert headers["access-control-allow-origin"] == ALLOWED_ORIGIN  # the page can read the hint
+    assert "createGrpcWebTransport" in PROTOCOL_HINT
+    # The same call in gRPC-web goes through.
+    web = await asyncio.to_thread(grpc_web_call, edge.address, path, b"web", {"origin": ALLOWED_ORIGIN})
+    assert (web.http_status, web.grpc_status, web.messages) == (200, 0, [b"alpha:web"])
+
+
+async def test_other_methods_are_refused_with_405_and_a_hint(edge: EnvoyProcess) -> None:
+    for method, path, headers in (
+        ("GET", "/", {}),
+        ("GET", "/bhiv.alpha.v1.EchoService/Echo", {}),
+        ("DELETE", "/bhiv.alpha.v1.EchoService/Echo", {}),
+        ("OPTIONS", "/bhiv.alpha.v1.EchoService/Echo", {}),  # not a CORS preflight
+    ):
+        host, port = edge.address.rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.request(method, path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        assert (response.status, response.getheader("allow")) == (405, "POST"), (method, path)
+        assert json.loads(body)["message"] == PROTOCOL_HINT
+    assert await echo_call(edge.address, "alpha") == (grpc.StatusCode.OK, b"alpha:hi")  # gRPC still passes
+
+
+async def test_connect_over_http2_is_refused_with_415(edge: EnvoyProcess) -> None:
+    headers = [
+        (":method", "POST"),
+        (":path", "/bhiv.alpha.v1.EchoService/Echo"),
+        ("content-type", "application/json"),
+        ("connect-protocol-version", "1"),
+    ]
+    received, body = await asyncio.to_thread(h2_exchange, edge.address, headers, b"{}")
+    assert received[":status"] == "415"
+    assert json.loads(body) == {"code": "unimplemented", "message": PROTOCOL_HINT}
+    # A client still sending its body gets the refusal at once.
+    received, _ = await asyncio.to_thread(h2_exchange, edge.address, headers, b"{", end=False)
+    assert received[":status"] == "415"
+
+
+async def test_cors_preflight_admits_trace_context_request_id_and_connect_headers(edge: EnvoyProcess) -> None:
+    asked = "traceparent,tracestate,x-request-id,connect-protocol-version,connect-timeout-ms"
+    status, headers = await asyncio.to_thread(
+        http_request,
+        edge.address,
+        "OPTIONS",
+        "/bhiv.alpha.v1.EchoService/Echo",
+        {
+            "origin": ALLOWED_ORIGIN,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": asked,
+        },
+    )
+    assert (status, headers["access-control-allow-origin"]) == (200, ALLOWED_ORIGIN)
+    allowed = set(headers["access-control-allow-headers"].split(","))
+    assert set(asked.split(",")) <= allowed
+    assert "x-evil" not in allowed
+    assert "x-request-id" in headers["access-control-expose-headers"].split(",")
 
 
 async def test_cors_preflight_allows_local_origin_only(edge: EnvoyProcess) -> None:

@@ -13,7 +13,12 @@ What the edge does, in the order a request meets it:
   The extra filters are the seam for the JWT check and the IP-block RBAC filter; CORS comes before
   the rate limit so preflights are answered without spending tokens. The Lua filter has no default
   script: it runs only on the routes that name one of its scripts (:mod:`bhiv_core.edge.lua_scripts`),
-  so other requests pay nothing for it.
+  the protocol refusals and the health router, so other requests pay nothing for it.
+* The edge speaks gRPC and gRPC-web only: any other method or content type (the Connect protocol,
+  JSON, a browser's GET) is refused at the edge with 405 or 415 and a hint, in the Connect error
+  shape (``{"code": "unimplemented", "message": ...}``) and with CORS headers, so a browser page can
+  read it, instead of reaching a gRPC server that would reset the stream (Envoy's ``503 upstream
+  connect error … remote reset``).
 * Routes match the path prefix only. A ``grpc: {}`` match would make gRPC-web POSTs and CORS
   preflights 404, because it requires ``content-type: application/grpc`` before the filters rewrite it.
 * Reflection goes to a cluster of every service (each process serves reflection for the whole API).
@@ -133,6 +138,7 @@ __all__ = [
     "DEFAULT_CORS_ALLOW_ORIGINS",
     "HEALTH_PREFIX",
     "HEALTH_ROUTER",
+    "PROTOCOL_HINT",
     "REFLECTION_CLUSTER",
     "REFLECTION_PREFIXES",
     "SERVICE_HEADER",
@@ -172,8 +178,16 @@ CORS_ALLOW_HEADERS: Final = (
     "user-agent",
     "cache-control",
     SERVICE_HEADER,
+    # W3C trace context and a client's request id, which browser tracing and logging libraries send.
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    # Connect clients send these; the edge refuses the Connect protocol itself with a readable hint
+    # (415), which a browser shows only when the preflight for them has passed.
+    "connect-protocol-version",
+    "connect-timeout-ms",
 )
-CORS_EXPOSE_HEADERS: Final = ("grpc-status", "grpc-message", "grpc-status-details-bin")
+CORS_EXPOSE_HEADERS: Final = ("grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id")
 CORS_ALLOW_METHODS: Final = ("POST", "OPTIONS")
 
 ACCESS_LOG_FORMAT: Final[Mapping[str, str]] = {
@@ -203,6 +217,14 @@ the access log sees them (istio/istio#58430); the log cannot tell those requests
 (the same filter rewrites their content-type to ``application/grpc``), so detection must not read
 ``Unknown`` with ``response_code`` 200 as a failure.
 """
+
+PROTOCOL_HINT: Final = (
+    "This edge speaks gRPC (HTTP/2, content-type application/grpc) and gRPC-web (content-type "
+    "application/grpc-web, application/grpc-web-text), not the Connect protocol, JSON or plain HTTP. "
+    "Use grpcurl or a generated gRPC stub, or from a browser a gRPC-web client "
+    "(connect-web: createGrpcWebTransport); see the README, Try it."
+)
+"""What a request in a protocol the edge does not speak is told, with 405 or 415."""
 
 # Extension names, as Envoy registers them.
 GRPC_WEB_FILTER: Final = "envoy.filters.http.grpc_web"
@@ -395,9 +417,9 @@ def build_bootstrap(
 def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) -> RouteConfiguration:
     """Build the route table (a typed message, so RDS can serve the same table later).
 
-    Order matters, first match wins: the request-size guard, health by ``x-bhiv-service`` (then an
-    unknown one refused), health by the name asked about (the health router), reflection to every
-    service, then one prefix route per upstream.
+    Order matters, first match wins: the refusals of other protocols, the request-size guard,
+    health by ``x-bhiv-service`` (then an unknown one refused), health by the name asked about
+    (the health router), reflection to every service, then one prefix route per upstream.
 
     Args:
         upstreams: The services behind the edge.
@@ -407,7 +429,7 @@ def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) ->
         The route configuration named ``edge``.
 
     """
-    routes: list[Route] = [_oversized_request_route(settings.max_request_bytes)]
+    routes: list[Route] = [*_protocol_refusal_routes(), _oversized_request_route(settings.max_request_bytes)]
     # An empty-name Check the health router sent to a service that is not serving says which are not.
     not_serving = _header(NOT_SERVING_HEADER, "%DYNAMIC_METADATA({}:{})%".format(*NOT_SERVING_METADATA))
     routes += [
@@ -570,16 +592,20 @@ def _local_rate_limit(settings: EdgeSettings) -> LocalRateLimit:
 
 
 def _lua(upstreams: Sequence[Upstream]) -> Lua:
-    """Build the Lua filter: the health router and a fixed reply, each run only where a route names it.
+    """Build the Lua filter: the health router and fixed replies, each run only where a route names it.
 
     Fixed replies are Lua local replies on ordinary routes, not ``direct_response`` routes, because
     Envoy's CORS filter skips those, and a browser page reads only replies that carry
     ``access-control-allow-origin``.
     """
     owners = [(upstream.route_prefix.strip("/"), upstream.name) for upstream in upstreams]
+    # A Connect error: Connect clients show its message as it is; curl prints readable JSON.
+    hint = json.dumps({"code": "unimplemented", "message": PROTOCOL_HINT})
     names = ", ".join(upstream.name for upstream in upstreams)
     scripts = {
         HEALTH_ROUTER: health_router_script(owners),
+        "refuse-method": reply_script(405, hint, {"content-type": "application/json", "allow": "POST"}),
+        "refuse-media-type": reply_script(415, hint, {"content-type": "application/json"}),
         # A gRPC trailers-only reply, status and message in headers, so that the grpc_web filter
         # passes the status to gRPC-web callers as it is.
         UNKNOWN_SERVICE: reply_script(
@@ -657,6 +683,47 @@ def _with_script(route: Route, script: str) -> Route:
     """Run the Lua filter's ``script`` on ``route``."""
     route.typed_per_filter_config = {LUA_FILTER: _pack(LuaPerRoute(name=script))}
     return route
+
+
+def _protocol_refusal_routes() -> list[Route]:
+    """Refuse, at the edge, what is neither gRPC nor gRPC-web, instead of resetting at a service.
+
+    * a method other than POST: 405 (``allow: POST``), except CORS preflights (``OPTIONS`` with
+      ``access-control-request-method``), which the CORS filter answers on the routes below;
+    * a POST whose content type does not start with ``application/grpc`` (gRPC-web's
+      ``application/grpc-web*`` does): 415. That is the Connect protocol (``application/json``,
+      ``application/proto``, ``application/connect+*``), JSON for REST, forms and the like.
+
+    The routes name a cluster they never reach: the Lua filter answers first.
+    """
+    not_post_or_options = HeaderMatcher(
+        name=":method",
+        string_match=StringMatcher(safe_regex=RegexMatcher(regex="POST|OPTIONS")),
+        invert_match=True,
+    )
+    options = HeaderMatcher(name=":method", string_match=StringMatcher(exact="OPTIONS"))
+    not_a_preflight = HeaderMatcher(name="access-control-request-method", present_match=False)
+    post = HeaderMatcher(name=":method", string_match=StringMatcher(exact="POST"))
+    not_grpc = HeaderMatcher(
+        name="content-type",
+        string_match=StringMatcher(prefix="application/grpc"),
+        invert_match=True,
+        # No content type at all is refused too.
+        treat_missing_header_as_empty=True,
+    )
+    return [
+        _with_script(
+            _route("refuse-method", "/", REFLECTION_CLUSTER, headers=[not_post_or_options]), "refuse-method"
+        ),
+        _with_script(
+            _route("refuse-options", "/", REFLECTION_CLUSTER, headers=[options, not_a_preflight]),
+            "refuse-method",
+        ),
+        _with_script(
+            _route("refuse-media-type", "/", REFLECTION_CLUSTER, headers=[post, not_grpc]),
+            "refuse-media-type",
+        ),
+    ]
 
 
 def _unknown_service_header_route() -> Route:

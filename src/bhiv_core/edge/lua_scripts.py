@@ -1,6 +1,6 @@
 """The edge's Lua scripts: the health router, and fixed replies.
 
-The fixed reply answers an unknown ``x-bhiv-service``.
+The fixed replies refuse protocols the edge does not speak and an unknown ``x-bhiv-service``.
 
 They run in Envoy's Lua filter, which has no default script: each runs only on the routes that name
 it, so every other request pays nothing for them.
