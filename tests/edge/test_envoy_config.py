@@ -12,8 +12,9 @@ import http.client
 import json
 import socket
 import subprocess
+import time
 import warnings
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from bhiv_core.edge.envoy_config import (
     build_bootstrap,
     write_bootstrap,
 )
-from bhiv_core.edge.lua_scripts import NOT_SERVING_HEADER, health_router_script
+from bhiv_core.edge.lua_scripts import NOT_SERVING_HEADER, PROBE_USER_AGENT, health_router_script
 from bhiv_core.edge.process import EnvoyError, EnvoyProcess, validate_config
 from bhiv_core.mesh import free_ports
 from bhiv_core.registry import SERVICES
@@ -640,6 +641,31 @@ async def test_health_request_the_edge_cannot_read_is_invalid_argument(edge: Env
     assert "uncompressed" in headers["grpc-message"]
 
 
+class CountingHealth(HealthServicer):
+    """Health that counts the health router's own checks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probes = 0
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
+        agent = dict(context.invocation_metadata() or ()).get("user-agent", "")
+        self.probes += agent.startswith(PROBE_USER_AGENT)
+        return await super().Check(request, context)
+
+
+async def mesh_view_until(
+    address: str, done: Callable[[grpc.StatusCode, dict[str, str]], bool], timeout: float = 15.0
+) -> tuple[grpc.StatusCode, int | None, dict[str, str]]:
+    """Checks "" until ``done(code, headers)``: the edge may answer from a view up to a second old."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code, status, _, headers = await health_check(address, "")
+        if done(code, headers) or time.monotonic() > deadline:
+            return code, status, headers
+        await asyncio.sleep(0.1)
+
+
 async def test_empty_name_is_serving_only_while_every_service_serves(tmp_path: Path) -> None:
     gamma = await start_upstream("gamma")
     delta_health = await serving_health("delta")
@@ -648,12 +674,13 @@ async def test_empty_name_is_serving_only_while_every_service_serves(tmp_path: P
     path = write_bootstrap(tmp_path / "envoy.json", [gamma[1], delta[1]], settings)
     try:
         async with EnvoyProcess(path, settings, concurrency=1) as envoy:
-            for _ in range(2):
-                code, status, _, headers = await health_check(envoy.address, "")
-                assert (code, status) == (grpc.StatusCode.OK, SERVING)
-                assert NOT_SERVING_HEADER not in headers
+            code, status, _, headers = await health_check(envoy.address, "")
+            assert (code, status) == (grpc.StatusCode.OK, SERVING)
+            assert NOT_SERVING_HEADER not in headers
             await delta_health.set("", NOT_SERVING)
-            for _ in range(2):  # not the luck of the draw: every call, whichever service it would reach
+            code, status, headers = await mesh_view_until(envoy.address, lambda _, h: NOT_SERVING_HEADER in h)
+            assert (code, status, headers[NOT_SERVING_HEADER]) == (grpc.StatusCode.OK, NOT_SERVING, "delta")
+            for _ in range(3):  # not the luck of the draw: every call, whichever service it would reach
                 code, status, _, headers = await health_check(envoy.address, "")
                 assert (code, status, headers[NOT_SERVING_HEADER]) == (
                     grpc.StatusCode.OK,
@@ -661,7 +688,7 @@ async def test_empty_name_is_serving_only_while_every_service_serves(tmp_path: P
                     "delta",
                 )
             await delta[0].stop(None)
-            code, _, _, headers = await health_check(envoy.address, "")
+            code, _, headers = await mesh_view_until(envoy.address, lambda c, _: c != grpc.StatusCode.OK)
             assert (code, headers[NOT_SERVING_HEADER]) == (grpc.StatusCode.UNAVAILABLE, "delta")
             # What a service says of itself with the header is unchanged.
             code, status, _, _ = await health_check(envoy.address, "", ((SERVICE_HEADER, "gamma"),))
@@ -669,6 +696,25 @@ async def test_empty_name_is_serving_only_while_every_service_serves(tmp_path: P
     finally:
         await gamma[0].stop(None)
         await delta[0].stop(None)
+
+
+async def test_a_flood_of_empty_name_checks_asks_each_service_about_once_a_second(tmp_path: Path) -> None:
+    counting = CountingHealth()
+    await counting.set("", SERVING)
+    upstream = await start_upstream("gamma", counting)
+    settings = free_settings()
+    path = write_bootstrap(tmp_path / "envoy.json", [upstream[1]], settings)
+    try:
+        async with EnvoyProcess(path, settings, concurrency=1) as envoy:
+            started = time.monotonic()
+            for _ in range(30):
+                code, status, _, _ = await health_check(envoy.address, "")
+                assert (code, status) == (grpc.StatusCode.OK, SERVING)
+            seconds = time.monotonic() - started
+    finally:
+        await upstream[0].stop(None)
+    # One look per wall-clock second the calls touched (one worker), not one per call.
+    assert 1 <= counting.probes <= int(seconds) + 2
 
 
 def connect_post(

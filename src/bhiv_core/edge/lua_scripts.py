@@ -19,7 +19,9 @@ header in, so the ordinary header routes send the call on:
   (``bhiv.crm.v1.CustomerService`` → crm). A name no package owns gets no header and goes to any
   live service, which answers as the health protocol says: NOT_FOUND (``Watch``: SERVICE_UNKNOWN).
 * ``Check`` of ``""``, the edge's own view of the mesh: the script first asks every service's
-  overall health (``Check("")`` on each service's cluster, one after another, 1 s each at most).
+  overall health (``Check("")`` on each service's cluster, one after another, 1 s each at most;
+  each Envoy worker reuses its answer for the rest of that second, so a flood of such checks does
+  not multiply into the services).
   When all answer SERVING the call goes to any of them and answers SERVING; otherwise it goes to the
   first that did not, so the reply is that service's own answer (NOT_SERVING, or UNAVAILABLE when
   the edge cannot reach it), and the ``x-bhiv-not-serving`` response header names every such
@@ -37,10 +39,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-__all__ = ["NOT_SERVING_HEADER", "NOT_SERVING_METADATA", "health_router_script", "reply_script"]
+__all__ = [
+    "NOT_SERVING_HEADER",
+    "NOT_SERVING_METADATA",
+    "PROBE_USER_AGENT",
+    "health_router_script",
+    "reply_script",
+]
 
 NOT_SERVING_HEADER: Final = "x-bhiv-not-serving"
 """Response header of an empty-name ``Check`` through the edge: the services not SERVING, comma-separated."""
+
+PROBE_USER_AGENT: Final = "bhiv-edge-mesh-health"
+"""The user agent of the health router's own checks of each service (in their logs and audit)."""
 
 NOT_SERVING_METADATA: Final = ("bhiv.health", "not_serving")
 """Where the script leaves that list (dynamic metadata namespace and key) for the routes to copy."""
@@ -55,6 +66,10 @@ local LIST = "/grpc.health.v1.Health/List"
 local EMPTY_REQUEST = "\0\0\0\0\0"
 local SERVING_REPLY = "\0\0\0\0\2\8\1"
 local PROBE_TIMEOUT_MS = 1000
+local PROBE_USER_AGENT = "bhiv-edge-mesh-health"
+-- One look at the mesh serves every empty-name Check of this worker for the rest of the second,
+-- so a flood of them costs the services at most one round of checks per worker per second.
+local mesh_checked_at, mesh_not_serving = nil, {}
 local INVALID_ARGUMENT, UNIMPLEMENTED = "3", "12"
 
 -- Reads a protobuf varint at i; returns the value and the next index, or nil.
@@ -116,12 +131,25 @@ local function serving(handle, cluster)
     [":authority"] = cluster,
     ["content-type"] = "application/grpc",
     ["te"] = "trailers",
+    ["user-agent"] = PROBE_USER_AGENT,
   }, EMPTY_REQUEST, PROBE_TIMEOUT_MS)
   return body == SERVING_REPLY
 end
 
 -- A gRPC trailers-only reply. The message goes in grpc-message, not the body, and the content type
 -- is gRPC's, so that the grpc_web filter passes the status on to gRPC-web callers unchanged.
+-- The services that do not answer SERVING now, in registry order (at most a second old).
+local function not_serving_now(handle)
+  local now = os.time()
+  if mesh_checked_at == now then return mesh_not_serving end
+  local found = {}
+  for _, entry in ipairs(OWNERS) do
+    if not serving(handle, entry[2]) then found[#found + 1] = entry[2] end
+  end
+  mesh_checked_at, mesh_not_serving = now, found
+  return found
+end
+
 local function reply(handle, code, message)
   handle:respond({
     [":status"] = "200",
@@ -154,10 +182,7 @@ function envoy_on_request(handle)
     return reply(handle, UNIMPLEMENTED, "the edge streams no mesh-wide health: Watch a service by its "
       .. "name, or one service's overall health with the " .. SERVICE_HEADER .. " header (" .. NAMES .. ")")
   end
-  local not_serving = {}
-  for _, entry in ipairs(OWNERS) do
-    if not serving(handle, entry[2]) then not_serving[#not_serving + 1] = entry[2] end
-  end
+  local not_serving = not_serving_now(handle)
   if #not_serving > 0 then
     handle:headers():replace(SERVICE_HEADER, not_serving[1])
     handle:streamInfo():dynamicMetadata():set(METADATA, "not_serving", table.concat(not_serving, ","))
