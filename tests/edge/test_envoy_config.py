@@ -596,6 +596,32 @@ async def test_health_watch_naming_a_service_streams_from_the_service_that_owns_
             assert first.status == SERVING  # beta would say SERVICE_UNKNOWN
 
 
+async def test_health_router_reads_long_names_and_skips_unknown_fields(tmp_path: Path) -> None:
+    long_name = "bhiv.delta.v1." + "Long" * 60  # a two-byte length
+    delta_health = await serving_health("delta")
+    await delta_health.set(long_name, SERVING)
+    gamma, delta = await start_upstream("gamma"), await start_upstream("delta", delta_health)
+    settings = free_settings()
+    path = write_bootstrap(tmp_path / "envoy.json", [gamma[1], delta[1]], settings)
+    name = health_pb2.HealthCheckRequest(service=long_name).SerializeToString()
+    # Fields this version does not know, before and after the name: a varint, a 64-bit, a 32-bit
+    # and a length-delimited one.
+    unknown = b"\x38\x96\x01" + b"\x41" + bytes(8) + b"\x4d" + bytes(4) + b"\x52\x02hi"
+    try:
+        async with (
+            EnvoyProcess(path, settings, concurrency=1) as envoy,
+            grpc.aio.insecure_channel(envoy.address) as channel,
+        ):
+            check = channel.unary_unary(HEALTH_CHECK, request_serializer=None, response_deserializer=None)
+            for request in (name, unknown + name, name + unknown):
+                for _ in range(2):  # gamma would answer NOT_FOUND
+                    reply = await check(request, timeout=10)
+                    assert health_pb2.HealthCheckResponse.FromString(reply).status == SERVING
+    finally:
+        await gamma[0].stop(None)
+        await delta[0].stop(None)
+
+
 async def test_health_check_naming_no_service_of_the_mesh_is_not_found(edge: EnvoyProcess) -> None:
     for name in ("bhiv.gamma.v1.EchoService", "grpc.health.v1.Health", "nothing"):
         code, _, _, _ = await health_check(edge.address, name)
