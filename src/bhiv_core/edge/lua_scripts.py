@@ -51,7 +51,7 @@ NOT_SERVING_HEADER: Final = "x-bhiv-not-serving"
 """Response header of an empty-name ``Check`` through the edge: the services not SERVING, comma-separated."""
 
 PROBE_USER_AGENT: Final = "bhiv-edge-mesh-health"
-"""The user agent of the health router's own checks of each service (in their logs and audit)."""
+"""The user agent of the health router's own checks of each service, which tells them from other callers'."""
 
 NOT_SERVING_METADATA: Final = ("bhiv.health", "not_serving")
 """Where the script leaves that list (dynamic metadata namespace and key) for the routes to copy."""
