@@ -384,10 +384,11 @@ def test_health_routes_by_service_header_then_unknown_header_then_by_name(
 
 
 def test_health_router_script_maps_each_package_to_its_service() -> None:
-    script = health_router_script([("bhiv.crm.v1.", "crm"), ('odd"\\\n', "x")])
+    script = health_router_script([("bhiv.crm.v1.", "crm"), ('odd"\\\n', "x")], "x-bhiv-service")
     assert '{"bhiv.crm.v1.", "crm"}' in script
     assert '{"odd\\034\\092\\010", "x"}' in script  # quotes, backslashes and newlines stay inside the literal
     assert 'local NAMES = "crm, x"' in script
+    assert 'local SERVICE_HEADER = "x-bhiv-service"' in script
 
 
 def test_protocol_refusals_come_first_and_answer_from_lua(registry_bootstrap: dict[str, Any]) -> None:

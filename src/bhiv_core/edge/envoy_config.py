@@ -603,7 +603,7 @@ def _lua(upstreams: Sequence[Upstream]) -> Lua:
     hint = json.dumps({"code": "unimplemented", "message": PROTOCOL_HINT})
     names = ", ".join(upstream.name for upstream in upstreams)
     scripts = {
-        HEALTH_ROUTER: health_router_script(owners),
+        HEALTH_ROUTER: health_router_script(owners, SERVICE_HEADER),
         "refuse-method": reply_script(405, hint, {"content-type": "application/json", "allow": "POST"}),
         "refuse-media-type": reply_script(415, hint, {"content-type": "application/json"}),
         # A gRPC trailers-only reply, status and message in headers, so that the grpc_web filter
