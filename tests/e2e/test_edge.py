@@ -6,9 +6,12 @@ import http.client
 import json
 import struct
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bhiv.crm.v1 import customer_service_pb2 as cs
@@ -16,6 +19,8 @@ from bhiv.crm.v1 import customer_service_pb2_grpc as cs_grpc
 from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from bhiv_core.edge.binaries import find_tool
+from bhiv_core.edge.envoy_config import PROTOCOL_HINT
+from bhiv_core.edge.lua_scripts import NOT_SERVING_HEADER
 from bhiv_core.mesh import Mesh
 from bhiv_core.registry import SERVICES
 from bhiv_core.runtime.contracts import all_services
@@ -177,3 +182,129 @@ def test_cors_preflight_allows_local_origins_only(mesh: Mesh) -> None:
 def test_admin_is_bound_to_loopback_only(mesh: Mesh) -> None:
     config = json.loads((mesh.data_dir / "envoy" / "envoy.json").read_text())
     assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+async def health_check(
+    mesh: Mesh, service: str, metadata: tuple[tuple[str, str], ...] = ()
+) -> tuple[grpc.StatusCode, int | None, str, dict[str, str]]:
+    """Check through the edge: the code, the status (None on error), the message, the headers."""
+    async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
+        call = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), metadata=metadata, timeout=20
+        )
+        try:
+            reply = await call
+        except grpc.aio.AioRpcError as error:
+            return error.code(), None, error.details() or "", dict(error.trailing_metadata() or ())
+        return grpc.StatusCode.OK, reply.status, "", dict(await call.initial_metadata())
+
+
+async def test_health_check_naming_a_service_reaches_its_owner_without_the_header(mesh: Mesh) -> None:
+    for service in all_services():
+        code, status, message, _ = await health_check(mesh, service.full_name)
+        assert (code, status) == (grpc.StatusCode.OK, SERVING), (service.full_name, message)
+
+
+async def test_health_of_an_unknown_name_or_service_header_is_not_found(mesh: Mesh) -> None:
+    for name in ("bhiv.crm.v1.NoSuchService", "bhiv.nothing.v1.Service", "nothing"):
+        code, _, _, _ = await health_check(mesh, name)
+        assert code == grpc.StatusCode.NOT_FOUND, name
+    code, _, message, _ = await health_check(mesh, "", (("x-bhiv-service", "nothing"),))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert message.startswith("x-bhiv-service names no service of the mesh (identity, logistics, crm")
+
+
+async def test_empty_name_reports_the_whole_mesh(mesh: Mesh) -> None:
+    code, status, _, headers = await health_check(mesh, "")
+    assert (code, status) == (grpc.StatusCode.OK, SERVING)
+    assert NOT_SERVING_HEADER not in headers
+
+
+def test_grpcurl_lists_one_services_health_through_the_edge(mesh: Mesh) -> None:
+    listed = grpcurl(mesh, "-H", "x-bhiv-service: crm", "grpc.health.v1.Health/List")
+    assert listed.returncode == 0, listed.stderr
+    statuses = json.loads(listed.stdout)["statuses"]
+    crm = {s.full_name for s in all_services() if s.file.package == "bhiv.crm.v1"}
+    assert {name: entry["status"] for name, entry in statuses.items()} == dict.fromkeys({"", *crm}, "SERVING")
+    mesh_wide = grpcurl(mesh, "grpc.health.v1.Health/List")
+    assert "Code: Unimplemented" in mesh_wide.stderr
+    assert "List one service with the x-bhiv-service header" in mesh_wide.stderr
+
+
+def buf_curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(find_tool("buf")), "curl", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_reflection_v1_answers_through_the_edge(mesh: Mesh, admin: Session) -> None:
+    v1_only = ("--protocol=grpc", "--reflect-protocol=grpc-v1")
+    listed = buf_curl(*v1_only, "--list-services", f"http://{mesh.edge_address}")
+    assert listed.returncode == 0, listed.stderr
+    assert {s.full_name for s in all_services()} <= set(listed.stdout.split())
+    me = buf_curl(
+        *v1_only,
+        f"--header=authorization: Bearer {admin.access_token}",
+        "--data={}",
+        f"http://{mesh.edge_address}/bhiv.identity.v1.AuthService/GetCurrentUser",
+    )
+    assert me.returncode == 0, me.stderr
+    assert json.loads(me.stdout)["user"]["username"] == "admin"
+
+
+def test_grpcurl_lists_services_directly_from_one_service(mesh: Mesh) -> None:
+    out = subprocess.run(
+        [str(find_tool("grpcurl")), "-plaintext", mesh.address("crm"), "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= set(
+        out.stdout.split()
+    )
+
+
+def test_a_connect_client_is_told_the_edge_speaks_grpc_and_grpc_web(mesh: Mesh, tmp_path: Path) -> None:
+    # The contracts as a descriptor set: buf curl then needs no reflection (which it would also
+    # try over Connect).
+    schema = tmp_path / "contracts.binpb"
+    schema.write_bytes(descriptor_set().SerializeToString())
+    url = f"http://{mesh.edge_address}/bhiv.identity.v1.AuthService/GetJwks"
+    refused = buf_curl(f"--schema={schema}", "--data={}", url)  # buf curl speaks Connect by default
+    assert refused.returncode == grpc.StatusCode.UNIMPLEMENTED.value[0] << 3, refused.stderr
+    assert json.loads(refused.stderr) == {"code": "unimplemented", "message": PROTOCOL_HINT}
+    for protocol in ("grpc", "grpcweb"):
+        allowed = buf_curl(f"--schema={schema}", f"--protocol={protocol}", "--data={}", url)
+        assert allowed.returncode == 0, (protocol, allowed.stderr)
+        assert json.loads(allowed.stdout)["keys"], protocol
+
+
+def test_a_plain_get_is_told_the_same(mesh: Mesh) -> None:
+    conn = http.client.HTTPConnection(mesh.host, mesh.edge_port, timeout=10)
+    conn.request("GET", "/bhiv.identity.v1.AuthService/GetJwks")
+    response = conn.getresponse()
+    assert (response.status, response.getheader("allow")) == (405, "POST")
+    assert json.loads(response.read())["message"] == PROTOCOL_HINT
+
+
+def descriptor_set() -> descriptor_pb2.FileDescriptorSet:
+    """Every contract file with its dependencies, dependencies first."""
+    files = descriptor_pb2.FileDescriptorSet()
+    seen: set[str] = set()
+
+    def add(file: Any) -> None:
+        if file.name in seen:
+            return
+        seen.add(file.name)
+        for dependency in file.dependencies:
+            add(dependency)
+        file.CopyToProto(files.file.add())
+
+    for service in all_services():
+        add(service.file)
+    return files

@@ -14,8 +14,9 @@ import os
 import socket
 import stat
 import subprocess
+import time
 import warnings
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from grpc_reflection.v1alpha import reflection
 from bhiv_core.edge.binaries import find_tool
 from bhiv_core.edge.envoy_config import (
     ADMIN_HOST,
+    HEALTH_ROUTER,
+    PROTOCOL_HINT,
     REFLECTION_CLUSTER,
     REFLECTION_PREFIXES,
     SERVICE_HEADER,
@@ -40,9 +43,11 @@ from bhiv_core.edge.envoy_config import (
     build_bootstrap,
     write_bootstrap,
 )
+from bhiv_core.edge.lua_scripts import NOT_SERVING_HEADER, PROBE_USER_AGENT, health_router_script
 from bhiv_core.edge.process import EnvoyError, EnvoyProcess, validate_config
 from bhiv_core.mesh import free_ports
 from bhiv_core.registry import SERVICES
+from bhiv_core.runtime.health import HealthServicer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic")
 
@@ -167,31 +172,29 @@ def preflight(address: str, origin: str) -> tuple[int, dict[str, str]]:
     )
 
 
-def h2_grpc_headers_only(address: str, path: str, content_length: int) -> dict[str, str]:
-    """Sends gRPC request headers declaring ``content-length`` over h2c; returns the reply's headers.
+def h2_exchange(
+    address: str, headers: list[tuple[str, str]], body: bytes | None = None, *, end: bool = True
+) -> tuple[dict[str, str], bytes]:
+    """One request over h2c (h2 comes with grpclib): the reply's headers and trailers, and its body.
 
-    grpcio never sends content-length, so this speaks HTTP/2 directly (h2 comes with grpclib).
+    ``end=False`` leaves the request open after the headers (and body), as a client still sending.
     """
     host, port = address.rsplit(":", 1)
     connection = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
     )
     received: dict[str, str] = {}
+    data_received = b""
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         connection.initiate_connection()
         stream_id = connection.get_next_available_stream_id()
         connection.send_headers(
             stream_id,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":authority", address),
-                (":path", path),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-                ("content-length", str(content_length)),
-            ],
+            [(":scheme", "http"), (":authority", address), *headers],
+            end_stream=end and body is None,
         )
+        if body is not None:
+            connection.send_data(stream_id, body, end_stream=end)
         sock.sendall(connection.data_to_send())
         done = False
         while not done:
@@ -201,27 +204,43 @@ def h2_grpc_headers_only(address: str, path: str, content_length: int) -> dict[s
             for event in connection.receive_data(data):
                 if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
                     received.update((str(key), str(value)) for key, value in event.headers or [])
+                if isinstance(event, h2.events.DataReceived):
+                    data_received += event.data
                 done = done or isinstance(event, h2.events.StreamEnded | h2.events.StreamReset)
             sock.sendall(connection.data_to_send())
+    return received, data_received
+
+
+def h2_grpc_headers_only(
+    address: str, path: str, content_length: int | None = None, body: bytes | None = None
+) -> dict[str, str]:
+    """Sends gRPC request headers (and ``body``, when given) over h2c; returns the reply's headers.
+
+    grpcio never sends content-length, nor a frame it would not make itself (a compressed flag
+    without compression), so this speaks HTTP/2 directly.
+    """
+    headers = [(":method", "POST"), (":path", path), ("content-type", "application/grpc"), ("te", "trailers")]
+    if content_length is not None:
+        headers.append(("content-length", str(content_length)))
+    received, _ = h2_exchange(address, headers, body, end=body is not None or content_length is None)
     return received
 
 
-class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # the generated base is untyped
-    """Answers Check: SERVING for the names it serves, NOT_FOUND for the others."""
-
-    def __init__(self, serving: set[str]) -> None:
-        self._serving = serving
-
-    async def Check(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> health_pb2.HealthCheckResponse:
-        if request.service not in self._serving:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+async def serving_health(name: str) -> HealthServicer:
+    """The health of a service called ``name``: SERVING for "", ``bhiv.<name>`` and its echo service."""
+    servicer = HealthServicer()
+    for service in ("", f"bhiv.{name}", f"bhiv.{name}.v1.EchoService"):
+        await servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return servicer
 
 
-async def start_upstream(name: str) -> tuple[grpc.aio.Server, Upstream]:
-    """Start a service called ``name``: echo under /bhiv.<name>.v1., health, reflection."""
+async def start_upstream(
+    name: str, servicer: HealthServicer | None = None
+) -> tuple[grpc.aio.Server, Upstream]:
+    """Start a service called ``name``: echo under /bhiv.<name>.v1., health (Check, Watch, List), reflection.
+
+    Health answers NOT_FOUND for a name it does not serve, as the health protocol says.
+    """
     server = grpc.aio.server()
 
     async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
@@ -234,7 +253,7 @@ async def start_upstream(name: str) -> tuple[grpc.aio.Server, Upstream]:
             ),
         )
     )
-    health_pb2_grpc.add_HealthServicer_to_server(Health({"", f"bhiv.{name}"}), server)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer or await serving_health(name), server)
     reflection.enable_server_reflection([health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -344,7 +363,9 @@ def test_service_routes_have_no_timeout_and_honour_grpc_timeout(registry_bootstr
     assert crm["route"]["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}
 
 
-def test_health_routes_by_service_header_then_to_every_service(registry_bootstrap: dict[str, Any]) -> None:
+def test_health_routes_by_service_header_then_unknown_header_then_by_name(
+    registry_bootstrap: dict[str, Any],
+) -> None:
     health_routes = [
         route
         for route in virtual_host(registry_bootstrap)["routes"]
@@ -352,12 +373,36 @@ def test_health_routes_by_service_header_then_to_every_service(registry_bootstra
     ]
     by_header = {
         route["match"]["headers"][0]["string_match"]["exact"]: route["route"]["cluster"]
-        for route in health_routes
-        if route["match"].get("headers")
+        for route in health_routes[: len(SERVICES)]
     }
     assert all(route["match"]["headers"][0]["name"] == SERVICE_HEADER for route in health_routes[:-1])
     assert by_header == {spec.name: spec.name for spec in SERVICES}
-    assert health_routes[-1]["route"]["cluster"] == REFLECTION_CLUSTER  # the fallback comes last
+    unknown, by_name = health_routes[len(SERVICES) :]
+    assert unknown["match"]["headers"] == [{"name": SERVICE_HEADER, "present_match": True}]
+    assert unknown["typed_per_filter_config"]["envoy.filters.http.lua"]["name"] == "unknown-service"
+    assert "headers" not in by_name["match"]  # no header: the health router reads the name
+    assert by_name["route"]["cluster"] == REFLECTION_CLUSTER
+    assert by_name["typed_per_filter_config"]["envoy.filters.http.lua"]["name"] == HEALTH_ROUTER
+
+
+def test_health_router_script_maps_each_package_to_its_service() -> None:
+    script = health_router_script([("bhiv.crm.v1.", "crm"), ('odd"\\\n', "x")], "x-bhiv-service")
+    assert '{"bhiv.crm.v1.", "crm"}' in script
+    assert '{"odd\\034\\092\\010", "x"}' in script  # quotes, backslashes and newlines stay inside the literal
+    assert 'local NAMES = "crm, x"' in script
+    assert 'local SERVICE_HEADER = "x-bhiv-service"' in script
+
+
+def test_protocol_refusals_come_first_and_answer_from_lua(registry_bootstrap: dict[str, Any]) -> None:
+    routes = virtual_host(registry_bootstrap)["routes"]
+    assert [route["name"] for route in routes[:3]] == ["refuse-method", "refuse-options", "refuse-media-type"]
+    scripts = [route["typed_per_filter_config"]["envoy.filters.http.lua"]["name"] for route in routes[:3]]
+    assert scripts == ["refuse-method", "refuse-method", "refuse-media-type"]
+    # No route answers with a direct response but the size guard: the CORS filter skips those.
+    assert [route["name"] for route in routes if "direct_response" in route] == ["request-too-large"]
+    lua = next(f for f in hcm(registry_bootstrap)["http_filters"] if f["name"] == "envoy.filters.http.lua")
+    refusal = lua["typed_config"]["source_codes"]["refuse-media-type"]["inline_string"]
+    assert '[":status"] = "415"' in refusal
 
 
 def test_cors_policy_is_per_filter_config_and_exposes_grpc_status(registry_bootstrap: dict[str, Any]) -> None:
@@ -371,7 +416,7 @@ def test_cors_policy_is_per_filter_config_and_exposes_grpc_status(registry_boots
     assert {"x-grpc-web", "grpc-timeout", "authorization"} <= set(policy["allow_headers"].split(","))
 
 
-def test_http_filters_run_grpc_web_cors_rate_limit_then_extras_then_router() -> None:
+def test_http_filters_run_grpc_web_cors_rate_limit_lua_then_extras_then_router() -> None:
     extra = HttpFilter(name="envoy.filters.http.jwt_authn_placeholder", disabled=True)
     bootstrap = build_bootstrap(registry_upstreams(), EdgeSettings(), extra_http_filters=[extra])
     names = [f["name"] for f in hcm(bootstrap)["http_filters"]]
@@ -379,9 +424,18 @@ def test_http_filters_run_grpc_web_cors_rate_limit_then_extras_then_router() -> 
         "envoy.filters.http.grpc_web",
         "envoy.filters.http.cors",
         "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.lua",
         "envoy.filters.http.jwt_authn_placeholder",
         "envoy.filters.http.router",
     ]
+    lua = hcm(bootstrap)["http_filters"][3]["typed_config"]
+    assert "default_source_code" not in lua  # it runs only where a route names one of its scripts
+    assert set(lua["source_codes"]) == {
+        HEALTH_ROUTER,
+        "refuse-method",
+        "refuse-media-type",
+        "unknown-service",
+    }
 
 
 def test_local_rate_limit_answers_resource_exhausted(registry_bootstrap: dict[str, Any]) -> None:
@@ -530,6 +584,288 @@ async def test_grpc_web_error_status_reaches_the_browser(edge: EnvoyProcess) -> 
         grpc_web_call, edge.address, HEALTH_CHECK, request, {SERVICE_HEADER: "alpha"}
     )
     assert (reply.http_status, reply.grpc_status) == (200, grpc.StatusCode.NOT_FOUND.value[0])
+
+
+async def health_check(
+    address: str, service: str, metadata: tuple[tuple[str, str], ...] = ()
+) -> tuple[grpc.StatusCode, int | None, str, dict[str, str]]:
+    """Check through ``address``: the code, the status (None on error), the message, and every header."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), metadata=metadata, timeout=10
+        )
+        try:
+            reply = await call
+        except grpc.aio.AioRpcError as error:
+            headers = dict((*(error.initial_metadata() or ()), *(error.trailing_metadata() or ())))
+            return error.code(), None, error.details() or "", headers
+        return grpc.StatusCode.OK, reply.status, "", dict(await call.initial_metadata())
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_health_check_naming_a_service_goes_to_the_service_that_owns_it(edge: EnvoyProcess) -> None:
+    # Each name is served by one upstream only; the other answers NOT_FOUND. Round robin over both
+    # would answer NOT_FOUND every other call.
+    for _ in range(4):
+        for name in ("alpha", "beta"):
+            code, status, _, _ = await health_check(edge.address, f"bhiv.{name}.v1.EchoService")
+            assert (code, status) == (grpc.StatusCode.OK, SERVING), name
+    request = health_pb2.HealthCheckRequest(service="bhiv.beta.v1.EchoService").SerializeToString()
+    for _ in range(4):
+        web = await asyncio.to_thread(
+            grpc_web_call, edge.address, HEALTH_CHECK, request, {"origin": ALLOWED_ORIGIN}
+        )
+        assert (web.grpc_status, web.messages) == (0, [b"\x08\x01"])  # SERVING
+
+
+async def test_health_watch_naming_a_service_streams_from_the_service_that_owns_it(
+    edge: EnvoyProcess,
+) -> None:
+    async with grpc.aio.insecure_channel(edge.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(4):
+            call = stub.Watch(health_pb2.HealthCheckRequest(service="bhiv.alpha.v1.EchoService"), timeout=10)
+            first = await call.read()
+            call.cancel()
+            assert first.status == SERVING  # beta would say SERVICE_UNKNOWN
+
+
+async def test_health_router_reads_long_names_and_skips_unknown_fields(tmp_path: Path) -> None:
+    long_name = "bhiv.delta.v1." + "Long" * 60  # a two-byte length
+    delta_health = await serving_health("delta")
+    await delta_health.set(long_name, SERVING)
+    gamma, delta = await start_upstream("gamma"), await start_upstream("delta", delta_health)
+    settings = free_settings()
+    path = write_bootstrap(tmp_path / "envoy.json", [gamma[1], delta[1]], settings)
+    name = health_pb2.HealthCheckRequest(service=long_name).SerializeToString()
+    # Fields this version does not know, before and after the name: a varint, a 64-bit, a 32-bit
+    # and a length-delimited one.
+    unknown = b"\x38\x96\x01" + b"\x41" + bytes(8) + b"\x4d" + bytes(4) + b"\x52\x02hi"
+    try:
+        async with (
+            EnvoyProcess(path, settings, concurrency=1) as envoy,
+            grpc.aio.insecure_channel(envoy.address) as channel,
+        ):
+            check = channel.unary_unary(HEALTH_CHECK, request_serializer=None, response_deserializer=None)
+            for request in (name, unknown + name, name + unknown):
+                for _ in range(2):  # gamma would answer NOT_FOUND
+                    reply = await check(request, timeout=10)
+                    assert health_pb2.HealthCheckResponse.FromString(reply).status == SERVING
+    finally:
+        await gamma[0].stop(None)
+        await delta[0].stop(None)
+
+
+async def test_health_check_naming_no_service_of_the_mesh_is_not_found(edge: EnvoyProcess) -> None:
+    for name in ("bhiv.gamma.v1.EchoService", "grpc.health.v1.Health", "nothing"):
+        code, _, _, _ = await health_check(edge.address, name)
+        assert code == grpc.StatusCode.NOT_FOUND, name
+
+
+async def test_unknown_service_header_is_not_found_not_serving(edge: EnvoyProcess) -> None:
+    code, _, message, _ = await health_check(edge.address, "", ((SERVICE_HEADER, "gamma"),))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert message == "x-bhiv-service names no service of the mesh (alpha, beta)"
+    web = await asyncio.to_thread(
+        grpc_web_call, edge.address, HEALTH_CHECK, b"", {SERVICE_HEADER: "gamma", "origin": ALLOWED_ORIGIN}
+    )
+    assert (web.http_status, web.grpc_status, web.messages) == (200, grpc.StatusCode.NOT_FOUND.value[0], [])
+    assert web.headers["access-control-allow-origin"] == ALLOWED_ORIGIN  # a page can read it
+    code, status, _, _ = await health_check(edge.address, "", ((SERVICE_HEADER, "alpha"),))
+    assert (code, status) == (grpc.StatusCode.OK, SERVING)  # a known one still reaches its service
+
+
+async def test_health_list_and_mesh_wide_watch_need_the_service_header(edge: EnvoyProcess) -> None:
+    async with grpc.aio.insecure_channel(edge.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        listed = await stub.List(
+            health_pb2.HealthListRequest(), metadata=((SERVICE_HEADER, "beta"),), timeout=10
+        )
+        assert set(listed.statuses) == {"", "bhiv.beta", "bhiv.beta.v1.EchoService"}
+        with pytest.raises(grpc.aio.AioRpcError) as listing:
+            await stub.List(health_pb2.HealthListRequest(), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as watching:
+            await stub.Watch(health_pb2.HealthCheckRequest(), timeout=10).read()
+    assert listing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "List one service with the x-bhiv-service header (alpha, beta)" in (listing.value.details() or "")
+    assert watching.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    web = await asyncio.to_thread(grpc_web_call, edge.address, "/grpc.health.v1.Health/List", b"")
+    assert web.grpc_status == grpc.StatusCode.UNIMPLEMENTED.value[0]
+
+
+async def test_health_request_the_edge_cannot_read_is_invalid_argument(edge: EnvoyProcess) -> None:
+    message = health_pb2.HealthCheckRequest(service="bhiv.alpha.v1.EchoService").SerializeToString()
+    compressed_flag = b"\x01" + len(message).to_bytes(4, "big") + message
+    headers = await asyncio.to_thread(h2_grpc_headers_only, edge.address, HEALTH_CHECK, body=compressed_flag)
+    assert headers["grpc-status"] == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    assert "uncompressed" in headers["grpc-message"]
+
+
+class CountingHealth(HealthServicer):
+    """Health that counts the health router's own checks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probes = 0
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
+        agent = dict(context.invocation_metadata() or ()).get("user-agent", "")
+        self.probes += agent.startswith(PROBE_USER_AGENT)
+        return await super().Check(request, context)
+
+
+async def mesh_view_until(
+    address: str, done: Callable[[grpc.StatusCode, dict[str, str]], bool], timeout: float = 15.0
+) -> tuple[grpc.StatusCode, int | None, dict[str, str]]:
+    """Checks "" until ``done(code, headers)``: the edge may answer from a view up to a second old."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code, status, _, headers = await health_check(address, "")
+        if done(code, headers) or time.monotonic() > deadline:
+            return code, status, headers
+        await asyncio.sleep(0.1)
+
+
+async def test_empty_name_is_serving_only_while_every_service_serves(tmp_path: Path) -> None:
+    gamma = await start_upstream("gamma")
+    delta_health = await serving_health("delta")
+    delta = await start_upstream("delta", delta_health)
+    settings = free_settings()
+    path = write_bootstrap(tmp_path / "envoy.json", [gamma[1], delta[1]], settings)
+    try:
+        async with EnvoyProcess(path, settings, concurrency=1) as envoy:
+            code, status, _, headers = await health_check(envoy.address, "")
+            assert (code, status) == (grpc.StatusCode.OK, SERVING)
+            assert NOT_SERVING_HEADER not in headers
+            await delta_health.set("", NOT_SERVING)
+            code, status, headers = await mesh_view_until(envoy.address, lambda _, h: NOT_SERVING_HEADER in h)
+            assert (code, status, headers[NOT_SERVING_HEADER]) == (grpc.StatusCode.OK, NOT_SERVING, "delta")
+            for _ in range(3):  # not the luck of the draw: every call, whichever service it would reach
+                code, status, _, headers = await health_check(envoy.address, "")
+                assert (code, status, headers[NOT_SERVING_HEADER]) == (
+                    grpc.StatusCode.OK,
+                    NOT_SERVING,
+                    "delta",
+                )
+            await delta[0].stop(None)
+            code, _, headers = await mesh_view_until(envoy.address, lambda c, _: c != grpc.StatusCode.OK)
+            assert (code, headers[NOT_SERVING_HEADER]) == (grpc.StatusCode.UNAVAILABLE, "delta")
+            # What a service says of itself with the header is unchanged.
+            code, status, _, _ = await health_check(envoy.address, "", ((SERVICE_HEADER, "gamma"),))
+            assert (code, status) == (grpc.StatusCode.OK, SERVING)
+    finally:
+        await gamma[0].stop(None)
+        await delta[0].stop(None)
+
+
+async def test_a_flood_of_empty_name_checks_asks_each_service_about_once_a_second(tmp_path: Path) -> None:
+    counting = CountingHealth()
+    await counting.set("", SERVING)
+    upstream = await start_upstream("gamma", counting)
+    settings = free_settings()
+    path = write_bootstrap(tmp_path / "envoy.json", [upstream[1]], settings)
+    try:
+        async with EnvoyProcess(path, settings, concurrency=1) as envoy:
+            started = time.monotonic()
+            for _ in range(30):
+                code, status, _, _ = await health_check(envoy.address, "")
+                assert (code, status) == (grpc.StatusCode.OK, SERVING)
+            seconds = time.monotonic() - started
+    finally:
+        await upstream[0].stop(None)
+    # One look per wall-clock second the calls touched (one worker), not one per call.
+    assert 1 <= counting.probes <= int(seconds) + 2
+
+
+def connect_post(
+    address: str, path: str, content_type: str, **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    """A POST the way a Connect client sends a unary call, over HTTP/1.1."""
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request(
+            "POST",
+            path,
+            body=b"{}",
+            headers={"content-type": content_type, "connect-protocol-version": "1", **headers},
+        )
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+async def test_connect_protocol_is_refused_with_415_and_a_hint_a_browser_can_read(edge: EnvoyProcess) -> None:
+    path = "/bhiv.alpha.v1.EchoService/Echo"
+    for content_type in ("application/json", "application/proto", "application/connect+json"):
+        status, headers, body = await asyncio.to_thread(
+            connect_post, edge.address, path, content_type, origin=ALLOWED_ORIGIN
+        )
+        assert status == 415, content_type
+        assert headers["content-type"] == "application/json"
+        assert json.loads(body) == {"code": "unimplemented", "message": PROTOCOL_HINT}
+        assert headers["access-control-allow-origin"] == ALLOWED_ORIGIN  # the page can read the hint
+    assert "createGrpcWebTransport" in PROTOCOL_HINT
+    # The same call in gRPC-web goes through.
+    web = await asyncio.to_thread(grpc_web_call, edge.address, path, b"web", {"origin": ALLOWED_ORIGIN})
+    assert (web.http_status, web.grpc_status, web.messages) == (200, 0, [b"alpha:web"])
+
+
+async def test_other_methods_are_refused_with_405_and_a_hint(edge: EnvoyProcess) -> None:
+    for method, path, headers in (
+        ("GET", "/", {}),
+        ("GET", "/bhiv.alpha.v1.EchoService/Echo", {}),
+        ("DELETE", "/bhiv.alpha.v1.EchoService/Echo", {}),
+        ("OPTIONS", "/bhiv.alpha.v1.EchoService/Echo", {}),  # not a CORS preflight
+    ):
+        host, port = edge.address.rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.request(method, path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        assert (response.status, response.getheader("allow")) == (405, "POST"), (method, path)
+        assert json.loads(body)["message"] == PROTOCOL_HINT
+    assert await echo_call(edge.address, "alpha") == (grpc.StatusCode.OK, b"alpha:hi")  # gRPC still passes
+
+
+async def test_connect_over_http2_is_refused_with_415(edge: EnvoyProcess) -> None:
+    headers = [
+        (":method", "POST"),
+        (":path", "/bhiv.alpha.v1.EchoService/Echo"),
+        ("content-type", "application/json"),
+        ("connect-protocol-version", "1"),
+    ]
+    received, body = await asyncio.to_thread(h2_exchange, edge.address, headers, b"{}")
+    assert received[":status"] == "415"
+    assert json.loads(body) == {"code": "unimplemented", "message": PROTOCOL_HINT}
+    # A client still sending its body gets the refusal at once.
+    received, _ = await asyncio.to_thread(h2_exchange, edge.address, headers, b"{", end=False)
+    assert received[":status"] == "415"
+
+
+async def test_cors_preflight_admits_trace_context_request_id_and_connect_headers(edge: EnvoyProcess) -> None:
+    asked = "traceparent,tracestate,x-request-id,connect-protocol-version,connect-timeout-ms"
+    status, headers = await asyncio.to_thread(
+        http_request,
+        edge.address,
+        "OPTIONS",
+        "/bhiv.alpha.v1.EchoService/Echo",
+        {
+            "origin": ALLOWED_ORIGIN,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": asked,
+        },
+    )
+    assert (status, headers["access-control-allow-origin"]) == (200, ALLOWED_ORIGIN)
+    allowed = set(headers["access-control-allow-headers"].split(","))
+    assert set(asked.split(",")) <= allowed
+    assert "x-evil" not in allowed
+    assert "x-request-id" in headers["access-control-expose-headers"].split(",")
 
 
 async def test_cors_preflight_allows_local_origin_only(edge: EnvoyProcess) -> None:

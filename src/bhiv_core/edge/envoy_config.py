@@ -10,13 +10,23 @@ What the edge does, in the order a request meets it:
   port, trusts only the TCP peer (``use_remote_address``, no client internal, so the client's address
   always reaches the services in ``x-envoy-external-address``), normalises paths, rejects headers with
   underscores, and caps buffers, streams, header sizes and idle times (Envoy's edge best practices).
-* HTTP filters: ``grpc_web`` → ``cors`` → ``local_ratelimit`` → *extra filters* → ``router``. The extra
-  filters are the seam for the JWT check and the IP-block RBAC filter; CORS comes before the rate limit
-  so preflights are answered without spending tokens.
+* HTTP filters: ``grpc_web`` → ``cors`` → ``local_ratelimit`` → ``lua`` → *extra filters* → ``router``.
+  The extra filters are the seam for the JWT check and the IP-block RBAC filter; CORS comes before
+  the rate limit so preflights are answered without spending tokens. The Lua filter has no default
+  script: it runs only on the routes that name one of its scripts (:mod:`bhiv_core.edge.lua_scripts`),
+  the protocol refusals and the health router, so other requests pay nothing for it.
+* The edge speaks gRPC and gRPC-web only: any other method or content type (the Connect protocol,
+  JSON, a browser's GET) is refused at the edge with 405 or 415 and a hint, in the Connect error
+  shape (``{"code": "unimplemented", "message": ...}``) and with CORS headers, so a browser page can
+  read it, instead of reaching a gRPC server that would reset the stream (Envoy's ``503 upstream
+  connect error … remote reset``).
 * Routes match the path prefix only. A ``grpc: {}`` match would make gRPC-web POSTs and CORS
   preflights 404, because it requires ``content-type: application/grpc`` before the filters rewrite it.
-* Reflection goes to a cluster of every service (each process serves reflection for the whole API);
-  health goes to the service named in ``x-bhiv-service``, or to that same all-services cluster.
+* Reflection goes to a cluster of every service (each process serves reflection for the whole API).
+* Health goes to the service named in ``x-bhiv-service`` (an unknown name is NOT_FOUND at the edge);
+  without the header, the health router (:mod:`bhiv_core.edge.lua_scripts`) reads the service
+  name from the request and routes by it, and answers an empty name with the edge's view of the
+  whole mesh.
 * Admin listens on 127.0.0.1 only, whatever the listener's address.
 * Upstream connections can leave from an address of their own (``upstream_source_address``), the
   one the services trust to vouch for client addresses.
@@ -88,6 +98,7 @@ from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAcc
 from envoy_data_plane.envoy.extensions.filters.http.cors.v3 import Cors, CorsPolicy
 from envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3 import GrpcWeb
 from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3 import LocalRateLimit
+from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua, LuaPerRoute
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -116,6 +127,12 @@ from envoy_data_plane.envoy.type.v3 import (
 from envoy_data_plane.google.protobuf import Any as AnyProto
 from envoy_data_plane.google.protobuf import Struct
 
+from bhiv_core.edge.lua_scripts import (
+    NOT_SERVING_HEADER,
+    NOT_SERVING_METADATA,
+    health_router_script,
+    reply_script,
+)
 from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, ServiceSpec
 
 __all__ = [
@@ -125,6 +142,8 @@ __all__ = [
     "CORS_EXPOSE_HEADERS",
     "DEFAULT_CORS_ALLOW_ORIGINS",
     "HEALTH_PREFIX",
+    "HEALTH_ROUTER",
+    "PROTOCOL_HINT",
     "REFLECTION_CLUSTER",
     "REFLECTION_PREFIXES",
     "SERVICE_HEADER",
@@ -142,7 +161,8 @@ REFLECTION_CLUSTER: Final = "reflection"
 """The cluster of every upstream; serves reflection and un-addressed health checks."""
 
 SERVICE_HEADER: Final = "x-bhiv-service"
-"""A health check carrying this header (an upstream's name) is routed to that upstream."""
+"""A health check carrying this header (an upstream's name) is routed to that upstream; the health
+router fills it in from the name a health check asks about."""
 
 HEALTH_PREFIX: Final = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES: Final = (
@@ -163,8 +183,16 @@ CORS_ALLOW_HEADERS: Final = (
     "user-agent",
     "cache-control",
     SERVICE_HEADER,
+    # W3C trace context and a client's request id, which browser tracing and logging libraries send.
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    # Connect clients send these; the edge refuses the Connect protocol itself with a readable hint
+    # (415), which a browser shows only when the preflight for them has passed.
+    "connect-protocol-version",
+    "connect-timeout-ms",
 )
-CORS_EXPOSE_HEADERS: Final = ("grpc-status", "grpc-message", "grpc-status-details-bin")
+CORS_EXPOSE_HEADERS: Final = ("grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id")
 CORS_ALLOW_METHODS: Final = ("POST", "OPTIONS")
 
 ACCESS_LOG_FORMAT: Final[Mapping[str, str]] = {
@@ -195,14 +223,28 @@ the access log sees them (istio/istio#58430); the log cannot tell those requests
 ``Unknown`` with ``response_code`` 200 as a failure.
 """
 
+PROTOCOL_HINT: Final = (
+    "This edge speaks gRPC (HTTP/2, content-type application/grpc) and gRPC-web (content-type "
+    "application/grpc-web, application/grpc-web-text), not the Connect protocol, JSON or plain HTTP. "
+    "Use grpcurl or a generated gRPC stub, or from a browser a gRPC-web client "
+    "(connect-web: createGrpcWebTransport); see the README, Try it."
+)
+"""What a request in a protocol the edge does not speak is told, with 405 or 415."""
+
 # Extension names, as Envoy registers them.
 GRPC_WEB_FILTER: Final = "envoy.filters.http.grpc_web"
+LUA_FILTER: Final = "envoy.filters.http.lua"
 CORS_FILTER: Final = "envoy.filters.http.cors"
 LOCAL_RATELIMIT_FILTER: Final = "envoy.filters.http.local_ratelimit"
 ROUTER_FILTER: Final = "envoy.filters.http.router"
 HCM_FILTER: Final = "envoy.filters.network.http_connection_manager"
 UPSTREAM_HTTP_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 MAX_CONNECTIONS_MONITOR: Final = "envoy.resource_monitors.global_downstream_max_connections"
+HEALTH_ROUTER: Final = "health-router"
+"""The name of the health router's Lua source; the one route that needs it enables it."""
+
+UNKNOWN_SERVICE: Final = "unknown-service"
+"""The name of the Lua reply to a health call whose ``x-bhiv-service`` names no service."""
 
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*$")
 _INT64_MAX: Final = 2**63 - 1
@@ -345,8 +387,8 @@ def build_bootstrap(
     Args:
         upstreams: The services behind the edge; names and route prefixes must be unique.
         settings: Listener, admin, CORS, rate-limit, log and limit settings.
-        extra_http_filters: Filters inserted after ``local_ratelimit`` and before the router, in
-            order: the seam for the JWT check and the IP-block RBAC filter.
+        extra_http_filters: Filters inserted after ``local_ratelimit`` and the Lua filter and before
+            the router, in order: the seam for the JWT check and the IP-block RBAC filter.
 
     Returns:
         The bootstrap, ready for :func:`json.dumps`.
@@ -389,8 +431,9 @@ def build_bootstrap(
 def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) -> RouteConfiguration:
     """Build the route table (a typed message, so RDS can serve the same table later).
 
-    Order matters, first match wins: the request-size guard, health by ``x-bhiv-service``, health
-    and reflection to every service, then one prefix route per upstream.
+    Order matters, first match wins: the refusals of other protocols, the request-size guard,
+    health by ``x-bhiv-service`` (then an unknown one refused), health by the name asked about
+    (the health router), reflection to every service, then one prefix route per upstream.
 
     Args:
         upstreams: The services behind the edge.
@@ -400,17 +443,21 @@ def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) ->
         The route configuration named ``edge``.
 
     """
-    routes: list[Route] = [_oversized_request_route(settings.max_request_bytes)]
+    routes: list[Route] = [*_protocol_refusal_routes(), _oversized_request_route(settings.max_request_bytes)]
+    # An empty-name Check the health router sent to a service that is not serving says which are not.
+    not_serving = _header(NOT_SERVING_HEADER, "%DYNAMIC_METADATA({}:{})%".format(*NOT_SERVING_METADATA))
     routes += [
         _route(
             f"health-{upstream.name}",
             HEALTH_PREFIX,
             upstream.name,
             headers=[HeaderMatcher(name=SERVICE_HEADER, string_match=StringMatcher(exact=upstream.name))],
+            response_headers=[not_serving],
         )
         for upstream in upstreams
     ]
-    routes.append(_route("health-any", HEALTH_PREFIX, REFLECTION_CLUSTER))
+    routes.append(_unknown_service_header_route())
+    routes.append(_with_script(_route("health-by-name", HEALTH_PREFIX, REFLECTION_CLUSTER), HEALTH_ROUTER))
     routes += [
         _route(f"reflection-{prefix.split('.')[2]}", prefix, REFLECTION_CLUSTER)
         for prefix in REFLECTION_PREFIXES
@@ -492,6 +539,7 @@ def _listener(
             HttpFilter(name=GRPC_WEB_FILTER, typed_config=_pack(GrpcWeb())),
             HttpFilter(name=CORS_FILTER, typed_config=_pack(Cors())),
             HttpFilter(name=LOCAL_RATELIMIT_FILTER, typed_config=_pack(_local_rate_limit(settings))),
+            HttpFilter(name=LUA_FILTER, typed_config=_pack(_lua(upstreams))),
             *extra_http_filters,
             HttpFilter(name=ROUTER_FILTER, typed_config=_pack(Router(suppress_envoy_headers=True))),
         ],
@@ -560,6 +608,42 @@ def _local_rate_limit(settings: EdgeSettings) -> LocalRateLimit:
     )
 
 
+def _lua(upstreams: Sequence[Upstream]) -> Lua:
+    """Build the Lua filter: the health router and fixed replies, each run only where a route names it.
+
+    Fixed replies are Lua local replies on ordinary routes, not ``direct_response`` routes, because
+    Envoy's CORS filter skips those, and a browser page reads only replies that carry
+    ``access-control-allow-origin``.
+    """
+    owners = [(upstream.route_prefix.strip("/"), upstream.name) for upstream in upstreams]
+    # A Connect error: Connect clients show its message as it is; curl prints readable JSON.
+    hint = json.dumps({"code": "unimplemented", "message": PROTOCOL_HINT})
+    names = ", ".join(upstream.name for upstream in upstreams)
+    scripts = {
+        HEALTH_ROUTER: health_router_script(owners, SERVICE_HEADER),
+        "refuse-method": reply_script(405, hint, {"content-type": "application/json", "allow": "POST"}),
+        "refuse-media-type": reply_script(415, hint, {"content-type": "application/json"}),
+        # A gRPC trailers-only reply, status and message in headers, so that the grpc_web filter
+        # passes the status to gRPC-web callers as it is.
+        UNKNOWN_SERVICE: reply_script(
+            200,
+            "",
+            {
+                "content-type": "application/grpc",
+                "grpc-status": "5",  # NOT_FOUND
+                "grpc-message": f"{SERVICE_HEADER} names no service of the mesh ({names})",
+            },
+        ),
+    }
+    return Lua(
+        stat_prefix="edge_lua",
+        # No default_source_code: without a route naming a script, the filter does nothing.
+        source_codes={name: DataSource(inline_string=script) for name, script in scripts.items()},
+        # The router's choice follows the x-bhiv-service header the health router fills in.
+        clear_route_cache=True,
+    )
+
+
 def _cors_policy(origins: Sequence[str]) -> CorsPolicy:
     """Build the browsers' policy: gRPC-web POSTs from the allowed origins, gRPC status readable."""
     return CorsPolicy(
@@ -580,7 +664,14 @@ def _origin_matcher(origin: str) -> StringMatcher:
     return StringMatcher(exact=origin)
 
 
-def _route(name: str, prefix: str, cluster: str, *, headers: Sequence[HeaderMatcher] = ()) -> Route:
+def _route(
+    name: str,
+    prefix: str,
+    cluster: str,
+    *,
+    headers: Sequence[HeaderMatcher] = (),
+    response_headers: Sequence[HeaderValueOption] = (),
+) -> Route:
     """Route a path prefix to ``cluster`` with no route timeout, bounded by the client's grpc-timeout."""
     return Route(
         name=name,
@@ -593,6 +684,75 @@ def _route(name: str, prefix: str, cluster: str, *, headers: Sequence[HeaderMatc
             # The client's grpc-timeout becomes the stream's deadline (0 = no cap on it).
             max_stream_duration=RouteActionMaxStreamDuration(grpc_timeout_header_max=timedelta(0)),
         ),
+        response_headers_to_add=list(response_headers),
+    )
+
+
+def _header(key: str, value: str) -> HeaderValueOption:
+    """Set a response header (replacing one the upstream sent); an empty value adds nothing."""
+    return HeaderValueOption(
+        header=HeaderValue(key=key, value=value),
+        append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def _with_script(route: Route, script: str) -> Route:
+    """Run the Lua filter's ``script`` on ``route``."""
+    route.typed_per_filter_config = {LUA_FILTER: _pack(LuaPerRoute(name=script))}
+    return route
+
+
+def _protocol_refusal_routes() -> list[Route]:
+    """Refuse, at the edge, what is neither gRPC nor gRPC-web, instead of resetting at a service.
+
+    * a method other than POST: 405 (``allow: POST``), except CORS preflights (``OPTIONS`` with
+      ``access-control-request-method``), which the CORS filter answers on the routes below;
+    * a POST whose content type does not start with ``application/grpc`` (gRPC-web's
+      ``application/grpc-web*`` does): 415. That is the Connect protocol (``application/json``,
+      ``application/proto``, ``application/connect+*``), JSON for REST, forms and the like.
+
+    The routes name a cluster they never reach: the Lua filter answers first.
+    """
+    not_post_or_options = HeaderMatcher(
+        name=":method",
+        string_match=StringMatcher(safe_regex=RegexMatcher(regex="POST|OPTIONS")),
+        invert_match=True,
+    )
+    options = HeaderMatcher(name=":method", string_match=StringMatcher(exact="OPTIONS"))
+    not_a_preflight = HeaderMatcher(name="access-control-request-method", present_match=False)
+    post = HeaderMatcher(name=":method", string_match=StringMatcher(exact="POST"))
+    not_grpc = HeaderMatcher(
+        name="content-type",
+        string_match=StringMatcher(prefix="application/grpc"),
+        invert_match=True,
+        # No content type at all is refused too.
+        treat_missing_header_as_empty=True,
+    )
+    return [
+        _with_script(
+            _route("refuse-method", "/", REFLECTION_CLUSTER, headers=[not_post_or_options]), "refuse-method"
+        ),
+        _with_script(
+            _route("refuse-options", "/", REFLECTION_CLUSTER, headers=[options, not_a_preflight]),
+            "refuse-method",
+        ),
+        _with_script(
+            _route("refuse-media-type", "/", REFLECTION_CLUSTER, headers=[post, not_grpc]),
+            "refuse-media-type",
+        ),
+    ]
+
+
+def _unknown_service_header_route() -> Route:
+    """Answer a health call whose ``x-bhiv-service`` names no upstream NOT_FOUND, at the edge.
+
+    The known names are matched by the routes before this one; without this route the call would
+    fall through to some service, which would report its own health (SERVING) under a wrong name.
+    """
+    present = HeaderMatcher(name=SERVICE_HEADER, present_match=True)
+    return _with_script(
+        _route("health-unknown-service", HEALTH_PREFIX, REFLECTION_CLUSTER, headers=[present]),
+        UNKNOWN_SERVICE,
     )
 
 

@@ -2,8 +2,10 @@
 
 Every :class:`~bhiv_core.runtime.errors.BhivError` becomes its status code, its message, and a
 ``grpc-status-details-bin`` trailer holding an ``ErrorInfo`` (reason, this service's domain,
-metadata), plus ``BadRequest`` field violations or a ``QuotaFailure`` where they apply. Anything
-else is a bug: it is logged with its traceback and answered INTERNAL with no detail.
+metadata), plus ``BadRequest`` field violations or a ``QuotaFailure`` where they apply. A
+``NotImplementedError`` (what a generated servicer base, or a stub written ahead of its RPC, raises)
+is UNIMPLEMENTED, as gRPC defines it. Anything else is a bug: it is logged with its traceback and
+answered INTERNAL with no detail.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from bhiv_core.runtime.chain import CallInfo, Context, Interceptor, StreamNext, UnaryNext
-from bhiv_core.runtime.errors import BhivError, Internal, InvalidArgument, ResourceExhausted
+from bhiv_core.runtime.errors import BhivError, Internal, InvalidArgument, ResourceExhausted, Unimplemented
 
 __all__ = ["ErrorMappingInterceptor", "status_proto"]
 
@@ -87,6 +89,8 @@ class ErrorMappingInterceptor(Interceptor):
     def _unexpected(self, call: CallInfo, exc: BaseException) -> BhivError:
         if isinstance(exc, BhivError):
             return exc
+        if isinstance(exc, NotImplementedError):
+            return Unimplemented(f"{call.method.lstrip('/')} is not implemented")
         log.error("unhandled error in %s", call.method, exc_info=exc)
         return Internal("internal error", reason="INTERNAL")
 

@@ -24,15 +24,15 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from bhiv_core.runtime import telemetry
 from bhiv_core.runtime.chain import ChainedHandlers, Interceptor, Selector
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig, load_config
 from bhiv_core.runtime.contracts import all_services
 from bhiv_core.runtime.handlers import service_handler
+from bhiv_core.runtime.health import HealthServicer
 from bhiv_core.runtime.process import prepare_process
+from bhiv_core.runtime.reflection import add_reflection
 from bhiv_core.security.jwt import KeySource, RevocationSet
 
 __all__ = [
@@ -260,11 +260,7 @@ async def start_service(
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, registrar)
     # Reflection describes the whole API of the mesh, so grpcurl through the edge sees every service.
-    names = [s.full_name for s in all_services()]
-    reflected = [*names, "grpc.health.v1.Health", reflection.SERVICE_NAME]
-    # The aio servicer that enable_server_reflection picks for an aio server (public as reflection.aio).
-    servicer = reflection.aio.ReflectionServicer(reflected)  # type: ignore[attr-defined]
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, registrar)
+    add_reflection(registrar, [*(s.full_name for s in all_services()), "grpc.health.v1.Health"])
     if chained is not None:
         server.add_generic_rpc_handlers((chained,))
     try:
