@@ -332,9 +332,16 @@ def _worker(service: str, make_definition: DefinitionFactory) -> None:
 
 
 def bind_error(host: str, port: int) -> OSError | None:
-    """Why ``host:port`` cannot be bound right now (without SO_REUSEPORT), or None when it can."""
+    """Why a server could not listen on ``host:port`` right now, or None when it could.
+
+    The probe binds as the servers do (grpc, Envoy and the metrics server all set SO_REUSEADDR), so
+    connections left in TIME_WAIT by a server that just stopped do not count, while a listener does.
+    It does not set SO_REUSEPORT: a listener that allows sharing its port (grpc's default) would let
+    such a probe bind beside it.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -343,7 +350,7 @@ def bind_error(host: str, port: int) -> OSError | None:
 
 
 def _check_port_free(config: RuntimeConfig) -> None:
-    """Binds the port without SO_REUSEPORT, so a port taken by anything else fails loudly."""
+    """Probes the port before the workers share it, so a port taken by anything else fails loudly."""
     error = bind_error(config.host, config.port)
     if error is not None:
         raise ConfigError(
