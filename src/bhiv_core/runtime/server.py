@@ -363,6 +363,8 @@ def serve(service: str, make_definition: DefinitionFactory) -> None:
     try:
         config = load_config(service)
         configure_logging(service, config.log_level, config.log_format)
+        for setting in config.settings.unknown():
+            log.warning("unknown setting, ignored: %s", setting)
         if config.workers == 1:
             asyncio.run(_run(config, make_definition))
             return
