@@ -34,6 +34,7 @@ from bhiv_core.runtime.chain import ChainedHandlers, Interceptor, Selector, chai
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig, load_config
 from bhiv_core.runtime.contracts import all_services
 from bhiv_core.runtime.handlers import service_handler
+from bhiv_core.runtime.lifetime import die_with_parent
 from bhiv_core.runtime.logging import configure_logging
 from bhiv_core.security.jwt import KeySource, RevocationSet
 
@@ -325,7 +326,9 @@ async def _run(config: RuntimeConfig, make_definition: DefinitionFactory) -> Non
     log.info("stopped")
 
 
-def _worker(service: str, make_definition: DefinitionFactory) -> None:
+def _worker(service: str, make_definition: DefinitionFactory, parent_pid: int) -> None:
+    # A worker stops (SIGTERM) when its parent dies, even by SIGKILL; the parent forwards the rest.
+    die_with_parent(parent_pid)
     config = load_config(service)
     configure_logging(service, config.log_level, config.log_format)
     asyncio.run(_run(config, make_definition))
@@ -384,7 +387,9 @@ def serve(service: str, make_definition: DefinitionFactory) -> None:
         print(f"{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_worker, args=(service, make_definition)) for _ in range(config.workers)]
+    # Started from this (main) thread, which lives as long as the process: see runtime.lifetime.
+    args = (service, make_definition, os.getpid())
+    workers = [ctx.Process(target=_worker, args=args) for _ in range(config.workers)]
     for proc in workers:
         proc.start()
     log.info("started workers", extra={"workers": config.workers, "address": config.address})
