@@ -31,7 +31,7 @@ from bhiv_core.edge.envoy_config import EdgeSettings, Upstream, write_bootstrap
 from bhiv_core.edge.process import EnvoyProcess
 from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, SERVICES, ServiceSpec
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig, Settings, load_config
-from bhiv_core.runtime.lifetime import bound_child
+from bhiv_core.runtime.lifetime import bound_command
 from bhiv_core.runtime.server import bind_error
 
 __all__ = ["Mesh", "MeshError", "free_port", "free_ports", "main"]
@@ -183,16 +183,16 @@ class Mesh:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in SERVICES:
             log = (self.log_dir / f"{spec.name}.log").open("ab")
-            # Bound children (own session, SIGTERM when this thread ends): a terminal's Ctrl-C
-            # reaches only the launcher, which stops them in order, and a killed launcher's
-            # children stop too. Popen runs in the loop's thread, which lives as long as the mesh.
+            # In its own session, a terminal's Ctrl-C reaches only the launcher, which stops the
+            # services in order; bound (SIGTERM when the thread that starts it ends: this, the
+            # loop's, which lives as long as the mesh), it stops with a launcher killed outright.
             self.procs[spec.name] = subprocess.Popen(
-                [sys.executable, "-m", f"bhiv_core.services.{spec.name}"],
+                bound_command([sys.executable, "-m", f"bhiv_core.services.{spec.name}"]),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                **bound_child(),
+                start_new_session=True,
             )
             log.close()
         deadline = time.monotonic() + self.startup_timeout

@@ -21,7 +21,7 @@ from typing import IO, Final, Self
 
 from bhiv_core.edge.binaries import find_tool
 from bhiv_core.edge.envoy_config import ADMIN_HOST, EdgeSettings
-from bhiv_core.runtime.lifetime import ChildOptions, bound_child
+from bhiv_core.runtime.lifetime import bound_command
 
 __all__ = ["EnvoyError", "EnvoyProcess", "validate_config"]
 
@@ -171,7 +171,7 @@ class EnvoyProcess:
     def _spawn(self) -> tuple[subprocess.Popen[bytes], list[str]]:
         """Start the Envoy process (without waiting for it) in the calling thread."""
         command = self.command()
-        options = bound_child() if self._bound_to_owner else ChildOptions()
+        argv = bound_command(command) if self._bound_to_owner else command
         with self._lock:
             if self._process is not None or self._stopped:
                 raise EnvoyError("an EnvoyProcess starts once; make a new one to start again")
@@ -182,7 +182,11 @@ class EnvoyProcess:
                 self._files.append(stdout := self._stdout_path.open("ab"))
             try:
                 self._process = process = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, **options
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    start_new_session=self._bound_to_owner,
                 )
             except BaseException:
                 self._close_files()

@@ -4,8 +4,16 @@ The launcher starts the services and Envoy, and a service with workers starts wo
 parent stopped by SIGINT or SIGTERM stops its children itself; a parent killed by SIGKILL (or the
 OOM killer) runs no code, so the kernel has to tell the children: ``prctl(PR_SET_PDEATHSIG,
 SIGTERM)`` in the child makes the kernel send it SIGTERM — every process's graceful stop — when its
-parent dies. Chosen over a pipe the child watches because it needs no code in the child (Envoy is
-not ours) and no thread.
+parent dies. Chosen over a pipe the child watches because it needs no code in the child's program
+(Envoy is not ours) and no thread.
+
+The request is made in the child, before its program runs: :func:`bound_command` runs it through
+this module's :func:`_main` (``python -c ... PARENT_PID PROGRAM ARGS...``), which makes the request
+and then executes the program in the same process (the setting survives ``execve``). Not
+a ``preexec_fn``: that makes :mod:`subprocess` use ``fork()`` instead of ``vfork()``, which runs
+grpc's fork handlers, and with grpc busy in the parent about a third of such children crash
+(SIGSEGV, SIGABRT) before they run their program. A worker process calls :func:`die_with_parent`
+itself.
 
 The signal fires when the *thread* that started the child ends, not the whole process: start bound
 children from a thread that lives as long as the process (the main thread, where the asyncio loop
@@ -15,18 +23,21 @@ of the launcher runs), never from a pool thread such as ``asyncio.to_thread``'s.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import Final, TypedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
 
-__all__ = ["ChildOptions", "bound_child", "die_with_parent"]
+__all__ = ["bound_command", "die_with_parent"]
 
 _PR_SET_PDEATHSIG: Final = 1
-# Resolved once in the parent: the child, between fork and exec, only calls it.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+# Finds this module wherever it was imported from: the child's environment need not say.
+_BOOTSTRAP: Final = (
+    f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); "
+    "from bhiv_core.runtime.lifetime import _main; _main(sys.argv)"
+)
 
 
 def die_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> None:
@@ -41,28 +52,27 @@ def die_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> None:
         OSError: ``prctl`` failed.
 
     """
-    if _prctl is None:  # not Linux: nothing to ask for
+    if sys.platform != "linux":  # PR_SET_PDEATHSIG is Linux's; elsewhere nothing to ask for
         return
-    if _prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
     if os.getppid() != parent_pid:
         os.kill(os.getpid(), signum)
 
 
-class ChildOptions(TypedDict, total=False):
-    """Keyword arguments of :class:`subprocess.Popen` for a bound child."""
+def bound_command(command: Sequence[str]) -> list[str]:
+    """The command line that runs ``command`` so that it gets SIGTERM when this process dies.
 
-    start_new_session: bool
-    preexec_fn: Callable[[], None]
-
-
-def bound_child() -> ChildOptions:
-    """Popen options for a child that gets SIGTERM when this process dies, and not Ctrl-C.
-
-    The child runs in its own session, so a terminal's Ctrl-C reaches only this process, which then
-    stops its children in order; and :func:`die_with_parent` runs in the child before it executes
-    its program, so it ends (SIGTERM) when this process does, however that happens. Call ``Popen``
-    from a long-lived thread (see the module docstring).
+    Start it from a long-lived thread (see the module docstring), and in its own session
+    (``start_new_session=True``) when a terminal's Ctrl-C should reach only this process, which then
+    stops its children in order.
     """
-    return {"start_new_session": True, "preexec_fn": functools.partial(die_with_parent, os.getpid())}
+    return [sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), *command]
+
+
+def _main(argv: Sequence[str]) -> None:
+    """Asks for SIGTERM on the parent's death, then becomes the program: ``_ PARENT_PID PROGRAM [ARG...]``."""
+    die_with_parent(int(argv[1]))
+    os.execvp(argv[2], list(argv[2:]))  # noqa: S606 - the parent's own command line, no shell
