@@ -3,7 +3,10 @@
 ``make run`` calls :func:`main`; the end-to-end tests use :class:`Mesh` with free ports. Each
 service is its own process (``python -m bhiv_core.services.<name>``); the edge configuration is
 generated from the registry; the mesh is up when every service and the edge answer health SERVING.
-SIGINT or SIGTERM stops everything, services first drained, leaving no process behind.
+Every ``BHIV_*`` setting of the launcher (environment, and the TOML file of ``BHIV_CONFIG_FILE``)
+reaches the services; one that nothing reads is reported at start. SIGINT, SIGTERM or SIGHUP stops
+everything, the edge first, services drained, leaving no process behind, whatever happened to the
+launcher's output; a launcher killed outright takes its children with it (``runtime.lifetime``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -28,8 +31,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bhiv_core.edge.envoy_config import EdgeSettings, Upstream, write_bootstrap
 from bhiv_core.edge.process import EnvoyProcess
 from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, EDGE_SOURCE_ADDRESS, SERVICES, ServiceSpec
-from bhiv_core.runtime.config import ConfigError, Settings
+from bhiv_core.runtime.config import ConfigError, RuntimeConfig, Settings, load_config
 from bhiv_core.runtime.files import PRIVATE_UMASK, open_private, private_dir, tighten_tree
+from bhiv_core.runtime.lifetime import bound_command
 from bhiv_core.runtime.server import bind_error
 from bhiv_core.security.address import parse_edge_peers
 
@@ -71,7 +75,8 @@ class Mesh:
         metrics_ports: The Prometheus port of each service by name.
         edge_port: The edge's listener.
         admin_port: Envoy's admin interface (bound to 127.0.0.1 only).
-        env: Extra environment for the services.
+        env: Settings (``BHIV_*``) and other environment for the services; the mesh's own host,
+            data directory and ports override the same names.
         edge_rate_limit: Requests per second the edge admits (``BHIV_EDGE_RATE_LIMIT``).
         edge_source_address: Where Envoy connects to the services from; the services believe the
             client address the edge forwards only from there (``BHIV_EDGE_PEERS``' default).
@@ -90,6 +95,7 @@ class Mesh:
     edge_source_address: str = EDGE_SOURCE_ADDRESS
     startup_timeout: float = 60.0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
+    configs: dict[str, RuntimeConfig] = field(default_factory=dict, init=False)
     envoy: EnvoyProcess | None = field(default=None, init=False)
 
     @classmethod
@@ -158,9 +164,11 @@ class Mesh:
             )
 
     def service_env(self) -> dict[str, str]:
-        """The environment every service process gets."""
+        """The environment every service process gets: no ``BHIV_*`` of this process but ``env``'s."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("BHIV_")}
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "gen" / "python")])
+        env.update(self.env)
+        # What the mesh checked and waits on wins over the same settings given otherwise.
         env["BHIV_HOST"] = self.host
         env["BHIV_DATA_DIR"] = str(self.data_dir)
         env["BHIV_LOG_DIR"] = str(self.log_dir)
@@ -168,8 +176,14 @@ class Mesh:
             env[f"BHIV_{name.upper()}_PORT"] = str(port)
         for name, port in self.metrics_ports.items():
             env[f"BHIV_{name.upper()}_METRICS_PORT"] = str(port)
-        env.update(self.env)
         return env
+
+    def _load_configs(self, env: Mapping[str, str]) -> dict[str, RuntimeConfig]:
+        """Each service's runtime configuration, as it will read it: a bad setting fails here."""
+        try:
+            return {spec.name: load_config(spec.name, env) for spec in SERVICES}
+        except ConfigError as exc:
+            raise MeshError(f"configuration error: {exc}") from exc
 
     def _log_tail(self, name: str, lines: int = 20) -> str:
         """The last lines of a service's log, then of its stderr (where a crash at start lands)."""
@@ -201,8 +215,9 @@ class Mesh:
 
     async def start(self) -> None:
         """Starts every service, then the edge, and waits until all are healthy."""
-        self._check_ports()
         env = self.service_env()
+        self.configs = self._load_configs(env)
+        self._check_ports()
         self._check_edge_trusted(env)
         # Owner-only from the first byte, whatever this process's umask: the audit trail and the
         # security events hold usernames (and, now and then, a password typed as one). Whatever
@@ -214,9 +229,12 @@ class Mesh:
         except OSError as exc:
             raise MeshError(f"the data directory {self.data_dir} cannot be made private: {exc}") from exc
         for spec in SERVICES:
+            # In its own session, a terminal's Ctrl-C reaches only the launcher, which stops the
+            # services in order; bound (SIGTERM when the thread that starts it ends: this, the
+            # loop's, which lives as long as the mesh), it stops with a launcher killed outright.
             with open_private(self.log_dir / f"{spec.name}.stderr.log", "wb") as output:
                 self.procs[spec.name] = subprocess.Popen(
-                    [sys.executable, "-m", f"bhiv_core.services.{spec.name}"],
+                    bound_command([sys.executable, "-m", f"bhiv_core.services.{spec.name}"]),
                     env=env,
                     stdout=output,
                     stderr=subprocess.STDOUT,
@@ -233,7 +251,7 @@ class Mesh:
             config = write_bootstrap(
                 private_dir(self.data_dir / "envoy") / "envoy.json", self.upstreams(), edge
             )
-            self.envoy = EnvoyProcess(config, edge, log_path=self.log_dir / "envoy.log")
+            self.envoy = EnvoyProcess(config, edge, log_path=self.log_dir / "envoy.log", bound_to_owner=True)
             await self.envoy.astart()
             await asyncio.gather(*(self._wait_serving(s.name, self.edge_address, deadline) for s in SERVICES))
         except BaseException:
@@ -253,17 +271,31 @@ class Mesh:
             access_log_path=str(self.log_dir / "edge-access.log"),
             upstream_source_address=self.edge_source_address,
             rate_limit_tokens_per_fill=self.edge_rate_limit,
+            # The edge admits what the services accept (BHIV_MAX_MESSAGE_BYTES), no more, no less.
+            max_request_bytes=max(
+                (c.max_message_bytes for c in self.configs.values()), default=EdgeSettings().max_request_bytes
+            ),
         )
 
     async def stop(self) -> None:
-        """Stops the edge, then the services (SIGTERM, then SIGKILL after the grace period)."""
-        if self.envoy is not None:
-            await self.envoy.astop()
+        """Stops the edge, then the services (SIGTERM, then SIGKILL when their drain overruns).
+
+        The services are stopped even when stopping the edge fails.
+        """
+        try:
+            if self.envoy is not None:
+                await self.envoy.astop()
+        finally:
             self.envoy = None
+            await self._stop_services()
+
+    async def _stop_services(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        # Each service drains for up to its BHIV_GRACE_SECONDS, then needs a moment to close.
+        grace = max((c.grace_seconds for c in self.configs.values()), default=10.0)
+        deadline = time.monotonic() + grace + 5
         for proc in self.procs.values():
             while proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -282,7 +314,12 @@ class Mesh:
         await self.stop()
 
 
-def _from_settings(settings: Settings) -> Mesh:
+def _from_settings(settings: Settings, environ: Mapping[str, str]) -> Mesh:
+    """The mesh ``settings`` describe; every ``BHIV_*`` of ``environ`` goes on to the services."""
+    env = {k: v for k, v in environ.items() if k.startswith("BHIV_")}
+    if env.get("BHIV_CONFIG_FILE"):
+        # The services read the same file (the environment still wins over it, as here).
+        env["BHIV_CONFIG_FILE"] = str(Path(env["BHIV_CONFIG_FILE"]).resolve())
     host = settings.raw("HOST") or "127.0.0.1"
     spec_ports = {s.name: settings.port(f"{s.name.upper()}_PORT", s.port) for s in SERVICES}
     metrics = {s.name: settings.port(f"{s.name.upper()}_METRICS_PORT", s.metrics_port) for s in SERVICES}
@@ -293,8 +330,36 @@ def _from_settings(settings: Settings) -> Mesh:
         metrics_ports=metrics,
         edge_port=settings.port("EDGE_PORT", EDGE_PORT),
         admin_port=settings.port("EDGE_ADMIN_PORT", EDGE_ADMIN_PORT),
+        env=env,
         edge_rate_limit=settings.positive_int("EDGE_RATE_LIMIT", 1000),
     )
+
+
+@contextlib.contextmanager
+def _output_may_be_gone() -> Iterator[None]:
+    """Lets the launcher go on when its output is gone; what it prints from then on goes nowhere.
+
+    After ``make run | tee run.log`` and Ctrl-C, tee dies of the same SIGINT and writing to its pipe
+    fails (BrokenPipeError). The launcher must still stop every child, so a stream that cannot be
+    written any more is pointed at /dev/null (later lines, and the flush at exit, then succeed).
+    """
+    try:
+        yield
+    except OSError:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError:
+                with contextlib.suppress(OSError, ValueError):
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, stream.fileno())
+                    os.close(devnull)
+
+
+def _say(text: str, *, error: bool = False) -> None:
+    """Prints a line for the user, on stderr when ``error``; a gone output is not an error."""
+    with _output_may_be_gone():
+        print(text, file=sys.stderr if error else sys.stdout, flush=True)
 
 
 def _print_banner(mesh: Mesh, specs: tuple[ServiceSpec, ...]) -> None:
@@ -312,17 +377,8 @@ def _print_banner(mesh: Mesh, specs: tuple[ServiceSpec, ...]) -> None:
     print("All healthy. Ctrl-C stops everything.", flush=True)
 
 
-async def _amain() -> int:
-    try:
-        mesh = _from_settings(Settings())
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"starting {len(SERVICES)} services and the edge...", flush=True)
+async def _run(mesh: Mesh, stop: asyncio.Event) -> int:
+    _say(f"starting {len(SERVICES)} services and the edge...")
     starting = asyncio.create_task(mesh.start())
     waiting = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
@@ -330,19 +386,40 @@ async def _amain() -> int:
         starting.cancel()
         with contextlib.suppress(asyncio.CancelledError, MeshError):
             await starting
-        await mesh.stop()
         return 130
     try:
         starting.result()
     except MeshError as exc:
-        print(f"mesh failed to start: {exc}", file=sys.stderr)
+        _say(f"mesh failed to start: {exc}", error=True)
         return 1
-    _print_banner(mesh, SERVICES)
+    with _output_may_be_gone():
+        _print_banner(mesh, SERVICES)
     await waiting
-    print("stopping...", flush=True)
+    _say("stopping...")
     await mesh.stop()
-    print("stopped.")
+    _say("stopped.")
     return 0
+
+
+async def _amain() -> int:
+    try:
+        settings = Settings()
+        mesh = _from_settings(settings, os.environ)
+    except ConfigError as exc:
+        _say(f"configuration error: {exc}", error=True)
+        return 2
+    for setting in settings.unknown():
+        _say(f"warning: unknown setting, ignored: {setting}", error=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # SIGHUP too: a closed terminal stops the mesh like Ctrl-C does.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await _run(mesh, stop)
+    finally:
+        # Whatever failed above, no child outlives the launcher (stopping twice is harmless).
+        await mesh.stop()
 
 
 def main() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from bhiv_core.runtime.config import ConfigError, load_config
+from bhiv_core.runtime.config import ConfigError, Settings, load_config
 
 
 def test_defaults_come_from_the_registry() -> None:
@@ -66,3 +66,19 @@ def test_log_and_edge_settings_are_read_from_the_environment(tmp_path) -> None:
 def test_bad_log_or_edge_setting_is_a_clear_error_naming_it(env, named) -> None:
     with pytest.raises(ConfigError, match=named):
         load_config("crm", env)
+
+
+def test_unknown_settings_are_named_with_where_they_were_given(tmp_path) -> None:
+    path = tmp_path / "bhiv.toml"
+    path.write_text("crm_port = 6001\nacess_token_ttl_seconds = 60\n")
+    settings = Settings({"BHIV_CONFIG_FILE": str(path), "BHIV_CRM_WORKERS": "2", "BHIV_NO_SUCH": "1"})
+    assert settings.unknown() == [
+        f"acess_token_ttl_seconds in {path} (did you mean BHIV_ACCESS_TOKEN_TTL_SECONDS?)",
+        "BHIV_NO_SUCH in the environment",
+    ]
+
+
+def test_every_setting_read_is_known() -> None:
+    assert Settings({}).unknown() == []
+    with pytest.raises(LookupError, match="BHIV_NOT_LISTED is read but not listed in"):
+        Settings({}).raw("NOT_LISTED")

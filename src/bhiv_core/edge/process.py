@@ -22,6 +22,7 @@ from typing import IO, Final, Self
 from bhiv_core.edge.binaries import find_tool
 from bhiv_core.edge.envoy_config import ADMIN_HOST, EdgeSettings
 from bhiv_core.runtime.files import PRIVATE_UMASK, open_private
+from bhiv_core.runtime.lifetime import bound_command
 
 __all__ = ["EnvoyError", "EnvoyProcess", "validate_config"]
 
@@ -91,6 +92,7 @@ class EnvoyProcess:
         log_path: Path | None = None,
         stdout_path: Path | None = None,
         extra_args: Sequence[str] = (),
+        bound_to_owner: bool = False,
     ) -> None:
         """Prepare (not start) an Envoy.
 
@@ -104,6 +106,9 @@ class EnvoyProcess:
             log_path: Where Envoy's stderr goes; ``<config stem>.envoy.log`` beside the config by default.
             stdout_path: Where Envoy's stdout (the default access log) goes; inherited when ``None``.
             extra_args: More command-line arguments, appended last.
+            bound_to_owner: Run Envoy in its own session (a terminal's Ctrl-C reaches only the
+                owner, which stops Envoy in its turn) and stop it when the thread that starts it
+                ends, even if the owner is killed outright (see :mod:`bhiv_core.runtime.lifetime`).
 
         """
         self._config_path = config_path
@@ -115,6 +120,7 @@ class EnvoyProcess:
         self.log_path = log_path or config_path.with_name(f"{config_path.stem}.envoy.log")
         self._stdout_path = stdout_path
         self._extra_args = tuple(extra_args)
+        self._bound_to_owner = bound_to_owner
         self._process: subprocess.Popen[bytes] | None = None
         self._files: list[IO[bytes]] = []
         # start() may run in a worker thread (async use) while stop() is called from the loop.
@@ -161,7 +167,12 @@ class EnvoyProcess:
             FileNotFoundError: When Envoy is not installed.
 
         """
+        self._wait_or_stop(*self._spawn())
+
+    def _spawn(self) -> tuple[subprocess.Popen[bytes], list[str]]:
+        """Start the Envoy process (without waiting for it) in the calling thread."""
         command = self.command()
+        argv = bound_command(command) if self._bound_to_owner else command
         with self._lock:
             if self._process is not None or self._stopped:
                 raise EnvoyError("an EnvoyProcess starts once; make a new one to start again")
@@ -172,14 +183,23 @@ class EnvoyProcess:
                 self._files.append(stdout := open_private(self._stdout_path, "ab"))
             try:
                 # Envoy creates its access log itself (0644 less the umask): owner-only.
-                self._process = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, umask=PRIVATE_UMASK
+                self._process = process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    start_new_session=self._bound_to_owner,
+                    umask=PRIVATE_UMASK,
                 )
             except BaseException:
                 self._close_files()
                 raise
+        return process, command
+
+    def _wait_or_stop(self, process: subprocess.Popen[bytes], command: Sequence[str]) -> None:
+        """Wait until Envoy is LIVE; stop it when it does not get there."""
         try:
-            self._wait_until_live(self._process, command)
+            self._wait_until_live(process, command)
         except BaseException:
             self.stop()
             raise
@@ -212,15 +232,17 @@ class EnvoyProcess:
     async def astart(self) -> None:
         """Start Envoy without blocking the event loop; see :meth:`start`.
 
-        Starting blocks (a spawn and readiness polling), so it runs in a thread. If the awaiting task
-        is cancelled meanwhile, the thread runs on: Envoy is stopped and that start fails, so no
-        Envoy outlives its owner.
+        The process is spawned in the calling thread (the loop's, which lives as long as the owner:
+        a bound Envoy ends with the thread that started it); readiness polling blocks, so it runs in
+        a thread. If the awaiting task is cancelled meanwhile, the thread runs on: Envoy is stopped
+        and that start fails, so no Envoy outlives its owner.
 
         Raises:
             EnvoyError: As :meth:`start`.
 
         """
-        starting = asyncio.ensure_future(asyncio.to_thread(self.start))
+        process, command = self._spawn()
+        starting = asyncio.ensure_future(asyncio.to_thread(self._wait_or_stop, process, command))
         try:
             await asyncio.shield(starting)
         except asyncio.CancelledError:

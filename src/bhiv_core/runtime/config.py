@@ -2,7 +2,9 @@
 
 Every setting has an environment name ``BHIV_<NAME>``; a TOML file named by ``BHIV_CONFIG_FILE``
 may set the same keys in lower case without the prefix (``crm_port = 6000``). The environment wins.
-A bad or missing value fails fast with a :class:`ConfigError` that names the setting.
+A bad or missing value fails fast with a :class:`ConfigError` that names the setting. The names are
+listed once, in :mod:`bhiv_core.runtime.known_settings`; a setting given that is not listed there is
+reported by :meth:`Settings.unknown` (the launcher and each service warn at start).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bhiv_core.registry import EDGE_SOURCE_ADDRESS, SERVICES, by_name
+from bhiv_core.runtime.known_settings import closest_setting, is_known_setting
 from bhiv_core.runtime.logging import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
 from bhiv_core.security.address import Network, parse_edge_peers
 
@@ -45,6 +48,8 @@ class Settings:
     def __init__(self, env: Mapping[str, str] | None = None):
         env = dict(os.environ if env is None else env)
         values: dict[str, str] = {}
+        # Where each setting was given, as written there: for warnings about unknown ones.
+        given: dict[str, str] = {}
         path = env.get("BHIV_CONFIG_FILE")
         if path:
             try:
@@ -53,11 +58,44 @@ class Settings:
                 raise ConfigError(f"BHIV_CONFIG_FILE={path}: cannot read: {exc}") from exc
             for key, value in data.items():
                 values[f"BHIV_{key.upper()}"] = str(value)
-        values.update({k: v for k, v in env.items() if k.startswith("BHIV_")})
+                given[f"BHIV_{key.upper()}"] = f"{key} in {path}"
+        for key, value in env.items():
+            if key.startswith("BHIV_"):
+                values[key] = value
+                given[key] = f"{key} in the environment"
         self._values = values
+        self._given = given
+
+    def unknown(self) -> list[str]:
+        """Describes each setting given (environment or file) that nothing reads, with a suggestion.
+
+        Returns:
+            One line per unknown setting, like ``BHIV_ACCES_TOKEN_TTL in the environment (did you
+            mean BHIV_ACCESS_TOKEN_TTL_SECONDS?)``; empty when every setting is known.
+
+        """
+        lines = []
+        for key, where in sorted(self._given.items()):
+            name = key.removeprefix("BHIV_")
+            if is_known_setting(name):
+                continue
+            closest = closest_setting(name)
+            lines.append(f"{where} (did you mean BHIV_{closest}?)" if closest else where)
+        return lines
 
     def raw(self, name: str) -> str | None:
-        """Returns the setting ``BHIV_<name>`` as a string, or None when unset or empty."""
+        """Returns the setting ``BHIV_<name>`` as a string, or None when unset or empty.
+
+        Raises:
+            LookupError: ``name`` is not in :mod:`~bhiv_core.runtime.known_settings` (a bug: the
+                launcher would warn that the setting is unknown).
+
+        """
+        if not is_known_setting(name):
+            raise LookupError(
+                f"BHIV_{name} is read but not listed in bhiv_core/runtime/known_settings.py: add it there "
+                "and to the README's configuration table"
+            )
         value = self._values.get(f"BHIV_{name}")
         return value if value not in (None, "") else None
 

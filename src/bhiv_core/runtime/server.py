@@ -31,6 +31,7 @@ from bhiv_core.runtime.config import ConfigError, RuntimeConfig, load_config
 from bhiv_core.runtime.contracts import all_services
 from bhiv_core.runtime.handlers import service_handler
 from bhiv_core.runtime.health import HealthServicer
+from bhiv_core.runtime.lifetime import die_with_parent
 from bhiv_core.runtime.process import prepare_process
 from bhiv_core.runtime.reflection import add_reflection
 from bhiv_core.security.jwt import KeySource, RevocationSet
@@ -308,16 +309,27 @@ async def _run(config: RuntimeConfig, make_definition: DefinitionFactory, chain:
     log.info("stopped")
 
 
-def _worker(service: str, make_definition: DefinitionFactory, chain: ChainFactory, number: int) -> None:
+def _worker(
+    service: str, make_definition: DefinitionFactory, chain: ChainFactory, number: int, parent_pid: int
+) -> None:
+    # A worker stops (SIGTERM) when its parent dies, even by SIGKILL; the parent forwards the rest.
+    die_with_parent(parent_pid)
     config = load_config(service)
     prepare_process(config, worker=number)
     asyncio.run(_run(config, make_definition, chain))
 
 
 def bind_error(host: str, port: int) -> OSError | None:
-    """Why ``host:port`` cannot be bound right now (without SO_REUSEPORT), or None when it can."""
+    """Why a server could not listen on ``host:port`` right now, or None when it could.
+
+    The probe binds as the servers do (grpc, Envoy and the metrics server all set SO_REUSEADDR), so
+    connections left in TIME_WAIT by a server that just stopped do not count, while a listener does.
+    It does not set SO_REUSEPORT: a listener that allows sharing its port (grpc's default) would let
+    such a probe bind beside it.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -326,7 +338,7 @@ def bind_error(host: str, port: int) -> OSError | None:
 
 
 def _check_port_free(config: RuntimeConfig) -> None:
-    """Binds the port without SO_REUSEPORT, so a port taken by anything else fails loudly."""
+    """Probes the port before the workers share it, so a port taken by anything else fails loudly."""
     error = bind_error(config.host, config.port)
     if error is not None:
         raise ConfigError(
@@ -342,6 +354,8 @@ def serve(service: str, make_definition: DefinitionFactory, chain: ChainFactory)
     try:
         config = load_config(service)
         prepare_process(config)
+        for setting in config.settings.unknown():
+            log.warning("unknown setting, ignored: %s", setting)
         if config.workers == 1:
             asyncio.run(_run(config, make_definition, chain))
             return
@@ -361,8 +375,10 @@ def serve(service: str, make_definition: DefinitionFactory, chain: ChainFactory)
         print(f"{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     ctx = multiprocessing.get_context("spawn")
+    # Started from this (main) thread, which lives as long as the process: see runtime.lifetime.
+    parent_pid = os.getpid()
     workers = [
-        ctx.Process(target=_worker, args=(service, make_definition, chain, number))
+        ctx.Process(target=_worker, args=(service, make_definition, chain, number, parent_pid))
         for number in range(1, config.workers + 1)
     ]
     for proc in workers:

@@ -1,0 +1,93 @@
+"""The one list of settings: every ``BHIV_<NAME>`` that some part of the platform reads.
+
+:class:`~bhiv_core.runtime.config.Settings` refuses to read a name that is not listed here (a
+programming error, which the tests hit), and the launcher and every service warn about a setting
+they were given that is not listed (a typo, or a setting of another version): a misspelt setting is
+reported at start instead of being ignored in silence. The README's configuration table documents
+exactly these names (a test compares them).
+
+Names are written without the ``BHIV_`` prefix, as :meth:`Settings.raw` takes them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Final
+
+from bhiv_core.registry import SERVICES
+
+__all__ = ["KNOWN_SETTINGS", "PER_SERVICE_SETTINGS", "SHARED_SETTINGS", "closest_setting", "is_known_setting"]
+
+PER_SERVICE_SETTINGS: Final = ("PORT", "METRICS_PORT", "WORKERS", "ADDR")
+"""What every service of the registry has, as ``BHIV_<SERVICE>_<NAME>`` (``BHIV_CRM_WORKERS``)."""
+
+SHARED_SETTINGS: Final = frozenset(
+    {
+        # The launcher and the runtime of every process.
+        "CONFIG_FILE",
+        "HOST",
+        "DATA_DIR",
+        "MAX_MESSAGE_BYTES",
+        "MAX_CONCURRENT_RPCS",
+        "GRACE_SECONDS",
+        "HEALTH_INTERVAL_SECONDS",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "LOG_DIR",
+        "LOG_MAX_BYTES",
+        "LOG_BACKUPS",
+        # Who may vouch for a client address: the edge.
+        "EDGE_PEERS",
+        "OTLP_ENDPOINT",
+        "TRACE_SAMPLE_RATIO",
+        # The edge, configured by the launcher.
+        "EDGE_PORT",
+        "EDGE_ADMIN_PORT",
+        "EDGE_RATE_LIMIT",
+        # Token verification in every service.
+        "JWT_ISSUER",
+        "JWT_AUDIENCE",
+        "JWT_LEEWAY_SECONDS",
+        "TOKEN_CACHE_SIZE",
+        "REVOCATION_POLL_SECONDS",
+        # The audit log every service appends to.
+        "AUDIT_STORE_URL",
+        # identity
+        "IDENTITY_STORE_URL",
+        "IDENTITY_MONGO_DATABASE",
+        "IDENTITY_KEK_FILE",
+        "IDENTITY_REPORT_QUEUE_SIZE",
+        "ACCESS_TOKEN_TTL_SECONDS",
+        "REFRESH_TOKEN_TTL_SECONDS",
+        "SESSION_MAX_SECONDS",
+        "SIGNING_KEY_MAX_AGE_SECONDS",
+        "SIGNING_KEY_OVERLAP_SECONDS",
+        "SIGNING_KEY_CHECK_SECONDS",
+        "SCRYPT_LOG_N",
+        "LOGIN_BACKOFF_AFTER",
+        "LOGIN_ADDRESS_BACKOFF_AFTER",
+        "LOGIN_ACCOUNT_BACKOFF_AFTER",
+        "LOGIN_BACKOFF_MAX_SECONDS",
+        "LOGIN_FAILURE_WINDOW_SECONDS",
+        "LOGIN_THROTTLE_MAX_ENTRIES",
+        # sentinel
+        "SENTINEL_STORE_URL",
+    }
+)
+"""Settings that are not per service (some belong to one service and say so in their name)."""
+
+KNOWN_SETTINGS: Final[frozenset[str]] = SHARED_SETTINGS | {
+    f"{spec.name.upper()}_{name}" for spec in SERVICES for name in PER_SERVICE_SETTINGS
+}
+"""Every setting name, without the ``BHIV_`` prefix."""
+
+
+def is_known_setting(name: str) -> bool:
+    """True when ``name`` (without ``BHIV_``) is a setting the platform reads."""
+    return name in KNOWN_SETTINGS
+
+
+def closest_setting(name: str) -> str | None:
+    """The known setting ``name`` was most likely meant to be (for a "did you mean"), if any."""
+    matches = difflib.get_close_matches(name, sorted(KNOWN_SETTINGS), n=1, cutoff=0.75)
+    return matches[0] if matches else None
