@@ -2,7 +2,8 @@
 
 tracing → metrics → audit → errors → auth → RBAC → validation → handler (see
 :func:`~bhiv_core.runtime.chain.chain_order`). Health and reflection are not traced (probes would
-flood the traces) and skip auth and RBAC; they are still counted and audited.
+flood the traces), skip auth and RBAC, and are not audited (see :func:`chain_order`); they are
+still counted.
 """
 
 from __future__ import annotations
