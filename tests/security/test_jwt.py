@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 
@@ -273,3 +274,26 @@ async def test_beside_a_watch_the_safety_net_poll_rereads_the_whole_list() -> No
         await revocations.stop()
     assert set(asked) == {0.0}
     assert revocations.is_revoked("late")
+
+
+@pytest.mark.parametrize(("warn_after", "warnings"), [(3600.0, 0), (0.02, 1)])
+async def test_an_outage_is_warned_about_once_and_only_when_it_lasts(
+    caplog: pytest.LogCaptureFixture, warn_after: float, warnings: int
+) -> None:
+    attempts: list[float] = []
+
+    async def unreachable(since: float) -> AsyncGenerator[RevocationUpdate, None]:
+        attempts.append(since)
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "connection refused")
+        yield  # pragma: no cover - makes this an async generator
+
+    revocations = RevocationSet(watch=unreachable, backoff=(0.001, 0.005), warn_after=warn_after)
+    with caplog.at_level(logging.DEBUG, logger="bhiv_core.security.jwt"):
+        revocations.start()
+        try:
+            started = time.monotonic()
+            await until(lambda: len(attempts) >= 20 and time.monotonic() - started > 0.1)
+        finally:
+            await revocations.stop()
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == warnings

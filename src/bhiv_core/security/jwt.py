@@ -135,6 +135,8 @@ class RevocationSet:
         watch: Opens the revocation stream.
         backoff: The first and the longest pause (seconds) before reconnecting the stream.
         idle_timeout: Seconds without any message after which the stream is reopened.
+        warn_after: Seconds without a stream before a warning is logged (once per outage), so
+            that identity starting after this service, or restarting, is no warning.
         clock: Returns the current Unix time (tests inject it).
 
     """
@@ -147,6 +149,7 @@ class RevocationSet:
         watch: RevocationWatch | None = None,
         backoff: tuple[float, float] = (0.1, 5.0),
         idle_timeout: float = 45.0,
+        warn_after: float = 10.0,
         clock: Callable[[], float] = time.time,
     ):
         self._revoked: dict[str, float] = {}
@@ -159,6 +162,8 @@ class RevocationSet:
         self._since = 0.0
         self._resume = 0.0
         self._received = 0  # stream messages applied, ever
+        self._warned = False  # the current outage was reported
+        self._warn_after = warn_after
         self._pruned_at = clock()
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = asyncio.Event()
@@ -227,6 +232,9 @@ class RevocationSet:
                 self.add_all(update.revoked)
                 self._resume = max(self._resume, update.resume_time)
                 self._received += 1
+                if self._warned:
+                    log.warning("revocation stream from identity is back")
+                    self._warned = False
                 self.connected.set()
         finally:
             self.connected.clear()
@@ -235,20 +243,29 @@ class RevocationSet:
 
     async def _watch_loop(self) -> None:
         first, longest = self._backoff
-        delay, outage = first, False
+        delay = first
+        down_since = time.monotonic()  # when the stream last stopped delivering
         while True:
             received = self._received
             try:
                 await self.watch_once()
             except Exception as exc:
-                # Loud once per outage: identity restarting is not worth a warning per retry.
-                level = logging.DEBUG if outage and self._received == received else logging.WARNING
-                log.log(level, "revocation stream failed; reconnecting", extra={"error": str(exc)})
-                outage = True
+                error = str(exc)
             else:
-                log.info("revocation stream ended; reconnecting")
-            if self._received != received:  # it worked for a while: start the backoff over
-                delay, outage = first, False
+                error = "the stream ended"
+            now = time.monotonic()
+            if self._received != received:  # it worked for a while: a new outage, a fresh backoff
+                log.info("revocation stream lost; reconnecting", extra={"error": error})
+                delay, down_since = first, now
+            elif not self._warned and now - down_since >= self._warn_after:
+                # Once per outage: identity starting or restarting is worth no warning per retry.
+                log.warning(
+                    "no revocation stream from identity; still retrying",
+                    extra={"error": error, "down_seconds": round(now - down_since, 1)},
+                )
+                self._warned = True
+            else:
+                log.debug("revocation stream unavailable; retrying", extra={"error": error})
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
             delay = min(longest, delay * 2)
 
