@@ -226,7 +226,10 @@ class RevocationSet:
         try:
             while True:
                 try:
-                    update = await asyncio.wait_for(anext(stream), self._idle_timeout)
+                    # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that arrives as
+                    # the stream fails, and stop() would then wait for this task forever.
+                    async with asyncio.timeout(self._idle_timeout):
+                        update = await anext(stream)
                 except StopAsyncIteration:
                     return
                 self.add_all(update.revoked)

@@ -251,7 +251,8 @@ class RevocationFeed:
                 yield RevocationBatch(caught_up[start : start + BATCH_SIZE], resume)
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(watcher.wake.wait(), self._heartbeat)
+                    async with asyncio.timeout(self._heartbeat):  # wait_for may swallow a cancel (3.11)
+                        await watcher.wake.wait()
                 if self._closed:
                     return
                 if watcher.overflowed:
