@@ -8,7 +8,11 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from bhiv.crm.v1 import customer_service_pb2 as cs
+from bhiv.crm.v1 import customer_service_pb2_grpc as cs_grpc
 from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from bhiv.integrations.v1 import webhook_service_pb2 as ws
@@ -16,16 +20,19 @@ from bhiv.sentinel.v1 import threat_service_pb2 as ts
 from bhiv.sentinel.v1 import threat_service_pb2_grpc as ts_grpc
 from bhiv_core.audit.record import AuditEntry
 from bhiv_core.audit.sink import AuditSink
-from bhiv_core.audit.store import AuditFilter
+from bhiv_core.audit.store import AuditFilter, make_audit_store
 from bhiv_core.audit.store.sqlite import SqliteAuditStore
 from bhiv_core.interceptors.audit import AuditInterceptor, resource_of
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
+from bhiv_core.mesh import free_port
 from bhiv_core.registry import EDGE_SOURCE_ADDRESS
 from bhiv_core.runtime.chain import CallInfo, PreCheckInterceptor
 from bhiv_core.runtime.errors import NotFound, PermissionDenied
 from bhiv_core.runtime.logging import JsonFormatter
+from bhiv_core.runtime.telemetry import REGISTRY
 from bhiv_core.security.principal import Principal, current_principal
-from tests.harness import relay, serving
+from bhiv_core.services.crm.server import build_server
+from tests.harness import config_for, relay, serving
 
 USER_SERVICE = us.DESCRIPTOR.services_by_name["UserService"]
 THREAT_SERVICE = ts.DESCRIPTOR.services_by_name["ThreatService"]
@@ -273,8 +280,9 @@ async def test_unknown_method_is_recorded_unimplemented() -> None:
     )
 
 
-async def test_health_checks_are_recorded_but_never_durably() -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+async def test_a_health_check_reaching_the_interceptor_is_never_recorded_durably() -> None:
+    # The standard chain keeps probes away from audit altogether (chain_order); composed by hand,
+    # the interceptor still never makes a probe cost a commit.
 
     sink = FakeSink()
     async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
@@ -320,3 +328,48 @@ def test_resource_is_name_then_parent_then_a_nested_name() -> None:
     assert resource_of(us.UpdateUserRequest(user={"email": "a@b.example"})) == ""
     assert resource_of(us.ListUsersRequest()) == ""
     assert resource_of(b"raw") == ""
+
+
+async def test_a_service_counts_probes_but_neither_audits_them_nor_logs_them_at_info(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing listens on the identity port: crm's revocation watch just keeps retrying.
+    config = config_for("crm", DATA_DIR=str(tmp_path), IDENTITY_PORT=str(free_port()))
+    probes = [
+        ("grpc.health.v1.Health", "Check", "unary"),
+        ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", "bidi_stream"),
+    ]
+
+    def handled(service: str, method: str, kind: str, code: str) -> float:
+        labels = {"grpc_service": service, "grpc_method": method, "grpc_type": kind, "grpc_code": code}
+        return REGISTRY.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+    before = [handled(*probe, "OK") for probe in probes]
+    with caplog.at_level(logging.INFO, logger="bhiv.requests"):
+        running = await build_server(config)
+        try:
+            async with grpc.aio.insecure_channel(running.address) as channel:
+                await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+                ask = reflection_pb2.ServerReflectionRequest(list_services="")
+                async for reply in reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                    iter([ask])
+                ):
+                    assert reply.list_services_response.service
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await cs_grpc.CustomerServiceStub(channel).ListCustomers(cs.ListCustomersRequest())
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            await running.stop(grace=0.5)  # flushes the audit sink
+    assert [handled(*probe, "OK") for probe in probes] == [count + 1 for count in before]
+    store = make_audit_store(config)
+    await store.open()
+    try:
+        records, _ = await store.list(AuditFilter())
+    finally:
+        await store.close()
+    assert [(r.method, r.outcome_code) for r in records] == [
+        ("/bhiv.crm.v1.CustomerService/ListCustomers", "UNAUTHENTICATED")
+    ]
+    assert [r.getMessage() for r in caplog.records if r.name == "bhiv.requests"] == [
+        "/bhiv.crm.v1.CustomerService/ListCustomers UNAUTHENTICATED"
+    ]

@@ -49,8 +49,10 @@ def test_chain_order_is_declared_once_outermost_first() -> None:
     assert flat == [obs, audit, errors, auth, rbac, validation]
     composed = ChainedHandlers(chain)
     assert composed.concerns_for("/bhiv.identity.v1.UserService/GetUser") == flat
-    # Health and reflection bypass auth and RBAC, nothing else.
-    assert composed.concerns_for("/grpc.health.v1.Health/Check") == [obs, audit, errors, validation]
+    # Health and reflection bypass audit, auth and RBAC; they are still observed (counted).
+    assert composed.concerns_for("/grpc.health.v1.Health/Check") == [obs, errors, validation]
+    reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    assert composed.concerns_for(reflection) == [obs, errors, validation]
 
 
 async def test_concerns_run_in_order_and_handler_answers() -> None:

@@ -175,7 +175,7 @@ class Selector:
 
 
 def is_infrastructure(method: str) -> bool:
-    """True for the health and reflection services, which bypass authentication."""
+    """True for the health and reflection services: no authentication, no audit record."""
     return method.startswith(("/grpc.health.v1.Health/", "/grpc.reflection."))
 
 
@@ -192,11 +192,13 @@ def chain_order(
 
     tracing/metrics → audit + request log → error mapper → auth → RBAC → validation → handler.
     Audit and metrics sit outside the error mapper so they see the final status of every call,
-    denials included. Auth and RBAC skip health and reflection.
+    denials included. Auth and RBAC skip health and reflection. So does audit: probes arrive every
+    few seconds from every orchestrator and load balancer, carry no principal and change nothing,
+    and would drown the records and the request log that matter; metrics still count them.
     """
     chain: list[Interceptor | Selector] = [*observability]
     if audit is not None:
-        chain.append(audit)
+        chain.append(Selector(audit, lambda m: not is_infrastructure(m)))
     chain.append(errors)
     for concern in (auth, rbac):
         if concern is not None:

@@ -53,6 +53,7 @@ from bhiv_core.services.identity.keys import (
     write_private_beside,
 )
 from bhiv_core.services.identity.passwords import PasswordHasher
+from bhiv_core.services.identity.revocation_feed import revocations_since
 from bhiv_core.services.identity.store import (
     IdentityStore,
     RefreshTokenRecord,
@@ -278,8 +279,9 @@ class IdentityService:
 
     Attributes:
         on_revoked: Awaited after every change that revokes access tokens (logout, refresh-token
-            reuse, disable, role change, password change), so this process's own token verifier
-            can apply them at once instead of at its next poll.
+            reuse, disable, role change, password change) has committed: the served identity
+            pushes the new revocations to every watcher and to its own token verifier from there
+            (:meth:`~bhiv_core.services.identity.revocation_feed.RevocationFeed.poke`).
 
     """
 
@@ -306,6 +308,11 @@ class IdentityService:
         self.on_revoked: Callable[[], Awaitable[None]] | None = None
 
     # ----------------------------------------------------------------------------- lifecycle
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock every record of this service is stamped with (revocations included)."""
+        return self._clock
 
     @property
     def keys(self) -> SigningKeyRing:
@@ -438,7 +445,7 @@ class IdentityService:
         try:
             await self.on_revoked()
         except Exception:
-            log.exception("cannot apply new revocations locally; the next poll will")
+            log.exception("cannot push new revocations now; the feed's next read will")
 
     # ----------------------------------------------------------------------------- tokens
 
@@ -605,16 +612,8 @@ class IdentityService:
 
     async def revoked_since(self, since: float) -> list[tuple[str, float]]:
         """Every unexpired revocation made at or after ``since``, as (jti, exp), for a local verifier."""
-        out: list[tuple[str, float]] = []
-        after: tuple[float, str] | None = None
-        while True:
-            page = await self.store.list_revocations(
-                now=self._clock(), since=since, after=after, limit=_REVOCATIONS_MAX_PAGE
-            )
-            out.extend((r.jti, r.expire_time) for r in page)
-            if len(page) < _REVOCATIONS_MAX_PAGE:
-                return out
-            after = (page[-1].revoke_time, page[-1].jti)
+        revoked = await revocations_since(self.store, now=self._clock(), since=since)
+        return [(r.jti, r.expire_time) for r in revoked]
 
     async def list_revocations(
         self, *, since: float = 0.0, page_size: int = 0, page_token: str = ""

@@ -58,7 +58,31 @@ class AuthServiceStub:
     ListRevocations: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListRevocationsRequest, _auth_service_pb2.ListRevocationsResponse]
     """Lists the revoked access-token ids that have not expired yet, for
     verifiers that cache tokens. Public like the JWKS: a token id alone grants
-    nothing, and every service polls this list to honour revocations.
+    nothing. Services learn revocations from WatchRevocations and read this
+    list only as a periodic safety net.
+    """
+    WatchRevocations: _grpc.UnaryStreamMultiCallable[_auth_service_pb2.WatchRevocationsRequest, _auth_service_pb2.WatchRevocationsResponse]
+    """Streams revoked access-token ids as identity commits them: every service
+    watches this stream, so a logout, a reused refresh token, a disabled user
+    or a change of role is honoured mesh-wide within milliseconds.
+
+    The first messages carry every unexpired revocation made at or after
+    `since` (every unexpired one when unset), at most 1000 per message and at
+    least one message even when there is none; after that, each message
+    carries the revocations committed since the previous one, by any identity
+    process sharing the store. A message with no revocations is sent at least
+    every 15 seconds, so a watcher can tell a quiet stream from a dead one.
+    Every message carries a `resume_time`: a watcher that reconnects passes
+    the last one it received as `since` and misses nothing.
+
+    Public, like ListRevocations: a token id alone grants nothing, and a
+    service needs the revocations before it can verify any token, so it has
+    no token to present. The stream is one call: it is audited once, when it
+    ends. It ends with OK when identity shuts down (reconnect, passing
+    `since`). Returns RESOURCE_EXHAUSTED when the process already serves its
+    maximum number of watchers (256), UNAVAILABLE while identity is shutting
+    down, and ABORTED when the watcher reads so slowly that 10000 revocations
+    are waiting for it (reconnect, passing `since`).
     """
 
 @_typing.type_check_only
@@ -91,7 +115,31 @@ class AuthServiceAsyncStub(AuthServiceStub):
     ListRevocations: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListRevocationsRequest, _auth_service_pb2.ListRevocationsResponse]  # type: ignore[assignment]
     """Lists the revoked access-token ids that have not expired yet, for
     verifiers that cache tokens. Public like the JWKS: a token id alone grants
-    nothing, and every service polls this list to honour revocations.
+    nothing. Services learn revocations from WatchRevocations and read this
+    list only as a periodic safety net.
+    """
+    WatchRevocations: _aio.UnaryStreamMultiCallable[_auth_service_pb2.WatchRevocationsRequest, _auth_service_pb2.WatchRevocationsResponse]  # type: ignore[assignment]
+    """Streams revoked access-token ids as identity commits them: every service
+    watches this stream, so a logout, a reused refresh token, a disabled user
+    or a change of role is honoured mesh-wide within milliseconds.
+
+    The first messages carry every unexpired revocation made at or after
+    `since` (every unexpired one when unset), at most 1000 per message and at
+    least one message even when there is none; after that, each message
+    carries the revocations committed since the previous one, by any identity
+    process sharing the store. A message with no revocations is sent at least
+    every 15 seconds, so a watcher can tell a quiet stream from a dead one.
+    Every message carries a `resume_time`: a watcher that reconnects passes
+    the last one it received as `since` and misses nothing.
+
+    Public, like ListRevocations: a token id alone grants nothing, and a
+    service needs the revocations before it can verify any token, so it has
+    no token to present. The stream is one call: it is audited once, when it
+    ends. It ends with OK when identity shuts down (reconnect, passing
+    `since`). Returns RESOURCE_EXHAUSTED when the process already serves its
+    maximum number of watchers (256), UNAVAILABLE while identity is shutting
+    down, and ABORTED when the watcher reads so slowly that 10000 revocations
+    are waiting for it (reconnect, passing `since`).
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -163,7 +211,37 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_auth_service_pb2.ListRevocationsResponse, _abc.Awaitable[_auth_service_pb2.ListRevocationsResponse]]:
         """Lists the revoked access-token ids that have not expired yet, for
         verifiers that cache tokens. Public like the JWKS: a token id alone grants
-        nothing, and every service polls this list to honour revocations.
+        nothing. Services learn revocations from WatchRevocations and read this
+        list only as a periodic safety net.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRevocations(
+        self,
+        request: _auth_service_pb2.WatchRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_auth_service_pb2.WatchRevocationsResponse], _abc.AsyncIterator[_auth_service_pb2.WatchRevocationsResponse]]:
+        """Streams revoked access-token ids as identity commits them: every service
+        watches this stream, so a logout, a reused refresh token, a disabled user
+        or a change of role is honoured mesh-wide within milliseconds.
+
+        The first messages carry every unexpired revocation made at or after
+        `since` (every unexpired one when unset), at most 1000 per message and at
+        least one message even when there is none; after that, each message
+        carries the revocations committed since the previous one, by any identity
+        process sharing the store. A message with no revocations is sent at least
+        every 15 seconds, so a watcher can tell a quiet stream from a dead one.
+        Every message carries a `resume_time`: a watcher that reconnects passes
+        the last one it received as `since` and misses nothing.
+
+        Public, like ListRevocations: a token id alone grants nothing, and a
+        service needs the revocations before it can verify any token, so it has
+        no token to present. The stream is one call: it is audited once, when it
+        ends. It ends with OK when identity shuts down (reconnect, passing
+        `since`). Returns RESOURCE_EXHAUSTED when the process already serves its
+        maximum number of watchers (256), UNAVAILABLE while identity is shutting
+        down, and ABORTED when the watcher reads so slowly that 10000 revocations
+        are waiting for it (reconnect, passing `since`).
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
