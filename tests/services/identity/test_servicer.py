@@ -18,6 +18,7 @@ from bhiv_core.services.identity.service import SecurityEventKind
 from bhiv_core.services.identity.tokens import decode_access_token
 from tests.harness import trusting_edge
 from tests.services.identity.conftest import Served, admin_password, bearer
+from tests.storage.page_tokens import damaged, hostile_page_tokens
 
 PASSWORD = "a long enough password"
 
@@ -568,6 +569,37 @@ async def test_list_roles_returns_the_five_roles_with_sorted_permissions(served:
         roles.ListRolesRequest(page_size=2, page_token=page.next_page_token), metadata=bearer(admin)
     )
     assert [r.role for r in nxt.roles] == [user_pb2.ROLE_SALES, user_pb2.ROLE_SUPPORT]
+
+
+async def test_every_list_rpc_answers_a_token_it_did_not_issue_with_bad_page_token(served: Served) -> None:
+    admin = await served.admin_token()
+    for name in ("bea", "cleo"):
+        await create(served, admin, name)
+    await served.auth.Logout(auth.LogoutRequest(), metadata=bearer(await served.admin_token()))
+    await served.auth.Logout(auth.LogoutRequest(), metadata=bearer(await served.admin_token()))
+    lists = {
+        "ListUsers": lambda token: served.users.ListUsers(
+            us.ListUsersRequest(page_size=1, page_token=token), metadata=bearer(admin)
+        ),
+        "ListRoles": lambda token: served.roles.ListRoles(
+            roles.ListRolesRequest(page_size=1, page_token=token), metadata=bearer(admin)
+        ),
+        # Public: anyone can send it a token.
+        "ListRevocations": lambda token: served.auth.ListRevocations(
+            auth.ListRevocationsRequest(page_size=1, page_token=token)
+        ),
+    }
+    issued = {rpc: (await call("")).next_page_token for rpc, call in lists.items()}
+    assert all(issued.values())
+    for rpc, call in lists.items():
+        bad = hostile_page_tokens() | damaged(issued[rpc])
+        bad |= {f"a token of {other}": token for other, token in issued.items() if other != rpc}
+        for case, token in bad.items():
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(token)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, case, err.value.details())
+            assert violations(err.value) == {("page_token", "BAD_PAGE_TOKEN")}, (rpc, case)
+        await call(issued[rpc])  # the token it issued still works
 
 
 async def test_calls_that_need_a_principal_without_one_are_unauthenticated(served: Served) -> None:
