@@ -8,7 +8,7 @@ import json
 import grpc
 import jwt
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from bhiv.identity.v1 import auth_service_pb2 as auth
@@ -576,6 +576,14 @@ async def test_list_revocations_filters_by_time_and_paginates(served: Served) ->
             auth.ListRevocationsRequest(since=listed[1].revoke_time, page_token=first.next_page_token)
         )
     assert violations(foreign.value) == {("page_token", "BAD_PAGE_TOKEN")}
+
+
+async def test_list_revocations_since_a_time_out_of_range_is_invalid_argument(served: Served) -> None:
+    since = timestamp_pb2.Timestamp(seconds=-(2**62), nanos=-1)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await served.auth.ListRevocations(auth.ListRevocationsRequest(since=since))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err.value) == {("since.seconds", "OUT_OF_RANGE"), ("since.nanos", "OUT_OF_RANGE")}
 
 
 async def test_list_roles_returns_the_five_roles_with_sorted_permissions(served: Served) -> None:

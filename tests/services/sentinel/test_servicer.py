@@ -251,6 +251,34 @@ async def test_list_answers_a_token_it_did_not_issue_with_bad_page_token(sentine
     await stub.ListAuditRecords(aus.ListAuditRecordsRequest(page_size=1, page_token=issued))
 
 
+async def test_timestamps_out_of_their_range_are_invalid_argument_not_internal(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    too_late = timestamp_pb2.Timestamp(seconds=253_402_300_800)
+    too_early = timestamp_pb2.Timestamp(seconds=-62_135_596_801)
+    bad_nanos = timestamp_pb2.Timestamp(seconds=0, nanos=1_000_000_000)
+    for request, expected in (
+        (aus.ListAuditRecordsRequest(start_time=too_late), {("start_time.seconds", "OUT_OF_RANGE")}),
+        (aus.ListAuditRecordsRequest(end_time=too_early), {("end_time.seconds", "OUT_OF_RANGE")}),
+        (aus.ListAuditRecordsRequest(start_time=bad_nanos), {("start_time.nanos", "OUT_OF_RANGE")}),
+    ):
+        err = await expect_code(
+            grpc.StatusCode.INVALID_ARGUMENT, sentinel.audit_stub.ListAuditRecords(request)
+        )
+        assert violations(err) == expected
+    for stamp, where in ((too_late, "seconds"), (too_early, "seconds"), (bad_nanos, "nanos")):
+        err = await expect_code(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            sentinel.threat_stub.ReportSecurityEvent(
+                ts.ReportSecurityEventRequest(
+                    kind=tp.SECURITY_EVENT_KIND_LOGIN_FAILED, source_address="192.0.2.1", event_time=stamp
+                )
+            ),
+        )
+        assert violations(err) == {(f"event_time.{where}", "OUT_OF_RANGE")}
+    stored, _ = await sentinel.service.store.list_security_events(EventFilter())
+    assert stored == []
+
+
 async def test_service_layer_rejects_negative_page_size_too(sentinel: Sentinel) -> None:
     from bhiv_core.audit.store import AuditFilter
     from bhiv_core.runtime.errors import InvalidArgument
