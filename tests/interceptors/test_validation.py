@@ -2,13 +2,22 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2, message_factory, timestamp_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from bhiv.identity.v1 import auth_service_pb2 as auth
 from bhiv.identity.v1 import user_pb2
 from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
-from bhiv_core.interceptors.validation import validate
+from bhiv.llm.v1 import completion_service_pb2 as completion
+from bhiv.llm.v1 import conversation_pb2 as llm_message
+from bhiv.sentinel.v1 import audit_service_pb2 as aus
+from bhiv.sentinel.v1 import audit_service_pb2_grpc as aus_grpc
+from bhiv.sentinel.v1 import block_service_pb2 as bs
+from bhiv_core.interceptors.validation import ValidationInterceptor, validate
+from bhiv_core.runtime.contracts import all_services, method_path
 from tests.harness import serving
 
 
@@ -63,3 +72,139 @@ async def test_bad_request_is_invalid_argument_with_field_violations() -> None:
     assert info.domain == "identity.bhiv.core"
     assert status.details[1].Unpack(bad)
     assert {v.field for v in bad.field_violations} == {"page_size", "role"}
+
+
+# --- Timestamp and Duration: valid by their own definition, in every request, unannotated ---------
+
+TS_MIN, TS_MAX = -62_135_596_800, 253_402_300_799
+DUR_MAX = 315_576_000_000
+
+
+def stamp(seconds: int, nanos: int = 0) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+def span(seconds: int, nanos: int = 0) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=seconds, nanos=nanos)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (stamp(TS_MIN), set()),
+        (stamp(TS_MAX, 999_999_999), set()),
+        (stamp(0), set()),
+        (stamp(TS_MAX + 1), {("start_time.seconds", "OUT_OF_RANGE")}),
+        (stamp(TS_MIN - 1), {("start_time.seconds", "OUT_OF_RANGE")}),
+        (stamp(-(2**63)), {("start_time.seconds", "OUT_OF_RANGE")}),
+        (stamp(0, -1), {("start_time.nanos", "OUT_OF_RANGE")}),
+        (stamp(0, 1_000_000_000), {("start_time.nanos", "OUT_OF_RANGE")}),
+        (stamp(2**62, -5), {("start_time.seconds", "OUT_OF_RANGE"), ("start_time.nanos", "OUT_OF_RANGE")}),
+    ],
+    ids=str,
+)
+def test_timestamps_must_be_in_the_range_their_type_defines(value, expected) -> None:
+    assert fields(aus.ListAuditRecordsRequest(start_time=value)) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (span(DUR_MAX, 999_999_999), set()),
+        (span(-DUR_MAX, -999_999_999), set()),
+        (span(0, -5), set()),
+        (span(0, 5), set()),
+        (span(DUR_MAX + 1), {("ttl.seconds", "OUT_OF_RANGE")}),
+        (span(-DUR_MAX - 1), {("ttl.seconds", "OUT_OF_RANGE")}),
+        (span(0, 1_000_000_000), {("ttl.nanos", "OUT_OF_RANGE")}),
+        (span(0, -1_000_000_000), {("ttl.nanos", "OUT_OF_RANGE")}),
+        (span(5, -1), {("ttl.nanos", "OUT_OF_RANGE")}),
+        (span(-5, 1), {("ttl.nanos", "OUT_OF_RANGE")}),
+    ],
+    ids=str,
+)
+def test_durations_must_be_in_range_with_nanos_of_the_sign_of_seconds(value, expected) -> None:
+    request = bs.BlockAddressRequest(cidr="192.0.2.1/32", reason="abuse", ttl=value)
+    assert fields(request) == expected
+
+
+def test_a_nested_and_repeated_timestamp_is_named_by_its_path() -> None:
+    request = completion.CompleteRequest(
+        messages=[
+            llm_message.Message(content="hi"),
+            llm_message.Message(content="x", create_time=stamp(-(2**40))),
+        ]
+    )
+    assert ("messages[1].create_time.seconds", "OUT_OF_RANGE") in fields(request)
+
+
+WELL_KNOWN = {"google.protobuf.Timestamp", "google.protobuf.Duration"}
+REQUESTS = sorted({m.input_type for s in all_services() for m in s.methods}, key=lambda d: d.full_name)
+Path = tuple[FieldDescriptor, ...]
+
+
+def well_known_fields(descriptor: Descriptor, above: Path = ()) -> list[Path]:
+    """Every Timestamp or Duration field reachable in a message type, as the fields leading to it."""
+    found: list[Path] = []
+    for field in descriptor.fields:
+        target, path = field.message_type, (*above, field)
+        if target is None:
+            continue
+        where = ".".join(f.name for f in path)
+        if target.GetOptions().map_entry:
+            values = target.fields_by_name["value"].message_type
+            assert values is None, f"{where}: validation does not enter maps of messages"
+            continue
+        assert target not in {f.message_type for f in above}, f"{where}: validation stops at a cycle"
+        found += [path] if target.full_name in WELL_KNOWN else well_known_fields(target, path)
+    return found
+
+
+def with_bad_value(request: Message, path: Path) -> str:
+    """Sets the seconds at ``path`` (item 0 of a repeated field) out of range; returns its path."""
+    shown = []
+    for field in path:
+        child = getattr(request, field.name)
+        request = child.add() if field.is_repeated else child
+        shown.append(f"{field.name}[0]" if field.is_repeated else field.name)
+    request.seconds = 2**62  # type: ignore[attr-defined]
+    return ".".join(shown) + ".seconds"
+
+
+@pytest.mark.parametrize("descriptor", REQUESTS, ids=lambda d: d.full_name)
+def test_every_timestamp_and_duration_of_every_request_is_checked(descriptor: Descriptor) -> None:
+    paths = well_known_fields(descriptor)
+    for path in paths:
+        request = message_factory.GetMessageClass(descriptor)()
+        where = with_bad_value(request, path)
+        assert (where, "OUT_OF_RANGE") in fields(request)
+    if paths:  # and so the chain binds a validation step to every unary method taking it
+        for method in (m for s in all_services() for m in s.methods if m.input_type is descriptor):
+            if not method.client_streaming:
+                assert ValidationInterceptor().bind(method_path(method), method) is not None
+
+
+def test_a_request_type_without_rules_or_well_known_fields_binds_no_check() -> None:
+    jwks = auth.DESCRIPTOR.services_by_name["AuthService"].methods_by_name["GetJwks"]
+    assert ValidationInterceptor().bind(method_path(jwks), jwks) is None
+
+
+async def test_an_out_of_range_timestamp_is_invalid_argument_before_the_handler() -> None:
+    class Audit:
+        async def ListAuditRecords(self, request, context):
+            raise AssertionError("handler must not run for a bad request")
+
+    service = aus.DESCRIPTOR.services_by_name["AuditService"]
+    async with serving([(service, Audit())]) as (_, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await aus_grpc.AuditServiceStub(channel).ListAuditRecords(
+                aus.ListAuditRecordsRequest(start_time=stamp(TS_MAX + 1), end_time=stamp(0, -1))
+            )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    raw = dict(err.value.trailing_metadata() or ())["grpc-status-details-bin"]
+    bad = error_details_pb2.BadRequest()
+    assert status_pb2.Status.FromString(raw).details[1].Unpack(bad)
+    assert {(v.field, v.reason) for v in bad.field_violations} == {
+        ("start_time.seconds", "OUT_OF_RANGE"),
+        ("end_time.nanos", "OUT_OF_RANGE"),
+    }

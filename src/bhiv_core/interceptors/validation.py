@@ -1,14 +1,18 @@
 """Checks requests against the validation rules declared in the contracts.
 
-Rules are ``(bhiv.options.v1.rules)`` field options (see ``protos/bhiv/options/v1``). For each
-request type a plan — the fields that carry rules, and the message fields to recurse into — is built
-once from the descriptors and cached. A bad request is refused with INVALID_ARGUMENT listing every
-violated field as a ``BadRequest`` field violation, before the handler runs.
+Rules are ``(bhiv.options.v1.rules)`` field options (see ``protos/bhiv/options/v1``), and every
+``google.protobuf.Timestamp`` and ``Duration`` field, wherever it occurs, must hold a value its type
+defines (in range, nanos in range and, for a duration, of the sign of its seconds) without an
+annotation. For each request type a plan — the fields that carry rules, and the message fields to
+recurse into — is built once from the descriptors and cached; a type with neither gets no check.
+A bad request is refused with INVALID_ARGUMENT listing every violated field as a ``BadRequest``
+field violation, before the handler runs.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +44,9 @@ _NUMERIC = {
 
 _STRING, _BYTES, _ENUM, _NUMBER, _OTHER = range(5)
 
+_MessageCheck = Callable[[Any, str, list[FieldViolation]], None]
+"""Checks one message as a whole, adding violations under ``prefix`` (``start_time.``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class _FieldPlan:
@@ -67,6 +74,7 @@ class _FieldPlan:
 @dataclass(frozen=True, slots=True)
 class _Plan:
     fields: tuple[_FieldPlan, ...]
+    check: _MessageCheck | None = None  # a check of the message as a whole (well-known types)
 
 
 _plans: dict[str, _Plan | None] = {}
@@ -116,6 +124,9 @@ def _plan_for(descriptor: Descriptor, visiting: frozenset[str] = frozenset()) ->
     name = descriptor.full_name
     if name in _plans:
         return _plans[name]
+    known = _well_known_plan(descriptor)
+    if known is not None:
+        return known
     if name in visiting:  # recursive types: stop; rules below the cycle are checked one level deep
         return None
     fields: list[_FieldPlan] = []
@@ -134,6 +145,64 @@ def _plan_for(descriptor: Descriptor, visiting: frozenset[str] = frozenset()) ->
     plan = _Plan(tuple(fields)) if fields else None
     _plans[name] = plan
     return plan
+
+
+# --- well-known types: valid by the rules of their own definition, wherever they occur -----------
+#
+# google.protobuf.Timestamp and Duration say in their .proto what a valid value is; every field of
+# those types in every request is held to it without an annotation, so no handler ever converts
+# one that cannot be represented (datetime, ToDatetime and the stores raise on those: INTERNAL).
+
+_TIMESTAMP_MIN_SECONDS = -62_135_596_800
+"""0001-01-01T00:00:00Z, the earliest Timestamp."""
+_TIMESTAMP_MAX_SECONDS = 253_402_300_799
+"""9999-12-31T23:59:59Z, the latest Timestamp."""
+_DURATION_MAX_SECONDS = 315_576_000_000
+"""About 10,000 years, the longest Duration either way."""
+_NANOS_MAX = 999_999_999
+
+
+def _check_timestamp(stamp: Any, prefix: str, out: list[FieldViolation]) -> None:
+    if not _TIMESTAMP_MIN_SECONDS <= stamp.seconds <= _TIMESTAMP_MAX_SECONDS:
+        out.append(
+            FieldViolation(
+                prefix + "seconds",
+                "must be within 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z "
+                f"({_TIMESTAMP_MIN_SECONDS} to {_TIMESTAMP_MAX_SECONDS})",
+                "OUT_OF_RANGE",
+            )
+        )
+    if not 0 <= stamp.nanos <= _NANOS_MAX:
+        out.append(FieldViolation(prefix + "nanos", f"must be within 0 to {_NANOS_MAX}", "OUT_OF_RANGE"))
+
+
+def _check_duration(duration: Any, prefix: str, out: list[FieldViolation]) -> None:
+    seconds, nanos = duration.seconds, duration.nanos
+    if not -_DURATION_MAX_SECONDS <= seconds <= _DURATION_MAX_SECONDS:
+        out.append(
+            FieldViolation(
+                prefix + "seconds",
+                f"must be within -{_DURATION_MAX_SECONDS} to {_DURATION_MAX_SECONDS}",
+                "OUT_OF_RANGE",
+            )
+        )
+    if not -_NANOS_MAX <= nanos <= _NANOS_MAX:
+        out.append(
+            FieldViolation(prefix + "nanos", f"must be within -{_NANOS_MAX} to {_NANOS_MAX}", "OUT_OF_RANGE")
+        )
+    elif (seconds < 0 < nanos) or (nanos < 0 < seconds):
+        out.append(FieldViolation(prefix + "nanos", "must have the sign of seconds", "OUT_OF_RANGE"))
+
+
+_WELL_KNOWN = {
+    "google.protobuf.Timestamp": _Plan((), _check_timestamp),
+    "google.protobuf.Duration": _Plan((), _check_duration),
+}
+
+
+def _well_known_plan(descriptor: Descriptor) -> _Plan | None:
+    """The plan of a well-known type that has validity rules of its own; None for other types."""
+    return _WELL_KNOWN.get(descriptor.full_name)
 
 
 def _check_scalar(fp: _FieldPlan, value: Any, path: str, out: list[FieldViolation]) -> None:
@@ -164,6 +233,8 @@ def _check_scalar(fp: _FieldPlan, value: Any, path: str, out: list[FieldViolatio
 
 
 def _validate(message: Message, plan: _Plan, prefix: str, out: list[FieldViolation]) -> None:
+    if plan.check is not None:
+        plan.check(message, prefix, out)
     for fp in plan.fields:
         name = fp.name
         if fp.repeated:

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from bhiv.sentinel.v1 import audit_record_pb2 as ar
 from bhiv.sentinel.v1 import audit_service_pb2 as aus
@@ -29,7 +30,9 @@ from bhiv_core.security.principal import Principal, current_principal
 from bhiv_core.services.sentinel.service import SentinelService
 from bhiv_core.services.sentinel.servicer import SentinelServicer
 from bhiv_core.services.sentinel.store import EventFilter, EventKind, SqliteSentinelStore
+from bhiv_core.storage.pagination import encode_page_token
 from tests.harness import config_for, serving
+from tests.storage.page_tokens import damaged, hostile_page_tokens
 
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 
@@ -137,6 +140,16 @@ async def expect_code(code: grpc.StatusCode, call: Any) -> grpc.aio.AioRpcError:
     return err.value
 
 
+def violations(err: grpc.aio.AioRpcError) -> set[tuple[str, str]]:
+    raw = dict(err.trailing_metadata() or ())["grpc-status-details-bin"]
+    found = set()
+    for packed in status_pb2.Status.FromString(raw).details:
+        bad = error_details_pb2.BadRequest()
+        if packed.Unpack(bad):
+            found |= {(v.field, v.reason) for v in bad.field_violations}
+    return found
+
+
 # --- ListAuditRecords -----------------------------------------------------------------------------
 
 
@@ -216,6 +229,54 @@ async def test_list_rejects_negative_page_size_bad_range_and_foreign_token(senti
         grpc.StatusCode.INVALID_ARGUMENT,
         stub.ListAuditRecords(aus.ListAuditRecordsRequest(outcome_code="FINE")),
     )
+
+
+async def test_list_answers_a_token_it_did_not_issue_with_bad_page_token(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    stub = sentinel.audit_stub
+    issued = (await stub.ListAuditRecords(aus.ListAuditRecordsRequest(page_size=1))).next_page_token
+    assert issued
+    other = (
+        await stub.ListAuditRecords(aus.ListAuditRecordsRequest(page_size=1, principal="users/a"))
+    ).next_page_token
+    # The identity RPCs' tokens use the same format: one of theirs must not pass here either.
+    users_token = encode_page_token("ada", "users role=")
+    bad = hostile_page_tokens() | damaged(issued) | {"another query": other, "ListUsers": users_token}
+    for case, token in bad.items():
+        err = await expect_code(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            stub.ListAuditRecords(aus.ListAuditRecordsRequest(page_size=1, page_token=token)),
+        )
+        assert violations(err) == {("page_token", "BAD_PAGE_TOKEN")}, case
+    await stub.ListAuditRecords(aus.ListAuditRecordsRequest(page_size=1, page_token=issued))
+
+
+async def test_timestamps_out_of_their_range_are_invalid_argument_not_internal(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    too_late = timestamp_pb2.Timestamp(seconds=253_402_300_800)
+    too_early = timestamp_pb2.Timestamp(seconds=-62_135_596_801)
+    bad_nanos = timestamp_pb2.Timestamp(seconds=0, nanos=1_000_000_000)
+    for request, expected in (
+        (aus.ListAuditRecordsRequest(start_time=too_late), {("start_time.seconds", "OUT_OF_RANGE")}),
+        (aus.ListAuditRecordsRequest(end_time=too_early), {("end_time.seconds", "OUT_OF_RANGE")}),
+        (aus.ListAuditRecordsRequest(start_time=bad_nanos), {("start_time.nanos", "OUT_OF_RANGE")}),
+    ):
+        err = await expect_code(
+            grpc.StatusCode.INVALID_ARGUMENT, sentinel.audit_stub.ListAuditRecords(request)
+        )
+        assert violations(err) == expected
+    for stamp, where in ((too_late, "seconds"), (too_early, "seconds"), (bad_nanos, "nanos")):
+        err = await expect_code(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            sentinel.threat_stub.ReportSecurityEvent(
+                ts.ReportSecurityEventRequest(
+                    kind=tp.SECURITY_EVENT_KIND_LOGIN_FAILED, source_address="192.0.2.1", event_time=stamp
+                )
+            ),
+        )
+        assert violations(err) == {(f"event_time.{where}", "OUT_OF_RANGE")}
+    stored, _ = await sentinel.service.store.list_security_events(EventFilter())
+    assert stored == []
 
 
 async def test_service_layer_rejects_negative_page_size_too(sentinel: Sentinel) -> None:

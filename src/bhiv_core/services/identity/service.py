@@ -578,11 +578,12 @@ class IdentityService:
             own = await self.store.family_of_access_token(principal.token_id)
             if own is not None:
                 families.add(own)
-        for family in sorted(families):
-            await self.store.revoke_family(family, now=now)
+        revoked: list[Revocation] = []
         if principal.token_id:
             expires = principal.expires_at or float(self.issuer.access_expiry(now))
-            await self.store.add_revocations([Revocation(principal.token_id, expires, now)])
+            revoked.append(Revocation(principal.token_id, expires, now))
+        # One transaction: a failure cannot leave the session half logged out.
+        await self.store.revoke_sessions(sorted(families), revoked, now=now)
         await self._revoked()
 
     async def mint_service_token(self, name: str, scopes: Sequence[str]) -> str:
