@@ -59,6 +59,15 @@ def stored_fields(record: AuditRecord) -> dict[str, Any]:
     return record._asdict()
 
 
+def written_before_the_caps(record: AuditRecord, **fields: str) -> AuditRecord:
+    """``record`` with ``fields`` as a release without text caps stored them, hash and all.
+
+    Write it over the original with a backend's ``overwrite``.
+    """
+    changed = record._replace(**fields)
+    return changed._replace(hash=changed.computed_hash())
+
+
 class SqliteBackend:
     name = "sqlite"
 

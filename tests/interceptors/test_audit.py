@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from bhiv.integrations.v1 import webhook_service_pb2 as ws
 from bhiv.sentinel.v1 import threat_service_pb2 as ts
 from bhiv.sentinel.v1 import threat_service_pb2_grpc as ts_grpc
-from bhiv_core.audit.record import AuditEntry
+from bhiv_core.audit.record import RESOURCE_LIMIT, TEXT_LIMIT, AuditEntry
 from bhiv_core.audit.sink import AuditSink
 from bhiv_core.audit.store import AuditFilter, make_audit_store
 from bhiv_core.audit.store.sqlite import SqliteAuditStore
@@ -32,6 +33,7 @@ from bhiv_core.runtime.logging import JsonFormatter
 from bhiv_core.runtime.telemetry import REGISTRY
 from bhiv_core.security.principal import Principal, current_principal
 from bhiv_core.services.crm.server import build_server
+from bhiv_core.standard_chain import standard_chain
 from tests.harness import config_for, relay, serving
 
 USER_SERVICE = us.DESCRIPTOR.services_by_name["UserService"]
@@ -373,3 +375,65 @@ async def test_a_service_counts_probes_but_neither_audits_them_nor_logs_them_at_
     assert [r.getMessage() for r in caplog.records if r.name == "bhiv.requests"] == [
         "/bhiv.crm.v1.CustomerService/ListCustomers UNAUTHENTICATED"
     ]
+
+
+CUSTOMER_SERVICE = cs.DESCRIPTOR.services_by_name["CustomerService"]
+
+
+def audit_file_bytes(path: Path) -> int:
+    """The audit file's size in pages, once its write-ahead log is folded in."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        return int(pages) * int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def flood(data_dir: Path, calls: int, name_bytes: int) -> int:
+    """Sends ``calls`` unauthenticated GetCustomer calls naming a ``name_bytes`` customer.
+
+    Through a real server and the standard chain; returns the audit file's size once the server
+    stopped (its audit writer wrote everything and closed).
+    """
+    config = config_for("crm", DATA_DIR=str(data_dir))
+    name = "customers/" + "x" * (name_bytes - len("customers/"))
+    async with serving([(CUSTOMER_SERVICE, object())], chain=standard_chain, config=config) as (_, channel):
+        stub = cs_grpc.CustomerServiceStub(channel)
+        for _ in range(calls):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetCustomer(cs.GetCustomerRequest(name=name), timeout=60)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    conn = sqlite3.connect(data_dir / "audit.db")
+    try:
+        stored = conn.execute("SELECT COUNT(*), MAX(LENGTH(CAST(resource AS BLOB))) FROM audit_records")
+        assert stored.fetchone() == (calls, RESOURCE_LIMIT)
+    finally:
+        conn.close()
+    return audit_file_bytes(data_dir / "audit.db")
+
+
+async def test_a_flood_of_oversized_names_grows_the_audit_log_by_calls_not_by_bytes(tmp_path: Path) -> None:
+    empty = SqliteAuditStore(tmp_path / "empty" / "audit.db")
+    await empty.open()
+    await empty.close()
+    base = audit_file_bytes(tmp_path / "empty" / "audit.db")
+    calls = 20
+    small = await flood(tmp_path / "small", calls, 128 * 1024)
+    large = await flood(tmp_path / "large", calls, 1280 * 1024)  # ten times the size
+    assert abs(large - small) <= 4096  # one page
+    assert (large - base) / calls <= 2048  # a record costs a bounded size, whatever was sent
+
+
+async def test_an_unknown_method_with_a_long_path_is_recorded_capped() -> None:
+    sink = FakeSink()
+    path = "/bhiv.nothing.v1.Nope/" + "P" * 6000
+    async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await channel.unary_unary(path)(b"")
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    [(entry, _)] = sink.records
+    marker = "\u2026[truncated from 6022 bytes]"
+    assert entry.method == path[: TEXT_LIMIT - len(marker.encode())] + marker
+    assert len(entry.method.encode()) == TEXT_LIMIT

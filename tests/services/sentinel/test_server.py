@@ -23,7 +23,7 @@ from bhiv_core.runtime.server import start_service
 from bhiv_core.security.principal import Principal, current_principal
 from bhiv_core.services.sentinel import server
 from bhiv_core.services.sentinel.servicer import MISSING
-from tests.audit.support import entry
+from tests.audit.support import SqliteBackend, entry, written_before_the_caps
 from tests.harness import config_for
 
 
@@ -88,3 +88,60 @@ def test_bad_store_url_fails_fast() -> None:
 def test_server_module_keeps_its_entry_points() -> None:
     assert server.NAME == "sentinel"
     assert callable(server.build_server) and callable(server.serve)
+
+
+async def list_every_page(config: Any, page_size: int) -> tuple[list[int], list[int]]:
+    """Walks ListAuditRecords on a sentinel built from ``config``: the sequences, and each reply's size."""
+    running = await start_service(config, server.definition(config), chain)
+    seen: list[int] = []
+    sizes: list[int] = []
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            audit = aus_grpc.AuditServiceStub(channel)
+            token = ""
+            while True:
+                reply = await audit.ListAuditRecords(
+                    aus.ListAuditRecordsRequest(page_size=page_size, page_token=token), timeout=60
+                )
+                seen += [r.sequence for r in reply.audit_records]
+                sizes.append(reply.ByteSize())
+                token = reply.next_page_token
+                if not token:
+                    return seen, sizes
+    finally:
+        await running.stop(grace=0.5)
+
+
+async def test_a_page_of_the_largest_records_fits_the_message_limit(tmp_path: Path) -> None:
+    writer = SqliteAuditStore(tmp_path / "audit.db")
+    await writer.open()
+    big = "\u00e9" * 4096  # every text field at its cap
+    await writer.append(
+        [
+            entry(big, role=big, method=big, resource=big, address=big, service=big)._replace(trace_id=big)
+            for _ in range(120)
+        ]
+    )
+    await writer.close()
+    config = config_for("sentinel", DATA_DIR=str(tmp_path), MAX_MESSAGE_BYTES=str(64 * 1024))
+    seen, sizes = await list_every_page(config, 500)
+    assert seen == list(range(1, 121))
+    assert max(sizes) <= 64 * 1024
+    assert len(sizes) > 1
+
+
+async def test_a_default_page_of_records_written_before_the_caps_fits_the_message_limit(
+    tmp_path: Path,
+) -> None:
+    # A log written before the caps: records of 1.5 and 5 MiB (any two exceed the 4 MiB limit).
+    backend = SqliteBackend(tmp_path / "audit.db")
+    writer = backend.new_store()
+    await writer.open()
+    records = await writer.append([entry(f"users/u{i}") for i in range(1, 5)])
+    await writer.close()
+    for record, size in zip(records, (1_572_864, 5_242_880, 1_572_864, 1_572_864), strict=True):
+        huge = written_before_the_caps(record, resource="customers/" + "x" * size)
+        await backend.overwrite(record.sequence, huge)
+    seen, sizes = await list_every_page(config_for("sentinel", DATA_DIR=str(tmp_path)), 0)
+    assert seen == [1, 2, 3, 4]
+    assert max(sizes) <= 4 * 1024 * 1024

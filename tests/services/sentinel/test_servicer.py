@@ -287,6 +287,42 @@ async def test_service_layer_rejects_negative_page_size_too(sentinel: Sentinel) 
         await sentinel.service.list_audit_records(AuditFilter(), -5, "")
 
 
+async def test_a_resource_filter_finds_the_capped_record_of_the_resource_it_names(sentinel: Sentinel) -> None:
+    long_name = "customers/" + "\u00e9" * 500  # 1010 bytes: stored capped at 512
+    await sentinel.audit.append([entry(1, "users/a")._replace(resource=long_name), entry(2, "users/b")])
+    reply = await sentinel.audit_stub.ListAuditRecords(aus.ListAuditRecordsRequest(resource=long_name))
+    assert [r.sequence for r in reply.audit_records] == [1]
+    assert reply.audit_records[0].resource.endswith("\u2026[truncated from 1010 bytes]")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "a" * 256, "\u00e9" * 128, "\U0001f600" * 64, '\x00\n"\\' * 64, "\u2028" * 85],
+)
+@pytest.mark.parametrize("sequence", [1, 2**63 - 1])
+def test_a_records_page_cost_bounds_its_size_in_a_response(text: str, sequence: int) -> None:
+    from bhiv_core.audit.record import seal
+    from bhiv_core.audit.store.common import record_bytes
+    from bhiv_core.services.sentinel.servicer import audit_record_to_proto
+
+    item = AuditEntry(
+        time_us=to_micros(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        service=text,
+        principal=text,
+        role=text,
+        method=text,
+        resource=text + text,
+        outcome_code=text,
+        outcome_code_number=-(2**31),
+        client_address=text,
+        trace_id=text,
+        duration_ms=-1e12,
+    )
+    record = seal(item, sequence, "f" * 64)
+    reply = aus.ListAuditRecordsResponse(audit_records=[audit_record_to_proto(record)])
+    assert reply.ByteSize() <= record_bytes(record)
+
+
 # --- GetAuditRecord -------------------------------------------------------------------------------
 
 

@@ -25,7 +25,11 @@ from bhiv_core.audit.record import AuditEntry, AuditRecord, VerifyResult, to_mic
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.storage.mongo import MongoDatabase, mongo_url_setting
 
-__all__ = ["AuditFilter", "AuditStore", "make_audit_store"]
+__all__ = ["PAGE_BYTES", "AuditFilter", "AuditStore", "make_audit_store"]
+
+PAGE_BYTES = 4 * 1024 * 1024 - 64 * 1024
+"""The most bytes of records a page of :meth:`AuditStore.list` holds by default: the default
+message limit (4 MiB) less room for the rest of the response."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +86,12 @@ class AuditStore(Protocol):
         """
 
     async def list(
-        self, query: AuditFilter, page_size: int = 0, page_token: str = ""
+        self, query: AuditFilter, page_size: int = 0, page_token: str = "", *, max_bytes: int = PAGE_BYTES
     ) -> tuple[builtins.list[AuditRecord], str]:
         """Returns one page of matching records by ascending sequence, and the next page token.
+
+        A page ends after ``page_size`` records or before ``max_bytes`` of them in a response,
+        whichever comes first (:class:`~bhiv_core.audit.store.common.Page`).
 
         Raises:
             InvalidArgument: A negative ``page_size`` or a token of another query.

@@ -15,13 +15,13 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from bhiv_core.audit.record import GENESIS_HASH, AuditEntry, AuditRecord, VerifyResult, seal_batch, to_micros
-from bhiv_core.audit.store import AuditFilter
+from bhiv_core.audit.store import PAGE_BYTES, AuditFilter
 from bhiv_core.audit.store.common import (
     MAX_SEQUENCE,
     VERIFY_BATCH,
+    Page,
     begin_verify,
     decode_token,
-    page_of,
     record_from_row,
     verify_rows,
 )
@@ -102,9 +102,9 @@ class MongoAuditStore:
             )
 
     async def list(
-        self, query: AuditFilter, page_size: int = 0, page_token: str = ""
+        self, query: AuditFilter, page_size: int = 0, page_token: str = "", *, max_bytes: int = PAGE_BYTES
     ) -> tuple[builtins.list[AuditRecord], str]:
-        """Returns one page of records matching ``query``, by ascending sequence."""
+        """Returns one page of records matching ``query``, by ascending sequence, within ``max_bytes``."""
         size = page_size_of(page_size)
         after = decode_token(page_token, query)
         selector: dict[str, Any] = {"sequence": {"$gt": after}}
@@ -120,7 +120,14 @@ class MongoAuditStore:
         if time_range:
             selector["time_us"] = time_range
         cursor = self._records.find(selector, {"_id": False}).sort("sequence", ASCENDING).limit(size + 1)
-        return page_of([record_from_row(doc) async for doc in cursor], size, query)
+        page = Page(size, max_bytes, query)
+        try:
+            async for doc in cursor:
+                if not page.add(record_from_row(doc)):
+                    break
+        finally:
+            await cursor.close()
+        return page.result()
 
     async def get(self, sequence: int) -> AuditRecord | None:
         """Returns the record at ``sequence``, or None."""

@@ -17,13 +17,13 @@ from bhiv_core.audit.record import (
     seal_batch,
     to_micros,
 )
-from bhiv_core.audit.store import AuditFilter
+from bhiv_core.audit.store import PAGE_BYTES, AuditFilter
 from bhiv_core.audit.store.common import (
     MAX_SEQUENCE,
     VERIFY_BATCH,
+    Page,
     begin_verify,
     decode_token,
-    page_of,
     record_from_row,
     verify_rows,
 )
@@ -192,19 +192,27 @@ class SqliteAuditStore:
         return await self._db.write(write)
 
     async def list(
-        self, query: AuditFilter, page_size: int = 0, page_token: str = ""
+        self, query: AuditFilter, page_size: int = 0, page_token: str = "", *, max_bytes: int = PAGE_BYTES
     ) -> tuple[builtins.list[AuditRecord], str]:
-        """Returns one page of records matching ``query``, by ascending sequence."""
+        """Returns one page of records matching ``query``, by ascending sequence, within ``max_bytes``."""
         size = page_size_of(page_size)
         after = decode_token(page_token, query)
         where, params = _where(query)
         sql = f"{_SELECT} WHERE sequence > ?{' AND ' + where if where else ''} ORDER BY sequence LIMIT ?"
 
-        def read(conn: sqlite3.Connection) -> builtins.list[AuditRecord]:
-            rows = conn.execute(sql, (after, *params, size + 1)).fetchall()
-            return [record_from_row(row) for row in rows]
+        def read(conn: sqlite3.Connection) -> tuple[builtins.list[AuditRecord], str]:
+            # Row by row, so a page of large records stops reading at its byte budget.
+            page = Page(size, max_bytes, query)
+            cursor = conn.execute(sql, (after, *params, size + 1))
+            try:
+                for row in cursor:
+                    if not page.add(record_from_row(row)):
+                        break
+            finally:
+                cursor.close()  # ends the read transaction of a statement left unfinished
+            return page.result()
 
-        return page_of(await self._db.read(read), size, query)
+        return await self._db.read(read)
 
     async def get(self, sequence: int) -> AuditRecord | None:
         """Returns the record at ``sequence``, or None."""

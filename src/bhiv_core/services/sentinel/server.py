@@ -6,7 +6,7 @@ from bhiv_core.audit.store import make_audit_store
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
-from bhiv_core.services.sentinel.service import SentinelService
+from bhiv_core.services.sentinel.service import SentinelService, audit_page_bytes
 from bhiv_core.services.sentinel.servicer import MISSING, SentinelServicer
 from bhiv_core.services.sentinel.store import make_sentinel_store
 from bhiv_core.standard_chain import standard_chain
@@ -25,7 +25,8 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
     """
     audit = make_audit_store(config)
     store = make_sentinel_store(config)
-    servicer = SentinelServicer(SentinelService(audit, store))
+    sentinel = SentinelService(audit, store, page_bytes=audit_page_bytes(config.max_message_bytes))
+    servicer = SentinelServicer(sentinel)
     return runtime.ServiceDefinition(
         name=NAME,
         servicers=[(service, servicer) for service in services_of_package("bhiv.sentinel.v1")],

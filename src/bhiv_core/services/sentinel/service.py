@@ -5,19 +5,29 @@ The servicer maps protos to these calls; the rules (argument checks, defaults, i
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from bhiv_core.audit.record import AuditRecord, VerifyResult, to_micros
-from bhiv_core.audit.store import AuditFilter, AuditStore
+from bhiv_core.audit.record import RESOURCE_LIMIT, TEXT_LIMIT, AuditRecord, VerifyResult, cap_text, to_micros
+from bhiv_core.audit.store import PAGE_BYTES, AuditFilter, AuditStore
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument, NotFound, OutOfRange
 from bhiv_core.services.sentinel.store import EventFilter, EventKind, SecurityEvent, SentinelStore
 from bhiv_core.storage.pagination import page_size_of
 
-__all__ = ["SentinelService", "new_event_id", "parse_audit_record_name"]
+__all__ = ["SentinelService", "audit_page_bytes", "new_event_id", "parse_audit_record_name"]
+
+_RESPONSE_ROOM = 64 * 1024
+"""What a ListAuditRecords response needs besides its records (the page token), with room to spare."""
+
+
+def audit_page_bytes(max_message_bytes: int) -> int:
+    """The byte budget of a ListAuditRecords page in responses of at most ``max_message_bytes``."""
+    return max(max_message_bytes - _RESPONSE_ROOM, max_message_bytes // 2)
+
 
 _AUDIT_NAME = re.compile(r"auditRecords/([1-9][0-9]{0,18})")
 
@@ -60,18 +70,31 @@ class SentinelService:
         audit: The mesh's audit chain (read and verified, never written here).
         store: Sentinel's own store.
         clock: Returns the current UTC time (injected by tests).
+        page_bytes: The most bytes of audit records a ListAuditRecords page holds
+            (:func:`audit_page_bytes` of the server's message limit).
 
     """
 
-    def __init__(self, audit: AuditStore, store: SentinelStore, clock: Callable[[], datetime] = _utc_now):
+    def __init__(
+        self,
+        audit: AuditStore,
+        store: SentinelStore,
+        clock: Callable[[], datetime] = _utc_now,
+        *,
+        page_bytes: int = PAGE_BYTES,
+    ):
         self.audit = audit
         self.store = store
         self._clock = clock
+        self._page_bytes = page_bytes
 
     async def list_audit_records(
         self, query: AuditFilter, page_size: int, page_token: str
     ) -> tuple[list[AuditRecord], str]:
         """Returns one page of matching records by ascending sequence, and the next page token.
+
+        A page ends at ``page_size`` records or at the byte budget, whichever comes first, so it
+        always fits in a response.
 
         Raises:
             InvalidArgument: A negative ``page_size``, ``end_time`` not after ``start_time``, or a
@@ -80,7 +103,14 @@ class SentinelService:
         """
         page_size_of(page_size)
         _check_time_range(query.start_time, query.end_time)
-        return await self.audit.list(query, page_size, page_token)
+        # Stored text is capped (audit.record.cap_text): a filter value is capped alike, so the
+        # value a call sent finds that call's record.
+        query = dataclasses.replace(
+            query,
+            principal=cap_text(query.principal, TEXT_LIMIT),
+            resource=cap_text(query.resource, RESOURCE_LIMIT),
+        )
+        return await self.audit.list(query, page_size, page_token, max_bytes=self._page_bytes)
 
     async def get_audit_record(self, name: str) -> AuditRecord:
         """Returns the record named ``auditRecords/{sequence}``.
