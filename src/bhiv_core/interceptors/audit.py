@@ -119,7 +119,7 @@ class AuditInterceptor(Interceptor):
             "" if principal is None else principal.role,
             call.method,
             # The chain decodes the body after this concern: ``request`` is bytes, the message is
-            # on the call (None when the body did not decode).
+            # on the call (None when the call was refused before decoding, or did not decode).
             call.resource or resource_of(request if call.request is None else call.request),
             name,
             number,
