@@ -5,7 +5,7 @@ The runtime knows no concern: each service's ``server.py`` hands :func:`standard
 Imports only go down — services → this module → interceptors, audit, storage → runtime → security
 (``tests/test_layers.py`` holds every module to it).
 
-The standard chain: tracing → metrics → audit → errors → auth → RBAC → validation → handler (see
+The standard chain: tracing → metrics → audit → errors → auth → decode → RBAC → validation → handler (see
 :func:`~bhiv_core.runtime.chain.chain_order`). Health and reflection are not traced (probes would
 flood the traces), skip auth and RBAC, and are not audited (see :func:`chain_order`); they are
 still counted.

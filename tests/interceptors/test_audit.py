@@ -24,17 +24,21 @@ from bhiv_core.audit.sink import AuditSink
 from bhiv_core.audit.store import AuditFilter, make_audit_store
 from bhiv_core.audit.store.sqlite import SqliteAuditStore
 from bhiv_core.interceptors.audit import AuditInterceptor, resource_of
+from bhiv_core.interceptors.auth import AuthInterceptor
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
+from bhiv_core.interceptors.rbac import RbacInterceptor, RolePolicy
+from bhiv_core.interceptors.validation import ValidationInterceptor
 from bhiv_core.mesh import free_port
 from bhiv_core.registry import EDGE_SOURCE_ADDRESS
-from bhiv_core.runtime.chain import CallInfo, PreCheckInterceptor
+from bhiv_core.runtime.chain import CallInfo, PreCheckInterceptor, chain_order
 from bhiv_core.runtime.errors import NotFound, PermissionDenied
 from bhiv_core.runtime.logging import JsonFormatter
+from bhiv_core.runtime.server import Chain
 from bhiv_core.runtime.telemetry import REGISTRY
 from bhiv_core.security.principal import Principal, current_principal
 from bhiv_core.services.crm.server import build_server
-from bhiv_core.standard_chain import standard_chain
 from tests.harness import config_for, relay, serving
+from tests.security.tokens import Signer, verifier_for
 
 USER_SERVICE = us.DESCRIPTOR.services_by_name["UserService"]
 THREAT_SERVICE = ts.DESCRIPTOR.services_by_name["ThreatService"]
@@ -378,6 +382,7 @@ async def test_a_service_counts_probes_but_neither_audits_them_nor_logs_them_at_
 
 
 CUSTOMER_SERVICE = cs.DESCRIPTOR.services_by_name["CustomerService"]
+SIGNER = Signer()
 
 
 def audit_file_bytes(path: Path) -> int:
@@ -392,19 +397,34 @@ def audit_file_bytes(path: Path) -> int:
 
 
 async def flood(data_dir: Path, calls: int, name_bytes: int) -> int:
-    """Sends ``calls`` unauthenticated GetCustomer calls naming a ``name_bytes`` customer.
+    """Sends ``calls`` GetCustomer calls naming a ``name_bytes`` customer, each refused.
 
-    Through a real server and the standard chain; returns the audit file's size once the server
-    stopped (its audit writer wrote everything and closed).
+    Through a real server, the standard concerns and a real SQLite audit log. The caller has a
+    valid ops token, so its body is decoded and the name reaches the audit record as the resource
+    (the chain decodes no body for a caller without a valid token: such a record names no
+    resource); the name breaks the contract's pattern, so every call is INVALID_ARGUMENT. Returns the audit
+    file's size once the server stopped (its audit writer wrote everything and closed).
     """
-    config = config_for("crm", DATA_DIR=str(data_dir))
+    sink = AuditSink(SqliteAuditStore(data_dir / "audit.db"))
+
+    def chain(*_: object) -> Chain:
+        interceptors = chain_order(
+            audit=AuditInterceptor(sink, "crm"),
+            errors=ErrorMappingInterceptor("crm.bhiv.core"),
+            auth=AuthInterceptor(verifier_for(SIGNER)),
+            rbac=RbacInterceptor(RolePolicy()),
+            validation=ValidationInterceptor(),
+        )
+        return Chain(interceptors, on_start=[sink.start], on_stop=[sink.close])
+
     name = "customers/" + "x" * (name_bytes - len("customers/"))
-    async with serving([(CUSTOMER_SERVICE, object())], chain=standard_chain, config=config) as (_, channel):
+    metadata = (("authorization", f"Bearer {SIGNER.token(role='ops')}"),)
+    async with serving([(CUSTOMER_SERVICE, object())], chain=chain) as (_, channel):
         stub = cs_grpc.CustomerServiceStub(channel)
         for _ in range(calls):
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.GetCustomer(cs.GetCustomerRequest(name=name), timeout=60)
-            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                await stub.GetCustomer(cs.GetCustomerRequest(name=name), metadata=metadata, timeout=60)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     conn = sqlite3.connect(data_dir / "audit.db")
     try:
         stored = conn.execute("SELECT COUNT(*), MAX(LENGTH(CAST(resource AS BLOB))) FROM audit_records")

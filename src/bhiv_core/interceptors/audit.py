@@ -118,7 +118,9 @@ class AuditInterceptor(Interceptor):
             "" if principal is None else principal.subject,
             "" if principal is None else principal.role,
             call.method,
-            call.resource or resource_of(request),
+            # The chain decodes the body after this concern: ``request`` is bytes, the message is
+            # on the call (None when the call was refused before decoding, or did not decode).
+            call.resource or resource_of(request if call.request is None else call.request),
             name,
             number,
             client_address_of(call.headers, call.peer),

@@ -5,8 +5,14 @@ Rules are ``(bhiv.options.v1.rules)`` field options (see ``protos/bhiv/options/v
 defines (in range, nanos in range and, for a duration, of the sign of its seconds) without an
 annotation. For each request type a plan — the fields that carry rules, and the message fields to
 recurse into — is built once from the descriptors and cached; a type with neither gets no check.
-A bad request is refused with INVALID_ARGUMENT listing every violated field as a ``BadRequest``
-field violation, before the handler runs.
+A bad request is refused with INVALID_ARGUMENT listing the violated fields as ``BadRequest`` field
+violations, before the handler runs.
+
+Validation costs at most linear time in the request's size, whatever the request: a field past a
+limit is not looked at further (a repeated field with more than ``max_items`` is refused by its
+length alone, its items unvisited; a string longer than ``max_len`` is not matched against its
+pattern), and the first :data:`~bhiv_core.runtime.errors.MAX_VIOLATIONS` violations are kept while
+the rest are only counted.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from google.protobuf.message import Message
 
 from bhiv.options.v1 import annotations_pb2
 from bhiv_core.runtime.chain import CallInfo, Check, Context, PreCheckInterceptor
-from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
+from bhiv_core.runtime.errors import MAX_VIOLATIONS, FieldViolation, InvalidArgument
 
 __all__ = ["ValidationInterceptor", "validate"]
 
@@ -205,6 +211,29 @@ def _well_known_plan(descriptor: Descriptor) -> _Plan | None:
     return _WELL_KNOWN.get(descriptor.full_name)
 
 
+class _Violations(list[FieldViolation]):
+    """The violations found: the first :data:`MAX_VIOLATIONS` kept, the rest only counted.
+
+    A list, so checks simply ``append``; memory stays bounded whatever the request holds. (No
+    ``__init__``: one is made per validated call, and a Python-level one costs four times as much.)
+    """
+
+    omitted = 0
+    """How many violations were found beyond those kept (set on the instance once there are any)."""
+
+    def append(self, violation: FieldViolation, /) -> None:
+        """Keeps ``violation`` while fewer than :data:`MAX_VIOLATIONS` are kept; counts it otherwise."""
+        if len(self) < MAX_VIOLATIONS:
+            super().append(violation)
+        else:
+            self.omitted += 1
+
+    def refuse(self) -> None:
+        """Raises INVALID_ARGUMENT when anything was found."""
+        if self:
+            raise InvalidArgument(violations=self, omitted=self.omitted)
+
+
 def _check_scalar(fp: _FieldPlan, value: Any, path: str, out: list[FieldViolation]) -> None:
     kind = fp.kind
     if kind == _STRING:
@@ -215,6 +244,7 @@ def _check_scalar(fp: _FieldPlan, value: Any, path: str, out: list[FieldViolatio
             out.append(FieldViolation(path, f"must be at least {fp.min_len} characters", "TOO_SHORT"))
         if fp.max_len and length > fp.max_len:
             out.append(FieldViolation(path, f"must be at most {fp.max_len} characters", "TOO_LONG"))
+            return  # too long already: matching it would cost time in its length, for nothing
         if fp.pattern is not None and not fp.pattern.fullmatch(value):
             out.append(FieldViolation(path, f"must match {fp.pattern_text}", "BAD_FORMAT"))
         if fp.email and not _EMAIL.fullmatch(value):
@@ -244,6 +274,7 @@ def _validate(message: Message, plan: _Plan, prefix: str, out: list[FieldViolati
                 out.append(FieldViolation(path, "is required", "REQUIRED"))
             if fp.max_items and len(items) > fp.max_items:
                 out.append(FieldViolation(path, f"must have at most {fp.max_items} items", "TOO_MANY"))
+                continue  # refused by its length: its items are not visited
             for i, item in enumerate(items):
                 if fp.nested is not None:
                     _validate(item, fp.nested, f"{path}[{i}].", out)
@@ -264,14 +295,20 @@ def _validate(message: Message, plan: _Plan, prefix: str, out: list[FieldViolati
         _check_scalar(fp, value, prefix + name, out)
 
 
-def validate(message: Message) -> list[FieldViolation]:
-    """Returns every rule ``message`` violates (empty when it is valid)."""
+def _collect(message: Message) -> _Violations:
+    out = _Violations()
     plan = _plan_for(message.DESCRIPTOR)  # type: ignore[arg-type]
-    if plan is None:
-        return []
-    out: list[FieldViolation] = []
-    _validate(message, plan, "", out)
+    if plan is not None:
+        _validate(message, plan, "", out)
     return out
+
+
+def validate(message: Message) -> list[FieldViolation]:
+    """Returns the rules ``message`` violates (empty when it is valid), the first :data:`MAX_VIOLATIONS`.
+
+    The returned list's ``omitted`` attribute counts the violations found beyond those.
+    """
+    return _collect(message)
 
 
 class ValidationInterceptor(PreCheckInterceptor):
@@ -290,17 +327,13 @@ class ValidationInterceptor(PreCheckInterceptor):
             return None
 
         def check(call: CallInfo, request: Any, context: Context) -> None:
-            out: list[FieldViolation] = []
+            out = _Violations()
             _validate(request, plan, "", out)
-            if out:
-                raise InvalidArgument(violations=out)
+            out.refuse()
 
         return check
 
     async def check(self, call: CallInfo, request: Any, context: Context) -> None:
         """Validates unary requests; streamed requests are validated by their handler per message."""
-        if not isinstance(request, Message):
-            return
-        violations = validate(request)
-        if violations:
-            raise InvalidArgument(violations=violations)
+        if isinstance(request, Message):
+            _collect(request).refuse()
