@@ -32,6 +32,7 @@ from bhiv_core.runtime.contracts import all_services
 from bhiv_core.runtime.handlers import service_handler
 from bhiv_core.runtime.health import HealthServicer
 from bhiv_core.runtime.lifetime import die_with_parent
+from bhiv_core.runtime.limits import GRPC_MAX_METADATA_BYTES
 from bhiv_core.runtime.process import prepare_process
 from bhiv_core.runtime.reflection import add_reflection
 from bhiv_core.security.jwt import KeySource, RevocationSet
@@ -138,6 +139,8 @@ def _server_options(config: RuntimeConfig) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
+        # Whatever the edge forwards, as gRPC sizes it (runtime.limits), never refused at random.
+        ("grpc.max_metadata_size", GRPC_MAX_METADATA_BYTES),
         # Keepalive enforcement: clients may ping at most every 10 s, also between calls.
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
