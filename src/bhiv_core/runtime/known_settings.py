@@ -73,6 +73,9 @@ SHARED_SETTINGS: Final = frozenset(
         "LOGIN_THROTTLE_MAX_ENTRIES",
         # sentinel
         "SENTINEL_STORE_URL",
+        "AUDIT_CHECKPOINT_KEY_FILE",
+        "AUDIT_CHECKPOINT_RECORDS",
+        "AUDIT_CHECKPOINT_SECONDS",
     }
 )
 """Settings that are not per service (some belong to one service and say so in their name)."""

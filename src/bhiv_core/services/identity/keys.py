@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import secrets
 import stat
 import time
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from bhiv_core.runtime.config import ConfigError
 from bhiv_core.runtime.errors import QuotaViolation, ResourceExhausted
+from bhiv_core.runtime.files import create_once, fsync_directory, write_private_beside
 from bhiv_core.services.identity.config import DEFAULT_MIN_ROTATION_SECONDS
 from bhiv_core.services.identity.store import IdentityStore, SigningKeyRecord
 
@@ -107,31 +107,6 @@ def decrypt_private_key(pem: bytes, kek: bytes) -> Ed25519PrivateKey:
     return key
 
 
-def fsync_directory(path: Path) -> None:
-    """Makes the entries of the folder ``path`` (a new, linked or renamed file) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_private_beside(path: Path, data: bytes, suffix: str) -> Path:
-    """Writes ``data`` to a new owner-only (0600) file next to ``path``, synced to disk; returns it.
-
-    The caller then moves or links it into place, so nobody ever reads a partial ``path``.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{suffix}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return temporary
-
-
 def load_or_create_kek(path: Path) -> bytes:
     """Returns the key-encryption key in ``path``, generating it (32 random bytes, mode 0600) if absent.
 
@@ -143,19 +118,9 @@ def load_or_create_kek(path: Path) -> bytes:
         ConfigError: The file exists but does not hold a 32-byte key.
 
     """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        tmp = write_private_beside(path, secrets.token_bytes(KEK_BYTES), "tmp")
-        try:
-            os.link(tmp, path)
-            log.info("generated the signing-key encryption key", extra={"path": str(path)})
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-        fsync_directory(path.parent)
-        data = path.read_bytes()
+    data, created = create_once(path, secrets.token_bytes(KEK_BYTES))
+    if created:
+        log.info("generated the signing-key encryption key", extra={"path": str(path)})
     if len(data) != KEK_BYTES:
         raise ConfigError(
             f"{path} (BHIV_IDENTITY_KEK_FILE) must hold a {KEK_BYTES}-byte key, it has {len(data)} bytes"
