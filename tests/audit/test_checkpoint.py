@@ -328,6 +328,11 @@ async def test_removed_newest_checkpoints_are_found_by_the_witness(
         assert "missing from the audit store" in result.detail
     # Without the witness, the store alone cannot tell.
     assert (await AuditVerifier(store, KEY).walk()).ok
+    # Nor does the writer build on the survivor, which would overwrite the witness.
+    await fill(store, 5)
+    assert await writer_for(store, witness=witness, every_records=1).write_if_due() is None
+    assert [c.number for c in await store.checkpoints()] == [1, 2]
+    assert witness.read()[:2] == (3, 30)  # type: ignore[index]
 
 
 async def test_records_removed_behind_a_checkpoint_are_a_gap(backend: Backend, store: AuditStore) -> None:

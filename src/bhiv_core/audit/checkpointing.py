@@ -4,7 +4,8 @@
 poll it looks at the chain's head; once ``every_records`` records or ``every_seconds`` seconds have
 passed since the last checkpoint (and something was appended), it verifies the records the last
 checkpoint does not cover (linked to the record that one signed), signs a checkpoint for the new
-head, and stores it. Writing costs one walk over the new records: a checkpoint vouches that
+head, and stores it. It never extends a checkpoint it cannot verify, nor one left after the
+checkpoint its witness names was removed. Writing costs one walk over the new records: a checkpoint vouches that
 everything before it was verified, so verification never has to walk those records again.
 
 :class:`AuditVerifier` verifies either from the latest checkpoint (its hash, signature and link,
@@ -35,7 +36,7 @@ from bhiv_core.audit.record import GENESIS_HASH, ChainBreak, VerifyResult
 from bhiv_core.audit.store import AuditStore
 from bhiv_core.runtime.files import fsync_directory, write_private_beside
 
-__all__ = ["AuditVerifier", "CheckpointWitness", "CheckpointWriter"]
+__all__ = ["AuditVerifier", "CheckpointWitness", "CheckpointWriter", "witness_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,37 @@ def _broken(
     )
 
 
+async def witness_problem(store: AuditStore, witness: CheckpointWitness | None) -> tuple[int, str]:
+    """The record and description of the checkpoint the witness names when the store lost it.
+
+    Returns:
+        ``(sequence, problem)``; ``(0, "")`` when the store still holds that checkpoint unchanged
+        (or there is no witness, or nothing was written yet).
+
+    """
+    if witness is None:
+        return 0, ""
+    try:
+        seen = await asyncio.to_thread(witness.read)
+    except ValueError as exc:
+        return 0, str(exc)
+    if seen is None:
+        return 0, ""
+    number, sequence, hash_ = seen
+    try:
+        stored = await store.get_checkpoint(number)
+    except TypeError as exc:
+        return sequence, f"checkpoint {number} is unreadable: {exc}"
+    if stored is not None and stored.hash == hash_:
+        return 0, ""
+    state = "missing from the audit store" if stored is None else f"changed (it now hashes to {stored.hash})"
+    return sequence, (
+        f"checkpoint {number} (record {sequence}, hash {hash_}), which this sentinel wrote, is {state}: "
+        f"checkpoints were removed or replaced. If the audit log was reset on purpose, remove "
+        f"{witness.path} too"
+    )
+
+
 class AuditVerifier:
     """Verifies the audit chain against its signed checkpoints.
 
@@ -115,32 +147,6 @@ class AuditVerifier:
         """The trusted checkpoint key."""
         return self._key
 
-    async def _witness_problem(self) -> tuple[int, str]:
-        """The record and description of a checkpoint the witness names that the store lost."""
-        if self._witness is None:
-            return 0, ""
-        try:
-            seen = await asyncio.to_thread(self._witness.read)
-        except ValueError as exc:
-            return 0, str(exc)
-        if seen is None:
-            return 0, ""
-        number, sequence, hash_ = seen
-        try:
-            stored = await self._store.get_checkpoint(number)
-        except TypeError as exc:
-            return sequence, f"checkpoint {number} is unreadable: {exc}"
-        if stored is not None and stored.hash == hash_:
-            return 0, ""
-        state = (
-            "missing from the audit store" if stored is None else f"changed (it now hashes to {stored.hash})"
-        )
-        return sequence, (
-            f"checkpoint {number} (record {sequence}, hash {hash_}), which this sentinel wrote, is {state}: "
-            f"checkpoints were removed or replaced. If the audit log was reset on purpose, remove "
-            f"{self._witness.path} too"
-        )
-
     async def from_checkpoint(self, end: int | None = None) -> VerifyResult:
         """Verifies from the latest checkpoint (at or before ``end``) to ``end`` (default the latest).
 
@@ -151,7 +157,7 @@ class AuditVerifier:
         """
         latest = await self._store.latest_sequence()
         last = min(end, latest) if end else latest
-        sequence, problem = await self._witness_problem()
+        sequence, problem = await witness_problem(self._store, self._witness)
         if problem:
             return _broken(ChainBreak.CHECKPOINT_INVALID, sequence, problem, 1, last, 0)
         try:
@@ -193,7 +199,7 @@ class AuditVerifier:
         """
         latest = await self._store.latest_sequence()
         last = min(end, latest) if end else latest
-        sequence, problem = await self._witness_problem()
+        sequence, problem = await witness_problem(self._store, self._witness)
         if problem:
             return _broken(ChainBreak.CHECKPOINT_INVALID, sequence, problem, start, last, 0)
         anchors: dict[int, str] = {}
@@ -304,12 +310,14 @@ class CheckpointWriter:
             and now_us - last.time_us < self._every_us
         ):
             return None
-        if last is not None:
+        # Extending a checkpoint that is not sound, or the survivor of removed ones, would vouch for
+        # whatever it covers (and overwrite the witness): an operator has to look first.
+        _, problem = await witness_problem(self._store, self._witness)
+        if not problem and last is not None:
             problem = checkpoint_problem(last, self._key)
-            if problem:
-                # Extending it would vouch for whatever it covers; an operator has to look first.
-                self._refuse(f"the latest checkpoint is not sound: {problem}")
-                return None
+        if problem:
+            self._refuse(f"the latest checkpoint is not sound: {problem}")
+            return None
         head = await self._store.get(latest)
         if head is None:
             self._refuse(f"record {latest}, the chain's head, is missing")
