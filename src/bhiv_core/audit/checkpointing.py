@@ -5,8 +5,9 @@ poll it looks at the chain's head; once ``every_records`` records or ``every_sec
 passed since the last checkpoint (and something was appended), it verifies the records the last
 checkpoint does not cover (linked to the record that one signed), signs a checkpoint for the new
 head, and stores it. It never extends a checkpoint it cannot verify, nor one left after the
-checkpoint its witness names was removed. Writing costs one walk over the new records: a checkpoint vouches that
-everything before it was verified, so verification never has to walk those records again.
+checkpoint its witness names was removed. Writing costs one walk over the new records: a
+checkpoint vouches that everything before it was verified, so verification never has to walk those
+records again.
 
 :class:`AuditVerifier` verifies either from the latest checkpoint (its hash, signature and link,
 then the records from its own record to the head: cost bounded by the records since that
