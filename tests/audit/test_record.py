@@ -141,6 +141,21 @@ def test_verifier_accepts_an_intact_chain() -> None:
     )
 
 
+def test_verifier_reports_a_record_whose_hash_differs_from_its_checkpoint() -> None:
+    records = chain(3)
+    anchored = ChainVerifier(1, 3, GENESIS_HASH, anchors={2: records[1].hash})
+    assert all(anchored.feed(r) for r in records) and anchored.finish().ok
+    forged = ChainVerifier(1, 3, GENESIS_HASH, anchors={2: "f" * 64})
+    assert forged.feed(records[0]) and not forged.feed(records[1])
+    result = forged.finish()
+    assert (result.ok, result.first_broken_sequence, result.reason, result.checked) == (
+        False,
+        2,
+        ChainBreak.CHECKPOINT_MISMATCH,
+        2,
+    )
+
+
 def test_verifier_reports_a_gap_at_the_first_missing_sequence() -> None:
     records = chain(4)
     verifier = ChainVerifier(1, 4, GENESIS_HASH)

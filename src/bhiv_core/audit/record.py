@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -313,6 +313,10 @@ class ChainBreak(StrEnum):
     """A record's ``prev_hash`` differs from the previous record's hash: inserted, replaced or moved."""
     SEQUENCE_GAP = "sequence_gap"
     """A sequence number is missing: a record was removed."""
+    CHECKPOINT_MISMATCH = "checkpoint_mismatch"
+    """A record's hash differs from the one a signed checkpoint recorded: the chain was rewritten."""
+    CHECKPOINT_INVALID = "checkpoint_invalid"
+    """A checkpoint fails its signature, its hash or its link to the previous one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +332,9 @@ class VerifyResult:
         detail: What differs, for a person (expected and found hashes); empty when ``ok``.
         start_sequence: The first sequence of the verified range.
         end_sequence: The last sequence of the verified range (0 for an empty log).
+        checkpoint_sequence: The record of the checkpoint a verification started from (see
+            :mod:`bhiv_core.audit.checkpoint`); 0 when it started from the first record.
+        checkpoints_checked: Signed checkpoints whose signature and link were checked.
 
     """
 
@@ -338,6 +345,8 @@ class VerifyResult:
     detail: str = ""
     start_sequence: int = 0
     end_sequence: int = 0
+    checkpoint_sequence: int = 0
+    checkpoints_checked: int = 0
 
 
 class ChainVerifier:
@@ -355,15 +364,26 @@ class ChainVerifier:
             the same transaction), given when ``end`` is the latest record: it catches a last
             record that was changed and re-hashed, or records added behind the store's back.
             None to skip that check (a range that ends before the latest record).
+        anchors: Record hashes that signed checkpoints recorded, by sequence: a record whose hash
+            differs is :attr:`ChainBreak.CHECKPOINT_MISMATCH` (the chain was rewritten and
+            re-hashed up to there, which the links alone cannot show).
 
     """
 
-    def __init__(self, start: int, end: int, prev_hash: str, head: tuple[int, str] | None = None):
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        prev_hash: str,
+        head: tuple[int, str] | None = None,
+        anchors: Mapping[int, str] | None = None,
+    ):
         self._start = start
         self._end = end
         self._expected = start
         self._prev_hash = prev_hash
         self._head = head
+        self._anchors = anchors or None
         self._checked = 0
         self._broken: VerifyResult | None = None
 
@@ -408,6 +428,15 @@ class ChainVerifier:
                 f"record {record.sequence} has prev_hash {record.prev_hash} but record "
                 f"{record.sequence - 1} has hash {self._prev_hash}",
             )
+        if self._anchors is not None:
+            anchored = self._anchors.get(record.sequence)
+            if anchored is not None and anchored != record.hash:
+                return self._break(
+                    record.sequence,
+                    ChainBreak.CHECKPOINT_MISMATCH,
+                    f"record {record.sequence} hashes to {record.hash} but the signed checkpoint at it "
+                    f"recorded {anchored}: the chain was rewritten at or before record {record.sequence}",
+                )
         self._prev_hash = record.hash
         self._expected += 1
         return True

@@ -15,6 +15,7 @@ from bhiv.identity.v1 import auth_service_pb2 as auth
 from bhiv.identity.v1 import role_service_pb2 as roles
 from bhiv.identity.v1 import user_pb2
 from bhiv.identity.v1 import user_service_pb2 as us
+from bhiv_core.services.identity.config import DEFAULT_MIN_ROTATION_SECONDS
 from bhiv_core.services.identity.service import SecurityEventKind
 from bhiv_core.services.identity.tokens import decode_access_token, hash_refresh_token
 from tests.harness import trusting_edge
@@ -553,6 +554,28 @@ async def test_rotate_signing_key_signs_with_the_new_key_and_keeps_the_old_one_p
     assert jwt.get_unverified_header(await served.admin_token())["kid"] == rotated.kid
     # The token signed with the old key still works.
     await served.auth.GetCurrentUser(auth.GetCurrentUserRequest(), metadata=bearer(admin))
+
+
+async def test_a_second_rotation_right_after_the_first_is_resource_exhausted_and_changes_nothing(
+    served: Served,
+) -> None:
+    admin = await served.admin_token()
+    rotated = await served.auth.RotateSigningKey(auth.RotateSigningKeyRequest(), metadata=bearer(admin))
+    published = [k.kid for k in (await served.auth.GetJwks(auth.GetJwksRequest())).keys]
+    served.clock.advance(DEFAULT_MIN_ROTATION_SECONDS - 100)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await served.auth.RotateSigningKey(auth.RotateSigningKeyRequest(), metadata=bearer(admin))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info, extra = details(refused.value)
+    assert info.reason == "ROTATION_RATE_LIMITED"
+    assert 99 <= int(info.metadata["retry_after_seconds"]) <= 100
+    (quota,) = [m for m in extra if isinstance(m, error_details_pb2.QuotaFailure)]
+    assert [v.subject for v in quota.violations] == ["signing_key_rotation"]
+    assert [k.kid for k in (await served.auth.GetJwks(auth.GetJwksRequest())).keys] == published
+    assert published[0] == rotated.kid
+    served.clock.advance(100)
+    again = await served.auth.RotateSigningKey(auth.RotateSigningKeyRequest(), metadata=bearer(admin))
+    assert [k.kid for k in (await served.auth.GetJwks(auth.GetJwksRequest())).keys] == [again.kid, *published]
 
 
 async def test_list_revocations_filters_by_time_and_paginates(served: Served) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from bhiv.sentinel.v1 import audit_service_pb2_grpc as aus_grpc
 from bhiv.sentinel.v1 import threat_pb2 as tp
 from bhiv.sentinel.v1 import threat_service_pb2 as ts
 from bhiv.sentinel.v1 import threat_service_pb2_grpc as ts_grpc
+from bhiv_core.audit.checkpoint import CheckpointKey
+from bhiv_core.audit.checkpointing import AuditVerifier, CheckpointWitness, CheckpointWriter
 from bhiv_core.audit.record import AuditEntry, to_micros
 from bhiv_core.audit.store.sqlite import SqliteAuditStore
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
@@ -54,6 +57,9 @@ class Sentinel:
     audit_path: Path
     audit_stub: aus_grpc.AuditServiceStub
     threat_stub: ts_grpc.ThreatServiceStub
+    key: CheckpointKey
+    writer: CheckpointWriter
+    witness: CheckpointWitness
 
 
 def entry(
@@ -80,7 +86,11 @@ async def sentinel(tmp_path: Path) -> AsyncIterator[Sentinel]:
     store = SqliteSentinelStore(tmp_path / "sentinel.db")
     await audit.open()
     await store.open()
-    service = SentinelService(audit, store)
+    key = CheckpointKey.from_seed(os.urandom(32))
+    witness = CheckpointWitness(tmp_path / "audit-checkpoint-last")
+    # Due at every call of write_if_due that finds new records; the tests call it themselves.
+    writer = CheckpointWriter(audit, key, witness, every_records=1, every_seconds=3600)
+    service = SentinelService(audit, store, AuditVerifier(audit, key, witness))
     servicer = SentinelServicer(service)
     chain = lambda *_: chain_order(
         errors=ErrorMappingInterceptor("sentinel.bhiv.core"),
@@ -99,6 +109,9 @@ async def sentinel(tmp_path: Path) -> AsyncIterator[Sentinel]:
                 tmp_path / "audit.db",
                 aus_grpc.AuditServiceStub(channel),
                 ts_grpc.ThreatServiceStub(channel),
+                key,
+                writer,
+                witness,
             )
     finally:
         await store.close()
@@ -406,6 +419,96 @@ async def test_verify_range_checks(sentinel: Sentinel) -> None:
     )
     await expect_code(
         grpc.StatusCode.OUT_OF_RANGE, stub.VerifyAuditChain(aus.VerifyAuditChainRequest(start_sequence=6))
+    )
+
+
+async def test_verify_by_default_starts_from_the_latest_checkpoint(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    assert await sentinel.writer.write_if_due() is not None
+    await sentinel.audit.append([entry(6, "users/a"), entry(7, "users/b")])
+    reply = await sentinel.audit_stub.VerifyAuditChain(aus.VerifyAuditChainRequest())
+    assert (reply.ok, reply.mode, reply.checkpoint_sequence, reply.checkpoints_checked) == (
+        True,
+        aus.AUDIT_VERIFY_MODE_FROM_CHECKPOINT,
+        5,
+        1,
+    )
+    # Record 5 (re-hashed against the signed checkpoint), then 6 and 7; records 1-4 are not read.
+    assert (reply.records_checked, reply.start_sequence, reply.end_sequence) == (3, 5, 7)
+    assert reply.checkpoint_key == sentinel.key.public
+
+
+async def test_verify_full_walks_every_record_and_checkpoint(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    await sentinel.writer.write_if_due()
+    await sentinel.audit.append([entry(6, "users/a")])
+    await sentinel.writer.write_if_due()
+    full = aus.VerifyAuditChainRequest(mode=aus.AUDIT_VERIFY_MODE_FULL)
+    reply = await sentinel.audit_stub.VerifyAuditChain(full)
+    assert (
+        reply.ok,
+        reply.mode,
+        reply.records_checked,
+        reply.checkpoints_checked,
+        reply.checkpoint_sequence,
+    ) == (
+        True,
+        aus.AUDIT_VERIFY_MODE_FULL,
+        6,
+        2,
+        0,
+    )
+    # A record before the latest checkpoint, changed: only the full walk reads it.
+    tamper(sentinel.audit_path, "UPDATE audit_records SET principal = 'users/mallory' WHERE sequence = 2")
+    assert (await sentinel.audit_stub.VerifyAuditChain(aus.VerifyAuditChainRequest())).ok
+    reply = await sentinel.audit_stub.VerifyAuditChain(full)
+    assert (reply.ok, reply.first_broken_sequence, reply.reason) == (
+        False,
+        2,
+        ar.CHAIN_BREAK_REASON_HASH_MISMATCH,
+    )
+
+
+async def test_verify_reports_a_tampered_checkpoint(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    await sentinel.writer.write_if_due()
+    conn = sqlite3.connect(sentinel.audit_path, isolation_level=None)
+    try:
+        conn.execute("DROP TRIGGER audit_checkpoints_no_update")
+        conn.execute("UPDATE audit_checkpoints SET sequence = 4 WHERE number = 1")
+    finally:
+        conn.close()
+    for mode in (aus.AUDIT_VERIFY_MODE_UNSPECIFIED, aus.AUDIT_VERIFY_MODE_FULL):
+        reply = await sentinel.audit_stub.VerifyAuditChain(aus.VerifyAuditChainRequest(mode=mode))
+        assert (reply.ok, reply.reason, reply.first_broken_sequence) == (
+            False,
+            ar.CHAIN_BREAK_REASON_CHECKPOINT_INVALID,
+            4,
+        )
+
+
+async def test_verify_with_a_start_walks_the_range_and_from_checkpoint_refuses_one(
+    sentinel: Sentinel,
+) -> None:
+    await seed(sentinel)
+    await sentinel.writer.write_if_due()
+    stub = sentinel.audit_stub
+    reply = await stub.VerifyAuditChain(aus.VerifyAuditChainRequest(start_sequence=2))
+    assert (reply.ok, reply.mode, reply.records_checked, reply.checkpoints_checked) == (
+        True,
+        aus.AUDIT_VERIFY_MODE_FULL,
+        4,
+        1,
+    )
+    err = await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.VerifyAuditChain(
+            aus.VerifyAuditChainRequest(start_sequence=2, mode=aus.AUDIT_VERIFY_MODE_FROM_CHECKPOINT)
+        ),
+    )
+    assert "start_sequence" in (err.details() or "")
+    await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT, stub.VerifyAuditChain(aus.VerifyAuditChainRequest(mode=7))
     )
 
 

@@ -6,9 +6,10 @@ Used by :mod:`~bhiv_core.audit.store.sqlite` and :mod:`~bhiv_core.audit.store.mo
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, get_type_hints
 
+from bhiv_core.audit.checkpoint import Checkpoint
 from bhiv_core.audit.record import (
     GENESIS_HASH,
     AuditRecord,
@@ -25,6 +26,7 @@ __all__ = [
     "VERIFY_BATCH",
     "Page",
     "begin_verify",
+    "checkpoint_from_row",
     "decode_token",
     "record_from_row",
     "verify_rows",
@@ -145,9 +147,34 @@ def record_from_row(row: sqlite3.Row | dict[str, Any]) -> AuditRecord:
     )
 
 
+def checkpoint_from_row(row: sqlite3.Row | dict[str, Any]) -> Checkpoint:
+    """Reads a stored checkpoint back; raises TypeError when a column holds the wrong type.
+
+    A retyped column is reported by the caller as an invalid checkpoint, never raised to a client.
+    """
+    values = [row[field] for field in Checkpoint._fields]
+    for field, value in zip(Checkpoint._fields, values, strict=True):
+        wanted = int if field in ("number", "sequence", "time_us") else str
+        if type(value) is not wanted:
+            raise TypeError(f"checkpoint {field} is {type(value).__name__}, not {wanted.__name__}")
+    return Checkpoint._make(values)
+
+
+_RECORD_TYPES = tuple(get_type_hints(AuditRecord).values())
+"""The exact type of each stored column of a sound record, in column order."""
+
+
 def verify_rows(verifier: ChainVerifier, rows: Sequence[sqlite3.Row | dict[str, Any]]) -> bool:
     """Feeds stored rows to ``verifier``; returns False once it found a break."""
     for row in rows:
+        if isinstance(row, sqlite3.Row):
+            # A full walk reads every record: one type comparison of the whole row costs far less than
+            # :func:`record_from_row`'s check of each column by name, which stays for any other row.
+            values = tuple(row)
+            if tuple(map(type, values)) == _RECORD_TYPES:
+                if not verifier.feed(AuditRecord._make(values)):
+                    return False
+                continue
         try:
             record = record_from_row(row)
         except (TypeError, ValueError, OverflowError, KeyError) as exc:
@@ -178,6 +205,7 @@ async def begin_verify(
     start_seq: int | None,
     end_seq: int | None,
     hash_at: Callable[[int], Awaitable[str | None]],
+    anchors: Mapping[int, str] | None = None,
 ) -> tuple[int, int, ChainVerifier] | VerifyResult:
     """Clamps a range to the chain and sets up its verifier; both stores only feed it.
 
@@ -186,6 +214,8 @@ async def begin_verify(
         start_seq: The first sequence asked for (None or 0: 1).
         end_seq: The last sequence asked for (None or 0: the latest).
         hash_at: Reads the stored hash of one record, None when it is missing.
+        anchors: Record hashes that signed checkpoints recorded, by sequence (see
+            :class:`~bhiv_core.audit.record.ChainVerifier`).
 
     Returns:
         ``(start, end, verifier)``, or the result itself when there is nothing to feed: an empty
@@ -207,5 +237,5 @@ async def begin_verify(
     return (
         start,
         end,
-        ChainVerifier(start, end, prev_hash, (head_sequence, head_hash) if end == latest else None),
+        ChainVerifier(start, end, prev_hash, (head_sequence, head_hash) if end == latest else None, anchors),
     )

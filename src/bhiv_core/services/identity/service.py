@@ -341,6 +341,7 @@ class IdentityService:
             kek,
             max_age_seconds=self.config.signing_key_max_age_seconds,
             overlap_seconds=self.config.signing_key_overlap_seconds,
+            min_rotation_seconds=self.config.signing_key_min_rotation_seconds,
             clock=self._clock,
         )
         self._issuer = TokenIssuer(
@@ -595,7 +596,12 @@ class IdentityService:
         return await self.keys.jwks()
 
     async def rotate_signing_key(self) -> str:
-        """Makes a new signing key current; returns its kid."""
+        """Makes a new signing key current; returns its kid.
+
+        Raises:
+            ResourceExhausted: The key was rotated less than ``signing_key_min_rotation_seconds`` ago.
+
+        """
         return await self.keys.rotate()
 
     async def public_keys(self, *, refresh: bool = False) -> dict[str, Ed25519PublicKey]:

@@ -117,7 +117,9 @@ class AuthServiceServicer:
 
     def RotateSigningKey(self, request, context):
         """Rotates the signing key: a new key signs from now on, the previous one
-        stays in the JWKS for the overlap window.
+        stays in the JWKS for the overlap window. Returns RESOURCE_EXHAUSTED
+        (with a QuotaFailure and `retry_after_seconds` in the ErrorInfo) when the
+        key was rotated less than the minimum interval ago (300 s by default).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

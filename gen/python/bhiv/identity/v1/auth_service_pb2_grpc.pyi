@@ -51,7 +51,9 @@ class AuthServiceStub:
     """Returns the public keys that verify access tokens, as a JSON Web Key Set."""
     RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RotateSigningKeyRequest, _auth_service_pb2.RotateSigningKeyResponse]
     """Rotates the signing key: a new key signs from now on, the previous one
-    stays in the JWKS for the overlap window.
+    stays in the JWKS for the overlap window. Returns RESOURCE_EXHAUSTED
+    (with a QuotaFailure and `retry_after_seconds` in the ErrorInfo) when the
+    key was rotated less than the minimum interval ago (300 s by default).
     """
     GetCurrentUser: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetCurrentUserRequest, _auth_service_pb2.GetCurrentUserResponse]
     """Returns the caller's own user and role."""
@@ -108,7 +110,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """Returns the public keys that verify access tokens, as a JSON Web Key Set."""
     RotateSigningKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RotateSigningKeyRequest, _auth_service_pb2.RotateSigningKeyResponse]  # type: ignore[assignment]
     """Rotates the signing key: a new key signs from now on, the previous one
-    stays in the JWKS for the overlap window.
+    stays in the JWKS for the overlap window. Returns RESOURCE_EXHAUSTED
+    (with a QuotaFailure and `retry_after_seconds` in the ErrorInfo) when the
+    key was rotated less than the minimum interval ago (300 s by default).
     """
     GetCurrentUser: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetCurrentUserRequest, _auth_service_pb2.GetCurrentUserResponse]  # type: ignore[assignment]
     """Returns the caller's own user and role."""
@@ -192,7 +196,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.RotateSigningKeyResponse, _abc.Awaitable[_auth_service_pb2.RotateSigningKeyResponse]]:
         """Rotates the signing key: a new key signs from now on, the previous one
-        stays in the JWKS for the overlap window.
+        stays in the JWKS for the overlap window. Returns RESOURCE_EXHAUSTED
+        (with a QuotaFailure and `retry_after_seconds` in the ErrorInfo) when the
+        key was rotated less than the minimum interval ago (300 s by default).
         """
 
     @_abc_1.abstractmethod
