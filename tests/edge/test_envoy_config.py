@@ -758,6 +758,24 @@ async def test_health_request_the_edge_cannot_read_is_invalid_argument(edge: Env
     assert "uncompressed" in headers["grpc-message"]
 
 
+async def test_health_request_too_large_for_the_router_is_resource_exhausted(edge: EnvoyProcess) -> None:
+    # The health router buffers the body to read the name, as much as a stream's window (64 KiB);
+    # Envoy's own refusal of more was a 413 that gRPC callers saw as UNKNOWN "Payload Too Large".
+    name = "bhiv.alpha.v1." + "x" * 100_000
+    code, _, message, _ = await health_check(edge.address, name)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "x-bhiv-service" in message
+    # gRPC-web over HTTP/1.1 has the connection's buffer limit (32 KiB), under the fixture's 64 KiB
+    # request limit.
+    request = health_pb2.HealthCheckRequest(service="bhiv.alpha.v1." + "x" * 40_000).SerializeToString()
+    web = await asyncio.to_thread(grpc_web_call, edge.address, HEALTH_CHECK, request)
+    assert (web.http_status, web.messages) == (413, [])
+    assert "x-bhiv-service" in web.grpc_message
+    # With the header, the name is not read at the edge: the service answers.
+    code, _, _, _ = await health_check(edge.address, name, ((SERVICE_HEADER, "alpha"),))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
 class CountingHealth(HealthServicer):
     """Health that counts the health router's own checks."""
 

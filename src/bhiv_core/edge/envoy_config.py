@@ -729,7 +729,9 @@ def _local_replies(settings: EdgeSettings) -> LocalReplyConfig:
     * the header-limit filter's denials: 431, RESOURCE_EXHAUSTED, and a message naming the limit;
     * any other 431 (the HTTP/1.1 codec's backstop): RESOURCE_EXHAUSTED;
     * any 400 (a path with an escaped slash, a malformed HTTP/1.1 header...): INVALID_ARGUMENT,
-      unless the reply already has a status.
+      unless the reply already has a status;
+    * a body larger than a filter may buffer (the health router reads at most a stream's window):
+      RESOURCE_EXHAUSTED, with a hint (gRPC-web: HTTP 413).
     """
     pseudo = "pseudo-headers and the edge's own headers included"
     too_many = f"too many request header fields: at most {settings.max_request_headers}, {pseudo}"
@@ -743,6 +745,12 @@ def _local_replies(settings: EdgeSettings) -> LocalReplyConfig:
             _mapper(_denied_by(HEADERS_TOO_LARGE), _RESOURCE_EXHAUSTED, status_code=431, body=too_large),
             _mapper("response.code == 431", _RESOURCE_EXHAUSTED),
             # Envoy's own 400s mostly have no body: say which check refused the request.
+            _mapper(
+                "response.code_details == 'request_payload_too_large'",
+                _RESOURCE_EXHAUSTED,
+                body="request too large for the edge to read: a health request without the "
+                f"{SERVICE_HEADER} header must be small enough for the edge to read the service name",
+            ),
             _mapper(
                 "response.code == 400",
                 _INVALID_ARGUMENT,

@@ -302,7 +302,11 @@ def _decoder(deserializer: Callable[[bytes], Any], request_streaming: bool) -> D
         return each
 
     def decode_unary(call: CallInfo, body: Any) -> Any:
-        call.request = request = decode(call, body)
+        # decode() inlined: this runs on every unary call.
+        try:
+            call.request = request = deserializer(body)
+        except Exception:
+            raise _malformed(call, body) from None
         return request
 
     return decode_unary
