@@ -82,3 +82,23 @@ async def test_a_revocation_is_honoured_at_another_service_without_waiting_for_a
         elapsed = round(time.monotonic() - revoked_at, 4)
         request.node.user_properties.append(("seconds_to_refusal_at_crm", elapsed))
     assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_revocation_watch_is_refused_at_the_edge_and_served_to_direct_callers(mesh: Mesh) -> None:
+    # Through the edge, anyone could hold every watcher slot of identity and keep the services from
+    # reconnecting; services watch identity directly, and outside callers read ListRevocations.
+    request = auth.WatchRevocationsRequest()
+    async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
+        stub = auth_grpc.AuthServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in stub.WatchRevocations(request, timeout=CALL_TIMEOUT):
+                pass
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "ListRevocations" in (refused.value.details() or "")
+        listed = await stub.ListRevocations(auth.ListRevocationsRequest(), timeout=CALL_TIMEOUT)
+        assert listed.next_page_token == ""
+    async with grpc.aio.insecure_channel(mesh.address("identity")) as channel:
+        call = auth_grpc.AuthServiceStub(channel).WatchRevocations(request, timeout=CALL_TIMEOUT)
+        first = await call.read()
+        assert first.HasField("resume_time")
+        call.cancel()

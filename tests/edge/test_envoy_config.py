@@ -36,6 +36,7 @@ from bhiv_core.edge.envoy_config import (
     HEADER_LIMITS_FILTER,
     HEADERS_TOO_LARGE,
     HEALTH_ROUTER,
+    MESH_ONLY_METHODS,
     PROTOCOL_HINT,
     REFLECTION_CLUSTER,
     REFLECTION_PREFIXES,
@@ -50,6 +51,7 @@ from bhiv_core.edge.lua_scripts import NOT_SERVING_HEADER, PROBE_USER_AGENT, hea
 from bhiv_core.edge.process import EnvoyError, EnvoyProcess, validate_config
 from bhiv_core.mesh import free_ports
 from bhiv_core.registry import SERVICES
+from bhiv_core.runtime.contracts import all_services, method_path
 from bhiv_core.runtime.health import HealthServicer
 from bhiv_core.runtime.limits import GRPC_MAX_METADATA_BYTES, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
 
@@ -456,6 +458,7 @@ def test_http_filters_run_grpc_web_cors_header_limits_rate_limit_lua_then_extras
         "refuse-method",
         "refuse-media-type",
         "unknown-service",
+        "mesh-only",
     }
 
 
@@ -1202,3 +1205,16 @@ async def test_cancelled_async_start_leaves_no_envoy_running(tmp_path: Path) -> 
         assert envoy.pid is None or not envoy.running
         with pytest.raises(EnvoyError, match="starts once"):
             envoy.start()
+
+
+def test_mesh_only_methods_are_methods_of_the_contracts_refused_before_any_service_route(
+    registry_bootstrap: dict[str, Any],
+) -> None:
+    methods = {method_path(m) for service in all_services() for m in service.methods}
+    assert set(MESH_ONLY_METHODS) <= methods
+    routes = virtual_host(registry_bootstrap)["routes"]
+    names = [route["name"] for route in routes]
+    for path in MESH_ONLY_METHODS:
+        [route] = [route for route in routes if route["match"].get("prefix") == path]
+        assert route["typed_per_filter_config"]["envoy.filters.http.lua"]["name"] == "mesh-only"
+        assert names.index(route["name"]) < names.index("identity")

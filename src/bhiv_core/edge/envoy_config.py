@@ -160,6 +160,7 @@ __all__ = [
     "HEADER_LIMITS_FILTER",
     "HEALTH_PREFIX",
     "HEALTH_ROUTER",
+    "MESH_ONLY_METHODS",
     "PROTOCOL_HINT",
     "REFLECTION_CLUSTER",
     "REFLECTION_PREFIXES",
@@ -267,6 +268,17 @@ HEALTH_ROUTER: Final = "health-router"
 
 UNKNOWN_SERVICE: Final = "unknown-service"
 """The name of the Lua reply to a health call whose ``x-bhiv-service`` names no service."""
+
+MESH_ONLY: Final = "mesh-only"
+"""The name of the Lua reply to a call of a method that only the mesh's own services make."""
+
+MESH_ONLY_METHODS: Final = ("/bhiv.identity.v1.AuthService/WatchRevocations",)
+"""Methods the edge refuses (PERMISSION_DENIED): services call them on identity directly.
+
+``WatchRevocations`` is public (a service needs revocations before it can verify a token) and each
+identity process serves a bounded number of watchers; through the edge, anyone could hold every
+slot and keep the services from reconnecting. Outside callers read ``ListRevocations`` instead.
+"""
 
 TOO_MANY_HEADERS: Final = "too-many-request-headers"
 HEADERS_TOO_LARGE: Final = "request-headers-too-large"
@@ -491,6 +503,10 @@ def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) ->
 
     """
     routes: list[Route] = [*_protocol_refusal_routes(), _oversized_request_route(settings.max_request_bytes)]
+    routes += [
+        _with_script(_route(f"mesh-only-{path.rsplit('/', 1)[1]}", path, REFLECTION_CLUSTER), MESH_ONLY)
+        for path in MESH_ONLY_METHODS
+    ]
     # An empty-name Check the health router sent to a service that is not serving says which are not.
     not_serving = _header(NOT_SERVING_HEADER, "%DYNAMIC_METADATA({}:{})%".format(*NOT_SERVING_METADATA))
     routes += [
@@ -827,6 +843,16 @@ def _lua(upstreams: Sequence[Upstream]) -> Lua:
                 "content-type": "application/grpc",
                 "grpc-status": "5",  # NOT_FOUND
                 "grpc-message": f"{SERVICE_HEADER} names no service of the mesh ({names})",
+            },
+        ),
+        MESH_ONLY: reply_script(
+            200,
+            "",
+            {
+                "content-type": "application/grpc",
+                "grpc-status": "7",  # PERMISSION_DENIED
+                "grpc-message": "only the mesh's services call this method, on identity directly; "
+                "outside callers use ListRevocations",
             },
         ),
     }

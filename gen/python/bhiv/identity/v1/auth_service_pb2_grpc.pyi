@@ -79,7 +79,9 @@ class AuthServiceStub:
 
     Public, like ListRevocations: a token id alone grants nothing, and a
     service needs the revocations before it can verify any token, so it has
-    no token to present. The stream is one call: it is audited once, when it
+    no token to present. Only the mesh's services call it, on identity
+    directly: the edge answers PERMISSION_DENIED, so that no outside caller can
+    hold the watcher slots. The stream is one call: it is audited once, when it
     ends. It ends with OK when identity shuts down (reconnect, passing
     `since`). Returns RESOURCE_EXHAUSTED when the process already serves its
     maximum number of watchers (256), UNAVAILABLE while identity is shutting
@@ -138,7 +140,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
 
     Public, like ListRevocations: a token id alone grants nothing, and a
     service needs the revocations before it can verify any token, so it has
-    no token to present. The stream is one call: it is audited once, when it
+    no token to present. Only the mesh's services call it, on identity
+    directly: the edge answers PERMISSION_DENIED, so that no outside caller can
+    hold the watcher slots. The stream is one call: it is audited once, when it
     ends. It ends with OK when identity shuts down (reconnect, passing
     `since`). Returns RESOURCE_EXHAUSTED when the process already serves its
     maximum number of watchers (256), UNAVAILABLE while identity is shutting
@@ -242,7 +246,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Public, like ListRevocations: a token id alone grants nothing, and a
         service needs the revocations before it can verify any token, so it has
-        no token to present. The stream is one call: it is audited once, when it
+        no token to present. Only the mesh's services call it, on identity
+        directly: the edge answers PERMISSION_DENIED, so that no outside caller can
+        hold the watcher slots. The stream is one call: it is audited once, when it
         ends. It ends with OK when identity shuts down (reconnect, passing
         `since`). Returns RESOURCE_EXHAUSTED when the process already serves its
         maximum number of watchers (256), UNAVAILABLE while identity is shutting
