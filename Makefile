@@ -13,8 +13,10 @@ BUF := $(TOOLS)/bin/buf
 # `make contracts-baseline` when a contract change is accepted (reviewed like any API change).
 BASELINE := contracts/baseline.binpb
 PYTEST_ARGS ?=
+# `make fuzz`: how long it runs, in seconds, shared by every RPC. FUZZ_SEED (environment) replays a run.
+FUZZ_SECONDS ?= 600
 
-.PHONY: help setup proto check-proto lint fmt typecheck buf-lint breaking contracts-baseline test run bench clean
+.PHONY: help setup proto check-proto lint fmt typecheck buf-lint breaking contracts-baseline test fuzz run bench clean
 
 help: ## Lists the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,6 +64,13 @@ fmt: $(VENV)/.stamp ## Formats the Python code.
 
 test: setup lint buf-lint breaking check-proto ## Sets everything up, lints, and runs every test.
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+fuzz: setup ## Fuzzes every RPC for FUZZ_SECONDS (600) with a new seed it prints; FUZZ_SEED=<n> replays one.
+	@seed="$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"; \
+	echo "make fuzz: FUZZ_SEED=$$seed FUZZ_SECONDS=$(FUZZ_SECONDS) (make fuzz FUZZ_SEED=$$seed replays this run)"; \
+	status=0; FUZZ_PROFILE=long FUZZ_SEED=$$seed FUZZ_SECONDS=$(FUZZ_SECONDS) \
+		$(PY) -m pytest tests/fuzz -m fuzz --timeout=0 $(PYTEST_ARGS) || status=$$?; \
+	echo "make fuzz: FUZZ_SEED=$$seed"; exit $$status
 
 run: setup ## Starts the whole mesh (seven services and Envoy) on localhost.
 	$(PY) -m bhiv_core.mesh
