@@ -10,8 +10,9 @@
 
 Neither profile keeps a Hypothesis database: a failure is reproduced by its seed, and Hypothesis
 prints its smallest failing probe (method, target, body hex, headers) for each kind of failure.
-Shrinking is bounded per round (calls and seconds), so a broken build still finishes in minutes:
-past the bound the smallest probe found so far is reported.
+Shrinking is bounded per round (calls and seconds) and per run (seconds: 2 minutes under ``ci``),
+so a broken build still finishes in minutes: past the bound the smallest probe found so far is
+reported.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class FuzzProfile:
         shrink_calls: How many calls shrinking may make in a round, after generating.
         shrink_seconds: How long shrinking may take in a round (a probe that makes the edge drop
             its connection costs a second per call).
+        shrink_total_seconds: How long shrinking may take in the whole run.
 
     """
 
@@ -60,6 +62,7 @@ class FuzzProfile:
     max_body_bytes: int | None
     shrink_calls: int
     shrink_seconds: float
+    shrink_total_seconds: float
 
     @property
     def settings(self) -> settings:
@@ -78,6 +81,16 @@ def current() -> FuzzProfile:
         raise ValueError(f"FUZZ_PROFILE must be ci or long, not {name!r}")
     seed = int(os.environ.get("FUZZ_SEED", "0"))
     if name == "ci":
-        return FuzzProfile(name, seed, 0.0, 256 * KIB, shrink_calls=60, shrink_seconds=5.0)
+        return FuzzProfile(
+            name, seed, 0.0, 256 * KIB, shrink_calls=60, shrink_seconds=5.0, shrink_total_seconds=120.0
+        )
     seconds = float(os.environ.get("FUZZ_SECONDS", "600"))
-    return FuzzProfile(name, seed, seconds, None, shrink_calls=300, shrink_seconds=60.0)
+    return FuzzProfile(
+        name,
+        seed,
+        seconds,
+        None,
+        shrink_calls=300,
+        shrink_seconds=20.0,
+        shrink_total_seconds=max(120.0, seconds / 3),
+    )

@@ -220,34 +220,57 @@ def _probe_key(probe: Probe) -> tuple[object, ...]:
     return (probe.target, probe.credential, probe.headers, digest.digest())
 
 
+@dataclass
+class Allowance:
+    """Seconds of shrinking left for the whole run, shared by every RPC's rounds."""
+
+    seconds: float
+
+    def spend(self, seconds: float) -> None:
+        self.seconds -= seconds
+
+
 class Round:
     """One Hypothesis run over an RPC, with its calls remembered and its shrinking bounded.
 
     Every probe's verdict is remembered, so Hypothesis' replay of a failing probe gets the same
     failure without another call (a real mesh is not deterministic, and replays cost calls).
     Shrinking is bounded: after the generation phase (``max_examples`` calls), at most
-    ``shrink_calls`` more calls or ``shrink_seconds`` are made; probes after that count as passing,
-    so Hypothesis stops shrinking and reports the smallest failing probe found so far.
+    ``shrink_calls`` more calls or ``shrink_seconds`` are made, and none once the run's
+    :class:`Allowance` is spent; probes after that count as passing, so Hypothesis stops shrinking
+    and reports the smallest failing probe found so far (a broken build still finishes in minutes).
     """
 
-    def __init__(self, examples: int, shrink_calls: int, shrink_seconds: float):
+    def __init__(self, examples: int, shrink_calls: int, shrink_seconds: float, allowance: Allowance):
         self.examples = examples
         self.shrink_calls = shrink_calls
         self.shrink_seconds = shrink_seconds
+        self.allowance = allowance
         self.calls = 0
         self.shrink_started: float | None = None
+        self.last_check = 0.0
         self.verdicts: dict[tuple[object, ...], FuzzFailure | None] = {}
 
     def over_budget(self) -> bool:
-        """True once shrinking has used its calls or its time."""
+        """True once shrinking has used its calls or its time, or the run's allowance is spent."""
         if self.calls < self.examples:
             return False
+        now = time.monotonic()
         if self.shrink_started is None:
-            self.shrink_started = time.monotonic()
+            self.shrink_started = now
+        else:
+            self.allowance.spend(now - self.last_check)
+        self.last_check = now
         return (
             self.calls - self.examples >= self.shrink_calls
-            or time.monotonic() - self.shrink_started >= self.shrink_seconds
+            or now - self.shrink_started >= self.shrink_seconds
+            or self.allowance.seconds <= 0
         )
+
+
+@pytest.fixture(scope="module")
+def shrink_allowance(fuzz_profile: FuzzProfile) -> Allowance:
+    return Allowance(fuzz_profile.shrink_total_seconds)
 
 
 def _plain(error: BaseException) -> BaseException:
@@ -273,6 +296,7 @@ def test_rpc_answers_every_probe_cleanly(
     channels: dict[str, grpc.Channel],
     health_watches: dict[str, calls.Watch],
     seconds_per_rpc: float,
+    shrink_allowance: Allowance,
 ) -> None:
     limit = message_limit(fuzz_mesh)
     budget = Budget(fuzz_profile.max_body_bytes or limit - 1024, limit)
@@ -281,7 +305,9 @@ def test_rpc_answers_every_probe_cleanly(
     spend = rpc.path in SPENDS_TOKEN
     bystanders = calls.Bystanders(channels)
     settings = fuzz_profile.settings
-    current = Round(settings.max_examples, fuzz_profile.shrink_calls, fuzz_profile.shrink_seconds)
+    current = Round(
+        settings.max_examples, fuzz_profile.shrink_calls, fuzz_profile.shrink_seconds, shrink_allowance
+    )
     round_seed = fuzz_profile.seed
 
     def call(probe: Probe) -> FuzzFailure | None:
@@ -336,7 +362,12 @@ def test_rpc_answers_every_probe_cleanly(
     found: dict[type[BaseException], BaseException] = {}
     try:
         while True:
-            current = Round(settings.max_examples, fuzz_profile.shrink_calls, fuzz_profile.shrink_seconds)
+            current = Round(
+                settings.max_examples,
+                fuzz_profile.shrink_calls,
+                fuzz_profile.shrink_seconds,
+                shrink_allowance,
+            )
             try:
                 seed(round_seed)(settings(given(strategy)(probe_once)))()
             except (FuzzFailure, BaseExceptionGroup) as error:
@@ -401,9 +432,17 @@ def test_the_default_audit_page_fits_the_message_limit_after_the_fuzz(
 
 
 def _error_kind(entry: dict[str, object]) -> str:
-    """An error line's kind: who logged it and what, with RPC paths left out (one kind, many RPCs)."""
-    text = re.sub(r"/[\w.]+/\w+", "<rpc>", str(entry.get("msg", "")))[:200]
+    """An error line's kind: who logged what, and the exception's last line, without RPC paths."""
+    text = str(entry.get("msg", ""))
+    exc = str(entry.get("exc", "")).strip()
+    if exc:
+        text += f" [{exc.splitlines()[-1][:160]}]"
+    text = re.sub(r"type '[\w.]+'", "type '<message>'", re.sub(r"/[\w.]+/\w+", "<rpc>", text))
     return f"{entry.get('service')} {entry.get('logger')}: {text}"
+
+
+_STDERR_ERROR = re.compile(r"^([EF]\d{4} |Traceback|\w+(Error|Exception)\b|Fatal|Segmentation)")
+"""What a service's stderr shows when something went wrong (gRPC's own I and W lines are fine)."""
 
 
 def test_no_service_logged_an_error_during_the_fuzz(fuzz_mesh: Mesh) -> None:
@@ -415,7 +454,11 @@ def test_no_service_logged_an_error_during_the_fuzz(fuzz_mesh: Mesh) -> None:
             try:
                 entry = json.loads(line)
             except ValueError:
-                # Whatever a service printed outside its JSON log (a crash) is an error too.
+                entry = None
+            if not isinstance(entry, dict):
+                # What a service printed outside its JSON log (a crash, gRPC's own errors).
+                if not _STDERR_ERROR.match(line):
+                    continue
                 kind = f"{path.name}: {line[:200]}"
             else:
                 if entry.get("level") not in ("error", "critical"):
