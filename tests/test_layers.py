@@ -5,7 +5,8 @@ The layers, highest first (STYLE.md 12):
 1. the launcher: ``mesh`` and the ``edge`` it starts;
 2. ``services``;
 3. the chain wiring: ``standard_chain`` composes the concerns with their collaborators;
-4. the concerns and stores: ``interceptors``, ``audit``, ``storage``;
+4. the concerns and stores: ``interceptors``, ``audit``, ``storage``, ``resources`` (the
+   resource kit every resource-oriented service builds on);
 5. ``runtime``: config, the chain mechanism, the server, clients, telemetry — it runs whatever
    chain it is given and knows no concern;
 6. ``security``: principals, roles, token verification;
@@ -29,7 +30,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("launcher", ("bhiv_core.mesh", "bhiv_core.edge")),
     ("services", ("bhiv_core.services",)),
     ("chain wiring", ("bhiv_core.standard_chain",)),
-    ("concerns and stores", ("bhiv_core.interceptors", "bhiv_core.audit", "bhiv_core.storage")),
+    (
+        "concerns and stores",
+        ("bhiv_core.interceptors", "bhiv_core.audit", "bhiv_core.storage", "bhiv_core.resources"),
+    ),
     ("runtime", ("bhiv_core.runtime",)),
     ("security", ("bhiv_core.security",)),
     ("base", ("bhiv_core.registry", "bhiv_core.runtime.errors", "bhiv_core.runtime.contracts")),

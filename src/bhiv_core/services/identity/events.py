@@ -11,16 +11,15 @@ import contextlib
 import contextvars
 import enum
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from bhiv.sentinel.v1 import threat_pb2, threat_service_pb2, threat_service_pb2_grpc
+from bhiv_core.runtime.times import to_timestamp
 from bhiv_core.services.identity.tokens import SERVICE_TOKEN_TTL_SECONDS
 
 __all__ = [
@@ -216,16 +215,3 @@ class SentinelReporter:
         await stub.ReportSecurityEvent(
             request, metadata=(("authorization", f"Bearer {token}"), *metadata), timeout=self._timeout
         )
-
-
-def to_timestamp(seconds: float) -> Timestamp:
-    """Converts Unix seconds to a ``Timestamp`` that converts back to the very same float.
-
-    The fraction is split off first: ``seconds * 1e9`` would lose the last bits of the float, and
-    a ``since`` filter built from a listed time must not end up a hair after it.
-    """
-    whole = math.floor(seconds)
-    nanos = round((seconds - whole) * 1e9)
-    if nanos >= 1_000_000_000:
-        whole, nanos = whole + 1, nanos - 1_000_000_000
-    return Timestamp(seconds=whole, nanos=nanos)
