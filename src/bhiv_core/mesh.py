@@ -225,19 +225,7 @@ class Mesh:
         except OSError as exc:
             raise MeshError(f"the data directory {self.data_dir} cannot be made private: {exc}") from exc
         for spec in SERVICES:
-            # In its own session, a terminal's Ctrl-C reaches only the launcher, which stops the
-            # services in order; bound (SIGTERM when the thread that starts it ends: this, the
-            # loop's, which lives as long as the mesh), it stops with a launcher killed outright.
-            with open_private(self.log_dir / f"{spec.name}.stderr.log", "wb") as output:
-                self.procs[spec.name] = subprocess.Popen(
-                    bound_command([sys.executable, "-m", f"bhiv_core.services.{spec.name}"]),
-                    env=env,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                    umask=PRIVATE_UMASK,
-                )
+            self._spawn(spec.name, env)
         deadline = time.monotonic() + self.startup_timeout
         try:
             await asyncio.gather(
@@ -253,6 +241,40 @@ class Mesh:
         except BaseException:
             await self.stop()
             raise
+
+    def _spawn(self, name: str, env: Mapping[str, str]) -> None:
+        # In its own session, a terminal's Ctrl-C reaches only the launcher, which stops the
+        # services in order; bound (SIGTERM when the thread that starts it ends: this, the
+        # loop's, which lives as long as the mesh), it stops with a launcher killed outright.
+        with open_private(self.log_dir / f"{name}.stderr.log", "wb") as output:
+            self.procs[name] = subprocess.Popen(
+                bound_command([sys.executable, "-m", f"bhiv_core.services.{name}"]),
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                umask=PRIVATE_UMASK,
+            )
+
+    def kill(self, name: str) -> None:
+        """SIGKILLs one service with all its worker processes (a crash, for durability tests)."""
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group is it and its workers
+        proc.wait()
+
+    async def restart(self, name: str) -> None:
+        """Starts one service again (after :meth:`kill`) and waits until it serves.
+
+        Serving both directly and through the edge, whose connections to it were cut.
+        """
+        if self.procs[name].poll() is None:
+            raise MeshError(f"{name} is still running")
+        self._spawn(name, self.service_env())
+        deadline = time.monotonic() + self.startup_timeout
+        await self._wait_serving(name, self.address(name), deadline, self.procs[name])
+        await self._wait_serving(name, self.edge_address, deadline)
 
     def upstreams(self) -> list[Upstream]:
         """The edge's upstreams, from the registry."""
