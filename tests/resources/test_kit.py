@@ -235,3 +235,23 @@ async def test_pages_walk_every_record_once_in_order_and_tokens_are_bound_to_the
     assert seen == [f"Zed-{n}" for n in range(7)]
     with pytest.raises(InvalidArgument):
         await list_page(store, CUSTOMERS, [], page_size=-1, page_token="", query=())
+
+
+def test_a_resource_without_etag_or_update_time_is_stamped_with_what_it_has() -> None:
+    from bhiv.crm.v1 import interaction_pb2
+
+    interactions = Collection("interactions", (Field("customer", "text"),))
+    kind = ResourceType(
+        message=interaction_pb2.Interaction,
+        collection=interactions,
+        index=lambda i: {"customer": i.customer},
+        mutable=frozenset(),
+        label="interaction",
+        request_field="interaction",
+    )
+    sent = interaction_pb2.Interaction(name="interactions/mine", customer="customers/c", subject="call")
+    made = kind.fresh(sent, now=1_700_000_000.5)
+    assert made.name.startswith("interactions/") and made.name != sent.name
+    assert (made.create_time.seconds, made.create_time.nanos) == (1_700_000_000, 500_000_000)
+    record = kind.record(made)
+    assert record.etag == "" and kind.load(record) == made

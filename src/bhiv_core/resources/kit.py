@@ -179,7 +179,7 @@ class ResourceType(Generic[M]):
             data=message.SerializeToString(deterministic=True),
             fields=self.index(message),
             owner=self.owner(message),
-            etag=message.etag,  # type: ignore[attr-defined]
+            etag=getattr(message, "etag", ""),
         )
 
     def load(self, record: Record) -> M:
@@ -189,12 +189,16 @@ class ResourceType(Generic[M]):
     def stamp(self, message: M, *, now: float, create: bool = False) -> M:
         """Sets the server-owned fields for a write at ``now``.
 
-        A new etag and update time, and the create time too when ``create``.
+        A new etag and update time, and the create time too when ``create``; a message without
+        one of these fields (an append-only resource has no etag) simply does not get it.
         """
-        if create:
+        fields = self.message.DESCRIPTOR.fields_by_name
+        if create and "create_time" in fields:
             message.create_time.CopyFrom(to_timestamp(now))  # type: ignore[attr-defined]
-        message.update_time.CopyFrom(to_timestamp(now))  # type: ignore[attr-defined]
-        message.etag = new_etag()  # type: ignore[attr-defined]
+        if "update_time" in fields:
+            message.update_time.CopyFrom(to_timestamp(now))  # type: ignore[attr-defined]
+        if "etag" in fields:
+            message.etag = new_etag()  # type: ignore[attr-defined]
         return message
 
     def fresh(self, given: M, *, now: float, id: str | None = None) -> M:
@@ -202,7 +206,8 @@ class ResourceType(Generic[M]):
         message = self.message()
         message.CopyFrom(given)
         for name in SERVER_OWNED:
-            message.ClearField(name)
+            if name in self.message.DESCRIPTOR.fields_by_name:
+                message.ClearField(name)
         message.name = self.name(id or new_id())  # type: ignore[attr-defined]
         return self.stamp(message, now=now, create=True)
 
