@@ -230,14 +230,14 @@ async def revocation_propagation(mesh: Mesh, sessions: int = 100, deadline: floa
         for _ in range(sessions):
             login = await auth.Login(auth_service_pb2.LoginRequest(username=username, password=password))
             metadata = (("authorization", f"Bearer {login.tokens.access_token}"),)
-            if (code := await crm_code(metadata)) == grpc.StatusCode.UNAUTHENTICATED:
+            if await crm_code(metadata) == grpc.StatusCode.UNAUTHENTICATED:
                 raise RuntimeError("crm refused a fresh token")
             sent = time.perf_counter()
             await auth.Logout(
                 auth_service_pb2.LogoutRequest(refresh_token=login.tokens.refresh_token), metadata=metadata
             )
             returned = time.perf_counter()
-            while (code := await crm_code(metadata)) != grpc.StatusCode.UNAUTHENTICATED:
+            while await crm_code(metadata) != grpc.StatusCode.UNAUTHENTICATED:
                 if time.perf_counter() - sent > deadline:
                     raise RuntimeError(f"crm still accepts a token {deadline:g} s after its logout")
             refused = time.perf_counter()

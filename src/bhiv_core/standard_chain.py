@@ -33,8 +33,16 @@ from bhiv_core.security.jwt import JwtVerifier, RevocationSet
 __all__ = ["basic_chain", "standard_chain"]
 
 
-def standard_chain(config: RuntimeConfig, definition: ServiceDefinition) -> Chain:
-    """Builds the full chain of one service; its hooks open and close the audit sink and pollers."""
+def standard_chain(config: RuntimeConfig, definition: ServiceDefinition, *, audit: bool = True) -> Chain:
+    """Builds the full chain of one service; its hooks open and close the audit sink and pollers.
+
+    Args:
+        config: The service's configuration.
+        definition: What the service serves.
+        audit: False leaves the audit concern out: only ``make bench`` does, to measure what
+            durable audit costs. Every service runs with it.
+
+    """
     settings = config.settings
     channels = PeerChannels(config.peers, extra_interceptors=client_interceptors)
     identity_channel = lambda: channels.channel("identity")  # noqa: E731
@@ -70,7 +78,7 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition) -> Chai
             ),
             MetricsInterceptor(config.service),
         ],
-        audit=AuditInterceptor(sink, config.service),
+        audit=AuditInterceptor(sink, config.service) if audit else None,
         errors=ErrorMappingInterceptor(domain=f"{config.service}.bhiv.core"),
         auth=AuthInterceptor(verifier, on_failure=count_failure),
         rbac=RbacInterceptor(RolePolicy()),
@@ -78,15 +86,18 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition) -> Chai
     )
 
     async def start() -> None:
-        await sink.start()
+        if audit:
+            await sink.start()
         revocations.start()
 
     async def stop() -> None:
         await revocations.stop()
-        await sink.close()
+        if audit:
+            await sink.close()
         await channels.close()
 
-    return Chain(interceptors, on_start=[start], on_stop=[stop], checks={"audit_sink": sink.check})
+    checks = {"audit_sink": sink.check} if audit else {}
+    return Chain(interceptors, on_start=[start], on_stop=[stop], checks=checks)
 
 
 def basic_chain(config: RuntimeConfig, definition: ServiceDefinition | None = None) -> Chain:
