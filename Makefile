@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # `make fuzz`: how long it runs, in seconds, shared by every RPC. FUZZ_SEED (environment) replays a run.
 FUZZ_SECONDS ?= 600
 
-.PHONY: help setup proto check-proto lint fmt typecheck buf-lint breaking contracts-baseline test fuzz run bench clean
+.PHONY: help setup proto check-proto lint fmt typecheck buf-lint breaking contracts-baseline test fuzz run demo bench clean
 
 help: ## Lists the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ fuzz: setup ## Fuzzes every RPC for FUZZ_SECONDS (600) with a new seed it prints
 
 run: setup ## Starts the whole mesh (seven services and Envoy) on localhost.
 	$(PY) -m bhiv_core.mesh
+
+demo: setup ## Loads a small, labelled SAMPLE dataset through the edge of a running mesh (make run first).
+	$(PY) examples/demo.py
 
 bench: setup ## Benchmarks direct vs edge, bare vs full chain, and audit verification (10^5, 10^6 records).
 	$(PY) -m bench.run
