@@ -66,6 +66,8 @@ __all__ = [
     "new_id",
     "owner_filters",
     "sort_key",
+    "sum_parts",
+    "total_of_parts",
     "visible",
 ]
 
@@ -110,6 +112,27 @@ def sort_key(*parts: str, limit: int = 60) -> str:
     that order by id), so the key fits a page token whatever the parts hold.
     """
     return "\x1f".join(part.casefold()[:limit] for part in parts)
+
+
+_PART = 10**9
+
+
+def sum_parts(value: int) -> tuple[int, int]:
+    """``value`` (≥ 0, up to about 9.2e20) as two int fields a store can sum without overflowing.
+
+    Stores sum int fields in 64 bits (SQLite's ``SUM`` fails on overflow), so a field holding
+    amounts in micros overflows after a few large records; a product (quantity times unit price,
+    value times probability) overflows on its own. Stored as ``value // 10**9`` and ``value % 10**9``,
+    each part sums exactly over millions of records; :func:`total_of_parts` joins the two sums
+    into the exact total (a Python int, of any size).
+    """
+    high, low = divmod(value, _PART)
+    return high, low
+
+
+def total_of_parts(high: int, low: int) -> int:
+    """The exact total of two summed :func:`sum_parts` fields."""
+    return high * _PART + low
 
 
 def check_etag(given: str, record: Record, name: str) -> None:
