@@ -1,0 +1,52 @@
+"""What the CRM resources check and answer alike: required fields, lost races, illegal transitions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
+from bhiv_core.runtime.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument
+
+__all__ = ["changed", "illegal_transition", "refuse", "require_text"]
+
+
+def require_text(out: list[FieldViolation], path: str, value: str) -> None:
+    """Adds a REQUIRED violation when ``value`` is empty or only white space."""
+    if not value.strip():
+        out.append(FieldViolation(path, "is required", "REQUIRED"))
+
+
+def refuse(violations: Sequence[FieldViolation]) -> None:
+    """Raises INVALID_ARGUMENT with ``violations`` when there are any."""
+    if violations:
+        raise InvalidArgument(violations=violations)
+
+
+def changed(name: str) -> Aborted:
+    """The error of a conditional write that lost a race: the record changed since it was read."""
+    return Aborted(f"{name} changed while this call ran: re-read it and retry", reason="CONCURRENT_CHANGE")
+
+
+def illegal_transition(
+    label: str, enum: EnumTypeWrapper, current: int, wanted: int, allowed: Iterable[int], hint: str
+) -> FailedPrecondition:
+    """FAILED_PRECONDITION for a status change the lifecycle forbids, naming the allowed next states.
+
+    Args:
+        label: The resource (``lead``).
+        enum: The status enum, for the names.
+        current: The stored status.
+        wanted: The status asked for.
+        allowed: The statuses this call may set from ``current``.
+        hint: What to do instead (``use ConvertLead to win a lead``).
+
+    """
+    names = [enum.Name(value) for value in allowed]
+    may = ", ".join(names) if names else "none: its status is final here"
+    return FailedPrecondition(
+        f"a {label} in {enum.Name(current)} cannot move to {enum.Name(wanted)} here; "
+        f"allowed next states: {may}; {hint}",
+        reason="ILLEGAL_TRANSITION",
+        metadata={"current": enum.Name(current), "allowed": ",".join(names)},
+    )
