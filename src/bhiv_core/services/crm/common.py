@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from bhiv_core.runtime.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument
 
@@ -29,24 +28,23 @@ def changed(name: str) -> Aborted:
 
 
 def illegal_transition(
-    label: str, enum: EnumTypeWrapper, current: int, wanted: int, allowed: Iterable[int], hint: str
+    label: str, enum_name: Callable[[Any], str], current: int, wanted: int, allowed: Iterable[int], hint: str
 ) -> FailedPrecondition:
     """FAILED_PRECONDITION for a status change the lifecycle forbids, naming the allowed next states.
 
     Args:
         label: The resource (``lead``).
-        enum: The status enum, for the names.
+        enum_name: The status enum's ``Name``.
         current: The stored status.
         wanted: The status asked for.
         allowed: The statuses this call may set from ``current``.
         hint: What to do instead (``use ConvertLead to win a lead``).
 
     """
-    names = [enum.Name(value) for value in allowed]
-    may = ", ".join(names) if names else "none: its status is final here"
+    names = [enum_name(value) for value in allowed]
     return FailedPrecondition(
-        f"a {label} in {enum.Name(current)} cannot move to {enum.Name(wanted)} here; "
-        f"allowed next states: {may}; {hint}",
+        f"a {label} in {enum_name(current)} cannot move to {enum_name(wanted)} here; "
+        f"allowed next states: {', '.join(names) or 'none'} ({hint})",
         reason="ILLEGAL_TRANSITION",
-        metadata={"current": enum.Name(current), "allowed": ",".join(names)},
+        metadata={"current": enum_name(current), "allowed": ",".join(names)},
     )

@@ -22,6 +22,7 @@ from bhiv_core.resources import (
     Filter,
     HasItem,
     In,
+    Record,
     ResourceStore,
     Transaction,
     UniqueViolation,
@@ -30,12 +31,18 @@ from bhiv_core.resources import (
     list_page,
     owner_filters,
 )
-from bhiv_core.runtime.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument
+from bhiv_core.runtime.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from bhiv_core.security.principal import Principal
 from bhiv_core.services.crm.common import changed, refuse, require_text
-from bhiv_core.services.crm.resources import CUSTOMER, CUSTOMERS, TICKETS, email_key
+from bhiv_core.services.crm.resources import CUSTOMER, CUSTOMERS, TICKETS
 
-__all__ = ["Customers", "check_customer", "email_taken"]
+__all__ = ["Customers", "check_customer", "claim_customer", "email_taken"]
 
 _TAG = re.compile(r"[a-z0-9_-]{1,50}")
 
@@ -72,6 +79,22 @@ def check_customer(customer: customer_pb2.Customer, prefix: str = "customer") ->
             out.append(FieldViolation(path, f"repeats the tag {tag!r}", "DUPLICATE"))
         seen.add(tag)
     return out
+
+
+async def claim_customer(txn: Transaction, name: str) -> Record:
+    """The customer ``name`` inside ``txn``, held against a concurrent delete; NOT_FOUND when gone.
+
+    For writes that must not outlive the customer (a ticket that is not closed): the record is
+    written back unchanged, so on MongoDB, whose snapshot transactions would let this one and a
+    concurrent ``DeleteCustomer`` both commit (each reads what the other writes), the two write the
+    same document and one of them runs again. On SQLite writers are serialised anyway.
+    """
+    record = await txn.get(CUSTOMERS, CUSTOMER.id_of(name, field="customer"))
+    if record is None:
+        raise NotFound(f"{name} not found", reason="CUSTOMER_NOT_FOUND", metadata={"customer": name})
+    if not await txn.replace(CUSTOMERS, record, expected_etag=record.etag):
+        raise changed(name)
+    return record
 
 
 class Customers:
@@ -190,8 +213,3 @@ class Customers:
             return cs.DeleteCustomerResponse(name=name)
 
         return await self._store.run(delete)
-
-    async def find_by_email(self, txn: Transaction, email: str) -> customer_pb2.Customer | None:
-        """The customer whose address is ``email`` ignoring case, read inside ``txn``."""
-        found = await txn.find(CUSTOMERS, [Eq("email_key", email_key(email))])
-        return CUSTOMER.load(found[0]) if found else None

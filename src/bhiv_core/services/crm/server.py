@@ -14,8 +14,19 @@ from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.services.crm.config import CrmConfig
 from bhiv_core.services.crm.customers import Customers
+from bhiv_core.services.crm.dashboard import Dashboard
+from bhiv_core.services.crm.interactions import Interactions
+from bhiv_core.services.crm.leads import Leads
 from bhiv_core.services.crm.resources import COLLECTIONS, MIGRATIONS
-from bhiv_core.services.crm.servicer import MISSING, CustomerServicer
+from bhiv_core.services.crm.servicer import (
+    MISSING,
+    CustomerServicer,
+    DashboardServicer,
+    InteractionServicer,
+    LeadServicer,
+    TicketServicer,
+)
+from bhiv_core.services.crm.tickets import Tickets
 from bhiv_core.standard_chain import standard_chain
 
 __all__ = ["NAME", "build_server", "definition", "serve"]
@@ -76,11 +87,17 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
     """
     store = make_crm_store(config)
     pruner = _Pruner(store, clock)
-    implemented: dict[str, object] = {"CustomerService": CustomerServicer(Customers(store, clock))}
+    servicers: dict[str, object] = {
+        "CustomerService": CustomerServicer(Customers(store, clock)),
+        "LeadService": LeadServicer(Leads(store, clock)),
+        "TicketService": TicketServicer(Tickets(store, clock)),
+        "InteractionService": InteractionServicer(Interactions(store, clock)),
+        "DashboardService": DashboardServicer(Dashboard(store, clock)),
+    }
     services = services_of_package("bhiv.crm.v1")
     return runtime.ServiceDefinition(
         name=NAME,
-        servicers=[(service, implemented.get(service.name, object())) for service in services],
+        servicers=[(service, servicers[service.name]) for service in services],
         missing=MISSING,
         checks={"store": store.ping},
         on_start=[store.open, pruner.start],
