@@ -19,8 +19,12 @@ from tests.e2e.conftest import mesh_env
 
 pytestmark = pytest.mark.e2e
 
-CHANNELS = 8
-"""Connections opened to crm: the kernel spreads them over both workers (SO_REUSEPORT)."""
+CHANNELS = 16
+"""Connections opened to crm: the kernel spreads them over both workers (SO_REUSEPORT).
+
+With both listening, all 16 land on one worker with a chance of 2**-15."""
+# Each channel its own connection (grpc shares one per target in a process by default).
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +39,18 @@ async def two_worker_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
 def served_by(log_dir: Path, method: str) -> set[str]:
     """The worker log files that record a call of ``method``."""
     return {path.name for path in log_dir.glob("crm-*.log") if method in path.read_text(errors="replace")}
+
+
+async def until_both_workers_serve(mesh: Mesh, metadata: tuple[tuple[str, str], ...]) -> None:
+    """Returns once each worker has answered a call (the launcher's health check reaches one)."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while served_by(mesh.log_dir, "ListCustomers") != {"crm-1.log", "crm-2.log"}:
+        assert asyncio.get_running_loop().time() < deadline, "a crm worker never answered"
+        async with grpc.aio.insecure_channel(mesh.address("crm"), options=OWN_CONNECTION) as channel:
+            await cs_grpc.CustomerServiceStub(channel).ListCustomers(
+                cs.ListCustomersRequest(page_size=1), metadata=metadata, timeout=CALL_TIMEOUT
+            )
+        await asyncio.sleep(0.05)
 
 
 async def test_two_workers_share_uniqueness_and_every_created_customer_reads_back(
