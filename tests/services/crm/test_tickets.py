@@ -302,3 +302,15 @@ async def test_a_retried_create_returns_the_first_ticket(crm: Crm) -> None:
     err = await refused(crm.tickets.CreateTicket(other, metadata=SUPPORT))
     assert violations(err) == [("request_id", "REQUEST_ID_REUSED")]
     assert count(crm.data_dir) == 1
+
+
+async def test_opening_a_ticket_holds_the_customer_without_changing_it(crm: Crm) -> None:
+    # The ticket's transaction writes the customer's store-only claim count, so that on MongoDB it
+    # conflicts with a concurrent DeleteCustomer; the customer itself (message, etag) is untouched.
+    ana = await crm.customer("ana@example.org")
+    await open_ticket(crm, ana.name)
+    await open_ticket(crm, ana.name)
+    got = (await crm.customers.GetCustomer(cs.GetCustomerRequest(name=ana.name), metadata=SUPPORT)).customer
+    assert got == ana
+    with sqlite3.connect(crm.data_dir / "crm.db") as db:
+        assert db.execute("SELECT f_claims FROM customers").fetchall() == [(2,)]

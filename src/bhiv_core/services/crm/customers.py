@@ -10,6 +10,7 @@ of it is CLOSED, checked in the transaction of the delete.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable
@@ -84,17 +85,23 @@ def check_customer(customer: customer_pb2.Customer, prefix: str = "customer") ->
 async def claim_customer(txn: Transaction, name: str) -> Record:
     """The customer ``name`` inside ``txn``, held against a concurrent delete; NOT_FOUND when gone.
 
-    For writes that must not outlive the customer (a ticket that is not closed): the record is
-    written back unchanged, so on MongoDB, whose snapshot transactions would let this one and a
-    concurrent ``DeleteCustomer`` both commit (each reads what the other writes), the two write the
-    same document and one of them runs again. On SQLite writers are serialised anyway.
+    For writes that must not outlive the customer (a ticket that is not closed, a lead linked to
+    it). MongoDB's snapshot transactions would let this one and a concurrent ``DeleteCustomer``
+    both commit (each reads only what the other writes), so this one writes the customer too: its
+    store-only ``claims`` count, leaving the message, etag and update time as they are. Two writes
+    of one document conflict, and MongoDB runs one of the transactions again, which then sees the
+    other's outcome. (SQLite serialises writers anyway.)
     """
     record = await txn.get(CUSTOMERS, CUSTOMER.id_of(name, field="customer"))
     if record is None:
         raise NotFound(f"{name} not found", reason="CUSTOMER_NOT_FOUND", metadata={"customer": name})
-    if not await txn.replace(CUSTOMERS, record, expected_etag=record.etag):
+    claims = record.fields.get("claims", 0)
+    held = dataclasses.replace(
+        record, fields={**record.fields, "claims": (claims if isinstance(claims, int) else 0) + 1}
+    )
+    if not await txn.replace(CUSTOMERS, held, expected_etag=record.etag):
         raise changed(name)
-    return record
+    return held
 
 
 class Customers:

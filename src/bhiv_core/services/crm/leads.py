@@ -36,7 +36,7 @@ from bhiv_core.runtime.errors import Aborted, FailedPrecondition, FieldViolation
 from bhiv_core.runtime.times import to_timestamp
 from bhiv_core.security.principal import Principal
 from bhiv_core.services.crm.common import changed, illegal_transition, refuse, require_text
-from bhiv_core.services.crm.customers import check_customer
+from bhiv_core.services.crm.customers import check_customer, claim_customer
 from bhiv_core.services.crm.resources import CUSTOMER, CUSTOMERS, LEAD, LEADS, email_key
 
 __all__ = ["FINAL_STAGES", "OPEN_STAGES", "Leads", "check_lead"]
@@ -221,8 +221,8 @@ class Leads:
 async def _customer_for(txn: Transaction, lead: Lead, now: float) -> customer_pb2.Customer:
     """The customer with the lead's e-mail address, or a new ACTIVE one made from the lead."""
     found = await txn.find(CUSTOMERS, [Eq("email_key", email_key(lead.email))])
-    if found:
-        return CUSTOMER.load(found[0])
+    if found:  # held, so that a concurrent delete cannot leave the lead linked to nothing
+        return CUSTOMER.load(await claim_customer(txn, CUSTOMER.name(found[0].id)))
     customer = CUSTOMER.fresh(
         customer_pb2.Customer(
             first_name=lead.first_name,

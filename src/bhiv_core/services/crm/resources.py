@@ -9,7 +9,8 @@ text comes back byte for byte as it was sent.
 - **customers**: ``email_key`` is the case-folded e-mail address under a unique index, so two
   customers can never share an address in any case, whatever process inserts them; ``search``
   holds the case-folded names, e-mail address and company for ``ListCustomers.query``; lists follow
-  ``sort`` (last name, then first name, case-folded). A customer owns its own record.
+  ``sort`` (last name, then first name, case-folded); ``claims`` changes whenever a transaction
+  holds the customer against a concurrent delete. A customer owns its own record.
 - **leads**: newest first; the estimated value is kept in its currency as exact integer parts
   (:func:`~bhiv_core.resources.sum_parts`) so the dashboard sums any amounts without overflow.
 - **tickets**: newest first, owned by their customer; ``resolved`` is the resolve time (0 when
@@ -54,6 +55,8 @@ CUSTOMERS = Collection(
         Field("status", "int"),
         Field("tags", "list"),
         Field("search", "text"),
+        # Store-only, never in the message: changed by claim_customer (see there).
+        Field("claims", "int"),
     ),
     order=("sort",),
     unique=(("email_key",),),
