@@ -265,3 +265,50 @@ async def test_interactions_move_the_last_contact_time(mesh: Mesh, admin: Sessio
             cs.GetCustomerRequest(name=customer.name), metadata=support.metadata, timeout=CALL_TIMEOUT
         )
     assert got.customer.last_contact_time == made.interaction.occur_time
+
+
+async def test_the_remaining_rpcs_answer_through_the_edge(mesh: Mesh, admin: Session) -> None:
+    # Together with the tests above and the README walk-through, every bhiv.crm.v1 RPC is called
+    # through the edge at least once.
+    async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
+        leads, tickets = ls_grpc.LeadServiceStub(channel), ts_grpc.TicketServiceStub(channel)
+        interactions = is_grpc.InteractionServiceStub(channel)
+        meta = {"metadata": admin.metadata, "timeout": CALL_TIMEOUT}
+        lead = (
+            await leads.CreateLead(ls.CreateLeadRequest(lead=lead_pb2.Lead(first_name="Rita")), **meta)
+        ).lead
+        assert (await leads.GetLead(ls.GetLeadRequest(name=lead.name), **meta)).lead == lead
+        listed = await leads.ListLeads(
+            ls.ListLeadsRequest(status=lead_pb2.LEAD_STATUS_NEW, page_size=500), **meta
+        )
+        assert lead.name in [item.name for item in listed.leads]
+        assert (
+            await leads.DeleteLead(ls.DeleteLeadRequest(name=lead.name, etag=lead.etag), **meta)
+        ).name == lead.name
+
+        customer = await create_customer(channel, admin, first_name="Uma", email=unique_email())
+        ticket = (
+            await tickets.CreateTicket(
+                ts.CreateTicketRequest(ticket=ticket_pb2.Ticket(customer=customer.name, title="Slow")), **meta
+            )
+        ).ticket
+        moved = await tickets.UpdateTicket(
+            ts.UpdateTicketRequest(
+                ticket=ticket_pb2.Ticket(
+                    name=ticket.name, etag=ticket.etag, status=ticket_pb2.TICKET_STATUS_IN_PROGRESS
+                ),
+                update_mask=FieldMask(paths=["status"]),
+            ),
+            **meta,
+        )
+        assert moved.ticket.status == ticket_pb2.TICKET_STATUS_IN_PROGRESS
+        note = await interactions.CreateInteraction(
+            its.CreateInteractionRequest(
+                interaction=interaction_pb2.Interaction(
+                    customer=customer.name, type=interaction_pb2.INTERACTION_TYPE_NOTE, subject="VIP"
+                )
+            ),
+            **meta,
+        )
+        got = await interactions.GetInteraction(its.GetInteractionRequest(name=note.interaction.name), **meta)
+        assert got.interaction == note.interaction
