@@ -16,12 +16,12 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bhiv.crm.v1 import customer_service_pb2 as cs
-from bhiv.crm.v1 import customer_service_pb2_grpc as cs_grpc
 from bhiv.identity.v1 import auth_service_pb2 as auth
 from bhiv.identity.v1 import auth_service_pb2_grpc as auth_grpc
 from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
+from bhiv.integrations.v1 import integration_service_pb2 as integrations
+from bhiv.integrations.v1 import integration_service_pb2_grpc as is_grpc
 from bhiv_core.edge.binaries import find_tool
 from bhiv_core.edge.envoy_config import PROTOCOL_HINT
 from bhiv_core.edge.lua_scripts import NOT_SERVING_HEADER
@@ -60,11 +60,13 @@ async def test_every_service_is_healthy_through_the_edge(mesh: Mesh) -> None:
 async def test_unbuilt_rpc_is_unimplemented_through_the_edge(mesh: Mesh, admin: Session) -> None:
     async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await cs_grpc.CustomerServiceStub(channel).ListCustomers(
-                cs.ListCustomersRequest(), metadata=admin.metadata
+            await is_grpc.IntegrationServiceStub(channel).ListIntegrations(
+                integrations.ListIntegrationsRequest(), metadata=admin.metadata
             )
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert err.value.details().startswith("bhiv.crm.v1.CustomerService/ListCustomers is not implemented yet")
+    assert err.value.details().startswith(
+        "bhiv.integrations.v1.IntegrationService/ListIntegrations is not implemented yet"
+    )
 
 
 async def test_bad_input_is_invalid_argument_through_the_edge(mesh: Mesh, admin: Session) -> None:
@@ -86,10 +88,10 @@ def test_grpcurl_lists_every_service_through_the_edge(mesh: Mesh) -> None:
 
 def test_grpcurl_calls_rpcs_through_reflection(mesh: Mesh, admin: Session) -> None:
     bearer = f"authorization: Bearer {admin.access_token}"
-    out = grpcurl(mesh, "-H", bearer, "-d", "{}", "bhiv.crm.v1.CustomerService/ListCustomers")
+    out = grpcurl(mesh, "-H", bearer, "-d", "{}", "bhiv.integrations.v1.IntegrationService/ListIntegrations")
     assert out.returncode != 0
     assert "Code: Unimplemented" in out.stderr
-    assert "bhiv.crm.v1.CustomerService/ListCustomers is not implemented yet" in out.stderr
+    assert "bhiv.integrations.v1.IntegrationService/ListIntegrations is not implemented yet" in out.stderr
     bad = grpcurl(mesh, "-H", bearer, "-d", '{"page_size": -1}', "bhiv.identity.v1.UserService/ListUsers")
     assert "Code: InvalidArgument" in bad.stderr
     me = grpcurl(mesh, "-H", bearer, "-d", "{}", "bhiv.identity.v1.AuthService/GetCurrentUser")
@@ -147,7 +149,7 @@ def test_hand_framed_grpc_web_reaches_a_service(mesh: Mesh) -> None:
 def test_grpc_web_error_carries_status_and_message(mesh: Mesh, admin: Session) -> None:
     status, headers, body = grpc_web(
         mesh,
-        "/bhiv.crm.v1.CustomerService/ListCustomers",
+        "/bhiv.integrations.v1.IntegrationService/ListIntegrations",
         b"",
         origin="http://localhost:3000",
         authorization=f"Bearer {admin.access_token}",

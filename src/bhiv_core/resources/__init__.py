@@ -32,6 +32,8 @@ from bhiv_core.resources.kit import (
     new_id,
     owner_filters,
     sort_key,
+    sum_parts,
+    total_of_parts,
     visible,
 )
 from bhiv_core.resources.model import (
@@ -81,5 +83,7 @@ __all__ = [
     "new_id",
     "owner_filters",
     "sort_key",
+    "sum_parts",
+    "total_of_parts",
     "visible",
 ]

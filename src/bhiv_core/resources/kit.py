@@ -66,6 +66,8 @@ __all__ = [
     "new_id",
     "owner_filters",
     "sort_key",
+    "sum_parts",
+    "total_of_parts",
     "visible",
 ]
 
@@ -76,7 +78,9 @@ RECEIPT_TTL_SECONDS = 24 * 3600.0
 """How long a ``request_id`` is remembered: a retry after that creates a new resource."""
 
 SERVER_OWNED = ("name", "create_time", "update_time", "etag")
-"""Fields every resource message has that only the server writes."""
+"""Fields only the server writes. Every resource has ``name`` and ``create_time``; an immutable one
+(an interaction, a tracking event) may have no ``update_time`` and ``etag``, and is then stored
+with an empty etag and never replaced."""
 
 
 def new_id() -> str:
@@ -108,6 +112,27 @@ def sort_key(*parts: str, limit: int = 60) -> str:
     that order by id), so the key fits a page token whatever the parts hold.
     """
     return "\x1f".join(part.casefold()[:limit] for part in parts)
+
+
+_PART = 10**9
+
+
+def sum_parts(value: int) -> tuple[int, int]:
+    """``value`` (≥ 0, up to about 9.2e20) as two int fields a store can sum without overflowing.
+
+    Stores sum int fields in 64 bits (SQLite's ``SUM`` fails on overflow), so a field holding
+    amounts in micros overflows after a few large records; a product (quantity times unit price,
+    value times probability) overflows on its own. Stored as ``value // 10**9`` and ``value % 10**9``,
+    each part sums exactly over millions of records; :func:`total_of_parts` joins the two sums
+    into the exact total (a Python int, of any size).
+    """
+    high, low = divmod(value, _PART)
+    return high, low
+
+
+def total_of_parts(high: int, low: int) -> int:
+    """The exact total of two summed :func:`sum_parts` fields."""
+    return high * _PART + low
 
 
 def check_etag(given: str, record: Record, name: str) -> None:
@@ -172,6 +197,11 @@ class ResourceType(Generic[M]):
         """The id of one of this type's names (NOT_FOUND for another collection's)."""
         return id_of(name, self.collection, field=field)
 
+    @property
+    def versioned(self) -> bool:
+        """True when the message has ``update_time`` and ``etag`` (it can change after create)."""
+        return "etag" in self.message.DESCRIPTOR.fields_by_name
+
     def record(self, message: M) -> Record:
         """The stored form of a message."""
         return Record(
@@ -179,7 +209,7 @@ class ResourceType(Generic[M]):
             data=message.SerializeToString(deterministic=True),
             fields=self.index(message),
             owner=self.owner(message),
-            etag=message.etag,  # type: ignore[attr-defined]
+            etag=message.etag if self.versioned else "",  # type: ignore[attr-defined]
         )
 
     def load(self, record: Record) -> M:
@@ -189,20 +219,24 @@ class ResourceType(Generic[M]):
     def stamp(self, message: M, *, now: float, create: bool = False) -> M:
         """Sets the server-owned fields for a write at ``now``.
 
-        A new etag and update time, and the create time too when ``create``.
+        A new etag and update time, and the create time too when ``create`` (an immutable
+        resource, without ``update_time`` and ``etag``, gets only its create time).
         """
         if create:
             message.create_time.CopyFrom(to_timestamp(now))  # type: ignore[attr-defined]
-        message.update_time.CopyFrom(to_timestamp(now))  # type: ignore[attr-defined]
-        message.etag = new_etag()  # type: ignore[attr-defined]
+        if self.versioned:
+            message.update_time.CopyFrom(to_timestamp(now))  # type: ignore[attr-defined]
+            message.etag = new_etag()  # type: ignore[attr-defined]
         return message
 
     def fresh(self, given: M, *, now: float, id: str | None = None) -> M:
         """A new resource from a create request's message: server-owned fields replaced."""
         message = self.message()
         message.CopyFrom(given)
+        present = self.message.DESCRIPTOR.fields_by_name
         for name in SERVER_OWNED:
-            message.ClearField(name)
+            if name in present:
+                message.ClearField(name)
         message.name = self.name(id or new_id())  # type: ignore[attr-defined]
         return self.stamp(message, now=now, create=True)
 

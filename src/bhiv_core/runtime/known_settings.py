@@ -73,6 +73,8 @@ SHARED_SETTINGS: Final = frozenset(
         "LOGIN_THROTTLE_MAX_ENTRIES",
         # logistics
         "LOGISTICS_STORE_URL",
+        # crm
+        "CRM_STORE_URL",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",

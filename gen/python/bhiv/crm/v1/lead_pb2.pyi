@@ -151,7 +151,8 @@ class Lead(_message.Message):
     notes: _builtins.str
     """Free-text notes, at most 10000 characters."""
     converted_customer: _builtins.str
-    """The customer created from the lead by ConvertLead,
+    """The customer created from the lead by ConvertLead (or the existing
+    customer with its e-mail address, which it was linked to),
     `customers/{customer_id}`; empty until converted. Output only.
     """
     etag: _builtins.str

@@ -340,7 +340,9 @@ class ConvertLeadResponse(_message.Message):
 
     @_builtins.property
     def customer(self) -> _customer_pb2.Customer:
-        """The customer created from the lead."""
+        """The customer created from the lead, or the existing customer with its
+        e-mail address that the lead was linked to.
+        """
 
     def __init__(
         self,

@@ -122,10 +122,12 @@ class LeadServiceServicer:
         """Converts an open lead, in one transaction: creates an ACTIVE customer
         from its first and last name, e-mail address, company and notes, sets the
         lead WON with `converted_customer` and `convert_time`, and returns both.
-        Returns FAILED_PRECONDITION when the lead is already converted (WON) or
-        LOST, or has no e-mail address; ALREADY_EXISTS when a customer already has
-        its e-mail address; NOT_FOUND when the lead does not exist; and ABORTED
-        when `etag` is set and stale.
+        When a customer already has the lead's e-mail address (compared ignoring
+        case), no customer is created: the lead is linked to that customer, which
+        is returned unchanged. Returns FAILED_PRECONDITION when the lead is
+        already converted (WON; the error names its customer) or LOST, or has no
+        e-mail address; NOT_FOUND when the lead does not exist; and ABORTED when
+        `etag` is set and stale.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
