@@ -37,6 +37,7 @@ from bhiv_core.resources import (
     idempotent,
     list_page,
     new_id,
+    total_of_parts,
 )
 from bhiv_core.runtime.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from bhiv_core.runtime.times import to_timestamp
@@ -45,7 +46,6 @@ from bhiv_core.services.logistics.resources import (
     ADJUSTMENTS,
     ITEM,
     SUPPLIER,
-    VALUE_SPLIT,
     supplier_record,
 )
 from bhiv_core.services.logistics.rules import (
@@ -352,7 +352,7 @@ class Inventory:
             currency, _, category = str(group.key).partition("/")
             high, low = (int(s) for s in group.sums)
             by_currency = values.setdefault(category, {})
-            by_currency[currency] = by_currency.get(currency, 0) + high * VALUE_SPLIT + low
+            by_currency[currency] = by_currency.get(currency, 0) + total_of_parts(high, low)
         response = inventory_service_pb2.GetInventoryAnalyticsResponse(compute_time=to_timestamp(now))
         totals: dict[str, int] = {}
         for group in per_category:

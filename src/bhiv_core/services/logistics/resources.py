@@ -7,9 +7,9 @@ contract lists them).
 
 Money is kept as integer micros so the store can sum it: each item carries its stock value,
 (``quantity`` + ``reserved_quantity``) times ``unit_price``, in ``value_micros``, and the same value
-split at 2^32 into ``value_hi`` and ``value_lo`` — a store's integer sum of the whole values could
-overflow 64 bits, the sums of the halves cannot (it would take 2^31 items), so analytics add them
-up exactly in Python.
+in the two parts of :func:`~bhiv_core.resources.sum_parts` (``value_hi``, ``value_lo``): a store's
+64-bit sum of the whole values could overflow, the sums of the parts cannot, and analytics join
+them into the exact total.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from bhiv.logistics.v1 import inventory_item_pb2, shipment_pb2, supplier_pb2
-from bhiv_core.resources import Collection, Field, Record, ResourceType, sort_key
+from bhiv_core.resources import Collection, Field, Record, ResourceType, sort_key, sum_parts
 from bhiv_core.resources.sqlite import schema
 
 __all__ = [
@@ -27,14 +27,10 @@ __all__ = [
     "MIGRATIONS",
     "SHIPMENT",
     "SUPPLIER",
-    "VALUE_SPLIT",
     "category_currency",
     "stock_value",
     "supplier_record",
 ]
-
-VALUE_SPLIT = 1 << 32
-"""Where an item's stock value is split into ``value_hi`` and ``value_lo`` for exact sums."""
 
 ITEMS = Collection(
     "items",
@@ -110,6 +106,7 @@ def category_currency(item: inventory_item_pb2.InventoryItem) -> str:
 
 def _item_fields(item: inventory_item_pb2.InventoryItem) -> dict[str, str | int | float | bool | list[str]]:
     value = stock_value(item)
+    high, low = sum_parts(value)
     return {
         "sku": item.sku,
         "category": item.category,
@@ -118,8 +115,8 @@ def _item_fields(item: inventory_item_pb2.InventoryItem) -> dict[str, str | int 
         "quantity": item.quantity,
         "reserved": item.reserved_quantity,
         "value_micros": value,
-        "value_hi": value // VALUE_SPLIT,
-        "value_lo": value % VALUE_SPLIT,
+        "value_hi": high,
+        "value_lo": low,
         "currency_category": category_currency(item),
     }
 
