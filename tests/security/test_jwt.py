@@ -111,6 +111,26 @@ async def test_rotated_key_is_seen_at_once_but_made_up_kids_cannot_hammer_identi
     assert source.fetches == 4
 
 
+async def test_a_cold_verifier_admits_a_burst_of_valid_tokens_with_one_key_fetch() -> None:
+    # A worker that just started has no keys yet, and its first calls arrive all at once: one of
+    # them fetches the key set while the others wait, and then all find the key it brought.
+    signer = Signer()
+
+    class SlowKeys(StaticKeys):
+        async def fetch(self):  # type: ignore[override]
+            await asyncio.sleep(0.05)  # identity is a network call away
+            return await super().fetch()
+
+    source = SlowKeys({signer.kid: signer.public})
+    verifier = JwtVerifier(
+        source, RevocationSet(), issuer=ISSUER, audience=AUDIENCE, refresh_cooldown=60, refresh_burst=5
+    )
+    tokens = [signer.token(sub=f"users/u{n}") for n in range(32)]
+    principals = await asyncio.gather(*(verifier.verify(token) for token in tokens))
+    assert [p.subject for p in principals] == [f"users/u{n}" for n in range(32)]
+    assert source.fetches == 1
+
+
 async def test_failed_refresh_keeps_the_last_good_keys() -> None:
     signer = Signer()
 

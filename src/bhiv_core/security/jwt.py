@@ -336,9 +336,16 @@ class JwtVerifier:
         self._tokens_at = time.monotonic()
         self._refresh_lock = asyncio.Lock()
 
-    async def refresh_keys(self, *, force: bool = False) -> bool:
-        """Re-reads the key set if the refresh budget allows; keeps the old keys on failure."""
+    async def refresh_keys(self, *, force: bool = False, kid: str | None = None) -> bool:
+        """Re-reads the key set if the refresh budget allows; keeps the old keys on failure.
+
+        With ``kid``, a refresh that another call made while this one waited for the lock and that
+        brought the key counts as this one's: a burst of first calls (a worker that just started)
+        fetches once, instead of spending the budget and refusing the calls beyond it.
+        """
         async with self._refresh_lock:
+            if kid is not None and kid in self._keys:
+                return True
             if not force:
                 now = time.monotonic()
                 earned = (now - self._tokens_at) / self._cooldown if self._cooldown > 0 else self._burst
@@ -396,7 +403,7 @@ class JwtVerifier:
         if not isinstance(kid, str) or not kid:
             raise TokenError("no kid")
         key = self._keys.get(kid)
-        if key is None and await self.refresh_keys():
+        if key is None and await self.refresh_keys(kid=kid):
             key = self._keys.get(kid)
         if key is None:
             raise TokenError("unknown kid")
