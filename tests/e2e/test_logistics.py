@@ -8,9 +8,11 @@ read by the other.
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 import secrets
+import subprocess
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -29,7 +31,6 @@ from bhiv.logistics.v1 import supplier_service_pb2 as sup
 from bhiv.logistics.v1 import supplier_service_pb2_grpc as sup_grpc
 from bhiv_core.mesh import Mesh
 from tests.e2e.client import CALL_TIMEOUT, Session, create_user
-from tests.e2e.test_edge import grpcurl
 
 pytestmark = pytest.mark.e2e
 
@@ -319,53 +320,41 @@ async def test_32_clients_on_2_workers_racing_for_the_last_units_never_oversell(
     assert all(after[name] > before.get(name, 0) for name in after), (before, after)
 
 
-def test_the_readme_grpcurl_flow_works_through_the_edge(
-    mesh: Mesh, admin: Session, people: dict[str, Any]
-) -> None:
-    bearer = f"authorization: Bearer {admin.access_token}"
+ROOT = Path(__file__).resolve().parents[2]
 
-    def call(method: str, body: dict[str, Any]) -> dict[str, Any]:
-        done = grpcurl(mesh, "-H", bearer, "-d", json.dumps(body), f"bhiv.logistics.v1.{method}")
-        assert done.returncode == 0, done.stderr
-        return dict(json.loads(done.stdout))
 
-    supplier = call(
-        "SupplierService/CreateSupplier", {"supplier": {"display_name": "Acme Parts", "active": True}}
-    )["supplier"]
-    sku = f"CHAIR-{secrets.token_hex(3)}"
-    item = call(
-        "InventoryService/CreateItem",
-        {
-            "item": {
-                "sku": sku,
-                "display_name": "Teak chair",
-                "category": "furniture",
-                "quantity": 12,
-                "reorder_level": 3,
-                "unit_price": {"currency_code": "INR", "amount_micros": "4999000000"},
-                "supplier": supplier["name"],
-            }
-        },
-    )["item"]
-    call("InventoryService/AdjustStock", {"name": item["name"], "delta": 8, "reason": "received PO-1042"})
-    shipment = call(
-        "ShipmentService/CreateShipment",
-        {
-            "shipment": {
-                "customer": people["customers"][0],
-                "line_items": [{"item": item["name"], "quantity": 2}],
-                "shipping_address": {"line1": "12 MG Road", "city": "Bengaluru", "country_code": "IN"},
-            },
-            "request_id": f"order-{secrets.token_hex(4)}",
-        },
-    )["shipment"]
-    call(
-        "ShipmentService/AdvanceShipment", {"name": shipment["name"], "status": "SHIPMENT_STATUS_PROCESSING"}
+def readme_block(marker: str) -> str:
+    """The bash block that follows ``<!-- marker -->`` in the README."""
+    after = (ROOT / "README.md").read_text().split(f"<!-- {marker} -->\n", 1)[1]
+    assert after.startswith("```bash\n")
+    return after.removeprefix("```bash\n").split("\n```", 1)[0]
+
+
+def test_the_readmes_logistics_example_works_through_the_edge(mesh: Mesh, admin: Session) -> None:
+    script = readme_block("logistics-example").replace("localhost:8080", mesh.edge_address)
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "TOKEN": admin.access_token},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    tracked = call("ShipmentService/TrackShipment", {"tracking_number": shipment["tracking_number"]})
-    assert [e["status"] for e in tracked["events"]] == [
-        "SHIPMENT_STATUS_PENDING",
-        "SHIPMENT_STATUS_PROCESSING",
-    ]
-    analytics = call("InventoryService/GetInventoryAnalytics", {})
-    assert int(analytics["total_items"]) >= 1
+    assert done.returncode == 0, done.stderr
+    out, err = done.stdout, done.stderr
+    # The tracking history, the chairs' counters, the analytics, Priya's own shipment.
+    for expected in (
+        '"tracking_number"',
+        '"location": "Bengaluru WH1"',
+        '"carrier": "BlueDart"',
+        '"quantity": 18',
+        '"shipped_quantity": "2"',
+        '"stocked_quantity": "20"',
+        '"total_items"',
+        '"customer": "customers/',
+    ):
+        assert expected in out, expected
+    assert out.count('"status": "SHIPMENT_STATUS_SHIPPED"') >= 2  # the advance and the history
+    # The two refusals: the illegal move and another customer.
+    assert "FailedPrecondition" in err and "SHIPMENT_STATUS_IN_TRANSIT" in err
+    assert "NotFound" in err and "shipment.customer" in err
