@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2, status_pb2
 
 from bhiv.crm.v1 import customer_pb2
@@ -29,6 +30,8 @@ from bhiv.logistics.v1 import shipment_service_pb2 as shp
 from bhiv.logistics.v1 import shipment_service_pb2_grpc as shp_grpc
 from bhiv.logistics.v1 import supplier_service_pb2 as sup
 from bhiv.logistics.v1 import supplier_service_pb2_grpc as sup_grpc
+from bhiv.sentinel.v1 import audit_service_pb2 as audit
+from bhiv.sentinel.v1 import audit_service_pb2_grpc as audit_grpc
 from bhiv_core.mesh import Mesh
 from tests.e2e.client import CALL_TIMEOUT, Session, create_user
 
@@ -358,3 +361,208 @@ def test_the_readmes_logistics_example_works_through_the_edge(mesh: Mesh, admin:
     # The two refusals: the illegal move and another customer.
     assert "FailedPrecondition" in err and "SHIPMENT_STATUS_IN_TRANSIT" in err
     assert "NotFound" in err and "shipment.customer" in err
+
+
+def _item(**fields: Any) -> inventory_item_pb2.InventoryItem:
+    base: dict[str, Any] = {
+        "sku": "BAD-INPUT-1",
+        "display_name": "Bad input",
+        "quantity": 1,
+        "unit_price": money_pb2.Money(currency_code="USD", amount_micros=1),
+    }
+    return inventory_item_pb2.InventoryItem(**(base | fields))
+
+
+def _shipment(customer: str, item: str, **fields: Any) -> shipment_pb2.Shipment:
+    base: dict[str, Any] = {
+        "customer": customer,
+        "line_items": [shipment_pb2.LineItem(item=item, quantity=1)],
+        "shipping_address": ADDRESS,
+    }
+    return shipment_pb2.Shipment(**(base | fields))
+
+
+async def test_bad_input_through_the_edge_changes_nothing_and_is_audited(
+    mesh: Mesh, admin: Session, people: dict[str, Any]
+) -> None:
+    ops = await create_user(mesh, admin, "ops")  # its own user: its audit records are this test's
+    customer = people["customers"][0]
+    async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
+        items = inv_grpc.InventoryServiceStub(channel)
+        shipments = shp_grpc.ShipmentServiceStub(channel)
+        suppliers = sup_grpc.SupplierServiceStub(channel)
+        item = await make_item(channel, ops, 5)
+        supplier = (
+            await suppliers.CreateSupplier(
+                sup.CreateSupplierRequest(supplier=supplier_pb2.Supplier(display_name="Kept")),
+                metadata=ops.metadata,
+            )
+        ).supplier
+        before = await shipments.ListShipments(shp.ListShipmentsRequest(page_size=500), metadata=ops.metadata)
+        INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+        cases: list[tuple[Any, Any, grpc.StatusCode, str]] = [
+            (items.CreateItem, inv.CreateItemRequest(item=_item(quantity=-5)), INVALID, "item.quantity"),
+            (items.CreateItem, inv.CreateItemRequest(item=_item(sku="S" * 65)), INVALID, "item.sku"),
+            (
+                items.CreateItem,
+                inv.CreateItemRequest(item=_item(display_name="n" * 201)),
+                INVALID,
+                "item.display_name",
+            ),
+            (
+                items.CreateItem,
+                inv.CreateItemRequest(
+                    item=_item(unit_price=money_pb2.Money(currency_code="USD", amount_micros=-1))
+                ),
+                INVALID,
+                "item.unit_price.amount_micros",
+            ),
+            (
+                items.CreateItem,
+                inv.CreateItemRequest(item=_item(supplier="suppliers/a/b")),
+                INVALID,
+                "item.supplier",
+            ),
+            (
+                items.AdjustStock,
+                inv.AdjustStockRequest(name=item.name, delta=2_000_000_000, reason="x"),
+                INVALID,
+                "delta",
+            ),
+            (
+                items.AdjustStock,
+                inv.AdjustStockRequest(name=item.name, delta=-6, reason="x"),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "",
+            ),
+            (
+                items.AdjustStock,
+                inv.AdjustStockRequest(name="items/../x", delta=1, reason="x"),
+                INVALID,
+                "name",
+            ),
+            (
+                items.AdjustStock,
+                inv.AdjustStockRequest(name="items/nope", delta=1, reason="x"),
+                NOT_FOUND,
+                "",
+            ),
+            (items.ListItems, inv.ListItemsRequest(page_size=-1), INVALID, "page_size"),
+            (items.ListItems, inv.ListItemsRequest(page_token="not-a-token"), INVALID, "page_token"),
+            (
+                items.UpdateItem,
+                inv.UpdateItemRequest(
+                    item=_item(name=item.name), update_mask=FieldMask(paths=["reserved_quantity"])
+                ),
+                INVALID,
+                "update_mask.paths[0]",
+            ),
+            (
+                suppliers.UpdateSupplier,
+                sup.UpdateSupplierRequest(
+                    supplier=supplier_pb2.Supplier(name=supplier.name, rating=6),
+                    update_mask=FieldMask(paths=["rating"]),
+                ),
+                INVALID,
+                "supplier.rating",
+            ),
+            (
+                suppliers.CreateSupplier,
+                sup.CreateSupplierRequest(
+                    supplier=supplier_pb2.Supplier(display_name="X", contact_email="not-an-email")
+                ),
+                INVALID,
+                "supplier.contact_email",
+            ),
+            (
+                shipments.CreateShipment,
+                shp.CreateShipmentRequest(
+                    shipment=_shipment(
+                        customer, item.name, line_items=[shipment_pb2.LineItem(item=item.name, quantity=-1)]
+                    )
+                ),
+                INVALID,
+                "shipment.line_items[0].quantity",
+            ),
+            (
+                shipments.CreateShipment,
+                shp.CreateShipmentRequest(
+                    shipment=_shipment(
+                        customer,
+                        item.name,
+                        line_items=[shipment_pb2.LineItem(item=item.name, quantity=1)] * 101,
+                    )
+                ),
+                INVALID,
+                "shipment.line_items",
+            ),
+            (
+                shipments.CreateShipment,
+                shp.CreateShipmentRequest(shipment=_shipment("customers/", item.name)),
+                INVALID,
+                "shipment.customer",
+            ),
+            (
+                shipments.CreateShipment,
+                shp.CreateShipmentRequest(shipment=_shipment(customer, "items/ghost")),
+                NOT_FOUND,
+                "",
+            ),
+            (
+                shipments.CreateShipment,
+                shp.CreateShipmentRequest(shipment=_shipment(customer, item.name), request_id="r" * 65),
+                INVALID,
+                "request_id",
+            ),
+            (shipments.ListShipments, shp.ListShipmentsRequest(status=99), INVALID, "status"),  # type: ignore[arg-type]
+            (
+                shipments.AdvanceShipment,
+                shp.AdvanceShipmentRequest(name="shipments/x", status=99),
+                INVALID,
+                "status",
+            ),  # type: ignore[arg-type]
+            (
+                shipments.TrackShipment,
+                shp.TrackShipmentRequest(tracking_number="lower-case"),
+                INVALID,
+                "tracking_number",
+            ),
+            (shipments.GetShipment, shp.GetShipmentRequest(name="shipments/nope"), NOT_FOUND, ""),
+        ]
+        for method, request, code, field in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await method(request, metadata=ops.metadata, timeout=CALL_TIMEOUT)
+            assert refused.value.code() == code, (request, refused.value)
+            if field:
+                assert field in details(refused.value)[1], (request, details(refused.value)[1])
+        # Nothing changed: the item, the supplier, the shipments.
+        assert (await items.GetItem(inv.GetItemRequest(name=item.name), metadata=ops.metadata)).item == item
+        kept = await suppliers.GetSupplier(sup.GetSupplierRequest(name=supplier.name), metadata=ops.metadata)
+        assert kept.supplier == supplier
+        after = await shipments.ListShipments(shp.ListShipmentsRequest(page_size=500), metadata=ops.metadata)
+        assert list(after.shipments) == list(before.shipments)
+        listed = await items.ListItems(inv.ListItemsRequest(page_size=500), metadata=ops.metadata)
+        assert "BAD-INPUT-1" not in [i.sku for i in listed.items]
+
+        # Every refusal is audited with its code, and the chain still verifies.
+        audits = audit_grpc.AuditServiceStub(channel)
+
+        async def refused_codes() -> Counter[str]:
+            reply = await audits.ListAuditRecords(
+                audit.ListAuditRecordsRequest(principal=ops.user.name, page_size=1000),
+                metadata=admin.metadata,
+            )
+            return Counter(
+                r.outcome_code
+                for r in reply.audit_records
+                if r.method.startswith("/bhiv.logistics.v1.") and r.outcome_code != "OK"
+            )
+
+        wanted = Counter(code.name for _, _, code, _ in cases)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while (await refused_codes()) != wanted:
+            assert loop.time() < deadline, (await refused_codes(), wanted)
+            await asyncio.sleep(0.1)
+        verified = await audits.VerifyAuditChain(audit.VerifyAuditChainRequest(), metadata=admin.metadata)
+        assert verified.ok
