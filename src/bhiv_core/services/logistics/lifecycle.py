@@ -76,6 +76,8 @@ _TRACKING_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 TRACKING_LENGTH = 16
 """Characters of a tracking number: 36^16 ≈ 2^82 values, drawn by ``secrets``: unguessable."""
 
+_TRACKING_VALUES = 36**TRACKING_LENGTH
+
 
 def status_name(status: Status) -> str:
     """The enum value's name, ``SHIPMENT_STATUS_PENDING`` (the number for an unknown one)."""
@@ -90,8 +92,17 @@ def estimated_delivery(status: Status, event_time: float) -> float | None:
 
 
 def new_tracking_number() -> str:
-    """A new tracking number: 16 random uppercase letters and digits."""
-    return "".join(secrets.choice(_TRACKING_ALPHABET) for _ in range(TRACKING_LENGTH))
+    """A new tracking number: 16 random uppercase letters and digits.
+
+    The digits of one 128-bit random number in base 36 (one read of the system's randomness
+    instead of one per character); the remainder's bias is below 10^-13.
+    """
+    value = secrets.randbits(128) % _TRACKING_VALUES
+    digits = []
+    for _ in range(TRACKING_LENGTH):
+        value, digit = divmod(value, 36)
+        digits.append(_TRACKING_ALPHABET[digit])
+    return "".join(digits)
 
 
 def allowed_moves(status: Status) -> list[str]:

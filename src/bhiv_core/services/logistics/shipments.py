@@ -24,6 +24,7 @@ from bhiv.logistics.v1 import inventory_item_pb2, shipment_pb2, shipment_service
 from bhiv_core.resources import (
     Eq,
     Filter,
+    In,
     Record,
     ResourceStore,
     Transaction,
@@ -334,13 +335,24 @@ def _check_new_shipment(shipment: shipment_pb2.Shipment, now: float) -> None:
     raise_if(violations)
 
 
+async def _line_items(txn: Transaction, shipment: shipment_pb2.Shipment) -> dict[str, Record]:
+    """The stored items of a shipment's lines by id, read in one query."""
+    ids = tuple(
+        ITEM.id_of(line.item, field=f"shipment.line_items[{i}].item")
+        for i, line in enumerate(shipment.line_items)
+    )
+    found = await txn.find(ITEM.collection, [In("id", ids)], limit=len(ids))
+    return {record.id: record for record in found}
+
+
 async def _reserve(txn: Transaction, shipment: shipment_pb2.Shipment, now: float) -> None:
     """Moves every line's units from free to reserved, or raises having written nothing."""
+    records = await _line_items(txn, shipment)
     loaded = []
     short = []
     for index, line in enumerate(shipment.line_items):
         field = f"shipment.line_items[{index}].item"
-        record = await txn.get(ITEM.collection, ITEM.id_of(line.item, field=field))
+        record = records.get(ITEM.id_of(line.item))
         if record is None:
             raise NotFound(
                 f"{field} {line.item!r} does not exist",
@@ -366,8 +378,7 @@ async def _reserve(txn: Transaction, shipment: shipment_pb2.Shipment, now: float
 
 async def _consume(txn: Transaction, shipment: shipment_pb2.Shipment, now: float) -> None:
     """The shipment ships: its reserved units leave stock (reserved → shipped)."""
-    for line in shipment.line_items:
-        record, item = await _reserved_item(txn, line, shipment.name)
+    for line, record, item in await _reserved_items(txn, shipment):
         item.reserved_quantity -= line.quantity
         item.shipped_quantity += line.quantity
         await replace_item(txn, restamp_item(item, now=now), record.etag)
@@ -375,26 +386,29 @@ async def _consume(txn: Transaction, shipment: shipment_pb2.Shipment, now: float
 
 async def _release(txn: Transaction, shipment: shipment_pb2.Shipment, now: float) -> None:
     """The shipment is cancelled: its reserved units are free again (reserved → quantity)."""
-    for line in shipment.line_items:
-        record, item = await _reserved_item(txn, line, shipment.name)
+    for line, record, item in await _reserved_items(txn, shipment):
         item.reserved_quantity -= line.quantity
         item.quantity += line.quantity
         await replace_item(txn, restamp_item(item, now=now), record.etag)
 
 
-async def _reserved_item(
-    txn: Transaction, line: shipment_pb2.LineItem, shipment: str
-) -> tuple[Record, inventory_item_pb2.InventoryItem]:
-    """The item of a line whose units the shipment holds reserved.
+async def _reserved_items(
+    txn: Transaction, shipment: shipment_pb2.Shipment
+) -> list[tuple[shipment_pb2.LineItem, Record, inventory_item_pb2.InventoryItem]]:
+    """Each line with the item whose units the shipment holds reserved.
 
     An item with reserved units cannot be deleted and reservations only move with their
     shipment, so a missing item or too few reserved units means the store broke an invariant.
     """
-    record = await txn.get(ITEM.collection, ITEM.id_of(line.item))
-    item = None if record is None else ITEM.load(record)
-    if record is None or item is None or item.reserved_quantity < line.quantity:
-        raise Internal(f"{shipment}: the reservation of {line.item} is missing")
-    return record, item
+    records = await _line_items(txn, shipment)
+    out = []
+    for line in shipment.line_items:
+        record = records.get(ITEM.id_of(line.item))
+        item = None if record is None else ITEM.load(record)
+        if record is None or item is None or item.reserved_quantity < line.quantity:
+            raise Internal(f"{shipment.name}: the reservation of {line.item} is missing")
+        out.append((line, record, item))
+    return out
 
 
 async def _save(txn: Transaction, shipment: shipment_pb2.Shipment, expected_etag: str, now: float) -> None:
