@@ -282,13 +282,23 @@ async def test_32_clients_on_2_workers_racing_for_the_last_units_never_oversell(
         await shp_grpc.ShipmentServiceStub(channel).CreateShipment(
             shipment_request(customer, (item.name, 40 - last)), metadata=ops.metadata, timeout=CALL_TIMEOUT
         )
+    # Each client gets its own connection (grpc shares one between channels to the same address
+    # otherwise), straight to logistics' port, which both workers share: the kernel spreads the
+    # connections over them (SO_REUSEPORT). Both workers first serve a read, so both race warm.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    for _ in range(64):
+        if len(served(mesh, "InventoryService/GetItem")) == 2 and all(
+            served(mesh, "InventoryService/GetItem").values()
+        ):
+            break
+        async with grpc.aio.insecure_channel(mesh.address("logistics"), options=options) as own:
+            await inv_grpc.InventoryServiceStub(own).GetItem(
+                inv.GetItemRequest(name=item.name), metadata=ops.metadata, timeout=CALL_TIMEOUT
+            )
     method = "ShipmentService/CreateShipment"
     before = served(mesh, method)
 
     async def client(number: int) -> str:
-        # Each client its own connection, straight to logistics' port, which both workers share:
-        # the kernel spreads the connections over them (SO_REUSEPORT).
-        options = [("grpc.use_local_subchannel_pool", 1)]
         async with grpc.aio.insecure_channel(mesh.address("logistics"), options=options) as own:
             try:
                 await shp_grpc.ShipmentServiceStub(own).CreateShipment(
