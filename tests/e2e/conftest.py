@@ -65,6 +65,9 @@ def mesh_env(otlp: str) -> dict[str, str]:
         "BHIV_REVOCATION_POLL_SECONDS": "3600",
         "BHIV_SCRYPT_LOG_N": "12",
         "BHIV_LOG_LEVEL": "info",
+        # Two logistics workers on one port and one store file, as deployed: the oversell race
+        # and every read-after-write of test_logistics span both processes.
+        "BHIV_LOGISTICS_WORKERS": "2",
     }
 
 

@@ -343,6 +343,7 @@ async def list_page(
     page_size: int,
     page_token: str,
     query: Iterable[object],
+    max_bytes: int | None = None,
 ) -> tuple[list[Record], str]:
     """One page of a list and the token of the next.
 
@@ -354,6 +355,10 @@ async def list_page(
         page_token: The request's page token.
         query: What the token is bound to besides the filters (the RPC, say): a token from
             another query is INVALID_ARGUMENT ``BAD_PAGE_TOKEN``.
+        max_bytes: The most bytes of stored messages one page holds (always at least one
+            record), for resources large enough that ``page_size`` of them could exceed the
+            response limit; the page ends early and its token continues after it. None: no
+            limit.
 
     """
     size = page_size_of(page_size)
@@ -370,9 +375,16 @@ async def list_page(
                 raise bad_page_token()
         after = list(key)
     records = await store.find(collection, filters, after=after, limit=size + 1)
-    if len(records) <= size:
-        return records, ""
     page = records[:size]
+    if max_bytes is not None:
+        total = 0
+        for count, record in enumerate(page):
+            total += len(record.data)
+            if total > max_bytes and count:
+                page = page[:count]
+                break
+    if len(page) == len(records):
+        return records, ""
     last = page[-1]
     key_values = [_token_item(collection, name, last.value(name)) for name in (*collection.order, "id")]
     return page, encode_page_token(key_values, fingerprint)

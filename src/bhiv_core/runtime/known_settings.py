@@ -71,6 +71,8 @@ SHARED_SETTINGS: Final = frozenset(
         "LOGIN_BACKOFF_MAX_SECONDS",
         "LOGIN_FAILURE_WINDOW_SECONDS",
         "LOGIN_THROTTLE_MAX_ENTRIES",
+        # logistics
+        "LOGISTICS_STORE_URL",
         # crm
         "CRM_STORE_URL",
         # sentinel

@@ -41,6 +41,7 @@ _OPS = {
     "logistics.suppliers.write",
     "logistics.suppliers.delete",
     "logistics.shipments.read",
+    "logistics.shipments.create",
     "logistics.shipments.write",
     "logistics.analytics.read",
     "crm.customers.read",
@@ -101,6 +102,9 @@ _CUSTOMER = {
     "crm.customers.read",
     "crm.tickets.create",
     "crm.tickets.read",
+    # Creating a shipment for itself only (logistics checks the customer); advancing and
+    # cancelling (logistics.shipments.write) stay with staff.
+    "logistics.shipments.create",
     "logistics.shipments.read",
 }
 

@@ -44,6 +44,8 @@ class InventoryItem(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    SHIPPED_QUANTITY_FIELD_NUMBER: _builtins.int
+    STOCKED_QUANTITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `items/{item_id}`. Output only."""
     sku: _builtins.str
@@ -70,7 +72,8 @@ class InventoryItem(_message.Message):
     """
     supplier: _builtins.str
     """The supplier of the item, `suppliers/{supplier_id}`; optional. Must name
-    an existing supplier, else NOT_FOUND.
+    an existing supplier, else NOT_FOUND, that is active when the item is
+    created or moved to it, else FAILED_PRECONDITION.
     """
     warehouse_location: _builtins.str
     """Where the item is stored, such as `WH1/A-03-2`, at most 200 characters."""
@@ -81,6 +84,15 @@ class InventoryItem(_message.Message):
     etag: _builtins.str
     """An opaque version used for optimistic concurrency; a stale value on a
     write is ABORTED. Output only.
+    """
+    shipped_quantity: _builtins.int
+    """The units that left stock with shipments that shipped, over the item's
+    life, >= 0. Output only.
+    """
+    stocked_quantity: _builtins.int
+    """The units ever put into stock: the opening `quantity` plus every
+    AdjustStock delta. Always `quantity` + `reserved_quantity` +
+    `shipped_quantity`, whatever happened to the service. Output only.
     """
     @_builtins.property
     def unit_price(self) -> _money_pb2.Money:
@@ -112,10 +124,12 @@ class InventoryItem(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        shipped_quantity: _builtins.int = ...,
+        stocked_quantity: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "unit_price", b"unit_price", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "etag", b"etag", "low_stock", b"low_stock", "name", b"name", "quantity", b"quantity", "reorder_level", b"reorder_level", "reserved_quantity", b"reserved_quantity", "sku", b"sku", "supplier", b"supplier", "unit_price", b"unit_price", "update_time", b"update_time", "warehouse_location", b"warehouse_location"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "etag", b"etag", "low_stock", b"low_stock", "name", b"name", "quantity", b"quantity", "reorder_level", b"reorder_level", "reserved_quantity", b"reserved_quantity", "shipped_quantity", b"shipped_quantity", "sku", b"sku", "stocked_quantity", b"stocked_quantity", "supplier", b"supplier", "unit_price", b"unit_price", "update_time", b"update_time", "warehouse_location", b"warehouse_location"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

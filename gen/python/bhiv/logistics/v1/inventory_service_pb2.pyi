@@ -313,8 +313,9 @@ class AdjustStockRequest(_message.Message):
     write-offs or corrections; never zero. At most 1,000,000,000 either way.
     """
     reason: _builtins.str
-    """Why the stock changed, such as `received PO-1042` or `damaged`; kept in
-    the audit log. 1–500 characters.
+    """Why the stock changed, such as `received PO-1042` or `damaged`; kept with
+    the adjustment in the logistics store (the audit log records the call).
+    1–500 characters.
     """
     etag: _builtins.str
     """The item's current etag; when set and stale the call is ABORTED."""

@@ -80,8 +80,10 @@ class InventoryServiceServicer:
 
     def CreateItem(self, request, context):
         """Creates an inventory item. Returns ALREADY_EXISTS when the SKU is taken,
-        NOT_FOUND when `supplier` names no supplier, and INVALID_ARGUMENT for a
-        missing or bad field.
+        NOT_FOUND when `supplier` names no supplier, FAILED_PRECONDITION when it
+        names an inactive one, and INVALID_ARGUMENT for a missing or bad field
+        (also when the opening stock's value, `quantity` × `unit_price`, exceeds
+        the largest amount a Money holds).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,8 +110,9 @@ class InventoryServiceServicer:
         category, unit_price, supplier, warehouse_location, reorder_level).
         `quantity` cannot be updated here (use AdjustStock): naming it or any
         output-only or unknown field is INVALID_ARGUMENT. Returns NOT_FOUND when
-        the item or the new supplier does not exist, ALREADY_EXISTS when the new
-        SKU is taken, and ABORTED when `etag` is set and stale.
+        the item or the new supplier does not exist, FAILED_PRECONDITION when the
+        new supplier is inactive, ALREADY_EXISTS when the new SKU is taken, and
+        ABORTED when `etag` is set and stale.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,9 +129,12 @@ class InventoryServiceServicer:
 
     def AdjustStock(self, request, context):
         """Adds `delta` units to (or, when negative, removes them from) the item's
-        free `quantity`, recording the reason. Returns FAILED_PRECONDITION when
-        the quantity would go below zero (nothing changes), NOT_FOUND when the item
-        does not exist, and ABORTED when `etag` is set and stale.
+        free `quantity`, recording the reason. Units reserved by shipments cannot
+        be removed. Returns FAILED_PRECONDITION when the quantity would go below
+        zero, or the units in stock (`quantity` + `reserved_quantity`) above
+        2,147,483,647, or their value above the largest amount a Money holds
+        (nothing changes), NOT_FOUND when the item does not exist, and ABORTED
+        when `etag` is set and stale.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,7 +142,10 @@ class InventoryServiceServicer:
 
     def GetInventoryAnalytics(self, request, context):
         """Returns totals over all inventory items: item and unit counts, stock value
-        and low-stock count, overall and per category.
+        and low-stock count, overall and per category, computed by the store from
+        the committed items. A stock value whose total exceeds the largest amount
+        a Money holds (9,223,372,036,854,775,807 micros) is reported as that
+        amount.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

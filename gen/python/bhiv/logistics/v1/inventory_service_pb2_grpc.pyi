@@ -37,8 +37,10 @@ class InventoryServiceStub:
     def __new__(cls, channel: _aio.Channel) -> InventoryServiceAsyncStub: ...
     CreateItem: _grpc.UnaryUnaryMultiCallable[_inventory_service_pb2.CreateItemRequest, _inventory_service_pb2.CreateItemResponse]
     """Creates an inventory item. Returns ALREADY_EXISTS when the SKU is taken,
-    NOT_FOUND when `supplier` names no supplier, and INVALID_ARGUMENT for a
-    missing or bad field.
+    NOT_FOUND when `supplier` names no supplier, FAILED_PRECONDITION when it
+    names an inactive one, and INVALID_ARGUMENT for a missing or bad field
+    (also when the opening stock's value, `quantity` × `unit_price`, exceeds
+    the largest amount a Money holds).
     """
     GetItem: _grpc.UnaryUnaryMultiCallable[_inventory_service_pb2.GetItemRequest, _inventory_service_pb2.GetItemResponse]
     """Gets an inventory item by resource name. Returns NOT_FOUND when it does
@@ -53,8 +55,9 @@ class InventoryServiceStub:
     category, unit_price, supplier, warehouse_location, reorder_level).
     `quantity` cannot be updated here (use AdjustStock): naming it or any
     output-only or unknown field is INVALID_ARGUMENT. Returns NOT_FOUND when
-    the item or the new supplier does not exist, ALREADY_EXISTS when the new
-    SKU is taken, and ABORTED when `etag` is set and stale.
+    the item or the new supplier does not exist, FAILED_PRECONDITION when the
+    new supplier is inactive, ALREADY_EXISTS when the new SKU is taken, and
+    ABORTED when `etag` is set and stale.
     """
     DeleteItem: _grpc.UnaryUnaryMultiCallable[_inventory_service_pb2.DeleteItemRequest, _inventory_service_pb2.DeleteItemResponse]
     """Deletes an inventory item. Returns NOT_FOUND when it does not exist,
@@ -63,13 +66,19 @@ class InventoryServiceStub:
     """
     AdjustStock: _grpc.UnaryUnaryMultiCallable[_inventory_service_pb2.AdjustStockRequest, _inventory_service_pb2.AdjustStockResponse]
     """Adds `delta` units to (or, when negative, removes them from) the item's
-    free `quantity`, recording the reason. Returns FAILED_PRECONDITION when
-    the quantity would go below zero (nothing changes), NOT_FOUND when the item
-    does not exist, and ABORTED when `etag` is set and stale.
+    free `quantity`, recording the reason. Units reserved by shipments cannot
+    be removed. Returns FAILED_PRECONDITION when the quantity would go below
+    zero, or the units in stock (`quantity` + `reserved_quantity`) above
+    2,147,483,647, or their value above the largest amount a Money holds
+    (nothing changes), NOT_FOUND when the item does not exist, and ABORTED
+    when `etag` is set and stale.
     """
     GetInventoryAnalytics: _grpc.UnaryUnaryMultiCallable[_inventory_service_pb2.GetInventoryAnalyticsRequest, _inventory_service_pb2.GetInventoryAnalyticsResponse]
     """Returns totals over all inventory items: item and unit counts, stock value
-    and low-stock count, overall and per category.
+    and low-stock count, overall and per category, computed by the store from
+    the committed items. A stock value whose total exceeds the largest amount
+    a Money holds (9,223,372,036,854,775,807 micros) is reported as that
+    amount.
     """
 
 @_typing.type_check_only
@@ -81,8 +90,10 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateItem: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.CreateItemRequest, _inventory_service_pb2.CreateItemResponse]  # type: ignore[assignment]
     """Creates an inventory item. Returns ALREADY_EXISTS when the SKU is taken,
-    NOT_FOUND when `supplier` names no supplier, and INVALID_ARGUMENT for a
-    missing or bad field.
+    NOT_FOUND when `supplier` names no supplier, FAILED_PRECONDITION when it
+    names an inactive one, and INVALID_ARGUMENT for a missing or bad field
+    (also when the opening stock's value, `quantity` × `unit_price`, exceeds
+    the largest amount a Money holds).
     """
     GetItem: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.GetItemRequest, _inventory_service_pb2.GetItemResponse]  # type: ignore[assignment]
     """Gets an inventory item by resource name. Returns NOT_FOUND when it does
@@ -97,8 +108,9 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     category, unit_price, supplier, warehouse_location, reorder_level).
     `quantity` cannot be updated here (use AdjustStock): naming it or any
     output-only or unknown field is INVALID_ARGUMENT. Returns NOT_FOUND when
-    the item or the new supplier does not exist, ALREADY_EXISTS when the new
-    SKU is taken, and ABORTED when `etag` is set and stale.
+    the item or the new supplier does not exist, FAILED_PRECONDITION when the
+    new supplier is inactive, ALREADY_EXISTS when the new SKU is taken, and
+    ABORTED when `etag` is set and stale.
     """
     DeleteItem: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.DeleteItemRequest, _inventory_service_pb2.DeleteItemResponse]  # type: ignore[assignment]
     """Deletes an inventory item. Returns NOT_FOUND when it does not exist,
@@ -107,13 +119,19 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     """
     AdjustStock: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.AdjustStockRequest, _inventory_service_pb2.AdjustStockResponse]  # type: ignore[assignment]
     """Adds `delta` units to (or, when negative, removes them from) the item's
-    free `quantity`, recording the reason. Returns FAILED_PRECONDITION when
-    the quantity would go below zero (nothing changes), NOT_FOUND when the item
-    does not exist, and ABORTED when `etag` is set and stale.
+    free `quantity`, recording the reason. Units reserved by shipments cannot
+    be removed. Returns FAILED_PRECONDITION when the quantity would go below
+    zero, or the units in stock (`quantity` + `reserved_quantity`) above
+    2,147,483,647, or their value above the largest amount a Money holds
+    (nothing changes), NOT_FOUND when the item does not exist, and ABORTED
+    when `etag` is set and stale.
     """
     GetInventoryAnalytics: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.GetInventoryAnalyticsRequest, _inventory_service_pb2.GetInventoryAnalyticsResponse]  # type: ignore[assignment]
     """Returns totals over all inventory items: item and unit counts, stock value
-    and low-stock count, overall and per category.
+    and low-stock count, overall and per category, computed by the store from
+    the committed items. A stock value whose total exceeds the largest amount
+    a Money holds (9,223,372,036,854,775,807 micros) is reported as that
+    amount.
     """
 
 class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -128,8 +146,10 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_service_pb2.CreateItemResponse, _abc.Awaitable[_inventory_service_pb2.CreateItemResponse]]:
         """Creates an inventory item. Returns ALREADY_EXISTS when the SKU is taken,
-        NOT_FOUND when `supplier` names no supplier, and INVALID_ARGUMENT for a
-        missing or bad field.
+        NOT_FOUND when `supplier` names no supplier, FAILED_PRECONDITION when it
+        names an inactive one, and INVALID_ARGUMENT for a missing or bad field
+        (also when the opening stock's value, `quantity` × `unit_price`, exceeds
+        the largest amount a Money holds).
         """
 
     @_abc_1.abstractmethod
@@ -162,8 +182,9 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         category, unit_price, supplier, warehouse_location, reorder_level).
         `quantity` cannot be updated here (use AdjustStock): naming it or any
         output-only or unknown field is INVALID_ARGUMENT. Returns NOT_FOUND when
-        the item or the new supplier does not exist, ALREADY_EXISTS when the new
-        SKU is taken, and ABORTED when `etag` is set and stale.
+        the item or the new supplier does not exist, FAILED_PRECONDITION when the
+        new supplier is inactive, ALREADY_EXISTS when the new SKU is taken, and
+        ABORTED when `etag` is set and stale.
         """
 
     @_abc_1.abstractmethod
@@ -184,9 +205,12 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_service_pb2.AdjustStockResponse, _abc.Awaitable[_inventory_service_pb2.AdjustStockResponse]]:
         """Adds `delta` units to (or, when negative, removes them from) the item's
-        free `quantity`, recording the reason. Returns FAILED_PRECONDITION when
-        the quantity would go below zero (nothing changes), NOT_FOUND when the item
-        does not exist, and ABORTED when `etag` is set and stale.
+        free `quantity`, recording the reason. Units reserved by shipments cannot
+        be removed. Returns FAILED_PRECONDITION when the quantity would go below
+        zero, or the units in stock (`quantity` + `reserved_quantity`) above
+        2,147,483,647, or their value above the largest amount a Money holds
+        (nothing changes), NOT_FOUND when the item does not exist, and ABORTED
+        when `etag` is set and stale.
         """
 
     @_abc_1.abstractmethod
@@ -196,7 +220,10 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_service_pb2.GetInventoryAnalyticsResponse, _abc.Awaitable[_inventory_service_pb2.GetInventoryAnalyticsResponse]]:
         """Returns totals over all inventory items: item and unit counts, stock value
-        and low-stock count, overall and per category.
+        and low-stock count, overall and per category, computed by the store from
+        the committed items. A stock value whose total exceeds the largest amount
+        a Money holds (9,223,372,036,854,775,807 micros) is reported as that
+        amount.
         """
 
 def add_InventoryServiceServicer_to_server(servicer: InventoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

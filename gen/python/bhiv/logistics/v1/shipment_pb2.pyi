@@ -171,8 +171,9 @@ class Shipment(_message.Message):
     name: _builtins.str
     """The resource name, `shipments/{shipment_id}`. Output only."""
     customer: _builtins.str
-    """The CRM customer the shipment is for, `customers/{customer_id}`. It is
-    recorded as given; logistics does not look it up in CRM.
+    """The CRM customer the shipment is for, `customers/{customer_id}`. It must
+    exist in CRM: CreateShipment asks CRM's CustomerService.GetCustomer, with
+    the caller's credentials, before it reserves anything.
     """
     status: Global___ShipmentStatus.ValueType
     """The current status. Output only; PENDING after create."""
@@ -208,8 +209,9 @@ class Shipment(_message.Message):
 
     @_builtins.property
     def estimated_delivery_time(self) -> _timestamp_pb2.Timestamp:
-        """When the shipment is expected to be delivered; optional, may be revised
-        by AdvanceShipment.
+        """When the shipment is expected to be delivered: given on create or by
+        AdvanceShipment, else computed from the status (see ShipmentService);
+        after delivery, the delivery time; unset once cancelled or returned.
         """
 
     @_builtins.property

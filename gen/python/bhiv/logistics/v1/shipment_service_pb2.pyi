@@ -223,12 +223,16 @@ class AdvanceShipmentRequest(_message.Message):
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When the change happened; the server's current time when unset.
-        A time in the future is INVALID_ARGUMENT.
+        A time in the future (beyond a minute of clock skew) or before the
+        shipment's last event is INVALID_ARGUMENT.
         """
 
     @_builtins.property
     def estimated_delivery_time(self) -> _timestamp_pb2.Timestamp:
-        """A revised estimated delivery time, when set."""
+        """A revised estimated delivery time, when set; otherwise the service
+        computes it from the new status (see ShipmentService). Not before the
+        event.
+        """
 
     def __init__(
         self,

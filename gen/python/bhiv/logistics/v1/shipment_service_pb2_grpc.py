@@ -29,9 +29,16 @@ class ShipmentServiceStub:
     """ShipmentService creates shipments, moves them through their lifecycle and
     tracks them.
 
-    Customer principals (ROLE_CUSTOMER) may read their own shipments: a customer
-    sees only shipments whose `customer` is its own CRM customer, and any other
-    shipment is NOT_FOUND to it, exactly as if it did not exist.
+    Customer principals (ROLE_CUSTOMER) may create shipments for themselves and
+    read their own shipments: a customer sees only shipments whose `customer` is
+    its own CRM customer, and any other shipment is NOT_FOUND to it, exactly as
+    if it did not exist.
+
+    The estimated delivery time follows the status: each transition sets it to
+    the event's time plus 5 days (PENDING), 4 days (PROCESSING), 3 days
+    (SHIPPED), 2 days (IN_TRANSIT) or 8 hours (OUT_FOR_DELIVERY), to the event's
+    time itself (DELIVERED), or clears it (CANCELLED, RETURNED), unless the
+    request gives one, which is then kept until the next transition.
     """
 
     def __init__(self, channel):
@@ -76,18 +83,32 @@ class ShipmentServiceServicer:
     """ShipmentService creates shipments, moves them through their lifecycle and
     tracks them.
 
-    Customer principals (ROLE_CUSTOMER) may read their own shipments: a customer
-    sees only shipments whose `customer` is its own CRM customer, and any other
-    shipment is NOT_FOUND to it, exactly as if it did not exist.
+    Customer principals (ROLE_CUSTOMER) may create shipments for themselves and
+    read their own shipments: a customer sees only shipments whose `customer` is
+    its own CRM customer, and any other shipment is NOT_FOUND to it, exactly as
+    if it did not exist.
+
+    The estimated delivery time follows the status: each transition sets it to
+    the event's time plus 5 days (PENDING), 4 days (PROCESSING), 3 days
+    (SHIPPED), 2 days (IN_TRANSIT) or 8 hours (OUT_FOR_DELIVERY), to the event's
+    time itself (DELIVERED), or clears it (CANCELLED, RETURNED), unless the
+    request gives one, which is then kept until the next transition.
     """
 
     def CreateShipment(self, request, context):
         """Creates a shipment in status PENDING and, in the same transaction,
         reserves its units: each line item's quantity moves from the item's
         `quantity` to its `reserved_quantity`. Either every line is reserved or
-        nothing changes. Returns FAILED_PRECONDITION when an item has fewer free
-        units than asked, NOT_FOUND when a line names no item, and
-        INVALID_ARGUMENT for a missing or bad field or a repeated item.
+        nothing changes. The customer is looked up in CRM first (with the
+        caller's credentials). Creating needs only `logistics.shipments.create`,
+        so customers can hold it without being able to advance or cancel
+        shipments; a customer principal may only name its own customer.
+        Returns FAILED_PRECONDITION when an item has fewer free units than asked
+        (naming the item), NOT_FOUND when a line names no item or `customer`
+        names no CRM customer (or, for a customer principal, another customer),
+        UNAVAILABLE when CRM cannot be asked (nothing is reserved), and
+        INVALID_ARGUMENT for a missing or bad field, a repeated item, or an
+        `estimated_delivery_time` that is not in the future.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,9 +138,12 @@ class ShipmentServiceServicer:
         OUT_FOR_DELIVERY → DELIVERED one step at a time, IN_TRANSIT → IN_TRANSIT
         (another scan), and SHIPPED, IN_TRANSIT, OUT_FOR_DELIVERY or DELIVERED →
         RETURNED. Moving to SHIPPED takes the reserved units out of stock.
-        Returns FAILED_PRECONDITION for any other move, INVALID_ARGUMENT when
-        `status` is PENDING or CANCELLED (use CancelShipment), NOT_FOUND when the
-        shipment does not exist, and ABORTED when `etag` is set and stale.
+        Returns FAILED_PRECONDITION for any other move (listing the statuses the
+        shipment may move to) or when its tracking history is full (1000 events),
+        INVALID_ARGUMENT when `status` is PENDING or CANCELLED (use
+        CancelShipment), when `event_time` is in the future or before the last
+        event, or when `estimated_delivery_time` is before the event, NOT_FOUND
+        when the shipment does not exist, and ABORTED when `etag` is set and stale.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,9 +214,16 @@ class ShipmentService:
     """ShipmentService creates shipments, moves them through their lifecycle and
     tracks them.
 
-    Customer principals (ROLE_CUSTOMER) may read their own shipments: a customer
-    sees only shipments whose `customer` is its own CRM customer, and any other
-    shipment is NOT_FOUND to it, exactly as if it did not exist.
+    Customer principals (ROLE_CUSTOMER) may create shipments for themselves and
+    read their own shipments: a customer sees only shipments whose `customer` is
+    its own CRM customer, and any other shipment is NOT_FOUND to it, exactly as
+    if it did not exist.
+
+    The estimated delivery time follows the status: each transition sets it to
+    the event's time plus 5 days (PENDING), 4 days (PROCESSING), 3 days
+    (SHIPPED), 2 days (IN_TRANSIT) or 8 hours (OUT_FOR_DELIVERY), to the event's
+    time itself (DELIVERED), or clears it (CANCELLED, RETURNED), unless the
+    request gives one, which is then kept until the next transition.
     """
 
     @staticmethod

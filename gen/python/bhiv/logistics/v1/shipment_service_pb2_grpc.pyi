@@ -30,9 +30,16 @@ class ShipmentServiceStub:
     """ShipmentService creates shipments, moves them through their lifecycle and
     tracks them.
 
-    Customer principals (ROLE_CUSTOMER) may read their own shipments: a customer
-    sees only shipments whose `customer` is its own CRM customer, and any other
-    shipment is NOT_FOUND to it, exactly as if it did not exist.
+    Customer principals (ROLE_CUSTOMER) may create shipments for themselves and
+    read their own shipments: a customer sees only shipments whose `customer` is
+    its own CRM customer, and any other shipment is NOT_FOUND to it, exactly as
+    if it did not exist.
+
+    The estimated delivery time follows the status: each transition sets it to
+    the event's time plus 5 days (PENDING), 4 days (PROCESSING), 3 days
+    (SHIPPED), 2 days (IN_TRANSIT) or 8 hours (OUT_FOR_DELIVERY), to the event's
+    time itself (DELIVERED), or clears it (CANCELLED, RETURNED), unless the
+    request gives one, which is then kept until the next transition.
     """
 
     @_typing.overload
@@ -43,9 +50,16 @@ class ShipmentServiceStub:
     """Creates a shipment in status PENDING and, in the same transaction,
     reserves its units: each line item's quantity moves from the item's
     `quantity` to its `reserved_quantity`. Either every line is reserved or
-    nothing changes. Returns FAILED_PRECONDITION when an item has fewer free
-    units than asked, NOT_FOUND when a line names no item, and
-    INVALID_ARGUMENT for a missing or bad field or a repeated item.
+    nothing changes. The customer is looked up in CRM first (with the
+    caller's credentials). Creating needs only `logistics.shipments.create`,
+    so customers can hold it without being able to advance or cancel
+    shipments; a customer principal may only name its own customer.
+    Returns FAILED_PRECONDITION when an item has fewer free units than asked
+    (naming the item), NOT_FOUND when a line names no item or `customer`
+    names no CRM customer (or, for a customer principal, another customer),
+    UNAVAILABLE when CRM cannot be asked (nothing is reserved), and
+    INVALID_ARGUMENT for a missing or bad field, a repeated item, or an
+    `estimated_delivery_time` that is not in the future.
     """
     GetShipment: _grpc.UnaryUnaryMultiCallable[_shipment_service_pb2.GetShipmentRequest, _shipment_service_pb2.GetShipmentResponse]
     """Gets a shipment by resource name. Returns NOT_FOUND when it does not
@@ -63,9 +77,12 @@ class ShipmentServiceStub:
     OUT_FOR_DELIVERY → DELIVERED one step at a time, IN_TRANSIT → IN_TRANSIT
     (another scan), and SHIPPED, IN_TRANSIT, OUT_FOR_DELIVERY or DELIVERED →
     RETURNED. Moving to SHIPPED takes the reserved units out of stock.
-    Returns FAILED_PRECONDITION for any other move, INVALID_ARGUMENT when
-    `status` is PENDING or CANCELLED (use CancelShipment), NOT_FOUND when the
-    shipment does not exist, and ABORTED when `etag` is set and stale.
+    Returns FAILED_PRECONDITION for any other move (listing the statuses the
+    shipment may move to) or when its tracking history is full (1000 events),
+    INVALID_ARGUMENT when `status` is PENDING or CANCELLED (use
+    CancelShipment), when `event_time` is in the future or before the last
+    event, or when `estimated_delivery_time` is before the event, NOT_FOUND
+    when the shipment does not exist, and ABORTED when `etag` is set and stale.
     """
     CancelShipment: _grpc.UnaryUnaryMultiCallable[_shipment_service_pb2.CancelShipmentRequest, _shipment_service_pb2.CancelShipmentResponse]
     """Cancels a PENDING or PROCESSING shipment, releases its reserved units back
@@ -85,9 +102,16 @@ class ShipmentServiceAsyncStub(ShipmentServiceStub):
     """ShipmentService creates shipments, moves them through their lifecycle and
     tracks them.
 
-    Customer principals (ROLE_CUSTOMER) may read their own shipments: a customer
-    sees only shipments whose `customer` is its own CRM customer, and any other
-    shipment is NOT_FOUND to it, exactly as if it did not exist.
+    Customer principals (ROLE_CUSTOMER) may create shipments for themselves and
+    read their own shipments: a customer sees only shipments whose `customer` is
+    its own CRM customer, and any other shipment is NOT_FOUND to it, exactly as
+    if it did not exist.
+
+    The estimated delivery time follows the status: each transition sets it to
+    the event's time plus 5 days (PENDING), 4 days (PROCESSING), 3 days
+    (SHIPPED), 2 days (IN_TRANSIT) or 8 hours (OUT_FOR_DELIVERY), to the event's
+    time itself (DELIVERED), or clears it (CANCELLED, RETURNED), unless the
+    request gives one, which is then kept until the next transition.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -95,9 +119,16 @@ class ShipmentServiceAsyncStub(ShipmentServiceStub):
     """Creates a shipment in status PENDING and, in the same transaction,
     reserves its units: each line item's quantity moves from the item's
     `quantity` to its `reserved_quantity`. Either every line is reserved or
-    nothing changes. Returns FAILED_PRECONDITION when an item has fewer free
-    units than asked, NOT_FOUND when a line names no item, and
-    INVALID_ARGUMENT for a missing or bad field or a repeated item.
+    nothing changes. The customer is looked up in CRM first (with the
+    caller's credentials). Creating needs only `logistics.shipments.create`,
+    so customers can hold it without being able to advance or cancel
+    shipments; a customer principal may only name its own customer.
+    Returns FAILED_PRECONDITION when an item has fewer free units than asked
+    (naming the item), NOT_FOUND when a line names no item or `customer`
+    names no CRM customer (or, for a customer principal, another customer),
+    UNAVAILABLE when CRM cannot be asked (nothing is reserved), and
+    INVALID_ARGUMENT for a missing or bad field, a repeated item, or an
+    `estimated_delivery_time` that is not in the future.
     """
     GetShipment: _aio.UnaryUnaryMultiCallable[_shipment_service_pb2.GetShipmentRequest, _shipment_service_pb2.GetShipmentResponse]  # type: ignore[assignment]
     """Gets a shipment by resource name. Returns NOT_FOUND when it does not
@@ -115,9 +146,12 @@ class ShipmentServiceAsyncStub(ShipmentServiceStub):
     OUT_FOR_DELIVERY → DELIVERED one step at a time, IN_TRANSIT → IN_TRANSIT
     (another scan), and SHIPPED, IN_TRANSIT, OUT_FOR_DELIVERY or DELIVERED →
     RETURNED. Moving to SHIPPED takes the reserved units out of stock.
-    Returns FAILED_PRECONDITION for any other move, INVALID_ARGUMENT when
-    `status` is PENDING or CANCELLED (use CancelShipment), NOT_FOUND when the
-    shipment does not exist, and ABORTED when `etag` is set and stale.
+    Returns FAILED_PRECONDITION for any other move (listing the statuses the
+    shipment may move to) or when its tracking history is full (1000 events),
+    INVALID_ARGUMENT when `status` is PENDING or CANCELLED (use
+    CancelShipment), when `event_time` is in the future or before the last
+    event, or when `estimated_delivery_time` is before the event, NOT_FOUND
+    when the shipment does not exist, and ABORTED when `etag` is set and stale.
     """
     CancelShipment: _aio.UnaryUnaryMultiCallable[_shipment_service_pb2.CancelShipmentRequest, _shipment_service_pb2.CancelShipmentResponse]  # type: ignore[assignment]
     """Cancels a PENDING or PROCESSING shipment, releases its reserved units back
@@ -136,9 +170,16 @@ class ShipmentServiceServicer(metaclass=_abc_1.ABCMeta):
     """ShipmentService creates shipments, moves them through their lifecycle and
     tracks them.
 
-    Customer principals (ROLE_CUSTOMER) may read their own shipments: a customer
-    sees only shipments whose `customer` is its own CRM customer, and any other
-    shipment is NOT_FOUND to it, exactly as if it did not exist.
+    Customer principals (ROLE_CUSTOMER) may create shipments for themselves and
+    read their own shipments: a customer sees only shipments whose `customer` is
+    its own CRM customer, and any other shipment is NOT_FOUND to it, exactly as
+    if it did not exist.
+
+    The estimated delivery time follows the status: each transition sets it to
+    the event's time plus 5 days (PENDING), 4 days (PROCESSING), 3 days
+    (SHIPPED), 2 days (IN_TRANSIT) or 8 hours (OUT_FOR_DELIVERY), to the event's
+    time itself (DELIVERED), or clears it (CANCELLED, RETURNED), unless the
+    request gives one, which is then kept until the next transition.
     """
 
     @_abc_1.abstractmethod
@@ -150,9 +191,16 @@ class ShipmentServiceServicer(metaclass=_abc_1.ABCMeta):
         """Creates a shipment in status PENDING and, in the same transaction,
         reserves its units: each line item's quantity moves from the item's
         `quantity` to its `reserved_quantity`. Either every line is reserved or
-        nothing changes. Returns FAILED_PRECONDITION when an item has fewer free
-        units than asked, NOT_FOUND when a line names no item, and
-        INVALID_ARGUMENT for a missing or bad field or a repeated item.
+        nothing changes. The customer is looked up in CRM first (with the
+        caller's credentials). Creating needs only `logistics.shipments.create`,
+        so customers can hold it without being able to advance or cancel
+        shipments; a customer principal may only name its own customer.
+        Returns FAILED_PRECONDITION when an item has fewer free units than asked
+        (naming the item), NOT_FOUND when a line names no item or `customer`
+        names no CRM customer (or, for a customer principal, another customer),
+        UNAVAILABLE when CRM cannot be asked (nothing is reserved), and
+        INVALID_ARGUMENT for a missing or bad field, a repeated item, or an
+        `estimated_delivery_time` that is not in the future.
         """
 
     @_abc_1.abstractmethod
@@ -188,9 +236,12 @@ class ShipmentServiceServicer(metaclass=_abc_1.ABCMeta):
         OUT_FOR_DELIVERY → DELIVERED one step at a time, IN_TRANSIT → IN_TRANSIT
         (another scan), and SHIPPED, IN_TRANSIT, OUT_FOR_DELIVERY or DELIVERED →
         RETURNED. Moving to SHIPPED takes the reserved units out of stock.
-        Returns FAILED_PRECONDITION for any other move, INVALID_ARGUMENT when
-        `status` is PENDING or CANCELLED (use CancelShipment), NOT_FOUND when the
-        shipment does not exist, and ABORTED when `etag` is set and stale.
+        Returns FAILED_PRECONDITION for any other move (listing the statuses the
+        shipment may move to) or when its tracking history is full (1000 events),
+        INVALID_ARGUMENT when `status` is PENDING or CANCELLED (use
+        CancelShipment), when `event_time` is in the future or before the last
+        event, or when `estimated_delivery_time` is before the event, NOT_FOUND
+        when the shipment does not exist, and ABORTED when `etag` is set and stale.
         """
 
     @_abc_1.abstractmethod

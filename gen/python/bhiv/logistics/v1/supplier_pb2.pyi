@@ -47,7 +47,10 @@ class Supplier(_message.Message):
     rating: _builtins.int
     """The rating from 1 (poor) to 5 (excellent); 0 means not rated yet."""
     active: _builtins.bool
-    """Whether the supplier is in use. Items may still name an inactive supplier."""
+    """Whether the supplier is in use. Items that name it keep it when it is
+    deactivated, but an item can be created with, or moved to, an active
+    supplier only.
+    """
     etag: _builtins.str
     """An opaque version used for optimistic concurrency; a stale value on a
     write is ABORTED. Output only.
