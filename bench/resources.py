@@ -36,6 +36,7 @@ from bhiv.logistics.v1 import (
     inventory_item_pb2,
     inventory_service_pb2,
     inventory_service_pb2_grpc,
+    money_pb2,
     shipment_pb2,
     shipment_service_pb2,
     shipment_service_pb2_grpc,
@@ -87,6 +88,7 @@ async def _shipment_setup(
             display_name=f"Bench item {n}",
             quantity=2_000_000_000,
             supplier=supplier.supplier.name,
+            unit_price=money_pb2.Money(currency_code="INR", amount_micros=1_000_000),
         )
         created = await inventory.CreateItem(inventory_service_pb2.CreateItemRequest(item=item), metadata=ops)
         lines.append(shipment_pb2.LineItem(item=created.item.name, quantity=1))

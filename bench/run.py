@@ -7,7 +7,9 @@
 3. Revocation propagation: a logout at identity until crm first refuses the token, p50 and p99 over
    100 sessions (crm answers an authenticated ``ListCustomers`` OK, so UNAUTHENTICATED is the
    refusal). Target: well under a second.
-4. Audit verification (:mod:`bench.audit_chain`): 10^5 and 10^6 records generated into a store in a
+4. Logistics and CRM (:mod:`bench.resources`): ListCustomers and CreateShipment through the edge
+   with CPU per request, and CreateShipment's throughput with durable audit vs without.
+5. Audit verification (:mod:`bench.audit_chain`): 10^5 and 10^6 records generated into a store in a
    temporary folder, verified by a full walk and from the latest signed checkpoint.
 
 Edge phases alternate (direct, edge, direct, edge) and the better of each kind is kept, so a noisy
@@ -39,6 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.audit_chain import audit_verification
 from bench.load import Result, measure, table
+from bench.resources import resource_benchmarks
 from bhiv.crm.v1 import customer_service_pb2, customer_service_pb2_grpc
 from bhiv.identity.v1 import auth_service_pb2, auth_service_pb2_grpc, role_service_pb2, role_service_pb2_grpc
 from bhiv_core.mesh import Mesh, free_port
@@ -265,11 +268,13 @@ async def main(seconds: float = 3.0) -> None:
         env = {"BHIV_LOG_LEVEL": os.environ.get("BHIV_LOG_LEVEL", "warning")}
         async with Mesh.with_free_ports(Path(tmp), edge_rate_limit=1_000_000, env=env) as mesh:
             print("== edge cost: a cheap RPC direct vs through Envoy ==")
-            report = {"edge": await edge_vs_direct(mesh, seconds)}
+            report: dict[str, object] = {"edge": await edge_vs_direct(mesh, seconds)}
             print("== chain cost: an authenticated RPC, full chain vs no interceptors ==")
             report["chain"] = await chain_vs_bare(mesh, seconds=1.5)
             print("== revocation propagation: logout at identity until crm refuses the token ==")
             report["revocation"] = await revocation_propagation(mesh)
+            print("== logistics and CRM through the edge: ListCustomers, CreateShipment, audit cost ==")
+            report["resources"] = await resource_benchmarks(mesh, _admin_credentials(mesh), seconds)
     # No mesh running: the store has the host to itself (still shared with whatever else runs).
     print("== audit verification: full walk vs from the latest checkpoint ==")
     report["audit_verification"] = await audit_verification()

@@ -274,9 +274,18 @@ async def load(target: str, data_dir: Path) -> None:
                     )
                 ).lead
             if convert:
-                await leads.ConvertLead(
+                converted = await leads.ConvertLead(
                     lead_service_pb2.ConvertLeadRequest(
                         name=made_lead.name, request_id=f"demo-convert-{local}"
+                    ),
+                    metadata=admin,
+                    timeout=TIMEOUT,
+                )
+                # The customer a lead becomes is sample data too.
+                tagged = customer_pb2.Customer(name=converted.customer.name, tags=[SAMPLE])
+                await customers.UpdateCustomer(
+                    customer_service_pb2.UpdateCustomerRequest(
+                        customer=tagged, update_mask=FieldMask(paths=["tags"])
                     ),
                     metadata=admin,
                     timeout=TIMEOUT,
