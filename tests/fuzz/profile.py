@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, Phase, settings
 
 CI_EXAMPLES = 12
-ROUND_EXAMPLES = 60
+ROUND_EXAMPLES = 30
 KIB = 1024
 
 _COMMON = {

@@ -8,7 +8,7 @@ from valid-looking to deeply nested JSON), or inflated (one repeated or string f
 the message limit), or replaced by garbage (random bytes, truncated and extended encodings, wrong
 wire types, unclosed groups).
 
-Bodies are kept as ``(bytes, times)`` chunks, and huge header values as a unit and a count, so a
+Bodies are kept as ``(bytes, times)`` chunks, and huge header values as a unit and a length, so a
 4 MiB request is still a small example that Hypothesis shrinks and prints readably.
 """
 

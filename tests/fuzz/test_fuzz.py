@@ -135,7 +135,18 @@ def judge(rpc: Rpc, probe: Probe, outcome: calls.Outcome, limit: int) -> list[tu
     code = outcome.code
     where = "edge" if probe.target == "edge" else "service"
     if code in UNCLEAN or (code is grpc.StatusCode.CANCELLED and not outcome.cut):
-        problems.append((f"{code.name}_from_{where}", f"{code.name} from the {where}"))
+        # Told apart: a status the server sent, a stream or connection the peer dropped (the
+        # client makes up the status), and the edge's own answer that its upstream went away.
+        if outcome.details.startswith("Stream removed"):
+            problems.append(
+                (f"{code.name}_stream_removed_by_{where}", f"{code.name}: the {where} dropped the call")
+            )
+        elif outcome.details.startswith("upstream connect error"):
+            problems.append(
+                (f"{code.name}_upstream_reset_at_edge", f"{code.name}: the edge lost the service")
+            )
+        else:
+            problems.append((f"{code.name}_from_{where}", f"{code.name} from the {where}"))
     elif code is grpc.StatusCode.DEADLINE_EXCEEDED and not rpc.method.server_streaming:
         problems.append((f"NoAnswer_from_{where}", f"no answer from the {where} in {UNARY_TIMEOUT:g} s"))
     if any(size > limit for size in outcome.message_sizes):
