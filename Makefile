@@ -69,13 +69,13 @@ fuzz: setup ## Fuzzes every RPC for FUZZ_SECONDS (600) with a new seed it prints
 	@seed="$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"; \
 	echo "make fuzz: FUZZ_SEED=$$seed FUZZ_SECONDS=$(FUZZ_SECONDS) (make fuzz FUZZ_SEED=$$seed replays this run)"; \
 	status=0; FUZZ_PROFILE=long FUZZ_SEED=$$seed FUZZ_SECONDS=$(FUZZ_SECONDS) \
-		$(PY) -m pytest tests/fuzz --timeout=0 $(PYTEST_ARGS) || status=$$?; \
+		$(PY) -m pytest tests/fuzz -m fuzz --timeout=0 $(PYTEST_ARGS) || status=$$?; \
 	echo "make fuzz: FUZZ_SEED=$$seed"; exit $$status
 
 run: setup ## Starts the whole mesh (seven services and Envoy) on localhost.
 	$(PY) -m bhiv_core.mesh
 
-bench: setup ## Benchmarks direct vs edge and bare vs full chain; prints ratios.
+bench: setup ## Benchmarks direct vs edge, bare vs full chain, and audit verification (10^5, 10^6 records).
 	$(PY) -m bench.run
 
 clean: ## Removes the environments and the local data directory.

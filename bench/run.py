@@ -4,6 +4,11 @@
 2. The chain: the same cheap authenticated RPC (``RoleService.ListRoles``) served by identity with
    the whole chain (tracing, metrics, audit, errors, auth, RBAC, validation) and by the same servicer
    with no interceptors at all. Target: at least 0.85x the bare throughput and CPU per call.
+3. Revocation propagation: a logout at identity until crm first refuses the token, p50 and p99 over
+   100 sessions (crm answers an authenticated ``ListCustomers`` UNIMPLEMENTED, so UNAUTHENTICATED
+   is the refusal). Target: well under a second.
+4. Audit verification (:mod:`bench.audit_chain`): 10^5 and 10^6 records generated into a store in a
+   temporary folder, verified by a full walk and from the latest signed checkpoint.
 
 Edge phases alternate (direct, edge, direct, edge) and the better of each kind is kept, so a noisy
 neighbour hurts both sides alike. CPU per call counts the service process, plus Envoy for the edge.
@@ -26,12 +31,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.audit_chain import audit_verification
 from bench.load import Result, measure, table
+from bhiv.crm.v1 import customer_service_pb2, customer_service_pb2_grpc
 from bhiv.identity.v1 import auth_service_pb2, auth_service_pb2_grpc, role_service_pb2, role_service_pb2_grpc
 from bhiv_core.mesh import Mesh, free_port
 
@@ -188,6 +196,68 @@ async def chain_vs_bare(mesh: Mesh, seconds: float, pairs: int = 12) -> dict[str
     return ratio
 
 
+def _percentile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile (0 < q <= 100) of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+async def revocation_propagation(mesh: Mesh, sessions: int = 100, deadline: float = 10.0) -> dict[str, float]:
+    """Logout at identity → first UNAUTHENTICATED at crm, for ``sessions`` fresh logins.
+
+    Each session's token is first accepted by crm (so crm has it in its verified-token cache), then
+    logged out; crm is called back to back until it refuses. Times are measured from the moment
+    the Logout is sent (so they include identity's commit) and from the moment it returned.
+    """
+    username, password = _admin_credentials(mesh)
+    from_sent: list[float] = []
+    from_returned: list[float] = []
+    async with (
+        grpc.aio.insecure_channel(mesh.address("identity")) as identity,
+        grpc.aio.insecure_channel(mesh.address("crm")) as crm,
+    ):
+        auth = auth_service_pb2_grpc.AuthServiceStub(identity)
+        customers = customer_service_pb2_grpc.CustomerServiceStub(crm)
+        request = customer_service_pb2.ListCustomersRequest()
+
+        async def crm_code(metadata: tuple[tuple[str, str], ...]) -> grpc.StatusCode:
+            try:
+                await customers.ListCustomers(request, metadata=metadata, timeout=deadline)
+            except grpc.aio.AioRpcError as err:
+                return err.code()
+            return grpc.StatusCode.OK
+
+        for _ in range(sessions):
+            login = await auth.Login(auth_service_pb2.LoginRequest(username=username, password=password))
+            metadata = (("authorization", f"Bearer {login.tokens.access_token}"),)
+            if (code := await crm_code(metadata)) != grpc.StatusCode.UNIMPLEMENTED:
+                raise RuntimeError(f"crm refused a fresh token: {code.name}")
+            sent = time.perf_counter()
+            await auth.Logout(
+                auth_service_pb2.LogoutRequest(refresh_token=login.tokens.refresh_token), metadata=metadata
+            )
+            returned = time.perf_counter()
+            while (code := await crm_code(metadata)) == grpc.StatusCode.UNIMPLEMENTED:
+                if time.perf_counter() - sent > deadline:
+                    raise RuntimeError(f"crm still accepts a token {deadline:g} s after its logout")
+            refused = time.perf_counter()
+            if code != grpc.StatusCode.UNAUTHENTICATED:
+                raise RuntimeError(f"crm answered a revoked token {code.name}")
+            from_sent.append((refused - sent) * 1000)
+            from_returned.append((refused - returned) * 1000)
+    report = {
+        "sessions": float(sessions),
+        "logout_sent_to_refusal_p50_ms": round(_percentile(from_sent, 50), 2),
+        "logout_sent_to_refusal_p99_ms": round(_percentile(from_sent, 99), 2),
+        "logout_returned_to_refusal_p50_ms": round(_percentile(from_returned, 50), 2),
+        "logout_returned_to_refusal_p99_ms": round(_percentile(from_returned, 99), 2),
+        "logout_sent_to_refusal_max_ms": round(max(from_sent), 2),
+    }
+    for key, value in report.items():
+        print(f"  {key}: {value:g}")
+    return report
+
+
 async def main(seconds: float = 3.0) -> None:
     """Starts a mesh on free ports, runs every scenario, prints and saves the ratios."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,6 +268,11 @@ async def main(seconds: float = 3.0) -> None:
             report = {"edge": await edge_vs_direct(mesh, seconds)}
             print("== chain cost: an authenticated RPC, full chain vs no interceptors ==")
             report["chain"] = await chain_vs_bare(mesh, seconds=1.5)
+            print("== revocation propagation: logout at identity until crm refuses the token ==")
+            report["revocation"] = await revocation_propagation(mesh)
+    # No mesh running: the store has the host to itself (still shared with whatever else runs).
+    print("== audit verification: full walk vs from the latest checkpoint ==")
+    report["audit_verification"] = await audit_verification()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
     print(f"saved {RESULTS / 'latest.json'}")

@@ -35,7 +35,6 @@ from bhiv_core.runtime.config import ConfigError, RuntimeConfig, Settings, load_
 from bhiv_core.runtime.files import PRIVATE_UMASK, open_private, private_dir, tighten_tree
 from bhiv_core.runtime.lifetime import bound_command
 from bhiv_core.runtime.server import bind_error
-from bhiv_core.security.address import parse_edge_peers
 
 __all__ = ["Mesh", "MeshError", "free_port", "free_ports", "main"]
 
@@ -142,26 +141,23 @@ class Mesh:
             if bind_error(self.host, port) is not None:
                 raise MeshError(f"port {port} ({setting}) on {self.host} is already in use")
 
-    def _check_edge_trusted(self, env: Mapping[str, str]) -> None:
+    def _check_edge_trusted(self, configs: Mapping[str, RuntimeConfig]) -> None:
         """Fails when the services would not believe the client addresses this mesh's Envoy forwards.
 
         Every call through the edge would then be audited at the edge's own address.
+
+        Args:
+            configs: Each service's configuration, as :meth:`_load_configs` read it.
+
         """
-        try:
-            peers = Settings(env).get(
-                "EDGE_PEERS",
-                parse_edge_peers(EDGE_SOURCE_ADDRESS),
-                parse_edge_peers,
-                "IP addresses or networks",
-            )
-        except ConfigError as exc:
-            raise MeshError(f"configuration error: {exc}") from exc
         source = ipaddress.ip_address(self.edge_source_address)
-        if not any(source in network for network in peers):
-            raise MeshError(
-                f"BHIV_EDGE_PEERS ({', '.join(map(str, peers))}) leaves out {source}, where this mesh's "
-                "Envoy connects from: the services would record every client at the edge's address"
-            )
+        for config in configs.values():
+            peers = config.edge_peers
+            if not any(source in network for network in peers):
+                raise MeshError(
+                    f"BHIV_EDGE_PEERS ({', '.join(map(str, peers))}) leaves out {source}, where this "
+                    "mesh's Envoy connects from: the services would record every client at the edge's address"
+                )
 
     def service_env(self) -> dict[str, str]:
         """The environment every service process gets: no ``BHIV_*`` of this process but ``env``'s."""
@@ -218,7 +214,7 @@ class Mesh:
         env = self.service_env()
         self.configs = self._load_configs(env)
         self._check_ports()
-        self._check_edge_trusted(env)
+        self._check_edge_trusted(self.configs)
         # Owner-only from the first byte, whatever this process's umask: the audit trail and the
         # security events hold usernames (and, now and then, a password typed as one). Whatever
         # an earlier release left readable by others is tightened first.

@@ -5,9 +5,10 @@ The runtime knows no concern: each service's ``server.py`` hands :func:`standard
 Imports only go down — services → this module → interceptors, audit, storage → runtime → security
 (``tests/test_layers.py`` holds every module to it).
 
-The standard chain: tracing → metrics → audit → errors → auth → RBAC → validation → handler (see
+The standard chain: tracing → metrics → audit → errors → auth → decode → RBAC → validation → handler (see
 :func:`~bhiv_core.runtime.chain.chain_order`). Health and reflection are not traced (probes would
-flood the traces) and skip auth and RBAC; they are still counted and audited.
+flood the traces), skip auth and RBAC, and are not audited (see :func:`chain_order`); they are
+still counted.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bhiv_core.runtime.chain import Selector, chain_order, is_infrastructure
 from bhiv_core.runtime.clients import PeerChannels
 from bhiv_core.runtime.config import RuntimeConfig, jwt_settings, revocation_poll_seconds
 from bhiv_core.runtime.server import Chain, ServiceDefinition
-from bhiv_core.security.identity_client import IdentityKeySource, revocation_fetcher
+from bhiv_core.security.identity_client import IdentityKeySource, revocation_fetcher, revocation_watcher
 from bhiv_core.security.jwt import JwtVerifier, RevocationSet
 
 __all__ = ["basic_chain", "standard_chain"]
@@ -37,9 +38,11 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition) -> Chai
     settings = config.settings
     channels = PeerChannels(config.peers, extra_interceptors=client_interceptors)
     identity_channel = lambda: channels.channel("identity")  # noqa: E731
+    # Identity pushes revocations over a stream as it commits them; the poll is the safety net.
     revocations = definition.revocations or RevocationSet(
         revocation_fetcher(identity_channel),
         interval=revocation_poll_seconds(config),
+        watch=revocation_watcher(identity_channel),
     )
     issuer, audience = jwt_settings(config)
     verifier = JwtVerifier(

@@ -59,6 +59,15 @@ def stored_fields(record: AuditRecord) -> dict[str, Any]:
     return record._asdict()
 
 
+def written_before_the_caps(record: AuditRecord, **fields: str) -> AuditRecord:
+    """``record`` with ``fields`` as a release without text caps stored them, hash and all.
+
+    Write it over the original with a backend's ``overwrite``.
+    """
+    changed = record._replace(**fields)
+    return changed._replace(hash=changed.computed_hash())
+
+
 class SqliteBackend:
     name = "sqlite"
 
@@ -74,6 +83,8 @@ class SqliteBackend:
             # An attacker with file access drops the append-only guards first.
             conn.execute("DROP TRIGGER IF EXISTS audit_records_no_update")
             conn.execute("DROP TRIGGER IF EXISTS audit_records_no_delete")
+            conn.execute("DROP TRIGGER IF EXISTS audit_checkpoints_no_update")
+            conn.execute("DROP TRIGGER IF EXISTS audit_checkpoints_no_delete")
             conn.execute("BEGIN IMMEDIATE")
             for sql, params in statements:
                 conn.execute(sql, params)
@@ -93,6 +104,17 @@ class SqliteBackend:
         fields = stored_fields(record)
         fields.pop("sequence")
         await self.edit(sequence, **fields)
+
+    async def set_head(self, sequence: int, hash_: str) -> None:
+        self._tamper(("UPDATE audit_head SET sequence = ?, hash = ? WHERE id = 1", (sequence, hash_)))
+
+    async def edit_checkpoint(self, number: int, **fields: Any) -> None:
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        sql = f"UPDATE audit_checkpoints SET {assignments} WHERE number = ?"
+        self._tamper((sql, (*fields.values(), number)))
+
+    async def delete_checkpoint(self, number: int) -> None:
+        self._tamper(("DELETE FROM audit_checkpoints WHERE number = ?", (number,)))
 
     async def close(self) -> None:
         pass
@@ -121,6 +143,19 @@ class MongoBackend:
         fields = stored_fields(record)
         fields.pop("sequence")
         await self.edit(sequence, **fields)
+
+    async def set_head(self, sequence: int, hash_: str) -> None:
+        await self._admin.db["audit_head"].update_one(
+            {"_id": "chain"}, {"$set": {"sequence": sequence, "hash": hash_}}
+        )
+
+    async def edit_checkpoint(self, number: int, **fields: Any) -> None:
+        result = await self._admin.db["audit_checkpoints"].update_one({"_id": number}, {"$set": fields})
+        assert result.matched_count == 1
+
+    async def delete_checkpoint(self, number: int) -> None:
+        result = await self._admin.db["audit_checkpoints"].delete_one({"_id": number})
+        assert result.deleted_count == 1
 
     async def close(self) -> None:
         await self._admin.client.drop_database(self.database)

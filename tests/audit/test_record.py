@@ -9,16 +9,35 @@ import pytest
 from bhiv_core.audit import record as record_module
 from bhiv_core.audit.record import (
     GENESIS_HASH,
+    RESOURCE_LIMIT,
+    TEXT_LIMIT,
     AuditEntry,
     AuditRecord,
     ChainBreak,
     ChainVerifier,
+    bounded,
+    cap_text,
     from_micros,
     seal,
     seal_batch,
     to_micros,
 )
 from tests.audit.support import entry
+
+TEXT_FIELDS = (
+    "service",
+    "principal",
+    "role",
+    "method",
+    "resource",
+    "outcome_code",
+    "client_address",
+    "trace_id",
+)
+
+
+def as_entry(record: AuditRecord) -> AuditEntry:
+    return AuditEntry(*record[1:12])
 
 
 def chain_of(entries: list[AuditEntry]) -> list[AuditRecord]:
@@ -122,6 +141,21 @@ def test_verifier_accepts_an_intact_chain() -> None:
     )
 
 
+def test_verifier_reports_a_record_whose_hash_differs_from_its_checkpoint() -> None:
+    records = chain(3)
+    anchored = ChainVerifier(1, 3, GENESIS_HASH, anchors={2: records[1].hash})
+    assert all(anchored.feed(r) for r in records) and anchored.finish().ok
+    forged = ChainVerifier(1, 3, GENESIS_HASH, anchors={2: "f" * 64})
+    assert forged.feed(records[0]) and not forged.feed(records[1])
+    result = forged.finish()
+    assert (result.ok, result.first_broken_sequence, result.reason, result.checked) == (
+        False,
+        2,
+        ChainBreak.CHECKPOINT_MISMATCH,
+        2,
+    )
+
+
 def test_verifier_reports_a_gap_at_the_first_missing_sequence() -> None:
     records = chain(4)
     verifier = ChainVerifier(1, 4, GENESIS_HASH)
@@ -167,3 +201,78 @@ def test_unreadable_row_is_a_hash_mismatch() -> None:
     assert not verifier.feed_unreadable(1, "duration_ms is str")
     result = verifier.finish()
     assert (result.first_broken_sequence, result.reason, result.checked) == (1, ChainBreak.HASH_MISMATCH, 1)
+
+
+# --- text caps ------------------------------------------------------------------------------------
+
+
+def utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def test_a_long_text_keeps_its_head_and_says_how_long_it_was() -> None:
+    capped = cap_text("customers/" + "x" * 4_194_294, TEXT_LIMIT)
+    assert utf8_size(capped) == TEXT_LIMIT
+    assert capped.endswith("\u2026[truncated from 4194304 bytes]")
+    assert capped.startswith("customers/xxx")
+
+
+@pytest.mark.parametrize("char", ["a", "é", "\u20ac", "\U0001f600", "\ud800"])
+@pytest.mark.parametrize("count", [300, 301, 302, 303, 5000])
+def test_a_capped_text_ends_on_a_character_boundary_and_fills_the_cap(char: str, count: int) -> None:
+    value = "n" * (count % 4) + char * count
+    capped = cap_text(value, TEXT_LIMIT)
+    head, marker, original = capped.partition("\u2026[truncated from ")
+    assert value.startswith(head)
+    assert (marker, original) == ("\u2026[truncated from ", f"{utf8_size(value)} bytes]")
+    assert TEXT_LIMIT - 3 <= utf8_size(capped) <= TEXT_LIMIT
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "a" * TEXT_LIMIT, "é" * (TEXT_LIMIT // 2), "\U0001f600" * (TEXT_LIMIT // 4), "n" + "é" * 127],
+)
+def test_a_text_within_the_cap_is_kept_as_it_is(value: str) -> None:
+    assert cap_text(value, TEXT_LIMIT) is value
+
+
+@pytest.mark.parametrize("value", ["a" * (TEXT_LIMIT + 1), "é" * (TEXT_LIMIT // 2) + "a"])
+def test_a_text_one_byte_over_the_cap_is_capped(value: str) -> None:
+    assert cap_text(value, TEXT_LIMIT).endswith(f"[truncated from {TEXT_LIMIT + 1} bytes]")
+
+
+def test_an_entry_that_fits_is_returned_unchanged() -> None:
+    item = entry(resource="r" * RESOURCE_LIMIT, method="/" + "m" * (TEXT_LIMIT - 1))
+    assert bounded(item) is item
+
+
+def test_sealing_caps_every_text_field_and_hashes_what_it_stores() -> None:
+    huge = "\u00e9" * 2_000_000  # 4 MB in UTF-8
+    item = AuditEntry(
+        time_us=1,
+        service=huge,
+        principal=huge,
+        role=huge,
+        method="/" + huge,
+        resource="customers/" + huge,
+        outcome_code=huge,
+        outcome_code_number=16,
+        client_address=huge,
+        trace_id=huge,
+        duration_ms=1.0,
+    )
+    record = seal(item, 1, GENESIS_HASH)
+    limits = {name: RESOURCE_LIMIT if name == "resource" else TEXT_LIMIT for name in TEXT_FIELDS}
+    over = [name for name, limit in limits.items() if utf8_size(getattr(record, name)) > limit]
+    assert over == []
+    assert RESOURCE_LIMIT - 3 <= utf8_size(record.resource) <= RESOURCE_LIMIT
+    assert record.resource.startswith("customers/\u00e9")
+    assert record.resource.endswith(f"[truncated from {utf8_size(item.resource)} bytes]")
+    assert record.hash == record.computed_hash()
+    assert len(record.canonical()) < 8 * 1024  # one record, whatever the request held
+    assert bounded(item) == as_entry(record)
+
+
+def test_the_audit_interceptor_and_the_store_cap_alike() -> None:
+    item = entry(resource="customers/" + "x" * 100_000)
+    assert seal_batch([bounded(item)], 0, GENESIS_HASH) == seal_batch([item], 0, GENESIS_HASH)

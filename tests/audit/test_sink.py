@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bhiv_core.audit.record import AuditEntry, AuditRecord, VerifyResult
-from bhiv_core.audit.sink import AuditSink, AuditWriteError
+from bhiv_core.audit.sink import AuditSink, AuditStalledError, AuditWriteError
 from bhiv_core.audit.store import AuditFilter, AuditStore
-from tests.audit.support import Backend, entry
+from bhiv_core.audit.store.sqlite import SqliteAuditStore
+from tests.audit.support import Backend, SqliteBackend, entry
 
 
 async def stored_principals(backend: Backend) -> list[str]:
@@ -243,7 +247,7 @@ async def test_a_caller_still_waiting_for_room_when_the_sink_closes_is_told_not_
     assert [p for batch in store.batches for p in batch] == ["users/0", "users/1"]
 
 
-async def test_offer_after_the_writer_died_is_an_error() -> None:
+async def test_offer_after_the_writer_died_is_an_error_and_the_check_fails() -> None:
     sink = AuditSink(GatedStore())
     await sink.start()
     assert sink._task is not None
@@ -251,4 +255,95 @@ async def test_offer_after_the_writer_died_is_an_error() -> None:
     await until(lambda: not sink._accepting)
     with pytest.raises(RuntimeError, match="writer stopped"):
         sink.offer(entry())
+    with pytest.raises(AuditStalledError, match="not running"):
+        await sink.check()
     await sink.close()
+
+
+# --- health ---------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextlib.contextmanager
+def write_lock_held(path: Path) -> Iterator[None]:
+    """Holds the SQLite file's write lock, as another process of the mesh appending would."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+async def test_a_writer_waiting_for_the_database_is_healthy_until_it_stalls(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    clock = FakeClock()
+    sink = AuditSink(SqliteAuditStore(path, busy_timeout_ms=120_000), stall_after=30, clock=clock)
+    await sink.start()
+    try:
+        with write_lock_held(path):
+            written = asyncio.create_task(sink.record(entry("users/waiting"), durable=True))
+            await until(lambda: sink.writing_since is not None)
+            # The store's one thread is busy waiting for the lock: a ping would queue behind it.
+            await asyncio.wait_for(sink.check(), timeout=30)
+            clock.now += 30
+            await asyncio.wait_for(sink.check(), timeout=30)  # busy, not yet stuck
+            clock.now += 1
+            with pytest.raises(AuditStalledError, match=r"31\.0 s"):
+                await asyncio.wait_for(sink.check(), timeout=30)
+            assert not written.done()
+        await written  # the lock is free: the batch commits
+        assert sink.writing_since is None
+        await sink.check()  # idle again: the store answers its ping
+    finally:
+        await sink.close()
+    assert await stored_principals(SqliteBackend(path)) == ["users/waiting"]
+
+
+async def test_a_slow_store_that_keeps_committing_stays_healthy() -> None:
+    store = GatedStore()
+    clock = FakeClock()
+    sink = AuditSink(store, batch_size=1, flush_interval=0.001, stall_after=30, clock=clock)
+    await sink.start()
+    try:
+        for i in range(5):  # five batches of 29 s each: 145 s busy in all, each batch in time
+            assert sink.offer(entry(f"users/{i}"))
+            await until(lambda: sink.writing_since is not None)
+            clock.now += 29
+            await sink.check()
+            store.gate.set()
+            await until(lambda i=i: len(store.batches) == i + 1)
+            store.gate.clear()
+            await until(lambda: sink.writing_since is None)
+    finally:
+        store.gate.set()
+        await sink.close()
+
+
+async def test_a_stuck_store_makes_the_check_fail_until_it_writes_again() -> None:
+    store = GatedStore()
+    clock = FakeClock()
+    sink = AuditSink(store, flush_interval=0.001, stall_after=30, clock=clock)
+    await sink.start()
+    try:
+        assert sink.offer(entry("users/stuck"))
+        await until(lambda: sink.writing_since is not None)
+        clock.now += 120
+        with pytest.raises(AuditStalledError, match=r"120\.0 s \(limit 30 s\)"):
+            await sink.check()
+        store.gate.set()
+        await until(lambda: sink.writing_since is None)
+        await sink.check()
+    finally:
+        store.gate.set()
+        await sink.close()

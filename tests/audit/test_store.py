@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from bhiv_core.audit.record import GENESIS_HASH, AuditEntry, AuditRecord, ChainBreak, seal
-from bhiv_core.audit.store import AuditFilter, AuditStore, make_audit_store
+from bhiv_core.audit.record import GENESIS_HASH, RESOURCE_LIMIT, AuditEntry, AuditRecord, ChainBreak, seal
+from bhiv_core.audit.store import PAGE_BYTES, AuditFilter, AuditStore, make_audit_store
+from bhiv_core.audit.store.common import record_bytes
 from bhiv_core.audit.store.mongo import MongoAuditStore
 from bhiv_core.audit.store.sqlite import SqliteAuditStore
 from bhiv_core.runtime.config import ConfigError
 from bhiv_core.runtime.errors import InvalidArgument
-from tests.audit.support import Backend, SqliteBackend, entry
+from tests.audit.support import Backend, SqliteBackend, entry, written_before_the_caps
 from tests.harness import config_for
 
 
@@ -357,6 +358,60 @@ async def test_list_rejects_a_page_token_of_other_filters(store: AuditStore) -> 
     _, token = await store.list(AuditFilter(), 1)
     with pytest.raises(InvalidArgument):
         await store.list(AuditFilter(principal="users/u1"), 1, token)
+
+
+async def test_list_cuts_a_page_by_bytes_as_well_as_count(store: AuditStore) -> None:
+    await store.append([entry(resource=f"customers/{i:02d}-" + "r" * 480) for i in range(30)])
+    everything, _ = await store.list(AuditFilter(), 500)
+    size = max(record_bytes(r) for r in everything)
+    budget = 7 * size + size // 2  # seven records and a half
+    seen, token, pages = [], "", []
+    while True:
+        records, token = await store.list(AuditFilter(), 500, token, max_bytes=budget)
+        assert sum(record_bytes(r) for r in records) <= budget
+        pages.append(len(records))
+        seen += [r.sequence for r in records]
+        if not token:
+            break
+    assert seen == list(range(1, 31))
+    assert pages == [7, 7, 7, 7, 2]
+
+
+async def test_a_default_page_of_records_written_before_the_caps_fits_the_default_budget(
+    backend: Backend, store: AuditStore
+) -> None:
+    records = await fill(store, 4)
+    for record in records:  # 1.5 MiB each: a default page of them would hold 6 MiB
+        await backend.overwrite(
+            record.sequence, written_before_the_caps(record, resource="customers/" + "x" * 1_572_864)
+        )
+    seen, token, pages = [], "", 0
+    while True:
+        page, token = await store.list(AuditFilter(), 0, token)
+        assert sum(record_bytes(r) for r in page) <= PAGE_BYTES
+        assert [len(r.resource) for r in page] == [1_572_874] * len(page)  # shown as stored
+        seen += [r.sequence for r in page]
+        pages += 1
+        if not token:
+            break
+    assert (seen, pages) == ([1, 2, 3, 4], 2)
+
+
+async def test_a_record_larger_than_a_page_starts_a_page_with_its_text_capped(
+    backend: Backend, store: AuditStore
+) -> None:
+    records = await fill(store, 3)
+    huge = written_before_the_caps(records[1], resource="customers/" + "x" * 3_000_000)
+    await backend.overwrite(2, huge)
+    budget = 64 * 1024
+    first, token = await store.list(AuditFilter(), 50, max_bytes=budget)
+    second, token = await store.list(AuditFilter(), 50, token, max_bytes=budget)
+    assert ([r.sequence for r in first], [r.sequence for r in second], token) == ([1], [2, 3], "")
+    shown = second[0]
+    assert shown.resource.endswith("\u2026[truncated from 3000010 bytes]")
+    assert len(shown.resource.encode()) <= RESOURCE_LIMIT
+    assert (shown.hash, shown.principal) == (huge.hash, huge.principal)  # the stored hash, not a new one
+    assert (await store.get(2)) == huge  # stored as it was
 
 
 # --- SQLite specifics -----------------------------------------------------------------------------

@@ -64,4 +64,5 @@ def test_only_login_refresh_jwks_and_revocations_are_public() -> None:
         "/bhiv.identity.v1.AuthService/RefreshToken",
         "/bhiv.identity.v1.AuthService/GetJwks",
         "/bhiv.identity.v1.AuthService/ListRevocations",
+        "/bhiv.identity.v1.AuthService/WatchRevocations",
     }

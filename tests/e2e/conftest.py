@@ -60,7 +60,9 @@ async def collector() -> AsyncIterator[tuple[Collector, str]]:
 def mesh_env(otlp: str) -> dict[str, str]:
     return {
         "BHIV_OTLP_ENDPOINT": otlp,
-        "BHIV_REVOCATION_POLL_SECONDS": "0.2",
+        # Identity pushes revocations; the safety-net poll is kept out of the way, so that a
+        # revocation honoured elsewhere in a test can only be the push's doing.
+        "BHIV_REVOCATION_POLL_SECONDS": "3600",
         "BHIV_SCRYPT_LOG_N": "12",
         "BHIV_LOG_LEVEL": "info",
     }

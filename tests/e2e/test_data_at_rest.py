@@ -107,6 +107,7 @@ async def test_every_folder_is_0700_and_every_file_0600_under_umask_022(
     expected = {
         "admin-credentials",
         "identity-kek",
+        "audit-checkpoint-key",
         "identity.db",
         "audit.db",
         "audit.db-wal",

@@ -62,7 +62,10 @@ async def test_editing_a_stored_audit_record_is_reported_by_sentinel(own_mesh: M
             conn.execute(
                 "UPDATE audit_records SET outcome_code = 'PERMISSION_DENIED' WHERE sequence = ?", (victim,)
             )
-        after = await stub.VerifyAuditChain(audit.VerifyAuditChainRequest(), metadata=metadata)
+        # The earliest records lie behind sentinel's latest checkpoint, which the default verification
+        # starts from: the full walk is the one that reads them.
+        full = audit.VerifyAuditChainRequest(mode=audit.AUDIT_VERIFY_MODE_FULL)
+        after = await stub.VerifyAuditChain(full, metadata=metadata)
     assert not after.ok
     assert after.first_broken_sequence == victim
     assert after.reason == audit_record_pb2.CHAIN_BREAK_REASON_HASH_MISMATCH

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import struct
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bhiv.crm.v1 import customer_service_pb2 as cs
 from bhiv.crm.v1 import customer_service_pb2_grpc as cs_grpc
+from bhiv.identity.v1 import auth_service_pb2 as auth
+from bhiv.identity.v1 import auth_service_pb2_grpc as auth_grpc
 from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from bhiv_core.edge.binaries import find_tool
@@ -24,6 +28,7 @@ from bhiv_core.edge.lua_scripts import NOT_SERVING_HEADER
 from bhiv_core.mesh import Mesh
 from bhiv_core.registry import SERVICES
 from bhiv_core.runtime.contracts import all_services
+from bhiv_core.runtime.limits import MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
 from tests.e2e.client import Session
 
 pytestmark = pytest.mark.e2e
@@ -308,3 +313,77 @@ def descriptor_set() -> descriptor_pb2.FileDescriptorSet:
     for service in all_services():
         add(service.file)
     return files
+
+
+def field_block(count: int, size: int) -> tuple[tuple[str, str], ...]:
+    """``count`` fields whose names and values take about ``size`` bytes in all."""
+    value = "v" * (size // count - len("x-field-00"))
+    return tuple((f"x-field-{i:02}", value) for i in range(count))
+
+
+async def test_the_largest_header_block_the_edge_admits_reaches_a_service(mesh: Mesh) -> None:
+    # Close to the most the edge forwards: grpc's own fields, the pseudo-headers and the edge's own
+    # add under 20 fields and 1 KiB. Each costs a service 32 bytes more as gRPC counts; past its
+    # max_metadata_size it refuses a share of calls at random, which 20 calls find.
+    metadata = field_block(MAX_REQUEST_HEADERS - 20, MAX_REQUEST_HEADER_BYTES - 1024)
+    async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
+        stub = auth_grpc.AuthServiceStub(channel)
+        for _ in range(20):
+            reply = await stub.GetJwks(auth.GetJwksRequest(), metadata=metadata, timeout=10)
+            assert reply.keys
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        (field_block(MAX_REQUEST_HEADERS, 2000), "too many request header fields"),
+        ((("x-big", "a" * MAX_REQUEST_HEADER_BYTES),), "request headers too large"),
+        ((("authorization", "Bearer " + "a" * 60 * 1024),), "request headers too large"),
+    ],
+    ids=["too-many-fields", "too-large", "a-60-kib-authorization"],
+)
+async def test_headers_over_the_limits_are_refused_at_the_edge_and_an_open_watch_lives_on(
+    mesh: Mesh, metadata: tuple[tuple[str, str], ...], message: str
+) -> None:
+    async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="bhiv.identity.v1.AuthService")
+        )
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        stub = auth_grpc.AuthServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetJwks(auth.GetJwksRequest(), metadata=metadata, timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (err.value.details() or "").startswith(message)
+        assert (await stub.GetJwks(auth.GetJwksRequest(), timeout=10)).keys
+        assert not watch.done()  # the connection, and its other streams, lived on
+        watch.cancel()
+    status, headers, _ = await asyncio.to_thread(
+        grpc_web,
+        mesh,
+        "/bhiv.identity.v1.AuthService/GetJwks",
+        b"",
+        "http://localhost:3000",
+        **dict(metadata),
+    )
+    assert status == 431
+    assert headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert headers["grpc-message"].replace("%20", " ").startswith(message)
+
+
+async def test_an_overlong_traceparent_is_dropped_quietly_and_counted(mesh: Mesh) -> None:
+    def dropped() -> float:
+        port = mesh.metrics_ports["identity"]
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        line = 'bhiv_trace_context_dropped_total{header="traceparent"} '
+        return sum(float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line))
+
+    before = await asyncio.to_thread(dropped)
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-" + "a" * 1024
+    async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
+        stub = auth_grpc.AuthServiceStub(channel)
+        for _ in range(5):
+            assert (await stub.GetJwks(auth.GetJwksRequest(), metadata=(("traceparent", traceparent),))).keys
+    assert await asyncio.to_thread(dropped) == before + 5
+    log = (mesh.log_dir / "identity.log").read_text()
+    assert "traceparent" not in log

@@ -193,7 +193,7 @@ async def test_logout_revokes_the_access_token_in_every_service(mesh: Mesh, admi
                 return err.code() == grpc.StatusCode.UNAUTHENTICATED
             return False
 
-        # Revocations reach other services by polling (0.2 s in this mesh).
+        # Identity pushes the revocation to sentinel (the poll is an hour apart in this mesh).
         assert await until(sentinel_refuses)
     assert await get_user_code(mesh, session.access_token) == grpc.StatusCode.UNAUTHENTICATED
 

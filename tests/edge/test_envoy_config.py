@@ -16,7 +16,7 @@ import stat
 import subprocess
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,15 @@ from grpc_reflection.v1alpha import reflection
 from bhiv_core.edge.binaries import find_tool
 from bhiv_core.edge.envoy_config import (
     ADMIN_HOST,
+    HEADER_LIMITS_FILTER,
+    HEADERS_TOO_LARGE,
     HEALTH_ROUTER,
+    MESH_ONLY_METHODS,
     PROTOCOL_HINT,
     REFLECTION_CLUSTER,
     REFLECTION_PREFIXES,
     SERVICE_HEADER,
+    TOO_MANY_HEADERS,
     EdgeSettings,
     Upstream,
     build_bootstrap,
@@ -47,7 +51,9 @@ from bhiv_core.edge.lua_scripts import NOT_SERVING_HEADER, PROBE_USER_AGENT, hea
 from bhiv_core.edge.process import EnvoyError, EnvoyProcess, validate_config
 from bhiv_core.mesh import free_ports
 from bhiv_core.registry import SERVICES
+from bhiv_core.runtime.contracts import all_services, method_path
 from bhiv_core.runtime.health import HealthServicer
+from bhiv_core.runtime.limits import GRPC_MAX_METADATA_BYTES, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic")
 
@@ -237,19 +243,28 @@ async def serving_health(name: str) -> HealthServicer:
 async def start_upstream(
     name: str, servicer: HealthServicer | None = None
 ) -> tuple[grpc.aio.Server, Upstream]:
-    """Start a service called ``name``: echo under /bhiv.<name>.v1., health (Check, Watch, List), reflection.
+    """Start a service called ``name``: health (Check, Watch, List), reflection, and under
+    /bhiv.<name>.v1.EchoService/: ``Echo``, and ``Headers`` (the names of the metadata it received).
 
-    Health answers NOT_FOUND for a name it does not serve, as the health protocol says.
+    Health answers NOT_FOUND for a name it does not serve, as the health protocol says. It takes the
+    request headers a BHIV service takes.
     """
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.max_metadata_size", GRPC_MAX_METADATA_BYTES)])
 
     async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return name.encode() + b":" + request
 
+    async def headers(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return "\n".join(sorted(key for key, _ in context.invocation_metadata() or ())).encode()
+
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
-                f"bhiv.{name}.v1.EchoService", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+                f"bhiv.{name}.v1.EchoService",
+                {
+                    "Echo": grpc.unary_unary_rpc_method_handler(echo),
+                    "Headers": grpc.unary_unary_rpc_method_handler(headers),
+                },
             ),
         )
     )
@@ -416,30 +431,39 @@ def test_cors_policy_is_per_filter_config_and_exposes_grpc_status(registry_boots
     assert {"x-grpc-web", "grpc-timeout", "authorization"} <= set(policy["allow_headers"].split(","))
 
 
-def test_http_filters_run_grpc_web_cors_rate_limit_lua_then_extras_then_router() -> None:
+def http_filter(bootstrap: Mapping[str, Any], name: str) -> dict[str, Any]:
+    config: dict[str, Any] = next(f for f in hcm(bootstrap)["http_filters"] if f["name"] == name)[
+        "typed_config"
+    ]
+    return config
+
+
+def test_http_filters_run_grpc_web_cors_header_limits_rate_limit_lua_then_extras_then_router() -> None:
     extra = HttpFilter(name="envoy.filters.http.jwt_authn_placeholder", disabled=True)
     bootstrap = build_bootstrap(registry_upstreams(), EdgeSettings(), extra_http_filters=[extra])
     names = [f["name"] for f in hcm(bootstrap)["http_filters"]]
     assert names == [
         "envoy.filters.http.grpc_web",
         "envoy.filters.http.cors",
+        HEADER_LIMITS_FILTER,
         "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.lua",
         "envoy.filters.http.jwt_authn_placeholder",
         "envoy.filters.http.router",
     ]
-    lua = hcm(bootstrap)["http_filters"][3]["typed_config"]
+    lua = http_filter(bootstrap, "envoy.filters.http.lua")
     assert "default_source_code" not in lua  # it runs only where a route names one of its scripts
     assert set(lua["source_codes"]) == {
         HEALTH_ROUTER,
         "refuse-method",
         "refuse-media-type",
         "unknown-service",
+        "mesh-only",
     }
 
 
 def test_local_rate_limit_answers_resource_exhausted(registry_bootstrap: dict[str, Any]) -> None:
-    config = hcm(registry_bootstrap)["http_filters"][2]["typed_config"]
+    config = http_filter(registry_bootstrap, "envoy.filters.http.local_ratelimit")
     assert config["rate_limited_as_resource_exhausted"] is True
     assert config["token_bucket"] == {"max_tokens": 1000, "tokens_per_fill": 1000, "fill_interval": "1s"}
     # Both default to 0 %, which would leave the limiter inert.
@@ -452,8 +476,10 @@ def test_edge_best_practice_limits(registry_bootstrap: dict[str, Any]) -> None:
     assert manager["use_remote_address"] is True
     assert manager["normalize_path"] is True
     assert manager["merge_slashes"] is True
-    assert manager["common_http_protocol_options"]["headers_with_underscores_action"] == "REJECT_REQUEST"
+    assert manager["common_http_protocol_options"]["headers_with_underscores_action"] == "DROP_HEADER"
     assert manager["http2_protocol_options"]["max_concurrent_streams"] == 100
+    # An invalid header field resets its stream, not the connection (found by experiment).
+    assert manager["http2_protocol_options"]["override_stream_error_on_invalid_http_message"] is True
     assert manager["stream_idle_timeout"] == "300s"
     assert "codec_type" not in manager  # AUTO is the proto default, so proto3 JSON omits it
     assert (
@@ -467,6 +493,37 @@ def test_edge_best_practice_limits(registry_bootstrap: dict[str, Any]) -> None:
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
         ]
         assert "http2_protocol_options" in options["explicit_http_config"]
+
+
+def test_header_limits_are_the_services_and_the_codecs_sit_far_above(
+    registry_bootstrap: dict[str, Any],
+) -> None:
+    policies = http_filter(registry_bootstrap, HEADER_LIMITS_FILTER)["rules"]["policies"]
+    assert policies.keys() == {TOO_MANY_HEADERS, HEADERS_TOO_LARGE}
+    limits = {
+        name: policy["condition"]["call_expr"]["args"][1]["const_expr"]["int64_value"]
+        for name, policy in policies.items()
+    }
+    assert limits == {
+        TOO_MANY_HEADERS: str(MAX_REQUEST_HEADERS),
+        HEADERS_TOO_LARGE: str(MAX_REQUEST_HEADER_BYTES),
+    }
+    manager = hcm(registry_bootstrap)
+    assert manager["max_request_headers_kb"] * 1024 >= 8 * MAX_REQUEST_HEADER_BYTES
+    assert manager["common_http_protocol_options"]["max_headers_count"] >= 8 * MAX_REQUEST_HEADERS
+    # What the edge forwards, the services take: gRPC counts 32 bytes more for each field.
+    assert GRPC_MAX_METADATA_BYTES >= MAX_REQUEST_HEADER_BYTES + 32 * MAX_REQUEST_HEADERS
+
+
+def test_header_limits_must_sit_under_the_codecs() -> None:
+    for overrides in (
+        {"max_request_header_bytes": 0},
+        {"max_request_header_bytes": 64 * 1024},
+        {"max_request_headers": 0},
+        {"max_request_headers": 500},
+    ):
+        with pytest.raises(ValueError, match="max_request_header"):
+            EdgeSettings(**overrides)
 
 
 def test_access_log_is_json_to_stdout_or_a_file(tmp_path: Path) -> None:
@@ -704,6 +761,24 @@ async def test_health_request_the_edge_cannot_read_is_invalid_argument(edge: Env
     assert "uncompressed" in headers["grpc-message"]
 
 
+async def test_health_request_too_large_for_the_router_is_resource_exhausted(edge: EnvoyProcess) -> None:
+    # The health router buffers the body to read the name, as much as a stream's window (64 KiB);
+    # Envoy's own refusal of more was a 413 that gRPC callers saw as UNKNOWN "Payload Too Large".
+    name = "bhiv.alpha.v1." + "x" * 100_000
+    code, _, message, _ = await health_check(edge.address, name)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "x-bhiv-service" in message
+    # gRPC-web over HTTP/1.1 has the connection's buffer limit (32 KiB), under the fixture's 64 KiB
+    # request limit.
+    request = health_pb2.HealthCheckRequest(service="bhiv.alpha.v1." + "x" * 40_000).SerializeToString()
+    web = await asyncio.to_thread(grpc_web_call, edge.address, HEALTH_CHECK, request)
+    assert (web.http_status, web.messages) == (413, [])
+    assert "x-bhiv-service" in web.grpc_message
+    # With the header, the name is not read at the edge: the service answers.
+    code, _, _, _ = await health_check(edge.address, name, ((SERVICE_HEADER, "alpha"),))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
 class CountingHealth(HealthServicer):
     """Health that counts the health router's own checks."""
 
@@ -901,15 +976,141 @@ async def test_grpc_request_declaring_a_body_over_the_limit_is_resource_exhauste
     assert "larger than 65536 bytes" in headers["grpc-message"]
 
 
-async def test_underscore_headers_are_rejected(edge: EnvoyProcess) -> None:
+ECHO = "/bhiv.alpha.v1.EchoService/Echo"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a call got, and whether an open Health/Watch on the same channel (connection) lived on."""
+
+    code: grpc.StatusCode
+    message: str
+    watch: grpc.StatusCode | None  # None: still open
+
+
+async def call_beside_a_watch(address: str, metadata: Sequence[tuple[str, str]], path: str = ECHO) -> Outcome:
+    """Opens a Health/Watch, then makes a call with ``metadata`` on the same channel, then another.
+
+    The later call is answered only once whatever the first did to the connection has reached the
+    client, so then the Watch has ended if the connection has.
+    """
+    async with grpc.aio.insecure_channel(address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), metadata=((SERVICE_HEADER, "alpha"),)
+        )
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+        try:
+            await call(b"hi", metadata=tuple(metadata), timeout=10)
+            code, message = grpc.StatusCode.OK, ""
+        except grpc.aio.AioRpcError as error:
+            code, message = error.code(), error.details() or ""
+        echo = channel.unary_unary(ECHO, request_serializer=None, response_deserializer=None)
+        assert await echo(b"again", timeout=10) == b"alpha:again"
+        ended = await watch.code() if watch.done() else None
+        watch.cancel()
+        return Outcome(code, message, ended)
+
+
+def fields(count: int, value: str = "v") -> list[tuple[str, str]]:
+    return [(f"x-field-{i:04}", value) for i in range(count)]
+
+
+TOO_MANY = "too many request header fields: at most 100,"
+TOO_LARGE = "request headers too large: at most 8192 bytes"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        pytest.param(fields(MAX_REQUEST_HEADERS), TOO_MANY, id="more-fields-than-the-limit"),
+        pytest.param([(f"x{i}", "") for i in range(900)], TOO_MANY, id="900-short-fields"),
+        pytest.param([("x-big", "a" * MAX_REQUEST_HEADER_BYTES)], TOO_LARGE, id="one-value-over-the-limit"),
+        pytest.param([("x-big", "a" * 64 * 1024)], TOO_LARGE, id="one-64-kib-value"),
+        pytest.param(
+            [("authorization", "Bearer " + "a" * 60 * 1024)], TOO_LARGE, id="a-60-kib-authorization"
+        ),
+        pytest.param(fields(4, "a" * 20 * 1024), TOO_LARGE, id="fields-of-80-kib-in-all"),
+        pytest.param([("traceparent", "00-" + "a" * 10 * 1024)], TOO_LARGE, id="a-10-kib-traceparent"),
+    ],
+)
+async def test_headers_over_the_limits_are_resource_exhausted_and_the_connection_lives_on(
+    edge: EnvoyProcess, metadata: list[tuple[str, str]], message: str
+) -> None:
+    outcome = await call_beside_a_watch(edge.address, metadata)
+    assert (outcome.code, outcome.watch) == (grpc.StatusCode.RESOURCE_EXHAUSTED, None)
+    assert outcome.message.startswith(message)
+
+
+async def test_headers_just_under_the_limits_are_forwarded(edge: EnvoyProcess) -> None:
+    # grpc's own fields, the pseudo-headers and the edge's own take under 1 KiB and 20 fields.
+    for metadata in (fields(MAX_REQUEST_HEADERS - 20), [("x-big", "a" * (MAX_REQUEST_HEADER_BYTES - 1024))]):
+        outcome = await call_beside_a_watch(edge.address, metadata)
+        assert (outcome.code, outcome.watch) == (grpc.StatusCode.OK, None)
+
+
+async def test_more_fields_than_the_codec_takes_reset_only_that_stream(edge: EnvoyProcess) -> None:
+    # Past the codec's backstop (1000 fields, 128 KiB) Envoy's HTTP/2 codec resets the stream before
+    # any filter sees it, so no status can be sent; the connection's other streams go on.
+    outcome = await call_beside_a_watch(edge.address, fields(1000))
+    assert (outcome.code, outcome.watch) == (grpc.StatusCode.INTERNAL, None)
+    assert "RST_STREAM" in outcome.message
+
+
+async def test_a_field_over_64_kib_ends_the_connection_as_http2_requires(edge: EnvoyProcess) -> None:
+    # HTTP/2's header decoder takes no field over 64 KiB, and a decoding error is a connection
+    # error (RFC 9113, 4.3): GOAWAY, and every stream of the connection ends. The edge lives on.
+    outcome = await call_beside_a_watch(edge.address, [("authorization", "Bearer " + "a" * 64 * 1024)])
+    assert (outcome.code, outcome.watch) == (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE)
+    assert "GOAWAY" in outcome.message
+    assert await echo_call(edge.address, "alpha") == (grpc.StatusCode.OK, b"alpha:hi")
+
+
+async def test_a_header_name_with_an_underscore_is_dropped_and_the_call_goes_on(edge: EnvoyProcess) -> None:
     async with grpc.aio.insecure_channel(edge.address) as channel:
         call = channel.unary_unary(
-            "/bhiv.alpha.v1.EchoService/Echo", request_serializer=None, response_deserializer=None
+            "/bhiv.alpha.v1.EchoService/Headers", request_serializer=None, response_deserializer=None
         )
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await call(b"hi", metadata=(("x_sneaky", "1"),), timeout=10)
-    assert error.value.code() != grpc.StatusCode.OK
-    assert await echo_call(edge.address, "alpha") == (grpc.StatusCode.OK, b"alpha:hi")
+        received = await call(b"", metadata=(("x_sneaky", "1"), ("x-plain", "1")), timeout=10)
+    assert "x-plain" in received.decode().split()
+    assert not {"x_sneaky", "x-sneaky"} & set(received.decode().split())
+    web = await asyncio.to_thread(
+        grpc_web_call,
+        edge.address,
+        "/bhiv.alpha.v1.EchoService/Headers",
+        b"",
+        {"x_sneaky": "1", "x-plain": "1"},
+    )
+    assert (web.http_status, web.grpc_status) == (200, 0)
+    assert "x-plain" in web.messages[0].decode().split()
+    assert "x_sneaky" not in web.messages[0].decode().split()
+
+
+async def test_grpc_web_headers_over_the_limits_get_431_a_browser_can_read(edge: EnvoyProcess) -> None:
+    origin = {"origin": ALLOWED_ORIGIN}
+    for headers, message in (
+        ({"x-big": "a" * MAX_REQUEST_HEADER_BYTES}, TOO_LARGE),
+        (dict(fields(MAX_REQUEST_HEADERS)), TOO_MANY),
+    ):
+        reply = await asyncio.to_thread(grpc_web_call, edge.address, ECHO, b"hi", {**origin, **headers})
+        assert (reply.http_status, reply.messages) == (431, [])
+        assert reply.grpc_message.startswith(message)
+        assert reply.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    # Past the codec's backstop: HTTP/1.1's codec answers 431 itself, before CORS.
+    reply = await asyncio.to_thread(grpc_web_call, edge.address, ECHO, b"hi", dict(fields(4, "a" * 50_000)))
+    assert reply.http_status == 431
+    under = await asyncio.to_thread(
+        grpc_web_call, edge.address, ECHO, b"hi", {**origin, "x-big": "a" * (MAX_REQUEST_HEADER_BYTES - 1024)}
+    )
+    assert (under.http_status, under.grpc_status, under.messages) == (200, 0, [b"alpha:hi"])
+
+
+async def test_a_path_with_an_escaped_slash_is_invalid_argument(edge: EnvoyProcess) -> None:
+    outcome = await call_beside_a_watch(edge.address, [], path="/bhiv.alpha.v1.EchoService%2FEcho")
+    assert (outcome.code, outcome.watch) == (grpc.StatusCode.INVALID_ARGUMENT, None)
+    assert outcome.message == "malformed request: path_normalization_failed"
+    web = await asyncio.to_thread(grpc_web_call, edge.address, "/bhiv.alpha.v1.EchoService%2FEcho", b"hi")
+    assert web.http_status == 400
 
 
 async def test_grpcurl_lists_services_through_the_edge_reflection_route(edge: EnvoyProcess) -> None:
@@ -1004,3 +1205,16 @@ async def test_cancelled_async_start_leaves_no_envoy_running(tmp_path: Path) -> 
         assert envoy.pid is None or not envoy.running
         with pytest.raises(EnvoyError, match="starts once"):
             envoy.start()
+
+
+def test_mesh_only_methods_are_methods_of_the_contracts_refused_before_any_service_route(
+    registry_bootstrap: dict[str, Any],
+) -> None:
+    methods = {method_path(m) for service in all_services() for m in service.methods}
+    assert set(MESH_ONLY_METHODS) <= methods
+    routes = virtual_host(registry_bootstrap)["routes"]
+    names = [route["name"] for route in routes]
+    for path in MESH_ONLY_METHODS:
+        [route] = [route for route in routes if route["match"].get("prefix") == path]
+        assert route["typed_per_filter_config"]["envoy.filters.http.lua"]["name"] == "mesh-only"
+        assert names.index(route["name"]) < names.index("identity")

@@ -49,7 +49,7 @@ from tests.fuzz.credentials import Credentials
 from tests.fuzz.profile import FuzzProfile
 from tests.fuzz.strategies import Budget, Probe, probes
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.fuzz]
 
 UNARY_TIMEOUT = CALL_TIMEOUT
 """Seconds a unary probe may take; a request that blocks a service longer is a failure."""

@@ -2,30 +2,43 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from bhiv.crm.v1 import customer_service_pb2 as cs
+from bhiv.crm.v1 import customer_service_pb2_grpc as cs_grpc
 from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from bhiv.integrations.v1 import webhook_service_pb2 as ws
 from bhiv.sentinel.v1 import threat_service_pb2 as ts
 from bhiv.sentinel.v1 import threat_service_pb2_grpc as ts_grpc
-from bhiv_core.audit.record import AuditEntry
+from bhiv_core.audit.record import RESOURCE_LIMIT, TEXT_LIMIT, AuditEntry
 from bhiv_core.audit.sink import AuditSink
-from bhiv_core.audit.store import AuditFilter
+from bhiv_core.audit.store import AuditFilter, make_audit_store
 from bhiv_core.audit.store.sqlite import SqliteAuditStore
 from bhiv_core.interceptors.audit import AuditInterceptor, resource_of
+from bhiv_core.interceptors.auth import AuthInterceptor
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
+from bhiv_core.interceptors.rbac import RbacInterceptor, RolePolicy
+from bhiv_core.interceptors.validation import ValidationInterceptor
+from bhiv_core.mesh import free_port
 from bhiv_core.registry import EDGE_SOURCE_ADDRESS
-from bhiv_core.runtime.chain import CallInfo, PreCheckInterceptor
+from bhiv_core.runtime.chain import CallInfo, PreCheckInterceptor, chain_order
 from bhiv_core.runtime.errors import NotFound, PermissionDenied
 from bhiv_core.runtime.logging import JsonFormatter
+from bhiv_core.runtime.server import Chain
+from bhiv_core.runtime.telemetry import REGISTRY
 from bhiv_core.security.principal import Principal, current_principal
-from tests.harness import relay, serving
+from bhiv_core.services.crm.server import build_server
+from tests.harness import config_for, relay, serving
+from tests.security.tokens import Signer, verifier_for
 
 USER_SERVICE = us.DESCRIPTOR.services_by_name["UserService"]
 THREAT_SERVICE = ts.DESCRIPTOR.services_by_name["ThreatService"]
@@ -273,8 +286,9 @@ async def test_unknown_method_is_recorded_unimplemented() -> None:
     )
 
 
-async def test_health_checks_are_recorded_but_never_durably() -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+async def test_a_health_check_reaching_the_interceptor_is_never_recorded_durably() -> None:
+    # The standard chain keeps probes away from audit altogether (chain_order); composed by hand,
+    # the interceptor still never makes a probe cost a commit.
 
     sink = FakeSink()
     async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
@@ -320,3 +334,126 @@ def test_resource_is_name_then_parent_then_a_nested_name() -> None:
     assert resource_of(us.UpdateUserRequest(user={"email": "a@b.example"})) == ""
     assert resource_of(us.ListUsersRequest()) == ""
     assert resource_of(b"raw") == ""
+
+
+async def test_a_service_counts_probes_but_neither_audits_them_nor_logs_them_at_info(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing listens on the identity port: crm's revocation watch just keeps retrying.
+    config = config_for("crm", DATA_DIR=str(tmp_path), IDENTITY_PORT=str(free_port()))
+    probes = [
+        ("grpc.health.v1.Health", "Check", "unary"),
+        ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", "bidi_stream"),
+    ]
+
+    def handled(service: str, method: str, kind: str, code: str) -> float:
+        labels = {"grpc_service": service, "grpc_method": method, "grpc_type": kind, "grpc_code": code}
+        return REGISTRY.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+    before = [handled(*probe, "OK") for probe in probes]
+    with caplog.at_level(logging.INFO, logger="bhiv.requests"):
+        running = await build_server(config)
+        try:
+            async with grpc.aio.insecure_channel(running.address) as channel:
+                await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+                ask = reflection_pb2.ServerReflectionRequest(list_services="")
+                async for reply in reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                    iter([ask])
+                ):
+                    assert reply.list_services_response.service
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await cs_grpc.CustomerServiceStub(channel).ListCustomers(cs.ListCustomersRequest())
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            await running.stop(grace=0.5)  # flushes the audit sink
+    assert [handled(*probe, "OK") for probe in probes] == [count + 1 for count in before]
+    store = make_audit_store(config)
+    await store.open()
+    try:
+        records, _ = await store.list(AuditFilter())
+    finally:
+        await store.close()
+    assert [(r.method, r.outcome_code) for r in records] == [
+        ("/bhiv.crm.v1.CustomerService/ListCustomers", "UNAUTHENTICATED")
+    ]
+    assert [r.getMessage() for r in caplog.records if r.name == "bhiv.requests"] == [
+        "/bhiv.crm.v1.CustomerService/ListCustomers UNAUTHENTICATED"
+    ]
+
+
+CUSTOMER_SERVICE = cs.DESCRIPTOR.services_by_name["CustomerService"]
+SIGNER = Signer()
+
+
+def audit_file_bytes(path: Path) -> int:
+    """The audit file's size in pages, once its write-ahead log is folded in."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        return int(pages) * int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def flood(data_dir: Path, calls: int, name_bytes: int) -> int:
+    """Sends ``calls`` GetCustomer calls naming a ``name_bytes`` customer, each refused.
+
+    Through a real server, the standard concerns and a real SQLite audit log. The caller has a
+    valid ops token, so its body is decoded and the name reaches the audit record as the resource
+    (the chain decodes no body for a caller without a valid token: such a record names no
+    resource); the name breaks the contract's pattern, so every call is INVALID_ARGUMENT. Returns the audit
+    file's size once the server stopped (its audit writer wrote everything and closed).
+    """
+    sink = AuditSink(SqliteAuditStore(data_dir / "audit.db"))
+
+    def chain(*_: object) -> Chain:
+        interceptors = chain_order(
+            audit=AuditInterceptor(sink, "crm"),
+            errors=ErrorMappingInterceptor("crm.bhiv.core"),
+            auth=AuthInterceptor(verifier_for(SIGNER)),
+            rbac=RbacInterceptor(RolePolicy()),
+            validation=ValidationInterceptor(),
+        )
+        return Chain(interceptors, on_start=[sink.start], on_stop=[sink.close])
+
+    name = "customers/" + "x" * (name_bytes - len("customers/"))
+    metadata = (("authorization", f"Bearer {SIGNER.token(role='ops')}"),)
+    async with serving([(CUSTOMER_SERVICE, object())], chain=chain) as (_, channel):
+        stub = cs_grpc.CustomerServiceStub(channel)
+        for _ in range(calls):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetCustomer(cs.GetCustomerRequest(name=name), metadata=metadata, timeout=60)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    conn = sqlite3.connect(data_dir / "audit.db")
+    try:
+        stored = conn.execute("SELECT COUNT(*), MAX(LENGTH(CAST(resource AS BLOB))) FROM audit_records")
+        assert stored.fetchone() == (calls, RESOURCE_LIMIT)
+    finally:
+        conn.close()
+    return audit_file_bytes(data_dir / "audit.db")
+
+
+async def test_a_flood_of_oversized_names_grows_the_audit_log_by_calls_not_by_bytes(tmp_path: Path) -> None:
+    empty = SqliteAuditStore(tmp_path / "empty" / "audit.db")
+    await empty.open()
+    await empty.close()
+    base = audit_file_bytes(tmp_path / "empty" / "audit.db")
+    calls = 20
+    small = await flood(tmp_path / "small", calls, 128 * 1024)
+    large = await flood(tmp_path / "large", calls, 1280 * 1024)  # ten times the size
+    assert abs(large - small) <= 4096  # one page
+    assert (large - base) / calls <= 2048  # a record costs a bounded size, whatever was sent
+
+
+async def test_an_unknown_method_with_a_long_path_is_recorded_capped() -> None:
+    sink = FakeSink()
+    path = "/bhiv.nothing.v1.Nope/" + "P" * 6000
+    async with serving([(USER_SERVICE, Users())], chain=chain_with(sink)) as (_, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await channel.unary_unary(path)(b"")
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    [(entry, _)] = sink.records
+    marker = "\u2026[truncated from 6022 bytes]"
+    assert entry.method == path[: TEXT_LIMIT - len(marker.encode())] + marker
+    assert len(entry.method.encode()) == TEXT_LIMIT

@@ -23,6 +23,7 @@ from bhiv.llm.v1 import completion_service_pb2 as ccs
 from bhiv.llm.v1 import completion_service_pb2_grpc as ccs_grpc
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.tracing import (
+    MAX_TRACE_HEADER_CHARS,
     TracingInterceptor,
     client_interceptors,
     current_trace_id,
@@ -33,6 +34,7 @@ from bhiv_core.runtime.config import ConfigError, Settings
 from bhiv_core.runtime.errors import NotFound
 from bhiv_core.runtime.logging import JsonFormatter
 from bhiv_core.runtime.telemetry import (
+    REGISTRY,
     configure_tracing,
     otlp_target,
     sample_ratio,
@@ -311,6 +313,52 @@ async def test_without_an_exporter_calls_get_trace_ids_and_propagate_them_but_bu
         [f"00-{fresh}-{span_ids[0]:016x}-00"],
         [f"00-{TRACE_HEX}-{span_ids[1]:016x}-01"],  # the caller's sampling decision travels on
     ]
+
+
+def dropped(header: str) -> float:
+    return REGISTRY.get_sample_value("bhiv_trace_context_dropped_total", {"header": header}) or 0.0
+
+
+@pytest.mark.parametrize("recording", [True, False], ids=["recorded", "unrecorded"])
+async def test_overlong_trace_context_is_dropped_quietly_and_counted(
+    crm: Traced, recording: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = ExtraRecorder()
+
+    def chain(cfg: Any, *_: Any) -> list[Interceptor]:
+        return [
+            TracingInterceptor(crm.provider, recording=recording),
+            recorder,
+            ErrorMappingInterceptor(f"{cfg.service}.bhiv.core"),
+        ]
+
+    # Valid trace context, padded past the propagator's limits (W3C allows later versions to add
+    # fields, so a long traceparent is not malformed as such); a 10 KiB one reaches the service too.
+    long_traceparent = f"{TRACEPARENT}-{'a' * 10 * 1024}"
+    tracestate = ",".join(f"{vendor}=" + "x" * 168 for vendor in "abc")  # 3 valid members
+    assert len(tracestate) == MAX_TRACE_HEADER_CHARS["tracestate"]
+    before = {header: dropped(header) for header in ("traceparent", "tracestate")}
+    caplog.set_level(logging.INFO)
+    async with serving([(CUSTOMERS, Customers())], chain=chain, config=config_for("crm")) as (_, channel):
+        stub = cs_grpc.CustomerServiceStub(channel)
+        for _ in range(20):  # a caller repeating it must not fill the logs
+            await stub.GetCustomer(
+                cs.GetCustomerRequest(name="customers/c1"),
+                metadata=(("traceparent", long_traceparent), ("tracestate", tracestate + "x")),
+            )
+        # At the limit, trace context is read as usual.
+        await stub.GetCustomer(
+            cs.GetCustomerRequest(name="customers/c2"),
+            metadata=(("traceparent", TRACEPARENT), ("tracestate", tracestate)),
+        )
+    # Each call went on in a trace of its own; the last continued the caller's.
+    assert len(set(recorder.trace_ids[:20])) == 20 and TRACE_HEX not in recorder.trace_ids[:20]
+    assert recorder.trace_ids[20] == TRACE_HEX
+    assert {header: dropped(header) - before[header] for header in before} == {
+        "traceparent": 20,
+        "tracestate": 20,
+    }
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_spans_are_exported_only_once_an_endpoint_is_configured() -> None:

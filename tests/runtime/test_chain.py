@@ -10,6 +10,7 @@ from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.validation import ValidationInterceptor
 from bhiv_core.runtime.chain import (
+    DECODE,
     CallInfo,
     ChainedHandlers,
     Interceptor,
@@ -46,11 +47,13 @@ def test_chain_order_is_declared_once_outermost_first() -> None:
         observability=[obs], audit=audit, errors=errors, auth=auth, rbac=rbac, validation=validation
     )
     flat = [c.inner if isinstance(c, Selector) else c for c in chain]
-    assert flat == [obs, audit, errors, auth, rbac, validation]
+    assert flat == [obs, audit, errors, auth, DECODE, rbac, validation]
     composed = ChainedHandlers(chain)
     assert composed.concerns_for("/bhiv.identity.v1.UserService/GetUser") == flat
-    # Health and reflection bypass auth and RBAC, nothing else.
-    assert composed.concerns_for("/grpc.health.v1.Health/Check") == [obs, audit, errors, validation]
+    # Health and reflection bypass audit, auth and RBAC; they are still observed (counted) and decoded.
+    assert composed.concerns_for("/grpc.health.v1.Health/Check") == [obs, errors, DECODE, validation]
+    reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    assert composed.concerns_for(reflection) == [obs, errors, DECODE, validation]
 
 
 async def test_concerns_run_in_order_and_handler_answers() -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
+import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bhiv.identity.v1 import user_service_pb2 as us
+from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from bhiv_core.standard_chain import standard_chain
 from tests.harness import config_for, serving
 
@@ -54,3 +58,28 @@ async def test_list_follows_a_failing_dependency_check() -> None:
                 break
             await asyncio.sleep(0.05)
     assert statuses == {"": NOT_SERVING, "bhiv.identity.v1.UserService": NOT_SERVING}
+
+
+async def test_a_service_whose_audit_writer_waits_for_the_database_stays_serving(tmp_path) -> None:
+    # Another process holds the audit file's write lock for a while (a busy mesh): this service's
+    # audit writer waits for it on the store's only thread. Its health must not queue behind it.
+    config = config_for(DATA_DIR=str(tmp_path), HEALTH_INTERVAL_SECONDS="0.1")
+    async with serving([(USER_SERVICE, object())], chain=standard_chain, config=config) as (_, channel):
+        health = health_pb2_grpc.HealthStub(channel)
+        users = us_grpc.UserServiceStub(channel)
+        lock = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+        try:
+            lock.execute("BEGIN IMMEDIATE")
+            with pytest.raises(grpc.aio.AioRpcError) as err:  # audited: the writer takes the record
+                await users.GetUser(us.GetUserRequest(name="users/u2"), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            seen = set()
+            deadline = time.monotonic() + 2  # twenty health intervals with the writer waiting
+            while time.monotonic() < deadline:
+                reply = await health.List(health_pb2.HealthListRequest(), timeout=10)
+                seen |= {status.status for status in reply.statuses.values()}
+                await asyncio.sleep(0.05)
+            lock.execute("COMMIT")
+        finally:
+            lock.close()
+    assert seen == {SERVING}

@@ -38,7 +38,7 @@ async def test_edge_peers_leaving_out_the_mesh_edge_are_refused_before_anything_
         await mesh.start()
     assert mesh.procs == {}
     loopback = Mesh.with_free_ports(tmp_path, env={"BHIV_EDGE_PEERS": "127.0.0.0/8"})
-    loopback._check_edge_trusted(loopback.service_env())  # 127.0.0.2 is in it
+    loopback._check_edge_trusted(loopback._load_configs(loopback.service_env()))  # 127.0.0.2 is in it
 
 
 async def test_a_data_directory_that_cannot_be_made_private_is_a_clear_error(tmp_path: Path) -> None:

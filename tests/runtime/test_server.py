@@ -17,6 +17,7 @@ from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from bhiv_core.mesh import free_port
 from bhiv_core.runtime.config import ConfigError
+from bhiv_core.runtime.limits import MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
 from bhiv_core.runtime.server import ServiceDefinition, start_service
 from bhiv_core.standard_chain import basic_chain
 from tests.harness import config_for, serving
@@ -64,6 +65,23 @@ async def test_reflection_lists_every_bhiv_service() -> None:
             break
     assert "bhiv.identity.v1.UserService" in names
     assert "grpc.health.v1.Health" in names
+
+
+async def test_a_service_accepts_every_header_block_the_edge_forwards() -> None:
+    # The most the edge forwards: MAX_REQUEST_HEADERS fields, MAX_REQUEST_HEADER_BYTES of names and
+    # values in all. grpc sends 8 fields of its own (the 4 pseudo-headers, te, content-type,
+    # user-agent, grpc-accept-encoding), under 400 bytes; the rest are these.
+    count = MAX_REQUEST_HEADERS - 8
+    value = "v" * ((MAX_REQUEST_HEADER_BYTES - 400) // count - len("x-field-00"))
+    metadata = tuple((f"x-field-{i:02}", value) for i in range(count))
+    assert sum(len(k) + len(v) for k, v in metadata) > MAX_REQUEST_HEADER_BYTES - 500
+    async with serving([(USER_SERVICE, object())]) as (_, channel):
+        stub = health_pb2_grpc.HealthStub(channel)
+        # gRPC sizes them with 32 bytes more per field; past its max_metadata_size (8 KiB unless
+        # set) it refuses a share of calls at random, which 20 calls find.
+        for _ in range(20):
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), metadata=metadata)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_taken_port_is_a_clear_error() -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import time
+from collections.abc import AsyncGenerator, Callable
 
+import grpc
 import jwt
 import pytest
 
-from bhiv_core.security.jwt import JwtVerifier, RevocationSet, TokenError, keys_from_jwks
+from bhiv_core.security.jwt import JwtVerifier, RevocationSet, RevocationUpdate, TokenError, keys_from_jwks
 from tests.security.tokens import AUDIENCE, ISSUER, Signer, StaticKeys, unsigned_token, verifier_for
 
 
@@ -163,3 +167,133 @@ async def test_cached_answers_without_awaiting_only_what_verify_admitted_before(
     with pytest.raises(TokenError) as err:
         verifier.cached(fresh)
     assert err.value.detail == "revoked"
+
+
+DEADLINE = 10.0
+"""Seconds a test waits for what takes milliseconds, so a loaded machine does not fail it."""
+
+
+class FakeStream:
+    """identity's WatchRevocations seen from a service: each open stream reads from its own queue.
+
+    Putting an exception into a stream's queue makes it fail; putting None ends it.
+    """
+
+    def __init__(self) -> None:
+        self.opened: list[float] = []  # the `since` of every (re)connection
+        self.streams: list[asyncio.Queue[RevocationUpdate | BaseException | None]] = []
+        self.connected = asyncio.Event()
+
+    async def __call__(self, since: float) -> AsyncGenerator[RevocationUpdate, None]:
+        queue: asyncio.Queue[RevocationUpdate | BaseException | None] = asyncio.Queue()
+        self.opened.append(since)
+        self.streams.append(queue)
+        self.connected.set()
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def next_connection(self, count: int) -> asyncio.Queue[RevocationUpdate | BaseException | None]:
+        while len(self.streams) < count:
+            self.connected.clear()
+            await asyncio.wait_for(self.connected.wait(), DEADLINE)
+        return self.streams[count - 1]
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(DEADLINE):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+async def test_a_pushed_revocation_applies_to_a_cached_token_without_any_poll(signer: Signer) -> None:
+    stream = FakeStream()
+    # The poll is hours away: only the push can explain the refusal.
+    revocations = RevocationSet(fetch=None, interval=3600, watch=stream)
+    verifier = verifier_for(signer, revocations)
+    token = signer.token()
+    principal = await verifier.verify(token)
+    assert verifier.cached(token) == principal
+    revocations.start()
+    try:
+        connection = await stream.next_connection(1)
+        connection.put_nowait(RevocationUpdate([], 100.0))  # caught up: nothing revoked yet
+        await asyncio.wait_for(revocations.connected.wait(), DEADLINE)
+        connection.put_nowait(RevocationUpdate([(principal.token_id, principal.expires_at)], 101.0))
+        await until(lambda: revocations.is_revoked(principal.token_id))
+        with pytest.raises(TokenError) as err:
+            verifier.cached(token)
+        assert err.value.detail == "revoked"
+    finally:
+        await revocations.stop()
+
+
+async def test_the_watch_reconnects_after_a_failure_and_resumes_where_it_left_off() -> None:
+    stream = FakeStream()
+    revocations = RevocationSet(watch=stream, backoff=(0.01, 0.05))
+    revocations.start()
+    try:
+        first = await stream.next_connection(1)
+        first.put_nowait(RevocationUpdate([("a", time.time() + 60)], 100.0))
+        first.put_nowait(RevocationUpdate([], 150.0))  # a keepalive moves the resume point too
+        first.put_nowait(grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "identity restarted"))
+        second = await stream.next_connection(2)
+        second.put_nowait(None)  # the stream ends (identity shut down): reconnect again
+        await stream.next_connection(3)
+        assert stream.opened == [0.0, 150.0, 150.0]
+        assert revocations.is_revoked("a")
+    finally:
+        await revocations.stop()
+
+
+async def test_a_silent_stream_is_taken_for_dead_and_reopened() -> None:
+    stream = FakeStream()
+    revocations = RevocationSet(watch=stream, backoff=(0.01, 0.05), idle_timeout=0.05)
+    revocations.start()
+    try:
+        (await stream.next_connection(1)).put_nowait(RevocationUpdate([], 7.0))
+        await stream.next_connection(2)  # nothing more on the first: reopened from its resume time
+        assert stream.opened[1] == 7.0
+    finally:
+        await revocations.stop()
+
+
+async def test_beside_a_watch_the_safety_net_poll_rereads_the_whole_list() -> None:
+    asked: list[float] = []
+
+    async def fetch(since: float) -> list[tuple[str, float]]:
+        asked.append(since)
+        return [("late", time.time() + 60)]
+
+    revocations = RevocationSet(fetch, interval=0.01, watch=FakeStream())
+    revocations.start()
+    try:
+        await until(lambda: len(asked) >= 2)
+    finally:
+        await revocations.stop()
+    assert set(asked) == {0.0}
+    assert revocations.is_revoked("late")
+
+
+@pytest.mark.parametrize(("warn_after", "warnings"), [(3600.0, 0), (0.02, 1)])
+async def test_an_outage_is_warned_about_once_and_only_when_it_lasts(
+    caplog: pytest.LogCaptureFixture, warn_after: float, warnings: int
+) -> None:
+    attempts: list[float] = []
+
+    async def unreachable(since: float) -> AsyncGenerator[RevocationUpdate, None]:
+        attempts.append(since)
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "connection refused")
+        yield  # pragma: no cover - makes this an async generator
+
+    revocations = RevocationSet(watch=unreachable, backoff=(0.001, 0.005), warn_after=warn_after)
+    with caplog.at_level(logging.DEBUG, logger="bhiv_core.security.jwt"):
+        revocations.start()
+        try:
+            started = time.monotonic()
+            await until(lambda: len(attempts) >= 20 and time.monotonic() - started > 0.1)
+        finally:
+            await revocations.stop()
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == warnings

@@ -8,6 +8,13 @@ compact and ASCII-only (``json.dumps(fields, separators=(",", ":"))``). Changing
 or reordering a stored record therefore breaks either its own hash, the sequence, or the link to its
 neighbour; :class:`ChainVerifier` finds the first such break.
 
+Every text field is capped before it is sealed (:func:`bounded`): a caller chooses the method path
+of an unknown method and the resource name it sends, and one 4 MiB name must not become a 4 MiB
+record. A value over its cap (:data:`TEXT_LIMIT` UTF-8 bytes, :data:`RESOURCE_LIMIT` for the
+resource) keeps its first bytes, cut at a character boundary, followed by
+``…[truncated from N bytes]`` (``N`` its length in UTF-8 bytes), and fills the cap exactly. The
+capped text is what is stored and hashed.
+
 Entries and records are named tuples: one is built for every call of the mesh, and a tuple costs a
 fraction of a frozen dataclass. Their order is the hashed order and the stored column order.
 """
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -25,11 +32,16 @@ from typing import NamedTuple
 
 __all__ = [
     "GENESIS_HASH",
+    "RESOURCE_LIMIT",
+    "TEXT_LIMIT",
     "AuditEntry",
     "AuditRecord",
     "ChainBreak",
     "ChainVerifier",
     "VerifyResult",
+    "bounded",
+    "cap_text",
+    "capped_for_display",
     "from_micros",
     "seal",
     "seal_batch",
@@ -171,16 +183,119 @@ class AuditRecord(NamedTuple):
         return _sha256(self.canonical()).hexdigest()
 
 
+TEXT_LIMIT = 256
+"""The most UTF-8 bytes a text field of a record holds, the resource excepted (see :func:`bounded`)."""
+
+RESOURCE_LIMIT = 512
+"""The most UTF-8 bytes the ``resource`` of a record holds."""
+
+# Field positions of AuditEntry's text fields (every one but the numbers), with their caps.
+_TEXT_FIELDS = (
+    (1, TEXT_LIMIT),  # service
+    (2, TEXT_LIMIT),  # principal
+    (3, TEXT_LIMIT),  # role
+    (4, TEXT_LIMIT),  # method
+    (5, RESOURCE_LIMIT),  # resource
+    (6, TEXT_LIMIT),  # outcome_code
+    (8, TEXT_LIMIT),  # client_address
+    (9, TEXT_LIMIT),  # trace_id
+)
+
+# Lengths (in characters) that fit whatever the characters: at most 4 UTF-8 bytes each.
+_QUICK = TEXT_LIMIT // 4
+_QUICK_RESOURCE = RESOURCE_LIMIT // 4
+
+
+def _fits(value: str, limit: int) -> bool:
+    # No character takes more than 4 bytes in UTF-8, and an ASCII one takes 1: only a long
+    # non-ASCII value is encoded to be measured.
+    size = len(value)
+    return size <= limit // 4 or (size <= limit and (value.isascii() or len(_utf8(value)) <= limit))
+
+
+def _utf8(value: str) -> bytes:
+    # surrogatepass: a lone surrogate is measured (and cut) like any other character, never an error.
+    return value.encode("utf-8", "surrogatepass")
+
+
+def cap_text(value: str, limit: int) -> str:
+    """Returns ``value`` when it fits in ``limit`` UTF-8 bytes, else its capped form.
+
+    The capped form is the longest prefix of ``value`` that ends on a character boundary and
+    leaves room for the marker ``…[truncated from N bytes]`` (``N``: the UTF-8 length of
+    ``value``), then the marker; it is ``limit`` bytes at most (and at least ``limit - 3``).
+    The cost is linear in the length of ``value``, once.
+    """
+    if _fits(value, limit):
+        return value
+    size = len(value) if value.isascii() else len(_utf8(value))
+    marker = f"\u2026[truncated from {size} bytes]"
+    room = max(limit - len(_utf8(marker)), 0)
+    # The first ``room`` characters hold at least ``room`` bytes (or are all of ``value``, which is
+    # longer than ``limit``): only those are encoded.
+    head = _utf8(value[:room])
+    cut = room
+    while 0 < cut < len(head) and head[cut] & 0xC0 == 0x80:  # the cut splits a character
+        cut -= 1
+    return head[:cut].decode("utf-8", "surrogatepass") + marker
+
+
+def bounded(entry: AuditEntry) -> AuditEntry:
+    """Returns ``entry`` with every text field capped (:func:`cap_text`); the same object when all fit.
+
+    :func:`seal_batch` applies it to whatever it seals; the audit interceptor applies it as soon as
+    it builds an entry, so a queued entry holds no more than the record will.
+    """
+    # The common case, decided by lengths alone (this runs on every call of the mesh).
+    _, service, principal, role, method, resource, outcome, _, address, trace_id, _ = entry
+    if (
+        len(method) <= _QUICK
+        and len(resource) <= _QUICK_RESOURCE
+        and len(principal) <= _QUICK
+        and len(address) <= _QUICK
+        and len(service) <= _QUICK
+        and len(role) <= _QUICK
+        and len(outcome) <= _QUICK
+        and len(trace_id) <= _QUICK
+    ):
+        return entry
+    for index, limit in _TEXT_FIELDS:
+        if not _fits(entry[index], limit):  # type: ignore[arg-type]  # the text fields' positions
+            break
+    else:
+        return entry
+    fields: list[object] = list(entry)
+    for index, limit in _TEXT_FIELDS:
+        fields[index] = cap_text(entry[index], limit)  # type: ignore[arg-type]
+    return AuditEntry._make(fields)
+
+
+def capped_for_display(record: AuditRecord) -> AuditRecord:
+    """``record`` with its text capped like :func:`bounded`, and its stored ``hash``.
+
+    For showing a record stored before the caps existed, which can be too large for a response;
+    the result no longer hashes to its ``hash`` (verification reads the stored record instead).
+    """
+    fields: list[object] = list(record)
+    for index, limit in _TEXT_FIELDS:
+        fields[index + 1] = cap_text(record[index + 1], limit)  # type: ignore[arg-type]  # after sequence
+    return AuditRecord._make(fields)
+
+
 def seal(entry: AuditEntry, sequence: int, prev_hash: str) -> AuditRecord:
     """Places ``entry`` at ``sequence`` after the record whose hash is ``prev_hash``, and hashes it."""
     return seal_batch((entry,), sequence - 1, prev_hash)[0]
 
 
 def seal_batch(entries: Sequence[AuditEntry], sequence: int, prev_hash: str) -> list[AuditRecord]:
-    """Seals ``entries`` in order after record ``sequence``, whose hash is ``prev_hash``."""
+    """Seals ``entries`` in order after record ``sequence``, whose hash is ``prev_hash``.
+
+    Each entry's text is capped first (:func:`bounded`), so the hash covers exactly what is stored.
+    """
     records: list[AuditRecord] = []
     for entry in entries:
         sequence += 1
+        entry = bounded(entry)
         # Durations are rounded to microseconds, which every store keeps exactly as a double, so a
         # stored record re-hashes to the same value.
         fields = (sequence, *entry[:10], round(float(entry[10]), 3), prev_hash)
@@ -198,6 +313,10 @@ class ChainBreak(StrEnum):
     """A record's ``prev_hash`` differs from the previous record's hash: inserted, replaced or moved."""
     SEQUENCE_GAP = "sequence_gap"
     """A sequence number is missing: a record was removed."""
+    CHECKPOINT_MISMATCH = "checkpoint_mismatch"
+    """A record's hash differs from the one a signed checkpoint recorded: the chain was rewritten."""
+    CHECKPOINT_INVALID = "checkpoint_invalid"
+    """A checkpoint fails its signature, its hash or its link to the previous one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +332,9 @@ class VerifyResult:
         detail: What differs, for a person (expected and found hashes); empty when ``ok``.
         start_sequence: The first sequence of the verified range.
         end_sequence: The last sequence of the verified range (0 for an empty log).
+        checkpoint_sequence: The record of the checkpoint a verification started from (see
+            :mod:`bhiv_core.audit.checkpoint`); 0 when it started from the first record.
+        checkpoints_checked: Signed checkpoints whose signature and link were checked.
 
     """
 
@@ -223,6 +345,8 @@ class VerifyResult:
     detail: str = ""
     start_sequence: int = 0
     end_sequence: int = 0
+    checkpoint_sequence: int = 0
+    checkpoints_checked: int = 0
 
 
 class ChainVerifier:
@@ -240,15 +364,26 @@ class ChainVerifier:
             the same transaction), given when ``end`` is the latest record: it catches a last
             record that was changed and re-hashed, or records added behind the store's back.
             None to skip that check (a range that ends before the latest record).
+        anchors: Record hashes that signed checkpoints recorded, by sequence: a record whose hash
+            differs is :attr:`ChainBreak.CHECKPOINT_MISMATCH` (the chain was rewritten and
+            re-hashed up to there, which the links alone cannot show).
 
     """
 
-    def __init__(self, start: int, end: int, prev_hash: str, head: tuple[int, str] | None = None):
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        prev_hash: str,
+        head: tuple[int, str] | None = None,
+        anchors: Mapping[int, str] | None = None,
+    ):
         self._start = start
         self._end = end
         self._expected = start
         self._prev_hash = prev_hash
         self._head = head
+        self._anchors = anchors or None
         self._checked = 0
         self._broken: VerifyResult | None = None
 
@@ -293,6 +428,15 @@ class ChainVerifier:
                 f"record {record.sequence} has prev_hash {record.prev_hash} but record "
                 f"{record.sequence - 1} has hash {self._prev_hash}",
             )
+        if self._anchors is not None:
+            anchored = self._anchors.get(record.sequence)
+            if anchored is not None and anchored != record.hash:
+                return self._break(
+                    record.sequence,
+                    ChainBreak.CHECKPOINT_MISMATCH,
+                    f"record {record.sequence} hashes to {record.hash} but the signed checkpoint at it "
+                    f"recorded {anchored}: the chain was rewritten at or before record {record.sequence}",
+                )
         self._prev_hash = record.hash
         self._expected += 1
         return True

@@ -3,6 +3,9 @@
 A durable record (a mutation) is committed before :meth:`AuditSink.record` returns; other records
 are queued and written in batches by a background task. Both go through one queue, so the chain
 keeps the order of the ``record`` calls, and concurrent durable records share a commit.
+
+Its health check (:meth:`AuditSink.check`) judges the writer by what it has done, without waiting
+behind it: a busy writer is healthy while its current batch is younger than ``stall_after``.
 """
 
 from __future__ import annotations
@@ -10,19 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from bhiv_core.audit.record import AuditEntry
 from bhiv_core.audit.store import AuditStore
 
-__all__ = ["AuditSink", "AuditWriteError"]
+__all__ = ["AuditSink", "AuditStalledError", "AuditWriteError"]
 
 log = logging.getLogger(__name__)
 
 
 class AuditWriteError(RuntimeError):
     """The audit store refused records after retries; the records were logged at ERROR instead."""
+
+
+class AuditStalledError(RuntimeError):
+    """The audit writer is not writing: its current batch has taken too long, or it stopped."""
 
 
 _Pending = tuple[AuditEntry, "asyncio.Future[None] | None"]
@@ -39,6 +47,12 @@ class AuditSink:
     after the last retry its entries are logged at ERROR (logger ``bhiv_core.audit.sink``), durable
     callers get :class:`AuditWriteError`, and :meth:`check` fails until a write succeeds again.
 
+    :meth:`check` never queues behind the writer (a SQLite store runs everything on one thread,
+    so a ping would wait for the batch being written, and a busy writer would look like a dead
+    store). While a batch is being written (retries included), the writer is healthy until that
+    batch is older than ``stall_after`` seconds; when it is idle, the store is pinged, which then
+    waits for nothing.
+
     The queue is a plain deque, not an ``asyncio.Queue``: every call of the mesh queues an entry,
     and :meth:`offer` costs an append and a length check.
 
@@ -50,6 +64,10 @@ class AuditSink:
         flush_interval: The longest a batched entry waits, in seconds.
         max_pending: Queue bound; :meth:`record` waits while it is full.
         retry_delays: Pauses between attempts of a refused batch, in seconds.
+        stall_after: How long one batch may take (retries included) before :meth:`check` reports
+            the writer stuck, in seconds. The default is the SQLite store's wait for another
+            process's write lock: past it, the store itself gives up.
+        clock: Monotonic seconds (injected by tests).
 
     """
 
@@ -61,6 +79,8 @@ class AuditSink:
         flush_interval: float = 0.05,
         max_pending: int = 8192,
         retry_delays: Sequence[float] = (0.05, 0.5, 2.0),
+        stall_after: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.store = store
         self._batch_size = batch_size
@@ -75,6 +95,9 @@ class AuditSink:
         self._accepting = False  # started, not closing, and the writer alive
         self._closing = False
         self._failure: str | None = None
+        self._stall_after = stall_after
+        self._clock = clock
+        self._writing_since: float | None = None  # when the batch being written was taken
 
     async def start(self) -> None:
         """Opens the store and starts the writer."""
@@ -160,11 +183,36 @@ class AuditSink:
         # A durable marker: the writer writes everything queued before it, then answers it.
         await self.record(_FLUSH, durable=True)
 
+    @property
+    def writing_since(self) -> float | None:
+        """When the batch being written was taken (``clock`` seconds); None while the writer is idle."""
+        return self._writing_since
+
     async def check(self) -> None:
-        """Health check: fails while the latest write was refused, else pings the store."""
+        """Health check: is the writer writing? Never waits behind it.
+
+        Raises:
+            AuditWriteError: The latest batch was refused after its retries.
+            AuditStalledError: The writer stopped, or its current batch is older than
+                ``stall_after``.
+            Exception: The store's own ping failed (only asked while the writer is idle).
+
+        """
         if self._failure is not None:
             raise AuditWriteError(self._failure)
-        await self.store.ping()
+        if self._task is None or self._task.done():
+            raise AuditStalledError("the audit writer is not running")
+        since = self._writing_since
+        if since is None:
+            # Idle: nothing is ahead of the ping on the store's thread.
+            await self.store.ping()
+            return
+        busy = self._clock() - since
+        if busy > self._stall_after:
+            raise AuditStalledError(
+                f"an audit batch has been in writing for {busy:.1f} s (limit {self._stall_after:g} s); "
+                f"{len(self._pending)} more records wait"
+            )
 
     async def close(self) -> None:
         """Writes everything queued, stops the writer and closes the store."""
@@ -199,7 +247,11 @@ class AuditSink:
                     await asyncio.wait_for(self._wake.wait(), self._flush_interval)
             batch = [pending.popleft() for _ in range(min(len(pending), self._batch_size))]
             self._room.set()
-            await self._write(batch)
+            self._writing_since = self._clock()
+            try:
+                await self._write(batch)
+            finally:
+                self._writing_since = None
 
     async def _write(self, batch: list[_Pending]) -> None:
         entries = [entry for entry, _ in batch if entry is not _FLUSH]

@@ -8,11 +8,18 @@ What the edge does, in the order a request meets it:
 
 * One listener; the HTTP connection manager speaks HTTP/2 (gRPC) and HTTP/1.1 (gRPC-web) on the same
   port, trusts only the TCP peer (``use_remote_address``, no client internal, so the client's address
-  always reaches the services in ``x-envoy-external-address``), normalises paths, rejects headers with
-  underscores, and caps buffers, streams, header sizes and idle times (Envoy's edge best practices).
-* HTTP filters: ``grpc_web`` → ``cors`` → ``local_ratelimit`` → ``lua`` → *extra filters* → ``router``.
-  The extra filters are the seam for the JWT check and the IP-block RBAC filter; CORS comes before
-  the rate limit so preflights are answered without spending tokens. The Lua filter has no default
+  always reaches the services in ``x-envoy-external-address``), normalises paths, drops header fields
+  whose name has an underscore, and caps buffers, streams, header sizes and idle times (Envoy's edge
+  best practices).
+* Request headers are held to what the services accept (:mod:`bhiv_core.runtime.limits`) by a check
+  in the filter chain, not by the codec, because only a filter can answer with a status: over the
+  limits is RESOURCE_EXHAUSTED for gRPC and HTTP 431 for gRPC-web, and the connection's other streams
+  go on. The codec's own limits sit far above, as a backstop (see :func:`_listener`).
+* HTTP filters: ``grpc_web`` → ``cors`` → header limits → ``local_ratelimit`` → ``lua`` → *extra
+  filters* → ``router``. The extra filters are the seam for the JWT check and the IP-block RBAC
+  filter; CORS comes before the rate limit so preflights are answered without spending tokens, and
+  before the header limits so a browser can read their refusal; a refused request spends no token.
+  The Lua filter has no default
   script: it runs only on the routes that name one of its scripts (:mod:`bhiv_core.edge.lua_scripts`),
   the protocol refusals and the health router, so other requests pay nothing for it.
 * The edge speaks gRPC and gRPC-web only: any other method or content type (the Connect protocol,
@@ -46,7 +53,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import betterproto2
-from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
+from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog, AccessLogFilter, ExtensionFilter
 from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
 from envoy_data_plane.envoy.config.cluster.v3 import (
     CircuitBreakers,
@@ -83,6 +90,8 @@ from envoy_data_plane.envoy.config.endpoint.v3 import (
 )
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
 from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
+from envoy_data_plane.envoy.config.rbac.v3 import Permission, Policy, Principal, RbacAction
+from envoy_data_plane.envoy.config.rbac.v3 import Rbac as RbacRules
 from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
     HeaderMatcher,
@@ -94,11 +103,13 @@ from envoy_data_plane.envoy.config.route.v3 import (
     VirtualHost,
 )
 from envoy_data_plane.envoy.extensions.access_loggers.file.v3 import FileAccessLog
+from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
 from envoy_data_plane.envoy.extensions.filters.http.cors.v3 import Cors, CorsPolicy
 from envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3 import GrpcWeb
 from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3 import LocalRateLimit
 from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua, LuaPerRoute
+from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import Rbac
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -106,6 +117,8 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManagerInternalAddressConfig,
     HttpConnectionManagerPathWithEscapedSlashesAction,
     HttpFilter,
+    LocalReplyConfig,
+    ResponseMapper,
 )
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
     DownstreamConnectionsConfig,
@@ -124,6 +137,7 @@ from envoy_data_plane.envoy.type.v3 import (
     Percent,
     TokenBucket,
 )
+from envoy_data_plane.google.api.expr.v1alpha1 import Constant, Expr, ExprCall, ExprIdent, ExprSelect
 from envoy_data_plane.google.protobuf import Any as AnyProto
 from envoy_data_plane.google.protobuf import Struct
 
@@ -134,6 +148,7 @@ from bhiv_core.edge.lua_scripts import (
     reply_script,
 )
 from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, ServiceSpec
+from bhiv_core.runtime.limits import MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
 
 __all__ = [
     "ACCESS_LOG_FORMAT",
@@ -141,12 +156,16 @@ __all__ = [
     "CORS_ALLOW_HEADERS",
     "CORS_EXPOSE_HEADERS",
     "DEFAULT_CORS_ALLOW_ORIGINS",
+    "HEADERS_TOO_LARGE",
+    "HEADER_LIMITS_FILTER",
     "HEALTH_PREFIX",
     "HEALTH_ROUTER",
+    "MESH_ONLY_METHODS",
     "PROTOCOL_HINT",
     "REFLECTION_CLUSTER",
     "REFLECTION_PREFIXES",
     "SERVICE_HEADER",
+    "TOO_MANY_HEADERS",
     "EdgeSettings",
     "Upstream",
     "build_bootstrap",
@@ -237,6 +256,10 @@ LUA_FILTER: Final = "envoy.filters.http.lua"
 CORS_FILTER: Final = "envoy.filters.http.cors"
 LOCAL_RATELIMIT_FILTER: Final = "envoy.filters.http.local_ratelimit"
 ROUTER_FILTER: Final = "envoy.filters.http.router"
+HEADER_LIMITS_FILTER: Final = "bhiv.request_header_limits"
+"""The name of the RBAC filter that holds request headers to the limits: a name of its own, so that
+per-route RBAC configs meant for the IP-block filter (``envoy.filters.http.rbac``) never reach it."""
+CEL_FILTER: Final = "envoy.access_loggers.extension_filters.cel"
 HCM_FILTER: Final = "envoy.filters.network.http_connection_manager"
 UPSTREAM_HTTP_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 MAX_CONNECTIONS_MONITOR: Final = "envoy.resource_monitors.global_downstream_max_connections"
@@ -246,6 +269,31 @@ HEALTH_ROUTER: Final = "health-router"
 UNKNOWN_SERVICE: Final = "unknown-service"
 """The name of the Lua reply to a health call whose ``x-bhiv-service`` names no service."""
 
+MESH_ONLY: Final = "mesh-only"
+"""The name of the Lua reply to a call of a method that only the mesh's own services make."""
+
+MESH_ONLY_METHODS: Final = ("/bhiv.identity.v1.AuthService/WatchRevocations",)
+"""Methods the edge refuses (PERMISSION_DENIED): services call them on identity directly.
+
+``WatchRevocations`` is public (a service needs revocations before it can verify a token) and each
+identity process serves a bounded number of watchers; through the edge, anyone could hold every
+slot and keep the services from reconnecting. Outside callers read ``ListRevocations`` instead.
+"""
+
+TOO_MANY_HEADERS: Final = "too-many-request-headers"
+HEADERS_TOO_LARGE: Final = "request-headers-too-large"
+"""The header limits' two RBAC policies; a refusal's access-log ``response_code_details`` is
+``rbac_access_denied_matched_policy[<policy>]``."""
+
+# The codec's own limits, far above the refusals, only a backstop: over them Envoy's HTTP/2 codec
+# resets the stream (the caller sees INTERNAL "Stream removed") and HTTP/1.1 answers 431, since a
+# codec cannot send a status. 128 KiB is twice the longest field HTTP/2's header decoder takes
+# (64 KiB; a longer one is a COMPRESSION_ERROR that ends the connection, whatever the config).
+_CODEC_MAX_HEADERS_KB: Final = 128
+_CODEC_MAX_HEADERS: Final = 1000
+_GRPC_STATUS: Final = "grpc-status"
+_INVALID_ARGUMENT: Final = "3"
+_RESOURCE_EXHAUSTED: Final = "8"
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*$")
 _INT64_MAX: Final = 2**63 - 1
 # Edge best practice: flow control keeps at most this much per connection in Envoy's buffers.
@@ -315,7 +363,12 @@ class EdgeSettings:
         access_log_path: Where the JSON-lines access log goes; ``None`` means Envoy's stdout.
         max_request_bytes: The largest request body the edge forwards when the request declares its
             length (gRPC-web from browsers does); equals the services' message-size limit.
-        max_request_headers_kb: The largest request header block, in KiB.
+        max_request_header_bytes: The largest request header block the edge forwards (names plus
+            values, pseudo-headers and the edge's own headers included); a larger one is
+            RESOURCE_EXHAUSTED for gRPC and HTTP 431 for gRPC-web. The services accept at least as
+            much (:mod:`bhiv_core.runtime.limits`).
+        max_request_headers: The most request header fields the edge forwards, counted the same
+            way; more are refused like a block too large.
         stream_idle_timeout_s: A stream with no traffic for this long is reset; server streams that
             may stay silent longer must send heartbeats.
         request_headers_timeout_s: How long a client may take to send its request headers.
@@ -339,7 +392,8 @@ class EdgeSettings:
     rate_limit_max_tokens: int | None = None
     access_log_path: Path | str | None = None
     max_request_bytes: int = 4 * 1024 * 1024
-    max_request_headers_kb: int = 60
+    max_request_header_bytes: int = MAX_REQUEST_HEADER_BYTES
+    max_request_headers: int = MAX_REQUEST_HEADERS
     stream_idle_timeout_s: float = 300.0
     request_headers_timeout_s: float = 10.0
     connection_idle_timeout_s: float = 3600.0
@@ -361,10 +415,15 @@ class EdgeSettings:
             raise ValueError("the rate limit needs at least one token per fill and in the bucket")
         if self.rate_limit_fill_interval_s < 0.05:
             raise ValueError("rate_limit_fill_interval_s must be at least 0.05 (Envoy's minimum)")
-        if self.max_request_bytes < 1 or not 1 <= self.max_request_headers_kb <= 8192:
+        if self.max_request_bytes < 1:
+            raise ValueError("max_request_bytes must be positive")
+        # Under the codec's backstop, or Envoy's codec would refuse first, with a reset.
+        if not 0 < self.max_request_header_bytes < _CODEC_MAX_HEADERS_KB * 1024 // 2:
             raise ValueError(
-                "max_request_bytes and max_request_headers_kb must be positive (headers ≤ 8 MiB)"
+                f"max_request_header_bytes must be positive and under {_CODEC_MAX_HEADERS_KB // 2} KiB"
             )
+        if not 0 < self.max_request_headers < _CODEC_MAX_HEADERS // 2:
+            raise ValueError(f"max_request_headers must be positive and under {_CODEC_MAX_HEADERS // 2}")
         if not self.cors_allow_origins:
             raise ValueError("cors_allow_origins is empty; browsers could not call the edge at all")
         if self.upstream_source_address is not None and not _is_ip(self.upstream_source_address):
@@ -444,6 +503,10 @@ def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) ->
 
     """
     routes: list[Route] = [*_protocol_refusal_routes(), _oversized_request_route(settings.max_request_bytes)]
+    routes += [
+        _with_script(_route(f"mesh-only-{path.rsplit('/', 1)[1]}", path, REFLECTION_CLUSTER), MESH_ONLY)
+        for path in MESH_ONLY_METHODS
+    ]
     # An empty-name Check the health router sent to a service that is not serving says which are not.
     not_serving = _header(NOT_SERVING_HEADER, "%DYNAMIC_METADATA({}:{})%".format(*NOT_SERVING_METADATA))
     routes += [
@@ -530,7 +593,23 @@ def _check_upstreams(upstreams: Sequence[Upstream]) -> None:
 def _listener(
     upstreams: Sequence[Upstream], settings: EdgeSettings, extra_http_filters: Sequence[HttpFilter]
 ) -> Listener:
-    """Build the one listener: an HTTP connection manager for gRPC (h2c) and gRPC-web (HTTP/1.1)."""
+    """Build the one listener: an HTTP connection manager for gRPC (h2c) and gRPC-web (HTTP/1.1).
+
+    Hostile request headers, and what the caller gets (found by experiment with Envoy 1.40):
+
+    * a field name with an underscore: dropped, the call goes on without it (see below);
+    * more fields or bytes than the limits: RESOURCE_EXHAUSTED (gRPC-web: HTTP 431), from the
+      header-limit filter; the connection's other streams go on;
+    * more than the codec's backstop (:data:`_CODEC_MAX_HEADERS_KB`, :data:`_CODEC_MAX_HEADERS`):
+      HTTP/2 resets that stream (INTERNAL for gRPC; other streams go on), HTTP/1.1 answers 431;
+    * a field that is not valid HTTP (upper case, a NUL or CR in a value, ``connection``): HTTP/2
+      resets that stream (PROTOCOL_ERROR: INTERNAL for gRPC; other streams go on, which is what
+      ``override_stream_error_on_invalid_http_message`` buys, the default would end the connection),
+      HTTP/1.1 answers 400;
+    * one field longer than 64 KiB: the HTTP/2 header decoder (nghttp2) fails, and a decoding
+      failure must end the connection (RFC 9113, 4.3): GOAWAY, every stream of the connection ends
+      UNAVAILABLE. No setting changes this; grpc clients do not heed SETTINGS_MAX_HEADER_LIST_SIZE.
+    """
     hcm = HttpConnectionManager(
         stat_prefix="edge",
         codec_type=HttpConnectionManagerCodecType.AUTO,
@@ -538,6 +617,7 @@ def _listener(
         http_filters=[
             HttpFilter(name=GRPC_WEB_FILTER, typed_config=_pack(GrpcWeb())),
             HttpFilter(name=CORS_FILTER, typed_config=_pack(Cors())),
+            HttpFilter(name=HEADER_LIMITS_FILTER, typed_config=_pack(_header_limits(settings))),
             HttpFilter(name=LOCAL_RATELIMIT_FILTER, typed_config=_pack(_local_rate_limit(settings))),
             HttpFilter(name=LUA_FILTER, typed_config=_pack(_lua(upstreams))),
             *extra_http_filters,
@@ -558,14 +638,24 @@ def _listener(
         path_with_escaped_slashes_action=HttpConnectionManagerPathWithEscapedSlashesAction.REJECT_REQUEST,
         common_http_protocol_options=HttpProtocolOptions(
             idle_timeout=_seconds(settings.connection_idle_timeout_s),
-            headers_with_underscores_action=HttpProtocolOptionsHeadersWithUnderscoresAction.REJECT_REQUEST,
+            # Underscores are legal in gRPC metadata names, but some servers read `x_a` as `x-a`,
+            # so such a field could pass for another one: Envoy's edge advice is to refuse or drop
+            # it. Dropped: refusing would reset the stream over HTTP/2 (INTERNAL, no status can be
+            # sent at that point), and no service reads such a field. Envoy counts each drop
+            # (http2.dropped_headers_with_underscores, http1.dropped_headers_with_underscores).
+            headers_with_underscores_action=HttpProtocolOptionsHeadersWithUnderscoresAction.DROP_HEADER,
+            max_headers_count=_CODEC_MAX_HEADERS,
         ),
         http2_protocol_options=Http2ProtocolOptions(
             max_concurrent_streams=100,
             initial_stream_window_size=64 * 1024,
             initial_connection_window_size=1024 * 1024,
+            # An invalid header field resets its own stream instead of ending the connection.
+            override_stream_error_on_invalid_http_message=True,
         ),
-        max_request_headers_kb=settings.max_request_headers_kb,
+        # The codec's backstop; the limits callers meet are the header-limit filter's.
+        max_request_headers_kb=_CODEC_MAX_HEADERS_KB,
+        local_reply_config=_local_replies(settings),
         stream_idle_timeout=_seconds(settings.stream_idle_timeout_s),
         request_headers_timeout=_seconds(settings.request_headers_timeout_s),
         # No request_timeout: it bounds the whole request body and would cut client streams.
@@ -608,6 +698,127 @@ def _local_rate_limit(settings: EdgeSettings) -> LocalRateLimit:
     )
 
 
+def _header_limits(settings: EdgeSettings) -> Rbac:
+    """Build the filter that refuses request headers over the limits, before anything else reads them.
+
+    An RBAC filter whose two DENY policies are CEL conditions on the request as the filters see it
+    (the edge's own headers added): ``size(request.headers)``, the number of fields, and
+    ``request.total_size``, the header block's size (names plus values) plus the body received so
+    far, which is none yet when the headers are checked. A denial is a 403 local reply, which
+    :func:`_local_replies` turns into 431 and RESOURCE_EXHAUSTED.
+    """
+
+    def over(value: Expr, limit: int) -> Policy:
+        return Policy(
+            permissions=[Permission(any=True)],
+            principals=[Principal(any=True)],
+            condition=_cel_call("_>_", value, Expr(const_expr=Constant(int64_value=limit))),
+        )
+
+    request = Expr(ident_expr=ExprIdent(name="request"))
+    fields = _cel_call("size", Expr(select_expr=ExprSelect(operand=request, field="headers")))
+    size = Expr(select_expr=ExprSelect(operand=request, field="total_size"))
+    return Rbac(
+        rules=RbacRules(
+            action=RbacAction.DENY,
+            policies={
+                TOO_MANY_HEADERS: over(fields, settings.max_request_headers),
+                HEADERS_TOO_LARGE: over(size, settings.max_request_header_bytes),
+            },
+        ),
+        rules_stat_prefix="request_headers_",
+    )
+
+
+def _cel_call(function: str, *args: Expr) -> Expr:
+    """A CEL call expression, as Envoy reads a parsed one (``_>_`` is the ``>`` operator)."""
+    return Expr(call_expr=ExprCall(function=function, args=list(args)))
+
+
+def _local_replies(settings: EdgeSettings) -> LocalReplyConfig:
+    """Give Envoy's own refusals of hostile headers a gRPC status, and gRPC-web an HTTP status.
+
+    A local reply to a gRPC request carries a ``grpc-status`` derived from its HTTP status, and no
+    HTTP status derives RESOURCE_EXHAUSTED or INVALID_ARGUMENT (403 is PERMISSION_DENIED, 400
+    INTERNAL, 431 UNKNOWN). Envoy keeps a ``grpc-status`` a mapper adds, so:
+
+    * the header-limit filter's denials: 431, RESOURCE_EXHAUSTED, and a message naming the limit;
+    * any other 431 (the HTTP/1.1 codec's backstop): RESOURCE_EXHAUSTED;
+    * any 400 (a path with an escaped slash, a malformed HTTP/1.1 header...): INVALID_ARGUMENT,
+      unless the reply already has a status;
+    * a body larger than a filter may buffer (the health router reads at most a stream's window):
+      RESOURCE_EXHAUSTED, with a hint (gRPC-web: HTTP 413).
+    """
+    pseudo = "pseudo-headers and the edge's own headers included"
+    too_many = f"too many request header fields: at most {settings.max_request_headers}, {pseudo}"
+    too_large = (
+        f"request headers too large: at most {settings.max_request_header_bytes} bytes of names "
+        f"and values, {pseudo}"
+    )
+    return LocalReplyConfig(
+        mappers=[
+            _mapper(_denied_by(TOO_MANY_HEADERS), _RESOURCE_EXHAUSTED, status_code=431, body=too_many),
+            _mapper(_denied_by(HEADERS_TOO_LARGE), _RESOURCE_EXHAUSTED, status_code=431, body=too_large),
+            _mapper("response.code == 431", _RESOURCE_EXHAUSTED),
+            # Envoy's own 400s mostly have no body: say which check refused the request.
+            _mapper(
+                "response.code_details == 'request_payload_too_large'",
+                _RESOURCE_EXHAUSTED,
+                body="request too large for the edge to read: a health request without the "
+                f"{SERVICE_HEADER} header must be small enough for the edge to read the service name",
+            ),
+            _mapper(
+                "response.code == 400",
+                _INVALID_ARGUMENT,
+                body_format="malformed request: %RESPONSE_CODE_DETAILS%",
+            ),
+        ]
+    )
+
+
+def _denied_by(policy: str) -> str:
+    """A CEL condition: the header-limit filter refused the request by ``policy``."""
+    return f"response.code_details == 'rbac_access_denied_matched_policy[{policy}]'"
+
+
+def _mapper(
+    condition: str,
+    grpc_status: str,
+    *,
+    status_code: int | None = None,
+    body: str | None = None,
+    body_format: str | None = None,
+) -> ResponseMapper:
+    """Map a local reply matching the CEL ``condition`` to a gRPC status, and maybe a new HTTP status.
+
+    Args:
+        condition: A CEL expression on the reply (``response.code``, ``response.code_details``).
+        grpc_status: The ``grpc-status`` added when the reply has none, so a filter's own stays.
+        status_code: The new HTTP status, or None to keep it.
+        body: The new body, which gRPC callers read as the status message; None keeps it.
+        body_format: A format (Envoy's command operators) for the body, instead of ``body``.
+
+    """
+    return ResponseMapper(
+        filter=AccessLogFilter(
+            extension_filter=ExtensionFilter(
+                name=CEL_FILTER, typed_config=_pack(ExpressionFilter(expression=condition))
+            )
+        ),
+        status_code=status_code,
+        body=None if body is None else DataSource(inline_string=body),
+        body_format_override=None
+        if body_format is None
+        else SubstitutionFormatString(text_format_source=DataSource(inline_string=body_format)),
+        headers_to_add=[
+            HeaderValueOption(
+                header=HeaderValue(key=_GRPC_STATUS, value=grpc_status),
+                append_action=HeaderValueOptionHeaderAppendAction.ADD_IF_ABSENT,
+            )
+        ],
+    )
+
+
 def _lua(upstreams: Sequence[Upstream]) -> Lua:
     """Build the Lua filter: the health router and fixed replies, each run only where a route names it.
 
@@ -632,6 +843,16 @@ def _lua(upstreams: Sequence[Upstream]) -> Lua:
                 "content-type": "application/grpc",
                 "grpc-status": "5",  # NOT_FOUND
                 "grpc-message": f"{SERVICE_HEADER} names no service of the mesh ({names})",
+            },
+        ),
+        MESH_ONLY: reply_script(
+            200,
+            "",
+            {
+                "content-type": "application/grpc",
+                "grpc-status": "7",  # PERMISSION_DENIED
+                "grpc-message": "only the mesh's services call this method, on identity directly; "
+                "outside callers use ListRevocations",
             },
         ),
     }

@@ -28,7 +28,9 @@ header in, so the ordinary header routes send the call on:
   service.
 * ``Watch`` of ``""`` and ``List`` are answered here, UNIMPLEMENTED with a hint: the edge keeps
   no stream or list of the whole mesh; one service's come with ``x-bhiv-service``.
-* A request it cannot read (compressed, or not one message) is INVALID_ARGUMENT with a hint.
+* A request it cannot read (compressed, or not one message) is INVALID_ARGUMENT with a hint. One
+  larger than Envoy buffers for a filter (a stream's window) is refused by Envoy before the script
+  sees it: RESOURCE_EXHAUSTED, by the edge's local-reply mapping.
 
 The health router's own replies are gRPC trailers-only local replies (status and message in
 headers).

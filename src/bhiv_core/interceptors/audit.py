@@ -17,7 +17,7 @@ import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from bhiv_core.audit.record import AuditEntry
+from bhiv_core.audit.record import AuditEntry, bounded
 from bhiv_core.runtime.chain import (
     CallInfo,
     Context,
@@ -118,7 +118,9 @@ class AuditInterceptor(Interceptor):
             "" if principal is None else principal.subject,
             "" if principal is None else principal.role,
             call.method,
-            call.resource or resource_of(request),
+            # The chain decodes the body after this concern: ``request`` is bytes, the message is
+            # on the call (None when the call was refused before decoding, or did not decode).
+            call.resource or resource_of(request if call.request is None else call.request),
             name,
             number,
             client_address_of(call.headers, call.peer),
@@ -133,7 +135,9 @@ class AuditInterceptor(Interceptor):
         that succeeded, or a full queue); None otherwise. Never raises.
         """
         try:
-            entry = self._entry(call, request, code)
+            # Capped at once (the caller chose the resource, and an unknown method's path), so
+            # neither the queue nor the request log holds more than the record will.
+            entry = bounded(self._entry(call, request, code))
         except Exception:  # a bug here must not fail the call; it is loud in the log
             log.exception("cannot build the audit entry of %s", call.method)
             return None

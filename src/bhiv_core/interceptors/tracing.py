@@ -7,6 +7,12 @@ handler, so logs, the audit record and outgoing calls see it. The trace id goes 
 ``call.trace_id`` even when the sampler drops the span: the SDK gives non-sampled spans real
 ids too, so audit records and logs can always be correlated.
 
+Trace context comes from callers, so it is bounded before OpenTelemetry's propagator reads it: a
+``traceparent`` or ``tracestate`` longer than 512 characters (``baggage``: 8192), the propagator's own
+limits, is dropped quietly, as if it had not been sent, and counted in
+``bhiv_trace_context_dropped_total{header}``; the propagator would log a warning for each such call,
+which lets any caller fill the logs. The call goes on, in a new trace.
+
 On the client, :func:`client_interceptors` creates CLIENT spans and injects their context into the
 outgoing metadata of service-to-service calls; :func:`outgoing_metadata` injects the current context
 for code that builds metadata itself.
@@ -28,13 +34,14 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import Token
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import grpc
 from opentelemetry import context as context_api
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
+from prometheus_client import Counter
 
 from bhiv_core.runtime.chain import (
     CallInfo,
@@ -45,13 +52,16 @@ from bhiv_core.runtime.chain import (
     failure_code,
     is_infrastructure,
 )
+from bhiv_core.runtime.telemetry import REGISTRY
 from bhiv_core.runtime.trace_context import UNRECORDED, UnrecordedSpan, current_context, current_trace_id
 
 __all__ = [
+    "MAX_TRACE_HEADER_CHARS",
     "TracingInterceptor",
     "client_interceptors",
     "current_trace_id",
     "outgoing_metadata",
+    "trace_context_dropped",
 ]
 
 _SCOPE = "bhiv_core.interceptors.tracing"
@@ -64,6 +74,17 @@ else:
     _UnaryStreamBase = grpc.aio.UnaryStreamClientInterceptor
 
 _Attributes = dict[str, AttributeValue]
+
+MAX_TRACE_HEADER_CHARS: Final = {"traceparent": 512, "tracestate": 512, "baggage": 8192}
+"""The longest value of each header the propagator reads; the limits past which it warns instead."""
+
+trace_context_dropped = Counter(
+    "bhiv_trace_context_dropped",
+    "Incoming trace context headers ignored for being longer than the propagator reads, by header.",
+    ("header",),
+    registry=REGISTRY,
+)
+"""``bhiv_trace_context_dropped_total{header}``: one sample per header of a call that was dropped."""
 
 
 def _tracer(provider: trace.TracerProvider | None) -> trace.Tracer:
@@ -109,6 +130,7 @@ class TracingInterceptor(Interceptor):
     def __init__(self, tracer_provider: trace.TracerProvider | None = None, *, recording: bool = True):
         self._tracer = _tracer(tracer_provider)
         self._fields = frozenset(propagate.get_global_textmap().fields)
+        self._dropped = {key: trace_context_dropped.labels(key) for key in self._fields}
         self._methods: dict[str, tuple[str, _Attributes]] = {}
         self._recording = recording
 
@@ -134,7 +156,17 @@ class TracingInterceptor(Interceptor):
         parent = context_api.Context()
         if self._fields.isdisjoint(headers):
             return parent
-        return propagate.extract({key: headers[key] for key in self._fields if key in headers}, parent)
+        carrier = {}
+        for key in self._fields:
+            value = headers.get(key)
+            if value is None:
+                continue
+            if len(value) > MAX_TRACE_HEADER_CHARS.get(key, len(value)):
+                # Quietly: the propagator would log a warning, on every such call.
+                self._dropped[key].inc()
+                continue
+            carrier[key] = value
+        return propagate.extract(carrier, parent) if carrier else parent
 
     def _unrecorded_ids(self, call: CallInfo) -> UnrecordedSpan:
         headers = call.headers

@@ -1,14 +1,24 @@
 """Checks requests against the validation rules declared in the contracts.
 
-Rules are ``(bhiv.options.v1.rules)`` field options (see ``protos/bhiv/options/v1``). For each
-request type a plan — the fields that carry rules, and the message fields to recurse into — is built
-once from the descriptors and cached. A bad request is refused with INVALID_ARGUMENT listing every
-violated field as a ``BadRequest`` field violation, before the handler runs.
+Rules are ``(bhiv.options.v1.rules)`` field options (see ``protos/bhiv/options/v1``), and every
+``google.protobuf.Timestamp`` and ``Duration`` field, wherever it occurs, must hold a value its type
+defines (in range, nanos in range and, for a duration, of the sign of its seconds) without an
+annotation. For each request type a plan — the fields that carry rules, and the message fields to
+recurse into — is built once from the descriptors and cached; a type with neither gets no check.
+A bad request is refused with INVALID_ARGUMENT listing the violated fields as ``BadRequest`` field
+violations, before the handler runs.
+
+Validation costs at most linear time in the request's size, whatever the request: a field past a
+limit is not looked at further (a repeated field with more than ``max_items`` is refused by its
+length alone, its items unvisited; a string longer than ``max_len`` is not matched against its
+pattern), and the first :data:`~bhiv_core.runtime.errors.MAX_VIOLATIONS` violations are kept while
+the rest are only counted.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +27,7 @@ from google.protobuf.message import Message
 
 from bhiv.options.v1 import annotations_pb2
 from bhiv_core.runtime.chain import CallInfo, Check, Context, PreCheckInterceptor
-from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
+from bhiv_core.runtime.errors import MAX_VIOLATIONS, FieldViolation, InvalidArgument
 
 __all__ = ["ValidationInterceptor", "validate"]
 
@@ -39,6 +49,9 @@ _NUMERIC = {
 
 
 _STRING, _BYTES, _ENUM, _NUMBER, _OTHER = range(5)
+
+_MessageCheck = Callable[[Any, str, list[FieldViolation]], None]
+"""Checks one message as a whole, adding violations under ``prefix`` (``start_time.``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +80,7 @@ class _FieldPlan:
 @dataclass(frozen=True, slots=True)
 class _Plan:
     fields: tuple[_FieldPlan, ...]
+    check: _MessageCheck | None = None  # a check of the message as a whole (well-known types)
 
 
 _plans: dict[str, _Plan | None] = {}
@@ -116,6 +130,9 @@ def _plan_for(descriptor: Descriptor, visiting: frozenset[str] = frozenset()) ->
     name = descriptor.full_name
     if name in _plans:
         return _plans[name]
+    known = _well_known_plan(descriptor)
+    if known is not None:
+        return known
     if name in visiting:  # recursive types: stop; rules below the cycle are checked one level deep
         return None
     fields: list[_FieldPlan] = []
@@ -136,6 +153,87 @@ def _plan_for(descriptor: Descriptor, visiting: frozenset[str] = frozenset()) ->
     return plan
 
 
+# --- well-known types: valid by the rules of their own definition, wherever they occur -----------
+#
+# google.protobuf.Timestamp and Duration say in their .proto what a valid value is; every field of
+# those types in every request is held to it without an annotation, so no handler ever converts
+# one that cannot be represented (datetime, ToDatetime and the stores raise on those: INTERNAL).
+
+_TIMESTAMP_MIN_SECONDS = -62_135_596_800
+"""0001-01-01T00:00:00Z, the earliest Timestamp."""
+_TIMESTAMP_MAX_SECONDS = 253_402_300_799
+"""9999-12-31T23:59:59Z, the latest Timestamp."""
+_DURATION_MAX_SECONDS = 315_576_000_000
+"""About 10,000 years, the longest Duration either way."""
+_NANOS_MAX = 999_999_999
+
+
+def _check_timestamp(stamp: Any, prefix: str, out: list[FieldViolation]) -> None:
+    if not _TIMESTAMP_MIN_SECONDS <= stamp.seconds <= _TIMESTAMP_MAX_SECONDS:
+        out.append(
+            FieldViolation(
+                prefix + "seconds",
+                "must be within 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z "
+                f"({_TIMESTAMP_MIN_SECONDS} to {_TIMESTAMP_MAX_SECONDS})",
+                "OUT_OF_RANGE",
+            )
+        )
+    if not 0 <= stamp.nanos <= _NANOS_MAX:
+        out.append(FieldViolation(prefix + "nanos", f"must be within 0 to {_NANOS_MAX}", "OUT_OF_RANGE"))
+
+
+def _check_duration(duration: Any, prefix: str, out: list[FieldViolation]) -> None:
+    seconds, nanos = duration.seconds, duration.nanos
+    if not -_DURATION_MAX_SECONDS <= seconds <= _DURATION_MAX_SECONDS:
+        out.append(
+            FieldViolation(
+                prefix + "seconds",
+                f"must be within -{_DURATION_MAX_SECONDS} to {_DURATION_MAX_SECONDS}",
+                "OUT_OF_RANGE",
+            )
+        )
+    if not -_NANOS_MAX <= nanos <= _NANOS_MAX:
+        out.append(
+            FieldViolation(prefix + "nanos", f"must be within -{_NANOS_MAX} to {_NANOS_MAX}", "OUT_OF_RANGE")
+        )
+    elif (seconds < 0 < nanos) or (nanos < 0 < seconds):
+        out.append(FieldViolation(prefix + "nanos", "must have the sign of seconds", "OUT_OF_RANGE"))
+
+
+_WELL_KNOWN = {
+    "google.protobuf.Timestamp": _Plan((), _check_timestamp),
+    "google.protobuf.Duration": _Plan((), _check_duration),
+}
+
+
+def _well_known_plan(descriptor: Descriptor) -> _Plan | None:
+    """The plan of a well-known type that has validity rules of its own; None for other types."""
+    return _WELL_KNOWN.get(descriptor.full_name)
+
+
+class _Violations(list[FieldViolation]):
+    """The violations found: the first :data:`MAX_VIOLATIONS` kept, the rest only counted.
+
+    A list, so checks simply ``append``; memory stays bounded whatever the request holds. (No
+    ``__init__``: one is made per validated call, and a Python-level one costs four times as much.)
+    """
+
+    omitted = 0
+    """How many violations were found beyond those kept (set on the instance once there are any)."""
+
+    def append(self, violation: FieldViolation, /) -> None:
+        """Keeps ``violation`` while fewer than :data:`MAX_VIOLATIONS` are kept; counts it otherwise."""
+        if len(self) < MAX_VIOLATIONS:
+            super().append(violation)
+        else:
+            self.omitted += 1
+
+    def refuse(self) -> None:
+        """Raises INVALID_ARGUMENT when anything was found."""
+        if self:
+            raise InvalidArgument(violations=self, omitted=self.omitted)
+
+
 def _check_scalar(fp: _FieldPlan, value: Any, path: str, out: list[FieldViolation]) -> None:
     kind = fp.kind
     if kind == _STRING:
@@ -146,6 +244,7 @@ def _check_scalar(fp: _FieldPlan, value: Any, path: str, out: list[FieldViolatio
             out.append(FieldViolation(path, f"must be at least {fp.min_len} characters", "TOO_SHORT"))
         if fp.max_len and length > fp.max_len:
             out.append(FieldViolation(path, f"must be at most {fp.max_len} characters", "TOO_LONG"))
+            return  # too long already: matching it would cost time in its length, for nothing
         if fp.pattern is not None and not fp.pattern.fullmatch(value):
             out.append(FieldViolation(path, f"must match {fp.pattern_text}", "BAD_FORMAT"))
         if fp.email and not _EMAIL.fullmatch(value):
@@ -164,6 +263,8 @@ def _check_scalar(fp: _FieldPlan, value: Any, path: str, out: list[FieldViolatio
 
 
 def _validate(message: Message, plan: _Plan, prefix: str, out: list[FieldViolation]) -> None:
+    if plan.check is not None:
+        plan.check(message, prefix, out)
     for fp in plan.fields:
         name = fp.name
         if fp.repeated:
@@ -173,6 +274,7 @@ def _validate(message: Message, plan: _Plan, prefix: str, out: list[FieldViolati
                 out.append(FieldViolation(path, "is required", "REQUIRED"))
             if fp.max_items and len(items) > fp.max_items:
                 out.append(FieldViolation(path, f"must have at most {fp.max_items} items", "TOO_MANY"))
+                continue  # refused by its length: its items are not visited
             for i, item in enumerate(items):
                 if fp.nested is not None:
                     _validate(item, fp.nested, f"{path}[{i}].", out)
@@ -193,14 +295,20 @@ def _validate(message: Message, plan: _Plan, prefix: str, out: list[FieldViolati
         _check_scalar(fp, value, prefix + name, out)
 
 
-def validate(message: Message) -> list[FieldViolation]:
-    """Returns every rule ``message`` violates (empty when it is valid)."""
+def _collect(message: Message) -> _Violations:
+    out = _Violations()
     plan = _plan_for(message.DESCRIPTOR)  # type: ignore[arg-type]
-    if plan is None:
-        return []
-    out: list[FieldViolation] = []
-    _validate(message, plan, "", out)
+    if plan is not None:
+        _validate(message, plan, "", out)
     return out
+
+
+def validate(message: Message) -> list[FieldViolation]:
+    """Returns the rules ``message`` violates (empty when it is valid), the first :data:`MAX_VIOLATIONS`.
+
+    The returned list's ``omitted`` attribute counts the violations found beyond those.
+    """
+    return _collect(message)
 
 
 class ValidationInterceptor(PreCheckInterceptor):
@@ -219,17 +327,13 @@ class ValidationInterceptor(PreCheckInterceptor):
             return None
 
         def check(call: CallInfo, request: Any, context: Context) -> None:
-            out: list[FieldViolation] = []
+            out = _Violations()
             _validate(request, plan, "", out)
-            if out:
-                raise InvalidArgument(violations=out)
+            out.refuse()
 
         return check
 
     async def check(self, call: CallInfo, request: Any, context: Context) -> None:
         """Validates unary requests; streamed requests are validated by their handler per message."""
-        if not isinstance(request, Message):
-            return
-        violations = validate(request)
-        if violations:
-            raise InvalidArgument(violations=violations)
+        if isinstance(request, Message):
+            _collect(request).refuse()

@@ -8,6 +8,13 @@ result, so a call costs one dictionary lookup plus one coroutine frame per conce
 re-wrapped per request. It is not a ``grpc.aio.ServerInterceptor``: grpc runs those on every call,
 which cost more than some concerns themselves. :func:`chain_order` is the single place that
 declares the order (outermost first).
+
+The chain decodes the request body itself, at the :data:`DECODE` step: grpc would decode it before
+any concern runs and answer a body that does not parse with UNKNOWN, unaudited, with an ERROR
+traceback in the log. A method is registered with grpc without a request deserializer, so the body
+enters the chain as ``bytes`` and is decoded once, with the method's own deserializer, where
+:func:`chain_order` puts the step (after auth: no token is still UNAUTHENTICATED). A body that does
+not decode is INVALID_ARGUMENT (``MALFORMED_REQUEST``), mapped, audited and logged as one WARNING.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,13 +32,15 @@ import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor
 
-from bhiv_core.runtime.errors import Unimplemented
+from bhiv_core.runtime.errors import FieldViolation, InvalidArgument, Unimplemented
 from bhiv_core.runtime.handlers import method_handler
 
 __all__ = [
+    "DECODE",
     "CallInfo",
     "ChainedHandlers",
     "Check",
+    "Decode",
     "Interceptor",
     "PreCheckInterceptor",
     "Selector",
@@ -42,6 +52,8 @@ __all__ = [
     "is_mutating",
     "run_bound",
 ]
+
+log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 if TYPE_CHECKING:  # grpc-stubs makes it generic; the runtime class is not subscriptable
@@ -70,6 +82,8 @@ class CallInfo:
         resource: The resource name the call addresses, when known.
         principal: The authenticated principal, set by auth.
         trace_id: The W3C trace id (32 lowercase hex digits), set by tracing; empty without it.
+        request: The decoded request message, set by the :data:`DECODE` step (None before it, and
+            for a streamed request); concerns outside that step receive the body as ``bytes``.
 
     """
 
@@ -84,6 +98,7 @@ class CallInfo:
     resource: str = ""
     principal: Any = None
     trace_id: str = ""
+    request: Any = None
 
 
 def failure_code(call: CallInfo, exc: BaseException) -> grpc.StatusCode:
@@ -163,6 +178,19 @@ async def run_bound(check: Check | None, call: CallInfo, request: Any, context: 
             await pending
 
 
+class Decode(Interceptor):
+    """The place in the chain where the request body is decoded (:data:`DECODE`).
+
+    Not a concern of its own: :class:`ChainedHandlers` binds it to each method's deserializer when
+    it composes the chain, and runs it in the same frame as the pre-checks around it. A chain
+    without it leaves decoding to grpc, as before (a body that does not parse is then UNKNOWN).
+    """
+
+
+DECODE = Decode()
+"""The decode step :func:`chain_order` places after auth."""
+
+
 @dataclass(frozen=True, slots=True)
 class Selector:
     """Applies ``inner`` only to methods for which ``match(method)`` is true.
@@ -175,7 +203,7 @@ class Selector:
 
 
 def is_infrastructure(method: str) -> bool:
-    """True for the health and reflection services, which bypass authentication."""
+    """True for the health and reflection services: no authentication, no audit record."""
     return method.startswith(("/grpc.health.v1.Health/", "/grpc.reflection."))
 
 
@@ -190,17 +218,23 @@ def chain_order(
 ) -> list[Interceptor | Selector]:
     """Returns the chain in its one declared order, outermost first.
 
-    tracing/metrics → audit + request log → error mapper → auth → RBAC → validation → handler.
-    Audit and metrics sit outside the error mapper so they see the final status of every call,
-    denials included. Auth and RBAC skip health and reflection.
+    tracing/metrics → audit + request log → error mapper → auth → decode → RBAC → validation →
+    handler. Audit and metrics sit outside the error mapper so they see the final status of every
+    call, denials included. Auth and RBAC skip health and reflection. So does audit: probes arrive
+    every few seconds from every orchestrator and load balancer, carry no principal and change
+    nothing, and would drown the records and the request log that matter; metrics still count them.
+    The body is decoded after auth, so a caller without a valid token learns nothing about it, and
+    before RBAC, whose self-rules read a request field.
     """
     chain: list[Interceptor | Selector] = [*observability]
     if audit is not None:
-        chain.append(audit)
+        chain.append(Selector(audit, lambda m: not is_infrastructure(m)))
     chain.append(errors)
-    for concern in (auth, rbac):
-        if concern is not None:
-            chain.append(Selector(concern, lambda m: not is_infrastructure(m)))
+    if auth is not None:
+        chain.append(Selector(auth, lambda m: not is_infrastructure(m)))
+    chain.append(DECODE)
+    if rbac is not None:
+        chain.append(Selector(rbac, lambda m: not is_infrastructure(m)))
     if validation is not None:
         chain.append(validation)
     return chain
@@ -229,29 +263,97 @@ def _is_plain_check(concern: Interceptor, streaming: bool) -> bool:
     )
 
 
+Decoder = Callable[[CallInfo, Any], Any]
+"""The :data:`DECODE` step bound to one method: returns the decoded request (or request stream)."""
+
+
+def _malformed(call: CallInfo, body: Any) -> InvalidArgument:
+    """The refusal of a body that does not decode; logs it as one WARNING line, no traceback."""
+    descriptor = call.descriptor
+    type_name = descriptor.input_type.full_name if descriptor is not None else "request message"
+    size = len(body) if isinstance(body, bytes | bytearray | memoryview) else -1
+    # The parser's own text ("Error parsing message with type ...") adds nothing for the caller.
+    log.warning(
+        "request body does not decode",
+        extra={"method": call.method, "message_type": type_name, "body_bytes": size, "peer": call.peer},
+    )
+    return InvalidArgument(
+        f"the request body is not a valid {type_name}",
+        violations=[FieldViolation("", f"does not decode as {type_name}", "MALFORMED")],
+        reason="MALFORMED_REQUEST",
+    )
+
+
+def _decoder(deserializer: Callable[[bytes], Any], request_streaming: bool) -> Decoder:
+    """Binds the :data:`DECODE` step to a method's deserializer."""
+
+    def decode(call: CallInfo, body: Any) -> Any:
+        try:
+            return deserializer(body)
+        except Exception:  # any parse failure (DecodeError, invalid UTF-8, depth) is the body's
+            raise _malformed(call, body) from None
+
+    if request_streaming:
+
+        async def each(call: CallInfo, bodies: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for body in bodies:
+                yield decode(call, body)
+
+        return each
+
+    def decode_unary(call: CallInfo, body: Any) -> Any:
+        # decode() inlined: this runs on every unary call.
+        try:
+            call.request = request = deserializer(body)
+        except Exception:
+            raise _malformed(call, body) from None
+        return request
+
+    return decode_unary
+
+
+_Step = PreCheckInterceptor | Decode
+
+
 def _bound(
-    checks: Sequence[PreCheckInterceptor], method: str, descriptor: MethodDescriptor | None
-) -> tuple[Check, ...]:
-    return tuple(c for c in (check.bind(method, descriptor) for check in checks) if c is not None)
+    steps: Sequence[_Step], method: str, descriptor: MethodDescriptor | None
+) -> tuple[tuple[Check, ...], tuple[Check, ...], bool]:
+    """Binds consecutive steps: the checks before the decode step, those after it, and whether it is there."""
+    at = next((i for i, step in enumerate(steps) if isinstance(step, Decode)), len(steps))
+
+    def bind(part: Sequence[_Step]) -> tuple[Check, ...]:
+        bound = (step.bind(method, descriptor) for step in part if isinstance(step, PreCheckInterceptor))
+        return tuple(c for c in bound if c is not None)
+
+    return bind(steps[:at]), bind(steps[at + 1 :]), at < len(steps)
 
 
 def _checks_then(
-    checks: Sequence[PreCheckInterceptor],
+    steps: Sequence[_Step],
     proceed: UnaryNext,
     method: str,
     descriptor: MethodDescriptor | None,
+    decoder: Decoder | None,
 ) -> UnaryNext:
     """Runs consecutive pre-checks, bound to the method, in one frame, in order, then the rest.
 
     The same behaviour as binding each one, with one coroutine frame for the run instead of one per
-    check, and none at all for a check that needs no await.
+    check, and none at all for a check that needs no await. The decode step, when among them, runs
+    in the same frame: the checks after it and the rest of the chain get the decoded request.
     """
-    bound = _bound(checks, method, descriptor)
-    if not bound:
+    before, after, decodes = _bound(steps, method, descriptor)
+    decode = decoder if decodes else None
+    if not before and not after and decode is None:
         return proceed
 
     async def run(call: CallInfo, request: Any, context: Context) -> Any:
-        for check in bound:
+        for check in before:
+            pending = check(call, request, context)
+            if pending is not None:
+                await pending
+        if decode is not None:
+            request = decode(call, request)
+        for check in after:
             pending = check(call, request, context)
             if pending is not None:
                 await pending
@@ -261,18 +363,26 @@ def _checks_then(
 
 
 def _checks_then_stream(
-    checks: Sequence[PreCheckInterceptor],
+    steps: Sequence[_Step],
     proceed: StreamNext,
     method: str,
     descriptor: MethodDescriptor | None,
+    decoder: Decoder | None,
 ) -> StreamNext:
     """:func:`_checks_then` for a streamed response: the checks run before the first item."""
-    bound = _bound(checks, method, descriptor)
-    if not bound:
+    before, after, decodes = _bound(steps, method, descriptor)
+    decode = decoder if decodes else None
+    if not before and not after and decode is None:
         return proceed
 
     async def run(call: CallInfo, request: Any, context: Context) -> AsyncIterator[Any]:
-        for check in bound:
+        for check in before:
+            pending = check(call, request, context)
+            if pending is not None:
+                await pending
+        if decode is not None:
+            request = decode(call, request)
+        for check in after:
             pending = check(call, request, context)
             if pending is not None:
                 await pending
@@ -289,20 +399,24 @@ def _compose(
     descriptor: MethodDescriptor | None,
     *,
     streaming: bool,
+    decoder: Decoder | None = None,
 ) -> Any:
-    """Composes ``concerns`` around ``terminal``, outermost first, each bound once for ``method``."""
+    """Composes ``concerns`` around ``terminal``, outermost first, each bound once for ``method``.
+
+    ``decoder`` is the :data:`DECODE` step bound to the method (None: grpc decodes the request).
+    """
     checks_then: Any = _checks_then_stream if streaming else _checks_then
     bind: Any = _bind_stream if streaming else _bind_unary
     composed = terminal
-    checks: list[PreCheckInterceptor] = []  # consecutive plain checks, innermost first
+    steps: list[_Step] = []  # consecutive plain checks and the decode step, innermost first
     for concern in reversed(concerns):
-        if _is_plain_check(concern, streaming):
-            checks.insert(0, concern)  # type: ignore[arg-type]
+        if isinstance(concern, Decode) or _is_plain_check(concern, streaming):
+            steps.insert(0, concern)  # type: ignore[arg-type]
             continue
-        if checks:
-            composed, checks = checks_then(checks, composed, method, descriptor), []
+        if steps:
+            composed, steps = checks_then(steps, composed, method, descriptor, decoder), []
         composed = bind(concern, composed)
-    return checks_then(checks, composed, method, descriptor) if checks else composed
+    return checks_then(steps, composed, method, descriptor, decoder) if steps else composed
 
 
 def _bind_unary(interceptor: Interceptor, proceed: UnaryNext) -> UnaryNext:
@@ -340,13 +454,16 @@ async def _unknown_method(request: bytes, context: Context) -> bytes:
 _UNKNOWN_HANDLER = grpc.unary_unary_rpc_method_handler(_unknown_method)
 
 
-def _rewrapped(handler: Handler, behavior: Callable[..., Any]) -> Handler:
-    """A handler like ``handler`` (same kind and (de)serializers) that runs ``behavior``."""
+def _rewrapped(handler: Handler, behavior: Callable[..., Any], *, decodes: bool) -> Handler:
+    """A handler like ``handler`` (same kind and serializer) that runs ``behavior``.
+
+    When the chain ``decodes`` the request, grpc gets no request deserializer and hands it bytes.
+    """
     return method_handler(
         behavior,
         request_streaming=handler.request_streaming,
         response_streaming=handler.response_streaming,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=None if decodes else handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
 
@@ -401,6 +518,10 @@ class ChainedHandlers(GenericHandler):
         concerns = self.concerns_for(method)
         descriptor = _method_descriptor(method)
         mutating = is_mutating(descriptor)
+        deserializer = handler.request_deserializer
+        decoder = None
+        if deserializer is not None and any(isinstance(c, Decode) for c in concerns):
+            decoder = _decoder(deserializer, handler.request_streaming)
 
         def begin(context: Context) -> CallInfo:
             return CallInfo(
@@ -421,7 +542,7 @@ class ChainedHandlers(GenericHandler):
                 return behavior(request, context)  # type: ignore[no-any-return]
 
             composed_stream: StreamNext = _compose(
-                concerns, stream_terminal, method, descriptor, streaming=True
+                concerns, stream_terminal, method, descriptor, streaming=True, decoder=decoder
             )
 
             async def stream_entry(request: Any, context: Context) -> AsyncIterator[Any]:
@@ -429,17 +550,19 @@ class ChainedHandlers(GenericHandler):
                 async for item in composed_stream(call, request, context):
                     yield item
 
-            return _rewrapped(handler, stream_entry)
+            return _rewrapped(handler, stream_entry, decodes=decoder is not None)
 
         unary_behavior: Any = handler.unary_unary or handler.stream_unary
 
         async def unary_terminal(call: CallInfo, request: Any, context: Context) -> Any:
             return await unary_behavior(request, context)
 
-        composed_unary: UnaryNext = _compose(concerns, unary_terminal, method, descriptor, streaming=False)
+        composed_unary: UnaryNext = _compose(
+            concerns, unary_terminal, method, descriptor, streaming=False, decoder=decoder
+        )
 
         async def unary_entry(request: Any, context: Context) -> Any:
             call = begin(context)
             return await composed_unary(call, request, context)
 
-        return _rewrapped(handler, unary_entry)
+        return _rewrapped(handler, unary_entry, decodes=decoder is not None)

@@ -219,8 +219,11 @@ def jwt_settings(config: RuntimeConfig) -> tuple[str, str]:
 
 
 def revocation_poll_seconds(config: RuntimeConfig) -> float:
-    """How often a process refreshes its revocation list (``BHIV_REVOCATION_POLL_SECONDS``, 2)."""
-    return config.settings.positive_float("REVOCATION_POLL_SECONDS", 2.0)
+    """How often a process re-reads the whole revocation list (``BHIV_REVOCATION_POLL_SECONDS``, 300).
+
+    Identity pushes each revocation as it commits it; this poll is only the safety net.
+    """
+    return config.settings.positive_float("REVOCATION_POLL_SECONDS", 300.0)
 
 
 def load_config(service: str, env: Mapping[str, str] | None = None) -> RuntimeConfig:

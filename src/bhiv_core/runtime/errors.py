@@ -5,16 +5,26 @@
 violations or a ``QuotaFailure``.
 
 Servicers never call ``context.abort``: they raise one of these.
+
+Errors echo what a caller sent (a field path, a value), so every error is bounded before it leaves:
+the mapper lists at most :data:`MAX_VIOLATIONS` violations, clips each text to
+:data:`MAX_TEXT_BYTES` (:func:`clip`), the message to :data:`MAX_MESSAGE_BYTES` and the whole
+``google.rpc.Status`` to :data:`MAX_DETAILS_BYTES`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import grpc
 
 __all__ = [
+    "MAX_DETAILS_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MAX_TEXT_BYTES",
+    "MAX_VIOLATIONS",
     "Aborted",
     "AlreadyExists",
     "BhivError",
@@ -30,7 +40,40 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "clip",
 ]
+
+MAX_VIOLATIONS: Final = 20
+"""The most violations one error lists; the others are only counted (``InvalidArgument.omitted``)."""
+
+MAX_TEXT_BYTES: Final = 256
+"""The most UTF-8 bytes of one text in an error's details: a field path, a description, a value."""
+
+MAX_MESSAGE_BYTES: Final = 1024
+"""The most UTF-8 bytes of an error's message (``grpc-message``, percent-encoded on the wire)."""
+
+MAX_DETAILS_BYTES: Final = 3072
+"""The most bytes of an error's serialized ``google.rpc.Status`` (``grpc-status-details-bin``).
+
+With the message, a trailer stays under 8 KiB on the wire even at worst (a message of multi-byte
+characters, percent-encoded, is at most 3 KiB; the details, base64-encoded, 4 KiB): the default
+limit of grpc clients on received metadata, and far below the edge's header limits. A larger
+trailer is refused by the client, or by Envoy, which then resets the connection of every call on it.
+"""
+
+_CLIPPED: Final = "…"
+
+
+def clip(text: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """Returns ``text`` cut to at most ``limit`` UTF-8 bytes, ending with ``…`` when it was cut.
+
+    Costs O(limit), not O(len(text)): only the head of a long text is looked at.
+    """
+    if len(text) <= limit and (text.isascii() or len(text.encode("utf-8", "replace")) <= limit):
+        return text
+    room = limit - len(_CLIPPED.encode())
+    # A cut inside a character drops that character: "ignore" never emits a partial one.
+    return text[:room].encode("utf-8", "replace")[:room].decode("utf-8", "ignore") + _CLIPPED
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +114,13 @@ class BhivError(Exception):
 
 
 class InvalidArgument(BhivError):
-    """The request is malformed; carries the violated fields."""
+    """The request is malformed; carries the violated fields.
+
+    Attributes:
+        violations: The violations found (the mapper sends at most :data:`MAX_VIOLATIONS`).
+        omitted: How many more were found but not kept (a validator stops collecting).
+
+    """
 
     code = grpc.StatusCode.INVALID_ARGUMENT
     default_reason = "INVALID_ARGUMENT"
@@ -82,11 +131,23 @@ class InvalidArgument(BhivError):
         *,
         violations: Sequence[FieldViolation] = (),
         reason: str | None = None,
+        omitted: int = 0,
     ):
         self.violations: tuple[FieldViolation, ...] = tuple(violations)
+        self.omitted = omitted
         if message is None:
-            message = "; ".join(f"{v.field}: {v.description}" for v in self.violations) or "invalid request"
+            message = _summary(self.violations, omitted)
         super().__init__(message, reason=reason)
+
+
+def _summary(violations: Sequence[FieldViolation], omitted: int) -> str:
+    """``field: description; ...`` of the first violations (each clipped), and how many more."""
+    listed = violations[:MAX_VIOLATIONS]
+    parts = [clip(f"{v.field}: {v.description}") for v in listed]
+    more = len(violations) - len(listed) + omitted
+    if more:
+        parts.append(f"and {more} more")
+    return "; ".join(parts) or "invalid request"
 
 
 class NotFound(BhivError):

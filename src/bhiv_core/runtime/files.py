@@ -12,6 +12,7 @@ Envoy's access log) are private too.
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from pathlib import Path
 from typing import IO, Any, Final
@@ -20,9 +21,12 @@ __all__ = [
     "PRIVATE_DIR_MODE",
     "PRIVATE_FILE_MODE",
     "PRIVATE_UMASK",
+    "create_once",
+    "fsync_directory",
     "open_private",
     "private_dir",
     "tighten_tree",
+    "write_private_beside",
 ]
 
 PRIVATE_DIR_MODE: Final = 0o700
@@ -94,6 +98,58 @@ def open_private(path: Path, mode: str = "ab", *, encoding: str | None = None) -
     flags = os.O_WRONLY | (os.O_APPEND if kind == "a" else os.O_TRUNC)
     fd = _private_fd(path, flags)
     return os.fdopen(fd, mode, encoding=encoding)
+
+
+def fsync_directory(path: Path) -> None:
+    """Makes the entries of the folder ``path`` (a new, linked or renamed file) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_private_beside(path: Path, data: bytes, suffix: str) -> Path:
+    """Writes ``data`` to a new owner-only (0600) file next to ``path``, synced to disk; returns it.
+
+    The caller then moves or links it into place, so nobody ever reads a partial ``path``.
+    """
+    _create_dirs(path.parent)  # missing folders are created 0700; an existing one is left as it is
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{suffix}")
+    fd = _private_fd(temporary, os.O_WRONLY | os.O_EXCL)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return temporary
+
+
+def create_once(path: Path, data: bytes) -> tuple[bytes, bool]:
+    """Returns the content of ``path``, first writing ``data`` there (0600) if it does not exist.
+
+    Creation is atomic: ``data`` goes to a private temporary file that is hard-linked into place,
+    which fails if another process got there first (then its content is returned), so a reader never
+    sees a partial file and two processes never end up with different content (a generated key).
+
+    Returns:
+        The file's content, and True when this call created it.
+
+    """
+    try:
+        return path.read_bytes(), False
+    except FileNotFoundError:
+        pass
+    temporary = write_private_beside(path, data, "tmp")
+    created = True
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        created = False
+    finally:
+        temporary.unlink()
+    fsync_directory(path.parent)
+    return path.read_bytes(), created
 
 
 def tighten_tree(root: Path) -> list[Path]:

@@ -62,6 +62,7 @@ SHARED_SETTINGS: Final = frozenset(
         "SESSION_MAX_SECONDS",
         "SIGNING_KEY_MAX_AGE_SECONDS",
         "SIGNING_KEY_OVERLAP_SECONDS",
+        "SIGNING_KEY_MIN_ROTATION_SECONDS",
         "SIGNING_KEY_CHECK_SECONDS",
         "SCRYPT_LOG_N",
         "LOGIN_BACKOFF_AFTER",
@@ -72,6 +73,9 @@ SHARED_SETTINGS: Final = frozenset(
         "LOGIN_THROTTLE_MAX_ENTRIES",
         # sentinel
         "SENTINEL_STORE_URL",
+        "AUDIT_CHECKPOINT_KEY_FILE",
+        "AUDIT_CHECKPOINT_RECORDS",
+        "AUDIT_CHECKPOINT_SECONDS",
     }
 )
 """Settings that are not per service (some belong to one service and say so in their name)."""

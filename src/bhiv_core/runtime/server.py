@@ -32,6 +32,7 @@ from bhiv_core.runtime.contracts import all_services
 from bhiv_core.runtime.handlers import service_handler
 from bhiv_core.runtime.health import HealthServicer
 from bhiv_core.runtime.lifetime import die_with_parent
+from bhiv_core.runtime.limits import GRPC_MAX_METADATA_BYTES
 from bhiv_core.runtime.process import prepare_process
 from bhiv_core.runtime.reflection import add_reflection
 from bhiv_core.security.jwt import KeySource, RevocationSet
@@ -67,9 +68,11 @@ class ServiceDefinition:
         checks: Named dependency checks that drive the health status.
         on_start: Hooks run before the server accepts calls (open stores, and the like).
         on_stop: Hooks run after the server stopped (close stores).
+        on_drain: Hooks run when a shutdown begins, before in-flight calls drain: they end
+            long-lived streams, which would otherwise hold the grace period until it runs out.
         key_source: Where tokens' public keys come from; identity's JWKS over gRPC when None
             (identity itself reads its own key store).
-        revocations: The revoked-token set; polled from identity when None (identity updates its
+        revocations: The revoked-token set; watched from identity when None (identity feeds its
             own directly).
 
     """
@@ -80,6 +83,7 @@ class ServiceDefinition:
     checks: Mapping[str, HealthCheck] = field(default_factory=dict)
     on_start: Sequence[Hook] = ()
     on_stop: Sequence[Hook] = ()
+    on_drain: Sequence[Hook] = ()
     key_source: KeySource | None = None
     revocations: RevocationSet | None = None
 
@@ -135,6 +139,8 @@ def _server_options(config: RuntimeConfig) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
+        # Whatever the edge forwards, as gRPC sizes it (runtime.limits), never refused at random.
+        ("grpc.max_metadata_size", GRPC_MAX_METADATA_BYTES),
         # Keepalive enforcement: clients may ping at most every 10 s, also between calls.
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -219,9 +225,11 @@ class RunningService:
     chain_stop: Sequence[Hook] = ()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stops gracefully: health goes NOT_SERVING, in-flight calls drain, then hooks run."""
+        """Stops gracefully: health goes NOT_SERVING, streams end, in-flight calls drain, hooks run."""
         await self.monitor.stop()
         await self.health.enter_graceful_shutdown()
+        for hook in self.definition.on_drain:
+            await hook()
         await self.server.stop(self.config.grace_seconds if grace is None else grace)
         # The chain's hooks (audit flush) run before the service's own (close stores).
         for hook in (*self.chain_stop, *self.definition.on_stop):

@@ -1,16 +1,21 @@
-"""The identity service seen from other services: its JWKS and its revocation list, over gRPC."""
+"""The identity service seen from other services: its JWKS and its revocations, over gRPC."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from bhiv.identity.v1 import auth_service_pb2, auth_service_pb2_grpc
-from bhiv_core.security.jwt import keys_from_jwks
+from bhiv_core.security.jwt import RevocationUpdate, keys_from_jwks
 
-__all__ = ["IdentityKeySource", "revocation_fetcher"]
+__all__ = ["IdentityKeySource", "revocation_fetcher", "revocation_watcher"]
+
+
+def _seconds(stamp: Timestamp) -> float:
+    return stamp.ToNanoseconds() / 1e9
 
 
 class IdentityKeySource:
@@ -44,9 +49,35 @@ def revocation_fetcher(
         out: list[tuple[str, float]] = []
         while True:
             reply = await stub.ListRevocations(request, timeout=timeout)
-            out.extend((r.jti, r.expire_time.ToNanoseconds() / 1e9) for r in reply.revocations)
+            out.extend((r.jti, _seconds(r.expire_time)) for r in reply.revocations)
             if not reply.next_page_token:
                 return out
             request.page_token = reply.next_page_token
 
     return fetch
+
+
+def revocation_watcher(
+    channel: Callable[[], grpc.aio.Channel],
+) -> Callable[[float], AsyncGenerator[RevocationUpdate, None]]:
+    """Returns a function opening identity's ``WatchRevocations`` stream from a Unix time (0: all).
+
+    The stream has no deadline: it lives as long as both processes do. Closing the iterator
+    cancels the call.
+    """
+
+    async def watch(since: float) -> AsyncGenerator[RevocationUpdate, None]:
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel())
+        request = auth_service_pb2.WatchRevocationsRequest()
+        if since > 0:
+            request.since.FromNanoseconds(int(since * 1e9))
+        call = stub.WatchRevocations(request)
+        try:
+            async for reply in call:
+                yield RevocationUpdate(
+                    [(r.jti, _seconds(r.expire_time)) for r in reply.revocations], _seconds(reply.resume_time)
+                )
+        finally:
+            call.cancel()
+
+    return watch

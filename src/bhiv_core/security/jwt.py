@@ -1,7 +1,8 @@
 """Access-token verification: EdDSA JWTs against identity's JWKS, with a verified-token cache.
 
 Verifying a signature costs far more than the rest of a small RPC, so a verified token is cached
-(bounded) until it expires; revocations are honoured on every call, cached or not. An unknown
+(bounded) until it expires; revocations are honoured on every call, cached or not, and identity
+pushes them to every service over a stream as it commits them (:class:`RevocationSet`). An unknown
 ``kid`` refreshes the key set from identity at most once per cooldown, keeping the last good keys
 when identity is unreachable.
 """
@@ -13,9 +14,11 @@ import base64
 import contextlib
 import json
 import logging
+import random
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jwt
@@ -29,7 +32,10 @@ __all__ = [
     "ALLOWED_ALGORITHMS",
     "JwtVerifier",
     "KeySource",
+    "RevocationFetch",
     "RevocationSet",
+    "RevocationUpdate",
+    "RevocationWatch",
     "TokenError",
     "TokenVerifier",
     "keys_from_jwks",
@@ -44,6 +50,9 @@ ALLOWED_ALGORITHMS = ("EdDSA",)
 """Only EdDSA: never ``none``, never an HMAC algorithm that a public key could be abused as a secret for."""
 
 _REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp", "iat", "jti"]
+
+_PRUNE_EVERY = 60.0
+"""Seconds between sweeps of expired revocations out of a :class:`RevocationSet`."""
 
 
 class TokenError(Unauthenticated):
@@ -88,28 +97,88 @@ def keys_from_jwks(jwks: str | Mapping[str, Any]) -> dict[str, Ed25519PublicKey]
     return keys
 
 
+@dataclass(frozen=True, slots=True)
+class RevocationUpdate:
+    """One message of identity's revocation stream, as a :class:`RevocationSet` applies it.
+
+    Attributes:
+        revoked: ``(jti, expires_at)`` pairs; empty in a keepalive.
+        resume_time: The ``since`` that a reconnect passes to miss nothing (identity's clock).
+
+    """
+
+    revoked: Sequence[tuple[str, float]]
+    resume_time: float
+
+
+RevocationFetch = Callable[[float], Awaitable[Sequence[tuple[str, float]]]]
+"""Returns ``(jti, expires_at)`` pairs revoked at or after a Unix time (``ListRevocations``)."""
+
+RevocationWatch = Callable[[float], AsyncGenerator[RevocationUpdate, None]]
+"""Opens identity's revocation stream from a ``since``: catch-up first, then each new revocation."""
+
+
 class RevocationSet:
-    """Revoked token ids until they expire, refreshed by polling a source.
+    """Revoked token ids until they expire, pushed by identity and checked on every call.
+
+    With ``watch``, one background task keeps identity's revocation stream open: each revocation
+    arrives as identity commits it. After a failure or the end of the stream it reconnects with
+    exponential backoff (with jitter), passing the last ``resume_time`` so the stream first catches
+    up on what happened in between. A stream silent for ``idle_timeout`` seconds is taken for dead
+    (identity sends a keepalive every 15 s). ``fetch`` is the safety net: every ``interval``
+    seconds the whole list is read once more. Without ``watch`` it is the only source: the first
+    poll runs at once, and each reads what was revoked since the previous one.
 
     Args:
-        fetch: Returns ``(jti, expires_at)`` pairs revoked at or after a Unix time.
-        interval: Seconds between polls; the longest a revocation takes to reach this process.
+        fetch: Lists revocations made since a Unix time.
+        interval: Seconds between polls of ``fetch``.
+        watch: Opens the revocation stream.
+        backoff: The first and the longest pause (seconds) before reconnecting the stream.
+        idle_timeout: Seconds without any message after which the stream is reopened.
+        warn_after: Seconds without a stream before a warning is logged (once per outage), so
+            that identity starting after this service, or restarting, is no warning.
+        clock: Returns the current Unix time (tests inject it).
+
     """
 
     def __init__(
         self,
-        fetch: Callable[[float], Awaitable[Sequence[tuple[str, float]]]] | None = None,
+        fetch: RevocationFetch | None = None,
         interval: float = 2.0,
+        *,
+        watch: RevocationWatch | None = None,
+        backoff: tuple[float, float] = (0.1, 5.0),
+        idle_timeout: float = 45.0,
+        warn_after: float = 10.0,
+        clock: Callable[[], float] = time.time,
     ):
         self._revoked: dict[str, float] = {}
         self._fetch = fetch
         self._interval = interval
+        self._watch = watch
+        self._backoff = backoff
+        self._idle_timeout = idle_timeout
+        self._clock = clock
         self._since = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._resume = 0.0
+        self._received = 0  # stream messages applied, ever
+        self._warned = False  # the current outage was reported
+        self._warn_after = warn_after
+        self._pruned_at = clock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.connected = asyncio.Event()
+        """Set while the stream is open and has delivered its catch-up (for tests and operators)."""
 
     def add(self, jti: str, expires_at: float) -> None:
         """Marks ``jti`` revoked until ``expires_at``."""
         self._revoked[jti] = expires_at
+
+    def add_all(self, revoked: Iterable[tuple[str, float]]) -> None:
+        """Marks every ``(jti, expires_at)`` revoked; forgets expired ones about once a minute."""
+        self._revoked.update(revoked)
+        now = self._clock()
+        if now - self._pruned_at > _PRUNE_EVERY:
+            self.prune(now)
 
     def is_revoked(self, jti: str) -> bool:
         """True when ``jti`` is revoked."""
@@ -117,21 +186,26 @@ class RevocationSet:
 
     def prune(self, now: float | None = None) -> None:
         """Forgets revocations of tokens that expired anyway."""
-        now = time.time() if now is None else now
+        now = self._clock() if now is None else now
+        self._pruned_at = now
         for jti in [j for j, exp in self._revoked.items() if exp < now]:
             del self._revoked[jti]
 
     async def poll_once(self) -> None:
-        """Fetches revocations made since the last poll (with a margin for clock skew)."""
+        """Fetches the revocations made since the last poll (with a margin for clock skew), or all."""
         if self._fetch is None:
             return
-        started = time.time()
-        for jti, expires_at in await self._fetch(max(0.0, self._since - 5.0)):
+        started = self._clock()
+        # Beside a stream, the poll is the safety net: it re-reads the whole list, so even a
+        # revocation committed long after its revoke time is found. Alone, it reads what is new.
+        since = 0.0 if self._watch is not None else max(0.0, self._since - 5.0)
+        for jti, expires_at in await self._fetch(since):
             self.add(jti, expires_at)
         self._since = started
         self.prune()
 
-    async def _loop(self) -> None:
+    async def _poll_loop(self, first_delay: float) -> None:
+        await asyncio.sleep(first_delay)
         while True:
             try:
                 await self.poll_once()
@@ -139,18 +213,83 @@ class RevocationSet:
                 log.warning("revocation poll failed", extra={"error": str(exc)})
             await asyncio.sleep(self._interval)
 
+    async def watch_once(self) -> None:
+        """Reads the stream from the last resume point until it ends; raises when it fails.
+
+        Raises:
+            TimeoutError: No message for ``idle_timeout`` seconds.
+
+        """
+        if self._watch is None:
+            return
+        stream = self._watch(self._resume)
+        try:
+            while True:
+                try:
+                    # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that arrives as
+                    # the stream fails, and stop() would then wait for this task forever.
+                    async with asyncio.timeout(self._idle_timeout):
+                        update = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                self.add_all(update.revoked)
+                self._resume = max(self._resume, update.resume_time)
+                self._received += 1
+                if self._warned:
+                    log.warning("revocation stream from identity is back")
+                    self._warned = False
+                self.connected.set()
+        finally:
+            self.connected.clear()
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+    async def _watch_loop(self) -> None:
+        first, longest = self._backoff
+        delay = first
+        down_since = time.monotonic()  # when the stream last stopped delivering
+        while True:
+            received = self._received
+            try:
+                await self.watch_once()
+            except Exception as exc:
+                error = str(exc)
+            else:
+                error = "the stream ended"
+            now = time.monotonic()
+            if self._received != received:  # it worked for a while: a new outage, a fresh backoff
+                log.info("revocation stream lost; reconnecting", extra={"error": error})
+                delay, down_since = first, now
+            elif not self._warned and now - down_since >= self._warn_after:
+                # Once per outage: identity starting or restarting is worth no warning per retry.
+                log.warning(
+                    "no revocation stream from identity; still retrying",
+                    extra={"error": error, "down_seconds": round(now - down_since, 1)},
+                )
+                self._warned = True
+            else:
+                log.debug("revocation stream unavailable; retrying", extra={"error": error})
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
+            delay = min(longest, delay * 2)
+
     def start(self) -> None:
-        """Starts polling in the background."""
-        if self._fetch is not None and self._task is None:
-            self._task = asyncio.create_task(self._loop())
+        """Starts watching (and the safety-net poll) in the background."""
+        if self._tasks:
+            return
+        if self._watch is not None:
+            self._tasks.append(asyncio.create_task(self._watch_loop(), name="revocation-watch"))
+        if self._fetch is not None:
+            first = self._interval if self._watch is not None else 0.0
+            self._tasks.append(asyncio.create_task(self._poll_loop(first), name="revocation-poll"))
 
     async def stop(self) -> None:
-        """Stops polling."""
-        if self._task is not None:
-            self._task.cancel()
+        """Stops watching and polling."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
 
 
 class JwtVerifier:

@@ -1,9 +1,12 @@
 """An embedded SQLite database: WAL, durable commits, versioned migrations, one writer thread.
 
 All access goes through one dedicated thread per database, so the ``sqlite3`` connection is never
-shared across threads and the event loop never blocks on disk. Writes run inside
-``BEGIN IMMEDIATE`` … ``COMMIT`` and are durable when :meth:`SqliteDatabase.write` returns
-(``synchronous=FULL``), or batched by the caller for records that need not be.
+shared across threads and the event loop never blocks on disk. Nothing of the connection leaves
+that thread either: a cursor a function returns is closed there, and the frames of an exception
+are cleared there, so no cursor is ever freed (which resets its statement) on another thread.
+Writes run inside ``BEGIN IMMEDIATE`` … ``COMMIT`` and are durable when
+:meth:`SqliteDatabase.write` returns (``synchronous=FULL``), or batched by the caller for records
+that need not be.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -106,16 +110,22 @@ class SqliteDatabase:
         conn = self._conn
         if conn is None:
             raise RuntimeError(f"{self.path} is not open")
-        if not transaction:
-            return fn(conn)
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            result = fn(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
+            if not transaction:
+                return _on_this_thread(fn, conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = _on_this_thread(fn, conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+        except BaseException as exc:
+            # The traceback travels to the event loop's thread and its frames hold fn's locals,
+            # cursors among them: a cursor freed there would reset its statement off this thread.
+            traceback.clear_frames(exc.__traceback__)
             raise
-        conn.execute("COMMIT")
-        return result
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Runs ``fn(connection)`` on the database thread and returns its result."""
@@ -135,6 +145,22 @@ class SqliteDatabase:
     async def ping(self) -> None:
         """Health check: the database answers a query."""
         await self.read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+
+def _on_this_thread(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    """``fn(conn)``, with a cursor it returns closed here, on the database thread.
+
+    A ``sqlite3.Cursor`` resets its prepared statement when it is closed or freed, and the
+    connection caches statements by SQL text: a cursor handed to the event loop's thread and
+    freed there resets a statement the database thread may be running at that moment for the
+    same SQL, which fails with ``InterfaceError: bad parameter or other API misuse`` (found
+    under concurrent logouts). Closed here, the cursor touches nothing later; ``rowcount`` and
+    ``lastrowid`` still read.
+    """
+    result = fn(conn)
+    if isinstance(result, sqlite3.Cursor):
+        result.close()
+    return result
 
 
 def _beside(path: Path, suffix: str) -> Path:

@@ -25,6 +25,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.session_max_seconds == 30 * 24 * 3600
     assert config.signing_key_max_age_seconds == 30 * 24 * 3600
     assert config.signing_key_overlap_seconds == 1800
+    assert config.signing_key_min_rotation_seconds == 300
     assert config.scrypt_log_n == 15
     assert config.sentinel_address == "127.0.0.1:50057"
     assert config.login_throttle == LoginThrottleSettings(
@@ -50,6 +51,10 @@ def test_login_throttle_settings_are_read(tmp_path: Path) -> None:
     assert config.login_throttle == LoginThrottleSettings(3, 10, 50, 60, 300, 1000)
 
 
+def test_the_minimum_rotation_interval_is_read(tmp_path: Path) -> None:
+    assert settings(tmp_path, SIGNING_KEY_MIN_ROTATION_SECONDS="60").signing_key_min_rotation_seconds == 60
+
+
 def test_overlap_defaults_to_twice_the_access_token_lifetime(tmp_path: Path) -> None:
     assert settings(tmp_path, ACCESS_TOKEN_TTL_SECONDS="60").signing_key_overlap_seconds == 120
 
@@ -68,6 +73,7 @@ def test_overlap_defaults_to_twice_the_access_token_lifetime(tmp_path: Path) -> 
             {"ACCESS_TOKEN_TTL_SECONDS": "900", "SIGNING_KEY_OVERLAP_SECONDS": "600"},
             "BHIV_SIGNING_KEY_OVERLAP_SECONDS",
         ),
+        ({"SIGNING_KEY_MIN_ROTATION_SECONDS": "0"}, "BHIV_SIGNING_KEY_MIN_ROTATION_SECONDS"),
         ({"IDENTITY_STORE_URL": "postgres://db/identity"}, "BHIV_IDENTITY_STORE_URL"),
         ({"LOGIN_BACKOFF_AFTER": "0"}, "BHIV_LOGIN_BACKOFF_AFTER"),
         ({"LOGIN_ADDRESS_BACKOFF_AFTER": "many"}, "BHIV_LOGIN_ADDRESS_BACKOFF_AFTER"),

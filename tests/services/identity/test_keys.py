@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import stat
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bhiv_core.runtime.config import ConfigError
+from bhiv_core.runtime.errors import ResourceExhausted
+from bhiv_core.services.identity.config import DEFAULT_MIN_ROTATION_SECONDS
 from bhiv_core.services.identity.keys import (
     SigningKeyRing,
     decrypt_private_key,
@@ -26,6 +29,9 @@ from tests.services.identity.conftest import Clock
 
 OVERLAP = 1800.0
 MAX_AGE = 30 * 24 * 3600.0
+INTERVAL = DEFAULT_MIN_ROTATION_SECONDS
+BOUND = 1 + math.ceil(OVERLAP / INTERVAL)
+"""The most keys published or stored: the current one and those retired within the overlap."""
 
 
 @pytest.fixture
@@ -179,3 +185,86 @@ async def test_jwks_json_is_the_key_set_current_key_first(sqlite) -> None:
     )
     published = jwt.PyJWK(document["keys"][0])
     assert jwt.decode(token, published.key, algorithms=["EdDSA"]) == {"sub": "x"}
+
+
+async def test_a_rotation_within_the_minimum_interval_is_refused_with_the_wait(sqlite) -> None:
+    clock = Clock()
+    clock.freeze()
+    keys = ring(sqlite, b"k" * 32, clock)
+    first = await keys.rotate()  # the first rotation of a new ring is never refused
+    clock.advance(INTERVAL - 10)
+    with pytest.raises(ResourceExhausted) as refused:
+        await keys.rotate()
+    assert refused.value.reason == "ROTATION_RATE_LIMITED"
+    assert refused.value.metadata == {"retry_after_seconds": "10"}
+    assert [v.subject for v in refused.value.quota_violations] == ["signing_key_rotation"]
+    assert (await keys.signing_key())[0] == first
+    assert len(await sqlite.signing_keys()) == 2
+    clock.advance(10)
+    assert await keys.rotate() != first
+
+
+async def test_a_rotation_by_another_process_counts_toward_the_limit(sqlite) -> None:
+    clock = Clock()
+    clock.freeze()
+    here, there = ring(sqlite, b"k" * 32, clock), ring(sqlite, b"k" * 32, clock)
+    await here.signing_key()
+    await there.rotate()
+    with pytest.raises(ResourceExhausted):
+        await here.rotate()
+
+
+async def test_a_flood_of_rotations_publishes_and_stores_at_most_two_keys(sqlite) -> None:
+    clock = Clock()
+    clock.freeze()
+    keys = ring(sqlite, b"k" * 32, clock)
+    refused = 0
+    for _ in range(100):
+        try:
+            await keys.rotate()
+        except ResourceExhausted:
+            refused += 1
+        clock.advance(1)
+    assert refused == 99
+    assert len(await keys.public_keys()) == 2
+    assert len((await keys.jwks())["keys"]) == 2
+    assert len(await sqlite.signing_keys()) == 2
+
+
+async def test_many_spaced_rotations_keep_only_the_keys_within_the_overlap(sqlite) -> None:
+    clock = Clock()
+    clock.freeze()
+    keys = ring(sqlite, b"k" * 32, clock)
+    for _ in range(50):
+        clock.advance(INTERVAL)
+        await keys.rotate()
+    published = await keys.public_keys()
+    assert len(published) <= BOUND
+    # Deleted from the store too, as rotations go, not only at the hourly housekeeping.
+    stored = await sqlite.signing_keys()
+    assert [k.kid for k in stored] == list(published)
+    now = clock()
+    assert all(k.not_after is None or k.not_after > now for k in stored)
+
+
+async def test_a_token_verifies_while_its_key_is_within_the_overlap_despite_rotations(sqlite) -> None:
+    clock = Clock()
+    clock.freeze()
+    keys = ring(sqlite, b"k" * 32, clock)
+    issuer = TokenIssuer(keys, issuer="iss", audience="aud", access_ttl_seconds=900, clock=clock)
+    old_kid, _ = await keys.signing_key()
+    token = (await issuer.mint_access_token(subject="users/u1", role="ops")).token
+    await keys.rotate()  # retires the token's key now: published until OVERLAP from now
+    rotations = 0
+    while rotations * INTERVAL + INTERVAL < OVERLAP:
+        clock.advance(INTERVAL)
+        await keys.rotate()
+        rotations += 1
+        published = await keys.public_keys()
+        assert old_kid in published
+        claims = decode_access_token(token, published, issuer="iss", audience="aud")
+        assert claims["sub"] == "users/u1"
+    clock.advance(OVERLAP - rotations * INTERVAL)
+    await keys.rotate()
+    assert old_kid not in await keys.public_keys()
+    assert old_kid not in [k.kid for k in await sqlite.signing_keys()]

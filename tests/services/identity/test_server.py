@@ -8,14 +8,18 @@ import time
 from pathlib import Path
 
 import grpc
+import jwt
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bhiv.identity.v1 import auth_service_pb2 as auth
 from bhiv.identity.v1 import auth_service_pb2_grpc as auth_grpc
+from bhiv_core.audit.store import AuditFilter, make_audit_store
+from bhiv_core.runtime.errors import Unauthenticated
 from bhiv_core.runtime.server import start_service
 from bhiv_core.security.principal import Principal
 from bhiv_core.services.identity.server import definition, identity_service
-from bhiv_core.services.identity.service import ClientInfo, SentinelReporter
+from bhiv_core.services.identity.service import ClientInfo, SentinelReporter, TokenPair, UserFields
 from bhiv_core.services.identity.store.mongo import MongoIdentityStore
 from bhiv_core.services.identity.store.sqlite import SqliteIdentityStore
 from bhiv_core.standard_chain import standard_chain
@@ -151,3 +155,100 @@ async def test_definition_feeds_this_process_verifier_keys_and_immediate_revocat
     finally:
         for hook in built.on_stop:
             await hook()
+
+
+async def test_every_revoke_path_reaches_this_process_verifier_before_it_returns(tmp_path: Path) -> None:
+    runtime, service = make_service(tmp_path)
+    built = definition(runtime, service=service)
+    assert built.revocations is not None
+    revoked = built.revocations.is_revoked
+    for hook in built.on_start:
+        await hook()
+    try:
+        client = ClientInfo("127.0.0.1", "/t/Login")
+        admin_pair, admin = await service.login("admin", admin_password(tmp_path), client)
+        boss = Principal(subject=admin.name, role="admin", token_id=admin_pair.access_jti)
+        fields = UserFields(username="sam", role="sales")
+        sam = await service.create_user(boss, fields, "a long enough password")
+
+        async def sam_logs_in() -> TokenPair:
+            return (await service.login("sam", "a long enough password", client))[0]
+
+        # A role change (a demotion here) revokes the sessions.
+        pair = await sam_logs_in()
+        await service.update_user(boss, sam.name, UserFields(role="support"), ["role"])
+        assert revoked(pair.access_jti)
+        # A reused refresh token revokes its family.
+        pair = await sam_logs_in()
+        await service.refresh(pair.refresh_token, client)
+        with pytest.raises(Unauthenticated):
+            await service.refresh(pair.refresh_token, client)
+        assert revoked(pair.access_jti)
+        # Disabling the user revokes everything it holds.
+        pair = await sam_logs_in()
+        await service.disable_user(boss, sam.name)
+        assert revoked(pair.access_jti)
+        # Logout.
+        await service.logout(boss)
+        assert revoked(admin_pair.access_jti)
+    finally:
+        for hook in built.on_stop:
+            await hook()
+
+
+async def test_watch_revocations_streams_a_logout_to_a_watcher_and_is_audited_once(tmp_path: Path) -> None:
+    runtime = config_for(DATA_DIR=str(tmp_path), **TEST_ENV)
+    service = identity_service(runtime, reporter=FakeReporter())
+    running = await start_service(runtime, definition(runtime, service=service), standard_chain)
+    stopped = False
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = auth_grpc.AuthServiceStub(channel)
+            watch = stub.WatchRevocations(auth.WatchRevocationsRequest())
+            first = await asyncio.wait_for(watch.read(), 10)
+            assert list(first.revocations) == []
+            assert first.resume_time.seconds > 0
+            login = await stub.Login(auth.LoginRequest(username="admin", password=admin_password(tmp_path)))
+            await stub.Logout(
+                auth.LogoutRequest(refresh_token=login.tokens.refresh_token),
+                metadata=(("authorization", f"Bearer {login.tokens.access_token}"),),
+            )
+            while not (reply := await asyncio.wait_for(watch.read(), 10)).revocations:
+                pass  # a keepalive
+            [revoked] = reply.revocations
+            claims = jwt.decode(login.tokens.access_token, options={"verify_signature": False})
+            assert revoked.jti == claims["jti"]
+            stopped = True
+            await running.stop(grace=0.5)  # ends the stream, flushes the audit sink
+            assert await watch.code() == grpc.StatusCode.OK
+    finally:
+        if not stopped:
+            await running.stop(grace=0.5)
+    store = make_audit_store(runtime)
+    await store.open()
+    try:
+        method = "/bhiv.identity.v1.AuthService/WatchRevocations"
+        records, _ = await store.list(AuditFilter(method=method))
+    finally:
+        await store.close()
+    assert [r.outcome_code for r in records] == ["OK"]
+
+
+async def test_stopping_with_open_watch_streams_ends_them_instead_of_waiting_out_the_grace(
+    tmp_path: Path,
+) -> None:
+    runtime = config_for(DATA_DIR=str(tmp_path), **TEST_ENV)
+    service = identity_service(runtime, reporter=FakeReporter())
+    running = await start_service(runtime, definition(runtime, service=service), standard_chain)
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        stub = auth_grpc.AuthServiceStub(channel)
+        watches = [stub.WatchRevocations(auth.WatchRevocationsRequest()) for _ in range(3)]
+        for watch in watches:
+            await asyncio.wait_for(watch.read(), 10)
+        started = time.monotonic()
+        await running.stop(grace=120)
+        # Far below the grace period: the streams ended at once rather than being cut off by it.
+        assert time.monotonic() - started < 60
+        for watch in watches:
+            assert await watch.read() is grpc.aio.EOF
+            assert await watch.code() == grpc.StatusCode.OK

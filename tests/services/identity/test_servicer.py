@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
 import jwt
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from bhiv.identity.v1 import auth_service_pb2 as auth
 from bhiv.identity.v1 import role_service_pb2 as roles
 from bhiv.identity.v1 import user_pb2
 from bhiv.identity.v1 import user_service_pb2 as us
+from bhiv_core.services.identity.config import DEFAULT_MIN_ROTATION_SECONDS
 from bhiv_core.services.identity.service import SecurityEventKind
-from bhiv_core.services.identity.tokens import decode_access_token
+from bhiv_core.services.identity.tokens import decode_access_token, hash_refresh_token
 from tests.harness import trusting_edge
 from tests.services.identity.conftest import Served, admin_password, bearer
+from tests.storage.page_tokens import damaged, hostile_page_tokens
 
 PASSWORD = "a long enough password"
 
@@ -241,6 +244,34 @@ async def test_logout_revokes_the_family_and_the_callers_access_token(served: Se
     with pytest.raises(grpc.aio.AioRpcError) as access:
         await served.auth.GetCurrentUser(auth.GetCurrentUserRequest(), metadata=bearer(tokens.access_token))
     assert access.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_storm_of_concurrent_logouts_never_errors_and_revokes_every_session(served: Served) -> None:
+    # Each logout is two writes on the store's one SQLite thread; with many in flight, a cursor
+    # returned from one write and freed on the event loop broke the next ("bad parameter or
+    # other API misuse", INTERNAL) about once in a few hundred logouts.
+    password = admin_password(served.data_dir)
+    for _ in range(5):
+        sessions = await asyncio.gather(*(served.login("admin", password) for _ in range(100)))
+        outcomes = await asyncio.gather(
+            *(
+                served.auth.Logout(
+                    auth.LogoutRequest(refresh_token=s.tokens.refresh_token),
+                    metadata=bearer(s.tokens.access_token),
+                )
+                for s in sessions
+            ),
+            return_exceptions=True,
+        )
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        assert failed == []
+        revoked = {
+            r.jti for r in (await served.auth.ListRevocations(auth.ListRevocationsRequest())).revocations
+        }
+        for s in sessions:
+            assert (await claims_of(served, s.tokens.access_token))["jti"] in revoked
+            stored = await served.service.store.get_refresh_token(hash_refresh_token(s.tokens.refresh_token))
+            assert stored is not None and stored.revoked
 
 
 async def test_logout_ignores_a_refresh_token_of_someone_else(served: Served) -> None:
@@ -525,6 +556,28 @@ async def test_rotate_signing_key_signs_with_the_new_key_and_keeps_the_old_one_p
     await served.auth.GetCurrentUser(auth.GetCurrentUserRequest(), metadata=bearer(admin))
 
 
+async def test_a_second_rotation_right_after_the_first_is_resource_exhausted_and_changes_nothing(
+    served: Served,
+) -> None:
+    admin = await served.admin_token()
+    rotated = await served.auth.RotateSigningKey(auth.RotateSigningKeyRequest(), metadata=bearer(admin))
+    published = [k.kid for k in (await served.auth.GetJwks(auth.GetJwksRequest())).keys]
+    served.clock.advance(DEFAULT_MIN_ROTATION_SECONDS - 100)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await served.auth.RotateSigningKey(auth.RotateSigningKeyRequest(), metadata=bearer(admin))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info, extra = details(refused.value)
+    assert info.reason == "ROTATION_RATE_LIMITED"
+    assert 99 <= int(info.metadata["retry_after_seconds"]) <= 100
+    (quota,) = [m for m in extra if isinstance(m, error_details_pb2.QuotaFailure)]
+    assert [v.subject for v in quota.violations] == ["signing_key_rotation"]
+    assert [k.kid for k in (await served.auth.GetJwks(auth.GetJwksRequest())).keys] == published
+    assert published[0] == rotated.kid
+    served.clock.advance(100)
+    again = await served.auth.RotateSigningKey(auth.RotateSigningKeyRequest(), metadata=bearer(admin))
+    assert [k.kid for k in (await served.auth.GetJwks(auth.GetJwksRequest())).keys] == [again.kid, *published]
+
+
 async def test_list_revocations_filters_by_time_and_paginates(served: Served) -> None:
     jtis = []
     for _ in range(3):
@@ -548,6 +601,14 @@ async def test_list_revocations_filters_by_time_and_paginates(served: Served) ->
     assert violations(foreign.value) == {("page_token", "BAD_PAGE_TOKEN")}
 
 
+async def test_list_revocations_since_a_time_out_of_range_is_invalid_argument(served: Served) -> None:
+    since = timestamp_pb2.Timestamp(seconds=-(2**62), nanos=-1)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await served.auth.ListRevocations(auth.ListRevocationsRequest(since=since))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err.value) == {("since.seconds", "OUT_OF_RANGE"), ("since.nanos", "OUT_OF_RANGE")}
+
+
 async def test_list_roles_returns_the_five_roles_with_sorted_permissions(served: Served) -> None:
     from bhiv_core.security.roles import ROLE_DESCRIPTIONS, ROLE_PERMISSIONS
 
@@ -568,6 +629,37 @@ async def test_list_roles_returns_the_five_roles_with_sorted_permissions(served:
         roles.ListRolesRequest(page_size=2, page_token=page.next_page_token), metadata=bearer(admin)
     )
     assert [r.role for r in nxt.roles] == [user_pb2.ROLE_SALES, user_pb2.ROLE_SUPPORT]
+
+
+async def test_every_list_rpc_answers_a_token_it_did_not_issue_with_bad_page_token(served: Served) -> None:
+    admin = await served.admin_token()
+    for name in ("bea", "cleo"):
+        await create(served, admin, name)
+    await served.auth.Logout(auth.LogoutRequest(), metadata=bearer(await served.admin_token()))
+    await served.auth.Logout(auth.LogoutRequest(), metadata=bearer(await served.admin_token()))
+    lists = {
+        "ListUsers": lambda token: served.users.ListUsers(
+            us.ListUsersRequest(page_size=1, page_token=token), metadata=bearer(admin)
+        ),
+        "ListRoles": lambda token: served.roles.ListRoles(
+            roles.ListRolesRequest(page_size=1, page_token=token), metadata=bearer(admin)
+        ),
+        # Public: anyone can send it a token.
+        "ListRevocations": lambda token: served.auth.ListRevocations(
+            auth.ListRevocationsRequest(page_size=1, page_token=token)
+        ),
+    }
+    issued = {rpc: (await call("")).next_page_token for rpc, call in lists.items()}
+    assert all(issued.values())
+    for rpc, call in lists.items():
+        bad = hostile_page_tokens() | damaged(issued[rpc])
+        bad |= {f"a token of {other}": token for other, token in issued.items() if other != rpc}
+        for case, token in bad.items():
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(token)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, case, err.value.details())
+            assert violations(err.value) == {("page_token", "BAD_PAGE_TOKEN")}, (rpc, case)
+        await call(issued[rpc])  # the token it issued still works
 
 
 async def test_calls_that_need_a_principal_without_one_are_unauthenticated(served: Served) -> None:

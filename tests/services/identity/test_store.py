@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import bson.errors
 import pytest
 
 from bhiv_core.services.identity.store import (
@@ -278,6 +279,34 @@ async def test_revoke_family_revokes_tokens_and_unexpired_access_tokens(store: I
     token = await store.get_refresh_token("h1")
     assert token is not None and token.revoked
     assert await revoked_jtis(store) == {"jti-1"}
+
+
+async def test_revoke_sessions_revokes_the_families_and_records_the_access_tokens(
+    store: IdentityStore,
+) -> None:
+    await store.create_user(user("u1", "ada"), now=NOW)
+    await store.insert_refresh_token(refresh("h1", "fam-1", "u1", "jti-1"))
+    await store.insert_refresh_token(refresh("h2", "fam-2", "u1", "jti-2"))
+    await store.insert_refresh_token(refresh("h3", "other", "u1", "jti-3"))
+    await store.revoke_sessions(["fam-1", "fam-2"], [Revocation("caller", NOW + 600, NOW)], now=NOW)
+    for token_hash, revoked in (("h1", True), ("h2", True), ("h3", False)):
+        token = await store.get_refresh_token(token_hash)
+        assert token is not None and token.revoked is revoked, token_hash
+    assert await revoked_jtis(store) == {"jti-1", "jti-2", "caller"}
+    await store.revoke_sessions([], [], now=NOW)  # a logout with nothing to revoke is fine
+
+
+async def test_a_failed_revoke_sessions_changes_nothing(store: IdentityStore) -> None:
+    # The second step (recording the access token) fails after the first (revoking the family)
+    # ran: one transaction, so the family is not left revoked without its access token recorded.
+    await store.create_user(user("u1", "ada"), now=NOW)
+    await store.insert_refresh_token(refresh("h1", "fam", "u1", "jti-1"))
+    unstorable = Revocation(object(), NOW + 600, NOW)  # type: ignore[arg-type]
+    with pytest.raises((sqlite3.Error, bson.errors.InvalidDocument)):
+        await store.revoke_sessions(["fam"], [Revocation("caller", NOW + 600, NOW), unstorable], now=NOW)
+    token = await store.get_refresh_token("h1")
+    assert token is not None and not token.revoked
+    assert await revoked_jtis(store) == set()
 
 
 async def test_update_user_can_revoke_every_session_but_one(store: IdentityStore) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from bhiv.sentinel.v1 import audit_record_pb2 as ar
 from bhiv.sentinel.v1 import audit_service_pb2 as aus
@@ -19,6 +21,8 @@ from bhiv.sentinel.v1 import audit_service_pb2_grpc as aus_grpc
 from bhiv.sentinel.v1 import threat_pb2 as tp
 from bhiv.sentinel.v1 import threat_service_pb2 as ts
 from bhiv.sentinel.v1 import threat_service_pb2_grpc as ts_grpc
+from bhiv_core.audit.checkpoint import CheckpointKey
+from bhiv_core.audit.checkpointing import AuditVerifier, CheckpointWitness, CheckpointWriter
 from bhiv_core.audit.record import AuditEntry, to_micros
 from bhiv_core.audit.store.sqlite import SqliteAuditStore
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
@@ -29,7 +33,9 @@ from bhiv_core.security.principal import Principal, current_principal
 from bhiv_core.services.sentinel.service import SentinelService
 from bhiv_core.services.sentinel.servicer import SentinelServicer
 from bhiv_core.services.sentinel.store import EventFilter, EventKind, SqliteSentinelStore
+from bhiv_core.storage.pagination import encode_page_token
 from tests.harness import config_for, serving
+from tests.storage.page_tokens import damaged, hostile_page_tokens
 
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 
@@ -51,6 +57,9 @@ class Sentinel:
     audit_path: Path
     audit_stub: aus_grpc.AuditServiceStub
     threat_stub: ts_grpc.ThreatServiceStub
+    key: CheckpointKey
+    writer: CheckpointWriter
+    witness: CheckpointWitness
 
 
 def entry(
@@ -77,7 +86,11 @@ async def sentinel(tmp_path: Path) -> AsyncIterator[Sentinel]:
     store = SqliteSentinelStore(tmp_path / "sentinel.db")
     await audit.open()
     await store.open()
-    service = SentinelService(audit, store)
+    key = CheckpointKey.from_seed(os.urandom(32))
+    witness = CheckpointWitness(tmp_path / "audit-checkpoint-last")
+    # Due at every call of write_if_due that finds new records; the tests call it themselves.
+    writer = CheckpointWriter(audit, key, witness, every_records=1, every_seconds=3600)
+    service = SentinelService(audit, store, AuditVerifier(audit, key, witness))
     servicer = SentinelServicer(service)
     chain = lambda *_: chain_order(
         errors=ErrorMappingInterceptor("sentinel.bhiv.core"),
@@ -96,6 +109,9 @@ async def sentinel(tmp_path: Path) -> AsyncIterator[Sentinel]:
                 tmp_path / "audit.db",
                 aus_grpc.AuditServiceStub(channel),
                 ts_grpc.ThreatServiceStub(channel),
+                key,
+                writer,
+                witness,
             )
     finally:
         await store.close()
@@ -135,6 +151,16 @@ async def expect_code(code: grpc.StatusCode, call: Any) -> grpc.aio.AioRpcError:
         await call
     assert err.value.code() == code, err.value.details()
     return err.value
+
+
+def violations(err: grpc.aio.AioRpcError) -> set[tuple[str, str]]:
+    raw = dict(err.trailing_metadata() or ())["grpc-status-details-bin"]
+    found = set()
+    for packed in status_pb2.Status.FromString(raw).details:
+        bad = error_details_pb2.BadRequest()
+        if packed.Unpack(bad):
+            found |= {(v.field, v.reason) for v in bad.field_violations}
+    return found
 
 
 # --- ListAuditRecords -----------------------------------------------------------------------------
@@ -218,12 +244,96 @@ async def test_list_rejects_negative_page_size_bad_range_and_foreign_token(senti
     )
 
 
+async def test_list_answers_a_token_it_did_not_issue_with_bad_page_token(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    stub = sentinel.audit_stub
+    issued = (await stub.ListAuditRecords(aus.ListAuditRecordsRequest(page_size=1))).next_page_token
+    assert issued
+    other = (
+        await stub.ListAuditRecords(aus.ListAuditRecordsRequest(page_size=1, principal="users/a"))
+    ).next_page_token
+    # The identity RPCs' tokens use the same format: one of theirs must not pass here either.
+    users_token = encode_page_token("ada", "users role=")
+    bad = hostile_page_tokens() | damaged(issued) | {"another query": other, "ListUsers": users_token}
+    for case, token in bad.items():
+        err = await expect_code(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            stub.ListAuditRecords(aus.ListAuditRecordsRequest(page_size=1, page_token=token)),
+        )
+        assert violations(err) == {("page_token", "BAD_PAGE_TOKEN")}, case
+    await stub.ListAuditRecords(aus.ListAuditRecordsRequest(page_size=1, page_token=issued))
+
+
+async def test_timestamps_out_of_their_range_are_invalid_argument_not_internal(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    too_late = timestamp_pb2.Timestamp(seconds=253_402_300_800)
+    too_early = timestamp_pb2.Timestamp(seconds=-62_135_596_801)
+    bad_nanos = timestamp_pb2.Timestamp(seconds=0, nanos=1_000_000_000)
+    for request, expected in (
+        (aus.ListAuditRecordsRequest(start_time=too_late), {("start_time.seconds", "OUT_OF_RANGE")}),
+        (aus.ListAuditRecordsRequest(end_time=too_early), {("end_time.seconds", "OUT_OF_RANGE")}),
+        (aus.ListAuditRecordsRequest(start_time=bad_nanos), {("start_time.nanos", "OUT_OF_RANGE")}),
+    ):
+        err = await expect_code(
+            grpc.StatusCode.INVALID_ARGUMENT, sentinel.audit_stub.ListAuditRecords(request)
+        )
+        assert violations(err) == expected
+    for stamp, where in ((too_late, "seconds"), (too_early, "seconds"), (bad_nanos, "nanos")):
+        err = await expect_code(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            sentinel.threat_stub.ReportSecurityEvent(
+                ts.ReportSecurityEventRequest(
+                    kind=tp.SECURITY_EVENT_KIND_LOGIN_FAILED, source_address="192.0.2.1", event_time=stamp
+                )
+            ),
+        )
+        assert violations(err) == {(f"event_time.{where}", "OUT_OF_RANGE")}
+    stored, _ = await sentinel.service.store.list_security_events(EventFilter())
+    assert stored == []
+
+
 async def test_service_layer_rejects_negative_page_size_too(sentinel: Sentinel) -> None:
     from bhiv_core.audit.store import AuditFilter
     from bhiv_core.runtime.errors import InvalidArgument
 
     with pytest.raises(InvalidArgument):
         await sentinel.service.list_audit_records(AuditFilter(), -5, "")
+
+
+async def test_a_resource_filter_finds_the_capped_record_of_the_resource_it_names(sentinel: Sentinel) -> None:
+    long_name = "customers/" + "\u00e9" * 500  # 1010 bytes: stored capped at 512
+    await sentinel.audit.append([entry(1, "users/a")._replace(resource=long_name), entry(2, "users/b")])
+    reply = await sentinel.audit_stub.ListAuditRecords(aus.ListAuditRecordsRequest(resource=long_name))
+    assert [r.sequence for r in reply.audit_records] == [1]
+    assert reply.audit_records[0].resource.endswith("\u2026[truncated from 1010 bytes]")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "a" * 256, "\u00e9" * 128, "\U0001f600" * 64, '\x00\n"\\' * 64, "\u2028" * 85],
+)
+@pytest.mark.parametrize("sequence", [1, 2**63 - 1])
+def test_a_records_page_cost_bounds_its_size_in_a_response(text: str, sequence: int) -> None:
+    from bhiv_core.audit.record import seal
+    from bhiv_core.audit.store.common import record_bytes
+    from bhiv_core.services.sentinel.servicer import audit_record_to_proto
+
+    item = AuditEntry(
+        time_us=to_micros(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        service=text,
+        principal=text,
+        role=text,
+        method=text,
+        resource=text + text,
+        outcome_code=text,
+        outcome_code_number=-(2**31),
+        client_address=text,
+        trace_id=text,
+        duration_ms=-1e12,
+    )
+    record = seal(item, sequence, "f" * 64)
+    reply = aus.ListAuditRecordsResponse(audit_records=[audit_record_to_proto(record)])
+    assert reply.ByteSize() <= record_bytes(record)
 
 
 # --- GetAuditRecord -------------------------------------------------------------------------------
@@ -309,6 +419,96 @@ async def test_verify_range_checks(sentinel: Sentinel) -> None:
     )
     await expect_code(
         grpc.StatusCode.OUT_OF_RANGE, stub.VerifyAuditChain(aus.VerifyAuditChainRequest(start_sequence=6))
+    )
+
+
+async def test_verify_by_default_starts_from_the_latest_checkpoint(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    assert await sentinel.writer.write_if_due() is not None
+    await sentinel.audit.append([entry(6, "users/a"), entry(7, "users/b")])
+    reply = await sentinel.audit_stub.VerifyAuditChain(aus.VerifyAuditChainRequest())
+    assert (reply.ok, reply.mode, reply.checkpoint_sequence, reply.checkpoints_checked) == (
+        True,
+        aus.AUDIT_VERIFY_MODE_FROM_CHECKPOINT,
+        5,
+        1,
+    )
+    # Record 5 (re-hashed against the signed checkpoint), then 6 and 7; records 1-4 are not read.
+    assert (reply.records_checked, reply.start_sequence, reply.end_sequence) == (3, 5, 7)
+    assert reply.checkpoint_key == sentinel.key.public
+
+
+async def test_verify_full_walks_every_record_and_checkpoint(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    await sentinel.writer.write_if_due()
+    await sentinel.audit.append([entry(6, "users/a")])
+    await sentinel.writer.write_if_due()
+    full = aus.VerifyAuditChainRequest(mode=aus.AUDIT_VERIFY_MODE_FULL)
+    reply = await sentinel.audit_stub.VerifyAuditChain(full)
+    assert (
+        reply.ok,
+        reply.mode,
+        reply.records_checked,
+        reply.checkpoints_checked,
+        reply.checkpoint_sequence,
+    ) == (
+        True,
+        aus.AUDIT_VERIFY_MODE_FULL,
+        6,
+        2,
+        0,
+    )
+    # A record before the latest checkpoint, changed: only the full walk reads it.
+    tamper(sentinel.audit_path, "UPDATE audit_records SET principal = 'users/mallory' WHERE sequence = 2")
+    assert (await sentinel.audit_stub.VerifyAuditChain(aus.VerifyAuditChainRequest())).ok
+    reply = await sentinel.audit_stub.VerifyAuditChain(full)
+    assert (reply.ok, reply.first_broken_sequence, reply.reason) == (
+        False,
+        2,
+        ar.CHAIN_BREAK_REASON_HASH_MISMATCH,
+    )
+
+
+async def test_verify_reports_a_tampered_checkpoint(sentinel: Sentinel) -> None:
+    await seed(sentinel)
+    await sentinel.writer.write_if_due()
+    conn = sqlite3.connect(sentinel.audit_path, isolation_level=None)
+    try:
+        conn.execute("DROP TRIGGER audit_checkpoints_no_update")
+        conn.execute("UPDATE audit_checkpoints SET sequence = 4 WHERE number = 1")
+    finally:
+        conn.close()
+    for mode in (aus.AUDIT_VERIFY_MODE_UNSPECIFIED, aus.AUDIT_VERIFY_MODE_FULL):
+        reply = await sentinel.audit_stub.VerifyAuditChain(aus.VerifyAuditChainRequest(mode=mode))
+        assert (reply.ok, reply.reason, reply.first_broken_sequence) == (
+            False,
+            ar.CHAIN_BREAK_REASON_CHECKPOINT_INVALID,
+            4,
+        )
+
+
+async def test_verify_with_a_start_walks_the_range_and_from_checkpoint_refuses_one(
+    sentinel: Sentinel,
+) -> None:
+    await seed(sentinel)
+    await sentinel.writer.write_if_due()
+    stub = sentinel.audit_stub
+    reply = await stub.VerifyAuditChain(aus.VerifyAuditChainRequest(start_sequence=2))
+    assert (reply.ok, reply.mode, reply.records_checked, reply.checkpoints_checked) == (
+        True,
+        aus.AUDIT_VERIFY_MODE_FULL,
+        4,
+        1,
+    )
+    err = await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.VerifyAuditChain(
+            aus.VerifyAuditChainRequest(start_sequence=2, mode=aus.AUDIT_VERIFY_MODE_FROM_CHECKPOINT)
+        ),
+    )
+    assert "start_sequence" in (err.details() or "")
+    await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT, stub.VerifyAuditChain(aus.VerifyAuditChainRequest(mode=7))
     )
 
 

@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from bhiv_core.audit.checkpoint import Checkpoint
 from bhiv_core.audit.record import AuditEntry, AuditRecord, VerifyResult, to_micros
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.storage.mongo import MongoDatabase, mongo_url_setting
 
-__all__ = ["AuditFilter", "AuditStore", "make_audit_store"]
+__all__ = ["PAGE_BYTES", "AuditFilter", "AuditStore", "make_audit_store"]
+
+PAGE_BYTES = 4 * 1024 * 1024 - 64 * 1024
+"""The most bytes of records a page of :meth:`AuditStore.list` holds by default: the default
+message limit (4 MiB) less room for the rest of the response."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +87,12 @@ class AuditStore(Protocol):
         """
 
     async def list(
-        self, query: AuditFilter, page_size: int = 0, page_token: str = ""
+        self, query: AuditFilter, page_size: int = 0, page_token: str = "", *, max_bytes: int = PAGE_BYTES
     ) -> tuple[builtins.list[AuditRecord], str]:
         """Returns one page of matching records by ascending sequence, and the next page token.
+
+        A page ends after ``page_size`` records or before ``max_bytes`` of them in a response,
+        whichever comes first (:class:`~bhiv_core.audit.store.common.Page`).
 
         Raises:
             InvalidArgument: A negative ``page_size`` or a token of another query.
@@ -97,11 +105,52 @@ class AuditStore(Protocol):
     async def latest_sequence(self) -> int:
         """The sequence of the latest record; 0 for an empty chain."""
 
-    async def verify(self, start_seq: int | None = None, end_seq: int | None = None) -> VerifyResult:
+    async def verify(
+        self,
+        start_seq: int | None = None,
+        end_seq: int | None = None,
+        *,
+        anchors: Mapping[int, str] | None = None,
+    ) -> VerifyResult:
         """Checks the chain from ``start_seq`` (default 1) to ``end_seq`` (default the latest).
 
         ``end_seq`` beyond the latest record is clamped to it. When ``start_seq`` is above 1, its
         ``prev_hash`` is checked against record ``start_seq - 1``. Stops at the first break.
+        ``anchors`` are record hashes signed checkpoints recorded, by sequence: a record of the range
+        whose hash differs is a break too.
+        """
+
+    # Checkpoints (bhiv_core.audit.checkpoint): their own append-only chain beside the records.
+
+    async def add_checkpoint(self, checkpoint: Checkpoint) -> bool:
+        """Stores ``checkpoint`` if it extends the latest one; durable when it returns.
+
+        It extends the latest when its ``number`` is the next one and its ``prev_hash`` is the
+        latest's ``hash`` (number 1 when there is none), checked in the same transaction as the
+        insert. Returns False, storing nothing, when another writer stored that number first.
+        """
+
+    async def latest_checkpoint(self, at_or_before: int | None = None) -> Checkpoint | None:
+        """Returns the checkpoint with the highest number, or None when there is none.
+
+        Args:
+            at_or_before: Only checkpoints at a record sequence up to this one, when given.
+
+        """
+
+    async def get_checkpoint(self, number: int) -> Checkpoint | None:
+        """Returns the checkpoint ``number``, or None (also for any number outside 1..2**63-1)."""
+
+    async def checkpoints(
+        self, *, after_number: int = 0, min_sequence: int = 0, limit: int = 1000
+    ) -> builtins.list[Checkpoint]:
+        """Returns checkpoints by ascending number, for walking them in pages.
+
+        Args:
+            after_number: Only checkpoints numbered above this one.
+            min_sequence: Only checkpoints at this record sequence or later.
+            limit: The most to return.
+
         """
 
 

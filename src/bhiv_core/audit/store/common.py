@@ -1,4 +1,4 @@
-"""What both audit stores share: page tokens, reading stored rows back, setting up a verification.
+"""What both audit stores share: pages and their tokens, reading stored rows back, setting up a verification.
 
 Used by :mod:`~bhiv_core.audit.store.sqlite` and :mod:`~bhiv_core.audit.store.mongo` only.
 """
@@ -6,19 +6,28 @@ Used by :mod:`~bhiv_core.audit.store.sqlite` and :mod:`~bhiv_core.audit.store.mo
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, get_type_hints
 
-from bhiv_core.audit.record import GENESIS_HASH, AuditRecord, ChainBreak, ChainVerifier, VerifyResult
+from bhiv_core.audit.checkpoint import Checkpoint
+from bhiv_core.audit.record import (
+    GENESIS_HASH,
+    AuditRecord,
+    ChainBreak,
+    ChainVerifier,
+    VerifyResult,
+    capped_for_display,
+)
 from bhiv_core.audit.store import AuditFilter
-from bhiv_core.storage.pagination import bad_page_token, cut_page, decode_page_token
+from bhiv_core.storage.pagination import bad_page_token, decode_page_token, encode_page_token
 
 __all__ = [
     "MAX_SEQUENCE",
     "VERIFY_BATCH",
+    "Page",
     "begin_verify",
+    "checkpoint_from_row",
     "decode_token",
-    "page_of",
     "record_from_row",
     "verify_rows",
 ]
@@ -40,9 +49,66 @@ def decode_token(token: str, query: AuditFilter) -> int:
     return after
 
 
-def page_of(records: list[AuditRecord], size: int, query: AuditFilter) -> tuple[list[AuditRecord], str]:
-    """Cuts a ``size + 1`` fetch into one page and the token of the next (bound to ``query``)."""
-    return cut_page(records, size, lambda record: record.sequence, query.fingerprint())
+RECORD_OVERHEAD = 512
+"""What a record's response encoding adds to its canonical form, at most (tags, lengths, its name).
+
+A record's canonical form is never shorter than its fields in a response: it holds every field,
+its text as JSON (one byte per ASCII character, an escape of six or twelve for any other, which
+UTF-8 writes in two to four). The rest (field tags and lengths, the name, the time and duration
+as messages, the repeated field's own tag and length) is a few dozen bytes.
+"""
+
+
+def record_bytes(record: AuditRecord) -> int:
+    """An upper bound of the bytes ``record`` takes in a ``ListAuditRecordsResponse``."""
+    return len(record.canonical()) + RECORD_OVERHEAD
+
+
+class Page:
+    """One page of records, cut by count and by bytes, and the token of the next.
+
+    The store reads up to ``size + 1`` matching records in order and calls :meth:`add` for each
+    until it answers False. A page ends after ``size`` records, or before the record that would
+    take it past ``max_bytes`` (:func:`record_bytes`), so a page always fits in a response. It
+    holds at least one record: a record larger than ``max_bytes`` on its own (only one stored
+    before the text caps can be) is shown with its text capped.
+
+    Args:
+        size: The most records (from ``page_size_of``).
+        max_bytes: The most bytes of records in the response.
+        query: The filters the next page token is bound to.
+
+    """
+
+    def __init__(self, size: int, max_bytes: int, query: AuditFilter):
+        self._size = size
+        self._max_bytes = max_bytes
+        self._query = query
+        self._records: list[AuditRecord] = []
+        self._bytes = 0
+        self._more = False
+
+    def add(self, record: AuditRecord) -> bool:
+        """Adds the next record read; False when the page is full (it then has a next page)."""
+        if len(self._records) >= self._size:
+            self._more = True
+            return False
+        cost = record_bytes(record)
+        if self._records and self._bytes + cost > self._max_bytes:
+            self._more = True
+            return False
+        if cost > self._max_bytes:
+            record = capped_for_display(record)
+            cost = record_bytes(record)
+        self._records.append(record)
+        self._bytes += cost
+        return True
+
+    def result(self) -> tuple[list[AuditRecord], str]:
+        """The page and the next page's token (empty on the last page)."""
+        if not self._more:
+            return self._records, ""
+        return self._records, encode_page_token(self._records[-1].sequence, self._query.fingerprint())
 
 
 def record_from_row(row: sqlite3.Row | dict[str, Any]) -> AuditRecord:
@@ -81,9 +147,34 @@ def record_from_row(row: sqlite3.Row | dict[str, Any]) -> AuditRecord:
     )
 
 
+def checkpoint_from_row(row: sqlite3.Row | dict[str, Any]) -> Checkpoint:
+    """Reads a stored checkpoint back; raises TypeError when a column holds the wrong type.
+
+    A retyped column is reported by the caller as an invalid checkpoint, never raised to a client.
+    """
+    values = [row[field] for field in Checkpoint._fields]
+    for field, value in zip(Checkpoint._fields, values, strict=True):
+        wanted = int if field in ("number", "sequence", "time_us") else str
+        if type(value) is not wanted:
+            raise TypeError(f"checkpoint {field} is {type(value).__name__}, not {wanted.__name__}")
+    return Checkpoint._make(values)
+
+
+_RECORD_TYPES = tuple(get_type_hints(AuditRecord).values())
+"""The exact type of each stored column of a sound record, in column order."""
+
+
 def verify_rows(verifier: ChainVerifier, rows: Sequence[sqlite3.Row | dict[str, Any]]) -> bool:
     """Feeds stored rows to ``verifier``; returns False once it found a break."""
     for row in rows:
+        if isinstance(row, sqlite3.Row):
+            # A full walk reads every record: one type comparison of the whole row costs far less than
+            # :func:`record_from_row`'s check of each column by name, which stays for any other row.
+            values = tuple(row)
+            if tuple(map(type, values)) == _RECORD_TYPES:
+                if not verifier.feed(AuditRecord._make(values)):
+                    return False
+                continue
         try:
             record = record_from_row(row)
         except (TypeError, ValueError, OverflowError, KeyError) as exc:
@@ -114,6 +205,7 @@ async def begin_verify(
     start_seq: int | None,
     end_seq: int | None,
     hash_at: Callable[[int], Awaitable[str | None]],
+    anchors: Mapping[int, str] | None = None,
 ) -> tuple[int, int, ChainVerifier] | VerifyResult:
     """Clamps a range to the chain and sets up its verifier; both stores only feed it.
 
@@ -122,6 +214,8 @@ async def begin_verify(
         start_seq: The first sequence asked for (None or 0: 1).
         end_seq: The last sequence asked for (None or 0: the latest).
         hash_at: Reads the stored hash of one record, None when it is missing.
+        anchors: Record hashes that signed checkpoints recorded, by sequence (see
+            :class:`~bhiv_core.audit.record.ChainVerifier`).
 
     Returns:
         ``(start, end, verifier)``, or the result itself when there is nothing to feed: an empty
@@ -143,5 +237,5 @@ async def begin_verify(
     return (
         start,
         end,
-        ChainVerifier(start, end, prev_hash, (head_sequence, head_hash) if end == latest else None),
+        ChainVerifier(start, end, prev_hash, (head_sequence, head_hash) if end == latest else None, anchors),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
@@ -14,14 +14,16 @@ from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from bhiv_core.audit.checkpoint import Checkpoint
 from bhiv_core.audit.record import GENESIS_HASH, AuditEntry, AuditRecord, VerifyResult, seal_batch, to_micros
-from bhiv_core.audit.store import AuditFilter
+from bhiv_core.audit.store import PAGE_BYTES, AuditFilter
 from bhiv_core.audit.store.common import (
     MAX_SEQUENCE,
     VERIFY_BATCH,
+    Page,
     begin_verify,
+    checkpoint_from_row,
     decode_token,
-    page_of,
     record_from_row,
     verify_rows,
 )
@@ -49,6 +51,7 @@ class MongoAuditStore:
         self._database = database
         self._records = database.db["audit_records"]
         self._heads = database.db["audit_head"]
+        self._checkpoints = database.db["audit_checkpoints"]
         self._durable = WriteConcern("majority", j=True)
 
     async def open(self) -> None:
@@ -59,6 +62,8 @@ class MongoAuditStore:
                 [(field, ASCENDING), ("sequence", ASCENDING)], name=f"by_{field}"
             )
         await self._records.create_index([("time_us", ASCENDING)], name="by_time")
+        # The number is the _id, so two writers cannot store the same one.
+        await self._checkpoints.create_index([("sequence", ASCENDING)], name="by_sequence")
         with contextlib.suppress(DuplicateKeyError):  # another process created it first
             await self._heads.update_one(
                 {"_id": _HEAD_ID},
@@ -102,9 +107,9 @@ class MongoAuditStore:
             )
 
     async def list(
-        self, query: AuditFilter, page_size: int = 0, page_token: str = ""
+        self, query: AuditFilter, page_size: int = 0, page_token: str = "", *, max_bytes: int = PAGE_BYTES
     ) -> tuple[builtins.list[AuditRecord], str]:
-        """Returns one page of records matching ``query``, by ascending sequence."""
+        """Returns one page of records matching ``query``, by ascending sequence, within ``max_bytes``."""
         size = page_size_of(page_size)
         after = decode_token(page_token, query)
         selector: dict[str, Any] = {"sequence": {"$gt": after}}
@@ -120,7 +125,14 @@ class MongoAuditStore:
         if time_range:
             selector["time_us"] = time_range
         cursor = self._records.find(selector, {"_id": False}).sort("sequence", ASCENDING).limit(size + 1)
-        return page_of([record_from_row(doc) async for doc in cursor], size, query)
+        page = Page(size, max_bytes, query)
+        try:
+            async for doc in cursor:
+                if not page.add(record_from_row(doc)):
+                    break
+        finally:
+            await cursor.close()
+        return page.result()
 
     async def get(self, sequence: int) -> AuditRecord | None:
         """Returns the record at ``sequence``, or None."""
@@ -146,9 +158,15 @@ class MongoAuditStore:
         doc = await self._records.find_one({"sequence": sequence}, {"hash": True})
         return None if doc is None else str(doc["hash"])
 
-    async def verify(self, start_seq: int | None = None, end_seq: int | None = None) -> VerifyResult:
+    async def verify(
+        self,
+        start_seq: int | None = None,
+        end_seq: int | None = None,
+        *,
+        anchors: Mapping[int, str] | None = None,
+    ) -> VerifyResult:
         """Verifies the range in one cursor, ordered by sequence."""
-        begun = await begin_verify(await self._head(), start_seq, end_seq, self._hash_at)
+        begun = await begin_verify(await self._head(), start_seq, end_seq, self._hash_at, anchors)
         if isinstance(begun, VerifyResult):
             return begun
         start, end, verifier = begun
@@ -171,6 +189,47 @@ class MongoAuditStore:
         finally:
             await cursor.close()
         return verifier.finish()
+
+    async def add_checkpoint(self, checkpoint: Checkpoint) -> bool:
+        """Inserts ``checkpoint`` if it extends the latest one (its number is the ``_id``)."""
+        latest = await self.latest_checkpoint()
+        number, prev_hash = (0, GENESIS_HASH) if latest is None else (latest.number, latest.hash)
+        if checkpoint.number != number + 1 or checkpoint.prev_hash != prev_hash:
+            return False
+        try:
+            # A writer that read the same latest checkpoint inserts the same _id: one of the two fails.
+            await self._checkpoints.with_options(write_concern=self._durable).insert_one(
+                {"_id": checkpoint.number, **checkpoint._asdict()}
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def latest_checkpoint(self, at_or_before: int | None = None) -> Checkpoint | None:
+        """The checkpoint with the highest number (at a record up to ``at_or_before``, when given)."""
+        selector: dict[str, Any] = {} if at_or_before is None else {"sequence": {"$lte": at_or_before}}
+        doc = await self._checkpoints.find_one(selector, {"_id": False}, sort=[("_id", DESCENDING)])
+        return None if doc is None else checkpoint_from_row(doc)
+
+    async def get_checkpoint(self, number: int) -> Checkpoint | None:
+        """The checkpoint ``number``, or None."""
+        if not 1 <= number <= MAX_SEQUENCE:
+            return None
+        doc = await self._checkpoints.find_one({"_id": number}, {"_id": False})
+        return None if doc is None else checkpoint_from_row(doc)
+
+    async def checkpoints(
+        self, *, after_number: int = 0, min_sequence: int = 0, limit: int = 1000
+    ) -> builtins.list[Checkpoint]:
+        """Checkpoints numbered above ``after_number`` at records from ``min_sequence`` on, by number."""
+        cursor = (
+            self._checkpoints.find(
+                {"_id": {"$gt": after_number}, "sequence": {"$gte": min_sequence}}, {"_id": False}
+            )
+            .sort("_id", ASCENDING)
+            .limit(limit)
+        )
+        return [checkpoint_from_row(doc) async for doc in cursor]
 
 
 def _document(record: AuditRecord) -> dict[str, Any]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bhiv_core.audit.checkpoint import Checkpoint
 from bhiv_core.audit.record import (
     GENESIS_HASH,
     AuditEntry,
@@ -17,13 +18,14 @@ from bhiv_core.audit.record import (
     seal_batch,
     to_micros,
 )
-from bhiv_core.audit.store import AuditFilter
+from bhiv_core.audit.store import PAGE_BYTES, AuditFilter
 from bhiv_core.audit.store.common import (
     MAX_SEQUENCE,
     VERIFY_BATCH,
+    Page,
     begin_verify,
+    checkpoint_from_row,
     decode_token,
-    page_of,
     record_from_row,
     verify_rows,
 )
@@ -63,6 +65,20 @@ _SQLITE_MIGRATIONS = (
     INSERT INTO audit_head (id, sequence, hash)
         VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
     """,
+    # Signed checkpoints (bhiv_core.audit.checkpoint), a chain of their own beside the records.
+    """
+    CREATE TABLE audit_checkpoints (
+        number INTEGER PRIMARY KEY,
+        sequence INTEGER NOT NULL,
+        record_hash TEXT NOT NULL,
+        time_us INTEGER NOT NULL,
+        prev_hash TEXT NOT NULL,
+        key TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_checkpoints_by_sequence ON audit_checkpoints (sequence);
+    """,
 )
 
 # Trigger bodies contain ';', which the migration runner splits on, so they are created on open.
@@ -73,6 +89,10 @@ _SQLITE_GUARDS = (
     "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END",
     "CREATE TRIGGER IF NOT EXISTS audit_records_no_delete BEFORE DELETE ON audit_records "
     "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints "
+    "BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints "
+    "BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END",
 )
 
 _COLUMNS = (
@@ -88,6 +108,11 @@ _SELECT = "SELECT " + _COLUMNS + " FROM audit_records"  # noqa: S608
 # directly costs about half of what decoding the same rows from JSON inside SQLite did.
 _CHUNKS = (64, 8, 1)
 _ROW_PARAMS = "(" + ", ".join("?" * 14) + ")"
+_CHECKPOINT_COLUMNS = ", ".join(Checkpoint._fields)
+_SELECT_CHECKPOINT = "SELECT " + _CHECKPOINT_COLUMNS + " FROM audit_checkpoints"  # noqa: S608
+_INSERT_CHECKPOINT = (
+    "INSERT INTO audit_checkpoints (" + _CHECKPOINT_COLUMNS + ") VALUES (" + ", ".join("?" * 8) + ")"  # noqa: S608
+)
 _INSERT_ROWS = {
     size: "INSERT INTO audit_records (" + _COLUMNS + ") VALUES " + ", ".join([_ROW_PARAMS] * size)  # noqa: S608
     for size in _CHUNKS
@@ -192,19 +217,27 @@ class SqliteAuditStore:
         return await self._db.write(write)
 
     async def list(
-        self, query: AuditFilter, page_size: int = 0, page_token: str = ""
+        self, query: AuditFilter, page_size: int = 0, page_token: str = "", *, max_bytes: int = PAGE_BYTES
     ) -> tuple[builtins.list[AuditRecord], str]:
-        """Returns one page of records matching ``query``, by ascending sequence."""
+        """Returns one page of records matching ``query``, by ascending sequence, within ``max_bytes``."""
         size = page_size_of(page_size)
         after = decode_token(page_token, query)
         where, params = _where(query)
         sql = f"{_SELECT} WHERE sequence > ?{' AND ' + where if where else ''} ORDER BY sequence LIMIT ?"
 
-        def read(conn: sqlite3.Connection) -> builtins.list[AuditRecord]:
-            rows = conn.execute(sql, (after, *params, size + 1)).fetchall()
-            return [record_from_row(row) for row in rows]
+        def read(conn: sqlite3.Connection) -> tuple[builtins.list[AuditRecord], str]:
+            # Row by row, so a page of large records stops reading at its byte budget.
+            page = Page(size, max_bytes, query)
+            cursor = conn.execute(sql, (after, *params, size + 1))
+            try:
+                for row in cursor:
+                    if not page.add(record_from_row(row)):
+                        break
+            finally:
+                cursor.close()  # ends the read transaction of a statement left unfinished
+            return page.result()
 
-        return page_of(await self._db.read(read), size, query)
+        return await self._db.read(read)
 
     async def get(self, sequence: int) -> AuditRecord | None:
         """Returns the record at ``sequence``, or None."""
@@ -242,9 +275,15 @@ class SqliteAuditStore:
         )
         return None if row is None else str(row["hash"])
 
-    async def verify(self, start_seq: int | None = None, end_seq: int | None = None) -> VerifyResult:
+    async def verify(
+        self,
+        start_seq: int | None = None,
+        end_seq: int | None = None,
+        *,
+        anchors: Mapping[int, str] | None = None,
+    ) -> VerifyResult:
         """Verifies the range batch by batch, in short read transactions."""
-        begun = await begin_verify(await self._head(), start_seq, end_seq, self._hash_at)
+        begun = await begin_verify(await self._head(), start_seq, end_seq, self._hash_at, anchors)
         if isinstance(begun, VerifyResult):
             return begun
         start, end, verifier = begun
@@ -252,3 +291,44 @@ class SqliteAuditStore:
         while after is not None:
             after = await self._db.read(_batch_verifier(verifier, after, end))
         return verifier.finish()
+
+    async def add_checkpoint(self, checkpoint: Checkpoint) -> bool:
+        """Inserts ``checkpoint`` if it extends the latest one, in one ``BEGIN IMMEDIATE`` transaction."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            latest = conn.execute(
+                "SELECT number, hash FROM audit_checkpoints ORDER BY number DESC LIMIT 1"
+            ).fetchone()
+            number, prev_hash = (0, GENESIS_HASH) if latest is None else (latest["number"], latest["hash"])
+            if checkpoint.number != number + 1 or checkpoint.prev_hash != prev_hash:
+                return False
+            conn.execute(_INSERT_CHECKPOINT, tuple(checkpoint))
+            return True
+
+        return await self._db.write(write)
+
+    async def latest_checkpoint(self, at_or_before: int | None = None) -> Checkpoint | None:
+        """The checkpoint with the highest number (at a record up to ``at_or_before``, when given)."""
+        where, params = ("", ()) if at_or_before is None else (" WHERE sequence <= ?", (at_or_before,))
+        sql = f"{_SELECT_CHECKPOINT}{where} ORDER BY number DESC LIMIT 1"
+        row = await self._db.read(lambda conn: conn.execute(sql, params).fetchone())
+        return None if row is None else checkpoint_from_row(row)
+
+    async def get_checkpoint(self, number: int) -> Checkpoint | None:
+        """The checkpoint ``number``, or None."""
+        if not 1 <= number <= MAX_SEQUENCE:
+            return None
+        row = await self._db.read(
+            lambda conn: conn.execute(f"{_SELECT_CHECKPOINT} WHERE number = ?", (number,)).fetchone()
+        )
+        return None if row is None else checkpoint_from_row(row)
+
+    async def checkpoints(
+        self, *, after_number: int = 0, min_sequence: int = 0, limit: int = 1000
+    ) -> builtins.list[Checkpoint]:
+        """Checkpoints numbered above ``after_number`` at records from ``min_sequence`` on, by number."""
+        sql = f"{_SELECT_CHECKPOINT} WHERE number > ? AND sequence >= ? ORDER BY number LIMIT ?"
+        rows = await self._db.read(
+            lambda conn: conn.execute(sql, (after_number, min_sequence, limit)).fetchall()
+        )
+        return [checkpoint_from_row(row) for row in rows]

@@ -12,9 +12,15 @@ from pathlib import Path
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig, jwt_settings
 from bhiv_core.storage.mongo import mongo_url_setting
 
-__all__ = ["IdentityConfig", "LoginThrottleSettings"]
+__all__ = ["DEFAULT_MIN_ROTATION_SECONDS", "IdentityConfig", "LoginThrottleSettings"]
 
 _DAY = 24 * 3600
+
+DEFAULT_MIN_ROTATION_SECONDS = 300
+"""The shortest time between two signing-key rotations on request, in seconds.
+
+``BHIV_SIGNING_KEY_MIN_ROTATION_SECONDS``.
+"""
 
 MIN_SCRYPT_LOG_N = 12
 """The weakest scrypt cost accepted (n = 4096), meant for tests only."""
@@ -76,6 +82,9 @@ class IdentityConfig:
             key is rotated automatically (default 30 days).
         signing_key_overlap_seconds: ``BHIV_SIGNING_KEY_OVERLAP_SECONDS``, how long a retired key
             stays published (default twice the access-token lifetime; never shorter than it).
+        signing_key_min_rotation_seconds: ``BHIV_SIGNING_KEY_MIN_ROTATION_SECONDS``, the shortest
+            time between a rotation and a ``RotateSigningKey`` (default 300): with the overlap it
+            bounds the published keys to ``1 + overlap / this``.
         key_check_interval_seconds: ``BHIV_SIGNING_KEY_CHECK_SECONDS``, how often the rotation and
             pruning housekeeping runs (default 3600).
         scrypt_log_n: ``BHIV_SCRYPT_LOG_N``, log2 of the scrypt cost n (default 15, 12 to 20).
@@ -97,6 +106,7 @@ class IdentityConfig:
     session_max_seconds: int
     signing_key_max_age_seconds: int
     signing_key_overlap_seconds: int
+    signing_key_min_rotation_seconds: int
     key_check_interval_seconds: float
     scrypt_log_n: int
     sentinel_address: str
@@ -147,6 +157,9 @@ class IdentityConfig:
             session_max_seconds=s.positive_int("SESSION_MAX_SECONDS", 30 * _DAY),
             signing_key_max_age_seconds=s.positive_int("SIGNING_KEY_MAX_AGE_SECONDS", 30 * _DAY),
             signing_key_overlap_seconds=overlap,
+            signing_key_min_rotation_seconds=s.positive_int(
+                "SIGNING_KEY_MIN_ROTATION_SECONDS", DEFAULT_MIN_ROTATION_SECONDS
+            ),
             key_check_interval_seconds=s.positive_float("SIGNING_KEY_CHECK_SECONDS", 3600.0),
             scrypt_log_n=s.get(
                 "SCRYPT_LOG_N", 15, log_n, f"an integer from {MIN_SCRYPT_LOG_N} to {MAX_SCRYPT_LOG_N}"

@@ -2,8 +2,11 @@
 
 One key signs at a time (the current key). Rotation makes a new key current and retires the old
 one, which stays published for the overlap window so the tokens it signed keep verifying, and is
-deleted after. Private keys are stored only as PKCS#8 PEM encrypted with a key-encryption key (KEK)
-kept outside the store, in ``<data_dir>/identity-kek``: a copy of the database alone cannot sign.
+deleted after. Rotation on request is rate-limited (at most one per ``min_rotation_seconds``), so the
+published set holds at most the current key and ``overlap / min_rotation_seconds`` retired ones,
+however often someone asks. Private keys are stored only as PKCS#8 PEM encrypted with a
+key-encryption key (KEK) kept outside the store, in ``<data_dir>/identity-kek``: a copy of the
+database alone cannot sign.
 
 Several processes (workers, replicas) share one store: rotation is a compare-and-set on the current
 key id, and each process re-reads the key set every :data:`RELOAD_SECONDS`, so a rotation done by
@@ -17,7 +20,7 @@ import base64
 import hashlib
 import json
 import logging
-import os
+import math
 import secrets
 import stat
 import time
@@ -30,6 +33,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bhiv_core.runtime.config import ConfigError
+from bhiv_core.runtime.errors import QuotaViolation, ResourceExhausted
+from bhiv_core.runtime.files import create_once, fsync_directory, write_private_beside
+from bhiv_core.services.identity.config import DEFAULT_MIN_ROTATION_SECONDS
 from bhiv_core.services.identity.store import IdentityStore, SigningKeyRecord
 
 __all__ = [
@@ -101,31 +107,6 @@ def decrypt_private_key(pem: bytes, kek: bytes) -> Ed25519PrivateKey:
     return key
 
 
-def fsync_directory(path: Path) -> None:
-    """Makes the entries of the folder ``path`` (a new, linked or renamed file) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_private_beside(path: Path, data: bytes, suffix: str) -> Path:
-    """Writes ``data`` to a new owner-only (0600) file next to ``path``, synced to disk; returns it.
-
-    The caller then moves or links it into place, so nobody ever reads a partial ``path``.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{suffix}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return temporary
-
-
 def load_or_create_kek(path: Path) -> bytes:
     """Returns the key-encryption key in ``path``, generating it (32 random bytes, mode 0600) if absent.
 
@@ -137,19 +118,9 @@ def load_or_create_kek(path: Path) -> bytes:
         ConfigError: The file exists but does not hold a 32-byte key.
 
     """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        tmp = write_private_beside(path, secrets.token_bytes(KEK_BYTES), "tmp")
-        try:
-            os.link(tmp, path)
-            log.info("generated the signing-key encryption key", extra={"path": str(path)})
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-        fsync_directory(path.parent)
-        data = path.read_bytes()
+    data, created = create_once(path, secrets.token_bytes(KEK_BYTES))
+    if created:
+        log.info("generated the signing-key encryption key", extra={"path": str(path)})
     if len(data) != KEK_BYTES:
         raise ConfigError(
             f"{path} (BHIV_IDENTITY_KEK_FILE) must hold a {KEK_BYTES}-byte key, it has {len(data)} bytes"
@@ -179,6 +150,8 @@ class SigningKeyRing:
         kek: The key-encryption key.
         max_age_seconds: Age at which :meth:`maintain` rotates the current key.
         overlap_seconds: How long a retired key stays published.
+        min_rotation_seconds: The shortest time between a rotation and a rotation on request
+            (:meth:`rotate`); the automatic rotation at maximum age is not limited.
         clock: Returns the time in Unix seconds (tests pass a fake).
         reload_seconds: How stale the cached key set may get.
 
@@ -191,6 +164,7 @@ class SigningKeyRing:
         *,
         max_age_seconds: float,
         overlap_seconds: float,
+        min_rotation_seconds: float = DEFAULT_MIN_ROTATION_SECONDS,
         clock: Callable[[], float] = time.time,
         reload_seconds: float = RELOAD_SECONDS,
     ):
@@ -198,6 +172,7 @@ class SigningKeyRing:
         self._kek = kek
         self._max_age = max_age_seconds
         self._overlap = overlap_seconds
+        self._min_rotation = min_rotation_seconds
         self._clock = clock
         self._reload = reload_seconds
         self._loaded: _Loaded | None = None
@@ -296,20 +271,49 @@ class SigningKeyRing:
         """:meth:`jwks` as compact JSON."""
         return json.dumps(await self.jwks(), separators=(",", ":"))
 
+    def _rotation_wait(self, records: list[SigningKeyRecord], now: float) -> float:
+        """Seconds until a rotation on request is allowed again; 0 or less when it is allowed now.
+
+        The last rotation is the latest ``retire_time`` in the store, so every process and replica
+        sharing it sees the same limit. Never more than the interval, whatever a skewed clock wrote.
+        """
+        retired = [r.retire_time for r in records if r.retire_time is not None]
+        if not retired:
+            return 0.0  # the first key was created, never rotated: nothing to wait for
+        return min(self._min_rotation, max(retired) + self._min_rotation - now)
+
     async def rotate(self) -> str:
         """Makes a new key current now; the previous one stays published for the overlap window.
+
+        Keys whose overlap window has ended are deleted at the same time, so neither the published
+        set nor the store keeps more than the keys that can still verify a token.
 
         Returns:
             The kid of the new key.
 
+        Raises:
+            ResourceExhausted: The key was rotated less than ``min_rotation_seconds`` ago (also when
+                another process rotated it a moment before this call).
+
         """
         while True:
             records = await self._read()
-            kid = await self._rotate_from(records[0].kid, self._clock())
+            now = self._clock()
+            wait = self._rotation_wait(records, now)
+            if wait > 0:
+                raise _rotation_refused(wait, self._min_rotation)
+            kid = await self._rotate_from(records[0].kid, now)
             if kid is not None:
                 log.info("rotated the signing key", extra={"kid": kid, "retired": records[0].kid})
+                await self._prune(now)
                 await self.reload()
                 return kid
+            # Another process rotated first: read again, which now finds its rotation too recent.
+
+    async def _prune(self, now: float) -> None:
+        pruned = await self._store.prune_signing_keys(now)
+        if pruned:
+            log.info("deleted retired signing keys", extra={"kids": pruned})
 
     async def maintain(self) -> None:
         """Rotates the current key when it is older than the maximum age, and prunes expired keys.
@@ -323,7 +327,18 @@ class SigningKeyRing:
             kid = await self._rotate_from(current.kid, now)
             if kid is not None:
                 log.info("rotated the signing key (maximum age)", extra={"kid": kid, "retired": current.kid})
-        pruned = await self._store.prune_signing_keys(now)
-        if pruned:
-            log.info("deleted retired signing keys", extra={"kids": pruned})
+        await self._prune(now)
         await self.reload()
+
+
+def _rotation_refused(wait_seconds: float, interval: float) -> ResourceExhausted:
+    """The refusal of a rotation asked for too soon after the previous one."""
+    wait = max(1, math.ceil(wait_seconds))
+    return ResourceExhausted(
+        f"the signing key was rotated less than {interval:g} s ago: try again in {wait} s",
+        violations=[
+            QuotaViolation("signing_key_rotation", f"at most one rotation on request per {interval:g} s")
+        ],
+        reason="ROTATION_RATE_LIMITED",
+        metadata={"retry_after_seconds": str(wait)},
+    )

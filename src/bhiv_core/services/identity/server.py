@@ -6,9 +6,10 @@ from bhiv.identity.v1 import auth_service_pb2, role_service_pb2, user_service_pb
 from bhiv_core.interceptors.tracing import client_interceptors
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.clients import PeerChannels
-from bhiv_core.runtime.config import RuntimeConfig, revocation_poll_seconds
+from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.security.jwt import RevocationSet
 from bhiv_core.services.identity.config import IdentityConfig
+from bhiv_core.services.identity.revocation_feed import RevocationFeed
 from bhiv_core.services.identity.service import IdentityService, SecurityEventReporter, SentinelReporter
 from bhiv_core.services.identity.servicer import AuthServicer, RoleServicer, UserServicer
 from bhiv_core.services.identity.store import make_identity_store
@@ -58,17 +59,25 @@ def definition(config: RuntimeConfig, *, service: IdentityService | None = None)
     """
     service = service or identity_service(config)
     reporter = service.reporter
-    # This process verifies tokens with its own keys and revocations: no call to itself, and a
-    # revocation applies here as soon as it is stored.
-    revocations = RevocationSet(service.revoked_since, interval=revocation_poll_seconds(config))
-    service.on_revoked = revocations.poll_once
+    # Every committed revocation goes through the feed: to the WatchRevocations streams of the
+    # other services and, before the revoking call answers, to this process's own verifier, which
+    # checks tokens with its own keys and revocations (no call to itself).
+    feed = RevocationFeed(service.store, clock=service.clock)
+    revocations = RevocationSet()
+    feed.subscribe(lambda batch: revocations.add_all((r.jti, r.expire_time) for r in batch))
+    service.on_revoked = feed.poke
 
     async def start() -> None:
         await service.start()
+        await feed.start()
         if isinstance(reporter, SentinelReporter):
             await reporter.start()
 
+    async def drain() -> None:
+        feed.close()
+
     async def stop() -> None:
+        await feed.stop()
         if isinstance(reporter, SentinelReporter):
             await reporter.stop()
         await service.stop()
@@ -76,7 +85,7 @@ def definition(config: RuntimeConfig, *, service: IdentityService | None = None)
     return runtime.ServiceDefinition(
         name=NAME,
         servicers=[
-            (auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"], AuthServicer(service)),
+            (auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"], AuthServicer(service, feed)),
             (user_service_pb2.DESCRIPTOR.services_by_name["UserService"], UserServicer(service)),
             (role_service_pb2.DESCRIPTOR.services_by_name["RoleService"], RoleServicer(service)),
         ],
@@ -84,6 +93,7 @@ def definition(config: RuntimeConfig, *, service: IdentityService | None = None)
         checks={"store": service.store.ping},
         on_start=[start],
         on_stop=[stop],
+        on_drain=[drain],
         key_source=service.key_source(),
         revocations=revocations,
     )

@@ -53,6 +53,7 @@ from bhiv_core.services.identity.keys import (
     write_private_beside,
 )
 from bhiv_core.services.identity.passwords import PasswordHasher
+from bhiv_core.services.identity.revocation_feed import revocations_since
 from bhiv_core.services.identity.store import (
     IdentityStore,
     RefreshTokenRecord,
@@ -278,8 +279,9 @@ class IdentityService:
 
     Attributes:
         on_revoked: Awaited after every change that revokes access tokens (logout, refresh-token
-            reuse, disable, role change, password change), so this process's own token verifier
-            can apply them at once instead of at its next poll.
+            reuse, disable, role change, password change) has committed: the served identity
+            pushes the new revocations to every watcher and to its own token verifier from there
+            (:meth:`~bhiv_core.services.identity.revocation_feed.RevocationFeed.poke`).
 
     """
 
@@ -308,6 +310,11 @@ class IdentityService:
     # ----------------------------------------------------------------------------- lifecycle
 
     @property
+    def clock(self) -> Callable[[], float]:
+        """The clock every record of this service is stamped with (revocations included)."""
+        return self._clock
+
+    @property
     def keys(self) -> SigningKeyRing:
         """The signing keys (available after :meth:`start`)."""
         if self._keys is None:
@@ -334,6 +341,7 @@ class IdentityService:
             kek,
             max_age_seconds=self.config.signing_key_max_age_seconds,
             overlap_seconds=self.config.signing_key_overlap_seconds,
+            min_rotation_seconds=self.config.signing_key_min_rotation_seconds,
             clock=self._clock,
         )
         self._issuer = TokenIssuer(
@@ -438,7 +446,7 @@ class IdentityService:
         try:
             await self.on_revoked()
         except Exception:
-            log.exception("cannot apply new revocations locally; the next poll will")
+            log.exception("cannot push new revocations now; the feed's next read will")
 
     # ----------------------------------------------------------------------------- tokens
 
@@ -571,11 +579,12 @@ class IdentityService:
             own = await self.store.family_of_access_token(principal.token_id)
             if own is not None:
                 families.add(own)
-        for family in sorted(families):
-            await self.store.revoke_family(family, now=now)
+        revoked: list[Revocation] = []
         if principal.token_id:
             expires = principal.expires_at or float(self.issuer.access_expiry(now))
-            await self.store.add_revocations([Revocation(principal.token_id, expires, now)])
+            revoked.append(Revocation(principal.token_id, expires, now))
+        # One transaction: a failure cannot leave the session half logged out.
+        await self.store.revoke_sessions(sorted(families), revoked, now=now)
         await self._revoked()
 
     async def mint_service_token(self, name: str, scopes: Sequence[str]) -> str:
@@ -587,7 +596,12 @@ class IdentityService:
         return await self.keys.jwks()
 
     async def rotate_signing_key(self) -> str:
-        """Makes a new signing key current; returns its kid."""
+        """Makes a new signing key current; returns its kid.
+
+        Raises:
+            ResourceExhausted: The key was rotated less than ``signing_key_min_rotation_seconds`` ago.
+
+        """
         return await self.keys.rotate()
 
     async def public_keys(self, *, refresh: bool = False) -> dict[str, Ed25519PublicKey]:
@@ -605,16 +619,8 @@ class IdentityService:
 
     async def revoked_since(self, since: float) -> list[tuple[str, float]]:
         """Every unexpired revocation made at or after ``since``, as (jti, exp), for a local verifier."""
-        out: list[tuple[str, float]] = []
-        after: tuple[float, str] | None = None
-        while True:
-            page = await self.store.list_revocations(
-                now=self._clock(), since=since, after=after, limit=_REVOCATIONS_MAX_PAGE
-            )
-            out.extend((r.jti, r.expire_time) for r in page)
-            if len(page) < _REVOCATIONS_MAX_PAGE:
-                return out
-            after = (page[-1].revoke_time, page[-1].jti)
+        revoked = await revocations_since(self.store, now=self._clock(), since=since)
+        return [(r.jti, r.expire_time) for r in revoked]
 
     async def list_revocations(
         self, *, since: float = 0.0, page_size: int = 0, page_token: str = ""

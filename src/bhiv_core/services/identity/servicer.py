@@ -7,6 +7,7 @@ and builds the response. Errors are the domain's typed exceptions, mapped by the
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -17,6 +18,7 @@ from bhiv.identity.v1 import user_service_pb2 as users
 from bhiv_core.runtime.chain import Context
 from bhiv_core.security.address import client_address
 from bhiv_core.security.principal import require_principal
+from bhiv_core.services.identity.revocation_feed import RevocationFeed
 from bhiv_core.services.identity.service import (
     ClientInfo,
     IdentityService,
@@ -100,10 +102,17 @@ def _client(context: Context, method: str) -> ClientInfo:
 
 
 class AuthServicer:
-    """Implements ``bhiv.identity.v1.AuthService``."""
+    """Implements ``bhiv.identity.v1.AuthService``.
 
-    def __init__(self, service: IdentityService):
+    Args:
+        service: The identity domain.
+        feed: Where ``WatchRevocations`` streams read revocations from.
+
+    """
+
+    def __init__(self, service: IdentityService, feed: RevocationFeed):
         self._service = service
+        self._feed = feed
 
     async def Login(self, request: auth.LoginRequest, context: Context) -> auth.LoginResponse:
         """Logs in with a username and password."""
@@ -156,6 +165,17 @@ class AuthServicer:
             since=since, page_size=request.page_size, page_token=request.page_token
         )
         return auth.ListRevocationsResponse(revocations=[_revocation(r) for r in page], next_page_token=token)
+
+    async def WatchRevocations(
+        self, request: auth.WatchRevocationsRequest, context: Context
+    ) -> AsyncIterator[auth.WatchRevocationsResponse]:
+        """Streams the revocations made since ``since``, then each new one as it is committed."""
+        since = _seconds(request.since) if request.HasField("since") else 0.0
+        async for batch in self._feed.watch(since):
+            yield auth.WatchRevocationsResponse(
+                revocations=[_revocation(r) for r in batch.revocations],
+                resume_time=to_timestamp(batch.resume_time),
+            )
 
 
 class UserServicer:

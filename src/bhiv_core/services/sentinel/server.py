@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from bhiv_core.audit.checkpoint import load_or_create_checkpoint_key
+from bhiv_core.audit.checkpointing import AuditVerifier, CheckpointWitness, CheckpointWriter
 from bhiv_core.audit.store import make_audit_store
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
-from bhiv_core.services.sentinel.service import SentinelService
+from bhiv_core.services.sentinel.config import SentinelConfig
+from bhiv_core.services.sentinel.service import SentinelService, audit_page_bytes
 from bhiv_core.services.sentinel.servicer import MISSING, SentinelServicer
 from bhiv_core.services.sentinel.store import make_sentinel_store
 from bhiv_core.standard_chain import standard_chain
@@ -22,17 +25,35 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
     Sentinel reads the mesh's audit chain (``make_audit_store``: ``<data_dir>/audit.db`` or
     ``BHIV_AUDIT_STORE_URL``) and keeps its own data in ``<data_dir>/sentinel.db`` or
     ``BHIV_SENTINEL_STORE_URL``. Both open before the server accepts calls and close after it stopped.
+    Sentinel is the one writer of the chain's signed checkpoints (:mod:`bhiv_core.audit.checkpointing`),
+    with the key in ``BHIV_AUDIT_CHECKPOINT_KEY_FILE``, read (or created) here so a bad one fails fast.
     """
+    settings = SentinelConfig.from_runtime(config)
     audit = make_audit_store(config)
     store = make_sentinel_store(config)
-    servicer = SentinelServicer(SentinelService(audit, store))
+    key = load_or_create_checkpoint_key(settings.checkpoint_key_path)
+    witness = CheckpointWitness(settings.checkpoint_witness_path)
+    writer = CheckpointWriter(
+        audit,
+        key,
+        witness,
+        every_records=settings.checkpoint_records,
+        every_seconds=settings.checkpoint_seconds,
+    )
+    sentinel = SentinelService(
+        audit,
+        store,
+        AuditVerifier(audit, key, witness),
+        page_bytes=audit_page_bytes(config.max_message_bytes),
+    )
+    servicer = SentinelServicer(sentinel)
     return runtime.ServiceDefinition(
         name=NAME,
         servicers=[(service, servicer) for service in services_of_package("bhiv.sentinel.v1")],
         missing=MISSING,
         checks={"audit_store": audit.ping, "sentinel_store": store.ping},
-        on_start=[audit.open, store.open],
-        on_stop=[store.close, audit.close],
+        on_start=[audit.open, store.open, writer.start],
+        on_stop=[writer.stop, store.close, audit.close],
     )
 
 

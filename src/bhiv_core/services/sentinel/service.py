@@ -5,19 +5,31 @@ The servicer maps protos to these calls; the rules (argument checks, defaults, i
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
+from enum import StrEnum
 
-from bhiv_core.audit.record import AuditRecord, VerifyResult, to_micros
-from bhiv_core.audit.store import AuditFilter, AuditStore
+from bhiv_core.audit.checkpointing import AuditVerifier
+from bhiv_core.audit.record import RESOURCE_LIMIT, TEXT_LIMIT, AuditRecord, VerifyResult, cap_text, to_micros
+from bhiv_core.audit.store import PAGE_BYTES, AuditFilter, AuditStore
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument, NotFound, OutOfRange
 from bhiv_core.services.sentinel.store import EventFilter, EventKind, SecurityEvent, SentinelStore
 from bhiv_core.storage.pagination import page_size_of
 
-__all__ = ["SentinelService", "new_event_id", "parse_audit_record_name"]
+__all__ = ["SentinelService", "VerifyMode", "audit_page_bytes", "new_event_id", "parse_audit_record_name"]
+
+_RESPONSE_ROOM = 64 * 1024
+"""What a ListAuditRecords response needs besides its records (the page token), with room to spare."""
+
+
+def audit_page_bytes(max_message_bytes: int) -> int:
+    """The byte budget of a ListAuditRecords page in responses of at most ``max_message_bytes``."""
+    return max(max_message_bytes - _RESPONSE_ROOM, max_message_bytes // 2)
+
 
 _AUDIT_NAME = re.compile(r"auditRecords/([1-9][0-9]{0,18})")
 
@@ -42,6 +54,17 @@ def new_event_id(received: datetime) -> str:
     return f"{to_micros(received) // 1000:012x}{secrets.token_hex(10)}"
 
 
+class VerifyMode(StrEnum):
+    """How :meth:`SentinelService.verify_audit_chain` verifies (``bhiv.sentinel.v1.AuditVerifyMode``)."""
+
+    DEFAULT = "default"
+    """From the latest checkpoint when no start is given, otherwise the range record by record."""
+    FROM_CHECKPOINT = "from_checkpoint"
+    """From the latest checkpoint (at or before the end) to the end."""
+    FULL = "full"
+    """Every record of the range, and every checkpoint at a record in it."""
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -57,21 +80,38 @@ class SentinelService:
     """Sentinel's operations.
 
     Args:
-        audit: The mesh's audit chain (read and verified, never written here).
+        audit: The mesh's audit chain (read and verified; only its checkpoints are written, by
+            sentinel's :class:`~bhiv_core.audit.checkpointing.CheckpointWriter`).
         store: Sentinel's own store.
+        verifier: Verifies the chain against its signed checkpoints.
         clock: Returns the current UTC time (injected by tests).
+        page_bytes: The most bytes of audit records a ListAuditRecords page holds
+            (:func:`audit_page_bytes` of the server's message limit).
 
     """
 
-    def __init__(self, audit: AuditStore, store: SentinelStore, clock: Callable[[], datetime] = _utc_now):
+    def __init__(
+        self,
+        audit: AuditStore,
+        store: SentinelStore,
+        verifier: AuditVerifier,
+        clock: Callable[[], datetime] = _utc_now,
+        *,
+        page_bytes: int = PAGE_BYTES,
+    ):
         self.audit = audit
         self.store = store
+        self.verifier = verifier
         self._clock = clock
+        self._page_bytes = page_bytes
 
     async def list_audit_records(
         self, query: AuditFilter, page_size: int, page_token: str
     ) -> tuple[list[AuditRecord], str]:
         """Returns one page of matching records by ascending sequence, and the next page token.
+
+        A page ends at ``page_size`` records or at the byte budget, whichever comes first, so it
+        always fits in a response.
 
         Raises:
             InvalidArgument: A negative ``page_size``, ``end_time`` not after ``start_time``, or a
@@ -80,7 +120,14 @@ class SentinelService:
         """
         page_size_of(page_size)
         _check_time_range(query.start_time, query.end_time)
-        return await self.audit.list(query, page_size, page_token)
+        # Stored text is capped (audit.record.cap_text): a filter value is capped alike, so the
+        # value a call sent finds that call's record.
+        query = dataclasses.replace(
+            query,
+            principal=cap_text(query.principal, TEXT_LIMIT),
+            resource=cap_text(query.resource, RESOURCE_LIMIT),
+        )
+        return await self.audit.list(query, page_size, page_token, max_bytes=self._page_bytes)
 
     async def get_audit_record(self, name: str) -> AuditRecord:
         """Returns the record named ``auditRecords/{sequence}``.
@@ -96,13 +143,21 @@ class SentinelService:
             raise NotFound(f"{name} does not exist")
         return record
 
-    async def verify_audit_chain(self, start_sequence: int, end_sequence: int) -> VerifyResult:
-        """Verifies ``start_sequence`` (0 means 1) to ``end_sequence`` (0 means the latest).
+    async def verify_audit_chain(
+        self, start_sequence: int, end_sequence: int, mode: VerifyMode = VerifyMode.DEFAULT
+    ) -> tuple[VerifyMode, VerifyResult]:
+        """Verifies the chain up to ``end_sequence`` (0 means the latest), as ``mode`` says.
 
-        A broken chain is a result with ``ok`` False, not an error.
+        By default (no ``start_sequence``) from the latest checkpoint, which costs the records since
+        that checkpoint; with a ``start_sequence`` or :attr:`VerifyMode.FULL`, every record from
+        ``start_sequence`` (0 means 1). A broken chain is a result with ``ok`` False, not an error.
+
+        Returns:
+            The mode used (:attr:`VerifyMode.FROM_CHECKPOINT` or :attr:`VerifyMode.FULL`) and the result.
 
         Raises:
-            InvalidArgument: A negative bound, or ``end_sequence`` set and below ``start_sequence``.
+            InvalidArgument: A negative bound, ``end_sequence`` set and below ``start_sequence``, or
+                a ``start_sequence`` with :attr:`VerifyMode.FROM_CHECKPOINT`.
             OutOfRange: ``start_sequence`` is beyond the latest record.
 
         """
@@ -111,6 +166,14 @@ class SentinelService:
             for field, value in (("start_sequence", start_sequence), ("end_sequence", end_sequence))
             if value < 0
         ]
+        if mode is VerifyMode.FROM_CHECKPOINT and start_sequence:
+            violations.append(
+                FieldViolation(
+                    "start_sequence",
+                    "must be 0 with AUDIT_VERIFY_MODE_FROM_CHECKPOINT, which starts at the latest checkpoint",
+                    "CONFLICT",
+                )
+            )
         if violations:
             raise InvalidArgument(violations=violations)
         start = start_sequence or 1
@@ -121,7 +184,9 @@ class SentinelService:
         latest = await self.audit.latest_sequence()
         if start > max(latest, 1):
             raise OutOfRange(f"start_sequence {start} is beyond the latest audit record ({latest})")
-        return await self.audit.verify(start, end_sequence or None)
+        if mode is VerifyMode.FULL or (mode is VerifyMode.DEFAULT and start_sequence):
+            return VerifyMode.FULL, await self.verifier.walk(start, end_sequence or None)
+        return VerifyMode.FROM_CHECKPOINT, await self.verifier.from_checkpoint(end_sequence or None)
 
     async def report_security_event(
         self,

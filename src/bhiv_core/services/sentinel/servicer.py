@@ -17,7 +17,7 @@ from bhiv_core.audit.record import AuditRecord, ChainBreak, VerifyResult
 from bhiv_core.audit.store import AuditFilter
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
 from bhiv_core.security.principal import require_principal
-from bhiv_core.services.sentinel.service import SentinelService
+from bhiv_core.services.sentinel.service import SentinelService, VerifyMode
 from bhiv_core.services.sentinel.store import EventKind, SecurityEvent
 
 __all__ = ["MISSING", "SentinelServicer", "audit_record_to_proto", "security_event_to_proto"]
@@ -28,6 +28,16 @@ _BREAK_REASONS = {
     ChainBreak.HASH_MISMATCH: audit_record_pb2.CHAIN_BREAK_REASON_HASH_MISMATCH,
     ChainBreak.PREV_HASH_MISMATCH: audit_record_pb2.CHAIN_BREAK_REASON_PREV_HASH_MISMATCH,
     ChainBreak.SEQUENCE_GAP: audit_record_pb2.CHAIN_BREAK_REASON_SEQUENCE_GAP,
+    ChainBreak.CHECKPOINT_MISMATCH: audit_record_pb2.CHAIN_BREAK_REASON_CHECKPOINT_MISMATCH,
+    ChainBreak.CHECKPOINT_INVALID: audit_record_pb2.CHAIN_BREAK_REASON_CHECKPOINT_INVALID,
+}
+_MODES = {
+    audit_service_pb2.AUDIT_VERIFY_MODE_UNSPECIFIED: VerifyMode.DEFAULT,
+    audit_service_pb2.AUDIT_VERIFY_MODE_FROM_CHECKPOINT: VerifyMode.FROM_CHECKPOINT,
+    audit_service_pb2.AUDIT_VERIFY_MODE_FULL: VerifyMode.FULL,
+}
+_MODE_NUMBERS: dict[VerifyMode, audit_service_pb2.AuditVerifyMode.ValueType] = {
+    mode: number for number, mode in _MODES.items() if mode is not VerifyMode.DEFAULT
 }
 _PREFIX = "SECURITY_EVENT_KIND_"
 
@@ -69,7 +79,9 @@ def audit_record_to_proto(record: AuditRecord) -> audit_record_pb2.AuditRecord:
     )
 
 
-def _verify_to_proto(result: VerifyResult) -> audit_service_pb2.VerifyAuditChainResponse:
+def _verify_to_proto(
+    mode: VerifyMode, result: VerifyResult, checkpoint_key: str
+) -> audit_service_pb2.VerifyAuditChainResponse:
     return audit_service_pb2.VerifyAuditChainResponse(
         ok=result.ok,
         records_checked=result.checked,
@@ -82,6 +94,10 @@ def _verify_to_proto(result: VerifyResult) -> audit_service_pb2.VerifyAuditChain
         detail=result.detail,
         start_sequence=result.start_sequence,
         end_sequence=result.end_sequence,
+        mode=_MODE_NUMBERS[mode],
+        checkpoint_sequence=result.checkpoint_sequence,
+        checkpoints_checked=result.checkpoints_checked,
+        checkpoint_key=checkpoint_key,
     )
 
 
@@ -148,9 +164,12 @@ class SentinelServicer:
     async def VerifyAuditChain(
         self, request: audit_service_pb2.VerifyAuditChainRequest, context: Any
     ) -> audit_service_pb2.VerifyAuditChainResponse:
-        """Verifies the chain over the requested range and reports the first break."""
-        result = await self._service.verify_audit_chain(request.start_sequence, request.end_sequence)
-        return _verify_to_proto(result)
+        """Verifies the chain (from the latest checkpoint, or a range) and reports the first break."""
+        # The validation interceptor refuses undefined modes (defined_only) before this runs.
+        mode, result = await self._service.verify_audit_chain(
+            request.start_sequence, request.end_sequence, _MODES[request.mode]
+        )
+        return _verify_to_proto(mode, result, self._service.verifier.key.public)
 
     async def ReportSecurityEvent(
         self, request: threat_service_pb2.ReportSecurityEventRequest, context: Any

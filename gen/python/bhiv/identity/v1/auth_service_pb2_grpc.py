@@ -71,6 +71,11 @@ class AuthServiceStub:
                 request_serializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.ListRevocationsRequest.SerializeToString,
                 response_deserializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.ListRevocationsResponse.FromString,
                 _registered_method=True)
+        self.WatchRevocations = channel.unary_stream(
+                '/bhiv.identity.v1.AuthService/WatchRevocations',
+                request_serializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.WatchRevocationsRequest.SerializeToString,
+                response_deserializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.WatchRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -112,7 +117,9 @@ class AuthServiceServicer:
 
     def RotateSigningKey(self, request, context):
         """Rotates the signing key: a new key signs from now on, the previous one
-        stays in the JWKS for the overlap window.
+        stays in the JWKS for the overlap window. Returns RESOURCE_EXHAUSTED
+        (with a QuotaFailure and `retry_after_seconds` in the ErrorInfo) when the
+        key was rotated less than the minimum interval ago (300 s by default).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,7 +135,37 @@ class AuthServiceServicer:
     def ListRevocations(self, request, context):
         """Lists the revoked access-token ids that have not expired yet, for
         verifiers that cache tokens. Public like the JWKS: a token id alone grants
-        nothing, and every service polls this list to honour revocations.
+        nothing. Services learn revocations from WatchRevocations and read this
+        list only as a periodic safety net.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRevocations(self, request, context):
+        """Streams revoked access-token ids as identity commits them: every service
+        watches this stream, so a logout, a reused refresh token, a disabled user
+        or a change of role is honoured mesh-wide within milliseconds.
+
+        The first messages carry every unexpired revocation made at or after
+        `since` (every unexpired one when unset), at most 1000 per message and at
+        least one message even when there is none; after that, each message
+        carries the revocations committed since the previous one, by any identity
+        process sharing the store. A message with no revocations is sent at least
+        every 15 seconds, so a watcher can tell a quiet stream from a dead one.
+        Every message carries a `resume_time`: a watcher that reconnects passes
+        the last one it received as `since` and misses nothing.
+
+        Public, like ListRevocations: a token id alone grants nothing, and a
+        service needs the revocations before it can verify any token, so it has
+        no token to present. Only the mesh's services call it, on identity
+        directly: the edge answers PERMISSION_DENIED, so that no outside caller can
+        hold the watcher slots. The stream is one call: it is audited once, when it
+        ends. It ends with OK when identity shuts down (reconnect, passing
+        `since`). Returns RESOURCE_EXHAUSTED when the process already serves its
+        maximum number of watchers (256), UNAVAILABLE while identity is shutting
+        down, and ABORTED when the watcher reads so slowly that 10000 revocations
+        are waiting for it (reconnect, passing `since`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,6 +208,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.ListRevocations,
                     request_deserializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.ListRevocationsRequest.FromString,
                     response_serializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.ListRevocationsResponse.SerializeToString,
+            ),
+            'WatchRevocations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRevocations,
+                    request_deserializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.WatchRevocationsRequest.FromString,
+                    response_serializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.WatchRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -364,6 +406,33 @@ class AuthService:
             '/bhiv.identity.v1.AuthService/ListRevocations',
             bhiv_dot_identity_dot_v1_dot_auth__service__pb2.ListRevocationsRequest.SerializeToString,
             bhiv_dot_identity_dot_v1_dot_auth__service__pb2.ListRevocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/bhiv.identity.v1.AuthService/WatchRevocations',
+            bhiv_dot_identity_dot_v1_dot_auth__service__pb2.WatchRevocationsRequest.SerializeToString,
+            bhiv_dot_identity_dot_v1_dot_auth__service__pb2.WatchRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,14 +51,42 @@ class AuthServiceStub:
     """Returns the public keys that verify access tokens, as a JSON Web Key Set."""
     RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RotateSigningKeyRequest, _auth_service_pb2.RotateSigningKeyResponse]
     """Rotates the signing key: a new key signs from now on, the previous one
-    stays in the JWKS for the overlap window.
+    stays in the JWKS for the overlap window. Returns RESOURCE_EXHAUSTED
+    (with a QuotaFailure and `retry_after_seconds` in the ErrorInfo) when the
+    key was rotated less than the minimum interval ago (300 s by default).
     """
     GetCurrentUser: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetCurrentUserRequest, _auth_service_pb2.GetCurrentUserResponse]
     """Returns the caller's own user and role."""
     ListRevocations: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListRevocationsRequest, _auth_service_pb2.ListRevocationsResponse]
     """Lists the revoked access-token ids that have not expired yet, for
     verifiers that cache tokens. Public like the JWKS: a token id alone grants
-    nothing, and every service polls this list to honour revocations.
+    nothing. Services learn revocations from WatchRevocations and read this
+    list only as a periodic safety net.
+    """
+    WatchRevocations: _grpc.UnaryStreamMultiCallable[_auth_service_pb2.WatchRevocationsRequest, _auth_service_pb2.WatchRevocationsResponse]
+    """Streams revoked access-token ids as identity commits them: every service
+    watches this stream, so a logout, a reused refresh token, a disabled user
+    or a change of role is honoured mesh-wide within milliseconds.
+
+    The first messages carry every unexpired revocation made at or after
+    `since` (every unexpired one when unset), at most 1000 per message and at
+    least one message even when there is none; after that, each message
+    carries the revocations committed since the previous one, by any identity
+    process sharing the store. A message with no revocations is sent at least
+    every 15 seconds, so a watcher can tell a quiet stream from a dead one.
+    Every message carries a `resume_time`: a watcher that reconnects passes
+    the last one it received as `since` and misses nothing.
+
+    Public, like ListRevocations: a token id alone grants nothing, and a
+    service needs the revocations before it can verify any token, so it has
+    no token to present. Only the mesh's services call it, on identity
+    directly: the edge answers PERMISSION_DENIED, so that no outside caller can
+    hold the watcher slots. The stream is one call: it is audited once, when it
+    ends. It ends with OK when identity shuts down (reconnect, passing
+    `since`). Returns RESOURCE_EXHAUSTED when the process already serves its
+    maximum number of watchers (256), UNAVAILABLE while identity is shutting
+    down, and ABORTED when the watcher reads so slowly that 10000 revocations
+    are waiting for it (reconnect, passing `since`).
     """
 
 @_typing.type_check_only
@@ -84,14 +112,42 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """Returns the public keys that verify access tokens, as a JSON Web Key Set."""
     RotateSigningKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RotateSigningKeyRequest, _auth_service_pb2.RotateSigningKeyResponse]  # type: ignore[assignment]
     """Rotates the signing key: a new key signs from now on, the previous one
-    stays in the JWKS for the overlap window.
+    stays in the JWKS for the overlap window. Returns RESOURCE_EXHAUSTED
+    (with a QuotaFailure and `retry_after_seconds` in the ErrorInfo) when the
+    key was rotated less than the minimum interval ago (300 s by default).
     """
     GetCurrentUser: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetCurrentUserRequest, _auth_service_pb2.GetCurrentUserResponse]  # type: ignore[assignment]
     """Returns the caller's own user and role."""
     ListRevocations: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListRevocationsRequest, _auth_service_pb2.ListRevocationsResponse]  # type: ignore[assignment]
     """Lists the revoked access-token ids that have not expired yet, for
     verifiers that cache tokens. Public like the JWKS: a token id alone grants
-    nothing, and every service polls this list to honour revocations.
+    nothing. Services learn revocations from WatchRevocations and read this
+    list only as a periodic safety net.
+    """
+    WatchRevocations: _aio.UnaryStreamMultiCallable[_auth_service_pb2.WatchRevocationsRequest, _auth_service_pb2.WatchRevocationsResponse]  # type: ignore[assignment]
+    """Streams revoked access-token ids as identity commits them: every service
+    watches this stream, so a logout, a reused refresh token, a disabled user
+    or a change of role is honoured mesh-wide within milliseconds.
+
+    The first messages carry every unexpired revocation made at or after
+    `since` (every unexpired one when unset), at most 1000 per message and at
+    least one message even when there is none; after that, each message
+    carries the revocations committed since the previous one, by any identity
+    process sharing the store. A message with no revocations is sent at least
+    every 15 seconds, so a watcher can tell a quiet stream from a dead one.
+    Every message carries a `resume_time`: a watcher that reconnects passes
+    the last one it received as `since` and misses nothing.
+
+    Public, like ListRevocations: a token id alone grants nothing, and a
+    service needs the revocations before it can verify any token, so it has
+    no token to present. Only the mesh's services call it, on identity
+    directly: the edge answers PERMISSION_DENIED, so that no outside caller can
+    hold the watcher slots. The stream is one call: it is audited once, when it
+    ends. It ends with OK when identity shuts down (reconnect, passing
+    `since`). Returns RESOURCE_EXHAUSTED when the process already serves its
+    maximum number of watchers (256), UNAVAILABLE while identity is shutting
+    down, and ABORTED when the watcher reads so slowly that 10000 revocations
+    are waiting for it (reconnect, passing `since`).
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -144,7 +200,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.RotateSigningKeyResponse, _abc.Awaitable[_auth_service_pb2.RotateSigningKeyResponse]]:
         """Rotates the signing key: a new key signs from now on, the previous one
-        stays in the JWKS for the overlap window.
+        stays in the JWKS for the overlap window. Returns RESOURCE_EXHAUSTED
+        (with a QuotaFailure and `retry_after_seconds` in the ErrorInfo) when the
+        key was rotated less than the minimum interval ago (300 s by default).
         """
 
     @_abc_1.abstractmethod
@@ -163,7 +221,39 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_auth_service_pb2.ListRevocationsResponse, _abc.Awaitable[_auth_service_pb2.ListRevocationsResponse]]:
         """Lists the revoked access-token ids that have not expired yet, for
         verifiers that cache tokens. Public like the JWKS: a token id alone grants
-        nothing, and every service polls this list to honour revocations.
+        nothing. Services learn revocations from WatchRevocations and read this
+        list only as a periodic safety net.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRevocations(
+        self,
+        request: _auth_service_pb2.WatchRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_auth_service_pb2.WatchRevocationsResponse], _abc.AsyncIterator[_auth_service_pb2.WatchRevocationsResponse]]:
+        """Streams revoked access-token ids as identity commits them: every service
+        watches this stream, so a logout, a reused refresh token, a disabled user
+        or a change of role is honoured mesh-wide within milliseconds.
+
+        The first messages carry every unexpired revocation made at or after
+        `since` (every unexpired one when unset), at most 1000 per message and at
+        least one message even when there is none; after that, each message
+        carries the revocations committed since the previous one, by any identity
+        process sharing the store. A message with no revocations is sent at least
+        every 15 seconds, so a watcher can tell a quiet stream from a dead one.
+        Every message carries a `resume_time`: a watcher that reconnects passes
+        the last one it received as `since` and misses nothing.
+
+        Public, like ListRevocations: a token id alone grants nothing, and a
+        service needs the revocations before it can verify any token, so it has
+        no token to present. Only the mesh's services call it, on identity
+        directly: the edge answers PERMISSION_DENIED, so that no outside caller can
+        hold the watcher slots. The stream is one call: it is audited once, when it
+        ends. It ends with OK when identity shuts down (reconnect, passing
+        `since`). Returns RESOURCE_EXHAUSTED when the process already serves its
+        maximum number of watchers (256), UNAVAILABLE while identity is shutting
+        down, and ABORTED when the watcher reads so slowly that 10000 revocations
+        are waiting for it (reconnect, passing `since`).
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

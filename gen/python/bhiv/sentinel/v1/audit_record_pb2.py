@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#bhiv/sentinel/v1/audit_record.proto\x12\x10\x62hiv.sentinel.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\x02\n\x0b\x41uditRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\x10\n\x08resource\x18\x07 \x01(\t\x12\x14\n\x0coutcome_code\x18\x08 \x01(\t\x12\x1b\n\x13outcome_code_number\x18\t \x01(\x05\x12\x16\n\x0e\x63lient_address\x18\n \x01(\t\x12\x10\n\x08trace_id\x18\x0b \x01(\t\x12+\n\x08\x64uration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07service\x18\r \x01(\t\x12\x11\n\tprev_hash\x18\x0e \x01(\t\x12\x0c\n\x04hash\x18\x0f \x01(\t*\xac\x01\n\x10\x43hainBreakReason\x12\"\n\x1e\x43HAIN_BREAK_REASON_UNSPECIFIED\x10\x00\x12$\n CHAIN_BREAK_REASON_HASH_MISMATCH\x10\x01\x12#\n\x1f\x43HAIN_BREAK_REASON_SEQUENCE_GAP\x10\x02\x12)\n%CHAIN_BREAK_REASON_PREV_HASH_MISMATCH\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#bhiv/sentinel/v1/audit_record.proto\x12\x10\x62hiv.sentinel.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\x02\n\x0b\x41uditRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\x10\n\x08resource\x18\x07 \x01(\t\x12\x14\n\x0coutcome_code\x18\x08 \x01(\t\x12\x1b\n\x13outcome_code_number\x18\t \x01(\x05\x12\x16\n\x0e\x63lient_address\x18\n \x01(\t\x12\x10\n\x08trace_id\x18\x0b \x01(\t\x12+\n\x08\x64uration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07service\x18\r \x01(\t\x12\x11\n\tprev_hash\x18\x0e \x01(\t\x12\x0c\n\x04hash\x18\x0f \x01(\t*\x83\x02\n\x10\x43hainBreakReason\x12\"\n\x1e\x43HAIN_BREAK_REASON_UNSPECIFIED\x10\x00\x12$\n CHAIN_BREAK_REASON_HASH_MISMATCH\x10\x01\x12#\n\x1f\x43HAIN_BREAK_REASON_SEQUENCE_GAP\x10\x02\x12)\n%CHAIN_BREAK_REASON_PREV_HASH_MISMATCH\x10\x03\x12*\n&CHAIN_BREAK_REASON_CHECKPOINT_MISMATCH\x10\x04\x12)\n%CHAIN_BREAK_REASON_CHECKPOINT_INVALID\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bhiv.sentinel.v1.audit_reco
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHAINBREAKREASON']._serialized_start=468
-  _globals['_CHAINBREAKREASON']._serialized_end=640
+  _globals['_CHAINBREAKREASON']._serialized_end=727
   _globals['_AUDITRECORD']._serialized_start=123
   _globals['_AUDITRECORD']._serialized_end=465
 # @@protoc_insertion_point(module_scope)

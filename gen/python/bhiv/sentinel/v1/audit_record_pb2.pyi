@@ -37,6 +37,16 @@ class _ChainBreakReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Chai
     """A record's `prev_hash` differs from the previous record's `hash`: a
     record was inserted, replaced or reordered.
     """
+    CHAIN_BREAK_REASON_CHECKPOINT_MISMATCH: _ChainBreakReason.ValueType  # 4
+    """A record's `hash` differs from the one a signed checkpoint recorded for
+    it: the chain was rewritten at or before that record, with the later
+    hashes recomputed.
+    """
+    CHAIN_BREAK_REASON_CHECKPOINT_INVALID: _ChainBreakReason.ValueType  # 5
+    """A checkpoint is not sound: its hash, its signature (or the key that
+    signed it) or its link to the previous checkpoint is wrong, or a
+    checkpoint this sentinel wrote is gone.
+    """
 
 class ChainBreakReason(_ChainBreakReason, metaclass=_ChainBreakReasonEnumTypeWrapper):
     """ChainBreakReason is why VerifyAuditChain found the chain broken."""
@@ -52,6 +62,16 @@ CHAIN_BREAK_REASON_SEQUENCE_GAP: ChainBreakReason.ValueType  # 2
 CHAIN_BREAK_REASON_PREV_HASH_MISMATCH: ChainBreakReason.ValueType  # 3
 """A record's `prev_hash` differs from the previous record's `hash`: a
 record was inserted, replaced or reordered.
+"""
+CHAIN_BREAK_REASON_CHECKPOINT_MISMATCH: ChainBreakReason.ValueType  # 4
+"""A record's `hash` differs from the one a signed checkpoint recorded for
+it: the chain was rewritten at or before that record, with the later
+hashes recomputed.
+"""
+CHAIN_BREAK_REASON_CHECKPOINT_INVALID: ChainBreakReason.ValueType  # 5
+"""A checkpoint is not sound: its hash, its signature (or the key that
+signed it) or its link to the previous checkpoint is wrong, or a
+checkpoint this sentinel wrote is gone.
 """
 Global___ChainBreakReason: _TypeAlias = ChainBreakReason  # noqa: Y015
 

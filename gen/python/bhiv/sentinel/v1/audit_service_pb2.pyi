@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,52 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _AuditVerifyMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AuditVerifyModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditVerifyMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUDIT_VERIFY_MODE_UNSPECIFIED: _AuditVerifyMode.ValueType  # 0
+    """From the latest checkpoint when no `start_sequence` is given, otherwise
+    the range record by record (AUDIT_VERIFY_MODE_FULL).
+    """
+    AUDIT_VERIFY_MODE_FROM_CHECKPOINT: _AuditVerifyMode.ValueType  # 1
+    """From the latest checkpoint at or before `end_sequence` (the latest
+    checkpoint when 0): its hash, signature and link to the checkpoint before
+    it, then every record from the checkpoint's record to `end_sequence`.
+    Records before the checkpoint are not read. Without any checkpoint yet,
+    every record from 1.
+    """
+    AUDIT_VERIFY_MODE_FULL: _AuditVerifyMode.ValueType  # 2
+    """Every record from `start_sequence` (1 when 0) to `end_sequence`, and every
+    checkpoint at a record in that range: finds a record changed before the
+    latest checkpoint (even with every later hash recomputed), and a
+    checkpoint changed, removed or added.
+    """
+
+class AuditVerifyMode(_AuditVerifyMode, metaclass=_AuditVerifyModeEnumTypeWrapper):
+    """How VerifyAuditChain verifies the chain."""
+
+AUDIT_VERIFY_MODE_UNSPECIFIED: AuditVerifyMode.ValueType  # 0
+"""From the latest checkpoint when no `start_sequence` is given, otherwise
+the range record by record (AUDIT_VERIFY_MODE_FULL).
+"""
+AUDIT_VERIFY_MODE_FROM_CHECKPOINT: AuditVerifyMode.ValueType  # 1
+"""From the latest checkpoint at or before `end_sequence` (the latest
+checkpoint when 0): its hash, signature and link to the checkpoint before
+it, then every record from the checkpoint's record to `end_sequence`.
+Records before the checkpoint are not read. Without any checkpoint yet,
+every record from 1.
+"""
+AUDIT_VERIFY_MODE_FULL: AuditVerifyMode.ValueType  # 2
+"""Every record from `start_sequence` (1 when 0) to `end_sequence`, and every
+checkpoint at a record in that range: finds a record changed before the
+latest checkpoint (even with every later hash recomputed), and a
+checkpoint changed, removed or added.
+"""
+Global___AuditVerifyMode: _TypeAlias = AuditVerifyMode  # noqa: Y015
 
 @_typing.final
 class ListAuditRecordsRequest(_message.Message):
@@ -166,21 +213,27 @@ class VerifyAuditChainRequest(_message.Message):
 
     START_SEQUENCE_FIELD_NUMBER: _builtins.int
     END_SEQUENCE_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     start_sequence: _builtins.int
     """The first sequence to check: 0 means 1. When above 1, the first record's
     `prev_hash` is checked against the record before it.
     """
     end_sequence: _builtins.int
     """The last sequence to check, inclusive: 0 means the latest record."""
+    mode: Global___AuditVerifyMode.ValueType
+    """How to verify. Unset: from the latest checkpoint when `start_sequence`
+    is 0, otherwise the range record by record.
+    """
     def __init__(
         self,
         *,
         start_sequence: _builtins.int = ...,
         end_sequence: _builtins.int = ...,
+        mode: Global___AuditVerifyMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_sequence", b"end_sequence", "start_sequence", b"start_sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_sequence", b"end_sequence", "mode", b"mode", "start_sequence", b"start_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -199,6 +252,10 @@ class VerifyAuditChainResponse(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     START_SEQUENCE_FIELD_NUMBER: _builtins.int
     END_SEQUENCE_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_CHECKED_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_KEY_FIELD_NUMBER: _builtins.int
     ok: _builtins.bool
     """True when every checked record is intact and linked to the one before."""
     records_checked: _builtins.int
@@ -207,7 +264,9 @@ class VerifyAuditChainResponse(_message.Message):
     """
     first_broken_sequence: _builtins.int
     """The sequence of the first broken record; 0 when `ok`. For
-    CHAIN_BREAK_REASON_SEQUENCE_GAP, the first missing sequence.
+    CHAIN_BREAK_REASON_SEQUENCE_GAP, the first missing sequence; for
+    CHAIN_BREAK_REASON_CHECKPOINT_INVALID, the record the checkpoint vouches
+    for (0 when it cannot be read).
     """
     reason: _audit_record_pb2.ChainBreakReason.ValueType
     """Why the chain is broken; CHAIN_BREAK_REASON_UNSPECIFIED when `ok`."""
@@ -221,6 +280,22 @@ class VerifyAuditChainResponse(_message.Message):
     """The last sequence of the verified range (the latest record when the
     request left `end_sequence` at 0).
     """
+    mode: Global___AuditVerifyMode.ValueType
+    """How the chain was verified: AUDIT_VERIFY_MODE_FROM_CHECKPOINT or
+    AUDIT_VERIFY_MODE_FULL.
+    """
+    checkpoint_sequence: _builtins.int
+    """The record of the checkpoint the verification started from (then
+    `start_sequence` too); 0 when it did not start from a checkpoint.
+    """
+    checkpoints_checked: _builtins.int
+    """The number of signed checkpoints whose hash, signature and link were
+    checked.
+    """
+    checkpoint_key: _builtins.str
+    """The Ed25519 public key (base64url, no padding) that checkpoints must be
+    signed with, so it can be recorded and compared elsewhere.
+    """
     def __init__(
         self,
         *,
@@ -231,10 +306,14 @@ class VerifyAuditChainResponse(_message.Message):
         detail: _builtins.str = ...,
         start_sequence: _builtins.int = ...,
         end_sequence: _builtins.int = ...,
+        mode: Global___AuditVerifyMode.ValueType = ...,
+        checkpoint_sequence: _builtins.int = ...,
+        checkpoints_checked: _builtins.int = ...,
+        checkpoint_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "end_sequence", b"end_sequence", "first_broken_sequence", b"first_broken_sequence", "ok", b"ok", "reason", b"reason", "records_checked", b"records_checked", "start_sequence", b"start_sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_key", b"checkpoint_key", "checkpoint_sequence", b"checkpoint_sequence", "checkpoints_checked", b"checkpoints_checked", "detail", b"detail", "end_sequence", b"end_sequence", "first_broken_sequence", b"first_broken_sequence", "mode", b"mode", "ok", b"ok", "reason", b"reason", "records_checked", b"records_checked", "start_sequence", b"start_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

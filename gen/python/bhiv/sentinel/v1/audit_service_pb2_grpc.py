@@ -76,12 +76,17 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyAuditChain(self, request, context):
-        """Verifies the hash chain over a sequence range (the whole chain by
-        default) and reports the first break. A broken chain is a normal
-        response with `ok` false, not an error; checking stops at the first
-        break. Returns INVALID_ARGUMENT when `end_sequence` is set and below
-        `start_sequence`, and OUT_OF_RANGE when `start_sequence` is beyond the
-        latest record. An empty log is `ok` with no record checked.
+        """Verifies the hash chain and reports the first break. By default it
+        starts from the latest signed checkpoint (checking the checkpoint's
+        signature and link, then the records from the checkpoint's record to the
+        latest one), so its cost is bounded by the records since that checkpoint;
+        `mode` AUDIT_VERIFY_MODE_FULL, or a `start_sequence`, walks every record
+        of the range instead, checking every checkpoint in it too. A broken chain
+        is a normal response with `ok` false, not an error; checking stops at the
+        first break. Returns INVALID_ARGUMENT when `end_sequence` is set and below
+        `start_sequence`, or when `start_sequence` is set with
+        AUDIT_VERIFY_MODE_FROM_CHECKPOINT, and OUT_OF_RANGE when `start_sequence`
+        is beyond the latest record. An empty log is `ok` with no record checked.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -4,8 +4,9 @@
 ``<data_dir>/identity.db``) and :class:`MongoIdentityStore` (deployments) implement it, and one
 contract test suite runs against both. Every change that touches several records is one
 transaction: spending a refresh token and inserting its successor, revoking a family together with
-the access tokens issued from it, creating a user together with its idempotency key, rotating the
-signing key, counting one failed login on all its throttle counters. Refresh tokens are stored
+the access tokens issued from it, a logout (its families and the caller's access token), creating
+a user together with its idempotency key, rotating the signing key, counting one failed login on
+all its throttle counters. Refresh tokens are stored
 only as their SHA-256 hex digest; private signing keys only encrypted with the key-encryption key;
 throttle counters only under hashed keys (see :mod:`bhiv_core.services.identity.throttle`).
 
@@ -360,6 +361,15 @@ class IdentityStore(Protocol):
 
     async def add_revocations(self, revocations: Sequence[Revocation]) -> None:
         """Records revoked access tokens (a token revoked twice keeps its first record)."""
+
+    async def revoke_sessions(
+        self, families: Sequence[str], revocations: Sequence[Revocation], *, now: float
+    ) -> None:
+        """Revokes ``families`` (as :meth:`revoke_family`) and records ``revocations``, in one transaction.
+
+        A logout: either every family and every access token ends up revoked, or, when the call
+        fails, nothing changed.
+        """
 
     async def list_revocations(
         self, *, now: float, since: float = 0.0, after: tuple[float, str] | None = None, limit: int

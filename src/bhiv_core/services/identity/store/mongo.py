@@ -479,8 +479,10 @@ class MongoIdentityStore:
         doc = await self._refresh.find_one({"access_jti": jti}, {"family_id": 1})
         return None if doc is None else str(doc["family_id"])
 
-    async def add_revocations(self, revocations: Sequence[Revocation]) -> None:
-        """Records revoked access tokens."""
+    async def _add_revocations(
+        self, revocations: Sequence[Revocation], session: AsyncClientSession | None = None
+    ) -> None:
+        """Records revoked access tokens; a token revoked before keeps its first record."""
         if revocations:
             await self._revocations.bulk_write(
                 [
@@ -488,7 +490,24 @@ class MongoIdentityStore:
                     for r in revocations
                 ],
                 ordered=False,
+                session=session,
             )
+
+    async def add_revocations(self, revocations: Sequence[Revocation]) -> None:
+        """Records revoked access tokens."""
+        await self._add_revocations(revocations)
+
+    async def revoke_sessions(
+        self, families: Sequence[str], revocations: Sequence[Revocation], *, now: float
+    ) -> None:
+        """Revokes the families and records the revocations in one transaction."""
+
+        async def run(session: AsyncClientSession) -> None:
+            for family in families:
+                await self._revoke_where({"family_id": family}, now, session)
+            await self._add_revocations(revocations, session)
+
+        await self._transaction(run)
 
     async def list_revocations(
         self, *, now: float, since: float = 0.0, after: tuple[float, str] | None = None, limit: int

@@ -209,6 +209,14 @@ def _revoke_families(conn: sqlite3.Connection, where: str, args: tuple[object, .
     conn.execute(f"UPDATE refresh_tokens SET revoked = 1 WHERE ({where}) AND revoked = 0", args)  # noqa: S608
 
 
+def _insert_revocations(conn: sqlite3.Connection, revocations: Sequence[Revocation]) -> None:
+    """Records revoked access tokens; a token revoked before keeps its first record."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO revocations (jti, expire_time, revoke_time) VALUES (?, ?, ?)",
+        [(r.jti, r.expire_time, r.revoke_time) for r in revocations],
+    )
+
+
 class SqliteIdentityStore:
     """The identity store in one SQLite file (``<data_dir>/identity.db``).
 
@@ -388,7 +396,11 @@ class SqliteIdentityStore:
 
     async def clear_login_failures(self, key: str) -> None:
         """Forgets the throttle counter ``key``."""
-        await self.db.write(lambda conn: conn.execute("DELETE FROM login_throttle WHERE key = ?", (key,)))
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM login_throttle WHERE key = ?", (key,))
+
+        await self.db.write(run)
 
     async def signing_keys(self) -> list[SigningKeyRecord]:
         """Returns every signing key, the current one first, then newest first."""
@@ -485,12 +497,19 @@ class SqliteIdentityStore:
 
     async def add_revocations(self, revocations: Sequence[Revocation]) -> None:
         """Records revoked access tokens."""
-        rows = [(r.jti, r.expire_time, r.revoke_time) for r in revocations]
-        await self.db.write(
-            lambda conn: conn.executemany(
-                "INSERT OR IGNORE INTO revocations (jti, expire_time, revoke_time) VALUES (?, ?, ?)", rows
-            )
-        )
+        await self.db.write(lambda conn: _insert_revocations(conn, revocations))
+
+    async def revoke_sessions(
+        self, families: Sequence[str], revocations: Sequence[Revocation], *, now: float
+    ) -> None:
+        """Revokes the families and records the revocations in one transaction."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            for family in families:
+                _revoke_families(conn, "family_id = ?", (family,), now)
+            _insert_revocations(conn, revocations)
+
+        await self.db.write(run)
 
     async def list_revocations(
         self, *, now: float, since: float = 0.0, after: tuple[float, str] | None = None, limit: int
