@@ -4,7 +4,10 @@ Each RPC in the contracts (every ``bhiv.*`` service in the generated descriptors
 is one test, so an RPC added later is fuzzed without a change here. A probe is a call with a
 descriptor-generated, inflated or garbage body, one of each role's token, no token, a forged one
 or an oddly written one, and hostile extra headers, sent to the edge, to the service that owns the
-RPC, or to one that does not (see :mod:`tests.fuzz.strategies`). Every probe must get:
+RPC, or to one that does not (see :mod:`tests.fuzz.strategies`). Probes are what a conforming
+HTTP/2 client may send: no connection-specific header field, which makes a request malformed
+HTTP/2 and can only be answered by a stream reset (:func:`tests.fuzz.strategies.conforming`).
+Every probe must get:
 
 - a clean answer: never INTERNAL, UNKNOWN, DATA_LOSS or UNAVAILABLE (the mesh is up: that is a
   broken stream or connection), never CANCELLED unless the fuzzer cut the stream, and a unary call

@@ -11,7 +11,7 @@ from bhiv.llm.v1 import completion_service_pb2 as completion
 from bhiv_core.registry import SERVICES
 from bhiv_core.runtime.contracts import all_services, method_path
 from tests.fuzz import wire
-from tests.fuzz.strategies import Budget, Header, inflated, slots
+from tests.fuzz.strategies import Budget, Header, conforming, header_sets, inflated, slots
 from tests.fuzz.test_fuzz import RPCS
 
 BUDGET = Budget(max_body_bytes=64 * 1024, limit=256 * 1024)
@@ -60,6 +60,21 @@ def test_a_header_repeats_its_unit_to_its_length_under_numbered_names() -> None:
         ("x-a-0-bin", b"\x00\x00"),
         ("x-a-1-bin", b"\x00\x00"),
     ]
+
+
+def test_only_fields_an_http2_client_may_send_are_conforming() -> None:
+    assert not conforming(Header("connection", "close", 5))
+    assert not conforming(Header("upgrade", "b", 1))
+    assert not conforming(Header("te", "gzip", 4))
+    assert conforming(Header("te", "trailers", 8))
+    assert conforming(Header("connection", "close", 5, copies=50))  # connection-0, connection-1...
+    assert conforming(Header("x-a", "a", 1 << 20))
+
+
+@settings(max_examples=300, deadline=None)
+@given(header_sets())
+def test_the_fuzzer_sends_no_field_http2_forbids_a_client(headers: tuple[Header, ...]) -> None:
+    assert all(conforming(h) for h in headers)
 
 
 def test_every_rpc_of_every_service_in_the_registry_is_fuzzed() -> None:
