@@ -92,7 +92,9 @@ HEADER_NAMES = (
 
 Not the connection-specific fields (:data:`CONNECTION_SPECIFIC`): see :func:`conforming`."""
 
-CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
+CONNECTION_SPECIFIC = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
+)
 """Fields an HTTP/2 client must not send (RFC 9113, 8.2.2), nor ``te`` other than ``trailers``."""
 
 HEADER_VALUES = (
