@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from hypothesis import HealthCheck, Phase, settings
 
-CI_PROBES = 3000
-"""The ``ci`` profile's probes in all: about 15 ms each, so about a minute on two shared cores."""
+CI_PROBES = 2500
+"""The ``ci`` profile's probes in all: 15 to 20 ms each, so under a minute on two shared cores."""
 
 CI_MIN_EXAMPLES = 10
 """The fewest probes an RPC gets under ``ci``, however many RPCs share :data:`CI_PROBES`."""
