@@ -32,6 +32,7 @@ import hashlib
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,6 +78,9 @@ UNCLEAN = {
 
 SPENDS_TOKEN = {"/bhiv.identity.v1.AuthService/Logout"}
 """RPCs that revoke the token they are called with: they get a new session's token."""
+
+PROBES_MADE: Counter[str] = Counter()
+"""Probes sent to the mesh in this run, by RPC (replays of a remembered probe not counted)."""
 
 
 @dataclass(frozen=True)
@@ -326,6 +330,7 @@ def test_rpc_answers_every_probe_cleanly(
 
     def call(probe: Probe) -> FuzzFailure | None:
         current.calls += 1
+        PROBES_MADE[rpc.path] += 1
         metadata = [
             *credentials.metadata(probe.credential, spend=spend),
             *(pair for header in probe.headers for pair in header.render()),
