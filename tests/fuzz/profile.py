@@ -82,8 +82,13 @@ class FuzzProfile:
         return settings(profile, max_examples=max(CI_MIN_EXAMPLES, CI_PROBES // max(1, rpcs)))
 
     def reproduce(self, seed: int, rpc: str) -> str:
-        """The command that replays the round of ``seed`` for one RPC."""
-        return f"FUZZ_PROFILE={self.name} FUZZ_SEED={seed} .venv/bin/python -m pytest tests/fuzz -k '{rpc}'"
+        """The command that replays the round of ``seed`` for one RPC (that round alone)."""
+        # FUZZ_SECONDS=0: one round, not the run's time all spent on this RPC.
+        seconds = " FUZZ_SECONDS=0" if self.name == "long" else ""
+        return (
+            f"FUZZ_PROFILE={self.name} FUZZ_SEED={seed}{seconds} "
+            f".venv/bin/python -m pytest tests/fuzz -k '{rpc}'"
+        )
 
 
 def current() -> FuzzProfile:
