@@ -1076,6 +1076,18 @@ async def test_more_than_the_codec_takes_resets_only_that_stream(
     assert "RST_STREAM" in outcome.message
 
 
+@pytest.mark.parametrize(
+    "name", ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"]
+)
+async def test_a_connection_specific_field_resets_only_that_stream(edge: EnvoyProcess, name: str) -> None:
+    # HTTP/2 forbids a client these fields (RFC 9113, 8.2.2): the request is malformed, and a
+    # malformed request is answered with a stream reset (8.1.1), so no status can be sent. The
+    # connection's other streams go on (override_stream_error_on_invalid_http_message).
+    outcome = await call_beside_a_watch(edge.address, [(name, "close")])
+    assert (outcome.code, outcome.watch) == (grpc.StatusCode.INTERNAL, None)
+    assert "RST_STREAM" in outcome.message
+
+
 async def test_a_field_over_twice_the_codec_backstop_ends_the_connection(edge: EnvoyProcess) -> None:
     # The header decoder gives up on a field over about twice the backstop (4 MiB), and a decoding
     # error is a connection error (RFC 9113, 4.3): GOAWAY, every stream of the connection ends.
