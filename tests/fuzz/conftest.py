@@ -36,6 +36,18 @@ REVOCATION_DEADLINE = 30.0
 """Seconds every service gets to refuse the revoked token before fuzzing starts."""
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Says how many probes the run made, with its profile and seed (what a report must quote)."""
+    from tests.fuzz.test_fuzz import PROBES_MADE  # imported by now when the suite ran
+
+    if PROBES_MADE:
+        chosen = profile.current()
+        terminalreporter.write_line(
+            f"fuzz: {sum(PROBES_MADE.values())} probes to {len(PROBES_MADE)} RPCs "
+            f"(profile {chosen.name}, FUZZ_SEED={chosen.seed})"
+        )
+
+
 @pytest.fixture(scope="module")
 def fuzz_profile() -> profile.FuzzProfile:
     return profile.current()

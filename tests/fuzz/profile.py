@@ -1,8 +1,9 @@
 """How long and how hard the fuzz suite runs: a Hypothesis profile chosen by ``FUZZ_PROFILE``.
 
-- ``ci`` (the default, ``make test``): :data:`CI_EXAMPLES` probes per RPC, bodies up to 256 KiB
-  (and a few just past the message limit), seed ``FUZZ_SEED`` or 0: the same probes every run,
-  about a minute in all.
+- ``ci`` (the default, ``make test``): :data:`CI_PROBES` probes shared by the RPCs of the contracts
+  (at least :data:`CI_MIN_EXAMPLES` each), bodies up to 256 KiB (and a few just past the message
+  limit), seed ``FUZZ_SEED`` or 0: the same probes every run (for the same contracts), about a
+  minute in all on two cores, however many RPCs later issues add.
 - ``long`` (``make fuzz``): ``FUZZ_SECONDS`` (default 600) shared by every RPC, each fuzzed in
   rounds of :data:`ROUND_EXAMPLES` probes until its share is spent, bodies up to the message limit.
   Round *k* uses seed ``FUZZ_SEED + k``; ``make fuzz`` draws ``FUZZ_SEED`` and prints it, and every
@@ -22,8 +23,13 @@ from dataclasses import dataclass
 
 from hypothesis import HealthCheck, Phase, settings
 
-CI_EXAMPLES = 12
-ROUND_EXAMPLES = 60
+CI_PROBES = 2500
+"""The ``ci`` profile's probes in all: 15 to 20 ms each, so under a minute on two shared cores."""
+
+CI_MIN_EXAMPLES = 10
+"""The fewest probes an RPC gets under ``ci``, however many RPCs share :data:`CI_PROBES`."""
+
+ROUND_EXAMPLES = 30
 KIB = 1024
 
 _COMMON = {
@@ -36,7 +42,7 @@ _COMMON = {
     # No "explain" phase: it replays the failing probe many more times to comment on it.
     "phases": (Phase.explicit, Phase.generate, Phase.shrink),
 }
-settings.register_profile("ci", max_examples=CI_EXAMPLES, **_COMMON)  # type: ignore[arg-type]
+settings.register_profile("ci", max_examples=CI_MIN_EXAMPLES, **_COMMON)  # type: ignore[arg-type]
 settings.register_profile("long", max_examples=ROUND_EXAMPLES, **_COMMON)  # type: ignore[arg-type]
 
 
@@ -64,14 +70,25 @@ class FuzzProfile:
     shrink_seconds: float
     shrink_total_seconds: float
 
-    @property
-    def settings(self) -> settings:
-        """The Hypothesis settings of one round."""
-        return settings.get_profile(self.name)
+    def settings(self, rpcs: int) -> settings:
+        """The Hypothesis settings of one round, when the contracts have ``rpcs`` RPCs.
+
+        Under ``ci`` the count is every RPC's, not only those selected (``-k``): a replay of one RPC
+        makes the same probes as the whole run.
+        """
+        profile = settings.get_profile(self.name)
+        if self.name != "ci":
+            return profile
+        return settings(profile, max_examples=max(CI_MIN_EXAMPLES, CI_PROBES // max(1, rpcs)))
 
     def reproduce(self, seed: int, rpc: str) -> str:
-        """The command that replays the round of ``seed`` for one RPC."""
-        return f"FUZZ_PROFILE={self.name} FUZZ_SEED={seed} .venv/bin/python -m pytest tests/fuzz -k '{rpc}'"
+        """The command that replays the round of ``seed`` for one RPC (that round alone)."""
+        # FUZZ_SECONDS=0: one round, not the run's time all spent on this RPC.
+        seconds = " FUZZ_SECONDS=0" if self.name == "long" else ""
+        return (
+            f"FUZZ_PROFILE={self.name} FUZZ_SEED={seed}{seconds} "
+            f".venv/bin/python -m pytest tests/fuzz -k '{rpc}'"
+        )
 
 
 def current() -> FuzzProfile:

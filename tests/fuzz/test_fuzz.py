@@ -4,7 +4,10 @@ Each RPC in the contracts (every ``bhiv.*`` service in the generated descriptors
 is one test, so an RPC added later is fuzzed without a change here. A probe is a call with a
 descriptor-generated, inflated or garbage body, one of each role's token, no token, a forged one
 or an oddly written one, and hostile extra headers, sent to the edge, to the service that owns the
-RPC, or to one that does not (see :mod:`tests.fuzz.strategies`). Every probe must get:
+RPC, or to one that does not (see :mod:`tests.fuzz.strategies`). Probes are what a conforming
+HTTP/2 client may send: no connection-specific header field, which makes a request malformed
+HTTP/2 and can only be answered by a stream reset (:func:`tests.fuzz.strategies.conforming`).
+Every probe must get:
 
 - a clean answer: never INTERNAL, UNKNOWN, DATA_LOSS or UNAVAILABLE (the mesh is up: that is a
   broken stream or connection), never CANCELLED unless the fuzzer cut the stream, and a unary call
@@ -29,6 +32,7 @@ import hashlib
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,6 +78,9 @@ UNCLEAN = {
 
 SPENDS_TOKEN = {"/bhiv.identity.v1.AuthService/Logout"}
 """RPCs that revoke the token they are called with: they get a new session's token."""
+
+PROBES_MADE: Counter[str] = Counter()
+"""Probes sent to the mesh in this run, by RPC (replays of a remembered probe not counted)."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,18 @@ def judge(rpc: Rpc, probe: Probe, outcome: calls.Outcome, limit: int) -> list[tu
     code = outcome.code
     where = "edge" if probe.target == "edge" else "service"
     if code in UNCLEAN or (code is grpc.StatusCode.CANCELLED and not outcome.cut):
-        problems.append((f"{code.name}_from_{where}", f"{code.name} from the {where}"))
+        # Told apart: a status the server sent, a stream or connection the peer dropped (the
+        # client makes up the status), and the edge's own answer that its upstream went away.
+        if outcome.details.startswith("Stream removed"):
+            problems.append(
+                (f"{code.name}_stream_removed_by_{where}", f"{code.name}: the {where} dropped the call")
+            )
+        elif outcome.details.startswith("upstream connect error"):
+            problems.append(
+                (f"{code.name}_upstream_reset_at_edge", f"{code.name}: the edge lost the service")
+            )
+        else:
+            problems.append((f"{code.name}_from_{where}", f"{code.name} from the {where}"))
     elif code is grpc.StatusCode.DEADLINE_EXCEEDED and not rpc.method.server_streaming:
         problems.append((f"NoAnswer_from_{where}", f"no answer from the {where} in {UNARY_TIMEOUT:g} s"))
     if any(size > limit for size in outcome.message_sizes):
@@ -304,7 +322,7 @@ def test_rpc_answers_every_probe_cleanly(
     strategy = probes(rpc.method.input_type, rpc.owners, others, budget)
     spend = rpc.path in SPENDS_TOKEN
     bystanders = calls.Bystanders(channels)
-    settings = fuzz_profile.settings
+    settings = fuzz_profile.settings(len(RPCS))
     current = Round(
         settings.max_examples, fuzz_profile.shrink_calls, fuzz_profile.shrink_seconds, shrink_allowance
     )
@@ -312,6 +330,7 @@ def test_rpc_answers_every_probe_cleanly(
 
     def call(probe: Probe) -> FuzzFailure | None:
         current.calls += 1
+        PROBES_MADE[rpc.path] += 1
         metadata = [
             *credentials.metadata(probe.credential, spend=spend),
             *(pair for header in probe.headers for pair in header.render()),
@@ -444,6 +463,15 @@ def _error_kind(entry: dict[str, object]) -> str:
 _STDERR_ERROR = re.compile(r"^([EF]\d{4} |Traceback|\w+(Error|Exception)\b|Fatal|Segmentation)")
 """What a service's stderr shows when something went wrong (gRPC's own I and W lines are fine)."""
 
+GRPC_CORE_REFUSAL_NOTE = re.compile(
+    r"^E\d{4} [\d:.]+ +\d+ hpack_encoder\.cc:\d+\] Ignoring key value pair due to size limit\."
+)
+"""The one ERROR line of gRPC's own that is not a failure: a service's gRPC transport refuses request
+headers over its ``grpc.max_metadata_size`` with RESOURCE_EXHAUSTED (only a direct caller can send
+them: the edge refuses them first) and writes a status message listing every field, which its own
+encoder then finds too long, drops and logs. The caller gets RESOURCE_EXHAUSTED (without a message);
+none of this runs our code, and no setting of grpc's turns it off."""
+
 
 def test_no_service_logged_an_error_during_the_fuzz(fuzz_mesh: Mesh) -> None:
     errors: dict[str, int] = {}
@@ -457,7 +485,7 @@ def test_no_service_logged_an_error_during_the_fuzz(fuzz_mesh: Mesh) -> None:
                 entry = None
             if not isinstance(entry, dict):
                 # What a service printed outside its JSON log (a crash, gRPC's own errors).
-                if not _STDERR_ERROR.match(line):
+                if not _STDERR_ERROR.match(line) or GRPC_CORE_REFUSAL_NOTE.match(line):
                     continue
                 kind = f"{path.name}: {line[:200]}"
             else:

@@ -5,6 +5,7 @@ from typing import Any
 import grpc
 import pytest
 
+from bhiv.crm.v1 import customer_service_pb2 as cust
 from bhiv.identity.v1 import user_service_pb2 as us
 from bhiv.identity.v1 import user_service_pb2_grpc as us_grpc
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
@@ -20,6 +21,15 @@ from bhiv_core.runtime.chain import (
 )
 from bhiv_core.runtime.errors import NotFound, PermissionDenied
 from tests.harness import serving
+from tests.interceptors.test_audit import FakeSink
+from tests.runtime.test_chain_decoding import (
+    LOGIN,
+    STREAM_COMPLETE,
+    full_chain,
+    server_stream,
+    token_metadata,
+    unary,
+)
 
 USER_SERVICE = us.DESCRIPTOR.services_by_name["UserService"]
 
@@ -142,6 +152,35 @@ async def test_unknown_method_passes_the_chain_as_unimplemented() -> None:
             await channel.unary_unary("/bhiv.nothing.v1.Nope/Call")(b"")
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert log == ["seen"]
+
+
+async def test_rpc_another_service_serves_is_unimplemented_through_the_full_chain() -> None:
+    # The descriptors of every service are in the process, but this server serves only UserService:
+    # the concerns must treat another service's RPC as unknown, not bind to its request type (the
+    # body is never decoded here) and read its fields from bytes (that was INTERNAL).
+    sink = FakeSink()
+    get_customer = "/bhiv.crm.v1.CustomerService/GetCustomer"
+    body = cust.GetCustomerRequest(name="customers/c1").SerializeToString()
+    async with serving([(USER_SERVICE, Users())], chain=full_chain(sink)) as (_, channel):
+        for role in ("admin", "customer"):
+            err = await unary(channel, get_customer, body, token_metadata(role))
+            assert (err.code(), err.details()) == (
+                grpc.StatusCode.UNIMPLEMENTED,
+                "unknown method: no service of this server implements it",
+            )
+            err = await unary(channel, get_customer, b"\x80", token_metadata(role))
+            assert err.code() == grpc.StatusCode.UNIMPLEMENTED
+            err = await server_stream(channel, STREAM_COMPLETE, b"", token_metadata(role))
+            assert err.code() == grpc.StatusCode.UNIMPLEMENTED
+        # A public RPC elsewhere is no public RPC here: like any unknown name, it needs a token.
+        assert (await unary(channel, LOGIN, b"")).code() == grpc.StatusCode.UNAUTHENTICATED
+        err = await unary(channel, LOGIN, b"", token_metadata())
+        assert err.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert [(e.method, e.outcome_code, e.resource) for e, _ in sink.records] == [
+        (get_customer, "UNIMPLEMENTED", ""),
+        (get_customer, "UNIMPLEMENTED", ""),
+        (STREAM_COMPLETE, "UNIMPLEMENTED", ""),
+    ] * 2 + [(LOGIN, "UNAUTHENTICATED", ""), (LOGIN, "UNIMPLEMENTED", "")]
 
 
 async def test_unexpected_exception_is_internal_without_detail() -> None:

@@ -14,7 +14,9 @@ What the edge does, in the order a request meets it:
 * Request headers are held to what the services accept (:mod:`bhiv_core.runtime.limits`) by a check
   in the filter chain, not by the codec, because only a filter can answer with a status: over the
   limits is RESOURCE_EXHAUSTED for gRPC and HTTP 431 for gRPC-web, and the connection's other streams
-  go on. The codec's own limits sit far above, as a backstop (see :func:`_listener`).
+  go on. The codec's own limits sit far above, as a backstop (see :func:`_listener`), and the codec
+  is Envoy's oghttp2, which decodes long fields where its default ends the connection
+  (:data:`ENVOY_RUNTIME`).
 * HTTP filters: ``grpc_web`` → ``cors`` → header limits → ``local_ratelimit`` → ``lua`` → *extra
   filters* → ``router``. The extra filters are the seam for the JWT check and the IP-block RBAC
   filter; CORS comes before the rate limit so preflights are answered without spending tokens, and
@@ -54,7 +56,13 @@ from typing import Any, Final
 
 import betterproto2
 from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog, AccessLogFilter, ExtensionFilter
-from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.bootstrap.v3 import (
+    Admin,
+    Bootstrap,
+    BootstrapStaticResources,
+    LayeredRuntime,
+    RuntimeLayer,
+)
 from envoy_data_plane.envoy.config.cluster.v3 import (
     CircuitBreakers,
     CircuitBreakersThresholds,
@@ -156,6 +164,7 @@ __all__ = [
     "CORS_ALLOW_HEADERS",
     "CORS_EXPOSE_HEADERS",
     "DEFAULT_CORS_ALLOW_ORIGINS",
+    "ENVOY_RUNTIME",
     "HEADERS_TOO_LARGE",
     "HEADER_LIMITS_FILTER",
     "HEALTH_PREFIX",
@@ -287,9 +296,11 @@ HEADERS_TOO_LARGE: Final = "request-headers-too-large"
 
 # The codec's own limits, far above the refusals, only a backstop: over them Envoy's HTTP/2 codec
 # resets the stream (the caller sees INTERNAL "Stream removed") and HTTP/1.1 answers 431, since a
-# codec cannot send a status. 128 KiB is twice the longest field HTTP/2's header decoder takes
-# (64 KiB; a longer one is a COMPRESSION_ERROR that ends the connection, whatever the config).
-_CODEC_MAX_HEADERS_KB: Final = 128
+# codec cannot send a status. 2 MiB: every header block up to it reaches the header-limit filter,
+# which answers with a status; a 1 MiB header (grpc's base64 makes a 1 MiB binary one 1.4 MiB)
+# included. It costs little: HTTP/2 sends one header block at a time per connection (CONTINUATION
+# frames may not interleave), and the filter frees a refused one at once.
+_CODEC_MAX_HEADERS_KB: Final = 2048
 _CODEC_MAX_HEADERS: Final = 1000
 _GRPC_STATUS: Final = "grpc-status"
 _INVALID_ARGUMENT: Final = "3"
@@ -298,6 +309,16 @@ _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*$")
 _INT64_MAX: Final = 2**63 - 1
 # Edge best practice: flow control keeps at most this much per connection in Envoy's buffers.
 _BUFFER_LIMIT_BYTES: Final = 32 * 1024
+
+ENVOY_RUNTIME: Final[Mapping[str, Any]] = {
+    # Envoy's HTTP/2 codec oghttp2 instead of its default, nghttp2: nghttp2's header decoder takes
+    # no field over 64 KiB, and a longer one (a 64 KiB authorization, a 48 KiB binary header in
+    # base64) ended the caller's whole connection with GOAWAY before any filter could refuse it.
+    # oghttp2 decodes fields up to the codec's backstop, so the header-limit filter answers them
+    # with a status and the connection's other streams go on. It serves upstream connections too.
+    "envoy.reloadable_features.http2_use_oghttp2": True,
+}
+"""Envoy runtime settings of the edge: one static layer of the bootstrap."""
 # The edge's "internal" addresses: 0.0.0.0/32, which no TCP peer has, so no client is internal.
 _NO_CLIENT_RANGE: Final = CidrRange(address_prefix="0.0.0.0", prefix_len=32)
 _LOOPBACK_BY_WILDCARD: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
@@ -471,6 +492,9 @@ def build_bootstrap(
                 _cluster(REFLECTION_CLUSTER, upstreams, settings, panic_routing=False),
             ],
         ),
+        layered_runtime=LayeredRuntime(
+            layers=[RuntimeLayer(name="bhiv-edge", static_layer=Struct.from_dict(dict(ENVOY_RUNTIME)))]
+        ),
         overload_manager=OverloadManager(
             resource_monitors=[
                 ResourceMonitor(
@@ -606,9 +630,11 @@ def _listener(
       resets that stream (PROTOCOL_ERROR: INTERNAL for gRPC; other streams go on, which is what
       ``override_stream_error_on_invalid_http_message`` buys, the default would end the connection),
       HTTP/1.1 answers 400;
-    * one field longer than 64 KiB: the HTTP/2 header decoder (nghttp2) fails, and a decoding
-      failure must end the connection (RFC 9113, 4.3): GOAWAY, every stream of the connection ends
-      UNAVAILABLE. No setting changes this; grpc clients do not heed SETTINGS_MAX_HEADER_LIST_SIZE.
+    * one field longer than about twice the codec's backstop (4 MiB): the HTTP/2 header decoder
+      gives up, and a decoding failure must end the connection (RFC 9113, 4.3): GOAWAY, every
+      stream of the connection ends UNAVAILABLE (grpc clients do not heed
+      SETTINGS_MAX_HEADER_LIST_SIZE). With Envoy's older HTTP/2 codec (nghttp2, its default) that
+      was any field over 64 KiB, whatever the config: hence :data:`ENVOY_RUNTIME`.
     """
     hcm = HttpConnectionManager(
         stat_prefix="edge",

@@ -471,7 +471,8 @@ def _rewrapped(handler: Handler, behavior: Callable[..., Any], *, decodes: bool)
 class ChainedHandlers(GenericHandler):
     """The one generic handler of a server: every method's handler with the chain composed around it.
 
-    Unknown methods also pass through the chain (as UNIMPLEMENTED), so scanning is audited too.
+    Unknown methods also pass through the chain (as UNIMPLEMENTED), so scanning is audited too; an
+    RPC of the contracts that another service serves is unknown here, like any other name.
 
     Args:
         chain: The concerns, outermost first (:func:`chain_order`).
@@ -511,12 +512,15 @@ class ChainedHandlers(GenericHandler):
                 wrapped = self._wrap(method, handler)
                 self._cache[method] = wrapped
                 return wrapped
-        # Not cached: callers choose unknown names, and the cache must stay bounded.
-        return self._wrap(method, _UNKNOWN_HANDLER)
+        # Not cached: callers choose unknown names, and the cache must stay bounded. No descriptor,
+        # even for an RPC of the contracts that another service serves: the body stays bytes (no
+        # deserializer here), so the concerns must not bind to that RPC's request type, its policy
+        # or its resource fields (they read fields of the request: an AttributeError, INTERNAL).
+        return self._wrap(method, _UNKNOWN_HANDLER, served=False)
 
-    def _wrap(self, method: str, handler: Handler) -> Handler:
+    def _wrap(self, method: str, handler: Handler, *, served: bool = True) -> Handler:
         concerns = self.concerns_for(method)
-        descriptor = _method_descriptor(method)
+        descriptor = _method_descriptor(method) if served else None
         mutating = is_mutating(descriptor)
         deserializer = handler.request_deserializer
         decoder = None
