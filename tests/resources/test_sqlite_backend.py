@@ -6,12 +6,13 @@ import asyncio
 import stat
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 
 from bhiv_core.resources import Collection, Field, Record, Transaction
-from bhiv_core.resources.sqlite import SqliteResourceStore, schema
+from bhiv_core.resources.sqlite import ForeignAwait, SqliteResourceStore, schema
 from tests.resources.conftest import COLLECTIONS, ITEMS, MIGRATIONS
 
 
@@ -99,3 +100,45 @@ async def test_writers_in_two_processes_lose_no_update(tmp_path: Path) -> None:
     got = await store.get(ITEMS, "counter")
     await store.close()
     assert got is not None and got.fields["quantity"] == 120
+
+
+async def test_reads_never_see_nor_wait_for_a_transaction_in_progress(tmp_path: Path) -> None:
+    store = SqliteResourceStore(tmp_path / "svc.db", COLLECTIONS, MIGRATIONS)
+    await store.open()
+    inside, release = threading.Event(), threading.Event()
+
+    async def slow(txn: Transaction) -> None:
+        await txn.insert(ITEMS, Record(id="pending", data=b"", fields={"sku": "p"}, etag="e"))
+        inside.set()
+        release.wait(timeout=30)  # holds the writer's thread, inside the open transaction
+        raise RuntimeError("rolled back")
+
+    task = asyncio.create_task(store.run(slow))
+    await asyncio.get_running_loop().run_in_executor(None, inside.wait, 30)
+    # The reader answers while the writer is held, and sees only committed data.
+    assert await store.get(ITEMS, "pending") is None
+    assert await store.find(ITEMS, [], after=None, limit=10) == []
+    release.set()
+    with pytest.raises(RuntimeError, match="rolled back"):
+        await task
+    assert await store.get(ITEMS, "pending") is None
+    await store.close()
+
+
+async def test_awaiting_anything_but_the_transaction_inside_one_is_refused_and_rolled_back(
+    tmp_path: Path,
+) -> None:
+    store = SqliteResourceStore(tmp_path / "svc.db", COLLECTIONS, MIGRATIONS)
+    await store.open()
+
+    async def calls_out(txn: Transaction) -> None:
+        await txn.insert(ITEMS, Record(id="a", data=b"", fields={"sku": "a"}, etag="e"))
+        await asyncio.sleep(0.01)  # stands for a call to another service
+
+    with pytest.raises(ForeignAwait):
+        await store.run(calls_out)
+    assert await store.get(ITEMS, "a") is None
+    # The writer is free again.
+    await store.run(lambda txn: txn.insert(ITEMS, Record(id="b", data=b"", fields={"sku": "b"}, etag="e")))
+    assert await store.get(ITEMS, "b") is not None
+    await store.close()

@@ -240,23 +240,3 @@ async def test_concurrent_read_modify_write_transactions_lose_no_update(store: R
     await asyncio.gather(*(store.run(increment) for _ in range(25)))
     got = await store.get(ITEMS, "counter")
     assert got is not None and got.fields["quantity"] == 25
-
-
-async def test_reads_outside_a_transaction_never_see_its_uncommitted_writes(store: ResourceStore) -> None:
-    inside = asyncio.Event()
-    release = asyncio.Event()
-
-    async def slow(txn: Transaction) -> None:
-        await txn.insert(ITEMS, item("pending", "P"))
-        inside.set()
-        await release.wait()
-        raise RuntimeError("rolled back")
-
-    task = asyncio.create_task(store.run(slow))
-    await inside.wait()
-    assert await store.get(ITEMS, "pending") is None
-    assert await ids(store) == []
-    release.set()
-    with pytest.raises(RuntimeError):
-        await task
-    assert await store.get(ITEMS, "pending") is None

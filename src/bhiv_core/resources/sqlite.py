@@ -21,13 +21,12 @@ data, which is always a bound parameter: ruff's S608 is a false positive in this
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from bhiv_core.resources.model import (
     Cmp,
@@ -47,7 +46,7 @@ from bhiv_core.resources.model import (
 )
 from bhiv_core.storage.sqlite import SqliteDatabase
 
-__all__ = ["SqliteResourceStore", "schema"]
+__all__ = ["ForeignAwait", "SqliteResourceStore", "schema"]
 
 T = TypeVar("T")
 
@@ -229,40 +228,48 @@ class _Tables:
 
 
 class _SqliteTransaction:
-    """The operations of one transaction, each run on the writer's thread."""
+    """The operations of one transaction, run synchronously on the writer's thread.
 
-    def __init__(self, db: SqliteDatabase, tables: _Tables):
-        self._db = db
+    The methods are coroutines only to share :class:`~bhiv_core.resources.store.Transaction`
+    with MongoDB; here none of them suspends, so :func:`_drive` runs the whole transaction
+    function in one call on the writer's thread.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, tables: _Tables):
+        self._conn = conn
         self._tables = tables
 
     async def get(self, collection: Collection, id: str) -> Record | None:
-        found = await self.find(collection, [Eq("id", id)])
+        found = self._tables.find(self._conn, collection, [Eq("id", id)], None, 1)
         return found[0] if found else None
 
     async def find(
         self, collection: Collection, filters: Sequence[Filter], *, limit: int = 1
     ) -> list[Record]:
-        return await self._db.read(lambda conn: self._tables.find(conn, collection, filters, None, limit))
+        return self._tables.find(self._conn, collection, filters, None, limit)
 
     async def count(self, collection: Collection, filters: Sequence[Filter]) -> int:
-        return await self._db.read(lambda conn: self._tables.count(conn, collection, filters))
+        return self._tables.count(self._conn, collection, filters)
+
+    def _write(self, collection: Collection, sql: str, values: Sequence[object]) -> int:
+        try:
+            cursor = self._conn.execute(sql, values)
+        except sqlite3.IntegrityError as exc:
+            violation = self._tables.unique_violation(collection, exc)
+            if violation is None:
+                raise
+            raise violation from None
+        changed = cursor.rowcount
+        cursor.close()
+        return changed
 
     async def insert(self, collection: Collection, record: Record) -> None:
         t = self._tables
         t.check(collection)
         values = [record.id, record.owner, record.etag, record.data, *t.values(collection, record)]
-        sql = f"INSERT INTO {collection.name} VALUES ({', '.join('?' * len(values))})"
-
-        def insert(conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute(sql, values).close()
-            except sqlite3.IntegrityError as exc:
-                violation = t.unique_violation(collection, exc)
-                if violation is None:
-                    raise
-                raise violation from None
-
-        await self._db.read(insert)
+        self._write(
+            collection, f"INSERT INTO {collection.name} VALUES ({', '.join('?' * len(values))})", values
+        )
 
     async def replace(self, collection: Collection, record: Record, *, expected_etag: str) -> bool:
         t = self._tables
@@ -270,63 +277,55 @@ class _SqliteTransaction:
         names = ["owner", "etag", "data", *(f"f_{f.name}" for f in collection.fields)]
         values = [record.owner, record.etag, record.data, *t.values(collection, record)]
         sql = f"UPDATE {collection.name} SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ? AND etag = ?"
-
-        def replace(conn: sqlite3.Connection) -> bool:
-            try:
-                cursor = conn.execute(sql, [*values, record.id, expected_etag])
-            except sqlite3.IntegrityError as exc:
-                violation = t.unique_violation(collection, exc)
-                if violation is None:
-                    raise
-                raise violation from None
-            changed = cursor.rowcount == 1
-            cursor.close()
-            return changed
-
-        return await self._db.read(replace)
+        return self._write(collection, sql, [*values, record.id, expected_etag]) == 1
 
     async def delete(self, collection: Collection, id: str, *, expected_etag: str) -> bool:
         self._tables.check(collection)
         sql = f"DELETE FROM {collection.name} WHERE id = ? AND etag = ?"
-
-        def delete(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(sql, (id, expected_etag))
-            changed = cursor.rowcount == 1
-            cursor.close()
-            return changed
-
-        return await self._db.read(delete)
+        return self._write(collection, sql, (id, expected_etag)) == 1
 
     async def recall(self, scope: str, request_id: str) -> Receipt | None:
-        def recall(conn: sqlite3.Connection) -> Receipt | None:
-            row = conn.execute(
-                "SELECT request_hash, response, create_time FROM receipts WHERE scope = ? AND request_id = ?",
-                (scope, request_id),
-            ).fetchone()
-            return None if row is None else Receipt(bytes(row[0]), bytes(row[1]), float(row[2]))
-
-        return await self._db.read(recall)
+        cursor = self._conn.execute(
+            "SELECT request_hash, response, create_time FROM receipts WHERE scope = ? AND request_id = ?",
+            (scope, request_id),
+        )
+        row = cursor.fetchone()
+        cursor.close()
+        return None if row is None else Receipt(bytes(row[0]), bytes(row[1]), float(row[2]))
 
     async def remember(self, scope: str, request_id: str, receipt: Receipt) -> None:
-        await self._db.read(
-            lambda conn: conn.execute(
-                "INSERT INTO receipts VALUES (?, ?, ?, ?, ?)",
-                (scope, request_id, receipt.request_hash, receipt.response, receipt.create_time),
-            )
-        )
+        self._conn.execute(
+            "INSERT INTO receipts VALUES (?, ?, ?, ?, ?)",
+            (scope, request_id, receipt.request_hash, receipt.response, receipt.create_time),
+        ).close()
 
 
-def _begin(conn: sqlite3.Connection) -> None:
-    conn.execute("BEGIN IMMEDIATE").close()
+class ForeignAwait(RuntimeError):
+    """A transaction function awaited something other than its transaction's operations."""
 
 
-def _commit(conn: sqlite3.Connection) -> None:
-    conn.execute("COMMIT").close()
+def _drive(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Runs a transaction function to its end on this thread, without an event loop.
 
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        conn.execute("ROLLBACK").close()
+    The transaction's operations never suspend, and ``asyncio.sleep(0)`` only yields ``None``;
+    anything that hands a future to a loop (a call to another service, a lock, a real sleep) has
+    no place inside a transaction and is refused, which rolls the transaction back.
+    """
+    try:
+        while True:
+            if coroutine.send(None) is not None:
+                raise ForeignAwait(
+                    "a transaction function may await only its transaction's operations "
+                    "(call other services and wait before or after the transaction)"
+                )
+    except StopIteration as done:
+        return cast(T, done.value)
+    except RuntimeError as exc:
+        if "no running event loop" in str(exc):  # asyncio.sleep, a lock, a channel: the same misuse
+            raise ForeignAwait(f"a transaction function needs the event loop: {exc}") from exc
+        raise
+    finally:
+        coroutine.close()
 
 
 class SqliteResourceStore:
@@ -343,7 +342,6 @@ class SqliteResourceStore:
         self._tables = _Tables(collections)
         self._writer = SqliteDatabase(path, migrations)
         self._reader = SqliteDatabase(path, migrations)
-        self._lock = asyncio.Lock()
 
     async def open(self) -> None:
         """Opens the writer (applying pending migrations), then the reader."""
@@ -360,18 +358,17 @@ class SqliteResourceStore:
         await self._reader.ping()
 
     async def run(self, fn: Callable[[Any], Awaitable[T]]) -> T:
-        """Runs ``fn(transaction)`` between ``BEGIN IMMEDIATE`` and ``COMMIT`` on the writer."""
-        async with self._lock:
-            await self._writer.read(_begin)
-            try:
-                result = await fn(_SqliteTransaction(self._writer, self._tables))
-                # Shielded: a caller cancelled now must not leave the transaction open for the
-                # next one (the writer's thread runs the commit or rollback in order anyway).
-                await asyncio.shield(self._writer.read(_commit))
-            except BaseException:
-                await asyncio.shield(self._writer.read(_rollback))
-                raise
-            return result
+        """Runs ``fn(transaction)`` in one ``BEGIN IMMEDIATE`` … ``COMMIT`` on the writer's thread.
+
+        The whole function runs in a single hop to the writer's thread (the transaction's
+        operations are plain SQLite calls there), so a transaction of ten reads and writes costs
+        one thread hand-off, not twenty; the thread serialises the transactions of this process
+        and SQLite's lock those of other processes. Durable on return.
+        """
+        tables = self._tables
+        return await self._writer.write(
+            lambda conn: _drive(cast(Coroutine[Any, Any, T], fn(_SqliteTransaction(conn, tables))))
+        )
 
     async def get(self, collection: Collection, id: str) -> Record | None:
         """The committed record with this id."""
@@ -431,5 +428,4 @@ class SqliteResourceStore:
             cursor.close()
             return deleted
 
-        async with self._lock:
-            return await self._writer.write(prune)
+        return await self._writer.write(prune)

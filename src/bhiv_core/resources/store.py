@@ -9,7 +9,9 @@ Every change that touches several records runs in :meth:`ResourceStore.run`: the
 :class:`Transaction` and everything it writes commits together or not at all (SQLite:
 ``BEGIN IMMEDIATE`` on the writer connection, serialised across processes by SQLite's lock;
 MongoDB: a multi-document transaction, retried on transient conflicts, so the function must be
-safe to run again). Nothing else may happen inside: no calls to other services, no sleeping.
+safe to run again). Nothing else may happen inside: no calls to other services, no sleeping (on
+SQLite the whole function runs on the writer's thread, and awaiting anything but the
+transaction's operations raises :class:`~bhiv_core.resources.sqlite.ForeignAwait`).
 """
 
 from __future__ import annotations
