@@ -40,7 +40,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.audit_chain import audit_verification
-from bench.load import Result, measure, table
+from bench.load import Result, measure, pin, table
 from bench.resources import resource_benchmarks
 from bhiv.crm.v1 import customer_service_pb2, customer_service_pb2_grpc
 from bhiv.identity.v1 import auth_service_pb2, auth_service_pb2_grpc, role_service_pb2, role_service_pb2_grpc
@@ -103,12 +103,6 @@ def _admin_credentials(mesh: Mesh) -> tuple[str, str]:
     return values["username"], values["password"]
 
 
-def _pin(pid: int, cpu: int) -> None:
-    """Pins every thread of ``pid`` (threads started later inherit it) to ``cpu``."""
-    for task in os.listdir(f"/proc/{pid}/task"):
-        os.sched_setaffinity(int(task), {cpu})
-
-
 async def chain_vs_bare(mesh: Mesh, seconds: float, pairs: int = 12) -> dict[str, float]:
     """ListRoles on identity with the full chain vs the same servicer with no interceptors."""
     port = free_port()
@@ -122,8 +116,8 @@ async def chain_vs_bare(mesh: Mesh, seconds: float, pairs: int = 12) -> dict[str
         bare.stdout.readline()  # serving
         if pinned:
             os.sched_setaffinity(0, {0})
-            _pin(bare.pid, 1)
-            _pin(full_pid, 1)
+            pin(bare.pid, 1)
+            pin(full_pid, 1)
         async with grpc.aio.insecure_channel(mesh.address("identity")) as full_channel:
             username, password = _admin_credentials(mesh)
             login = await auth_service_pb2_grpc.AuthServiceStub(full_channel).Login(
