@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bhiv_core.agents.threat_detection import ThreatDetectionAgent
 from bhiv_core.audit.checkpoint import load_or_create_checkpoint_key
 from bhiv_core.audit.checkpointing import AuditVerifier, CheckpointWitness, CheckpointWriter
 from bhiv_core.audit.store import make_audit_store
@@ -12,6 +13,7 @@ from bhiv_core.services.sentinel.config import SentinelConfig
 from bhiv_core.services.sentinel.service import SentinelService, audit_page_bytes
 from bhiv_core.services.sentinel.servicer import MISSING, SentinelServicer
 from bhiv_core.services.sentinel.store import make_sentinel_store
+from bhiv_core.services.sentinel.threats import StoreDetectionSink, observation_of
 from bhiv_core.standard_chain import standard_chain
 
 __all__ = ["NAME", "build_server", "definition", "serve"]
@@ -27,6 +29,8 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
     ``BHIV_SENTINEL_STORE_URL``. Both open before the server accepts calls and close after it stopped.
     Sentinel is the one writer of the chain's signed checkpoints (:mod:`bhiv_core.audit.checkpointing`),
     with the key in ``BHIV_AUDIT_CHECKPOINT_KEY_FILE``, read (or created) here so a bad one fails fast.
+    It runs the threat detection agent in process (:mod:`bhiv_core.services.sentinel.threats`): every
+    reported security event is queued for it, and its detections are stored and logged.
     """
     settings = SentinelConfig.from_runtime(config)
     audit = make_audit_store(config)
@@ -40,10 +44,12 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
         every_records=settings.checkpoint_records,
         every_seconds=settings.checkpoint_seconds,
     )
+    detection = ThreatDetectionAgent(StoreDetectionSink(store))
     sentinel = SentinelService(
         audit,
         store,
         AuditVerifier(audit, key, witness),
+        observe=lambda event: detection.submit(observation_of(event)),
         page_bytes=audit_page_bytes(config.max_message_bytes),
     )
     servicer = SentinelServicer(sentinel)
@@ -52,8 +58,8 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
         servicers=[(service, servicer) for service in services_of_package("bhiv.sentinel.v1")],
         missing=MISSING,
         checks={"audit_store": audit.ping, "sentinel_store": store.ping},
-        on_start=[audit.open, store.open, writer.start],
-        on_stop=[writer.stop, store.close, audit.close],
+        on_start=[audit.open, store.open, writer.start, detection.start],
+        on_stop=[detection.stop, writer.stop, store.close, audit.close],
     )
 
 

@@ -85,6 +85,8 @@ class SentinelService:
         store: Sentinel's own store.
         verifier: Verifies the chain against its signed checkpoints.
         clock: Returns the current UTC time (injected by tests).
+        observe: Called with every stored security event (sentinel hands it to threat detection);
+            must return at once and never raise.
         page_bytes: The most bytes of audit records a ListAuditRecords page holds
             (:func:`audit_page_bytes` of the server's message limit).
 
@@ -97,9 +99,11 @@ class SentinelService:
         verifier: AuditVerifier,
         clock: Callable[[], datetime] = _utc_now,
         *,
+        observe: Callable[[SecurityEvent], object] | None = None,
         page_bytes: int = PAGE_BYTES,
     ):
         self.audit = audit
+        self._observe = observe
         self.store = store
         self.verifier = verifier
         self._clock = clock
@@ -201,6 +205,8 @@ class SentinelService:
     ) -> SecurityEvent:
         """Stores a reported security event with a new id and the receive time, and returns it.
 
+        Once stored, the event goes to ``observe`` (threat detection's queue).
+
         Args:
             kind: What happened.
             source_address: The client address involved; parsed strictly and normalised.
@@ -234,7 +240,10 @@ class SentinelService:
             event_time=event_time or received,
             receive_time=received,
         )
-        return await self.store.add_security_event(event)
+        stored = await self.store.add_security_event(event)
+        if self._observe is not None:
+            self._observe(stored)  # queued for detection, after the event is durable
+        return stored
 
     async def list_security_events(
         self, query: EventFilter, page_size: int = 0, page_token: str = ""

@@ -1,4 +1,6 @@
-"""Sentinel's own data: the security events services report (incidents, blocks and alerts come later).
+"""Sentinel's own data: the security events services report and the threats detected from them.
+
+Incidents, blocks and alerts come later (issue 11 item 8).
 
 :class:`SentinelStore` is the protocol; :class:`SqliteSentinelStore` keeps ``<data_dir>/sentinel.db``
 and :class:`MongoSentinelStore` a MongoDB database, chosen by ``BHIV_SENTINEL_STORE_URL``. The audit
@@ -34,6 +36,7 @@ __all__ = [
     "SecurityEvent",
     "SentinelStore",
     "SqliteSentinelStore",
+    "ThreatEventRecord",
     "make_sentinel_store",
 ]
 
@@ -113,6 +116,37 @@ class EventFilter:
         return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True, slots=True)
+class ThreatEventRecord:
+    """One detection of the threat detection agent (``bhiv.sentinel.v1.ThreatEvent``).
+
+    Attributes:
+        event_id: The id sentinel assigned (as for security events: sorts by detection time).
+        rule_id: The rule or detector that fired, such as ``bruteforce.address``.
+        category: The category's name (``injection``, ``brute_force``, ``flood``, ``scanning``,
+            ``token_abuse``).
+        severity: 1 (low) to 4 (critical).
+        source_address: The client address involved; empty when unknown.
+        principal: The account involved; empty when none.
+        method: The full gRPC method involved; empty when none.
+        evidence: What matched, at most 2000 characters; never a secret.
+        detect_time: When it was detected (UTC).
+        incident: The incident it was grouped into; empty until the response agent groups it.
+
+    """
+
+    event_id: str
+    rule_id: str
+    category: str
+    severity: int
+    source_address: str
+    principal: str
+    method: str
+    evidence: str
+    detect_time: datetime
+    incident: str = ""
+
+
 class SentinelStore(Protocol):
     """Sentinel's storage."""
 
@@ -140,6 +174,24 @@ class SentinelStore(Protocol):
         self, query: EventFilter, page_size: int = 0, page_token: str = ""
     ) -> tuple[builtins.list[SecurityEvent], str]:
         """Returns one page of matching events in id (receive) order, and the next page token.
+
+        Raises:
+            InvalidArgument: A negative ``page_size`` or a token of another query.
+
+        """
+
+    async def add_threat_event(self, event: ThreatEventRecord) -> ThreatEventRecord:
+        """Stores a detection durably and returns it.
+
+        Raises:
+            AlreadyExists: An event with the same id is stored.
+
+        """
+
+    async def list_threat_events(
+        self, source_address: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuple[builtins.list[ThreatEventRecord], str]:
+        """Returns one page of detections (of ``source_address`` when set) in id order.
 
         Raises:
             InvalidArgument: A negative ``page_size`` or a token of another query.
@@ -191,6 +243,41 @@ def _event_values(event: SecurityEvent) -> dict[str, Any]:
     }
 
 
+def _threat_from_row(row: sqlite3.Row | dict[str, Any]) -> ThreatEventRecord:
+    return ThreatEventRecord(
+        event_id=str(row["event_id"]),
+        rule_id=str(row["rule_id"]),
+        category=str(row["category"]),
+        severity=int(row["severity"]),
+        source_address=str(row["source_address"]),
+        principal=str(row["principal"]),
+        method=str(row["method"]),
+        evidence=str(row["evidence"]),
+        detect_time=from_micros(int(row["detect_time_us"])),
+        incident=str(row["incident"]),
+    )
+
+
+def _threat_values(event: ThreatEventRecord) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "rule_id": event.rule_id,
+        "category": event.category,
+        "severity": event.severity,
+        "source_address": event.source_address,
+        "principal": event.principal,
+        "method": event.method,
+        "evidence": event.evidence,
+        "detect_time_us": to_micros(event.detect_time),
+        "incident": event.incident,
+    }
+
+
+def _threat_query(source_address: str) -> EventFilter:
+    """Threat pages are bound to their filter like event pages (the fingerprint of the address)."""
+    return EventFilter(source_address=f"threats:{source_address}")
+
+
 # --- SQLite ---------------------------------------------------------------------------------------
 
 _SQLITE_MIGRATIONS = (
@@ -211,6 +298,21 @@ _SQLITE_MIGRATIONS = (
     CREATE INDEX security_events_by_principal ON security_events (principal, event_id);
     CREATE INDEX security_events_by_time ON security_events (event_time_us);
     """,
+    """
+    CREATE TABLE threat_events (
+        event_id TEXT PRIMARY KEY,
+        rule_id TEXT NOT NULL,
+        category TEXT NOT NULL,
+        severity INTEGER NOT NULL,
+        source_address TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        method TEXT NOT NULL,
+        evidence TEXT NOT NULL,
+        detect_time_us INTEGER NOT NULL,
+        incident TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX threat_events_by_source ON threat_events (source_address, event_id);
+    """,
 )
 
 _EVENT_COLUMNS = (
@@ -224,6 +326,7 @@ _EVENT_COLUMNS = (
     "event_time_us",
     "receive_time_us",
 )
+_THREAT_COLUMNS = tuple(_threat_values(ThreatEventRecord("", "", "", 0, "", "", "", "", from_micros(0))))
 # Composed only from the fixed names above; every value is a bound parameter.
 _EVENT_SELECT = "SELECT " + ", ".join(_EVENT_COLUMNS) + " FROM security_events"  # noqa: S608
 _EVENT_INSERT = (
@@ -231,6 +334,14 @@ _EVENT_INSERT = (
     + ", ".join(_EVENT_COLUMNS)
     + ") VALUES ("
     + ", ".join(f":{c}" for c in _EVENT_COLUMNS)
+    + ")"
+)
+_THREAT_SELECT = "SELECT " + ", ".join(_THREAT_COLUMNS) + " FROM threat_events"  # noqa: S608
+_THREAT_INSERT = (
+    "INSERT INTO threat_events ("  # noqa: S608
+    + ", ".join(_THREAT_COLUMNS)
+    + ") VALUES ("
+    + ", ".join(f":{c}" for c in _THREAT_COLUMNS)
     + ")"
 )
 
@@ -309,6 +420,36 @@ class SqliteSentinelStore:
 
         return _page(await self._db.read(read), size, query)
 
+    async def add_threat_event(self, event: ThreatEventRecord) -> ThreatEventRecord:
+        """Inserts ``event``; durable when this returns."""
+        values = _threat_values(event)
+
+        def write(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(_THREAT_INSERT, values)
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"threat event {event.event_id} already exists") from None
+
+        await self._db.write(write)
+        return event
+
+    async def list_threat_events(
+        self, source_address: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuple[builtins.list[ThreatEventRecord], str]:
+        """Returns one page of detections in id order."""
+        size = page_size_of(page_size)
+        query = _threat_query(source_address)
+        clauses, params = ["event_id > ?"], [_decode_token(page_token, query)]
+        if source_address:
+            clauses.append("source_address = ?")
+            params.append(source_address)
+        sql = f"{_THREAT_SELECT} WHERE {' AND '.join(clauses)} ORDER BY event_id LIMIT ?"
+
+        def read(conn: sqlite3.Connection) -> builtins.list[ThreatEventRecord]:
+            return [_threat_from_row(r) for r in conn.execute(sql, (*params, size + 1)).fetchall()]
+
+        return cut_page(await self._db.read(read), size, lambda e: e.event_id, query.fingerprint())
+
 
 # --- MongoDB --------------------------------------------------------------------------------------
 
@@ -326,12 +467,18 @@ class MongoSentinelStore:
         self._events = database.db.get_collection(
             "security_events", write_concern=WriteConcern("majority", j=True)
         )
+        self._threats = database.db.get_collection(
+            "threat_events", write_concern=WriteConcern("majority", j=True)
+        )
 
     async def open(self) -> None:
         """Creates the indexes."""
         for field in ("source_address", "kind", "principal"):
             await self._events.create_index([(field, ASCENDING), ("_id", ASCENDING)], name=f"by_{field}")
         await self._events.create_index([("event_time_us", ASCENDING)], name="by_time")
+        await self._threats.create_index(
+            [("source_address", ASCENDING), ("_id", ASCENDING)], name="by_source_address"
+        )
 
     async def close(self) -> None:
         """Closes the client."""
@@ -378,6 +525,29 @@ class MongoSentinelStore:
         cursor = self._events.find(selector).sort("_id", ASCENDING).limit(size + 1)
         events = [_event_from_row({**doc, "event_id": doc["_id"]}) async for doc in cursor]
         return _page(events, size, query)
+
+    async def add_threat_event(self, event: ThreatEventRecord) -> ThreatEventRecord:
+        """Inserts ``event`` (``_id`` is its id); acknowledged by a majority, journaled."""
+        doc = _threat_values(event)
+        doc["_id"] = doc.pop("event_id")
+        try:
+            await self._threats.insert_one(doc)
+        except DuplicateKeyError:
+            raise AlreadyExists(f"threat event {event.event_id} already exists") from None
+        return event
+
+    async def list_threat_events(
+        self, source_address: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuple[builtins.list[ThreatEventRecord], str]:
+        """Returns one page of detections in id order."""
+        size = page_size_of(page_size)
+        query = _threat_query(source_address)
+        selector: dict[str, Any] = {"_id": {"$gt": _decode_token(page_token, query)}}
+        if source_address:
+            selector["source_address"] = source_address
+        cursor = self._threats.find(selector).sort("_id", ASCENDING).limit(size + 1)
+        found = [_threat_from_row({**doc, "event_id": doc["_id"]}) async for doc in cursor]
+        return cut_page(found, size, lambda e: e.event_id, query.fingerprint())
 
 
 def make_sentinel_store(config: RuntimeConfig) -> SentinelStore:

@@ -1,0 +1,89 @@
+"""Sentinel's side of threat detection: reported events in, detections stored and logged.
+
+Sentinel runs the :class:`~bhiv_core.agents.threat_detection.ThreatDetectionAgent` in process.
+Every security event a service reports (``ReportSecurityEvent``) is stored first, then handed to
+the agent as an :class:`~bhiv_core.agents.threat_detection.Observation` through its bounded queue,
+so the reporting call never waits for detection. Each detection becomes a ``threat_events`` record
+in sentinel's store (the shape of ``bhiv.sentinel.v1.ThreatEvent``, its incident empty until the
+response agent groups it) and a ``threat detected`` log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from bhiv_core.agents.threat_detection import Detection, Observation, ObservationKind
+from bhiv_core.services.sentinel.service import new_event_id
+from bhiv_core.services.sentinel.store import EventKind, SecurityEvent, SentinelStore, ThreatEventRecord
+
+__all__ = ["StoreDetectionSink", "observation_of"]
+
+log = logging.getLogger(__name__)
+
+_KINDS = {
+    EventKind.LOGIN_FAILED: ObservationKind.LOGIN_FAILED,
+    EventKind.LOGIN_SUCCEEDED: ObservationKind.LOGIN_SUCCEEDED,
+    EventKind.TOKEN_INVALID: ObservationKind.TOKEN_INVALID,
+    EventKind.TOKEN_REPLAYED: ObservationKind.TOKEN_REPLAYED,
+    EventKind.PERMISSION_DENIED: ObservationKind.PERMISSION_DENIED,
+}
+
+
+def observation_of(event: SecurityEvent) -> Observation:
+    """The detectors' view of a reported security event."""
+    return Observation(
+        kind=_KINDS[event.kind],
+        source_address=event.source_address,
+        principal=event.principal,
+        method=event.method,
+        detail=event.detail,
+    )
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StoreDetectionSink:
+    """Stores each detection as a threat event and logs it.
+
+    Args:
+        store: Sentinel's store.
+        clock: The current UTC time (the event's detection time).
+
+    """
+
+    def __init__(self, store: SentinelStore, clock: Callable[[], datetime] = _utc_now):
+        self._store = store
+        self._clock = clock
+
+    async def record(self, detection: Detection) -> None:
+        """Writes ``detection`` to the store, then logs it with its event id."""
+        now = self._clock()
+        record = ThreatEventRecord(
+            event_id=new_event_id(now),
+            rule_id=detection.rule_id,
+            category=detection.category.value,
+            severity=int(detection.severity),
+            source_address=detection.source_address,
+            principal=detection.principal,
+            method=detection.method,
+            evidence=detection.evidence,
+            detect_time=now,
+        )
+        await self._store.add_threat_event(record)
+        log.warning(
+            "threat detected",
+            extra={
+                "event_id": record.event_id,
+                "rule_id": record.rule_id,
+                "category": record.category,
+                "severity": detection.severity.name,
+                "source_address": record.source_address,
+                "principal": record.principal,
+                "method": record.method,
+                "evidence": record.evidence,
+            },
+        )
