@@ -33,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from bhiv_core.edge.binaries import find_tool
 from bhiv_core.edge.envoy_config import (
     ADMIN_HOST,
+    EDGE_SETTINGS,
     HEADER_LIMITS_FILTER,
     HEADERS_TOO_LARGE,
     HEALTH_ROUTER,
@@ -51,6 +52,7 @@ from bhiv_core.edge.lua_scripts import NOT_SERVING_HEADER, PROBE_USER_AGENT, hea
 from bhiv_core.edge.process import EnvoyError, EnvoyProcess, validate_config
 from bhiv_core.mesh import free_ports
 from bhiv_core.registry import SERVICES
+from bhiv_core.runtime.config import ConfigError, Settings
 from bhiv_core.runtime.contracts import all_services, method_path
 from bhiv_core.runtime.health import HealthServicer
 from bhiv_core.runtime.limits import GRPC_MAX_METADATA_BYTES, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
@@ -372,10 +374,42 @@ def test_no_route_matches_grpc_and_each_service_prefix_routes_to_its_cluster(
     assert reflection_ports == {spec.port for spec in SERVICES}
 
 
-def test_service_routes_have_no_timeout_and_honour_grpc_timeout(registry_bootstrap: dict[str, Any]) -> None:
-    crm = next(route for route in virtual_host(registry_bootstrap)["routes"] if route.get("name") == "crm")
-    assert crm["route"]["timeout"] == "0s"
-    assert crm["route"]["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}
+def test_unary_routes_time_out_and_streaming_methods_found_in_the_contracts_are_exempt(
+    registry_bootstrap: dict[str, Any],
+) -> None:
+    routes = {route["name"]: route for route in virtual_host(registry_bootstrap)["routes"]}
+    crm = routes["crm"]
+    assert crm["route"]["max_stream_duration"] == {
+        "max_stream_duration": "60s",
+        "grpc_timeout_header_max": "60s",
+    }
+    streaming = {
+        method_path(m) for service in all_services() for m in service.methods if m.server_streaming
+    } - set(MESH_ONLY_METHODS)
+    assert "/bhiv.llm.v1.CompletionService/StreamComplete" in streaming
+    stream_routes = {
+        route["match"]["prefix"]: route for route in routes.values() if route["name"].startswith("stream-")
+    }
+    assert set(stream_routes) == streaming
+    names = list(routes)
+    for route in stream_routes.values():
+        assert route["route"]["timeout"] == "0s"  # a server stream lives as long as its client wants
+        assert route["route"]["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}
+        assert route["route"]["idle_timeout"] == "3600s"
+        assert names.index(route["name"]) < names.index(route["route"]["cluster"])
+    # Health Watch and reflection streams keep no route timeout either.
+    for route in routes.values():
+        if (
+            route["match"].get("prefix", "").startswith(("/grpc.health", "/grpc.reflection"))
+            and "route" in route
+        ):
+            assert route["route"]["timeout"] == "0s"
+
+
+def test_no_contract_method_streams_from_the_client() -> None:
+    # The edge's request_timeout stops only when the response starts; a client stream answered at
+    # its end would be cut by it.
+    assert [method_path(m) for s in all_services() for m in s.methods if m.client_streaming] == []
 
 
 def test_health_routes_by_service_header_then_unknown_header_then_by_name(
@@ -480,7 +514,13 @@ def test_edge_best_practice_limits(registry_bootstrap: dict[str, Any]) -> None:
     assert manager["http2_protocol_options"]["max_concurrent_streams"] == 100
     # An invalid header field resets its stream, not the connection (found by experiment).
     assert manager["http2_protocol_options"]["override_stream_error_on_invalid_http_message"] is True
+    assert manager["http2_protocol_options"]["initial_stream_window_size"] == 65536
+    assert manager["http2_protocol_options"]["initial_connection_window_size"] == 1048576
     assert manager["stream_idle_timeout"] == "300s"
+    assert manager["request_timeout"] == "300s"
+    assert manager["request_headers_timeout"] == "10s"
+    assert manager["common_http_protocol_options"]["idle_timeout"] == "3600s"
+    assert "xff_num_trusted_hops" not in manager  # 0: clients connect directly, x-forwarded-for is ignored
     assert "codec_type" not in manager  # AUTO is the proto default, so proto3 JSON omits it
     assert (
         registry_bootstrap["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] == 32768
@@ -492,7 +532,86 @@ def test_edge_best_practice_limits(registry_bootstrap: dict[str, Any]) -> None:
         options = cluster["typed_extension_protocol_options"][
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
         ]
-        assert "http2_protocol_options" in options["explicit_http_config"]
+        http2 = options["explicit_http_config"]["http2_protocol_options"]
+        assert (http2["initial_stream_window_size"], http2["initial_connection_window_size"]) == (
+            65536,
+            1048576,
+        )
+    overload = registry_bootstrap["overload_manager"]
+    monitors = {monitor["name"]: monitor["typed_config"] for monitor in overload["resource_monitors"]}
+    assert monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"] == str(1024**3)
+    assert (
+        monitors["envoy.resource_monitors.global_downstream_max_connections"][
+            "max_active_downstream_connections"
+        ]
+        == "50000"
+    )
+    actions = {
+        action["name"]: (action["triggers"][0]["name"], action["triggers"][0]["threshold"]["value"])
+        for action in overload["actions"]
+    }
+    assert actions == {
+        "envoy.overload_actions.shrink_heap": ("envoy.resource_monitors.fixed_heap", 0.95),
+        "envoy.overload_actions.stop_accepting_requests": ("envoy.resource_monitors.fixed_heap", 0.98),
+    }
+
+
+EDGE_ENV = {
+    "BHIV_EDGE_STREAM_IDLE_TIMEOUT_SECONDS": "120",
+    "BHIV_EDGE_REQUEST_HEADERS_TIMEOUT_SECONDS": "5",
+    "BHIV_EDGE_IDLE_TIMEOUT_SECONDS": "600",
+    "BHIV_EDGE_REQUEST_TIMEOUT_SECONDS": "90",
+    "BHIV_EDGE_UNARY_TIMEOUT_SECONDS": "15.5",
+    "BHIV_EDGE_STREAMING_IDLE_TIMEOUT_SECONDS": "7200",
+    "BHIV_EDGE_CONNECT_TIMEOUT_SECONDS": "2",
+    "BHIV_EDGE_BUFFER_LIMIT_BYTES": "16384",
+    "BHIV_EDGE_MAX_CONCURRENT_STREAMS": "50",
+    "BHIV_EDGE_INITIAL_STREAM_WINDOW_BYTES": "131072",
+    "BHIV_EDGE_INITIAL_CONNECTION_WINDOW_BYTES": "2097152",
+    "BHIV_EDGE_MAX_CONNECTIONS": "1000",
+    "BHIV_EDGE_MAX_HEAP_BYTES": "536870912",
+    "BHIV_EDGE_XFF_TRUSTED_HOPS": "1",
+}
+
+
+def test_every_edge_limit_is_a_setting_that_reaches_the_bootstrap(tmp_path: Path) -> None:
+    assert {f"BHIV_{setting}" for setting, _ in EDGE_SETTINGS.values()} == set(EDGE_ENV)
+    settings = EdgeSettings.from_settings(Settings(EDGE_ENV), listen_port=18080)
+    assert settings.listen_port == 18080  # what the caller fixes wins
+    bootstrap = build_bootstrap(registry_upstreams(), settings)
+    manager = hcm(bootstrap)
+    assert manager["stream_idle_timeout"] == "120s"
+    assert manager["request_headers_timeout"] == "5s"
+    assert manager["common_http_protocol_options"]["idle_timeout"] == "600s"
+    assert manager["request_timeout"] == "90s"
+    assert manager["xff_num_trusted_hops"] == 1
+    assert manager["http2_protocol_options"]["max_concurrent_streams"] == 50
+    assert manager["http2_protocol_options"]["initial_stream_window_size"] == 131072
+    assert manager["http2_protocol_options"]["initial_connection_window_size"] == 2097152
+    assert bootstrap["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] == 16384
+    routes = {route["name"]: route for route in virtual_host(bootstrap)["routes"]}
+    assert routes["crm"]["route"]["max_stream_duration"]["max_stream_duration"] == "15.500s"
+    assert routes["stream-StreamComplete"]["route"]["idle_timeout"] == "7200s"
+    cluster = bootstrap["static_resources"]["clusters"][0]
+    assert (cluster["connect_timeout"], cluster["per_connection_buffer_limit_bytes"]) == ("2s", 16384)
+    monitors = [m["typed_config"] for m in bootstrap["overload_manager"]["resource_monitors"]]
+    assert monitors[0]["max_active_downstream_connections"] == "1000"
+    assert monitors[1]["max_heap_size_bytes"] == "536870912"
+    validate_config(write_bootstrap(tmp_path / "envoy.json", registry_upstreams(), settings))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("BHIV_EDGE_UNARY_TIMEOUT_SECONDS", "0", "BHIV_EDGE_UNARY_TIMEOUT_SECONDS must be a number > 0"),
+        ("BHIV_EDGE_XFF_TRUSTED_HOPS", "-1", "BHIV_EDGE_XFF_TRUSTED_HOPS must be an integer >= 0"),
+        ("BHIV_EDGE_MAX_HEAP_BYTES", "lots", "BHIV_EDGE_MAX_HEAP_BYTES must be an integer >= 1"),
+        ("BHIV_EDGE_INITIAL_STREAM_WINDOW_BYTES", "1024", "initial_stream_window_bytes must be between"),
+    ],
+)
+def test_a_bad_edge_setting_is_refused_by_name(name: str, value: str, message: str) -> None:
+    with pytest.raises((ConfigError, ValueError), match=message):
+        EdgeSettings.from_settings(Settings({name: value}))
 
 
 def test_header_limits_are_the_services_and_the_codecs_sit_far_above(
@@ -1249,3 +1368,121 @@ def test_mesh_only_methods_are_methods_of_the_contracts_refused_before_any_servi
         [route] = [route for route in routes if route["match"].get("prefix") == path]
         assert route["typed_per_filter_config"]["envoy.filters.http.lua"]["name"] == "mesh-only"
         assert names.index(route["name"]) < names.index("identity")
+
+
+# ----------------------------------------------------------------------------- edge limits, live
+
+
+async def start_llm_upstream() -> tuple[grpc.aio.Server, Upstream]:
+    """A fake ``llm`` (the contracts' prefix, so the edge finds ``StreamComplete`` streaming).
+
+    ``Complete`` (unary) answers after the number of seconds its request says; ``StreamComplete``
+    sends one message per 0.5 s, as many as its request says.
+    """
+    server = grpc.aio.server()
+
+    async def complete(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        await asyncio.sleep(float(request))
+        return b"done"
+
+    async def stream(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
+        for index in range(int(request)):
+            await asyncio.sleep(0.5)
+            yield str(index).encode()
+
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bhiv.llm.v1.CompletionService",
+                {
+                    "Complete": grpc.unary_unary_rpc_method_handler(complete),
+                    "StreamComplete": grpc.unary_stream_rpc_method_handler(stream),
+                },
+            ),
+        )
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(await serving_health("llm"), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, Upstream(name="llm", host="127.0.0.1", port=port, route_prefix="/bhiv.llm.v1.")
+
+
+async def test_a_unary_call_over_the_unary_timeout_is_deadline_exceeded_and_a_longer_stream_goes_on(
+    tmp_path: Path,
+) -> None:
+    server, upstream = await start_llm_upstream()
+    try:
+        settings = free_settings(unary_timeout_s=1.0)
+        path = write_bootstrap(tmp_path / "envoy.json", [upstream], settings)
+        async with (
+            EnvoyProcess(path, settings, concurrency=1) as envoy,
+            grpc.aio.insecure_channel(envoy.address) as channel,
+        ):
+            complete = channel.unary_unary("/bhiv.llm.v1.CompletionService/Complete")
+            assert await complete(b"0", timeout=20) == b"done"
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await complete(b"30")  # the service would answer after 30 s; no client deadline
+            assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            message = (
+                "deadline exceeded at the edge: the call's grpc-timeout, or the edge's limit for unary calls"
+            )
+            message += " (1 s)"
+            assert error.value.details() == message
+            # A longer deadline of the client's own is capped at the edge's timeout.
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await complete(b"30", timeout=25)
+            assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert error.value.details() == message  # the edge's, not grpc's own "Deadline Exceeded"
+            # A server stream runs 3 s, three times the unary timeout, and ends on its own.
+            stream = channel.unary_stream("/bhiv.llm.v1.CompletionService/StreamComplete")
+            assert [message async for message in stream(b"6", timeout=30)] == [
+                str(i).encode() for i in range(6)
+            ]
+    finally:
+        await server.stop(None)
+
+
+async def test_over_the_heap_budget_the_edge_refuses_new_requests_as_overloaded(
+    upstreams: list[Upstream], tmp_path: Path
+) -> None:
+    # Envoy's heap is far above 1 MiB from its start: the stop_accepting_requests action is on.
+    settings = free_settings(max_heap_bytes=1024 * 1024)
+    path = write_bootstrap(tmp_path / "envoy.json", upstreams, settings)
+    async with EnvoyProcess(path, settings, concurrency=1) as envoy:
+        deadline = time.monotonic() + 30
+        while (code := (await echo_call(envoy.address, "alpha"))[0]) == grpc.StatusCode.OK:
+            assert time.monotonic() < deadline, "the overload action never engaged"
+            await asyncio.sleep(0.1)  # the overload manager measures every 250 ms
+        assert code == grpc.StatusCode.UNAVAILABLE
+        stats = await asyncio.to_thread(
+            admin_text, envoy.admin_address, "/stats?filter=stop_accepting_requests.active"
+        )
+        assert "overload.envoy.overload_actions.stop_accepting_requests.active: 1" in stats
+
+
+def admin_text(address: str, path: str) -> str:
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().read().decode()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(("hops", "peer"), [(0, "127.0.0.1"), (1, "203.0.113.7")])
+async def test_the_client_address_comes_from_x_forwarded_for_only_behind_the_trusted_hops(
+    upstreams: list[Upstream], tmp_path: Path, hops: int, peer: str
+) -> None:
+    access_log = tmp_path / "access.log"
+    settings = free_settings(xff_num_trusted_hops=hops, access_log_path=access_log)
+    path = write_bootstrap(tmp_path / "envoy.json", upstreams, settings)
+    async with (
+        EnvoyProcess(path, settings, concurrency=1) as envoy,
+        grpc.aio.insecure_channel(envoy.address) as channel,
+    ):
+        call = channel.unary_unary("/bhiv.alpha.v1.EchoService/Echo")
+        # One load balancer in front appended the address it saw; the client forged the first entry.
+        await call(b"hi", timeout=10, metadata=(("x-forwarded-for", "198.51.100.1, 203.0.113.7"),))
+    [entry] = [json.loads(line) for line in access_log.read_text().splitlines()]
+    assert entry["peer"] == peer

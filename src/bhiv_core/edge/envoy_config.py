@@ -97,7 +97,13 @@ from envoy_data_plane.envoy.config.endpoint.v3 import (
     LocalityLbEndpoints,
 )
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
-from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
+from envoy_data_plane.envoy.config.overload.v3 import (
+    OverloadAction,
+    OverloadManager,
+    ResourceMonitor,
+    ThresholdTrigger,
+    Trigger,
+)
 from envoy_data_plane.envoy.config.rbac.v3 import Permission, Policy, Principal, RbacAction
 from envoy_data_plane.envoy.config.rbac.v3 import Rbac as RbacRules
 from envoy_data_plane.envoy.config.route.v3 import (
@@ -131,6 +137,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
     DownstreamConnectionsConfig,
 )
+from envoy_data_plane.envoy.extensions.resource_monitors.fixed_heap.v3 import FixedHeapConfig
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions as UpstreamHttpProtocolOptions,
 )
@@ -156,6 +163,8 @@ from bhiv_core.edge.lua_scripts import (
     reply_script,
 )
 from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, ServiceSpec
+from bhiv_core.runtime.config import Settings
+from bhiv_core.runtime.contracts import all_services, method_path
 from bhiv_core.runtime.limits import MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
 
 __all__ = [
@@ -164,12 +173,14 @@ __all__ = [
     "CORS_ALLOW_HEADERS",
     "CORS_EXPOSE_HEADERS",
     "DEFAULT_CORS_ALLOW_ORIGINS",
+    "EDGE_SETTINGS",
     "ENVOY_RUNTIME",
     "HEADERS_TOO_LARGE",
     "HEADER_LIMITS_FILTER",
     "HEALTH_PREFIX",
     "HEALTH_ROUTER",
     "MESH_ONLY_METHODS",
+    "OVERLOAD_ACTIONS",
     "PROTOCOL_HINT",
     "REFLECTION_CLUSTER",
     "REFLECTION_PREFIXES",
@@ -179,6 +190,7 @@ __all__ = [
     "Upstream",
     "build_bootstrap",
     "build_route_config",
+    "streaming_methods",
     "write_bootstrap",
 ]
 
@@ -272,6 +284,19 @@ CEL_FILTER: Final = "envoy.access_loggers.extension_filters.cel"
 HCM_FILTER: Final = "envoy.filters.network.http_connection_manager"
 UPSTREAM_HTTP_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 MAX_CONNECTIONS_MONITOR: Final = "envoy.resource_monitors.global_downstream_max_connections"
+HEAP_MONITOR: Final = "envoy.resource_monitors.fixed_heap"
+
+OVERLOAD_ACTIONS: Final[Mapping[str, float]] = {
+    # Envoy's edge advice: give memory back first, then stop taking new requests, before the
+    # kernel's OOM killer ends every connection at once.
+    "envoy.overload_actions.shrink_heap": 0.95,
+    "envoy.overload_actions.stop_accepting_requests": 0.98,
+}
+"""The overload manager's actions and the heap fraction (of ``max_heap_bytes``) that triggers each.
+
+Over ``stop_accepting_requests`` every new request is answered at once with HTTP 503 (gRPC:
+UNAVAILABLE, ``envoy overloaded``); the admin stays reachable.
+"""
 HEALTH_ROUTER: Final = "health-router"
 """The name of the health router's Lua source; the one route that needs it enables it."""
 
@@ -307,8 +332,10 @@ _INVALID_ARGUMENT: Final = "3"
 _RESOURCE_EXHAUSTED: Final = "8"
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*$")
 _INT64_MAX: Final = 2**63 - 1
-# Edge best practice: flow control keeps at most this much per connection in Envoy's buffers.
-_BUFFER_LIMIT_BYTES: Final = 32 * 1024
+_DEADLINE_EXCEEDED: Final = "4"
+# HTTP/2 bounds a flow-control window (RFC 9113, 6.9.2); Envoy takes no stream window under 64 KiB - 1.
+_MIN_WINDOW: Final = 65_535
+_MAX_WINDOW: Final = 2**31 - 1
 
 ENVOY_RUNTIME: Final[Mapping[str, Any]] = {
     # Envoy's HTTP/2 codec oghttp2 instead of its default, nghttp2: nghttp2's header decoder takes
@@ -367,6 +394,35 @@ class Upstream:
         return cls(spec.name, host, spec.port if port is None else port, spec.route_prefix)
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+EDGE_SETTINGS: Final[Mapping[str, tuple[str, str]]] = {
+    "stream_idle_timeout_s": ("EDGE_STREAM_IDLE_TIMEOUT_SECONDS", "number"),
+    "request_headers_timeout_s": ("EDGE_REQUEST_HEADERS_TIMEOUT_SECONDS", "number"),
+    "connection_idle_timeout_s": ("EDGE_IDLE_TIMEOUT_SECONDS", "number"),
+    "request_timeout_s": ("EDGE_REQUEST_TIMEOUT_SECONDS", "number"),
+    "unary_timeout_s": ("EDGE_UNARY_TIMEOUT_SECONDS", "number"),
+    "streaming_idle_timeout_s": ("EDGE_STREAMING_IDLE_TIMEOUT_SECONDS", "number"),
+    "connect_timeout_s": ("EDGE_CONNECT_TIMEOUT_SECONDS", "number"),
+    "buffer_limit_bytes": ("EDGE_BUFFER_LIMIT_BYTES", "integer"),
+    "max_concurrent_streams": ("EDGE_MAX_CONCURRENT_STREAMS", "integer"),
+    "initial_stream_window_bytes": ("EDGE_INITIAL_STREAM_WINDOW_BYTES", "integer"),
+    "initial_connection_window_bytes": ("EDGE_INITIAL_CONNECTION_WINDOW_BYTES", "integer"),
+    "max_downstream_connections": ("EDGE_MAX_CONNECTIONS", "integer"),
+    "max_heap_bytes": ("EDGE_MAX_HEAP_BYTES", "integer"),
+    "xff_num_trusted_hops": ("EDGE_XFF_TRUSTED_HOPS", "count"),
+}
+"""Each :class:`EdgeSettings` field read from a setting (``BHIV_<name>``), and its kind: a ``number``
+> 0, an ``integer`` >= 1, or a ``count`` >= 0."""
+
+_POSITIVE_FIELDS: Final = tuple(name for name, (_, kind) in EDGE_SETTINGS.items() if kind != "count")
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeSettings:
     """How the edge listens and what it allows.
@@ -394,7 +450,27 @@ class EdgeSettings:
             may stay silent longer must send heartbeats.
         request_headers_timeout_s: How long a client may take to send its request headers.
         connection_idle_timeout_s: A connection with no streams for this long is closed.
+        request_timeout_s: How long a client may take to send a whole request; the timer stops
+            when the response starts, so server streams are not cut by it.
+        unary_timeout_s: The longest a unary call may wait for its response at the edge (the
+            route timeout); over it the caller gets DEADLINE_EXCEEDED. A shorter ``grpc-timeout``
+            from the client applies as it is. Streaming methods are exempt.
+        streaming_idle_timeout_s: The stream idle timeout of the streaming methods' routes, which
+            replaces ``stream_idle_timeout_s`` there: a server stream may stay silent this long.
+        buffer_limit_bytes: What Envoy buffers per connection, downstream and upstream, before flow
+            control pushes back (Envoy's edge advice: 32 KiB).
+        max_concurrent_streams: The most concurrent HTTP/2 streams on one client connection.
+        initial_stream_window_bytes: The HTTP/2 flow-control window of each stream.
+        initial_connection_window_bytes: The HTTP/2 flow-control window of each connection.
         max_downstream_connections: The most client connections Envoy keeps open at once.
+        max_heap_bytes: The heap size the overload manager measures Envoy against: at 95 % it
+            returns free memory to the system, at 98 % it refuses new requests
+            (:data:`OVERLOAD_ACTIONS`).
+        xff_num_trusted_hops: How many proxies in front of the edge append to
+            ``x-forwarded-for``: 0 when clients connect to Envoy directly (the client is the TCP
+            peer); 1 behind one load balancer that appends the address it saw, and so on. The
+            client address taken then is that many entries from the right of the header, so a
+            client cannot choose it by sending the header itself.
         health_check_interval_s: How often Envoy checks each upstream with gRPC health.
         connect_timeout_s: How long Envoy waits for a TCP connection to an upstream.
         upstream_source_address: The IP address Envoy connects to the upstreams from, or None for
@@ -418,7 +494,16 @@ class EdgeSettings:
     stream_idle_timeout_s: float = 300.0
     request_headers_timeout_s: float = 10.0
     connection_idle_timeout_s: float = 3600.0
+    request_timeout_s: float = 300.0
+    unary_timeout_s: float = 60.0
+    streaming_idle_timeout_s: float = 3600.0
+    buffer_limit_bytes: int = 32 * 1024
+    max_concurrent_streams: int = 100
+    initial_stream_window_bytes: int = 64 * 1024
+    initial_connection_window_bytes: int = 1024 * 1024
     max_downstream_connections: int = 50_000
+    max_heap_bytes: int = 1024 * 1024 * 1024
+    xff_num_trusted_hops: int = 0
     health_check_interval_s: float = 5.0
     connect_timeout_s: float = 1.0
     upstream_source_address: str | None = None
@@ -449,6 +534,42 @@ class EdgeSettings:
             raise ValueError("cors_allow_origins is empty; browsers could not call the edge at all")
         if self.upstream_source_address is not None and not _is_ip(self.upstream_source_address):
             raise ValueError(f"upstream_source_address {self.upstream_source_address!r} is not an IP address")
+        for name in _POSITIVE_FIELDS:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("initial_stream_window_bytes", "initial_connection_window_bytes"):
+            if not _MIN_WINDOW <= getattr(self, name) <= _MAX_WINDOW:
+                raise ValueError(f"{name} must be between {_MIN_WINDOW} and {_MAX_WINDOW} (HTTP/2)")
+        if self.xff_num_trusted_hops < 0:
+            raise ValueError("xff_num_trusted_hops must not be negative")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **fixed: Any) -> EdgeSettings:
+        """Read the edge's limits from ``BHIV_EDGE_*`` settings; each unset one keeps its default.
+
+        Args:
+            settings: The launcher's settings (environment over the config file).
+            **fixed: Fields the caller decides (ports, addresses, paths); they win over settings.
+
+        Returns:
+            The edge settings.
+
+        Raises:
+            ConfigError: A setting is malformed (the message names it).
+            ValueError: The values are inconsistent (as the constructor checks).
+
+        """
+        default = cls()
+        values: dict[str, Any] = {}
+        for name, (setting, kind) in EDGE_SETTINGS.items():
+            current = getattr(default, name)
+            if kind == "number":
+                values[name] = settings.positive_float(setting, current)
+            elif kind == "integer":
+                values[name] = settings.positive_int(setting, current)
+            else:
+                values[name] = settings.get(setting, current, _non_negative_int, "an integer >= 0")
+        return cls(**(values | fixed))
 
     @property
     def connect_host(self) -> str:
@@ -495,20 +616,51 @@ def build_bootstrap(
         layered_runtime=LayeredRuntime(
             layers=[RuntimeLayer(name="bhiv-edge", static_layer=Struct.from_dict(dict(ENVOY_RUNTIME)))]
         ),
-        overload_manager=OverloadManager(
-            resource_monitors=[
-                ResourceMonitor(
-                    name=MAX_CONNECTIONS_MONITOR,
-                    typed_config=_pack(
-                        DownstreamConnectionsConfig(
-                            max_active_downstream_connections=settings.max_downstream_connections
-                        )
-                    ),
-                )
-            ]
-        ),
+        overload_manager=_overload_manager(settings),
     )
     return _to_json_dict(bootstrap)
+
+
+def _overload_manager(settings: EdgeSettings) -> OverloadManager:
+    """Bound Envoy's connections and heap, shedding load before memory runs out (Envoy's edge advice)."""
+    return OverloadManager(
+        refresh_interval=timedelta(milliseconds=250),
+        resource_monitors=[
+            ResourceMonitor(
+                name=MAX_CONNECTIONS_MONITOR,
+                typed_config=_pack(
+                    DownstreamConnectionsConfig(
+                        max_active_downstream_connections=settings.max_downstream_connections
+                    )
+                ),
+            ),
+            ResourceMonitor(
+                name=HEAP_MONITOR,
+                typed_config=_pack(FixedHeapConfig(max_heap_size_bytes=settings.max_heap_bytes)),
+            ),
+        ],
+        actions=[
+            OverloadAction(
+                name=action, triggers=[Trigger(name=HEAP_MONITOR, threshold=ThresholdTrigger(value=value))]
+            )
+            for action, value in OVERLOAD_ACTIONS.items()
+        ],
+    )
+
+
+def streaming_methods(upstreams: Sequence[Upstream]) -> list[str]:
+    """The paths of the contracts' streaming methods served by ``upstreams``, from the descriptors.
+
+    Their routes have no route timeout (a server stream lasts as long as its client wants) and a
+    stream idle timeout of their own.
+    """
+    prefixes = tuple(upstream.route_prefix for upstream in upstreams)
+    return sorted(
+        method_path(method)
+        for service in all_services()
+        for method in service.methods
+        if (method.server_streaming or method.client_streaming) and method_path(method).startswith(prefixes)
+    )
 
 
 def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) -> RouteConfiguration:
@@ -516,7 +668,8 @@ def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) ->
 
     Order matters, first match wins: the refusals of other protocols, the request-size guard,
     health by ``x-bhiv-service`` (then an unknown one refused), health by the name asked about
-    (the health router), reflection to every service, then one prefix route per upstream.
+    (the health router), reflection to every service, one route per streaming method (no route
+    timeout), then one prefix route per upstream (its unary methods, with the unary timeout).
 
     Args:
         upstreams: The services behind the edge.
@@ -549,7 +702,23 @@ def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) ->
         _route(f"reflection-{prefix.split('.')[2]}", prefix, REFLECTION_CLUSTER)
         for prefix in REFLECTION_PREFIXES
     ]
-    routes += [_route(upstream.name, upstream.route_prefix, upstream.name) for upstream in upstreams]
+    owner = {upstream.route_prefix: upstream.name for upstream in upstreams}
+    routes += [
+        _route(
+            f"stream-{path.rsplit('/', 1)[1]}",
+            path,
+            next(name for prefix, name in owner.items() if path.startswith(prefix)),
+            idle_timeout=_seconds(settings.streaming_idle_timeout_s),
+        )
+        for path in streaming_methods(upstreams)
+        if path not in MESH_ONLY_METHODS
+    ]
+    # Every other method of a service is unary: its call may wait this long for its response.
+    unary = _seconds(settings.unary_timeout_s)
+    routes += [
+        _route(upstream.name, upstream.route_prefix, upstream.name, max_duration=unary)
+        for upstream in upstreams
+    ]
     return RouteConfiguration(
         name="edge",
         virtual_hosts=[
@@ -653,6 +822,9 @@ def _listener(
         # The edge is the first hop: the TCP peer is the client, and a client's own
         # x-forwarded-for or x-request-id is not trusted.
         use_remote_address=True,
+        # Behind load balancers that append to x-forwarded-for, the client is that many entries
+        # from the right; 0 (direct clients) ignores the header entirely.
+        xff_num_trusted_hops=settings.xff_num_trusted_hops,
         # No client is "internal". An empty list would mean Envoy's default (loopback, RFC 1918
         # and ULA peers are internal): their requests would keep the x-envoy-* headers they send,
         # a forged x-envoy-external-address included, and get none from Envoy. A range no TCP
@@ -673,9 +845,9 @@ def _listener(
             max_headers_count=_CODEC_MAX_HEADERS,
         ),
         http2_protocol_options=Http2ProtocolOptions(
-            max_concurrent_streams=100,
-            initial_stream_window_size=64 * 1024,
-            initial_connection_window_size=1024 * 1024,
+            max_concurrent_streams=settings.max_concurrent_streams,
+            initial_stream_window_size=settings.initial_stream_window_bytes,
+            initial_connection_window_size=settings.initial_connection_window_bytes,
             # An invalid header field resets its own stream instead of ending the connection.
             override_stream_error_on_invalid_http_message=True,
         ),
@@ -684,14 +856,18 @@ def _listener(
         local_reply_config=_local_replies(settings),
         stream_idle_timeout=_seconds(settings.stream_idle_timeout_s),
         request_headers_timeout=_seconds(settings.request_headers_timeout_s),
-        # No request_timeout: it bounds the whole request body and would cut client streams.
+        # The whole request; the timer stops when the response starts, so a server stream (and a
+        # client stream the server answers early) outlives it. No contract method streams from
+        # the client (a test keeps it so).
+        request_timeout=_seconds(settings.request_timeout_s),
         server_name="bhiv-edge",
         always_set_request_id_in_response=True,
     )
     return Listener(
         name="edge",
         address=_socket_address(settings.listen_host, settings.listen_port),
-        per_connection_buffer_limit_bytes=_BUFFER_LIMIT_BYTES,
+        # Edge best practice: flow control keeps at most this much per connection in Envoy's buffers.
+        per_connection_buffer_limit_bytes=settings.buffer_limit_bytes,
         # A port clash must fail loudly instead of two Envoys sharing the port.
         enable_reuse_port=False,
         filter_chains=[FilterChain(filters=[Filter(name=HCM_FILTER, typed_config=_pack(hcm))])],
@@ -773,7 +949,8 @@ def _local_replies(settings: EdgeSettings) -> LocalReplyConfig:
     * any 400 (a path with an escaped slash, a malformed HTTP/1.1 header...): INVALID_ARGUMENT,
       unless the reply already has a status;
     * a body larger than a filter may buffer (the health router reads at most a stream's window):
-      RESOURCE_EXHAUSTED, with a hint (gRPC-web: HTTP 413).
+      RESOURCE_EXHAUSTED, with a hint (gRPC-web: HTTP 413);
+    * a call past its deadline (its grpc-timeout, or the unary limit): DEADLINE_EXCEEDED, saying so.
     """
     pseudo = "pseudo-headers and the edge's own headers included"
     too_many = f"too many request header fields: at most {settings.max_request_headers}, {pseudo}"
@@ -797,6 +974,13 @@ def _local_replies(settings: EdgeSettings) -> LocalReplyConfig:
                 "response.code == 400",
                 _INVALID_ARGUMENT,
                 body_format="malformed request: %RESPONSE_CODE_DETAILS%",
+            ),
+            # Envoy's own message ("downstream duration timeout") does not say whose limit it was.
+            _mapper(
+                "response.code_details == 'max_duration_timeout'",
+                _DEADLINE_EXCEEDED,
+                body="deadline exceeded at the edge: the call's grpc-timeout, or the edge's limit for "
+                f"unary calls ({settings.unary_timeout_s:g} s)",
             ),
         ]
     )
@@ -918,18 +1102,37 @@ def _route(
     *,
     headers: Sequence[HeaderMatcher] = (),
     response_headers: Sequence[HeaderValueOption] = (),
+    max_duration: timedelta = timedelta(0),
+    idle_timeout: timedelta | None = None,
 ) -> Route:
-    """Route a path prefix to ``cluster`` with no route timeout, bounded by the client's grpc-timeout."""
+    """Route a path prefix to ``cluster``, bounded by the client's grpc-timeout.
+
+    Args:
+        name: The route's name.
+        prefix: The path prefix it matches.
+        cluster: Where it goes.
+        headers: Header matchers, all of which must match too.
+        response_headers: Headers set on the response.
+        max_duration: The longest a call may last, and the cap on a client's ``grpc-timeout``; 0
+            (no limit) for routes that carry streams (health ``Watch``, reflection, the streaming
+            methods). A route with ``max_stream_duration`` ignores the route ``timeout`` (Envoy's
+            rule), and a client's ``grpc-timeout`` would replace it, so both are set here.
+        idle_timeout: Replaces the connection manager's stream idle timeout on this route.
+
+    """
     return Route(
         name=name,
         # Prefix only: a `grpc: {}` match would turn gRPC-web POSTs and CORS preflights into 404s.
         match=RouteMatch(prefix=prefix, headers=list(headers)),
         route=RouteAction(
             cluster=cluster,
-            # 0 disables the route timeout, so server streams live as long as the client wants.
+            # Unused: max_stream_duration governs (0 disables the route timeout, for clarity).
             timeout=timedelta(0),
-            # The client's grpc-timeout becomes the stream's deadline (0 = no cap on it).
-            max_stream_duration=RouteActionMaxStreamDuration(grpc_timeout_header_max=timedelta(0)),
+            idle_timeout=idle_timeout,
+            # The client's grpc-timeout becomes the stream's deadline, up to max_duration (0: no cap).
+            max_stream_duration=RouteActionMaxStreamDuration(
+                max_stream_duration=max_duration or None, grpc_timeout_header_max=max_duration
+            ),
         ),
         response_headers_to_add=list(response_headers),
     )
@@ -1059,7 +1262,7 @@ def _cluster(
         type=ClusterDiscoveryType.STATIC if all_ips else ClusterDiscoveryType.STRICT_DNS,
         dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
         connect_timeout=_seconds(settings.connect_timeout_s),
-        per_connection_buffer_limit_bytes=_BUFFER_LIMIT_BYTES,
+        per_connection_buffer_limit_bytes=settings.buffer_limit_bytes,
         load_assignment=ClusterLoadAssignment(
             cluster_name=name,
             endpoints=[
@@ -1076,6 +1279,8 @@ def _cluster(
                 UpstreamHttpProtocolOptions(
                     explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
                         http2_protocol_options=Http2ProtocolOptions(
+                            initial_stream_window_size=settings.initial_stream_window_bytes,
+                            initial_connection_window_size=settings.initial_connection_window_bytes,
                             # Finds a dead service process behind a silent connection.
                             connection_keepalive=KeepaliveSettings(
                                 interval=timedelta(seconds=30), timeout=timedelta(seconds=5)
