@@ -37,8 +37,10 @@ from bhiv_core.edge.envoy_config import (
     HEADER_LIMITS_FILTER,
     HEADERS_TOO_LARGE,
     HEALTH_ROUTER,
+    LOGIN_METHODS,
     MESH_ONLY_METHODS,
     PROTOCOL_HINT,
+    RATE_LIMITED_MESSAGE,
     REFLECTION_CLUSTER,
     REFLECTION_PREFIXES,
     SERVICE_HEADER,
@@ -46,6 +48,7 @@ from bhiv_core.edge.envoy_config import (
     EdgeSettings,
     Upstream,
     build_bootstrap,
+    rate_limit_service_config,
     write_bootstrap,
 )
 from bhiv_core.edge.lua_scripts import NOT_SERVING_HEADER, PROBE_USER_AGENT, health_router_script
@@ -500,6 +503,23 @@ def test_local_rate_limit_answers_resource_exhausted(registry_bootstrap: dict[st
     config = http_filter(registry_bootstrap, "envoy.filters.http.local_ratelimit")
     assert config["rate_limited_as_resource_exhausted"] is True
     assert config["token_bucket"] == {"max_tokens": 1000, "tokens_per_fill": 1000, "fill_interval": "1s"}
+    assert config["always_consume_default_token_bucket"] is True
+    # A bucket per client address (a wildcard entry), and a stricter one per address for logins.
+    assert config["descriptors"] == [
+        {
+            "entries": [{"key": "remote_address"}],
+            "token_bucket": {"max_tokens": 200, "tokens_per_fill": 200, "fill_interval": "1s"},
+        },
+        {
+            "entries": [{"key": "bhiv_rule", "value": "login"}, {"key": "remote_address"}],
+            "token_bucket": {"max_tokens": 20, "tokens_per_fill": 20, "fill_interval": "60s"},
+        },
+    ]
+    assert config["max_dynamic_descriptors"] == 10000
+    [login] = [limit["actions"][0]["header_value_match"] for limit in config["rate_limits"][1:]]
+    assert login["headers"][0]["name"] == ":path"
+    methods = {method_path(m) for service in all_services() for m in service.methods}
+    assert set(LOGIN_METHODS) <= methods
     # Both default to 0 %, which would leave the limiter inert.
     for key in ("filter_enabled", "filter_enforced"):
         assert config[key]["default_value"] == {"numerator": 100}
@@ -571,6 +591,9 @@ EDGE_ENV = {
     "BHIV_EDGE_MAX_CONNECTIONS": "1000",
     "BHIV_EDGE_MAX_HEAP_BYTES": "536870912",
     "BHIV_EDGE_XFF_TRUSTED_HOPS": "1",
+    "BHIV_EDGE_RATE_LIMIT_PER_ADDRESS": "50",
+    "BHIV_EDGE_LOGIN_RATE_LIMIT": "5",
+    "BHIV_EDGE_RATE_LIMIT_ADDRESSES": "100",
 }
 
 
@@ -597,6 +620,9 @@ def test_every_edge_limit_is_a_setting_that_reaches_the_bootstrap(tmp_path: Path
     monitors = [m["typed_config"] for m in bootstrap["overload_manager"]["resource_monitors"]]
     assert monitors[0]["max_active_downstream_connections"] == "1000"
     assert monitors[1]["max_heap_size_bytes"] == "536870912"
+    limits = http_filter(bootstrap, "envoy.filters.http.local_ratelimit")
+    assert [d["token_bucket"]["max_tokens"] for d in limits["descriptors"]] == [50, 5]
+    assert limits["max_dynamic_descriptors"] == 100
     validate_config(write_bootstrap(tmp_path / "envoy.json", registry_upstreams(), settings))
 
 
@@ -1293,7 +1319,15 @@ async def test_rate_limit_answers_resource_exhausted_after_the_bucket_empties(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
         ]
         web = await asyncio.to_thread(grpc_web_call, envoy.address, "/bhiv.alpha.v1.EchoService/Echo", b"hi")
-        assert web.http_status == 429  # gRPC-web gets HTTP 429
+        # What a gRPC-web client reads as RESOURCE_EXHAUSTED: a trailers-only 200 (HTTP 429 would
+        # read as UNAVAILABLE, which clients retry).
+        assert (web.http_status, web.grpc_status, web.grpc_message) == (
+            200,
+            grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+            RATE_LIMITED_MESSAGE,
+        )
+        assert web.headers["content-type"] == "application/grpc-web+proto"
+        assert web.messages == []
         # CORS runs before the limiter: preflights are answered without spending tokens.
         status, headers = await asyncio.to_thread(preflight, envoy.address, ALLOWED_ORIGIN)
         assert (status, headers["access-control-allow-origin"]) == (200, ALLOWED_ORIGIN)
@@ -1486,3 +1520,178 @@ async def test_the_client_address_comes_from_x_forwarded_for_only_behind_the_tru
         await call(b"hi", timeout=10, metadata=(("x-forwarded-for", "198.51.100.1, 203.0.113.7"),))
     [entry] = [json.loads(line) for line in access_log.read_text().splitlines()]
     assert entry["peer"] == peer
+
+
+# ----------------------------------------------------------------------------- rate limits per address
+
+
+class SourceForwarder:
+    """A TCP forwarder whose connections to ``target`` leave from ``source`` (grpcio cannot bind one).
+
+    Clients dial :attr:`address` (on 127.0.0.1); the edge sees them as ``source``.
+    """
+
+    def __init__(self, target: str, source: str) -> None:
+        self._target = target.rsplit(":", 1)
+        self._source = source
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> SourceForwarder:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def address(self) -> str:
+        assert self._server is not None
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = self._target
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            host, int(port), local_addr=(self._source, 0)
+        )
+        for pipe in (self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)):
+            task = asyncio.create_task(pipe)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+async def start_identity_upstream() -> tuple[grpc.aio.Server, Upstream]:
+    """A fake ``identity``: ``AuthService/Login``, ``RefreshToken`` and ``GetJwks`` echo their request."""
+    server = grpc.aio.server()
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(echo)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bhiv.identity.v1.AuthService",
+                {"Login": handler, "RefreshToken": handler, "GetJwks": handler},
+            ),
+        )
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(await serving_health("identity"), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, Upstream(name="identity", host="127.0.0.1", port=port, route_prefix="/bhiv.identity.v1.")
+
+
+async def call_codes(address: str, path: str, count: int) -> list[grpc.StatusCode]:
+    """``count`` unary calls of ``path`` through ``address``, one after another; their codes."""
+    codes = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(path)
+        for _ in range(count):
+            try:
+                await call(b"x", timeout=10)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as error:
+                codes.append(error.code())
+                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    assert error.details() == RATE_LIMITED_MESSAGE
+    return codes
+
+
+OK, LIMITED = grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED
+GET_JWKS = "/bhiv.identity.v1.AuthService/GetJwks"
+
+
+async def test_each_client_address_has_its_own_bucket_and_logins_a_stricter_one(tmp_path: Path) -> None:
+    server, upstream = await start_identity_upstream()
+    access_log = tmp_path / "access.log"
+    # Buckets refilled once a minute, so nothing refills while the test runs.
+    settings = free_settings(
+        rate_limit_per_address=4,
+        login_rate_limit=2,
+        rate_limit_fill_interval_s=60,
+        access_log_path=access_log,
+    )
+    try:
+        path = write_bootstrap(tmp_path / "envoy.json", [upstream], settings)
+        async with (
+            EnvoyProcess(path, settings, concurrency=2) as envoy,
+            SourceForwarder(envoy.address, "127.0.0.2") as other,
+        ):
+            # 127.0.0.2 spends its bucket...
+            assert await call_codes(other.address, GET_JWKS, 5) == [OK, OK, OK, OK, LIMITED]
+            # ...and 127.0.0.1's is whole: its logins stop at the stricter login bucket...
+            login, refresh = LOGIN_METHODS
+            assert await call_codes(envoy.address, login, 2) == [OK, OK]
+            assert await call_codes(envoy.address, refresh, 1) == [LIMITED]  # one bucket for both
+            # ...while its other calls go on (4 per address: at most 3 spent so far).
+            assert await call_codes(envoy.address, GET_JWKS, 1) == [OK]
+            # gRPC-web from the exhausted address: RESOURCE_EXHAUSTED as a gRPC-web client reads it.
+            web = await asyncio.to_thread(grpc_web_call, other.address, GET_JWKS, b"x")
+            assert (web.http_status, web.grpc_status) == (200, LIMITED.value[0])
+    finally:
+        await server.stop(None)
+    entries = [json.loads(line) for line in access_log.read_text().splitlines()]
+    limited = {(entry["peer"], entry["path"]) for entry in entries if entry["response_flags"] == "RL"}
+    assert limited == {("127.0.0.2", GET_JWKS), ("127.0.0.1", "/bhiv.identity.v1.AuthService/RefreshToken")}
+
+
+def test_the_global_rate_limit_service_is_asked_after_the_local_buckets_and_its_config_validates(
+    tmp_path: Path,
+) -> None:
+    settings = EdgeSettings.from_settings(
+        Settings(
+            {"BHIV_EDGE_RATE_LIMIT_SERVICE": "ratelimit.bhiv.svc:8081", "BHIV_EDGE_LOGIN_RATE_LIMIT": "7"}
+        )
+    )
+    bootstrap = build_bootstrap(registry_upstreams(), settings)
+    names = [f["name"] for f in hcm(bootstrap)["http_filters"]]
+    assert (
+        names.index("envoy.filters.http.ratelimit") == names.index("envoy.filters.http.local_ratelimit") + 1
+    )
+    limiter = http_filter(bootstrap, "envoy.filters.http.ratelimit")
+    local = http_filter(bootstrap, "envoy.filters.http.local_ratelimit")
+    assert limiter["domain"] == "bhiv-edge"
+    assert limiter["rate_limits"] == local["rate_limits"]  # the same descriptors, counted for all replicas
+    assert limiter["rate_limited_as_resource_exhausted"] is True
+    assert "failure_mode_deny" not in limiter  # false: the edge goes on when the service is down
+    assert limiter["rate_limit_service"]["grpc_service"]["envoy_grpc"]["cluster_name"] == "ratelimit"
+    [cluster] = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "ratelimit"]
+    assert cluster["type"] == "STRICT_DNS"
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {"address": "ratelimit.bhiv.svc", "port_value": 8081}
+    validate_config(write_bootstrap(tmp_path / "envoy.json", registry_upstreams(), settings))
+    # The service's own config: the same descriptors, the same numbers.
+    assert rate_limit_service_config(settings) == {
+        "domain": "bhiv-edge",
+        "descriptors": [
+            {"key": "remote_address", "rate_limit": {"unit": "second", "requests_per_unit": 200}},
+            {
+                "key": "bhiv_rule",
+                "value": "login",
+                "descriptors": [
+                    {"key": "remote_address", "rate_limit": {"unit": "minute", "requests_per_unit": 7}}
+                ],
+            },
+        ],
+    }
+    assert "envoy.filters.http.ratelimit" not in [
+        f["name"] for f in hcm(build_bootstrap(registry_upstreams(), EdgeSettings()))["http_filters"]
+    ]
+    with pytest.raises(ValueError, match="must be host:port"):
+        EdgeSettings(rate_limit_service="ratelimit")

@@ -73,9 +73,12 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
 )
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
+    ApiVersion,
     BindConfig,
     CidrRange,
     DataSource,
+    GrpcService,
+    GrpcServiceEnvoyGrpc,
     HeaderValue,
     HeaderValueOption,
     HeaderValueOptionHeaderAppendAction,
@@ -104,11 +107,16 @@ from envoy_data_plane.envoy.config.overload.v3 import (
     ThresholdTrigger,
     Trigger,
 )
+from envoy_data_plane.envoy.config.ratelimit.v3 import RateLimitServiceConfig
 from envoy_data_plane.envoy.config.rbac.v3 import Permission, Policy, Principal, RbacAction
 from envoy_data_plane.envoy.config.rbac.v3 import Rbac as RbacRules
 from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
     HeaderMatcher,
+    RateLimit,
+    RateLimitAction,
+    RateLimitActionHeaderValueMatch,
+    RateLimitActionRemoteAddress,
     Route,
     RouteAction,
     RouteActionMaxStreamDuration,
@@ -119,10 +127,15 @@ from envoy_data_plane.envoy.config.route.v3 import (
 from envoy_data_plane.envoy.extensions.access_loggers.file.v3 import FileAccessLog
 from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.common.ratelimit.v3 import (
+    LocalRateLimitDescriptor,
+    RateLimitDescriptorEntry,
+)
 from envoy_data_plane.envoy.extensions.filters.http.cors.v3 import Cors, CorsPolicy
 from envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3 import GrpcWeb
 from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3 import LocalRateLimit
 from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua, LuaPerRoute
+from envoy_data_plane.envoy.extensions.filters.http.ratelimit.v3 import RateLimit as GlobalRateLimit
 from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import Rbac
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -190,6 +203,8 @@ __all__ = [
     "Upstream",
     "build_bootstrap",
     "build_route_config",
+    "rate_limit_actions",
+    "rate_limit_service_config",
     "streaming_methods",
     "write_bootstrap",
 ]
@@ -276,6 +291,10 @@ GRPC_WEB_FILTER: Final = "envoy.filters.http.grpc_web"
 LUA_FILTER: Final = "envoy.filters.http.lua"
 CORS_FILTER: Final = "envoy.filters.http.cors"
 LOCAL_RATELIMIT_FILTER: Final = "envoy.filters.http.local_ratelimit"
+GLOBAL_RATELIMIT_FILTER: Final = "envoy.filters.http.ratelimit"
+RATE_LIMIT_CLUSTER: Final = "ratelimit"
+RATE_LIMIT_DOMAIN: Final = "bhiv-edge"
+"""The domain of the edge's descriptors in a global rate-limit service."""
 ROUTER_FILTER: Final = "envoy.filters.http.router"
 HEADER_LIMITS_FILTER: Final = "bhiv.request_header_limits"
 """The name of the RBAC filter that holds request headers to the limits: a name of its own, so that
@@ -285,6 +304,14 @@ HCM_FILTER: Final = "envoy.filters.network.http_connection_manager"
 UPSTREAM_HTTP_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 MAX_CONNECTIONS_MONITOR: Final = "envoy.resource_monitors.global_downstream_max_connections"
 HEAP_MONITOR: Final = "envoy.resource_monitors.fixed_heap"
+REMOTE_ADDRESS_KEY: Final = "remote_address"
+"""The descriptor key Envoy's ``remote_address`` action writes: the client address the edge trusts."""
+RULE_KEY: Final = "bhiv_rule"
+LOGIN_RULE: Final = "login"
+"""``[bhiv_rule=login, remote_address=...]``: the descriptor of ``Login`` and ``RefreshToken`` calls."""
+RATE_LIMITED_MESSAGE: Final = "rate limited at the edge: too many requests from this address; retry later"
+LOGIN_METHODS: Final = ("/bhiv.identity.v1.AuthService/Login", "/bhiv.identity.v1.AuthService/RefreshToken")
+_LOGIN_PATHS: Final = "|".join(re.escape(path) for path in LOGIN_METHODS)
 
 OVERLOAD_ACTIONS: Final[Mapping[str, float]] = {
     # Envoy's edge advice: give memory back first, then stop taking new requests, before the
@@ -416,6 +443,9 @@ EDGE_SETTINGS: Final[Mapping[str, tuple[str, str]]] = {
     "max_downstream_connections": ("EDGE_MAX_CONNECTIONS", "integer"),
     "max_heap_bytes": ("EDGE_MAX_HEAP_BYTES", "integer"),
     "xff_num_trusted_hops": ("EDGE_XFF_TRUSTED_HOPS", "count"),
+    "rate_limit_per_address": ("EDGE_RATE_LIMIT_PER_ADDRESS", "integer"),
+    "login_rate_limit": ("EDGE_LOGIN_RATE_LIMIT", "integer"),
+    "rate_limit_addresses": ("EDGE_RATE_LIMIT_ADDRESSES", "integer"),
 }
 """Each :class:`EdgeSettings` field read from a setting (``BHIV_<name>``), and its kind: a ``number``
 > 0, an ``integer`` >= 1, or a ``count`` >= 0."""
@@ -437,6 +467,17 @@ class EdgeSettings:
             the bucket's size unless ``rate_limit_max_tokens`` is set.
         rate_limit_fill_interval_s: The fill interval in seconds (Envoy needs at least 0.05).
         rate_limit_max_tokens: The bucket's size (the burst); ``None`` means tokens per fill.
+        rate_limit_per_address: Requests one client address may make per fill interval (a bucket
+            per address, its size the same number); the client address is the one the edge trusts
+            (the TCP peer, or per ``xff_num_trusted_hops``).
+        login_rate_limit: ``Login`` and ``RefreshToken`` calls per minute one client address may
+            make (a stricter bucket of its own, on top of the others).
+        rate_limit_addresses: How many client addresses' buckets Envoy keeps (least recently used
+            first out; an evicted address starts again with a full bucket).
+        rate_limit_service: ``host:port`` of a global rate-limit service (Envoy's ``ratelimit.v3``
+            protocol, such as envoyproxy/ratelimit configured with
+            :func:`rate_limit_service_config`), shared by several Envoy replicas; ``None`` keeps
+            the limits local to each Envoy. The local buckets stay in front either way.
         access_log_path: Where the JSON-lines access log goes; ``None`` means Envoy's stdout.
         max_request_bytes: The largest request body the edge forwards when the request declares its
             length (gRPC-web from browsers does); equals the services' message-size limit.
@@ -487,6 +528,10 @@ class EdgeSettings:
     rate_limit_tokens_per_fill: int = 1000
     rate_limit_fill_interval_s: float = 1.0
     rate_limit_max_tokens: int | None = None
+    rate_limit_per_address: int = 200
+    login_rate_limit: int = 20
+    rate_limit_addresses: int = 10_000
+    rate_limit_service: str | None = None
     access_log_path: Path | str | None = None
     max_request_bytes: int = 4 * 1024 * 1024
     max_request_header_bytes: int = MAX_REQUEST_HEADER_BYTES
@@ -521,6 +566,10 @@ class EdgeSettings:
             raise ValueError("the rate limit needs at least one token per fill and in the bucket")
         if self.rate_limit_fill_interval_s < 0.05:
             raise ValueError("rate_limit_fill_interval_s must be at least 0.05 (Envoy's minimum)")
+        # Envoy refills every bucket on the edge-wide bucket's tick: the login bucket's minute
+        # must be a whole number of them.
+        if (60_000 % round(self.rate_limit_fill_interval_s * 1000)) != 0:
+            raise ValueError("rate_limit_fill_interval_s must divide a minute (the login bucket's interval)")
         if self.max_request_bytes < 1:
             raise ValueError("max_request_bytes must be positive")
         # Under the codec's backstop, or Envoy's codec would refuse first, with a reset.
@@ -542,6 +591,10 @@ class EdgeSettings:
                 raise ValueError(f"{name} must be between {_MIN_WINDOW} and {_MAX_WINDOW} (HTTP/2)")
         if self.xff_num_trusted_hops < 0:
             raise ValueError("xff_num_trusted_hops must not be negative")
+        if self.rate_limit_service is not None:
+            host, _, port = self.rate_limit_service.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"rate_limit_service {self.rate_limit_service!r} must be host:port")
 
     @classmethod
     def from_settings(cls, settings: Settings, **fixed: Any) -> EdgeSettings:
@@ -560,7 +613,7 @@ class EdgeSettings:
 
         """
         default = cls()
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {"rate_limit_service": settings.raw("EDGE_RATE_LIMIT_SERVICE")}
         for name, (setting, kind) in EDGE_SETTINGS.items():
             current = getattr(default, name)
             if kind == "number":
@@ -611,6 +664,7 @@ def build_bootstrap(
             clusters=[
                 *(_cluster(upstream.name, [upstream], settings) for upstream in upstreams),
                 _cluster(REFLECTION_CLUSTER, upstreams, settings, panic_routing=False),
+                *_rate_limit_service_clusters(settings),
             ],
         ),
         layered_runtime=LayeredRuntime(
@@ -814,6 +868,11 @@ def _listener(
             HttpFilter(name=CORS_FILTER, typed_config=_pack(Cors())),
             HttpFilter(name=HEADER_LIMITS_FILTER, typed_config=_pack(_header_limits(settings))),
             HttpFilter(name=LOCAL_RATELIMIT_FILTER, typed_config=_pack(_local_rate_limit(settings))),
+            *(
+                []
+                if settings.rate_limit_service is None
+                else [HttpFilter(name=GLOBAL_RATELIMIT_FILTER, typed_config=_pack(_global_rate_limit()))]
+            ),
             HttpFilter(name=LUA_FILTER, typed_config=_pack(_lua(upstreams))),
             *extra_http_filters,
             HttpFilter(name=ROUTER_FILTER, typed_config=_pack(Router(suppress_envoy_headers=True))),
@@ -874,11 +933,40 @@ def _listener(
     )
 
 
+def rate_limit_actions() -> list[RateLimit]:
+    """The descriptors each request yields for the rate limits, local and global alike.
+
+    * ``[remote_address=<client>]``: every request, one bucket per client address;
+    * ``[bhiv_rule=login, remote_address=<client>]``: ``Login`` and ``RefreshToken`` only.
+    """
+    login = RateLimitActionHeaderValueMatch(
+        descriptor_key=RULE_KEY,
+        descriptor_value=LOGIN_RULE,
+        headers=[
+            HeaderMatcher(
+                name=":path", string_match=StringMatcher(safe_regex=RegexMatcher(regex=_LOGIN_PATHS))
+            )
+        ],
+    )
+    client = RateLimitAction(remote_address=RateLimitActionRemoteAddress())
+    return [
+        RateLimit(actions=[client]),
+        RateLimit(actions=[RateLimitAction(header_value_match=login), client]),
+    ]
+
+
 def _local_rate_limit(settings: EdgeSettings) -> LocalRateLimit:
-    """Build one edge-wide token bucket; gRPC callers over it get RESOURCE_EXHAUSTED, gRPC-web HTTP 429."""
+    """Build the edge's token buckets: edge-wide, per client address, and per address for logins.
+
+    Every request takes a token from the edge-wide bucket and from its address's bucket; ``Login``
+    and ``RefreshToken`` also from their address's login bucket (a descriptor entry without a
+    value is a wildcard: Envoy keeps one bucket per value it meets). Over any of them, gRPC callers
+    get RESOURCE_EXHAUSTED, and so do gRPC-web callers (see :func:`_local_replies`).
+    """
     everyone = RuntimeFractionalPercent(
         default_value=FractionalPercent(numerator=100, denominator=FractionalPercentDenominatorType.HUNDRED),
     )
+    address = RateLimitDescriptorEntry(key=REMOTE_ADDRESS_KEY)
     return LocalRateLimit(
         stat_prefix="edge_rate_limit",
         token_bucket=TokenBucket(
@@ -886,6 +974,28 @@ def _local_rate_limit(settings: EdgeSettings) -> LocalRateLimit:
             tokens_per_fill=settings.rate_limit_tokens_per_fill,
             fill_interval=_seconds(settings.rate_limit_fill_interval_s),
         ),
+        descriptors=[
+            LocalRateLimitDescriptor(
+                entries=[address],
+                token_bucket=TokenBucket(
+                    max_tokens=settings.rate_limit_per_address,
+                    tokens_per_fill=settings.rate_limit_per_address,
+                    fill_interval=_seconds(settings.rate_limit_fill_interval_s),
+                ),
+            ),
+            LocalRateLimitDescriptor(
+                entries=[RateLimitDescriptorEntry(key=RULE_KEY, value=LOGIN_RULE), address],
+                token_bucket=TokenBucket(
+                    max_tokens=settings.login_rate_limit,
+                    tokens_per_fill=settings.login_rate_limit,
+                    fill_interval=timedelta(minutes=1),
+                ),
+            ),
+        ],
+        rate_limits=rate_limit_actions(),
+        max_dynamic_descriptors=settings.rate_limit_addresses,
+        # The edge-wide bucket applies to every request, whatever else matches.
+        always_consume_default_token_bucket=True,
         # Both default to 0 %: without them the filter is configured but never limits anything.
         filter_enabled=everyone,
         filter_enforced=everyone,
@@ -898,6 +1008,78 @@ def _local_rate_limit(settings: EdgeSettings) -> LocalRateLimit:
             )
         ],
     )
+
+
+def _global_rate_limit() -> GlobalRateLimit:
+    """Ask the global rate-limit service about every request, with the local buckets' descriptors.
+
+    If the service cannot be reached in time, the request goes on (the local buckets still hold):
+    an outage of the limiter must not take the edge down with it.
+    """
+    return GlobalRateLimit(
+        domain=RATE_LIMIT_DOMAIN,
+        timeout=timedelta(milliseconds=100),
+        failure_mode_deny=False,
+        rate_limited_as_resource_exhausted=True,
+        rate_limit_service=RateLimitServiceConfig(
+            grpc_service=GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=RATE_LIMIT_CLUSTER)),
+            transport_api_version=ApiVersion.V3,
+        ),
+        rate_limits=rate_limit_actions(),
+    )
+
+
+def _rate_limit_service_clusters(settings: EdgeSettings) -> list[Cluster]:
+    """The global rate-limit service's cluster (gRPC, health-checked), when one is configured."""
+    if settings.rate_limit_service is None:
+        return []
+    host, _, port = settings.rate_limit_service.rpartition(":")
+    service = Upstream(RATE_LIMIT_CLUSTER, host, int(port), "/envoy.service.ratelimit.v3.")
+    return [_cluster(RATE_LIMIT_CLUSTER, [service], settings)]
+
+
+def rate_limit_service_config(settings: EdgeSettings) -> dict[str, Any]:
+    """The global rate-limit service's configuration for the edge's descriptors (envoyproxy/ratelimit).
+
+    Several Envoy replicas each keep their own local buckets, so N replicas admit N times the
+    limits; a global service counts for all of them. Write this as the service's YAML (JSON is
+    YAML) and set ``BHIV_EDGE_RATE_LIMIT_SERVICE`` on every replica. The service counts in fixed
+    windows of a unit (second, minute), not token buckets: the limits are the same per unit.
+
+    Args:
+        settings: The edge settings whose limits the service enforces.
+
+    Returns:
+        ``{"domain": ..., "descriptors": [...]}``, ready for :func:`json.dumps` or a YAML dumper.
+
+    """
+    interval = settings.rate_limit_fill_interval_s
+    if interval <= 1:
+        per_address = {
+            "unit": "second",
+            "requests_per_unit": max(1, round(settings.rate_limit_per_address / interval)),
+        }
+    else:
+        per_address = {
+            "unit": "minute",
+            "requests_per_unit": max(1, round(settings.rate_limit_per_address * 60 / interval)),
+        }
+    return {
+        "domain": RATE_LIMIT_DOMAIN,
+        "descriptors": [
+            {"key": REMOTE_ADDRESS_KEY, "rate_limit": per_address},
+            {
+                "key": RULE_KEY,
+                "value": LOGIN_RULE,
+                "descriptors": [
+                    {
+                        "key": REMOTE_ADDRESS_KEY,
+                        "rate_limit": {"unit": "minute", "requests_per_unit": settings.login_rate_limit},
+                    }
+                ],
+            },
+        ],
+    }
 
 
 def _header_limits(settings: EdgeSettings) -> Rbac:
@@ -975,6 +1157,18 @@ def _local_replies(settings: EdgeSettings) -> LocalReplyConfig:
                 _INVALID_ARGUMENT,
                 body_format="malformed request: %RESPONSE_CODE_DETAILS%",
             ),
+            # A gRPC-web call over a rate limit would get HTTP 429, which gRPC-web clients read as
+            # UNAVAILABLE (and retry): it gets gRPC's answer instead, a trailers-only 200 with
+            # RESOURCE_EXHAUSTED. The grpc_web filter has made its content type application/grpc;
+            # other requests (JSON) keep the 429.
+            _mapper(
+                "response.code_details in ['local_rate_limited', 'request_rate_limited'] && "
+                "request.headers['content-type'].startsWith('application/grpc')",
+                _RESOURCE_EXHAUSTED,
+                status_code=200,
+                body="",
+                message=RATE_LIMITED_MESSAGE,
+            ),
             # Envoy's own message ("downstream duration timeout") does not say whose limit it was.
             _mapper(
                 "response.code_details == 'max_duration_timeout'",
@@ -998,6 +1192,7 @@ def _mapper(
     status_code: int | None = None,
     body: str | None = None,
     body_format: str | None = None,
+    message: str | None = None,
 ) -> ResponseMapper:
     """Map a local reply matching the CEL ``condition`` to a gRPC status, and maybe a new HTTP status.
 
@@ -1007,6 +1202,7 @@ def _mapper(
         status_code: The new HTTP status, or None to keep it.
         body: The new body, which gRPC callers read as the status message; None keeps it.
         body_format: A format (Envoy's command operators) for the body, instead of ``body``.
+        message: A ``grpc-message`` to add, for replies whose body is not the message.
 
     """
     return ResponseMapper(
@@ -1022,9 +1218,11 @@ def _mapper(
         else SubstitutionFormatString(text_format_source=DataSource(inline_string=body_format)),
         headers_to_add=[
             HeaderValueOption(
-                header=HeaderValue(key=_GRPC_STATUS, value=grpc_status),
+                header=HeaderValue(key=key, value=value),
                 append_action=HeaderValueOptionHeaderAppendAction.ADD_IF_ABSENT,
             )
+            for key, value in ((_GRPC_STATUS, grpc_status), ("grpc-message", message))
+            if value is not None
         ],
     )
 

@@ -59,6 +59,10 @@ SHARED_SETTINGS: Final = frozenset(
         "EDGE_MAX_CONNECTIONS",
         "EDGE_MAX_HEAP_BYTES",
         "EDGE_XFF_TRUSTED_HOPS",
+        "EDGE_RATE_LIMIT_PER_ADDRESS",
+        "EDGE_LOGIN_RATE_LIMIT",
+        "EDGE_RATE_LIMIT_ADDRESSES",
+        "EDGE_RATE_LIMIT_SERVICE",
         # Token verification in every service.
         "JWT_ISSUER",
         "JWT_AUDIENCE",
