@@ -8,6 +8,7 @@ under ``/bhiv.<name>.v1.``) and a real Envoy in front of them, then call through
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
 import json
 import os
@@ -27,6 +28,7 @@ import h2.connection
 import h2.events
 import pytest
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import HttpFilter
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -421,7 +423,7 @@ def test_health_routes_by_service_header_then_unknown_header_then_by_name(
     health_routes = [
         route
         for route in virtual_host(registry_bootstrap)["routes"]
-        if route["match"]["prefix"] == "/grpc.health.v1.Health/"
+        if route["match"]["prefix"] == "/grpc.health.v1.Health/" and not route["name"].startswith("refuse-")
     ]
     by_header = {
         route["match"]["headers"][0]["string_match"]["exact"]: route["route"]["cluster"]
@@ -447,9 +449,17 @@ def test_health_router_script_maps_each_package_to_its_service() -> None:
 
 def test_protocol_refusals_come_first_and_answer_from_lua(registry_bootstrap: dict[str, Any]) -> None:
     routes = virtual_host(registry_bootstrap)["routes"]
-    assert [route["name"] for route in routes[:3]] == ["refuse-method", "refuse-options", "refuse-media-type"]
-    scripts = [route["typed_per_filter_config"]["envoy.filters.http.lua"]["name"] for route in routes[:3]]
-    assert scripts == ["refuse-method", "refuse-method", "refuse-media-type"]
+    assert [route["name"] for route in routes[:7]] == [
+        "refuse-method",
+        "refuse-options",
+        "refuse-connect",
+        "refuse-media-type",
+        "refuse-json-health",
+        "refuse-json-reflection-v1",
+        "refuse-json-reflection-v1alpha",
+    ]
+    scripts = [route["typed_per_filter_config"]["envoy.filters.http.lua"]["name"] for route in routes[:7]]
+    assert scripts == ["refuse-method", "refuse-method"] + ["refuse-media-type"] * 5
     # No route answers with a direct response but the size guard: the CORS filter skips those.
     assert [route["name"] for route in routes if "direct_response" in route] == ["request-too-large"]
     lua = next(f for f in hcm(registry_bootstrap)["http_filters"] if f["name"] == "envoy.filters.http.lua")
@@ -475,7 +485,9 @@ def http_filter(bootstrap: Mapping[str, Any], name: str) -> dict[str, Any]:
     return config
 
 
-def test_http_filters_run_grpc_web_cors_header_limits_rate_limit_lua_then_extras_then_router() -> None:
+def test_http_filters_run_grpc_web_cors_header_limits_rate_limit_lua_transcoder_then_extras_then_router() -> (
+    None
+):
     extra = HttpFilter(name="envoy.filters.http.jwt_authn_placeholder", disabled=True)
     bootstrap = build_bootstrap(registry_upstreams(), EdgeSettings(), extra_http_filters=[extra])
     names = [f["name"] for f in hcm(bootstrap)["http_filters"]]
@@ -485,6 +497,7 @@ def test_http_filters_run_grpc_web_cors_header_limits_rate_limit_lua_then_extras
         HEADER_LIMITS_FILTER,
         "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.lua",
+        "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.jwt_authn_placeholder",
         "envoy.filters.http.router",
     ]
@@ -1696,3 +1709,18 @@ def test_the_global_rate_limit_service_is_asked_after_the_local_buckets_and_its_
     ]
     with pytest.raises(ValueError, match="must be host:port"):
         EdgeSettings(rate_limit_service="ratelimit")
+
+
+def test_the_transcoder_serves_every_unary_method_of_the_contracts_from_their_descriptor_set(
+    registry_bootstrap: dict[str, Any],
+) -> None:
+    transcoder = http_filter(registry_bootstrap, "envoy.filters.http.grpc_json_transcoder")
+    assert set(transcoder["services"]) == {service.full_name for service in all_services()}
+    files = descriptor_pb2.FileDescriptorSet.FromString(base64.b64decode(transcoder["proto_descriptor_bin"]))
+    names = {file.name for file in files.file}
+    assert "google/rpc/error_details.proto" in names  # status details become JSON with their @type
+    assert {service.file.name for service in all_services()} <= names
+    assert transcoder["auto_mapping"] is True  # POST /<package>.<Service>/<Method>, no http annotations
+    assert transcoder["convert_grpc_status"] is True
+    assert transcoder["request_validation_options"]["reject_unknown_method"] is True
+    assert transcoder["max_request_body_size"] == transcoder["max_response_body_size"] == 4 * 1024 * 1024

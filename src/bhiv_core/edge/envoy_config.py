@@ -132,6 +132,11 @@ from envoy_data_plane.envoy.extensions.common.ratelimit.v3 import (
     RateLimitDescriptorEntry,
 )
 from envoy_data_plane.envoy.extensions.filters.http.cors.v3 import Cors, CorsPolicy
+from envoy_data_plane.envoy.extensions.filters.http.grpc_json_transcoder.v3 import (
+    GrpcJsonTranscoder,
+    GrpcJsonTranscoderPrintOptions,
+    GrpcJsonTranscoderRequestValidationOptions,
+)
 from envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3 import GrpcWeb
 from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3 import LocalRateLimit
 from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua, LuaPerRoute
@@ -177,7 +182,7 @@ from bhiv_core.edge.lua_scripts import (
 )
 from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, ServiceSpec
 from bhiv_core.runtime.config import Settings
-from bhiv_core.runtime.contracts import all_services, method_path
+from bhiv_core.runtime.contracts import all_services, descriptor_set, method_path
 from bhiv_core.runtime.limits import MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
 
 __all__ = [
@@ -279,10 +284,11 @@ the access log sees them (istio/istio#58430); the log cannot tell those requests
 """
 
 PROTOCOL_HINT: Final = (
-    "This edge speaks gRPC (HTTP/2, content-type application/grpc) and gRPC-web (content-type "
-    "application/grpc-web, application/grpc-web-text), not the Connect protocol, JSON or plain HTTP. "
-    "Use grpcurl or a generated gRPC stub, or from a browser a gRPC-web client "
-    "(connect-web: createGrpcWebTransport); see the README, Try it."
+    "This edge speaks gRPC (HTTP/2, content-type application/grpc), gRPC-web (content-type "
+    "application/grpc-web, application/grpc-web-text) and, for the unary methods of the bhiv.* "
+    "services, JSON (POST /<package>.<Service>/<Method>, content-type application/json), not the "
+    "Connect protocol or plain HTTP. Use grpcurl, curl with JSON or a generated gRPC stub, or from a "
+    "browser a gRPC-web client (connect-web: createGrpcWebTransport); see the README, Try it."
 )
 """What a request in a protocol the edge does not speak is told, with 405 or 415."""
 
@@ -296,6 +302,7 @@ RATE_LIMIT_CLUSTER: Final = "ratelimit"
 RATE_LIMIT_DOMAIN: Final = "bhiv-edge"
 """The domain of the edge's descriptors in a global rate-limit service."""
 ROUTER_FILTER: Final = "envoy.filters.http.router"
+TRANSCODER_FILTER: Final = "envoy.filters.http.grpc_json_transcoder"
 HEADER_LIMITS_FILTER: Final = "bhiv.request_header_limits"
 """The name of the RBAC filter that holds request headers to the limits: a name of its own, so that
 per-route RBAC configs meant for the IP-block filter (``envoy.filters.http.rbac``) never reach it."""
@@ -358,6 +365,9 @@ _GRPC_STATUS: Final = "grpc-status"
 _INVALID_ARGUMENT: Final = "3"
 _RESOURCE_EXHAUSTED: Final = "8"
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*$")
+# What the edge takes: gRPC and gRPC-web (application/grpc, application/grpc+proto,
+# application/grpc-web-text...), and JSON for the transcoder (application/json; charset=utf-8).
+_GRPC_OR_JSON: Final = r"application/(grpc([-+;].*)?|json(\s*;.*)?)"
 _INT64_MAX: Final = 2**63 - 1
 _DEADLINE_EXCEEDED: Final = "4"
 # HTTP/2 bounds a flow-control window (RFC 9113, 6.9.2); Envoy takes no stream window under 64 KiB - 1.
@@ -874,6 +884,9 @@ def _listener(
                 else [HttpFilter(name=GLOBAL_RATELIMIT_FILTER, typed_config=_pack(_global_rate_limit()))]
             ),
             HttpFilter(name=LUA_FILTER, typed_config=_pack(_lua(upstreams))),
+            # After the Lua filter, which refuses other protocols first (the Connect protocol's
+            # JSON among them), and before the extras, so the JWT check sees a gRPC request.
+            HttpFilter(name=TRANSCODER_FILTER, typed_config=_pack(_transcoder(upstreams, settings))),
             *extra_http_filters,
             HttpFilter(name=ROUTER_FILTER, typed_config=_pack(Router(suppress_envoy_headers=True))),
         ],
@@ -1080,6 +1093,37 @@ def rate_limit_service_config(settings: EdgeSettings) -> dict[str, Any]:
             },
         ],
     }
+
+
+def _transcoder(upstreams: Sequence[Upstream], settings: EdgeSettings) -> GrpcJsonTranscoder:
+    """Build the gRPC-JSON transcoder: ``POST /<package>.<Service>/<Method>`` with a JSON body.
+
+    Fed the contracts' descriptor set (:func:`~bhiv_core.runtime.contracts.descriptor_set`,
+    inline in the bootstrap, so one file is the whole config), for every unary method of the
+    services behind the edge: no ``google.api.http`` annotations are needed, Envoy maps each method
+    to its gRPC path (``auto_mapping``). Errors come back as JSON ``google.rpc.Status`` (code,
+    message, details with their ``@type``), with the HTTP status that matches the code. gRPC and
+    gRPC-web requests pass through untouched; JSON to a method that does not exist is 404 here.
+    """
+    prefixes = tuple(upstream.route_prefix.removeprefix("/") for upstream in upstreams)
+    return GrpcJsonTranscoder(
+        proto_descriptor_bin=descriptor_set().SerializeToString(),
+        services=[
+            service.full_name for service in all_services() if f"{service.full_name}.".startswith(prefixes)
+        ],
+        print_options=GrpcJsonTranscoderPrintOptions(
+            add_whitespace=False, always_print_primitive_fields=False
+        ),
+        # Methods without google.api.http annotations (all of ours) map to POST /<package>.<Service>/<Method>.
+        auto_mapping=True,
+        convert_grpc_status=True,
+        request_validation_options=GrpcJsonTranscoderRequestValidationOptions(
+            reject_unknown_method=True, reject_unknown_query_parameters=True
+        ),
+        # A unary request or response is buffered whole to convert it: as large as the services take.
+        max_request_body_size=settings.max_request_bytes,
+        max_response_body_size=settings.max_request_bytes,
+    )
 
 
 def _header_limits(settings: EdgeSettings) -> Rbac:
@@ -1351,15 +1395,18 @@ def _with_script(route: Route, script: str) -> Route:
 
 
 def _protocol_refusal_routes() -> list[Route]:
-    """Refuse, at the edge, what is neither gRPC nor gRPC-web, instead of resetting at a service.
+    """Refuse, at the edge, what is neither gRPC, gRPC-web nor JSON for a service, instead of resetting.
 
     * a method other than POST: 405 (``allow: POST``), except CORS preflights (``OPTIONS`` with
       ``access-control-request-method``), which the CORS filter answers on the routes below;
-    * a POST whose content type does not start with ``application/grpc`` (gRPC-web's
-      ``application/grpc-web*`` does): 415. That is the Connect protocol (``application/json``,
-      ``application/proto``, ``application/connect+*``), JSON for REST, forms and the like.
+    * the Connect protocol (a ``connect-protocol-version`` header), whatever its content type,
+      JSON included: 415;
+    * a POST whose content type is neither ``application/grpc*`` (gRPC-web's
+      ``application/grpc-web*`` is) nor ``application/json``: 415 (``application/proto``, forms...);
+    * JSON to health or reflection (the transcoder serves the ``bhiv.*`` services only): 415.
 
-    The routes name a cluster they never reach: the Lua filter answers first.
+    JSON to a ``bhiv.*`` service goes on to the gRPC-JSON transcoder (:func:`_transcoder`). The
+    routes name a cluster they never reach: the Lua filter answers first.
     """
     not_post_or_options = HeaderMatcher(
         name=":method",
@@ -1369,6 +1416,7 @@ def _protocol_refusal_routes() -> list[Route]:
     options = HeaderMatcher(name=":method", string_match=StringMatcher(exact="OPTIONS"))
     not_a_preflight = HeaderMatcher(name="access-control-request-method", present_match=False)
     post = HeaderMatcher(name=":method", string_match=StringMatcher(exact="POST"))
+    connect = HeaderMatcher(name="connect-protocol-version", present_match=True)
     not_grpc = HeaderMatcher(
         name="content-type",
         string_match=StringMatcher(prefix="application/grpc"),
@@ -1376,18 +1424,26 @@ def _protocol_refusal_routes() -> list[Route]:
         # No content type at all is refused too.
         treat_missing_header_as_empty=True,
     )
+    neither_grpc_nor_json = HeaderMatcher(
+        name="content-type",
+        string_match=StringMatcher(safe_regex=RegexMatcher(regex=_GRPC_OR_JSON)),
+        invert_match=True,
+        treat_missing_header_as_empty=True,
+    )
+    refusals = [
+        ("refuse-method", "/", [not_post_or_options], "refuse-method"),
+        ("refuse-options", "/", [options, not_a_preflight], "refuse-method"),
+        ("refuse-connect", "/", [post, connect], "refuse-media-type"),
+        ("refuse-media-type", "/", [post, neither_grpc_nor_json], "refuse-media-type"),
+        ("refuse-json-health", HEALTH_PREFIX, [post, not_grpc], "refuse-media-type"),
+        *(
+            (f"refuse-json-reflection-{prefix.split('.')[2]}", prefix, [post, not_grpc], "refuse-media-type")
+            for prefix in REFLECTION_PREFIXES
+        ),
+    ]
     return [
-        _with_script(
-            _route("refuse-method", "/", REFLECTION_CLUSTER, headers=[not_post_or_options]), "refuse-method"
-        ),
-        _with_script(
-            _route("refuse-options", "/", REFLECTION_CLUSTER, headers=[options, not_a_preflight]),
-            "refuse-method",
-        ),
-        _with_script(
-            _route("refuse-media-type", "/", REFLECTION_CLUSTER, headers=[post, not_grpc]),
-            "refuse-media-type",
-        ),
+        _with_script(_route(name, prefix, REFLECTION_CLUSTER, headers=headers), script)
+        for name, prefix, headers, script in refusals
     ]
 
 
