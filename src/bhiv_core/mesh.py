@@ -215,6 +215,7 @@ class Mesh:
         self.configs = self._load_configs(env)
         self._check_ports()
         self._check_edge_trusted(self.configs)
+        edge = self.edge_settings()  # a bad edge setting fails before anything starts
         # Owner-only from the first byte, whatever this process's umask: the audit trail and the
         # security events hold usernames (and, now and then, a password typed as one). Whatever
         # an earlier release left readable by others is tightened first.
@@ -231,7 +232,6 @@ class Mesh:
             await asyncio.gather(
                 *(self._wait_serving(n, self.address(n), deadline, self.procs[n]) for n in self.procs)
             )
-            edge = self.edge_settings()
             config = write_bootstrap(
                 private_dir(self.data_dir / "envoy") / "envoy.json", self.upstreams(), edge
             )
@@ -281,8 +281,20 @@ class Mesh:
         return [Upstream.from_spec(s, host=self.host, port=self.ports[s.name]) for s in SERVICES]
 
     def edge_settings(self) -> EdgeSettings:
-        """The edge's settings for this mesh."""
-        return EdgeSettings(
+        """The edge's settings for this mesh: its limits from the ``BHIV_EDGE_*`` settings of ``env``.
+
+        Raises:
+            MeshError: A setting is malformed or the limits are inconsistent.
+
+        """
+        try:
+            return self._edge_settings()
+        except (ConfigError, ValueError) as exc:
+            raise MeshError(f"edge configuration error: {exc}") from exc
+
+    def _edge_settings(self) -> EdgeSettings:
+        return EdgeSettings.from_settings(
+            Settings(self.env),
             listen_host=self.host,
             listen_port=self.edge_port,
             admin_port=self.admin_port,

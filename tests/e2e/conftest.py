@@ -68,6 +68,9 @@ def mesh_env(otlp: str) -> dict[str, str]:
         # Two logistics workers on one port and one store file, as deployed: the oversell race
         # and every read-after-write of test_logistics span both processes.
         "BHIV_LOGISTICS_WORKERS": "2",
+        # Every test calls from 127.0.0.1: the per-address buckets are tested in tests/edge.
+        "BHIV_EDGE_RATE_LIMIT_PER_ADDRESS": "100000",
+        "BHIV_EDGE_LOGIN_RATE_LIMIT": "100000",
     }
 
 

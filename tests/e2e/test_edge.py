@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bhiv.identity.v1 import auth_service_pb2 as auth
@@ -27,9 +26,9 @@ from bhiv_core.edge.envoy_config import PROTOCOL_HINT
 from bhiv_core.edge.lua_scripts import NOT_SERVING_HEADER
 from bhiv_core.mesh import Mesh
 from bhiv_core.registry import SERVICES
-from bhiv_core.runtime.contracts import all_services
+from bhiv_core.runtime.contracts import all_services, descriptor_set
 from bhiv_core.runtime.limits import MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
-from tests.e2e.client import Session
+from tests.e2e.client import Session, admin_credentials
 
 pytestmark = pytest.mark.e2e
 
@@ -299,24 +298,6 @@ def test_a_plain_get_is_told_the_same(mesh: Mesh) -> None:
     assert json.loads(response.read())["message"] == PROTOCOL_HINT
 
 
-def descriptor_set() -> descriptor_pb2.FileDescriptorSet:
-    """Every contract file with its dependencies, dependencies first."""
-    files = descriptor_pb2.FileDescriptorSet()
-    seen: set[str] = set()
-
-    def add(file: Any) -> None:
-        if file.name in seen:
-            return
-        seen.add(file.name)
-        for dependency in file.dependencies:
-            add(dependency)
-        file.CopyToProto(files.file.add())
-
-    for service in all_services():
-        add(service.file)
-    return files
-
-
 def field_block(count: int, size: int) -> tuple[tuple[str, str], ...]:
     """``count`` fields whose names and values take about ``size`` bytes in all."""
     value = "v" * (size // count - len("x-field-00"))
@@ -389,3 +370,78 @@ async def test_an_overlong_traceparent_is_dropped_quietly_and_counted(mesh: Mesh
     assert await asyncio.to_thread(dropped) == before + 5
     log = (mesh.log_dir / "identity.log").read_text()
     assert "traceparent" not in log
+
+
+# ----------------------------------------------------------------------------- JSON through the transcoder
+
+
+def curl_json(mesh: Mesh, path: str, body: str, *headers: str) -> tuple[int, Any]:
+    """POSTs JSON with curl; returns the HTTP status and the parsed reply."""
+    out = subprocess.run(
+        ["curl", "-s", "-X", "POST", "-H", "content-type: application/json", "-w", "\n%{http_code}"]
+        + [arg for header in headers for arg in ("-H", header)]
+        + ["-d", body, f"http://{mesh.edge_address}{path}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    text, _, status = out.stdout.rpartition("\n")
+    return int(status), json.loads(text) if text.startswith("{") else text
+
+
+def test_curl_logs_in_with_json_and_calls_with_the_token(mesh: Mesh) -> None:
+    username, password = admin_credentials(mesh)
+    body = json.dumps({"username": username, "password": password})
+    status, reply = curl_json(mesh, "/bhiv.identity.v1.AuthService/Login", body)
+    assert status == 200, reply
+    assert reply["user"]["username"] == username
+    token = reply["tokens"]["accessToken"]
+    status, me = curl_json(
+        mesh, "/bhiv.identity.v1.AuthService/GetCurrentUser", "{}", f"authorization: Bearer {token}"
+    )
+    assert (status, me["user"]["username"]) == (200, username)
+    # snake_case field names are read too, as proto3 JSON allows.
+    status, users = curl_json(
+        mesh, "/bhiv.identity.v1.UserService/ListUsers", '{"page_size": 1}', f"authorization: Bearer {token}"
+    )
+    assert status == 200 and len(users["users"]) == 1
+
+
+def test_a_json_error_is_a_google_rpc_status_with_its_details(mesh: Mesh) -> None:
+    status, error = curl_json(mesh, "/bhiv.identity.v1.AuthService/Login", '{"username": "", "password": ""}')
+    assert status == 400  # INVALID_ARGUMENT
+    assert error["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    types = {detail["@type"] for detail in error["details"]}
+    assert "type.googleapis.com/google.rpc.BadRequest" in types
+    violations = next(d for d in error["details"] if d["@type"].endswith("BadRequest"))["fieldViolations"]
+    assert {violation["field"] for violation in violations} >= {"username"}
+    status, anonymous = curl_json(mesh, "/bhiv.identity.v1.AuthService/GetCurrentUser", "{}")
+    assert (status, anonymous["code"]) == (401, grpc.StatusCode.UNAUTHENTICATED.value[0])
+    status, unknown_field = curl_json(mesh, "/bhiv.identity.v1.AuthService/Login", '{"user": "x"}')
+    assert status == 400, unknown_field  # the transcoder cannot map the field: refused at the edge
+
+
+def test_json_for_a_method_that_does_not_exist_or_for_health_is_refused_at_the_edge(mesh: Mesh) -> None:
+    status, text = curl_json(mesh, "/bhiv.identity.v1.AuthService/NoSuchMethod", "{}")
+    assert (status, text) == (
+        404,
+        "Could not resolve /bhiv.identity.v1.AuthService/NoSuchMethod to a method.",
+    )
+    status, hint = curl_json(mesh, "/grpc.health.v1.Health/Check", "{}")
+    assert (status, hint["message"]) == (415, PROTOCOL_HINT)
+
+
+def test_other_content_types_are_still_refused_with_415(mesh: Mesh) -> None:
+    for content_type in ("application/x-www-form-urlencoded", "application/proto", "text/plain"):
+        conn = http.client.HTTPConnection(mesh.host, mesh.edge_port, timeout=10)
+        conn.request(
+            "POST",
+            "/bhiv.identity.v1.AuthService/GetJwks",
+            body=b"{}",
+            headers={"content-type": content_type},
+        )
+        response = conn.getresponse()
+        assert response.status == 415, content_type
+        assert json.loads(response.read())["message"] == PROTOCOL_HINT
+        conn.close()

@@ -8,6 +8,7 @@ under ``/bhiv.<name>.v1.``) and a real Envoy in front of them, then call through
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
 import json
 import os
@@ -27,17 +28,21 @@ import h2.connection
 import h2.events
 import pytest
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import HttpFilter
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from bhiv_core.edge.binaries import find_tool
 from bhiv_core.edge.envoy_config import (
     ADMIN_HOST,
+    EDGE_SETTINGS,
     HEADER_LIMITS_FILTER,
     HEADERS_TOO_LARGE,
     HEALTH_ROUTER,
+    LOGIN_METHODS,
     MESH_ONLY_METHODS,
     PROTOCOL_HINT,
+    RATE_LIMITED_MESSAGE,
     REFLECTION_CLUSTER,
     REFLECTION_PREFIXES,
     SERVICE_HEADER,
@@ -45,12 +50,14 @@ from bhiv_core.edge.envoy_config import (
     EdgeSettings,
     Upstream,
     build_bootstrap,
+    rate_limit_service_config,
     write_bootstrap,
 )
 from bhiv_core.edge.lua_scripts import NOT_SERVING_HEADER, PROBE_USER_AGENT, health_router_script
 from bhiv_core.edge.process import EnvoyError, EnvoyProcess, validate_config
 from bhiv_core.mesh import free_ports
 from bhiv_core.registry import SERVICES
+from bhiv_core.runtime.config import ConfigError, Settings
 from bhiv_core.runtime.contracts import all_services, method_path
 from bhiv_core.runtime.health import HealthServicer
 from bhiv_core.runtime.limits import GRPC_MAX_METADATA_BYTES, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
@@ -372,10 +379,42 @@ def test_no_route_matches_grpc_and_each_service_prefix_routes_to_its_cluster(
     assert reflection_ports == {spec.port for spec in SERVICES}
 
 
-def test_service_routes_have_no_timeout_and_honour_grpc_timeout(registry_bootstrap: dict[str, Any]) -> None:
-    crm = next(route for route in virtual_host(registry_bootstrap)["routes"] if route.get("name") == "crm")
-    assert crm["route"]["timeout"] == "0s"
-    assert crm["route"]["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}
+def test_unary_routes_time_out_and_streaming_methods_found_in_the_contracts_are_exempt(
+    registry_bootstrap: dict[str, Any],
+) -> None:
+    routes = {route["name"]: route for route in virtual_host(registry_bootstrap)["routes"]}
+    crm = routes["crm"]
+    assert crm["route"]["max_stream_duration"] == {
+        "max_stream_duration": "60s",
+        "grpc_timeout_header_max": "60s",
+    }
+    streaming = {
+        method_path(m) for service in all_services() for m in service.methods if m.server_streaming
+    } - set(MESH_ONLY_METHODS)
+    assert "/bhiv.llm.v1.CompletionService/StreamComplete" in streaming
+    stream_routes = {
+        route["match"]["prefix"]: route for route in routes.values() if route["name"].startswith("stream-")
+    }
+    assert set(stream_routes) == streaming
+    names = list(routes)
+    for route in stream_routes.values():
+        assert route["route"]["timeout"] == "0s"  # a server stream lives as long as its client wants
+        assert route["route"]["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}
+        assert route["route"]["idle_timeout"] == "3600s"
+        assert names.index(route["name"]) < names.index(route["route"]["cluster"])
+    # Health Watch and reflection streams keep no route timeout either.
+    for route in routes.values():
+        if (
+            route["match"].get("prefix", "").startswith(("/grpc.health", "/grpc.reflection"))
+            and "route" in route
+        ):
+            assert route["route"]["timeout"] == "0s"
+
+
+def test_no_contract_method_streams_from_the_client() -> None:
+    # The edge's request_timeout stops only when the response starts; a client stream answered at
+    # its end would be cut by it.
+    assert [method_path(m) for s in all_services() for m in s.methods if m.client_streaming] == []
 
 
 def test_health_routes_by_service_header_then_unknown_header_then_by_name(
@@ -384,7 +423,7 @@ def test_health_routes_by_service_header_then_unknown_header_then_by_name(
     health_routes = [
         route
         for route in virtual_host(registry_bootstrap)["routes"]
-        if route["match"]["prefix"] == "/grpc.health.v1.Health/"
+        if route["match"]["prefix"] == "/grpc.health.v1.Health/" and not route["name"].startswith("refuse-")
     ]
     by_header = {
         route["match"]["headers"][0]["string_match"]["exact"]: route["route"]["cluster"]
@@ -410,9 +449,17 @@ def test_health_router_script_maps_each_package_to_its_service() -> None:
 
 def test_protocol_refusals_come_first_and_answer_from_lua(registry_bootstrap: dict[str, Any]) -> None:
     routes = virtual_host(registry_bootstrap)["routes"]
-    assert [route["name"] for route in routes[:3]] == ["refuse-method", "refuse-options", "refuse-media-type"]
-    scripts = [route["typed_per_filter_config"]["envoy.filters.http.lua"]["name"] for route in routes[:3]]
-    assert scripts == ["refuse-method", "refuse-method", "refuse-media-type"]
+    assert [route["name"] for route in routes[:7]] == [
+        "refuse-method",
+        "refuse-options",
+        "refuse-connect",
+        "refuse-media-type",
+        "refuse-json-health",
+        "refuse-json-reflection-v1",
+        "refuse-json-reflection-v1alpha",
+    ]
+    scripts = [route["typed_per_filter_config"]["envoy.filters.http.lua"]["name"] for route in routes[:7]]
+    assert scripts == ["refuse-method", "refuse-method"] + ["refuse-media-type"] * 5
     # No route answers with a direct response but the size guard: the CORS filter skips those.
     assert [route["name"] for route in routes if "direct_response" in route] == ["request-too-large"]
     lua = next(f for f in hcm(registry_bootstrap)["http_filters"] if f["name"] == "envoy.filters.http.lua")
@@ -438,7 +485,9 @@ def http_filter(bootstrap: Mapping[str, Any], name: str) -> dict[str, Any]:
     return config
 
 
-def test_http_filters_run_grpc_web_cors_header_limits_rate_limit_lua_then_extras_then_router() -> None:
+def test_http_filters_run_grpc_web_cors_header_limits_rate_limit_lua_transcoder_then_extras_then_router() -> (
+    None
+):
     extra = HttpFilter(name="envoy.filters.http.jwt_authn_placeholder", disabled=True)
     bootstrap = build_bootstrap(registry_upstreams(), EdgeSettings(), extra_http_filters=[extra])
     names = [f["name"] for f in hcm(bootstrap)["http_filters"]]
@@ -448,6 +497,7 @@ def test_http_filters_run_grpc_web_cors_header_limits_rate_limit_lua_then_extras
         HEADER_LIMITS_FILTER,
         "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.lua",
+        "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.jwt_authn_placeholder",
         "envoy.filters.http.router",
     ]
@@ -466,6 +516,23 @@ def test_local_rate_limit_answers_resource_exhausted(registry_bootstrap: dict[st
     config = http_filter(registry_bootstrap, "envoy.filters.http.local_ratelimit")
     assert config["rate_limited_as_resource_exhausted"] is True
     assert config["token_bucket"] == {"max_tokens": 1000, "tokens_per_fill": 1000, "fill_interval": "1s"}
+    assert config["always_consume_default_token_bucket"] is True
+    # A bucket per client address (a wildcard entry), and a stricter one per address for logins.
+    assert config["descriptors"] == [
+        {
+            "entries": [{"key": "remote_address"}],
+            "token_bucket": {"max_tokens": 200, "tokens_per_fill": 200, "fill_interval": "1s"},
+        },
+        {
+            "entries": [{"key": "bhiv_rule", "value": "login"}, {"key": "remote_address"}],
+            "token_bucket": {"max_tokens": 20, "tokens_per_fill": 20, "fill_interval": "60s"},
+        },
+    ]
+    assert config["max_dynamic_descriptors"] == 10000
+    [login] = [limit["actions"][0]["header_value_match"] for limit in config["rate_limits"][1:]]
+    assert login["headers"][0]["name"] == ":path"
+    methods = {method_path(m) for service in all_services() for m in service.methods}
+    assert set(LOGIN_METHODS) <= methods
     # Both default to 0 %, which would leave the limiter inert.
     for key in ("filter_enabled", "filter_enforced"):
         assert config[key]["default_value"] == {"numerator": 100}
@@ -480,7 +547,13 @@ def test_edge_best_practice_limits(registry_bootstrap: dict[str, Any]) -> None:
     assert manager["http2_protocol_options"]["max_concurrent_streams"] == 100
     # An invalid header field resets its stream, not the connection (found by experiment).
     assert manager["http2_protocol_options"]["override_stream_error_on_invalid_http_message"] is True
+    assert manager["http2_protocol_options"]["initial_stream_window_size"] == 65536
+    assert manager["http2_protocol_options"]["initial_connection_window_size"] == 1048576
     assert manager["stream_idle_timeout"] == "300s"
+    assert manager["request_timeout"] == "300s"
+    assert manager["request_headers_timeout"] == "10s"
+    assert manager["common_http_protocol_options"]["idle_timeout"] == "3600s"
+    assert "xff_num_trusted_hops" not in manager  # 0: clients connect directly, x-forwarded-for is ignored
     assert "codec_type" not in manager  # AUTO is the proto default, so proto3 JSON omits it
     assert (
         registry_bootstrap["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] == 32768
@@ -492,7 +565,92 @@ def test_edge_best_practice_limits(registry_bootstrap: dict[str, Any]) -> None:
         options = cluster["typed_extension_protocol_options"][
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
         ]
-        assert "http2_protocol_options" in options["explicit_http_config"]
+        http2 = options["explicit_http_config"]["http2_protocol_options"]
+        assert (http2["initial_stream_window_size"], http2["initial_connection_window_size"]) == (
+            65536,
+            1048576,
+        )
+    overload = registry_bootstrap["overload_manager"]
+    monitors = {monitor["name"]: monitor["typed_config"] for monitor in overload["resource_monitors"]}
+    assert monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"] == str(1024**3)
+    assert (
+        monitors["envoy.resource_monitors.global_downstream_max_connections"][
+            "max_active_downstream_connections"
+        ]
+        == "50000"
+    )
+    actions = {
+        action["name"]: (action["triggers"][0]["name"], action["triggers"][0]["threshold"]["value"])
+        for action in overload["actions"]
+    }
+    assert actions == {
+        "envoy.overload_actions.shrink_heap": ("envoy.resource_monitors.fixed_heap", 0.95),
+        "envoy.overload_actions.stop_accepting_requests": ("envoy.resource_monitors.fixed_heap", 0.98),
+    }
+
+
+EDGE_ENV = {
+    "BHIV_EDGE_STREAM_IDLE_TIMEOUT_SECONDS": "120",
+    "BHIV_EDGE_REQUEST_HEADERS_TIMEOUT_SECONDS": "5",
+    "BHIV_EDGE_IDLE_TIMEOUT_SECONDS": "600",
+    "BHIV_EDGE_REQUEST_TIMEOUT_SECONDS": "90",
+    "BHIV_EDGE_UNARY_TIMEOUT_SECONDS": "15.5",
+    "BHIV_EDGE_STREAMING_IDLE_TIMEOUT_SECONDS": "7200",
+    "BHIV_EDGE_CONNECT_TIMEOUT_SECONDS": "2",
+    "BHIV_EDGE_BUFFER_LIMIT_BYTES": "16384",
+    "BHIV_EDGE_MAX_CONCURRENT_STREAMS": "50",
+    "BHIV_EDGE_INITIAL_STREAM_WINDOW_BYTES": "131072",
+    "BHIV_EDGE_INITIAL_CONNECTION_WINDOW_BYTES": "2097152",
+    "BHIV_EDGE_MAX_CONNECTIONS": "1000",
+    "BHIV_EDGE_MAX_HEAP_BYTES": "536870912",
+    "BHIV_EDGE_XFF_TRUSTED_HOPS": "1",
+    "BHIV_EDGE_RATE_LIMIT_PER_ADDRESS": "50",
+    "BHIV_EDGE_LOGIN_RATE_LIMIT": "5",
+    "BHIV_EDGE_RATE_LIMIT_ADDRESSES": "100",
+}
+
+
+def test_every_edge_limit_is_a_setting_that_reaches_the_bootstrap(tmp_path: Path) -> None:
+    assert {f"BHIV_{setting}" for setting, _ in EDGE_SETTINGS.values()} == set(EDGE_ENV)
+    settings = EdgeSettings.from_settings(Settings(EDGE_ENV), listen_port=18080)
+    assert settings.listen_port == 18080  # what the caller fixes wins
+    bootstrap = build_bootstrap(registry_upstreams(), settings)
+    manager = hcm(bootstrap)
+    assert manager["stream_idle_timeout"] == "120s"
+    assert manager["request_headers_timeout"] == "5s"
+    assert manager["common_http_protocol_options"]["idle_timeout"] == "600s"
+    assert manager["request_timeout"] == "90s"
+    assert manager["xff_num_trusted_hops"] == 1
+    assert manager["http2_protocol_options"]["max_concurrent_streams"] == 50
+    assert manager["http2_protocol_options"]["initial_stream_window_size"] == 131072
+    assert manager["http2_protocol_options"]["initial_connection_window_size"] == 2097152
+    assert bootstrap["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] == 16384
+    routes = {route["name"]: route for route in virtual_host(bootstrap)["routes"]}
+    assert routes["crm"]["route"]["max_stream_duration"]["max_stream_duration"] == "15.500s"
+    assert routes["stream-StreamComplete"]["route"]["idle_timeout"] == "7200s"
+    cluster = bootstrap["static_resources"]["clusters"][0]
+    assert (cluster["connect_timeout"], cluster["per_connection_buffer_limit_bytes"]) == ("2s", 16384)
+    monitors = [m["typed_config"] for m in bootstrap["overload_manager"]["resource_monitors"]]
+    assert monitors[0]["max_active_downstream_connections"] == "1000"
+    assert monitors[1]["max_heap_size_bytes"] == "536870912"
+    limits = http_filter(bootstrap, "envoy.filters.http.local_ratelimit")
+    assert [d["token_bucket"]["max_tokens"] for d in limits["descriptors"]] == [50, 5]
+    assert limits["max_dynamic_descriptors"] == 100
+    validate_config(write_bootstrap(tmp_path / "envoy.json", registry_upstreams(), settings))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("BHIV_EDGE_UNARY_TIMEOUT_SECONDS", "0", "BHIV_EDGE_UNARY_TIMEOUT_SECONDS must be a number > 0"),
+        ("BHIV_EDGE_XFF_TRUSTED_HOPS", "-1", "BHIV_EDGE_XFF_TRUSTED_HOPS must be an integer >= 0"),
+        ("BHIV_EDGE_MAX_HEAP_BYTES", "lots", "BHIV_EDGE_MAX_HEAP_BYTES must be an integer >= 1"),
+        ("BHIV_EDGE_INITIAL_STREAM_WINDOW_BYTES", "1024", "initial_stream_window_bytes must be between"),
+    ],
+)
+def test_a_bad_edge_setting_is_refused_by_name(name: str, value: str, message: str) -> None:
+    with pytest.raises((ConfigError, ValueError), match=message):
+        EdgeSettings.from_settings(Settings({name: value}))
 
 
 def test_header_limits_are_the_services_and_the_codecs_sit_far_above(
@@ -1174,7 +1332,15 @@ async def test_rate_limit_answers_resource_exhausted_after_the_bucket_empties(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
         ]
         web = await asyncio.to_thread(grpc_web_call, envoy.address, "/bhiv.alpha.v1.EchoService/Echo", b"hi")
-        assert web.http_status == 429  # gRPC-web gets HTTP 429
+        # What a gRPC-web client reads as RESOURCE_EXHAUSTED: a trailers-only 200 (HTTP 429 would
+        # read as UNAVAILABLE, which clients retry).
+        assert (web.http_status, web.grpc_status, web.grpc_message) == (
+            200,
+            grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+            RATE_LIMITED_MESSAGE,
+        )
+        assert web.headers["content-type"] == "application/grpc-web+proto"
+        assert web.messages == []
         # CORS runs before the limiter: preflights are answered without spending tokens.
         status, headers = await asyncio.to_thread(preflight, envoy.address, ALLOWED_ORIGIN)
         assert (status, headers["access-control-allow-origin"]) == (200, ALLOWED_ORIGIN)
@@ -1249,3 +1415,310 @@ def test_mesh_only_methods_are_methods_of_the_contracts_refused_before_any_servi
         [route] = [route for route in routes if route["match"].get("prefix") == path]
         assert route["typed_per_filter_config"]["envoy.filters.http.lua"]["name"] == "mesh-only"
         assert names.index(route["name"]) < names.index("identity")
+
+
+# ----------------------------------------------------------------------------- edge limits, live
+
+
+async def start_llm_upstream() -> tuple[grpc.aio.Server, Upstream]:
+    """A fake ``llm`` (the contracts' prefix, so the edge finds ``StreamComplete`` streaming).
+
+    ``Complete`` (unary) answers after the number of seconds its request says; ``StreamComplete``
+    sends one message per 0.5 s, as many as its request says.
+    """
+    server = grpc.aio.server()
+
+    async def complete(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        await asyncio.sleep(float(request))
+        return b"done"
+
+    async def stream(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
+        for index in range(int(request)):
+            await asyncio.sleep(0.5)
+            yield str(index).encode()
+
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bhiv.llm.v1.CompletionService",
+                {
+                    "Complete": grpc.unary_unary_rpc_method_handler(complete),
+                    "StreamComplete": grpc.unary_stream_rpc_method_handler(stream),
+                },
+            ),
+        )
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(await serving_health("llm"), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, Upstream(name="llm", host="127.0.0.1", port=port, route_prefix="/bhiv.llm.v1.")
+
+
+async def test_a_unary_call_over_the_unary_timeout_is_deadline_exceeded_and_a_longer_stream_goes_on(
+    tmp_path: Path,
+) -> None:
+    server, upstream = await start_llm_upstream()
+    try:
+        settings = free_settings(unary_timeout_s=1.0)
+        path = write_bootstrap(tmp_path / "envoy.json", [upstream], settings)
+        async with (
+            EnvoyProcess(path, settings, concurrency=1) as envoy,
+            grpc.aio.insecure_channel(envoy.address) as channel,
+        ):
+            complete = channel.unary_unary("/bhiv.llm.v1.CompletionService/Complete")
+            assert await complete(b"0", timeout=20) == b"done"
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await complete(b"30")  # the service would answer after 30 s; no client deadline
+            # Only the edge's limit can end it. Envoy passes the limit on as grpc-timeout too, so the
+            # service may give up first: the same code, with grpc's message instead of the edge's.
+            assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            edge_message = "deadline exceeded at the edge: the call's grpc-timeout, or the edge's limit"
+            assert error.value.details() in (f"{edge_message} for unary calls (1 s)", "Deadline Exceeded")
+            # A longer deadline of the client's own is capped at the edge's limit: a call the service
+            # would answer after 8 s, within the client's 25 s, ends at the edge's 1 s.
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await complete(b"8", timeout=25)
+            assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # A server stream runs 3 s, three times the unary timeout, and ends on its own.
+            stream = channel.unary_stream("/bhiv.llm.v1.CompletionService/StreamComplete")
+            assert [message async for message in stream(b"6", timeout=30)] == [
+                str(i).encode() for i in range(6)
+            ]
+    finally:
+        await server.stop(None)
+
+
+async def test_over_the_heap_budget_the_edge_refuses_new_requests_as_overloaded(
+    upstreams: list[Upstream], tmp_path: Path
+) -> None:
+    # Envoy's heap is far above 1 MiB from its start: the stop_accepting_requests action is on.
+    settings = free_settings(max_heap_bytes=1024 * 1024)
+    path = write_bootstrap(tmp_path / "envoy.json", upstreams, settings)
+    async with EnvoyProcess(path, settings, concurrency=1) as envoy:
+        deadline = time.monotonic() + 30
+        while (code := (await echo_call(envoy.address, "alpha"))[0]) == grpc.StatusCode.OK:
+            assert time.monotonic() < deadline, "the overload action never engaged"
+            await asyncio.sleep(0.1)  # the overload manager measures every 250 ms
+        assert code == grpc.StatusCode.UNAVAILABLE
+        stats = await asyncio.to_thread(
+            admin_text, envoy.admin_address, "/stats?filter=stop_accepting_requests.active"
+        )
+        assert "overload.envoy.overload_actions.stop_accepting_requests.active: 1" in stats
+
+
+def admin_text(address: str, path: str) -> str:
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().read().decode()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(("hops", "peer"), [(0, "127.0.0.1"), (1, "203.0.113.7")])
+async def test_the_client_address_comes_from_x_forwarded_for_only_behind_the_trusted_hops(
+    upstreams: list[Upstream], tmp_path: Path, hops: int, peer: str
+) -> None:
+    access_log = tmp_path / "access.log"
+    settings = free_settings(xff_num_trusted_hops=hops, access_log_path=access_log)
+    path = write_bootstrap(tmp_path / "envoy.json", upstreams, settings)
+    async with (
+        EnvoyProcess(path, settings, concurrency=1) as envoy,
+        grpc.aio.insecure_channel(envoy.address) as channel,
+    ):
+        call = channel.unary_unary("/bhiv.alpha.v1.EchoService/Echo")
+        # One load balancer in front appended the address it saw; the client forged the first entry.
+        await call(b"hi", timeout=10, metadata=(("x-forwarded-for", "198.51.100.1, 203.0.113.7"),))
+    [entry] = [json.loads(line) for line in access_log.read_text().splitlines()]
+    assert entry["peer"] == peer
+
+
+# ----------------------------------------------------------------------------- rate limits per address
+
+
+class SourceForwarder:
+    """A TCP forwarder whose connections to ``target`` leave from ``source`` (grpcio cannot bind one).
+
+    Clients dial :attr:`address` (on 127.0.0.1); the edge sees them as ``source``.
+    """
+
+    def __init__(self, target: str, source: str) -> None:
+        self._target = target.rsplit(":", 1)
+        self._source = source
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> SourceForwarder:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def address(self) -> str:
+        assert self._server is not None
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = self._target
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            host, int(port), local_addr=(self._source, 0)
+        )
+        for pipe in (self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)):
+            task = asyncio.create_task(pipe)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+async def start_identity_upstream() -> tuple[grpc.aio.Server, Upstream]:
+    """A fake ``identity``: ``AuthService/Login``, ``RefreshToken`` and ``GetJwks`` echo their request."""
+    server = grpc.aio.server()
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(echo)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bhiv.identity.v1.AuthService",
+                {"Login": handler, "RefreshToken": handler, "GetJwks": handler},
+            ),
+        )
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(await serving_health("identity"), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, Upstream(name="identity", host="127.0.0.1", port=port, route_prefix="/bhiv.identity.v1.")
+
+
+async def call_codes(address: str, path: str, count: int) -> list[grpc.StatusCode]:
+    """``count`` unary calls of ``path`` through ``address``, one after another; their codes."""
+    codes = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(path)
+        for _ in range(count):
+            try:
+                await call(b"x", timeout=10)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as error:
+                codes.append(error.code())
+                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    assert error.details() == RATE_LIMITED_MESSAGE
+    return codes
+
+
+OK, LIMITED = grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED
+GET_JWKS = "/bhiv.identity.v1.AuthService/GetJwks"
+
+
+async def test_each_client_address_has_its_own_bucket_and_logins_a_stricter_one(tmp_path: Path) -> None:
+    server, upstream = await start_identity_upstream()
+    access_log = tmp_path / "access.log"
+    # Buckets refilled once a minute, so nothing refills while the test runs.
+    settings = free_settings(
+        rate_limit_per_address=4,
+        login_rate_limit=2,
+        rate_limit_fill_interval_s=60,
+        access_log_path=access_log,
+    )
+    try:
+        path = write_bootstrap(tmp_path / "envoy.json", [upstream], settings)
+        async with (
+            EnvoyProcess(path, settings, concurrency=2) as envoy,
+            SourceForwarder(envoy.address, "127.0.0.2") as other,
+        ):
+            # 127.0.0.2 spends its bucket...
+            assert await call_codes(other.address, GET_JWKS, 5) == [OK, OK, OK, OK, LIMITED]
+            # ...and 127.0.0.1's is whole: its logins stop at the stricter login bucket...
+            login, refresh = LOGIN_METHODS
+            assert await call_codes(envoy.address, login, 2) == [OK, OK]
+            assert await call_codes(envoy.address, refresh, 1) == [LIMITED]  # one bucket for both
+            # ...while its other calls go on (4 per address: at most 3 spent so far).
+            assert await call_codes(envoy.address, GET_JWKS, 1) == [OK]
+            # gRPC-web from the exhausted address: RESOURCE_EXHAUSTED as a gRPC-web client reads it.
+            web = await asyncio.to_thread(grpc_web_call, other.address, GET_JWKS, b"x")
+            assert (web.http_status, web.grpc_status) == (200, LIMITED.value[0])
+    finally:
+        await server.stop(None)
+    entries = [json.loads(line) for line in access_log.read_text().splitlines()]
+    limited = {(entry["peer"], entry["path"]) for entry in entries if entry["response_flags"] == "RL"}
+    assert limited == {("127.0.0.2", GET_JWKS), ("127.0.0.1", "/bhiv.identity.v1.AuthService/RefreshToken")}
+
+
+def test_the_global_rate_limit_service_is_asked_after_the_local_buckets_and_its_config_validates(
+    tmp_path: Path,
+) -> None:
+    settings = EdgeSettings.from_settings(
+        Settings(
+            {"BHIV_EDGE_RATE_LIMIT_SERVICE": "ratelimit.bhiv.svc:8081", "BHIV_EDGE_LOGIN_RATE_LIMIT": "7"}
+        )
+    )
+    bootstrap = build_bootstrap(registry_upstreams(), settings)
+    names = [f["name"] for f in hcm(bootstrap)["http_filters"]]
+    assert (
+        names.index("envoy.filters.http.ratelimit") == names.index("envoy.filters.http.local_ratelimit") + 1
+    )
+    limiter = http_filter(bootstrap, "envoy.filters.http.ratelimit")
+    local = http_filter(bootstrap, "envoy.filters.http.local_ratelimit")
+    assert limiter["domain"] == "bhiv-edge"
+    assert limiter["rate_limits"] == local["rate_limits"]  # the same descriptors, counted for all replicas
+    assert limiter["rate_limited_as_resource_exhausted"] is True
+    assert "failure_mode_deny" not in limiter  # false: the edge goes on when the service is down
+    assert limiter["rate_limit_service"]["grpc_service"]["envoy_grpc"]["cluster_name"] == "ratelimit"
+    [cluster] = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "ratelimit"]
+    assert cluster["type"] == "STRICT_DNS"
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {"address": "ratelimit.bhiv.svc", "port_value": 8081}
+    validate_config(write_bootstrap(tmp_path / "envoy.json", registry_upstreams(), settings))
+    # The service's own config: the same descriptors, the same numbers.
+    assert rate_limit_service_config(settings) == {
+        "domain": "bhiv-edge",
+        "descriptors": [
+            {"key": "remote_address", "rate_limit": {"unit": "second", "requests_per_unit": 200}},
+            {
+                "key": "bhiv_rule",
+                "value": "login",
+                "descriptors": [
+                    {"key": "remote_address", "rate_limit": {"unit": "minute", "requests_per_unit": 7}}
+                ],
+            },
+        ],
+    }
+    assert "envoy.filters.http.ratelimit" not in [
+        f["name"] for f in hcm(build_bootstrap(registry_upstreams(), EdgeSettings()))["http_filters"]
+    ]
+    with pytest.raises(ValueError, match="must be host:port"):
+        EdgeSettings(rate_limit_service="ratelimit")
+
+
+def test_the_transcoder_serves_every_unary_method_of_the_contracts_from_their_descriptor_set(
+    registry_bootstrap: dict[str, Any],
+) -> None:
+    transcoder = http_filter(registry_bootstrap, "envoy.filters.http.grpc_json_transcoder")
+    assert set(transcoder["services"]) == {service.full_name for service in all_services()}
+    files = descriptor_pb2.FileDescriptorSet.FromString(base64.b64decode(transcoder["proto_descriptor_bin"]))
+    names = {file.name for file in files.file}
+    assert "google/rpc/error_details.proto" in names  # status details become JSON with their @type
+    assert {service.file.name for service in all_services()} <= names
+    assert transcoder["auto_mapping"] is True  # POST /<package>.<Service>/<Method>, no http annotations
+    assert transcoder["convert_grpc_status"] is True
+    assert transcoder["request_validation_options"]["reject_unknown_method"] is True
+    assert transcoder["max_request_body_size"] == transcoder["max_response_body_size"] == 4 * 1024 * 1024

@@ -73,9 +73,12 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
 )
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
+    ApiVersion,
     BindConfig,
     CidrRange,
     DataSource,
+    GrpcService,
+    GrpcServiceEnvoyGrpc,
     HeaderValue,
     HeaderValueOption,
     HeaderValueOptionHeaderAppendAction,
@@ -97,12 +100,23 @@ from envoy_data_plane.envoy.config.endpoint.v3 import (
     LocalityLbEndpoints,
 )
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
-from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
+from envoy_data_plane.envoy.config.overload.v3 import (
+    OverloadAction,
+    OverloadManager,
+    ResourceMonitor,
+    ThresholdTrigger,
+    Trigger,
+)
+from envoy_data_plane.envoy.config.ratelimit.v3 import RateLimitServiceConfig
 from envoy_data_plane.envoy.config.rbac.v3 import Permission, Policy, Principal, RbacAction
 from envoy_data_plane.envoy.config.rbac.v3 import Rbac as RbacRules
 from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
     HeaderMatcher,
+    RateLimit,
+    RateLimitAction,
+    RateLimitActionHeaderValueMatch,
+    RateLimitActionRemoteAddress,
     Route,
     RouteAction,
     RouteActionMaxStreamDuration,
@@ -113,10 +127,20 @@ from envoy_data_plane.envoy.config.route.v3 import (
 from envoy_data_plane.envoy.extensions.access_loggers.file.v3 import FileAccessLog
 from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.common.ratelimit.v3 import (
+    LocalRateLimitDescriptor,
+    RateLimitDescriptorEntry,
+)
 from envoy_data_plane.envoy.extensions.filters.http.cors.v3 import Cors, CorsPolicy
+from envoy_data_plane.envoy.extensions.filters.http.grpc_json_transcoder.v3 import (
+    GrpcJsonTranscoder,
+    GrpcJsonTranscoderPrintOptions,
+    GrpcJsonTranscoderRequestValidationOptions,
+)
 from envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3 import GrpcWeb
 from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3 import LocalRateLimit
 from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua, LuaPerRoute
+from envoy_data_plane.envoy.extensions.filters.http.ratelimit.v3 import RateLimit as GlobalRateLimit
 from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import Rbac
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -131,6 +155,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
     DownstreamConnectionsConfig,
 )
+from envoy_data_plane.envoy.extensions.resource_monitors.fixed_heap.v3 import FixedHeapConfig
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions as UpstreamHttpProtocolOptions,
 )
@@ -156,6 +181,8 @@ from bhiv_core.edge.lua_scripts import (
     reply_script,
 )
 from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, ServiceSpec
+from bhiv_core.runtime.config import Settings
+from bhiv_core.runtime.contracts import all_services, descriptor_set, method_path
 from bhiv_core.runtime.limits import MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
 
 __all__ = [
@@ -164,12 +191,14 @@ __all__ = [
     "CORS_ALLOW_HEADERS",
     "CORS_EXPOSE_HEADERS",
     "DEFAULT_CORS_ALLOW_ORIGINS",
+    "EDGE_SETTINGS",
     "ENVOY_RUNTIME",
     "HEADERS_TOO_LARGE",
     "HEADER_LIMITS_FILTER",
     "HEALTH_PREFIX",
     "HEALTH_ROUTER",
     "MESH_ONLY_METHODS",
+    "OVERLOAD_ACTIONS",
     "PROTOCOL_HINT",
     "REFLECTION_CLUSTER",
     "REFLECTION_PREFIXES",
@@ -179,6 +208,9 @@ __all__ = [
     "Upstream",
     "build_bootstrap",
     "build_route_config",
+    "rate_limit_actions",
+    "rate_limit_service_config",
+    "streaming_methods",
     "write_bootstrap",
 ]
 
@@ -252,10 +284,11 @@ the access log sees them (istio/istio#58430); the log cannot tell those requests
 """
 
 PROTOCOL_HINT: Final = (
-    "This edge speaks gRPC (HTTP/2, content-type application/grpc) and gRPC-web (content-type "
-    "application/grpc-web, application/grpc-web-text), not the Connect protocol, JSON or plain HTTP. "
-    "Use grpcurl or a generated gRPC stub, or from a browser a gRPC-web client "
-    "(connect-web: createGrpcWebTransport); see the README, Try it."
+    "This edge speaks gRPC (HTTP/2, content-type application/grpc), gRPC-web (content-type "
+    "application/grpc-web, application/grpc-web-text) and, for the unary methods of the bhiv.* "
+    "services, JSON (POST /<package>.<Service>/<Method>, content-type application/json), not the "
+    "Connect protocol or plain HTTP. Use grpcurl, curl with JSON or a generated gRPC stub, or from a "
+    "browser a gRPC-web client (connect-web: createGrpcWebTransport); see the README, Try it."
 )
 """What a request in a protocol the edge does not speak is told, with 405 or 415."""
 
@@ -264,7 +297,12 @@ GRPC_WEB_FILTER: Final = "envoy.filters.http.grpc_web"
 LUA_FILTER: Final = "envoy.filters.http.lua"
 CORS_FILTER: Final = "envoy.filters.http.cors"
 LOCAL_RATELIMIT_FILTER: Final = "envoy.filters.http.local_ratelimit"
+GLOBAL_RATELIMIT_FILTER: Final = "envoy.filters.http.ratelimit"
+RATE_LIMIT_CLUSTER: Final = "ratelimit"
+RATE_LIMIT_DOMAIN: Final = "bhiv-edge"
+"""The domain of the edge's descriptors in a global rate-limit service."""
 ROUTER_FILTER: Final = "envoy.filters.http.router"
+TRANSCODER_FILTER: Final = "envoy.filters.http.grpc_json_transcoder"
 HEADER_LIMITS_FILTER: Final = "bhiv.request_header_limits"
 """The name of the RBAC filter that holds request headers to the limits: a name of its own, so that
 per-route RBAC configs meant for the IP-block filter (``envoy.filters.http.rbac``) never reach it."""
@@ -272,6 +310,27 @@ CEL_FILTER: Final = "envoy.access_loggers.extension_filters.cel"
 HCM_FILTER: Final = "envoy.filters.network.http_connection_manager"
 UPSTREAM_HTTP_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 MAX_CONNECTIONS_MONITOR: Final = "envoy.resource_monitors.global_downstream_max_connections"
+HEAP_MONITOR: Final = "envoy.resource_monitors.fixed_heap"
+REMOTE_ADDRESS_KEY: Final = "remote_address"
+"""The descriptor key Envoy's ``remote_address`` action writes: the client address the edge trusts."""
+RULE_KEY: Final = "bhiv_rule"
+LOGIN_RULE: Final = "login"
+"""``[bhiv_rule=login, remote_address=...]``: the descriptor of ``Login`` and ``RefreshToken`` calls."""
+RATE_LIMITED_MESSAGE: Final = "rate limited at the edge: too many requests from this address; retry later"
+LOGIN_METHODS: Final = ("/bhiv.identity.v1.AuthService/Login", "/bhiv.identity.v1.AuthService/RefreshToken")
+_LOGIN_PATHS: Final = "|".join(re.escape(path) for path in LOGIN_METHODS)
+
+OVERLOAD_ACTIONS: Final[Mapping[str, float]] = {
+    # Envoy's edge advice: give memory back first, then stop taking new requests, before the
+    # kernel's OOM killer ends every connection at once.
+    "envoy.overload_actions.shrink_heap": 0.95,
+    "envoy.overload_actions.stop_accepting_requests": 0.98,
+}
+"""The overload manager's actions and the heap fraction (of ``max_heap_bytes``) that triggers each.
+
+Over ``stop_accepting_requests`` every new request is answered at once with HTTP 503 (gRPC:
+UNAVAILABLE, ``envoy overloaded``); the admin stays reachable.
+"""
 HEALTH_ROUTER: Final = "health-router"
 """The name of the health router's Lua source; the one route that needs it enables it."""
 
@@ -306,9 +365,14 @@ _GRPC_STATUS: Final = "grpc-status"
 _INVALID_ARGUMENT: Final = "3"
 _RESOURCE_EXHAUSTED: Final = "8"
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*$")
+# What the edge takes: gRPC and gRPC-web (application/grpc, application/grpc+proto,
+# application/grpc-web-text...), and JSON for the transcoder (application/json; charset=utf-8).
+_GRPC_OR_JSON: Final = r"application/(grpc([-+;].*)?|json(\s*;.*)?)"
 _INT64_MAX: Final = 2**63 - 1
-# Edge best practice: flow control keeps at most this much per connection in Envoy's buffers.
-_BUFFER_LIMIT_BYTES: Final = 32 * 1024
+_DEADLINE_EXCEEDED: Final = "4"
+# HTTP/2 bounds a flow-control window (RFC 9113, 6.9.2); Envoy takes no stream window under 64 KiB - 1.
+_MIN_WINDOW: Final = 65_535
+_MAX_WINDOW: Final = 2**31 - 1
 
 ENVOY_RUNTIME: Final[Mapping[str, Any]] = {
     # Envoy's HTTP/2 codec oghttp2 instead of its default, nghttp2: nghttp2's header decoder takes
@@ -367,6 +431,38 @@ class Upstream:
         return cls(spec.name, host, spec.port if port is None else port, spec.route_prefix)
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+EDGE_SETTINGS: Final[Mapping[str, tuple[str, str]]] = {
+    "stream_idle_timeout_s": ("EDGE_STREAM_IDLE_TIMEOUT_SECONDS", "number"),
+    "request_headers_timeout_s": ("EDGE_REQUEST_HEADERS_TIMEOUT_SECONDS", "number"),
+    "connection_idle_timeout_s": ("EDGE_IDLE_TIMEOUT_SECONDS", "number"),
+    "request_timeout_s": ("EDGE_REQUEST_TIMEOUT_SECONDS", "number"),
+    "unary_timeout_s": ("EDGE_UNARY_TIMEOUT_SECONDS", "number"),
+    "streaming_idle_timeout_s": ("EDGE_STREAMING_IDLE_TIMEOUT_SECONDS", "number"),
+    "connect_timeout_s": ("EDGE_CONNECT_TIMEOUT_SECONDS", "number"),
+    "buffer_limit_bytes": ("EDGE_BUFFER_LIMIT_BYTES", "integer"),
+    "max_concurrent_streams": ("EDGE_MAX_CONCURRENT_STREAMS", "integer"),
+    "initial_stream_window_bytes": ("EDGE_INITIAL_STREAM_WINDOW_BYTES", "integer"),
+    "initial_connection_window_bytes": ("EDGE_INITIAL_CONNECTION_WINDOW_BYTES", "integer"),
+    "max_downstream_connections": ("EDGE_MAX_CONNECTIONS", "integer"),
+    "max_heap_bytes": ("EDGE_MAX_HEAP_BYTES", "integer"),
+    "xff_num_trusted_hops": ("EDGE_XFF_TRUSTED_HOPS", "count"),
+    "rate_limit_per_address": ("EDGE_RATE_LIMIT_PER_ADDRESS", "integer"),
+    "login_rate_limit": ("EDGE_LOGIN_RATE_LIMIT", "integer"),
+    "rate_limit_addresses": ("EDGE_RATE_LIMIT_ADDRESSES", "integer"),
+}
+"""Each :class:`EdgeSettings` field read from a setting (``BHIV_<name>``), and its kind: a ``number``
+> 0, an ``integer`` >= 1, or a ``count`` >= 0."""
+
+_POSITIVE_FIELDS: Final = tuple(name for name, (_, kind) in EDGE_SETTINGS.items() if kind != "count")
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeSettings:
     """How the edge listens and what it allows.
@@ -381,6 +477,17 @@ class EdgeSettings:
             the bucket's size unless ``rate_limit_max_tokens`` is set.
         rate_limit_fill_interval_s: The fill interval in seconds (Envoy needs at least 0.05).
         rate_limit_max_tokens: The bucket's size (the burst); ``None`` means tokens per fill.
+        rate_limit_per_address: Requests one client address may make per fill interval (a bucket
+            per address, its size the same number); the client address is the one the edge trusts
+            (the TCP peer, or per ``xff_num_trusted_hops``).
+        login_rate_limit: ``Login`` and ``RefreshToken`` calls per minute one client address may
+            make (a stricter bucket of its own, on top of the others).
+        rate_limit_addresses: How many client addresses' buckets Envoy keeps (least recently used
+            first out; an evicted address starts again with a full bucket).
+        rate_limit_service: ``host:port`` of a global rate-limit service (Envoy's ``ratelimit.v3``
+            protocol, such as envoyproxy/ratelimit configured with
+            :func:`rate_limit_service_config`), shared by several Envoy replicas; ``None`` keeps
+            the limits local to each Envoy. The local buckets stay in front either way.
         access_log_path: Where the JSON-lines access log goes; ``None`` means Envoy's stdout.
         max_request_bytes: The largest request body the edge forwards when the request declares its
             length (gRPC-web from browsers does); equals the services' message-size limit.
@@ -394,7 +501,27 @@ class EdgeSettings:
             may stay silent longer must send heartbeats.
         request_headers_timeout_s: How long a client may take to send its request headers.
         connection_idle_timeout_s: A connection with no streams for this long is closed.
+        request_timeout_s: How long a client may take to send a whole request; the timer stops
+            when the response starts, so server streams are not cut by it.
+        unary_timeout_s: The longest a unary call may wait for its response at the edge (the
+            route timeout); over it the caller gets DEADLINE_EXCEEDED. A shorter ``grpc-timeout``
+            from the client applies as it is. Streaming methods are exempt.
+        streaming_idle_timeout_s: The stream idle timeout of the streaming methods' routes, which
+            replaces ``stream_idle_timeout_s`` there: a server stream may stay silent this long.
+        buffer_limit_bytes: What Envoy buffers per connection, downstream and upstream, before flow
+            control pushes back (Envoy's edge advice: 32 KiB).
+        max_concurrent_streams: The most concurrent HTTP/2 streams on one client connection.
+        initial_stream_window_bytes: The HTTP/2 flow-control window of each stream.
+        initial_connection_window_bytes: The HTTP/2 flow-control window of each connection.
         max_downstream_connections: The most client connections Envoy keeps open at once.
+        max_heap_bytes: The heap size the overload manager measures Envoy against: at 95 % it
+            returns free memory to the system, at 98 % it refuses new requests
+            (:data:`OVERLOAD_ACTIONS`).
+        xff_num_trusted_hops: How many proxies in front of the edge append to
+            ``x-forwarded-for``: 0 when clients connect to Envoy directly (the client is the TCP
+            peer); 1 behind one load balancer that appends the address it saw, and so on. The
+            client address taken then is that many entries from the right of the header, so a
+            client cannot choose it by sending the header itself.
         health_check_interval_s: How often Envoy checks each upstream with gRPC health.
         connect_timeout_s: How long Envoy waits for a TCP connection to an upstream.
         upstream_source_address: The IP address Envoy connects to the upstreams from, or None for
@@ -411,6 +538,10 @@ class EdgeSettings:
     rate_limit_tokens_per_fill: int = 1000
     rate_limit_fill_interval_s: float = 1.0
     rate_limit_max_tokens: int | None = None
+    rate_limit_per_address: int = 200
+    login_rate_limit: int = 20
+    rate_limit_addresses: int = 10_000
+    rate_limit_service: str | None = None
     access_log_path: Path | str | None = None
     max_request_bytes: int = 4 * 1024 * 1024
     max_request_header_bytes: int = MAX_REQUEST_HEADER_BYTES
@@ -418,7 +549,16 @@ class EdgeSettings:
     stream_idle_timeout_s: float = 300.0
     request_headers_timeout_s: float = 10.0
     connection_idle_timeout_s: float = 3600.0
+    request_timeout_s: float = 300.0
+    unary_timeout_s: float = 60.0
+    streaming_idle_timeout_s: float = 3600.0
+    buffer_limit_bytes: int = 32 * 1024
+    max_concurrent_streams: int = 100
+    initial_stream_window_bytes: int = 64 * 1024
+    initial_connection_window_bytes: int = 1024 * 1024
     max_downstream_connections: int = 50_000
+    max_heap_bytes: int = 1024 * 1024 * 1024
+    xff_num_trusted_hops: int = 0
     health_check_interval_s: float = 5.0
     connect_timeout_s: float = 1.0
     upstream_source_address: str | None = None
@@ -436,6 +576,10 @@ class EdgeSettings:
             raise ValueError("the rate limit needs at least one token per fill and in the bucket")
         if self.rate_limit_fill_interval_s < 0.05:
             raise ValueError("rate_limit_fill_interval_s must be at least 0.05 (Envoy's minimum)")
+        # Envoy refills every bucket on the edge-wide bucket's tick: the login bucket's minute
+        # must be a whole number of them.
+        if (60_000 % round(self.rate_limit_fill_interval_s * 1000)) != 0:
+            raise ValueError("rate_limit_fill_interval_s must divide a minute (the login bucket's interval)")
         if self.max_request_bytes < 1:
             raise ValueError("max_request_bytes must be positive")
         # Under the codec's backstop, or Envoy's codec would refuse first, with a reset.
@@ -449,6 +593,46 @@ class EdgeSettings:
             raise ValueError("cors_allow_origins is empty; browsers could not call the edge at all")
         if self.upstream_source_address is not None and not _is_ip(self.upstream_source_address):
             raise ValueError(f"upstream_source_address {self.upstream_source_address!r} is not an IP address")
+        for name in _POSITIVE_FIELDS:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("initial_stream_window_bytes", "initial_connection_window_bytes"):
+            if not _MIN_WINDOW <= getattr(self, name) <= _MAX_WINDOW:
+                raise ValueError(f"{name} must be between {_MIN_WINDOW} and {_MAX_WINDOW} (HTTP/2)")
+        if self.xff_num_trusted_hops < 0:
+            raise ValueError("xff_num_trusted_hops must not be negative")
+        if self.rate_limit_service is not None:
+            host, _, port = self.rate_limit_service.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"rate_limit_service {self.rate_limit_service!r} must be host:port")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **fixed: Any) -> EdgeSettings:
+        """Read the edge's limits from ``BHIV_EDGE_*`` settings; each unset one keeps its default.
+
+        Args:
+            settings: The launcher's settings (environment over the config file).
+            **fixed: Fields the caller decides (ports, addresses, paths); they win over settings.
+
+        Returns:
+            The edge settings.
+
+        Raises:
+            ConfigError: A setting is malformed (the message names it).
+            ValueError: The values are inconsistent (as the constructor checks).
+
+        """
+        default = cls()
+        values: dict[str, Any] = {"rate_limit_service": settings.raw("EDGE_RATE_LIMIT_SERVICE")}
+        for name, (setting, kind) in EDGE_SETTINGS.items():
+            current = getattr(default, name)
+            if kind == "number":
+                values[name] = settings.positive_float(setting, current)
+            elif kind == "integer":
+                values[name] = settings.positive_int(setting, current)
+            else:
+                values[name] = settings.get(setting, current, _non_negative_int, "an integer >= 0")
+        return cls(**(values | fixed))
 
     @property
     def connect_host(self) -> str:
@@ -490,25 +674,57 @@ def build_bootstrap(
             clusters=[
                 *(_cluster(upstream.name, [upstream], settings) for upstream in upstreams),
                 _cluster(REFLECTION_CLUSTER, upstreams, settings, panic_routing=False),
+                *_rate_limit_service_clusters(settings),
             ],
         ),
         layered_runtime=LayeredRuntime(
             layers=[RuntimeLayer(name="bhiv-edge", static_layer=Struct.from_dict(dict(ENVOY_RUNTIME)))]
         ),
-        overload_manager=OverloadManager(
-            resource_monitors=[
-                ResourceMonitor(
-                    name=MAX_CONNECTIONS_MONITOR,
-                    typed_config=_pack(
-                        DownstreamConnectionsConfig(
-                            max_active_downstream_connections=settings.max_downstream_connections
-                        )
-                    ),
-                )
-            ]
-        ),
+        overload_manager=_overload_manager(settings),
     )
     return _to_json_dict(bootstrap)
+
+
+def _overload_manager(settings: EdgeSettings) -> OverloadManager:
+    """Bound Envoy's connections and heap, shedding load before memory runs out (Envoy's edge advice)."""
+    return OverloadManager(
+        refresh_interval=timedelta(milliseconds=250),
+        resource_monitors=[
+            ResourceMonitor(
+                name=MAX_CONNECTIONS_MONITOR,
+                typed_config=_pack(
+                    DownstreamConnectionsConfig(
+                        max_active_downstream_connections=settings.max_downstream_connections
+                    )
+                ),
+            ),
+            ResourceMonitor(
+                name=HEAP_MONITOR,
+                typed_config=_pack(FixedHeapConfig(max_heap_size_bytes=settings.max_heap_bytes)),
+            ),
+        ],
+        actions=[
+            OverloadAction(
+                name=action, triggers=[Trigger(name=HEAP_MONITOR, threshold=ThresholdTrigger(value=value))]
+            )
+            for action, value in OVERLOAD_ACTIONS.items()
+        ],
+    )
+
+
+def streaming_methods(upstreams: Sequence[Upstream]) -> list[str]:
+    """The paths of the contracts' streaming methods served by ``upstreams``, from the descriptors.
+
+    Their routes have no route timeout (a server stream lasts as long as its client wants) and a
+    stream idle timeout of their own.
+    """
+    prefixes = tuple(upstream.route_prefix for upstream in upstreams)
+    return sorted(
+        method_path(method)
+        for service in all_services()
+        for method in service.methods
+        if (method.server_streaming or method.client_streaming) and method_path(method).startswith(prefixes)
+    )
 
 
 def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) -> RouteConfiguration:
@@ -516,7 +732,8 @@ def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) ->
 
     Order matters, first match wins: the refusals of other protocols, the request-size guard,
     health by ``x-bhiv-service`` (then an unknown one refused), health by the name asked about
-    (the health router), reflection to every service, then one prefix route per upstream.
+    (the health router), reflection to every service, one route per streaming method (no route
+    timeout), then one prefix route per upstream (its unary methods, with the unary timeout).
 
     Args:
         upstreams: The services behind the edge.
@@ -549,7 +766,23 @@ def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) ->
         _route(f"reflection-{prefix.split('.')[2]}", prefix, REFLECTION_CLUSTER)
         for prefix in REFLECTION_PREFIXES
     ]
-    routes += [_route(upstream.name, upstream.route_prefix, upstream.name) for upstream in upstreams]
+    owner = {upstream.route_prefix: upstream.name for upstream in upstreams}
+    routes += [
+        _route(
+            f"stream-{path.rsplit('/', 1)[1]}",
+            path,
+            next(name for prefix, name in owner.items() if path.startswith(prefix)),
+            idle_timeout=_seconds(settings.streaming_idle_timeout_s),
+        )
+        for path in streaming_methods(upstreams)
+        if path not in MESH_ONLY_METHODS
+    ]
+    # Every other method of a service is unary: its call may wait this long for its response.
+    unary = _seconds(settings.unary_timeout_s)
+    routes += [
+        _route(upstream.name, upstream.route_prefix, upstream.name, max_duration=unary)
+        for upstream in upstreams
+    ]
     return RouteConfiguration(
         name="edge",
         virtual_hosts=[
@@ -645,7 +878,15 @@ def _listener(
             HttpFilter(name=CORS_FILTER, typed_config=_pack(Cors())),
             HttpFilter(name=HEADER_LIMITS_FILTER, typed_config=_pack(_header_limits(settings))),
             HttpFilter(name=LOCAL_RATELIMIT_FILTER, typed_config=_pack(_local_rate_limit(settings))),
+            *(
+                []
+                if settings.rate_limit_service is None
+                else [HttpFilter(name=GLOBAL_RATELIMIT_FILTER, typed_config=_pack(_global_rate_limit()))]
+            ),
             HttpFilter(name=LUA_FILTER, typed_config=_pack(_lua(upstreams))),
+            # After the Lua filter, which refuses other protocols first (the Connect protocol's
+            # JSON among them), and before the extras, so the JWT check sees a gRPC request.
+            HttpFilter(name=TRANSCODER_FILTER, typed_config=_pack(_transcoder(upstreams, settings))),
             *extra_http_filters,
             HttpFilter(name=ROUTER_FILTER, typed_config=_pack(Router(suppress_envoy_headers=True))),
         ],
@@ -653,6 +894,9 @@ def _listener(
         # The edge is the first hop: the TCP peer is the client, and a client's own
         # x-forwarded-for or x-request-id is not trusted.
         use_remote_address=True,
+        # Behind load balancers that append to x-forwarded-for, the client is that many entries
+        # from the right; 0 (direct clients) ignores the header entirely.
+        xff_num_trusted_hops=settings.xff_num_trusted_hops,
         # No client is "internal". An empty list would mean Envoy's default (loopback, RFC 1918
         # and ULA peers are internal): their requests would keep the x-envoy-* headers they send,
         # a forged x-envoy-external-address included, and get none from Envoy. A range no TCP
@@ -673,9 +917,9 @@ def _listener(
             max_headers_count=_CODEC_MAX_HEADERS,
         ),
         http2_protocol_options=Http2ProtocolOptions(
-            max_concurrent_streams=100,
-            initial_stream_window_size=64 * 1024,
-            initial_connection_window_size=1024 * 1024,
+            max_concurrent_streams=settings.max_concurrent_streams,
+            initial_stream_window_size=settings.initial_stream_window_bytes,
+            initial_connection_window_size=settings.initial_connection_window_bytes,
             # An invalid header field resets its own stream instead of ending the connection.
             override_stream_error_on_invalid_http_message=True,
         ),
@@ -684,25 +928,58 @@ def _listener(
         local_reply_config=_local_replies(settings),
         stream_idle_timeout=_seconds(settings.stream_idle_timeout_s),
         request_headers_timeout=_seconds(settings.request_headers_timeout_s),
-        # No request_timeout: it bounds the whole request body and would cut client streams.
+        # The whole request; the timer stops when the response starts, so a server stream (and a
+        # client stream the server answers early) outlives it. No contract method streams from
+        # the client (a test keeps it so).
+        request_timeout=_seconds(settings.request_timeout_s),
         server_name="bhiv-edge",
         always_set_request_id_in_response=True,
     )
     return Listener(
         name="edge",
         address=_socket_address(settings.listen_host, settings.listen_port),
-        per_connection_buffer_limit_bytes=_BUFFER_LIMIT_BYTES,
+        # Edge best practice: flow control keeps at most this much per connection in Envoy's buffers.
+        per_connection_buffer_limit_bytes=settings.buffer_limit_bytes,
         # A port clash must fail loudly instead of two Envoys sharing the port.
         enable_reuse_port=False,
         filter_chains=[FilterChain(filters=[Filter(name=HCM_FILTER, typed_config=_pack(hcm))])],
     )
 
 
+def rate_limit_actions() -> list[RateLimit]:
+    """The descriptors each request yields for the rate limits, local and global alike.
+
+    * ``[remote_address=<client>]``: every request, one bucket per client address;
+    * ``[bhiv_rule=login, remote_address=<client>]``: ``Login`` and ``RefreshToken`` only.
+    """
+    login = RateLimitActionHeaderValueMatch(
+        descriptor_key=RULE_KEY,
+        descriptor_value=LOGIN_RULE,
+        headers=[
+            HeaderMatcher(
+                name=":path", string_match=StringMatcher(safe_regex=RegexMatcher(regex=_LOGIN_PATHS))
+            )
+        ],
+    )
+    client = RateLimitAction(remote_address=RateLimitActionRemoteAddress())
+    return [
+        RateLimit(actions=[client]),
+        RateLimit(actions=[RateLimitAction(header_value_match=login), client]),
+    ]
+
+
 def _local_rate_limit(settings: EdgeSettings) -> LocalRateLimit:
-    """Build one edge-wide token bucket; gRPC callers over it get RESOURCE_EXHAUSTED, gRPC-web HTTP 429."""
+    """Build the edge's token buckets: edge-wide, per client address, and per address for logins.
+
+    Every request takes a token from the edge-wide bucket and from its address's bucket; ``Login``
+    and ``RefreshToken`` also from their address's login bucket (a descriptor entry without a
+    value is a wildcard: Envoy keeps one bucket per value it meets). Over any of them, gRPC callers
+    get RESOURCE_EXHAUSTED, and so do gRPC-web callers (see :func:`_local_replies`).
+    """
     everyone = RuntimeFractionalPercent(
         default_value=FractionalPercent(numerator=100, denominator=FractionalPercentDenominatorType.HUNDRED),
     )
+    address = RateLimitDescriptorEntry(key=REMOTE_ADDRESS_KEY)
     return LocalRateLimit(
         stat_prefix="edge_rate_limit",
         token_bucket=TokenBucket(
@@ -710,6 +987,28 @@ def _local_rate_limit(settings: EdgeSettings) -> LocalRateLimit:
             tokens_per_fill=settings.rate_limit_tokens_per_fill,
             fill_interval=_seconds(settings.rate_limit_fill_interval_s),
         ),
+        descriptors=[
+            LocalRateLimitDescriptor(
+                entries=[address],
+                token_bucket=TokenBucket(
+                    max_tokens=settings.rate_limit_per_address,
+                    tokens_per_fill=settings.rate_limit_per_address,
+                    fill_interval=_seconds(settings.rate_limit_fill_interval_s),
+                ),
+            ),
+            LocalRateLimitDescriptor(
+                entries=[RateLimitDescriptorEntry(key=RULE_KEY, value=LOGIN_RULE), address],
+                token_bucket=TokenBucket(
+                    max_tokens=settings.login_rate_limit,
+                    tokens_per_fill=settings.login_rate_limit,
+                    fill_interval=timedelta(minutes=1),
+                ),
+            ),
+        ],
+        rate_limits=rate_limit_actions(),
+        max_dynamic_descriptors=settings.rate_limit_addresses,
+        # The edge-wide bucket applies to every request, whatever else matches.
+        always_consume_default_token_bucket=True,
         # Both default to 0 %: without them the filter is configured but never limits anything.
         filter_enabled=everyone,
         filter_enforced=everyone,
@@ -721,6 +1020,109 @@ def _local_rate_limit(settings: EdgeSettings) -> LocalRateLimit:
                 append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
             )
         ],
+    )
+
+
+def _global_rate_limit() -> GlobalRateLimit:
+    """Ask the global rate-limit service about every request, with the local buckets' descriptors.
+
+    If the service cannot be reached in time, the request goes on (the local buckets still hold):
+    an outage of the limiter must not take the edge down with it.
+    """
+    return GlobalRateLimit(
+        domain=RATE_LIMIT_DOMAIN,
+        timeout=timedelta(milliseconds=100),
+        failure_mode_deny=False,
+        rate_limited_as_resource_exhausted=True,
+        rate_limit_service=RateLimitServiceConfig(
+            grpc_service=GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=RATE_LIMIT_CLUSTER)),
+            transport_api_version=ApiVersion.V3,
+        ),
+        rate_limits=rate_limit_actions(),
+    )
+
+
+def _rate_limit_service_clusters(settings: EdgeSettings) -> list[Cluster]:
+    """The global rate-limit service's cluster (gRPC, health-checked), when one is configured."""
+    if settings.rate_limit_service is None:
+        return []
+    host, _, port = settings.rate_limit_service.rpartition(":")
+    service = Upstream(RATE_LIMIT_CLUSTER, host, int(port), "/envoy.service.ratelimit.v3.")
+    return [_cluster(RATE_LIMIT_CLUSTER, [service], settings)]
+
+
+def rate_limit_service_config(settings: EdgeSettings) -> dict[str, Any]:
+    """The global rate-limit service's configuration for the edge's descriptors (envoyproxy/ratelimit).
+
+    Several Envoy replicas each keep their own local buckets, so N replicas admit N times the
+    limits; a global service counts for all of them. Write this as the service's YAML (JSON is
+    YAML) and set ``BHIV_EDGE_RATE_LIMIT_SERVICE`` on every replica. The service counts in fixed
+    windows of a unit (second, minute), not token buckets: the limits are the same per unit.
+
+    Args:
+        settings: The edge settings whose limits the service enforces.
+
+    Returns:
+        ``{"domain": ..., "descriptors": [...]}``, ready for :func:`json.dumps` or a YAML dumper.
+
+    """
+    interval = settings.rate_limit_fill_interval_s
+    if interval <= 1:
+        per_address = {
+            "unit": "second",
+            "requests_per_unit": max(1, round(settings.rate_limit_per_address / interval)),
+        }
+    else:
+        per_address = {
+            "unit": "minute",
+            "requests_per_unit": max(1, round(settings.rate_limit_per_address * 60 / interval)),
+        }
+    return {
+        "domain": RATE_LIMIT_DOMAIN,
+        "descriptors": [
+            {"key": REMOTE_ADDRESS_KEY, "rate_limit": per_address},
+            {
+                "key": RULE_KEY,
+                "value": LOGIN_RULE,
+                "descriptors": [
+                    {
+                        "key": REMOTE_ADDRESS_KEY,
+                        "rate_limit": {"unit": "minute", "requests_per_unit": settings.login_rate_limit},
+                    }
+                ],
+            },
+        ],
+    }
+
+
+def _transcoder(upstreams: Sequence[Upstream], settings: EdgeSettings) -> GrpcJsonTranscoder:
+    """Build the gRPC-JSON transcoder: ``POST /<package>.<Service>/<Method>`` with a JSON body.
+
+    Fed the contracts' descriptor set (:func:`~bhiv_core.runtime.contracts.descriptor_set`,
+    inline in the bootstrap, so one file is the whole config), for every unary method of the
+    services behind the edge: no ``google.api.http`` annotations are needed, Envoy maps each method
+    to its gRPC path (``auto_mapping``). Errors come back as JSON ``google.rpc.Status`` (code,
+    message, details with their ``@type``), with the HTTP status that matches the code. gRPC and
+    gRPC-web requests pass through untouched; JSON to a method that does not exist is 404 here.
+    """
+    prefixes = tuple(upstream.route_prefix.removeprefix("/") for upstream in upstreams)
+    return GrpcJsonTranscoder(
+        proto_descriptor_bin=descriptor_set().SerializeToString(),
+        services=[
+            service.full_name for service in all_services() if f"{service.full_name}.".startswith(prefixes)
+        ],
+        print_options=GrpcJsonTranscoderPrintOptions(
+            add_whitespace=False, always_print_primitive_fields=False
+        ),
+        # Methods without google.api.http annotations (all of ours) map to POST /<package>.<Service>/<Method>.
+        auto_mapping=True,
+        convert_grpc_status=True,
+        request_validation_options=GrpcJsonTranscoderRequestValidationOptions(
+            reject_unknown_method=True, reject_unknown_query_parameters=True
+        ),
+        # A unary request or response is buffered whole to convert it: as large as the services take.
+        max_request_body_size=settings.max_request_bytes,
+        max_response_body_size=settings.max_request_bytes,
     )
 
 
@@ -773,7 +1175,8 @@ def _local_replies(settings: EdgeSettings) -> LocalReplyConfig:
     * any 400 (a path with an escaped slash, a malformed HTTP/1.1 header...): INVALID_ARGUMENT,
       unless the reply already has a status;
     * a body larger than a filter may buffer (the health router reads at most a stream's window):
-      RESOURCE_EXHAUSTED, with a hint (gRPC-web: HTTP 413).
+      RESOURCE_EXHAUSTED, with a hint (gRPC-web: HTTP 413);
+    * a call past its deadline (its grpc-timeout, or the unary limit): DEADLINE_EXCEEDED, saying so.
     """
     pseudo = "pseudo-headers and the edge's own headers included"
     too_many = f"too many request header fields: at most {settings.max_request_headers}, {pseudo}"
@@ -798,6 +1201,25 @@ def _local_replies(settings: EdgeSettings) -> LocalReplyConfig:
                 _INVALID_ARGUMENT,
                 body_format="malformed request: %RESPONSE_CODE_DETAILS%",
             ),
+            # A gRPC-web call over a rate limit would get HTTP 429, which gRPC-web clients read as
+            # UNAVAILABLE (and retry): it gets gRPC's answer instead, a trailers-only 200 with
+            # RESOURCE_EXHAUSTED. The grpc_web filter has made its content type application/grpc;
+            # other requests (JSON) keep the 429.
+            _mapper(
+                "response.code_details in ['local_rate_limited', 'request_rate_limited'] && "
+                "request.headers['content-type'].startsWith('application/grpc')",
+                _RESOURCE_EXHAUSTED,
+                status_code=200,
+                body="",
+                message=RATE_LIMITED_MESSAGE,
+            ),
+            # Envoy's own message ("downstream duration timeout") does not say whose limit it was.
+            _mapper(
+                "response.code_details == 'max_duration_timeout'",
+                _DEADLINE_EXCEEDED,
+                body="deadline exceeded at the edge: the call's grpc-timeout, or the edge's limit for "
+                f"unary calls ({settings.unary_timeout_s:g} s)",
+            ),
         ]
     )
 
@@ -814,6 +1236,7 @@ def _mapper(
     status_code: int | None = None,
     body: str | None = None,
     body_format: str | None = None,
+    message: str | None = None,
 ) -> ResponseMapper:
     """Map a local reply matching the CEL ``condition`` to a gRPC status, and maybe a new HTTP status.
 
@@ -823,6 +1246,7 @@ def _mapper(
         status_code: The new HTTP status, or None to keep it.
         body: The new body, which gRPC callers read as the status message; None keeps it.
         body_format: A format (Envoy's command operators) for the body, instead of ``body``.
+        message: A ``grpc-message`` to add, for replies whose body is not the message.
 
     """
     return ResponseMapper(
@@ -838,9 +1262,11 @@ def _mapper(
         else SubstitutionFormatString(text_format_source=DataSource(inline_string=body_format)),
         headers_to_add=[
             HeaderValueOption(
-                header=HeaderValue(key=_GRPC_STATUS, value=grpc_status),
+                header=HeaderValue(key=key, value=value),
                 append_action=HeaderValueOptionHeaderAppendAction.ADD_IF_ABSENT,
             )
+            for key, value in ((_GRPC_STATUS, grpc_status), ("grpc-message", message))
+            if value is not None
         ],
     )
 
@@ -918,18 +1344,37 @@ def _route(
     *,
     headers: Sequence[HeaderMatcher] = (),
     response_headers: Sequence[HeaderValueOption] = (),
+    max_duration: timedelta = timedelta(0),
+    idle_timeout: timedelta | None = None,
 ) -> Route:
-    """Route a path prefix to ``cluster`` with no route timeout, bounded by the client's grpc-timeout."""
+    """Route a path prefix to ``cluster``, bounded by the client's grpc-timeout.
+
+    Args:
+        name: The route's name.
+        prefix: The path prefix it matches.
+        cluster: Where it goes.
+        headers: Header matchers, all of which must match too.
+        response_headers: Headers set on the response.
+        max_duration: The longest a call may last, and the cap on a client's ``grpc-timeout``; 0
+            (no limit) for routes that carry streams (health ``Watch``, reflection, the streaming
+            methods). A route with ``max_stream_duration`` ignores the route ``timeout`` (Envoy's
+            rule), and a client's ``grpc-timeout`` would replace it, so both are set here.
+        idle_timeout: Replaces the connection manager's stream idle timeout on this route.
+
+    """
     return Route(
         name=name,
         # Prefix only: a `grpc: {}` match would turn gRPC-web POSTs and CORS preflights into 404s.
         match=RouteMatch(prefix=prefix, headers=list(headers)),
         route=RouteAction(
             cluster=cluster,
-            # 0 disables the route timeout, so server streams live as long as the client wants.
+            # Unused: max_stream_duration governs (0 disables the route timeout, for clarity).
             timeout=timedelta(0),
-            # The client's grpc-timeout becomes the stream's deadline (0 = no cap on it).
-            max_stream_duration=RouteActionMaxStreamDuration(grpc_timeout_header_max=timedelta(0)),
+            idle_timeout=idle_timeout,
+            # The client's grpc-timeout becomes the stream's deadline, up to max_duration (0: no cap).
+            max_stream_duration=RouteActionMaxStreamDuration(
+                max_stream_duration=max_duration or None, grpc_timeout_header_max=max_duration
+            ),
         ),
         response_headers_to_add=list(response_headers),
     )
@@ -950,15 +1395,18 @@ def _with_script(route: Route, script: str) -> Route:
 
 
 def _protocol_refusal_routes() -> list[Route]:
-    """Refuse, at the edge, what is neither gRPC nor gRPC-web, instead of resetting at a service.
+    """Refuse, at the edge, what is neither gRPC, gRPC-web nor JSON for a service, instead of resetting.
 
     * a method other than POST: 405 (``allow: POST``), except CORS preflights (``OPTIONS`` with
       ``access-control-request-method``), which the CORS filter answers on the routes below;
-    * a POST whose content type does not start with ``application/grpc`` (gRPC-web's
-      ``application/grpc-web*`` does): 415. That is the Connect protocol (``application/json``,
-      ``application/proto``, ``application/connect+*``), JSON for REST, forms and the like.
+    * the Connect protocol (a ``connect-protocol-version`` header), whatever its content type,
+      JSON included: 415;
+    * a POST whose content type is neither ``application/grpc*`` (gRPC-web's
+      ``application/grpc-web*`` is) nor ``application/json``: 415 (``application/proto``, forms...);
+    * JSON to health or reflection (the transcoder serves the ``bhiv.*`` services only): 415.
 
-    The routes name a cluster they never reach: the Lua filter answers first.
+    JSON to a ``bhiv.*`` service goes on to the gRPC-JSON transcoder (:func:`_transcoder`). The
+    routes name a cluster they never reach: the Lua filter answers first.
     """
     not_post_or_options = HeaderMatcher(
         name=":method",
@@ -968,6 +1416,7 @@ def _protocol_refusal_routes() -> list[Route]:
     options = HeaderMatcher(name=":method", string_match=StringMatcher(exact="OPTIONS"))
     not_a_preflight = HeaderMatcher(name="access-control-request-method", present_match=False)
     post = HeaderMatcher(name=":method", string_match=StringMatcher(exact="POST"))
+    connect = HeaderMatcher(name="connect-protocol-version", present_match=True)
     not_grpc = HeaderMatcher(
         name="content-type",
         string_match=StringMatcher(prefix="application/grpc"),
@@ -975,18 +1424,26 @@ def _protocol_refusal_routes() -> list[Route]:
         # No content type at all is refused too.
         treat_missing_header_as_empty=True,
     )
+    neither_grpc_nor_json = HeaderMatcher(
+        name="content-type",
+        string_match=StringMatcher(safe_regex=RegexMatcher(regex=_GRPC_OR_JSON)),
+        invert_match=True,
+        treat_missing_header_as_empty=True,
+    )
+    refusals = [
+        ("refuse-method", "/", [not_post_or_options], "refuse-method"),
+        ("refuse-options", "/", [options, not_a_preflight], "refuse-method"),
+        ("refuse-connect", "/", [post, connect], "refuse-media-type"),
+        ("refuse-media-type", "/", [post, neither_grpc_nor_json], "refuse-media-type"),
+        ("refuse-json-health", HEALTH_PREFIX, [post, not_grpc], "refuse-media-type"),
+        *(
+            (f"refuse-json-reflection-{prefix.split('.')[2]}", prefix, [post, not_grpc], "refuse-media-type")
+            for prefix in REFLECTION_PREFIXES
+        ),
+    ]
     return [
-        _with_script(
-            _route("refuse-method", "/", REFLECTION_CLUSTER, headers=[not_post_or_options]), "refuse-method"
-        ),
-        _with_script(
-            _route("refuse-options", "/", REFLECTION_CLUSTER, headers=[options, not_a_preflight]),
-            "refuse-method",
-        ),
-        _with_script(
-            _route("refuse-media-type", "/", REFLECTION_CLUSTER, headers=[post, not_grpc]),
-            "refuse-media-type",
-        ),
+        _with_script(_route(name, prefix, REFLECTION_CLUSTER, headers=headers), script)
+        for name, prefix, headers, script in refusals
     ]
 
 
@@ -1059,7 +1516,7 @@ def _cluster(
         type=ClusterDiscoveryType.STATIC if all_ips else ClusterDiscoveryType.STRICT_DNS,
         dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
         connect_timeout=_seconds(settings.connect_timeout_s),
-        per_connection_buffer_limit_bytes=_BUFFER_LIMIT_BYTES,
+        per_connection_buffer_limit_bytes=settings.buffer_limit_bytes,
         load_assignment=ClusterLoadAssignment(
             cluster_name=name,
             endpoints=[
@@ -1076,6 +1533,8 @@ def _cluster(
                 UpstreamHttpProtocolOptions(
                     explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
                         http2_protocol_options=Http2ProtocolOptions(
+                            initial_stream_window_size=settings.initial_stream_window_bytes,
+                            initial_connection_window_size=settings.initial_connection_window_bytes,
                             # Finds a dead service process behind a silent connection.
                             connection_keepalive=KeepaliveSettings(
                                 interval=timedelta(seconds=30), timeout=timedelta(seconds=5)

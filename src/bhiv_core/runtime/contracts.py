@@ -10,11 +10,20 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import FileDescriptor, MethodDescriptor, ServiceDescriptor
+from google.rpc import error_details_pb2
 
 from bhiv.options.v1 import annotations_pb2
 
-__all__ = ["MethodPolicy", "all_services", "method_path", "policy_of", "services_of_package"]
+__all__ = [
+    "MethodPolicy",
+    "all_services",
+    "descriptor_set",
+    "method_path",
+    "policy_of",
+    "services_of_package",
+]
 
 
 @cache
@@ -30,6 +39,30 @@ def all_services() -> tuple[ServiceDescriptor, ...]:
             module = importlib.import_module(".".join(parts))
             found.extend(module.DESCRIPTOR.services_by_name.values())
     return tuple(sorted(found, key=lambda s: s.full_name))
+
+
+def descriptor_set() -> descriptor_pb2.FileDescriptorSet:
+    """Every contract file with its dependencies (dependencies first), and the error details.
+
+    ``google/rpc/error_details.proto`` is there although no contract imports it: the services put
+    its messages (``ErrorInfo``, ``BadRequest``...) into a status's details, and whoever turns a
+    status into JSON (Envoy's gRPC-JSON transcoder, ``buf curl``) must know their types.
+    """
+    files = descriptor_pb2.FileDescriptorSet()
+    seen: set[str] = set()
+
+    def add(file: FileDescriptor) -> None:
+        if file.name in seen:
+            return
+        seen.add(file.name)
+        for dependency in file.dependencies:
+            add(dependency)
+        file.CopyToProto(files.file.add())
+
+    for service in all_services():
+        add(service.file)
+    add(error_details_pb2.DESCRIPTOR)
+    return files
 
 
 def services_of_package(package: str) -> tuple[ServiceDescriptor, ...]:
