@@ -1246,6 +1246,14 @@ async def test_a_connection_specific_field_resets_only_that_stream(edge: EnvoyPr
     assert "RST_STREAM" in outcome.message
 
 
+async def test_a_host_field_that_is_no_authority_resets_only_that_stream(edge: EnvoyProcess) -> None:
+    # An HTTP/2 client must not send a Host that differs from :authority (RFC 9113, 8.3.1); one
+    # that is not even an authority makes the request malformed: a reset of that stream alone.
+    outcome = await call_beside_a_watch(edge.address, [("host", "gjOVz|IE)d=;:O!&")])
+    assert (outcome.code, outcome.watch) == (grpc.StatusCode.INTERNAL, None)
+    assert "RST_STREAM" in outcome.message
+
+
 async def test_a_field_over_twice_the_codec_backstop_ends_the_connection(edge: EnvoyProcess) -> None:
     # The header decoder gives up on a field over about twice the backstop (4 MiB), and a decoding
     # error is a connection error (RFC 9113, 4.3): GOAWAY, every stream of the connection ends.

@@ -66,6 +66,7 @@ def test_only_fields_an_http2_client_may_send_are_conforming() -> None:
     assert not conforming(Header("connection", "close", 5))
     assert not conforming(Header("upgrade", "b", 1))
     assert not conforming(Header("te", "gzip", 4))
+    assert not conforming(Header("host", "gjOVz|IE)d=;:O!&", 16))  # differs from :authority
     assert conforming(Header("te", "trailers", 8))
     assert conforming(Header("connection", "close", 5, copies=50))  # connection-0, connection-1...
     assert conforming(Header("x-a", "a", 1 << 20))
