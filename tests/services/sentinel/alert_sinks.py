@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from bhiv_core.mesh import free_port
 
@@ -79,11 +87,50 @@ class _Mailbox:
         return "250 Message accepted for delivery"
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files in ``directory``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "relay.crt", directory / "relay.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
 @contextlib.contextmanager
-def smtp_server() -> Iterator[tuple[int, list[tuple[str, list[str], Message]]]]:
-    """An aiosmtpd server on 127.0.0.1 (its own thread); yields its port and the mail it got."""
+def smtp_server(
+    tls: tuple[Path, Path] | None = None,
+) -> Iterator[tuple[int, list[tuple[str, list[str], Message]]]]:
+    """An aiosmtpd server on 127.0.0.1 (its own thread); yields its port and the mail it got.
+
+    With ``tls`` (a certificate and key), it offers STARTTLS and refuses mail before it.
+    """
     mailbox = _Mailbox()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    extra: dict[str, Any] = {}
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*tls)
+        extra = {"tls_context": context, "require_starttls": True}
+    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port(), **extra)
     controller.start()
     try:
         yield controller.port, mailbox.messages

@@ -32,7 +32,7 @@ from bhiv_core.services.sentinel.alerts.service import Alerts
 from bhiv_core.services.sentinel.alerts.transports import verify_signature
 from tests.harness import config_for, serving
 from tests.services.crm.conftest import AsCaller, Clock, as_, reason, refused, violations
-from tests.services.sentinel.alert_sinks import http_sink, smtp_server
+from tests.services.sentinel.alert_sinks import http_sink, self_signed, smtp_server
 
 ADMIN = as_("admin")
 OPS = as_("ops")
@@ -211,6 +211,27 @@ async def test_email_channel_delivers_through_the_smtp_relay(tmp_path: Path) -> 
     assert (sender, recipients) == ("bhiv-sentinel@localhost", ["admin@example.org"])
     assert message["Subject"] == "[BHIV HIGH] Brute force from 192.0.2.7"
     assert "incidents/abc" in message.get_payload()
+
+
+async def test_email_goes_over_starttls_to_a_verified_relay_and_never_in_plain_text(tmp_path: Path) -> None:
+    cert, key = await asyncio.to_thread(self_signed, tmp_path)
+    with smtp_server(tls=(cert, key)) as (port, mail):
+        env = {"ALERT_SMTP_HOST": "127.0.0.1", "ALERT_SMTP_PORT": str(port), "ALERT_BACKOFF_SECONDS": "0.01"}
+        # Without the relay's CA the certificate does not verify: nothing is sent.
+        async with serve_alerts(tmp_path / "untrusted", **env) as served:
+            created = await served.channel(EMAIL, "admin@example.org")
+            sent = await served.stub.SendTestAlert(
+                als.SendTestAlertRequest(name=created.name), metadata=ADMIN
+            )
+            assert not sent.delivered
+            assert "CERTIFICATE_VERIFY_FAILED" in sent.error
+        async with serve_alerts(tmp_path / "trusted", ALERT_SMTP_CA_FILE=str(cert), **env) as served:
+            created = await served.channel(EMAIL, "admin@example.org")
+            sent = await served.stub.SendTestAlert(
+                als.SendTestAlertRequest(name=created.name), metadata=ADMIN
+            )
+            assert (sent.delivered, sent.attempts, sent.error) == (True, 1, "")
+    assert [recipients for _, recipients, _ in mail] == [["admin@example.org"]]
 
 
 async def test_email_without_a_relay_fails_saying_so(tmp_path: Path) -> None:
