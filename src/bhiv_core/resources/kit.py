@@ -93,15 +93,17 @@ def new_etag() -> str:
     return secrets.token_hex(8)
 
 
-def id_of(name: str, collection: Collection, *, field: str = "name") -> str:
+def id_of(name: str, collection: Collection, *, field: str = "name", prefix: str = "") -> str:
     """The id of ``{collection}/{id}``; NOT_FOUND when ``name`` is not of this collection.
 
     The validation layer has already checked the contract's pattern; this is the check for
-    fields it does not cover, and the one place names are taken apart.
+    fields it does not cover, and the one place names are taken apart. ``prefix`` is the
+    resource-name prefix when it is not the collection's name (``alertChannels``).
     """
-    prefix, _, id = name.partition("/")
-    if prefix != collection.name or not id or "/" in id:
-        raise NotFound(f"{field} {name!r} is not a {collection.name} resource name", reason="NOT_FOUND")
+    expected = prefix or collection.name
+    given, _, id = name.partition("/")
+    if given != expected or not id or "/" in id:
+        raise NotFound(f"{field} {name!r} is not a {expected} resource name", reason="NOT_FOUND")
     return id
 
 
@@ -177,6 +179,9 @@ class ResourceType(Generic[M]):
         immutable: Fields set on create that no update may change (mask: IMMUTABLE).
         label: The word for it in messages (``customer``).
         request_field: The request field holding it (``customer``), for violation paths.
+        prefix: The resource-name prefix when it is not the collection's name: AIP names are
+            camelCase (``alertChannels/{id}``), collection names lower_snake. Empty: the
+            collection's name.
 
     """
 
@@ -188,14 +193,15 @@ class ResourceType(Generic[M]):
     request_field: str
     owner: Callable[[M], str] = field(default=lambda _m: "")
     immutable: frozenset[str] = frozenset()
+    prefix: str = ""
 
     def name(self, id: str) -> str:
         """The resource name of an id."""
-        return f"{self.collection.name}/{id}"
+        return f"{self.prefix or self.collection.name}/{id}"
 
     def id_of(self, name: str, *, field: str = "name") -> str:
         """The id of one of this type's names (NOT_FOUND for another collection's)."""
-        return id_of(name, self.collection, field=field)
+        return id_of(name, self.collection, field=field, prefix=self.prefix)
 
     @property
     def versioned(self) -> bool:

@@ -99,6 +99,21 @@ SHARED_SETTINGS: Final = frozenset(
         "AUDIT_CHECKPOINT_KEY_FILE",
         "AUDIT_CHECKPOINT_RECORDS",
         "AUDIT_CHECKPOINT_SECONDS",
+        # sentinel's alerts
+        "ALERT_KEK_FILE",
+        "ALERT_SMTP_HOST",
+        "ALERT_SMTP_PORT",
+        "ALERT_SMTP_STARTTLS",
+        "ALERT_SMTP_CA_FILE",
+        "ALERT_SMTP_USERNAME",
+        "ALERT_SMTP_PASSWORD_FILE",
+        "ALERT_SMTP_FROM",
+        "ALERT_DEDUP_SECONDS",
+        "ALERT_RATE_LIMIT",
+        "ALERT_RATE_WINDOW_SECONDS",
+        "ALERT_MAX_ATTEMPTS",
+        "ALERT_BACKOFF_SECONDS",
+        "ALERT_TIMEOUT_SECONDS",
     }
 )
 """Settings that are not per service (some belong to one service and say so in their name)."""

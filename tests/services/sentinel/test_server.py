@@ -11,6 +11,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bhiv.sentinel.v1 import alert_service_pb2 as als
+from bhiv.sentinel.v1 import alert_service_pb2_grpc as als_grpc
 from bhiv.sentinel.v1 import audit_service_pb2 as aus
 from bhiv.sentinel.v1 import audit_service_pb2_grpc as aus_grpc
 from bhiv.sentinel.v1 import block_service_pb2 as bs
@@ -50,12 +52,17 @@ async def test_sentinel_reads_the_shared_audit_file_and_reports_health(tmp_path:
 
     config = config_for("sentinel", DATA_DIR=str(tmp_path))
     definition = server.definition(config)
-    assert set(definition.checks) == {"audit_store", "sentinel_store"}
+    assert set(definition.checks) == {"audit_store", "sentinel_store", "alert_store"}
     running = await start_service(config, definition, chain)
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            for name in ("", "bhiv.sentinel.v1.AuditService", "bhiv.sentinel.v1.ThreatService"):
+            for name in (
+                "",
+                "bhiv.sentinel.v1.AuditService",
+                "bhiv.sentinel.v1.ThreatService",
+                "bhiv.sentinel.v1.AlertService",
+            ):
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
             audit = aus_grpc.AuditServiceStub(channel)
@@ -73,9 +80,13 @@ async def test_sentinel_reads_the_shared_audit_file_and_reports_health(tmp_path:
                 await blocks.CheckAddress(bs.CheckAddressRequest(address="192.0.2.1"))
             assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
             assert MISSING in (err.value.details() or "")
+            # AlertService is served by the alerts servicer, on its own kit store.
+            alerts = als_grpc.AlertServiceStub(channel)
+            assert not (await alerts.ListAlertChannels(als.ListAlertChannelsRequest())).alert_channels
     finally:
         await running.stop(grace=0.5)
     assert (tmp_path / "sentinel.db").exists()
+    assert (tmp_path / "sentinel-alerts.db").exists()
     # on_stop closed both stores: their checks fail now.
     for check in definition.checks.values():
         with pytest.raises(RuntimeError, match="not open"):

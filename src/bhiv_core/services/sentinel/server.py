@@ -9,6 +9,7 @@ from bhiv_core.audit.store import make_audit_store
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
+from bhiv_core.services.sentinel.alerts.service import Alerts
 from bhiv_core.services.sentinel.config import SentinelConfig
 from bhiv_core.services.sentinel.service import SentinelService, audit_page_bytes
 from bhiv_core.services.sentinel.servicer import MISSING, SentinelServicer
@@ -53,13 +54,16 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
         page_bytes=audit_page_bytes(config.max_message_bytes),
     )
     servicer = SentinelServicer(sentinel)
+    # Alert channels and alerts (<data_dir>/sentinel-alerts.db): see services/sentinel/alerts.
+    alerts = Alerts.from_config(config)
+    servicers = {"AlertService": alerts.servicer}
     return runtime.ServiceDefinition(
         name=NAME,
-        servicers=[(service, servicer) for service in services_of_package("bhiv.sentinel.v1")],
+        servicers=[(s, servicers.get(s.name, servicer)) for s in services_of_package("bhiv.sentinel.v1")],
         missing=MISSING,
-        checks={"audit_store": audit.ping, "sentinel_store": store.ping},
-        on_start=[audit.open, store.open, writer.start, detection.start],
-        on_stop=[detection.stop, writer.stop, store.close, audit.close],
+        checks={"audit_store": audit.ping, "sentinel_store": store.ping, "alert_store": alerts.store.ping},
+        on_start=[audit.open, store.open, writer.start, detection.start, alerts.start],
+        on_stop=[alerts.stop, detection.stop, writer.stop, store.close, audit.close],
     )
 
 

@@ -22,7 +22,7 @@ from bhiv_core.services.sentinel.store import EventKind, SecurityEvent
 
 __all__ = ["MISSING", "SentinelServicer", "audit_record_to_proto", "security_event_to_proto"]
 
-MISSING = "incidents, the threat event stream, blocks and alert channels are a later issue"
+MISSING = "incidents, the threat event stream and blocks are a later issue"
 
 _BREAK_REASONS = {
     ChainBreak.HASH_MISMATCH: audit_record_pb2.CHAIN_BREAK_REASON_HASH_MISMATCH,

@@ -28,15 +28,20 @@ class _AlertChannelKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Aler
     ALERT_CHANNEL_KIND_UNSPECIFIED: _AlertChannelKind.ValueType  # 0
     """The kind is not set; never valid on a stored channel."""
     ALERT_CHANNEL_KIND_SLACK_WEBHOOK: _AlertChannelKind.ValueType  # 1
-    """A Slack incoming webhook; `target` is its `https://` URL."""
+    """A Slack incoming webhook; `target` is its `https://` URL (`http://` only
+    to a loopback address). It receives `{"text": ...}`.
+    """
     ALERT_CHANNEL_KIND_EMAIL: _AlertChannelKind.ValueType  # 2
     """E-mail through the configured SMTP relay; `target` is the recipient
     address.
     """
     ALERT_CHANNEL_KIND_GENERIC_WEBHOOK: _AlertChannelKind.ValueType  # 3
     """An HTTP POST of a JSON alert to `target`, an `http://` or `https://` URL,
-    signed with `X-BHIV-Signature: sha256=<hex HMAC-SHA256 of the body>`
-    when the channel has a secret.
+    signed when the channel has a secret with
+    `X-BHIV-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + the raw body>`;
+    receivers compare in constant time and refuse a `t` more than 300 s from
+    their clock (a replayed request). `X-BHIV-Alert` names the alert, the
+    same on every retry.
     """
 
 class AlertChannelKind(_AlertChannelKind, metaclass=_AlertChannelKindEnumTypeWrapper):
@@ -45,15 +50,20 @@ class AlertChannelKind(_AlertChannelKind, metaclass=_AlertChannelKindEnumTypeWra
 ALERT_CHANNEL_KIND_UNSPECIFIED: AlertChannelKind.ValueType  # 0
 """The kind is not set; never valid on a stored channel."""
 ALERT_CHANNEL_KIND_SLACK_WEBHOOK: AlertChannelKind.ValueType  # 1
-"""A Slack incoming webhook; `target` is its `https://` URL."""
+"""A Slack incoming webhook; `target` is its `https://` URL (`http://` only
+to a loopback address). It receives `{"text": ...}`.
+"""
 ALERT_CHANNEL_KIND_EMAIL: AlertChannelKind.ValueType  # 2
 """E-mail through the configured SMTP relay; `target` is the recipient
 address.
 """
 ALERT_CHANNEL_KIND_GENERIC_WEBHOOK: AlertChannelKind.ValueType  # 3
 """An HTTP POST of a JSON alert to `target`, an `http://` or `https://` URL,
-signed with `X-BHIV-Signature: sha256=<hex HMAC-SHA256 of the body>`
-when the channel has a secret.
+signed when the channel has a secret with
+`X-BHIV-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + the raw body>`;
+receivers compare in constant time and refuse a `t` more than 300 s from
+their clock (a replayed request). `X-BHIV-Alert` names the alert, the
+same on every retry.
 """
 Global___AlertChannelKind: _TypeAlias = AlertChannelKind  # noqa: Y015
 
@@ -115,7 +125,9 @@ class AlertChannel(_message.Message):
     target: _builtins.str
     """Where alerts go, at most 2048 characters; required on create: a URL for
     the webhook kinds, an e-mail address for ALERT_CHANNEL_KIND_EMAIL
-    (INVALID_ARGUMENT when it does not fit the kind).
+    (INVALID_ARGUMENT when it does not fit the kind). A webhook URL is a
+    credential: reads return it as `scheme://host[:port]/[redacted]`, and an
+    update naming `target` must send the whole URL.
     """
     has_secret: _builtins.bool
     """True when a secret is stored. Output only."""
