@@ -17,9 +17,9 @@ What the edge does, in the order a request meets it:
   go on. The codec's own limits sit far above, as a backstop (see :func:`_listener`), and the codec
   is Envoy's oghttp2, which decodes long fields where its default ends the connection
   (:data:`ENVOY_RUNTIME`).
-* HTTP filters: ``grpc_web`` → ``cors`` → header limits → ``local_ratelimit`` → ``lua`` → *extra
-  filters* → ``router``. The extra filters are the seam for the JWT check and the IP-block RBAC
-  filter; CORS comes before the rate limit so preflights are answered without spending tokens, and
+* HTTP filters: ``grpc_web`` → ``cors`` → header limits → ``local_ratelimit`` → ``lua`` →
+  ``jwt_authn`` (the token check, :func:`_jwt_authn`) → ``grpc_json_transcoder`` → *extra filters*
+  → ``router``. The extra filters are the seam for the IP-block RBAC filter; CORS comes before the rate limit so preflights are answered without spending tokens, and
   before the header limits so a browser can read their refusal; a refused request spends no token.
   The Lua filter has no default
   script: it runs only on the routes that name one of its scripts (:mod:`bhiv_core.edge.lua_scripts`),
@@ -1352,6 +1352,8 @@ def _local_replies(settings: EdgeSettings) -> LocalReplyConfig:
     * a body larger than a filter may buffer (the health router reads at most a stream's window):
       RESOURCE_EXHAUSTED, with a hint (gRPC-web: HTTP 413);
     * a call past its deadline (its grpc-timeout, or the unary limit): DEADLINE_EXCEEDED, saying so.
+    * a token the edge refuses (jwt_authn): UNAUTHENTICATED whatever the reason; JSON callers get a
+      ``google.rpc.Status``.
     """
     pseudo = "pseudo-headers and the edge's own headers included"
     too_many = f"too many request header fields: at most {settings.max_request_headers}, {pseudo}"
@@ -1388,14 +1390,17 @@ def _local_replies(settings: EdgeSettings) -> LocalReplyConfig:
                 body="",
                 message=RATE_LIMITED_MESSAGE,
             ),
-            # The edge's token check: jwt_authn answers 401, which Envoy makes UNAUTHENTICATED for
-            # gRPC and gRPC-web (grpc-status 16, and gRPC-web clients read a 401 as UNAUTHENTICATED
-            # too, unlike a 429). JSON gets the transcoder's error shape, a google.rpc.Status.
+            # The edge's token check: jwt_authn answers 401 (UNAUTHENTICATED for gRPC and gRPC-web:
+            # grpc-status 16, and gRPC-web clients read a 401 so too, unlike a 429), but 403 for a
+            # token of another audience, where the services answer UNAUTHENTICATED: made a 401.
+            # JSON gets the transcoder's error shape, a google.rpc.Status.
             _mapper(
                 f"{_JWT_DENIED} && request.headers['content-type'].startsWith('application/json')",
                 _UNAUTHENTICATED,
+                status_code=401,
                 body_json={"code": int(_UNAUTHENTICATED), "message": "%LOCAL_REPLY_BODY%"},
             ),
+            _mapper(f"{_JWT_DENIED} && response.code == 403", _UNAUTHENTICATED, status_code=401),
             # Envoy's own message ("downstream duration timeout") does not say whose limit it was.
             _mapper(
                 "response.code_details == 'max_duration_timeout'",
