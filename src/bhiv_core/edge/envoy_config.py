@@ -19,8 +19,9 @@ What the edge does, in the order a request meets it:
   (:data:`ENVOY_RUNTIME`).
 * HTTP filters: ``grpc_web`` → ``cors`` → header limits → ``local_ratelimit`` → ``lua`` →
   ``jwt_authn`` (the token check, :func:`_jwt_authn`) → ``grpc_json_transcoder`` → *extra filters*
-  → ``router``. The extra filters are the seam for the IP-block RBAC filter; CORS comes before the rate limit so preflights are answered without spending tokens, and
-  before the header limits so a browser can read their refusal; a refused request spends no token.
+  → ``router``. The extra filters are the seam for the IP-block RBAC filter; CORS comes before
+  the rate limit so preflights are answered without spending tokens, and before the header limits
+  so a browser can read their refusal; a refused request spends no token.
   The Lua filter has no default
   script: it runs only on the routes that name one of its scripts (:mod:`bhiv_core.edge.lua_scripts`),
   the protocol refusals and the health router, so other requests pay nothing for it.
