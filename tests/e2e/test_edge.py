@@ -433,7 +433,8 @@ def test_json_for_a_method_that_does_not_exist_or_for_health_is_refused_at_the_e
     )
     # Without a token, the edge's token check answers first (it runs before the transcoder).
     status, error = curl_json(mesh, "/bhiv.identity.v1.AuthService/NoSuchMethod", "{}")
-    assert (status, error) == (401, {"code": 16, "message": "Jwt is missing"})
+    message = "access token refused at the edge: jwt_authn_access_denied{Jwt_is_missing}"
+    assert (status, error) == (401, {"code": 16, "message": message})
     status, hint = curl_json(mesh, "/grpc.health.v1.Health/Check", "{}")
     assert (status, hint["message"]) == (415, PROTOCOL_HINT)
 

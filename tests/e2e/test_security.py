@@ -115,10 +115,10 @@ async def get_user_code(mesh: Mesh, token: str) -> grpc.StatusCode:
                 auth.GetCurrentUserRequest(), metadata=(("authorization", f"Bearer {token}"),)
             )
         except grpc.aio.AioRpcError as err:
-            # The services' refusals, or the edge's (jwt_authn's messages all name the Jwt or Jwks).
+            # The services' refusals, or the edge's.
             details = err.details() or ""
-            assert (
-                details in ("authentication required", "invalid or expired credentials") or "Jwt" in details
+            assert details in ("authentication required", "invalid or expired credentials") or (
+                details.startswith("access token refused at the edge: ")
             )
             return err.code()
     return grpc.StatusCode.OK

@@ -324,6 +324,8 @@ JWKS_CLUSTER: Final = "edge-jwks"
 JWKS_PATH: Final = "/.well-known/jwks.json"
 """Where the edge serves identity's JWKS as a standard JSON Web Key Set, to Envoy and anyone else."""
 JWKS_METHOD: Final = "/bhiv.identity.v1.AuthService/GetJwks"
+JWT_REFUSED: Final = "access token refused at the edge: %RESPONSE_CODE_DETAILS%"
+"""The message of the edge's token refusals (the details name the reason)."""
 JWKS_REWRITE: Final = "jwks-rewrite"
 """The Lua script turning ``GET /.well-known/jwks.json`` into a JSON call of ``GetJwks``."""
 """The name of the RBAC filter that holds request headers to the limits: a name of its own, so that
@@ -1265,6 +1267,10 @@ def _jwt_authn(settings: EdgeSettings) -> JwtAuthentication:
         ],
         # The CORS filter answers preflights before; a preflight never carries a token.
         bypass_cors_preflight=True,
+        # Without it, the refusal carries `www-authenticate: Bearer realm="<the request's URL>"`,
+        # echoing the client's Host: a long one made a response header the client resets the stream
+        # over (found by the fuzzer). The reason stays in the reply (see _local_replies).
+        strip_failure_response=True,
         stat_prefix="edge_jwt",
     )
 
@@ -1391,17 +1397,19 @@ def _local_replies(settings: EdgeSettings) -> LocalReplyConfig:
                 body="",
                 message=RATE_LIMITED_MESSAGE,
             ),
-            # The edge's token check: jwt_authn answers 401 (UNAUTHENTICATED for gRPC and gRPC-web:
-            # grpc-status 16, and gRPC-web clients read a 401 so too, unlike a 429), but 403 for a
-            # token of another audience, where the services answer UNAUTHENTICATED: made a 401.
+            # The edge's token check: jwt_authn answers 401, or 403 for a token of another
+            # audience, where the services answer UNAUTHENTICATED: both become 401, which Envoy
+            # makes grpc-status 16 for gRPC (gRPC-web clients read a 401 as UNAUTHENTICATED too,
+            # and get the status as well). Its reply has no body (strip_failure_response): the
+            # reason comes from the response details, like `jwt_authn_access_denied{Jwt_is_missing}`.
             # JSON gets the transcoder's error shape, a google.rpc.Status.
             _mapper(
                 f"{_JWT_DENIED} && request.headers['content-type'].startsWith('application/json')",
                 _UNAUTHENTICATED,
                 status_code=401,
-                body_json={"code": int(_UNAUTHENTICATED), "message": "%LOCAL_REPLY_BODY%"},
+                body_json={"code": int(_UNAUTHENTICATED), "message": JWT_REFUSED},
             ),
-            _mapper(f"{_JWT_DENIED} && response.code == 403", _UNAUTHENTICATED, status_code=401),
+            _mapper(_JWT_DENIED, _UNAUTHENTICATED, status_code=401, body_format=JWT_REFUSED),
             # Envoy's own message ("downstream duration timeout") does not say whose limit it was.
             _mapper(
                 "response.code_details == 'max_duration_timeout'",
