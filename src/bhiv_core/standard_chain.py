@@ -25,7 +25,12 @@ from bhiv_core.interceptors.validation import ValidationInterceptor
 from bhiv_core.runtime import telemetry
 from bhiv_core.runtime.chain import Selector, chain_order, is_infrastructure
 from bhiv_core.runtime.clients import PeerChannels
-from bhiv_core.runtime.config import RuntimeConfig, jwt_settings, revocation_poll_seconds
+from bhiv_core.runtime.config import (
+    DEFAULT_JWT_LEEWAY_S,
+    RuntimeConfig,
+    jwt_settings,
+    revocation_poll_seconds,
+)
 from bhiv_core.runtime.server import Chain, ServiceDefinition
 from bhiv_core.security.identity_client import IdentityKeySource, revocation_fetcher, revocation_watcher
 from bhiv_core.security.jwt import JwtVerifier, RevocationSet
@@ -58,7 +63,7 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition, *, audi
         revocations,
         issuer=issuer,
         audience=audience,
-        leeway=settings.positive_float("JWT_LEEWAY_SECONDS", 30.0),
+        leeway=settings.positive_float("JWT_LEEWAY_SECONDS", DEFAULT_JWT_LEEWAY_S),
         cache_size=settings.positive_int("TOKEN_CACHE_SIZE", 10_000),
     )
     sink = AuditSink(make_audit_store(config))

@@ -71,6 +71,8 @@ def mesh_env(otlp: str) -> dict[str, str]:
         # Every test calls from 127.0.0.1: the per-address buckets are tested in tests/edge.
         "BHIV_EDGE_RATE_LIMIT_PER_ADDRESS": "100000",
         "BHIV_EDGE_LOGIN_RATE_LIMIT": "100000",
+        # A test that rotates the signing key waits for the edge to refetch the JWKS; not long.
+        "BHIV_EDGE_JWKS_CACHE_SECONDS": "1",
     }
 
 

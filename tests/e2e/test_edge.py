@@ -422,12 +422,19 @@ def test_a_json_error_is_a_google_rpc_status_with_its_details(mesh: Mesh) -> Non
     assert status == 400, unknown_field  # the transcoder cannot map the field: refused at the edge
 
 
-def test_json_for_a_method_that_does_not_exist_or_for_health_is_refused_at_the_edge(mesh: Mesh) -> None:
-    status, text = curl_json(mesh, "/bhiv.identity.v1.AuthService/NoSuchMethod", "{}")
+def test_json_for_a_method_that_does_not_exist_or_for_health_is_refused_at_the_edge(
+    mesh: Mesh, admin: Session
+) -> None:
+    token = f"authorization: Bearer {admin.access_token}"
+    status, text = curl_json(mesh, "/bhiv.identity.v1.AuthService/NoSuchMethod", "{}", token)
     assert (status, text) == (
         404,
         "Could not resolve /bhiv.identity.v1.AuthService/NoSuchMethod to a method.",
     )
+    # Without a token, the edge's token check answers first (it runs before the transcoder).
+    status, error = curl_json(mesh, "/bhiv.identity.v1.AuthService/NoSuchMethod", "{}")
+    message = "access token refused at the edge: jwt_authn_access_denied{Jwt_is_missing}"
+    assert (status, error) == (401, {"code": 16, "message": message})
     status, hint = curl_json(mesh, "/grpc.health.v1.Health/Check", "{}")
     assert (status, hint["message"]) == (415, PROTOCOL_HINT)
 

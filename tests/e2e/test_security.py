@@ -72,7 +72,11 @@ async def test_every_rpc_for_every_role_gets_what_the_matrix_says(
             for method in METHODS:
                 metadata = session.metadata
                 if method_path(method) in CONSUMES_TOKEN:
-                    metadata = (await login(mesh, session.username, session.password)).metadata
+                    fresh = await login(mesh, session.username, session.password)
+                    # The admin's RotateSigningKey above made a new key current: the edge knows it
+                    # once it refetches the JWKS (BHIV_EDGE_JWKS_CACHE_SECONDS, see README Security).
+                    await until_the_edge_accepts(mesh, fresh.access_token)
+                    metadata = fresh.metadata
                 code = await call(channel, method, metadata)
                 allowed = policy_of(method).permission in ROLE_PERMISSIONS[role]
                 if (allowed and code in DENIED) or (
@@ -111,9 +115,22 @@ async def get_user_code(mesh: Mesh, token: str) -> grpc.StatusCode:
                 auth.GetCurrentUserRequest(), metadata=(("authorization", f"Bearer {token}"),)
             )
         except grpc.aio.AioRpcError as err:
-            assert err.details() in ("authentication required", "invalid or expired credentials")
+            # The services' refusals, or the edge's.
+            details = err.details() or ""
+            assert details in ("authentication required", "invalid or expired credentials") or (
+                details.startswith("access token refused at the edge: ")
+            )
             return err.code()
     return grpc.StatusCode.OK
+
+
+async def until_the_edge_accepts(mesh: Mesh, token: str) -> None:
+    """Waits until ``token`` passes the edge (its key may be newer than the edge's copy of the JWKS)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while await get_user_code(mesh, token) != grpc.StatusCode.OK:
+        assert loop.time() < deadline, "the edge never learnt the signing key"
+        await asyncio.sleep(0.1)
 
 
 def b64(data: bytes) -> str:

@@ -39,6 +39,7 @@ from bhiv_core.edge.envoy_config import (
     HEADER_LIMITS_FILTER,
     HEADERS_TOO_LARGE,
     HEALTH_ROUTER,
+    JWKS_CLUSTER,
     LOGIN_METHODS,
     MESH_ONLY_METHODS,
     PROTOCOL_HINT,
@@ -371,7 +372,7 @@ def test_no_route_matches_grpc_and_each_service_prefix_routes_to_its_cluster(
     for prefix in REFLECTION_PREFIXES:
         assert cluster_by_prefix[prefix] == REFLECTION_CLUSTER
     clusters = {cluster["name"]: cluster for cluster in registry_bootstrap["static_resources"]["clusters"]}
-    assert set(clusters) == {spec.name for spec in SERVICES} | {REFLECTION_CLUSTER}
+    assert set(clusters) == {spec.name for spec in SERVICES} | {REFLECTION_CLUSTER, JWKS_CLUSTER}
     reflection_ports = {
         endpoint["endpoint"]["address"]["socket_address"]["port_value"]
         for endpoint in clusters[REFLECTION_CLUSTER]["load_assignment"]["endpoints"][0]["lb_endpoints"]
@@ -448,7 +449,9 @@ def test_health_router_script_maps_each_package_to_its_service() -> None:
 
 
 def test_protocol_refusals_come_first_and_answer_from_lua(registry_bootstrap: dict[str, Any]) -> None:
-    routes = virtual_host(registry_bootstrap)["routes"]
+    # First the JWKS document (a GET, which the refusals would refuse), then the refusals.
+    jwks, *routes = virtual_host(registry_bootstrap)["routes"]
+    assert jwks["name"] == "jwks"
     assert [route["name"] for route in routes[:7]] == [
         "refuse-method",
         "refuse-options",
@@ -485,9 +488,7 @@ def http_filter(bootstrap: Mapping[str, Any], name: str) -> dict[str, Any]:
     return config
 
 
-def test_http_filters_run_grpc_web_cors_header_limits_rate_limit_lua_transcoder_then_extras_then_router() -> (
-    None
-):
+def test_http_filters_run_grpc_web_cors_header_limits_rate_limit_lua_jwt_transcoder_extras_router() -> None:
     extra = HttpFilter(name="envoy.filters.http.jwt_authn_placeholder", disabled=True)
     bootstrap = build_bootstrap(registry_upstreams(), EdgeSettings(), extra_http_filters=[extra])
     names = [f["name"] for f in hcm(bootstrap)["http_filters"]]
@@ -497,6 +498,7 @@ def test_http_filters_run_grpc_web_cors_header_limits_rate_limit_lua_transcoder_
         HEADER_LIMITS_FILTER,
         "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.lua",
+        "envoy.filters.http.jwt_authn",
         "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.jwt_authn_placeholder",
         "envoy.filters.http.router",
@@ -509,6 +511,7 @@ def test_http_filters_run_grpc_web_cors_header_limits_rate_limit_lua_transcoder_
         "refuse-media-type",
         "unknown-service",
         "mesh-only",
+        "jwks-rewrite",
     }
 
 
@@ -561,6 +564,8 @@ def test_edge_best_practice_limits(registry_bootstrap: dict[str, Any]) -> None:
     for cluster in registry_bootstrap["static_resources"]["clusters"]:
         assert cluster["per_connection_buffer_limit_bytes"] == 32768
         assert cluster["connect_timeout"] == "1s"
+        if cluster["name"] == JWKS_CLUSTER:
+            continue  # HTTP/1.1 to the edge's own listener, not a gRPC service
         assert "grpc_health_check" in cluster["health_checks"][0]
         options = cluster["typed_extension_protocol_options"][
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -607,6 +612,7 @@ EDGE_ENV = {
     "BHIV_EDGE_RATE_LIMIT_PER_ADDRESS": "50",
     "BHIV_EDGE_LOGIN_RATE_LIMIT": "5",
     "BHIV_EDGE_RATE_LIMIT_ADDRESSES": "100",
+    "BHIV_EDGE_JWKS_CACHE_SECONDS": "2.5",
 }
 
 
@@ -636,6 +642,8 @@ def test_every_edge_limit_is_a_setting_that_reaches_the_bootstrap(tmp_path: Path
     limits = http_filter(bootstrap, "envoy.filters.http.local_ratelimit")
     assert [d["token_bucket"]["max_tokens"] for d in limits["descriptors"]] == [50, 5]
     assert limits["max_dynamic_descriptors"] == 100
+    jwks = http_filter(bootstrap, "envoy.filters.http.jwt_authn")["providers"]["identity"]["remote_jwks"]
+    assert jwks["cache_duration"] == "2.500s"
     validate_config(write_bootstrap(tmp_path / "envoy.json", registry_upstreams(), settings))
 
 

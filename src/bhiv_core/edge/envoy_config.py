@@ -17,10 +17,11 @@ What the edge does, in the order a request meets it:
   go on. The codec's own limits sit far above, as a backstop (see :func:`_listener`), and the codec
   is Envoy's oghttp2, which decodes long fields where its default ends the connection
   (:data:`ENVOY_RUNTIME`).
-* HTTP filters: ``grpc_web`` → ``cors`` → header limits → ``local_ratelimit`` → ``lua`` → *extra
-  filters* → ``router``. The extra filters are the seam for the JWT check and the IP-block RBAC
-  filter; CORS comes before the rate limit so preflights are answered without spending tokens, and
-  before the header limits so a browser can read their refusal; a refused request spends no token.
+* HTTP filters: ``grpc_web`` → ``cors`` → header limits → ``local_ratelimit`` → ``lua`` →
+  ``jwt_authn`` (the token check, :func:`_jwt_authn`) → ``grpc_json_transcoder`` → *extra filters*
+  → ``router``. The extra filters are the seam for the IP-block RBAC filter; CORS comes before
+  the rate limit so preflights are answered without spending tokens, and before the header limits
+  so a browser can read their refusal; a refused request spends no token.
   The Lua filter has no default
   script: it runs only on the routes that name one of its scripts (:mod:`bhiv_core.edge.lua_scripts`),
   the protocol refusals and the health router, so other requests pay nothing for it.
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import re
 import tempfile
@@ -87,6 +89,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     Http2ProtocolOptions,
     HttpProtocolOptions,
     HttpProtocolOptionsHeadersWithUnderscoresAction,
+    HttpUri,
     KeepaliveSettings,
     Node,
     RuntimeFractionalPercent,
@@ -138,6 +141,15 @@ from envoy_data_plane.envoy.extensions.filters.http.grpc_json_transcoder.v3 impo
     GrpcJsonTranscoderRequestValidationOptions,
 )
 from envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3 import GrpcWeb
+from envoy_data_plane.envoy.extensions.filters.http.jwt_authn.v3 import (
+    JwksAsyncFetch,
+    JwtAuthentication,
+    JwtHeader,
+    JwtProvider,
+    JwtRequirement,
+    RemoteJwks,
+    RequirementRule,
+)
 from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3 import LocalRateLimit
 from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua, LuaPerRoute
 from envoy_data_plane.envoy.extensions.filters.http.ratelimit.v3 import RateLimit as GlobalRateLimit
@@ -179,10 +191,11 @@ from bhiv_core.edge.lua_scripts import (
     NOT_SERVING_METADATA,
     health_router_script,
     reply_script,
+    rewrite_script,
 )
 from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, ServiceSpec
-from bhiv_core.runtime.config import Settings
-from bhiv_core.runtime.contracts import all_services, descriptor_set, method_path
+from bhiv_core.runtime.config import DEFAULT_JWT_LEEWAY_S, Settings, token_claims
+from bhiv_core.runtime.contracts import all_services, descriptor_set, method_path, policy_of
 from bhiv_core.runtime.limits import MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
 
 __all__ = [
@@ -304,6 +317,17 @@ RATE_LIMIT_DOMAIN: Final = "bhiv-edge"
 ROUTER_FILTER: Final = "envoy.filters.http.router"
 TRANSCODER_FILTER: Final = "envoy.filters.http.grpc_json_transcoder"
 HEADER_LIMITS_FILTER: Final = "bhiv.request_header_limits"
+JWT_FILTER: Final = "envoy.filters.http.jwt_authn"
+JWT_PROVIDER: Final = "identity"
+JWKS_CLUSTER: Final = "edge-jwks"
+"""The edge's own listener, as a cluster: Envoy fetches the JWKS through itself (see :func:`_jwt_authn`)."""
+JWKS_PATH: Final = "/.well-known/jwks.json"
+"""Where the edge serves identity's JWKS as a standard JSON Web Key Set, to Envoy and anyone else."""
+JWKS_METHOD: Final = "/bhiv.identity.v1.AuthService/GetJwks"
+JWT_REFUSED: Final = "access token refused at the edge: %RESPONSE_CODE_DETAILS%"
+"""The message of the edge's token refusals (the details name the reason)."""
+JWKS_REWRITE: Final = "jwks-rewrite"
+"""The Lua script turning ``GET /.well-known/jwks.json`` into a JSON call of ``GetJwks``."""
 """The name of the RBAC filter that holds request headers to the limits: a name of its own, so that
 per-route RBAC configs meant for the IP-block filter (``envoy.filters.http.rbac``) never reach it."""
 CEL_FILTER: Final = "envoy.access_loggers.extension_filters.cel"
@@ -370,6 +394,8 @@ _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]*$")
 _GRPC_OR_JSON: Final = r"application/(grpc([-+;].*)?|json(\s*;.*)?)"
 _INT64_MAX: Final = 2**63 - 1
 _DEADLINE_EXCEEDED: Final = "4"
+_UNAUTHENTICATED: Final = "16"
+_JWT_DENIED: Final = "response.code_details.startsWith('jwt_authn_access_denied')"
 # HTTP/2 bounds a flow-control window (RFC 9113, 6.9.2); Envoy takes no stream window under 64 KiB - 1.
 _MIN_WINDOW: Final = 65_535
 _MAX_WINDOW: Final = 2**31 - 1
@@ -456,6 +482,7 @@ EDGE_SETTINGS: Final[Mapping[str, tuple[str, str]]] = {
     "rate_limit_per_address": ("EDGE_RATE_LIMIT_PER_ADDRESS", "integer"),
     "login_rate_limit": ("EDGE_LOGIN_RATE_LIMIT", "integer"),
     "rate_limit_addresses": ("EDGE_RATE_LIMIT_ADDRESSES", "integer"),
+    "jwks_cache_s": ("EDGE_JWKS_CACHE_SECONDS", "number"),
 }
 """Each :class:`EdgeSettings` field read from a setting (``BHIV_<name>``), and its kind: a ``number``
 > 0, an ``integer`` >= 1, or a ``count`` >= 0."""
@@ -528,6 +555,13 @@ class EdgeSettings:
             the system's choice. The services believe the client address the edge forwards only
             from their trusted edge peers (``BHIV_EDGE_PEERS``), so on one host the mesh gives
             Envoy a loopback address of its own (127.0.0.2), one no direct caller uses by chance.
+        jwt_issuer: The ``iss`` the edge requires of access tokens (``BHIV_JWT_ISSUER``).
+        jwt_audience: The ``aud`` the edge requires of access tokens (``BHIV_JWT_AUDIENCE``).
+        jwt_clock_skew_s: Seconds of clock skew allowed on ``exp`` and ``nbf``, the services'
+            leeway (``BHIV_JWT_LEEWAY_SECONDS``) rounded up.
+        jwks_cache_s: How long Envoy keeps identity's JWKS before fetching it again
+            (``BHIV_EDGE_JWKS_CACHE_SECONDS``): after a key rotation, tokens signed with the new key
+            are refused at the edge for at most this long (plus one fetch).
 
     """
 
@@ -562,6 +596,10 @@ class EdgeSettings:
     health_check_interval_s: float = 5.0
     connect_timeout_s: float = 1.0
     upstream_source_address: str | None = None
+    jwt_issuer: str = "bhiv-identity"
+    jwt_audience: str = "bhiv-core"
+    jwt_clock_skew_s: int = math.ceil(DEFAULT_JWT_LEEWAY_S)
+    jwks_cache_s: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("listen_port", "admin_port"):
@@ -623,7 +661,15 @@ class EdgeSettings:
 
         """
         default = cls()
-        values: dict[str, Any] = {"rate_limit_service": settings.raw("EDGE_RATE_LIMIT_SERVICE")}
+        issuer, audience = token_claims(settings)
+        values: dict[str, Any] = {
+            "rate_limit_service": settings.raw("EDGE_RATE_LIMIT_SERVICE"),
+            "jwt_issuer": issuer,
+            "jwt_audience": audience,
+            "jwt_clock_skew_s": math.ceil(
+                settings.positive_float("JWT_LEEWAY_SECONDS", DEFAULT_JWT_LEEWAY_S)
+            ),
+        }
         for name, (setting, kind) in EDGE_SETTINGS.items():
             current = getattr(default, name)
             if kind == "number":
@@ -675,6 +721,7 @@ def build_bootstrap(
                 *(_cluster(upstream.name, [upstream], settings) for upstream in upstreams),
                 _cluster(REFLECTION_CLUSTER, upstreams, settings, panic_routing=False),
                 *_rate_limit_service_clusters(settings),
+                *([_jwks_cluster(settings)] if _jwks_owner(upstreams) else []),
             ],
         ),
         layered_runtime=LayeredRuntime(
@@ -743,7 +790,24 @@ def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) ->
         The route configuration named ``edge``.
 
     """
-    routes: list[Route] = [*_protocol_refusal_routes(), _oversized_request_route(settings.max_request_bytes)]
+    routes: list[Route] = []
+    jwks_owner = _jwks_owner(upstreams)
+    if jwks_owner:
+        # GET: before the protocol refusals, which refuse any method but POST.
+        routes.append(
+            _with_script(
+                Route(
+                    name="jwks",
+                    match=RouteMatch(
+                        prefix=JWKS_PATH,
+                        headers=[HeaderMatcher(name=":method", string_match=StringMatcher(exact="GET"))],
+                    ),
+                    route=RouteAction(cluster=jwks_owner),
+                ),
+                JWKS_REWRITE,
+            )
+        )
+    routes += [*_protocol_refusal_routes(), _oversized_request_route(settings.max_request_bytes)]
     routes += [
         _with_script(_route(f"mesh-only-{path.rsplit('/', 1)[1]}", path, REFLECTION_CLUSTER), MESH_ONLY)
         for path in MESH_ONLY_METHODS
@@ -885,7 +949,15 @@ def _listener(
             ),
             HttpFilter(name=LUA_FILTER, typed_config=_pack(_lua(upstreams))),
             # After the Lua filter, which refuses other protocols first (the Connect protocol's
-            # JSON among them), and before the extras, so the JWT check sees a gRPC request.
+            # JSON among them).
+            # Before the transcoder: its refusal of a JSON call is then still known to be one
+            # (the transcoder makes the request gRPC), and answered in JSON (:func:`_local_replies`).
+            # The paths are the same either way.
+            *(
+                [HttpFilter(name=JWT_FILTER, typed_config=_pack(_jwt_authn(settings)))]
+                if _jwks_owner(upstreams)
+                else []
+            ),
             HttpFilter(name=TRANSCODER_FILTER, typed_config=_pack(_transcoder(upstreams, settings))),
             *extra_http_filters,
             HttpFilter(name=ROUTER_FILTER, typed_config=_pack(Router(suppress_envoy_headers=True))),
@@ -1126,6 +1198,116 @@ def _transcoder(upstreams: Sequence[Upstream], settings: EdgeSettings) -> GrpcJs
     )
 
 
+def _jwks_owner(upstreams: Sequence[Upstream]) -> str | None:
+    """The upstream serving identity's JWKS RPC, or None: an edge without identity checks no tokens."""
+    return next((u.name for u in upstreams if JWKS_METHOD.startswith(u.route_prefix)), None)
+
+
+def exempt_paths() -> tuple[list[str], list[str]]:
+    """What the edge lets through without a token: exact method paths, and path prefixes.
+
+    The contracts' public RPCs (the ``access`` option, read by :mod:`bhiv_core.runtime.contracts`,
+    the same rule the services apply), gRPC health and reflection (whole services without
+    contracts of ours), and the JWKS document.
+    """
+    public = sorted(
+        method_path(method)
+        for service in all_services()
+        for method in service.methods
+        if policy_of(method).public
+    )
+    return public, [JWKS_PATH, HEALTH_PREFIX, *REFLECTION_PREFIXES]
+
+
+def _jwt_authn(settings: EdgeSettings) -> JwtAuthentication:
+    """Build the edge's token check: identity's EdDSA access tokens, verified before any service.
+
+    Every call but those of :func:`exempt_paths` needs ``authorization: Bearer <token>`` signed by
+    a key of identity's JWKS, with the issuer and audience the services require, and unexpired
+    (within the services' leeway). A missing or bad token is answered by Envoy with HTTP 401, which
+    Envoy turns into ``grpc-status: 16`` (UNAUTHENTICATED) for gRPC and gRPC-web; JSON callers get
+    the transcoder's ``google.rpc.Status``. The token is forwarded: the services verify it again,
+    and only they know revocations (logout, a disabled user, a changed role).
+
+    The JWKS comes from identity's ``GetJwks`` through the edge itself (``GET`` :data:`JWKS_PATH`,
+    rewritten into a JSON call), fetched when Envoy starts (without holding the listener back:
+    identity may not be up yet, and the fetch goes through that very listener), retried every
+    second until it succeeds, and fetched again every ``jwks_cache_s``: that bounds how long a
+    token signed by a newly rotated key is refused at the edge. Envoy's jwt_authn does not refetch
+    on an unknown ``kid``.
+    """
+    exact, prefixes = exempt_paths()
+    return JwtAuthentication(
+        providers={
+            JWT_PROVIDER: JwtProvider(
+                issuer=settings.jwt_issuer,
+                audiences=[settings.jwt_audience],
+                require_expiration=True,
+                clock_skew_seconds=settings.jwt_clock_skew_s,
+                remote_jwks=RemoteJwks(
+                    http_uri=HttpUri(
+                        uri=f"http://{_host_port(settings.connect_host, settings.listen_port)}{JWKS_PATH}",
+                        cluster=JWKS_CLUSTER,
+                        timeout=_seconds(max(settings.connect_timeout_s, 5.0)),
+                    ),
+                    cache_duration=_seconds(settings.jwks_cache_s),
+                    async_fetch=JwksAsyncFetch(fast_listener=True, failed_refetch_duration=_seconds(1.0)),
+                ),
+                from_headers=[JwtHeader(name="authorization", value_prefix="Bearer ")],
+                # The services verify the token again: it must reach them.
+                forward=True,
+            )
+        },
+        rules=[
+            *(RequirementRule(match=RouteMatch(path=path)) for path in exact),
+            *(RequirementRule(match=RouteMatch(prefix=prefix)) for prefix in prefixes),
+            RequirementRule(
+                match=RouteMatch(prefix="/"), requires=JwtRequirement(provider_name=JWT_PROVIDER)
+            ),
+        ],
+        # The CORS filter answers preflights before; a preflight never carries a token.
+        bypass_cors_preflight=True,
+        # Without it, the refusal carries `www-authenticate: Bearer realm="<the request's URL>"`,
+        # echoing the client's Host: a long one made a response header the client resets the stream
+        # over (found by the fuzzer). The reason stays in the reply (see _local_replies).
+        strip_failure_response=True,
+        stat_prefix="edge_jwt",
+    )
+
+
+def _jwks_cluster(settings: EdgeSettings) -> Cluster:
+    """The edge's own listener, over HTTP/1.1, from which Envoy fetches the JWKS."""
+    return Cluster(
+        name=JWKS_CLUSTER,
+        type=ClusterDiscoveryType.STATIC
+        if _is_ip(settings.connect_host)
+        else ClusterDiscoveryType.STRICT_DNS,
+        connect_timeout=_seconds(settings.connect_timeout_s),
+        per_connection_buffer_limit_bytes=settings.buffer_limit_bytes,
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=JWKS_CLUSTER,
+            endpoints=[
+                LocalityLbEndpoints(
+                    lb_endpoints=[
+                        LbEndpoint(
+                            endpoint=Endpoint(
+                                address=_socket_address(settings.connect_host, settings.listen_port)
+                            )
+                        )
+                    ]
+                )
+            ],
+        ),
+        # Like every upstream connection: the fetch reaches the listener as the edge's own.
+        upstream_bind_config=_bind(settings),
+    )
+
+
+def _host_port(host: str, port: int) -> str:
+    """``host:port`` for a URI (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _header_limits(settings: EdgeSettings) -> Rbac:
     """Build the filter that refuses request headers over the limits, before anything else reads them.
 
@@ -1177,6 +1359,8 @@ def _local_replies(settings: EdgeSettings) -> LocalReplyConfig:
     * a body larger than a filter may buffer (the health router reads at most a stream's window):
       RESOURCE_EXHAUSTED, with a hint (gRPC-web: HTTP 413);
     * a call past its deadline (its grpc-timeout, or the unary limit): DEADLINE_EXCEEDED, saying so.
+    * a token the edge refuses (jwt_authn): UNAUTHENTICATED whatever the reason; JSON callers get a
+      ``google.rpc.Status``.
     """
     pseudo = "pseudo-headers and the edge's own headers included"
     too_many = f"too many request header fields: at most {settings.max_request_headers}, {pseudo}"
@@ -1213,6 +1397,19 @@ def _local_replies(settings: EdgeSettings) -> LocalReplyConfig:
                 body="",
                 message=RATE_LIMITED_MESSAGE,
             ),
+            # The edge's token check: jwt_authn answers 401, or 403 for a token of another
+            # audience, where the services answer UNAUTHENTICATED: both become 401, which Envoy
+            # makes grpc-status 16 for gRPC (gRPC-web clients read a 401 as UNAUTHENTICATED too,
+            # and get the status as well). Its reply has no body (strip_failure_response): the
+            # reason comes from the response details, like `jwt_authn_access_denied{Jwt_is_missing}`.
+            # JSON gets the transcoder's error shape, a google.rpc.Status.
+            _mapper(
+                f"{_JWT_DENIED} && request.headers['content-type'].startsWith('application/json')",
+                _UNAUTHENTICATED,
+                status_code=401,
+                body_json={"code": int(_UNAUTHENTICATED), "message": JWT_REFUSED},
+            ),
+            _mapper(_JWT_DENIED, _UNAUTHENTICATED, status_code=401, body_format=JWT_REFUSED),
             # Envoy's own message ("downstream duration timeout") does not say whose limit it was.
             _mapper(
                 "response.code_details == 'max_duration_timeout'",
@@ -1237,6 +1434,7 @@ def _mapper(
     body: str | None = None,
     body_format: str | None = None,
     message: str | None = None,
+    body_json: Mapping[str, Any] | None = None,
 ) -> ResponseMapper:
     """Map a local reply matching the CEL ``condition`` to a gRPC status, and maybe a new HTTP status.
 
@@ -1247,6 +1445,8 @@ def _mapper(
         body: The new body, which gRPC callers read as the status message; None keeps it.
         body_format: A format (Envoy's command operators) for the body, instead of ``body``.
         message: A ``grpc-message`` to add, for replies whose body is not the message.
+        body_json: A JSON body (``application/json``; string values may hold command operators),
+            instead of ``body`` or ``body_format``.
 
     """
     return ResponseMapper(
@@ -1257,7 +1457,11 @@ def _mapper(
         ),
         status_code=status_code,
         body=None if body is None else DataSource(inline_string=body),
-        body_format_override=None
+        body_format_override=SubstitutionFormatString(
+            json_format=Struct.from_dict(dict(body_json)), content_type="application/json"
+        )
+        if body_json is not None
+        else None
         if body_format is None
         else SubstitutionFormatString(text_format_source=DataSource(inline_string=body_format)),
         headers_to_add=[
@@ -1296,6 +1500,11 @@ def _lua(upstreams: Sequence[Upstream]) -> Lua:
                 "grpc-status": "5",  # NOT_FOUND
                 "grpc-message": f"{SERVICE_HEADER} names no service of the mesh ({names})",
             },
+        ),
+        # GET /.well-known/jwks.json becomes the JSON call of GetJwks: the transcoder (next in the
+        # chain) answers it with {"keys": [...], "jwksJson": ...}, a JWKS document for Envoy.
+        JWKS_REWRITE: rewrite_script(
+            {":method": "POST", ":path": JWKS_METHOD, "content-type": "application/json"}
         ),
         MESH_ONLY: reply_script(
             200,
@@ -1566,10 +1775,15 @@ def _cluster(
         common_lb_config=None
         if panic_routing
         else ClusterCommonLbConfig(healthy_panic_threshold=Percent(value=0.0)),
-        upstream_bind_config=None
-        if settings.upstream_source_address is None
-        else BindConfig(source_address=_socket_address(settings.upstream_source_address, 0).socket_address),
+        upstream_bind_config=_bind(settings),
     )
+
+
+def _bind(settings: EdgeSettings) -> BindConfig | None:
+    """Where upstream connections leave from: ``upstream_source_address``, or the system's choice."""
+    if settings.upstream_source_address is None:
+        return None
+    return BindConfig(source_address=_socket_address(settings.upstream_source_address, 0).socket_address)
 
 
 def _access_log(path: Path | str | None) -> AccessLog:

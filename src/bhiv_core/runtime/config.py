@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from bhiv_core.registry import EDGE_SOURCE_ADDRESS, SERVICES, by_name
 from bhiv_core.runtime.known_settings import closest_setting, is_known_setting
@@ -214,7 +214,15 @@ def jwt_settings(config: RuntimeConfig) -> tuple[str, str]:
     Identity issues tokens with them and every service's verifier requires them: one definition,
     so the two sides cannot drift apart.
     """
-    settings = config.settings
+    return token_claims(config.settings)
+
+
+DEFAULT_JWT_LEEWAY_S: Final = 30.0
+"""Seconds of clock skew allowed on a token's ``exp`` (``BHIV_JWT_LEEWAY_SECONDS``), by services and edge."""
+
+
+def token_claims(settings: Settings) -> tuple[str, str]:
+    """The issuer and audience of access tokens from raw settings: :func:`jwt_settings` for the edge."""
     return settings.raw("JWT_ISSUER") or "bhiv-identity", settings.raw("JWT_AUDIENCE") or "bhiv-core"
 
 

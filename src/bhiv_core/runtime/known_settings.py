@@ -63,6 +63,7 @@ SHARED_SETTINGS: Final = frozenset(
         "EDGE_LOGIN_RATE_LIMIT",
         "EDGE_RATE_LIMIT_ADDRESSES",
         "EDGE_RATE_LIMIT_SERVICE",
+        "EDGE_JWKS_CACHE_SECONDS",
         # Token verification in every service.
         "JWT_ISSUER",
         "JWT_AUDIENCE",
