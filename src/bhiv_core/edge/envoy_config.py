@@ -211,6 +211,7 @@ __all__ = [
     "HEALTH_PREFIX",
     "HEALTH_ROUTER",
     "MESH_ONLY_METHODS",
+    "NODE_CLUSTER",
     "OVERLOAD_ACTIONS",
     "PROTOCOL_HINT",
     "REFLECTION_CLUSTER",
@@ -314,6 +315,8 @@ GLOBAL_RATELIMIT_FILTER: Final = "envoy.filters.http.ratelimit"
 RATE_LIMIT_CLUSTER: Final = "ratelimit"
 RATE_LIMIT_DOMAIN: Final = "bhiv-edge"
 """The domain of the edge's descriptors in a global rate-limit service."""
+NODE_CLUSTER: Final = "bhiv-edge"
+"""The node cluster of every edge replica, and the first replica's node id."""
 ROUTER_FILTER: Final = "envoy.filters.http.router"
 TRANSCODER_FILTER: Final = "envoy.filters.http.grpc_json_transcoder"
 HEADER_LIMITS_FILTER: Final = "bhiv.request_header_limits"
@@ -562,6 +565,9 @@ class EdgeSettings:
         jwks_cache_s: How long Envoy keeps identity's JWKS before fetching it again
             (``BHIV_EDGE_JWKS_CACHE_SECONDS``): after a key rotation, tokens signed with the new key
             are refused at the edge for at most this long (plus one fetch).
+        node_id: This Envoy's node id, which it presents to its control plane (xDS) and its
+            access-log service: every replica of the edge has its own (``bhiv-edge``,
+            ``bhiv-edge-1``, ...), all in the node cluster ``bhiv-edge``.
 
     """
 
@@ -600,6 +606,7 @@ class EdgeSettings:
     jwt_audience: str = "bhiv-core"
     jwt_clock_skew_s: int = math.ceil(DEFAULT_JWT_LEEWAY_S)
     jwks_cache_s: float = 10.0
+    node_id: str = NODE_CLUSTER
 
     def __post_init__(self) -> None:
         for name in ("listen_port", "admin_port"):
@@ -637,6 +644,8 @@ class EdgeSettings:
         for name in ("initial_stream_window_bytes", "initial_connection_window_bytes"):
             if not _MIN_WINDOW <= getattr(self, name) <= _MAX_WINDOW:
                 raise ValueError(f"{name} must be between {_MIN_WINDOW} and {_MAX_WINDOW} (HTTP/2)")
+        if not self.node_id:
+            raise ValueError("node_id must not be empty")
         if self.xff_num_trusted_hops < 0:
             raise ValueError("xff_num_trusted_hops must not be negative")
         if self.rate_limit_service is not None:
@@ -713,7 +722,7 @@ def build_bootstrap(
         if extra.name == ROUTER_FILTER:
             raise ValueError("extra_http_filters must not contain the router; it is always last")
     bootstrap = Bootstrap(
-        node=Node(id="bhiv-edge", cluster="bhiv-edge"),
+        node=Node(id=settings.node_id, cluster=NODE_CLUSTER),
         admin=Admin(address=_socket_address(ADMIN_HOST, settings.admin_port)),
         static_resources=BootstrapStaticResources(
             listeners=[_listener(upstreams, settings, extra_http_filters)],
