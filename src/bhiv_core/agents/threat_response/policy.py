@@ -109,10 +109,11 @@ class Escalation:
 
     def ttl(self, base: timedelta, prior_blocks: int) -> timedelta:
         """``base`` escalated for ``prior_blocks`` earlier blocks, capped at :attr:`max_ttl`."""
-        # Cap the exponent first: a persistent offender must not make the multiplication huge.
+        # In seconds, capped before a timedelta is made: a persistent offender's product would
+        # overflow timedelta (whose limit is 999999999 days).
         steps = min(max(prior_blocks, 0), 64)
-        escalated: timedelta = base * int(self.factor**steps)
-        return min(escalated, self.max_ttl)
+        seconds = min(base.total_seconds() * self.factor**steps, self.max_ttl.total_seconds())
+        return timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True, slots=True)
