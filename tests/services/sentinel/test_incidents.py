@@ -135,6 +135,13 @@ async def sentinel(tmp_path: Path) -> AsyncIterator[Sentinel]:
         yield served
 
 
+@pytest.fixture(scope="module")
+async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sentinel]:
+    """One sentinel for the tests of refused requests (they change nothing)."""
+    async with serve_sentinel(tmp_path_factory.mktemp("sentinel")) as served:
+        yield served
+
+
 async def test_a_brute_force_becomes_one_incident_with_its_events_actions_and_a_signed_alert(
     tmp_path: Path,
 ) -> None:
@@ -326,8 +333,8 @@ async def _at_least(listing: Any, count: int) -> list[tp.Incident] | None:
     ],
     ids=["negative-page-size", "bad-token", "status", "min-severity", "category", "range"],
 )
-async def test_bad_list_requests_are_invalid_argument(sentinel: Sentinel, request_: Any, field: str) -> None:
-    err = await refused(sentinel.threats.ListIncidents(request_, metadata=OPS))
+async def test_bad_list_requests_are_invalid_argument(shared: Sentinel, request_: Any, field: str) -> None:
+    err = await refused(shared.threats.ListIncidents(request_, metadata=OPS))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in [f for f, _ in violations(err)]
 
@@ -359,12 +366,12 @@ async def test_a_page_token_of_other_filters_is_invalid_argument(sentinel: Senti
         ("incidents/doesNotExist", grpc.StatusCode.NOT_FOUND),
     ],
 )
-async def test_bad_or_unknown_incident_names(sentinel: Sentinel, name: str, code: grpc.StatusCode) -> None:
-    err = await refused(sentinel.threats.GetIncident(ts.GetIncidentRequest(name=name), metadata=OPS))
+async def test_bad_or_unknown_incident_names(shared: Sentinel, name: str, code: grpc.StatusCode) -> None:
+    err = await refused(shared.threats.GetIncident(ts.GetIncidentRequest(name=name), metadata=OPS))
     assert err.code() == code
     patch = tp.Incident(name=name, notes="x")
     err = await refused(
-        sentinel.threats.UpdateIncident(
+        shared.threats.UpdateIncident(
             ts.UpdateIncidentRequest(incident=patch, update_mask=FieldMask(paths=["notes"])), metadata=OPS
         )
     )
@@ -482,14 +489,14 @@ async def test_streams_beyond_the_limit_are_resource_exhausted(tmp_path: Path) -
         (ts.StreamThreatEventsRequest(category=-1), "category"),  # type: ignore[arg-type]
     ],
 )
-async def test_bad_stream_filters_are_invalid_argument(sentinel: Sentinel, request_: Any, field: str) -> None:
-    stream = sentinel.threats.StreamThreatEvents(request_, metadata=OPS)
+async def test_bad_stream_filters_are_invalid_argument(shared: Sentinel, request_: Any, field: str) -> None:
+    stream = shared.threats.StreamThreatEvents(request_, metadata=OPS)
     err = await refused(stream.read())
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in violations(err)] == [field]
 
 
-async def test_streaming_needs_the_events_read_permission(sentinel: Sentinel) -> None:
-    stream = sentinel.threats.StreamThreatEvents(ts.StreamThreatEventsRequest(), metadata=SALES)
+async def test_streaming_needs_the_events_read_permission(shared: Sentinel) -> None:
+    stream = shared.threats.StreamThreatEvents(ts.StreamThreatEventsRequest(), metadata=SALES)
     err = await refused(stream.read())
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
