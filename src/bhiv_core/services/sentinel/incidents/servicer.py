@@ -49,6 +49,9 @@ class ThreatServicer:
         """Streams threat events as they are detected, until the client cancels or sentinel stops."""
         subscription = self._hub.subscribe(min_severity=request.min_severity, category=request.category)
         try:
+            # The response headers go out now, not with the first event (which may be hours away):
+            # a client (and a gRPC-web client through the edge) knows it is subscribed.
+            await context.send_initial_metadata(())
             while (event := await subscription.next()) is not None:
                 yield ts.StreamThreatEventsResponse(event=event)
         finally:
