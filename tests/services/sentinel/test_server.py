@@ -70,7 +70,9 @@ async def test_sentinel_reads_the_shared_audit_file_and_reports_health(tmp_path:
             assert [r.principal for r in listed.audit_records] == ["users/a", "users/b"]
             assert (await audit.VerifyAuditChain(aus.VerifyAuditChainRequest())).ok
             # ThreatService is served whole (incidents on their own kit store).
-            listed_incidents = await ts_grpc.ThreatServiceStub(channel).ListIncidents(ts.ListIncidentsRequest())
+            listed_incidents = await ts_grpc.ThreatServiceStub(channel).ListIncidents(
+                ts.ListIncidentsRequest()
+            )
             assert not listed_incidents.incidents
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 blocks = bs_grpc.BlockServiceStub(channel)
