@@ -31,6 +31,7 @@ from bhiv_core.agents.threat_response import (
     parse_duration,
 )
 from bhiv_core.agents.threat_response.policy import parse_policy
+from bhiv_core.runtime.telemetry import REGISTRY
 from bhiv_core.security.principal import Principal
 from bhiv_core.services.sentinel.alerts.service import Alerts
 from bhiv_core.services.sentinel.incidents.incidents import Incidents
@@ -41,6 +42,12 @@ from bhiv_core.services.sentinel.store import SqliteSentinelStore, ThreatEventRe
 from tests.harness import config_for
 
 POLICY = load_policy()
+
+
+def failures(outcome: str) -> float:
+    return REGISTRY.get_sample_value("bhiv_threat_response_total", {"outcome": outcome}) or 0.0
+
+
 ADDRESS = "203.0.113.7"
 
 
@@ -219,10 +226,12 @@ async def test_an_incident_growing_more_severe_gets_the_stronger_response_once(r
 
 async def test_a_failing_block_is_written_to_the_incident_counted_and_not_retried(rig: Rig) -> None:
     rig.blocker.error = PermissionError("203.0.113.7 is allowlisted")
+    before = failures("block_failed")
     name = await rig.incident(Category.INJECTION, Severity.CRITICAL)
     actions = await rig.agent.respond(name)
     assert actions[0] == f"block of {ADDRESS} failed: 203.0.113.7 is allowlisted"
     assert rig.agent.failures == 1
+    assert failures("block_failed") == before + 1  # bhiv_threat_response_total{outcome="block_failed"}
     rig.blocker.error = None
     assert await rig.agent.respond(name) == []
     assert rig.blocker.calls == []

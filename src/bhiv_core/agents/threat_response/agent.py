@@ -25,10 +25,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from prometheus_client import Counter
+
 from bhiv_core.agents.threat_detection import Category, Severity
 from bhiv_core.agents.threat_response.policy import PolicyEntry, ResponsePolicy, format_duration
+from bhiv_core.runtime.telemetry import REGISTRY
 
 __all__ = [
+    "RESPONSE_OUTCOMES",
     "AddressBlocker",
     "Alerter",
     "Decision",
@@ -39,6 +43,15 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+RESPONSE_OUTCOMES = Counter(
+    "bhiv_threat_response",
+    "Threat response outcomes: blocked, alerted, and every failure by stage (block_failed, alert_failed, "
+    "grouping_failed, response_failed, queue_full, stream_cut_off).",
+    ("outcome",),
+    registry=REGISTRY,
+)
+"""``bhiv_threat_response_total{outcome}``: what the response did, and what failed (never silently)."""
 
 
 class AddressBlocker(Protocol):
@@ -243,10 +256,12 @@ class ThreatResponseAgent:
             )
         except Exception as exc:
             self.failures += 1
+            RESPONSE_OUTCOMES.labels("block_failed").inc()
             log.exception("threat response: block failed", extra={"incident": facts.name, "address": address})
             return f"block of {address} failed: {str(exc)[:200] or type(exc).__name__}"
         await self._ledger.record_block(address, facts.name, at=now, until=now + ttl)
         self.blocks += 1
+        RESPONSE_OUTCOMES.labels("blocked").inc()
         detail = f" ({described[:200]})" if described else ""
         return f"blocked {address} for {format_duration(ttl)}{repeat}{detail}"
 
@@ -272,7 +287,9 @@ class ThreatResponseAgent:
             )
         except Exception as exc:
             self.failures += 1
+            RESPONSE_OUTCOMES.labels("alert_failed").inc()
             log.exception("threat response: alert failed", extra={"incident": facts.name})
             return [f"alert failed: {str(exc)[:200] or type(exc).__name__}"]
         self.alerts += 1
+        RESPONSE_OUTCOMES.labels("alerted").inc()
         return outcomes or ["alert raised: no enabled alert channel takes this severity"]

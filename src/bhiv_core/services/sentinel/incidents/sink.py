@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from bhiv.sentinel.v1 import threat_pb2
 from bhiv_core.agents.threat_detection import Detection, Severity
 from bhiv_core.agents.threat_response import ThreatResponseAgent
+from bhiv_core.agents.threat_response.agent import RESPONSE_OUTCOMES
 from bhiv_core.services.sentinel.alerts.delivery import AlertDispatcher, Outcome
 from bhiv_core.services.sentinel.incidents.incidents import Incidents, threat_event_to_proto
 from bhiv_core.services.sentinel.incidents.stream import ThreatEventHub
@@ -102,6 +103,7 @@ class ResponseWorker:
             return True
         if len(self._pending) >= self._limit:
             self.dropped += 1
+            RESPONSE_OUTCOMES.labels("queue_full").inc()
             now = time.monotonic()
             if now - self._last_drop_log >= 60:
                 self._last_drop_log = now
@@ -142,6 +144,7 @@ class ResponseWorker:
                     raise
                 except Exception:
                     self.failed += 1
+                    RESPONSE_OUTCOMES.labels("response_failed").inc()
                     log.exception("threat response failed on an incident", extra={"incident": incident})
             self._idle.set()
 
@@ -195,6 +198,7 @@ class ResponseSink:
         except Exception:
             # The event is still stored (below), without its incident: nothing is lost.
             self.ungrouped += 1
+            RESPONSE_OUTCOMES.labels("grouping_failed").inc()
             incident = ""
             log.exception(
                 "threat detection: grouping into an incident failed", extra={"event_id": record.event_id}

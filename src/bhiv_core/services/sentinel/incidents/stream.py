@@ -19,6 +19,7 @@ import logging
 from collections import deque
 
 from bhiv.sentinel.v1 import threat_pb2
+from bhiv_core.agents.threat_response.agent import RESPONSE_OUTCOMES
 from bhiv_core.runtime.errors import QuotaViolation, ResourceExhausted, Unavailable
 
 __all__ = ["Subscription", "ThreatEventHub"]
@@ -153,6 +154,7 @@ class ThreatEventHub:
             self._subscribers.discard(subscription)
             if subscription.cut_off:
                 self.cut_off += 1
+                RESPONSE_OUTCOMES.labels("stream_cut_off").inc()
                 log.warning(
                     "threat event stream cut off: its reader fell behind",
                     extra={"missed": subscription.missed},
