@@ -350,3 +350,28 @@ def test_escalation_is_bounded_for_persistent_offenders() -> None:
     escalation = Escalation(timedelta(hours=24), 2, timedelta(hours=24))
     assert escalation.ttl(timedelta(minutes=15), 0) == timedelta(minutes=15)
     assert escalation.ttl(timedelta(minutes=15), 1_000_000) == timedelta(hours=24)
+
+
+async def test_failures_of_grouping_and_response_are_counted_and_the_event_kept(
+    rig: Rig, tmp_path: Path
+) -> None:
+    events = SqliteSentinelStore(tmp_path / "sentinel.db")
+    await events.open()
+    broken = Incidents(make_incident_store(tmp_path / "never-opened", None))  # every call raises
+    worker = ResponseWorker(ThreatResponseAgent(POLICY, broken, DispatcherAlerter(rig.alerts.dispatcher)))
+    sink = ResponseSink(events, broken, ThreatEventHub(), worker, clock=rig.clock)
+    grouping, responding = failures("grouping_failed"), failures("response_failed")
+    try:
+        detection = Detection("flood.address", Category.FLOOD, Severity.HIGH, ADDRESS, "", "", "rate", 0.0)
+        await sink.record(detection)
+        stored, _ = await events.list_threat_events(ADDRESS)
+        assert [(e.rule_id, e.incident) for e in stored] == [("flood.address", "")]
+        assert sink.ungrouped == 1 and failures("grouping_failed") == grouping + 1
+        # A response that raises is counted and the worker goes on.
+        await worker.start()
+        worker.submit("incidents/abc")
+        worker.submit("incidents/def")
+        await worker.stop(drain_seconds=30)
+        assert worker.failed == 2 and failures("response_failed") == responding + 2
+    finally:
+        await events.close()
