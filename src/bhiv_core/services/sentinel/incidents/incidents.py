@@ -19,8 +19,9 @@ in the same transaction that reads it, and keeps the blocks made.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from bhiv.sentinel.v1 import threat_pb2
 from bhiv.sentinel.v1 import threat_service_pb2 as ts
@@ -146,6 +147,30 @@ def _facts(incident: threat_pb2.Incident, record: Record) -> IncidentFacts:
     )
 
 
+class _Changed(Exception):
+    """An incident changed between a transaction's read and its conditional write."""
+
+
+_T = TypeVar("_T")
+
+
+async def _retrying(
+    store: ResourceStore, step: Callable[[Transaction], Awaitable[_T]], attempts: int = 5
+) -> _T:
+    """Runs ``step`` in a transaction, again when another writer changed the incident meanwhile.
+
+    Within one SQLite store transactions are serialised and the write never loses; several
+    sentinels on one MongoDB can race, and the loser re-reads instead of dropping its change.
+    """
+    for attempt in range(attempts):
+        try:
+            return await store.run(step)
+        except _Changed:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class Incidents:
     """Groups detections into incidents and serves the incident RPCs.
 
@@ -192,9 +217,10 @@ class Incidents:
                 if seen > seconds_of(incident.last_seen_time):
                     incident.last_seen_time.CopyFrom(to_timestamp(seen))
                 INCIDENT.stamp(incident, now=now)
-                await txn.replace(
+                if not await txn.replace(
                     INCIDENTS, incident_record(incident, state_of(record)), expected_etag=record.etag
-                )
+                ):
+                    raise _Changed(incident.name)
                 return incident.name
             incident = INCIDENT.fresh(
                 threat_pb2.Incident(
@@ -214,7 +240,7 @@ class Incidents:
             await txn.insert(INCIDENTS, incident_record(incident, state))
             return incident.name
 
-        return await self.store.run(step)
+        return await _retrying(self.store, step)
 
     # ThreatService.
 
@@ -329,7 +355,10 @@ class Incidents:
             if decision.alert:
                 state["alerted"] = int(facts.severity)
             INCIDENT.stamp(message, now=now)
-            await txn.replace(INCIDENTS, incident_record(message, state), expected_etag=record.etag)
+            if not await txn.replace(INCIDENTS, incident_record(message, state), expected_etag=record.etag):
+                # Changed by another sentinel between the read and the write: it queues the
+                # incident again, and the next claim decides on what is stored then.
+                return None
             return facts, decision
 
         return await self.store.run(step)
@@ -381,8 +410,9 @@ class Incidents:
             del message.actions_taken[:]
             message.actions_taken.extend(taken)
             INCIDENT.stamp(message, now=now)
-            await txn.replace(
+            if not await txn.replace(
                 INCIDENTS, incident_record(message, state_of(record)), expected_etag=record.etag
-            )
+            ):
+                raise _Changed(incident)
 
-        await self.store.run(step)
+        await _retrying(self.store, step)
