@@ -6,8 +6,8 @@ The layers, highest first (STYLE.md 12):
 2. ``services``;
 3. the chain wiring: ``standard_chain`` composes the concerns with their collaborators;
 4. the concerns and stores: ``interceptors``, ``audit``, ``storage``, ``resources`` (the
-   resource kit every resource-oriented service builds on), ``agents`` (threat detection, which
-   sentinel runs in process);
+   resource kit every resource-oriented service builds on), ``agents`` (threat detection and
+   response, which sentinel runs in process);
 5. ``runtime``: config, the chain mechanism, the server, clients, telemetry — it runs whatever
    chain it is given and knows no concern;
 6. ``security``: principals, roles, token verification;

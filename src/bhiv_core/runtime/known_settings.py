@@ -116,6 +116,12 @@ SHARED_SETTINGS: Final = frozenset(
         "ALERT_MAX_ATTEMPTS",
         "ALERT_BACKOFF_SECONDS",
         "ALERT_TIMEOUT_SECONDS",
+        # sentinel's incidents and threat response
+        "INCIDENT_WINDOW_SECONDS",
+        "THREAT_RESPONSE_POLICY_FILE",
+        "THREAT_RESPONSE_QUEUE",
+        "THREAT_STREAM_BUFFER",
+        "THREAT_STREAM_MAX_SUBSCRIBERS",
     }
 )
 """Settings that are not per service (some belong to one service and say so in their name)."""

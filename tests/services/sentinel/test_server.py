@@ -52,7 +52,7 @@ async def test_sentinel_reads_the_shared_audit_file_and_reports_health(tmp_path:
 
     config = config_for("sentinel", DATA_DIR=str(tmp_path))
     definition = server.definition(config)
-    assert set(definition.checks) == {"audit_store", "sentinel_store", "alert_store"}
+    assert set(definition.checks) == {"audit_store", "sentinel_store", "alert_store", "incident_store"}
     running = await start_service(config, definition, chain)
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
@@ -69,12 +69,11 @@ async def test_sentinel_reads_the_shared_audit_file_and_reports_health(tmp_path:
             listed = await audit.ListAuditRecords(aus.ListAuditRecordsRequest())
             assert [r.principal for r in listed.audit_records] == ["users/a", "users/b"]
             assert (await audit.VerifyAuditChain(aus.VerifyAuditChainRequest())).ok
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await ts_grpc.ThreatServiceStub(channel).ListIncidents(ts.ListIncidentsRequest())
-            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert err.value.details() == (
-                f"bhiv.sentinel.v1.ThreatService/ListIncidents is not implemented yet: {MISSING}"
+            # ThreatService is served whole (incidents on their own kit store).
+            listed_incidents = await ts_grpc.ThreatServiceStub(channel).ListIncidents(
+                ts.ListIncidentsRequest()
             )
+            assert not listed_incidents.incidents
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 blocks = bs_grpc.BlockServiceStub(channel)
                 await blocks.CheckAddress(bs.CheckAddressRequest(address="192.0.2.1"))
@@ -87,6 +86,7 @@ async def test_sentinel_reads_the_shared_audit_file_and_reports_health(tmp_path:
         await running.stop(grace=0.5)
     assert (tmp_path / "sentinel.db").exists()
     assert (tmp_path / "sentinel-alerts.db").exists()
+    assert (tmp_path / "sentinel-incidents.db").exists()
     # on_stop closed both stores: their checks fail now.
     for check in definition.checks.values():
         with pytest.raises(RuntimeError, match="not open"):

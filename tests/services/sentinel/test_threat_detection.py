@@ -53,7 +53,7 @@ async def test_reported_failed_logins_become_a_stored_and_logged_brute_force_det
     running = await start_service(config, server.definition(config), chain)
     reader = SqliteSentinelStore(tmp_path / "sentinel.db")
     await reader.open()
-    caplog.set_level(logging.WARNING, logger="bhiv_core.services.sentinel.threats")
+    caplog.set_level(logging.WARNING, logger="bhiv_core.services.sentinel.incidents.sink")
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
             stub = ts_grpc.ThreatServiceStub(channel)
@@ -85,7 +85,7 @@ async def test_reported_failed_logins_become_a_stored_and_logged_brute_force_det
             assert (by_address.category, by_address.severity) == ("brute_force", int(Severity.HIGH))
             assert by_address.principal == "admin" and by_address.method == LOGIN
             assert "10 failed logins from 203.0.113.7" in by_address.evidence
-            assert by_address.incident == ""
+            assert by_address.incident.startswith("incidents/")  # grouped by the response sink
             assert await threats(reader, "198.51.100.4") == []
     finally:
         await running.stop(grace=0.5)

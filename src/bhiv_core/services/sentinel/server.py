@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bhiv_core.agents.threat_detection import ThreatDetectionAgent
+from bhiv_core.agents.threat_response import AddressBlocker
 from bhiv_core.audit.checkpoint import load_or_create_checkpoint_key
 from bhiv_core.audit.checkpointing import AuditVerifier, CheckpointWitness, CheckpointWriter
 from bhiv_core.audit.store import make_audit_store
@@ -11,10 +12,11 @@ from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.services.sentinel.alerts.service import Alerts
 from bhiv_core.services.sentinel.config import SentinelConfig
+from bhiv_core.services.sentinel.incidents.service import ThreatResponse
 from bhiv_core.services.sentinel.service import SentinelService, audit_page_bytes
 from bhiv_core.services.sentinel.servicer import MISSING, SentinelServicer
 from bhiv_core.services.sentinel.store import make_sentinel_store
-from bhiv_core.services.sentinel.threats import StoreDetectionSink, observation_of
+from bhiv_core.services.sentinel.threats import observation_of
 from bhiv_core.standard_chain import standard_chain
 
 __all__ = ["NAME", "build_server", "definition", "serve"]
@@ -22,7 +24,7 @@ __all__ = ["NAME", "build_server", "definition", "serve"]
 NAME = "sentinel"
 
 
-def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
+def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) -> runtime.ServiceDefinition:
     """Returns what the sentinel service contributes to the runtime.
 
     Sentinel reads the mesh's audit chain (``make_audit_store``: ``<data_dir>/audit.db`` or
@@ -31,7 +33,10 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
     Sentinel is the one writer of the chain's signed checkpoints (:mod:`bhiv_core.audit.checkpointing`),
     with the key in ``BHIV_AUDIT_CHECKPOINT_KEY_FILE``, read (or created) here so a bad one fails fast.
     It runs the threat detection agent in process (:mod:`bhiv_core.services.sentinel.threats`): every
-    reported security event is queued for it, and its detections are stored and logged.
+    reported security event is queued for it. Its detections are grouped into incidents, stored,
+    logged, streamed and acted on by the threat response agent
+    (:mod:`bhiv_core.services.sentinel.incidents`), which blocks addresses through ``blocker``
+    (None: blocks are recorded on the incident as not made) and alerts through the alert channels.
     """
     settings = SentinelConfig.from_runtime(config)
     audit = make_audit_store(config)
@@ -45,7 +50,11 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
         every_records=settings.checkpoint_records,
         every_seconds=settings.checkpoint_seconds,
     )
-    detection = ThreatDetectionAgent(StoreDetectionSink(store))
+    # Alert channels and alerts (<data_dir>/sentinel-alerts.db): see services/sentinel/alerts.
+    alerts = Alerts.from_config(config)
+    # Incidents and the response agent (<data_dir>/sentinel-incidents.db): see services/sentinel/incidents.
+    response = ThreatResponse.from_config(config, store, alerts.dispatcher, blocker=blocker)
+    detection = ThreatDetectionAgent(response.sink)
     sentinel = SentinelService(
         audit,
         store,
@@ -54,16 +63,20 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
         page_bytes=audit_page_bytes(config.max_message_bytes),
     )
     servicer = SentinelServicer(sentinel)
-    # Alert channels and alerts (<data_dir>/sentinel-alerts.db): see services/sentinel/alerts.
-    alerts = Alerts.from_config(config)
-    servicers = {"AlertService": alerts.servicer}
+    servicers = {"AlertService": alerts.servicer, "ThreatService": response.servicer(servicer)}
     return runtime.ServiceDefinition(
         name=NAME,
         servicers=[(s, servicers.get(s.name, servicer)) for s in services_of_package("bhiv.sentinel.v1")],
         missing=MISSING,
-        checks={"audit_store": audit.ping, "sentinel_store": store.ping, "alert_store": alerts.store.ping},
-        on_start=[audit.open, store.open, writer.start, detection.start, alerts.start],
-        on_stop=[alerts.stop, detection.stop, writer.stop, store.close, audit.close],
+        checks={
+            "audit_store": audit.ping,
+            "sentinel_store": store.ping,
+            "alert_store": alerts.store.ping,
+            "incident_store": response.store.ping,
+        },
+        on_start=[audit.open, store.open, writer.start, alerts.start, response.start, detection.start],
+        on_stop=[detection.stop, response.stop, alerts.stop, writer.stop, store.close, audit.close],
+        on_drain=[response.drain],
     )
 
 

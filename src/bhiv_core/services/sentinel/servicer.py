@@ -1,8 +1,9 @@
 """The sentinel servicer: proto in, domain call, proto out.
 
 Audit queries and verification (``AuditService``) and security-event intake
-(``ThreatService.ReportSecurityEvent``) are built; the runtime answers every other sentinel RPC
-UNIMPLEMENTED with :data:`MISSING`.
+(``ThreatService.ReportSecurityEvent``) are served here; the rest of ``ThreatService`` by
+:mod:`bhiv_core.services.sentinel.incidents`, ``AlertService`` by :mod:`bhiv_core.services.sentinel.alerts`.
+The runtime answers every other sentinel RPC UNIMPLEMENTED with :data:`MISSING`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from bhiv_core.services.sentinel.store import EventKind, SecurityEvent
 
 __all__ = ["MISSING", "SentinelServicer", "audit_record_to_proto", "security_event_to_proto"]
 
-MISSING = "incidents, the threat event stream and blocks are a later issue"
+MISSING = "the block list (BlockService) is a later issue"
 
 _BREAK_REASONS = {
     ChainBreak.HASH_MISMATCH: audit_record_pb2.CHAIN_BREAK_REASON_HASH_MISMATCH,

@@ -3,9 +3,9 @@
 Sentinel runs the :class:`~bhiv_core.agents.threat_detection.ThreatDetectionAgent` in process.
 Every security event a service reports (``ReportSecurityEvent``) is stored first, then handed to
 the agent as an :class:`~bhiv_core.agents.threat_detection.Observation` through its bounded queue,
-so the reporting call never waits for detection. Each detection becomes a ``threat_events`` record
-in sentinel's store (the shape of ``bhiv.sentinel.v1.ThreatEvent``, its incident empty until the
-response agent groups it) and a ``threat detected`` log line.
+so the reporting call never waits for detection. The server hands detections to
+:class:`~bhiv_core.services.sentinel.incidents.sink.ResponseSink` (grouped into incidents, stored,
+streamed, acted on); :class:`StoreDetectionSink` here only stores and logs them (its incident empty).
 """
 
 from __future__ import annotations
