@@ -1,0 +1,131 @@
+"""Service credentials and security events through the real mesh (seven services and the Envoy edge).
+
+CRM — not identity — reports the tokens it refuses and the calls it denies to sentinel, with a
+service token it got from identity with the deployment's service secret; the events carry the
+client address CRM trusts: the caller's own for a direct call, the edge's word for one through the
+edge. Callers sit behind relays bound to addresses of their own, so each test finds its events by
+address. The edge refuses ``IssueServiceToken`` from outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from bhiv.crm.v1 import lead_service_pb2 as leads
+from bhiv.crm.v1 import lead_service_pb2_grpc as leads_grpc
+from bhiv.identity.v1 import auth_service_pb2 as auth
+from bhiv.identity.v1 import auth_service_pb2_grpc as auth_grpc
+from bhiv_core.mesh import Mesh
+from bhiv_core.runtime.service_credentials import EVENTS_SCOPE, load_service_secret, sign_assertion
+from bhiv_core.services.sentinel.store import EventFilter, EventKind, SecurityEvent, make_sentinel_store
+from tests.e2e.client import Session, create_user
+from tests.harness import relay
+
+LIST_LEADS = "/bhiv.crm.v1.LeadService/ListLeads"
+
+
+async def sentinel_events(
+    mesh: Mesh, address: str, kind: EventKind, timeout: float = 30.0
+) -> list[SecurityEvent]:
+    """The events sentinel stored for ``address`` and ``kind``, waiting until there is one."""
+    store = make_sentinel_store(mesh.configs["sentinel"])
+    await store.open()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            found, _ = await store.list_security_events(EventFilter(kind=kind, source_address=address), 100)
+            if found or loop.time() > deadline:
+                return found
+            await asyncio.sleep(0.1)
+    finally:
+        await store.close()
+
+
+def forged(token: str) -> str:
+    """``token`` with its signature changed: well formed, signed by nobody."""
+    head, _, signature = token.rpartition(".")
+    return f"{head}.{signature[:-6]}{'A' if signature[-6] != 'A' else 'B'}{signature[-5:]}"
+
+
+@pytest.fixture
+async def via_127_0_0_41(mesh: Mesh) -> AsyncIterator[str]:
+    """CRM, reached directly (not through the edge) from 127.0.0.41."""
+    async with relay(mesh.address("crm"), "127.0.0.41") as address:
+        yield address
+
+
+def test_the_service_secret_is_private(mesh: Mesh) -> None:
+    path = mesh.data_dir / "service-secret"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(path.read_bytes().strip()) >= 32
+
+
+async def test_crm_reports_a_forged_token_with_the_callers_address(
+    mesh: Mesh, admin: Session, via_127_0_0_41: str
+) -> None:
+    async with grpc.aio.insecure_channel(via_127_0_0_41) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await leads_grpc.LeadServiceStub(channel).ListLeads(
+                leads.ListLeadsRequest(),
+                metadata=(("authorization", f"Bearer {forged(admin.access_token)}"),),
+            )
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    [event] = await sentinel_events(mesh, "127.0.0.41", EventKind.TOKEN_INVALID)
+    assert (event.method, event.principal, event.detail) == (LIST_LEADS, "", "token refused: bad signature")
+    # CRM reported it itself, with the service token identity issued for its credentials.
+    assert event.reporter == "services/crm"
+    assert admin.access_token.rpartition(".")[0] not in event.detail
+
+
+async def test_crm_reports_a_denied_call_through_the_edge_with_the_address_the_edge_vouches_for(
+    mesh: Mesh, admin: Session
+) -> None:
+    support = await create_user(mesh, admin, "support")
+    async with relay(mesh.edge_address, "127.0.0.42") as edge, grpc.aio.insecure_channel(edge) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await leads_grpc.LeadServiceStub(channel).ListLeads(
+                leads.ListLeadsRequest(), metadata=support.metadata
+            )
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    [event] = await sentinel_events(mesh, "127.0.0.42", EventKind.PERMISSION_DENIED)
+    assert (event.method, event.principal, event.reporter) == (LIST_LEADS, support.user.name, "services/crm")
+    assert event.detail == "support lacks crm.leads.read"
+
+
+async def test_the_edge_refuses_issue_service_token_that_identity_grants_directly(mesh: Mesh) -> None:
+    secret = load_service_secret(mesh.data_dir / "service-secret")
+    request = auth.IssueServiceTokenRequest(assertion=sign_assertion(secret, "crm"), scopes=[EVENTS_SCOPE])
+    async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await auth_grpc.AuthServiceStub(channel).IssueServiceToken(request)
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    # The same assertion, never seen by identity, is good: the refusal was the edge's.
+    async with grpc.aio.insecure_channel(mesh.address("identity")) as channel:
+        reply = await auth_grpc.AuthServiceStub(channel).IssueServiceToken(request)
+    assert (reply.token_type, reply.expires_in, list(reply.scopes)) == ("Bearer", 300, [EVENTS_SCOPE])
+
+
+async def test_identity_reports_a_replayed_assertion_from_another_service(mesh: Mesh) -> None:
+    secret = load_service_secret(mesh.data_dir / "service-secret")
+    request = auth.IssueServiceTokenRequest(assertion=sign_assertion(secret, "llm"), scopes=[EVENTS_SCOPE])
+    async with (
+        relay(mesh.address("identity"), "127.0.0.43") as identity,
+        grpc.aio.insecure_channel(identity) as channel,
+    ):
+        stub = auth_grpc.AuthServiceStub(channel)
+        await stub.IssueServiceToken(request)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.IssueServiceToken(request)
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    [event] = await sentinel_events(mesh, "127.0.0.43", EventKind.TOKEN_INVALID)
+    assert (event.principal, event.detail, event.reporter) == (
+        "services/llm",
+        "service assertion refused: assertion replayed",
+        "services/identity",
+    )
