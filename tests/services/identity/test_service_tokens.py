@@ -85,7 +85,7 @@ async def test_a_service_gets_a_five_minute_token_with_only_the_scopes_it_asked_
         (lambda: jwt.encode({"sub": "crm"}, None, algorithm="none"), "not a service assertion", ""),
         (
             lambda: jwt.encode(
-                {"iss": "logistics", "sub": "logistics", "aud": "identity", "iat": 1, "exp": 2, "jti": "x" * 16},
+                dict(iss="logistics", sub="logistics", aud="identity", iat=1, exp=2, jti="x" * 16),
                 SECRET,
                 algorithm="HS256",
                 headers={"typ": "svc+jwt"},
