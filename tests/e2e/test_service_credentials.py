@@ -10,6 +10,7 @@ address. The edge refuses ``IssueServiceToken`` from outside.
 from __future__ import annotations
 
 import asyncio
+import re
 import stat
 from collections.abc import AsyncIterator
 
@@ -20,6 +21,8 @@ from bhiv.crm.v1 import lead_service_pb2 as leads
 from bhiv.crm.v1 import lead_service_pb2_grpc as leads_grpc
 from bhiv.identity.v1 import auth_service_pb2 as auth
 from bhiv.identity.v1 import auth_service_pb2_grpc as auth_grpc
+from bhiv.sentinel.v1 import threat_service_pb2 as threat
+from bhiv.sentinel.v1 import threat_service_pb2_grpc as threat_grpc
 from bhiv_core.mesh import Mesh
 from bhiv_core.runtime.service_credentials import EVENTS_SCOPE, load_service_secret, sign_assertion
 from bhiv_core.services.sentinel.store import EventFilter, EventKind, SecurityEvent, make_sentinel_store
@@ -129,3 +132,38 @@ async def test_identity_reports_a_replayed_assertion_from_another_service(mesh: 
         "service assertion refused: assertion replayed",
         "services/identity",
     )
+
+
+async def test_sentinel_records_what_its_own_chain_refuses_in_process_and_a_flood_stays_bounded(
+    mesh: Mesh, admin: Session
+) -> None:
+    # Sentinel does not call itself to report: the events are its own, stored without a token.
+    async with (
+        relay(mesh.address("sentinel"), "127.0.0.44") as sentinel,
+        grpc.aio.insecure_channel(sentinel) as channel,
+    ):
+        stub = threat_grpc.ThreatServiceStub(channel)
+        for _ in range(40):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ListIncidents(
+                    threat.ListIncidentsRequest(),
+                    metadata=(("authorization", f"Bearer {forged(admin.access_token)}"),),
+                )
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+    async def represented() -> tuple[int, list[SecurityEvent]]:
+        events = await sentinel_events(mesh, "127.0.0.44", EventKind.TOKEN_INVALID)
+        more = (re.search(r"\(\+(\d+) more like it", e.detail) for e in events)
+        # A summary stands for the refusals folded into it; the window's first ones were sent alone.
+        return sum(int(m.group(1)) if m else 1 for m in more), events
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    count, events = await represented()
+    while count < 40 and loop.time() < deadline:
+        await asyncio.sleep(0.2)
+        count, events = await represented()
+    # Every refusal is accounted for, one by one or in a summary, never more than once.
+    assert count == 40
+    assert {e.reporter for e in events} == {"services/sentinel"}
+    assert {e.method for e in events} == {"/bhiv.sentinel.v1.ThreatService/ListIncidents"}
