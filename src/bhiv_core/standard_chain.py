@@ -69,6 +69,7 @@ def chain_reporter(
     owned = SentinelReporter(
         config.peers.get("sentinel", ""),
         tokens,
+        service=config.service,
         channel=lambda: channels.channel("sentinel"),
         queue_size=config.settings.positive_int("SECURITY_EVENT_QUEUE_SIZE", 1000),
         **coalescing_settings(config.settings),

@@ -25,6 +25,7 @@ from bhiv_core.runtime.security_events import (
     SentinelReporter,
 )
 from bhiv_core.runtime.service_credentials import RenewingToken
+from bhiv_core.runtime.telemetry import REGISTRY
 from bhiv_core.security.principal import Principal
 from tests.harness import config_for, serving
 
@@ -192,7 +193,7 @@ def token_failure(address: str = "203.0.113.9") -> SecurityEvent:
 
 async def test_a_flood_from_one_address_becomes_a_burst_and_one_summary_per_window() -> None:
     sink, clock = Recorder(), FakeClock()
-    reporter = QueuedReporter(sink, window_seconds=1.0, burst=3, clock=clock)
+    reporter = QueuedReporter(sink, window_seconds=1.0, burst=3, service="flood-test", clock=clock)
     await reporter.start()
     for _ in range(500):
         reporter.report(token_failure())
@@ -208,6 +209,13 @@ async def test_a_flood_from_one_address_becomes_a_burst_and_one_summary_per_wind
         ("203.0.113.9", "bad signature"),
     ]
     assert (reporter.coalesced, reporter.dropped, reporter.sent) == (497, 0, 6)
+    counted = {
+        outcome: REGISTRY.get_sample_value(
+            "bhiv_security_events_total", {"service": "flood-test", "outcome": outcome}
+        )
+        for outcome in ("sent", "coalesced", "dropped", "failed")
+    }
+    assert counted == {"sent": 6, "coalesced": 497, "dropped": 0, "failed": 0}
 
 
 async def test_a_short_burst_reaches_sentinel_event_by_event() -> None:

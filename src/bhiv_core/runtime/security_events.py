@@ -43,10 +43,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
+from prometheus_client import Counter
 
 from bhiv.sentinel.v1 import threat_pb2, threat_service_pb2, threat_service_pb2_grpc
 from bhiv_core.runtime.chain import CallInfo
 from bhiv_core.runtime.config import Settings
+from bhiv_core.runtime.telemetry import REGISTRY
 from bhiv_core.runtime.times import to_timestamp
 from bhiv_core.security.address import client_address_of
 from bhiv_core.security.principal import Principal
@@ -64,6 +66,16 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+OUTCOMES = ("sent", "failed", "dropped", "coalesced")
+
+security_events = Counter(
+    "bhiv_security_events",
+    "Security events a service reported to sentinel, by outcome (sent, failed, dropped, coalesced).",
+    ("service", "outcome"),
+    registry=REGISTRY,
+)
+"""``bhiv_security_events_total{service, outcome}``."""
 
 
 class SecurityEventKind(enum.Enum):
@@ -150,6 +162,7 @@ class QueuedReporter:
         queue_size: Events that may wait to be sent; also the most keys with an open window.
         window_seconds: The coalescing window; 0 sends every event.
         burst: The events of one key sent one by one in a window before the rest are coalesced.
+        service: The reporting service, the ``service`` label of ``bhiv_security_events_total``.
         name: Names the background task and the log lines.
         clock: Monotonic seconds (tests pass a fake).
 
@@ -168,10 +181,12 @@ class QueuedReporter:
         queue_size: int = 1000,
         window_seconds: float = 1.0,
         burst: int = 10,
+        service: str = "",
         name: str = "security-events",
         clock: Callable[[], float] = time.monotonic,
     ):
         self._send_one = send
+        self._counted = {outcome: security_events.labels(service, outcome) for outcome in OUTCOMES}
         self._burst = max(1, burst)
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue(queue_size)
         self._capacity = queue_size
@@ -210,6 +225,7 @@ class QueuedReporter:
             else:
                 window.more += 1
                 self.coalesced += 1
+                self._counted["coalesced"].inc()
             return
         if window is not None:
             self._close(key, window)
@@ -246,6 +262,7 @@ class QueuedReporter:
 
     def _drop(self) -> None:
         self.dropped += 1
+        self._counted["dropped"].inc()
         if self.dropped == 1 or self.dropped % 1000 == 0:
             log.warning("security event queue full: dropping events", extra={"dropped": self.dropped})
 
@@ -287,10 +304,12 @@ class QueuedReporter:
             try:
                 await asyncio.create_task(self._send_one(event, metadata), context=context)
                 self.sent += 1
+                self._counted["sent"].inc()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.failed += 1
+                self._counted["failed"].inc()
                 now = time.monotonic()
                 if now - self._last_error_log >= 60:
                     self._last_error_log = now
@@ -320,6 +339,7 @@ class SentinelReporter(QueuedReporter):
         timeout_seconds: Deadline of each call.
         window_seconds: The coalescing window (see :class:`QueuedReporter`).
         burst: The events of one key sent one by one per window (see :class:`QueuedReporter`).
+        service: The reporting service (a metrics label).
         channel: Returns the channel to sentinel when the caller owns one (a shared channel pool
             with tracing interceptors, say); by default the reporter opens and closes its own.
         close_channel: Closes what ``channel`` draws on; awaited by :meth:`stop`, once the sender
@@ -336,6 +356,7 @@ class SentinelReporter(QueuedReporter):
         timeout_seconds: float = 3.0,
         window_seconds: float = 1.0,
         burst: int = 10,
+        service: str = "",
         channel: Callable[[], grpc.aio.Channel] | None = None,
         close_channel: Callable[[], Awaitable[None]] | None = None,
     ):
@@ -344,6 +365,7 @@ class SentinelReporter(QueuedReporter):
             queue_size=queue_size,
             window_seconds=window_seconds,
             burst=burst,
+            service=service,
             name="sentinel-security-events",
         )
         self.address = address

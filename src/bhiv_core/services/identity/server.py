@@ -61,6 +61,7 @@ def identity_service(
                 lambda: service.mint_service_token(NAME, SENTINEL_SCOPES), SERVICE_TOKEN_TTL_SECONDS
             ),
             queue_size=settings.report_queue_size,
+            service=NAME,
             **coalescing_settings(config.settings),
             channel=lambda: channels.channel("sentinel"),
             close_channel=channels.close,

@@ -75,6 +75,7 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
         record,
         queue_size=config.settings.positive_int("SECURITY_EVENT_QUEUE_SIZE", 1000),
         **coalescing_settings(config.settings),
+        service=NAME,
         name="sentinel-own-security-events",
     )
     # Alert channels and alerts (<data_dir>/sentinel-alerts.db): see services/sentinel/alerts.
