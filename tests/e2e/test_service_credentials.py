@@ -10,8 +10,10 @@ address. The edge refuses ``IssueServiceToken`` from outside.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import stat
+import subprocess
 from collections.abc import AsyncIterator
 
 import grpc
@@ -108,10 +110,27 @@ async def test_the_edge_refuses_issue_service_token_that_identity_grants_directl
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await auth_grpc.AuthServiceStub(channel).IssueServiceToken(request)
     assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "only the mesh's services call this method" in (refused.value.details() or "")
     # The same assertion, never seen by identity, is good: the refusal was the edge's.
     async with grpc.aio.insecure_channel(mesh.address("identity")) as channel:
         reply = await auth_grpc.AuthServiceStub(channel).IssueServiceToken(request)
     assert (reply.token_type, reply.expires_in, list(reply.scopes)) == ("Bearer", 300, [EVENTS_SCOPE])
+
+
+def test_the_edge_refuses_issue_service_token_as_json_too(mesh: Mesh) -> None:
+    secret = load_service_secret(mesh.data_dir / "service-secret")
+    body = json.dumps({"assertion": sign_assertion(secret, "crm"), "scopes": [EVENTS_SCOPE]})
+    url = f"http://{mesh.edge_address}/bhiv.identity.v1.AuthService/IssueServiceToken"
+    reply = subprocess.run(
+        ["curl", "-s", "-i", "-H", "content-type: application/json", "-d", body, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # The refusal is gRPC's (HTTP 200, grpc-status 7 in the headers, no body), not the transcoder's
+    # JSON error: the edge answers before the request reaches the transcoder.
+    assert "accessToken" not in reply
+    assert "grpc-status: 7" in reply.lower().splitlines()
 
 
 async def test_identity_reports_a_replayed_assertion_from_another_service(mesh: Mesh) -> None:

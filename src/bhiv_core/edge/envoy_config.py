@@ -1517,8 +1517,8 @@ def _lua(upstreams: Sequence[Upstream]) -> Lua:
             {
                 "content-type": "application/grpc",
                 "grpc-status": "7",  # PERMISSION_DENIED
-                "grpc-message": "only the mesh's services call this method, on identity directly; "
-                "outside callers use ListRevocations",
+                "grpc-message": "only the mesh's services call this method, on its service directly "
+                "(outside callers read revocations with ListRevocations)",
             },
         ),
     }
