@@ -205,23 +205,22 @@ class QueuedReporter:
     def report(self, event: SecurityEvent, *, metadata: Sequence[tuple[str, str]] = ()) -> None:
         """Queues ``event`` (or counts it in its key's open window); never blocks, never raises."""
         try:
-            self._report(event, tuple(metadata))
+            self._report(event, metadata if isinstance(metadata, tuple) else tuple(metadata))
         except Exception:  # a reporter must never fail the call that reports
             log.exception("cannot queue a security event")
 
     def _report(self, event: SecurityEvent, metadata: tuple[tuple[str, str], ...]) -> None:
-        if not event.event_time:
-            event = dataclasses.replace(event, event_time=time.time())
         if self._window <= 0:
-            self._enqueue(event, metadata)
+            self._enqueue(self._stamped(event), metadata)
             return
         now = self._clock()
         key = (event.kind, event.source_address, event.principal)
         window = self._windows.get(key)
+        # A flood's events end here, first, at the cost of a lookup and an addition.
         if window is not None and now - window.opened < self._window:
             if window.passed < self._burst:
                 window.passed += 1
-                self._enqueue(event, metadata)
+                self._enqueue(self._stamped(event), metadata)
             else:
                 window.more += 1
                 self.coalesced += 1
@@ -234,8 +233,14 @@ class QueuedReporter:
             if len(self._windows) >= self._capacity:
                 self._drop()
                 return
+        event = self._stamped(event)
         self._windows[key] = _Window(now, event, metadata)
         self._enqueue(event, metadata)
+
+    @staticmethod
+    def _stamped(event: SecurityEvent) -> SecurityEvent:
+        """``event`` with its time set to now when it has none."""
+        return event if event.event_time else dataclasses.replace(event, event_time=time.time())
 
     def _close(self, key: _Key, window: _Window) -> None:
         """Ends ``key``'s window, queueing its summary when events were folded into it."""
