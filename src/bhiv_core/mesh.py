@@ -35,6 +35,7 @@ from bhiv_core.runtime.config import ConfigError, RuntimeConfig, Settings, load_
 from bhiv_core.runtime.files import PRIVATE_UMASK, open_private, private_dir, tighten_tree
 from bhiv_core.runtime.lifetime import bound_command
 from bhiv_core.runtime.server import bind_error
+from bhiv_core.runtime.service_credentials import load_service_secret, service_secret_path
 
 __all__ = ["Mesh", "MeshError", "free_port", "free_ports", "main"]
 
@@ -247,6 +248,13 @@ class Mesh:
             private_dir(self.log_dir)
         except OSError as exc:
             raise MeshError(f"the data directory {self.data_dir} cannot be made private: {exc}") from exc
+        # The service secret every service signs its credentials with: created here, before any
+        # service starts (they would agree on one anyway), so a bad file fails before anything runs.
+        try:
+            for service_config in self.configs.values():
+                load_service_secret(service_secret_path(service_config))
+        except ConfigError as exc:
+            raise MeshError(str(exc)) from exc
         for spec in SERVICES:
             self._spawn(spec.name, env)
         deadline = time.monotonic() + self.startup_timeout

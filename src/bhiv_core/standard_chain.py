@@ -9,6 +9,14 @@ The standard chain: tracing → metrics → audit → errors → auth → decode
 :func:`~bhiv_core.runtime.chain.chain_order`). Health and reflection are not traced (probes would
 flood the traces), skip auth and RBAC, and are not audited (see :func:`chain_order`); they are
 still counted.
+
+Auth and RBAC report what they refuse to sentinel as security events (a refused token as
+``TOKEN_INVALID`` with the reason, a denied call as ``PERMISSION_DENIED`` with the method and the
+caller), through the service's one reporter (:mod:`bhiv_core.runtime.security_events`): the
+definition's when it lends one (identity, sentinel), else a ``SentinelReporter`` whose token comes
+from identity with this service's credentials (:mod:`bhiv_core.runtime.service_credentials`).
+The returned :class:`~bhiv_core.runtime.server.Chain` exposes it as ``reporter`` for concerns that
+report too.
 """
 
 from __future__ import annotations
@@ -31,11 +39,42 @@ from bhiv_core.runtime.config import (
     jwt_settings,
     revocation_poll_seconds,
 )
+from bhiv_core.runtime.security_events import (
+    CallEvents,
+    SecurityEventReporter,
+    SentinelReporter,
+    coalescing_settings,
+)
 from bhiv_core.runtime.server import Chain, ServiceDefinition
+from bhiv_core.runtime.service_credentials import ServiceTokenSource, load_service_secret, service_secret_path
 from bhiv_core.security.identity_client import IdentityKeySource, revocation_fetcher, revocation_watcher
 from bhiv_core.security.jwt import JwtVerifier, RevocationSet
 
-__all__ = ["basic_chain", "standard_chain"]
+__all__ = ["basic_chain", "chain_reporter", "standard_chain"]
+
+
+def chain_reporter(
+    config: RuntimeConfig, definition: ServiceDefinition, channels: PeerChannels
+) -> tuple[SecurityEventReporter, SentinelReporter | None]:
+    """The reporter of a service's chain, and the one the chain itself must start and stop (or None).
+
+    The definition's own when it has one; else a :class:`SentinelReporter` to the ``sentinel`` peer
+    whose service token comes from identity for the deployment's service secret (read, or
+    created, now: a bad secret file fails the start).
+    """
+    if definition.reporter is not None:
+        return definition.reporter, None
+    secret = load_service_secret(service_secret_path(config))
+    tokens = ServiceTokenSource(config.service, secret, lambda: channels.channel("identity"))
+    owned = SentinelReporter(
+        config.peers.get("sentinel", ""),
+        tokens,
+        service=config.service,
+        channel=lambda: channels.channel("sentinel"),
+        queue_size=config.settings.positive_int("SECURITY_EVENT_QUEUE_SIZE", 1000),
+        **coalescing_settings(config.settings),
+    )
+    return owned, owned
 
 
 def standard_chain(config: RuntimeConfig, definition: ServiceDefinition, *, audit: bool = True) -> Chain:
@@ -67,6 +106,8 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition, *, audi
         cache_size=settings.positive_int("TOKEN_CACHE_SIZE", 10_000),
     )
     sink = AuditSink(make_audit_store(config))
+    reporter, owned_reporter = chain_reporter(config, definition, channels)
+    events = CallEvents(reporter)
     failures = {
         reason: auth_failures.labels(config.service, reason)
         for reason in ("missing", "malformed", "revoked", "expired", "unknown kid", "bad signature", "other")
@@ -85,8 +126,8 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition, *, audi
         ],
         audit=AuditInterceptor(sink, config.service) if audit else None,
         errors=ErrorMappingInterceptor(domain=f"{config.service}.bhiv.core"),
-        auth=AuthInterceptor(verifier, on_failure=count_failure),
-        rbac=RbacInterceptor(RolePolicy()),
+        auth=AuthInterceptor(verifier, on_failure=count_failure, on_refused=events.token_refused),
+        rbac=RbacInterceptor(RolePolicy(), on_denied=events.denied),
         validation=ValidationInterceptor(),
     )
 
@@ -94,15 +135,19 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition, *, audi
         if audit:
             await sink.start()
         revocations.start()
+        if owned_reporter is not None:
+            await owned_reporter.start()
 
     async def stop() -> None:
         await revocations.stop()
+        if owned_reporter is not None:
+            await owned_reporter.stop()
         if audit:
             await sink.close()
         await channels.close()
 
     checks = {"audit_sink": sink.check} if audit else {}
-    return Chain(interceptors, on_start=[start], on_stop=[stop], checks=checks)
+    return Chain(interceptors, on_start=[start], on_stop=[stop], checks=checks, reporter=reporter)
 
 
 def basic_chain(config: RuntimeConfig, definition: ServiceDefinition | None = None) -> Chain:

@@ -57,7 +57,7 @@ def test_every_list_paginates(method) -> None:
     assert "next_page_token" in response
 
 
-def test_only_login_refresh_jwks_and_revocations_are_public() -> None:
+def test_only_login_refresh_jwks_revocations_and_service_tokens_are_public() -> None:
     public = {method_path(m) for m in METHODS if policy_of(m).public}
     assert public == {
         "/bhiv.identity.v1.AuthService/Login",
@@ -65,4 +65,16 @@ def test_only_login_refresh_jwks_and_revocations_are_public() -> None:
         "/bhiv.identity.v1.AuthService/GetJwks",
         "/bhiv.identity.v1.AuthService/ListRevocations",
         "/bhiv.identity.v1.AuthService/WatchRevocations",
+        "/bhiv.identity.v1.AuthService/IssueServiceToken",
     }
+
+
+def test_only_the_revocation_stream_and_service_tokens_are_mesh_only_and_both_are_public() -> None:
+    mesh_only = {method_path(m) for m in METHODS if policy_of(m).mesh_only}
+    assert mesh_only == {
+        "/bhiv.identity.v1.AuthService/WatchRevocations",
+        "/bhiv.identity.v1.AuthService/IssueServiceToken",
+    }
+    # A mesh-only RPC with a permission would need a token the edge never sees: the rule is for
+    # the RPCs a service calls before it has one.
+    assert all(policy_of(m).public for m in METHODS if policy_of(m).mesh_only)

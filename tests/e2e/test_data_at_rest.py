@@ -108,6 +108,7 @@ async def test_every_folder_is_0700_and_every_file_0600_under_umask_022(
         "admin-credentials",
         "identity-kek",
         "audit-checkpoint-key",
+        "service-secret",
         "identity.db",
         "audit.db",
         "audit.db-wal",

@@ -367,12 +367,17 @@ UNKNOWN_SERVICE: Final = "unknown-service"
 MESH_ONLY: Final = "mesh-only"
 """The name of the Lua reply to a call of a method that only the mesh's own services make."""
 
-MESH_ONLY_METHODS: Final = ("/bhiv.identity.v1.AuthService/WatchRevocations",)
+MESH_ONLY_METHODS: Final = tuple(
+    sorted(method_path(m) for service in all_services() for m in service.methods if policy_of(m).mesh_only)
+)
 """Methods the edge refuses (PERMISSION_DENIED): services call them on identity directly.
 
-``WatchRevocations`` is public (a service needs revocations before it can verify a token) and each
-identity process serves a bounded number of watchers; through the edge, anyone could hold every
-slot and keep the services from reconnecting. Outside callers read ``ListRevocations`` instead.
+Read from the contracts (``mesh_only`` in the ``access`` option). ``WatchRevocations`` is public (a
+service needs revocations before it can verify a token) and each identity process serves a bounded
+number of watchers; through the edge, anyone could hold every slot and keep the services from
+reconnecting (outside callers read ``ListRevocations`` instead). ``IssueServiceToken`` is the
+service-credentials grant: only the mesh's services hold the secret its assertion needs, and from
+outside it would only be a way to guess at it.
 """
 
 TOO_MANY_HEADERS: Final = "too-many-request-headers"
@@ -1521,8 +1526,8 @@ def _lua(upstreams: Sequence[Upstream]) -> Lua:
             {
                 "content-type": "application/grpc",
                 "grpc-status": "7",  # PERMISSION_DENIED
-                "grpc-message": "only the mesh's services call this method, on identity directly; "
-                "outside callers use ListRevocations",
+                "grpc-message": "only the mesh's services call this method, on its service directly "
+                "(outside callers read revocations with ListRevocations)",
             },
         ),
     }

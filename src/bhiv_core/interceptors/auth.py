@@ -7,7 +7,7 @@ selector. The principal is set on the call and in the read-only ``current_princi
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf.descriptor import MethodDescriptor
@@ -47,11 +47,19 @@ class AuthInterceptor(PreCheckInterceptor):
     Args:
         verifier: Checks tokens (signature, claims, revocation; cached).
         on_failure: Called with the failure reason (for metrics); optional.
+        on_refused: Called with the call and the failure reason (``missing``, ``expired``, ``bad
+            signature``...) of every refused call, to report it as a security event; optional.
     """
 
-    def __init__(self, verifier: TokenVerifier, on_failure: Any = None):
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        on_failure: Any = None,
+        on_refused: Callable[[CallInfo, str], None] | None = None,
+    ):
         self._verifier = verifier
         self._on_failure = on_failure
+        self._on_refused = on_refused
 
     def bind(self, method: str, descriptor: MethodDescriptor | None) -> Check | None:
         """No check for a public RPC; the token check for every other method (unknown ones too)."""
@@ -66,12 +74,12 @@ class AuthInterceptor(PreCheckInterceptor):
     def _authenticate(self, call: CallInfo, request: Any, context: Context) -> Awaitable[None] | None:
         token = parse_bearer(call.headers.get("authorization"))
         if token is None:
-            self._failed("missing")
+            self._failed(call, "missing")
             raise Unauthenticated("authentication required", reason="MISSING_CREDENTIALS")
         try:
             principal = self._verifier.cached(token)
         except TokenError as exc:
-            self._failed(exc.detail)
+            self._failed(call, exc.detail)
             raise
         if principal is None:
             return self._verify(call, token)
@@ -83,11 +91,13 @@ class AuthInterceptor(PreCheckInterceptor):
         try:
             principal = await self._verifier.verify(token)
         except TokenError as exc:
-            self._failed(exc.detail)
+            self._failed(call, exc.detail)
             raise
         call.principal = principal
         current_principal.set(principal)
 
-    def _failed(self, reason: str) -> None:
+    def _failed(self, call: CallInfo, reason: str) -> None:
         if self._on_failure is not None:
             self._on_failure(reason)
+        if self._on_refused is not None:
+            self._on_refused(call, reason)

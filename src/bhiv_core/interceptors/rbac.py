@@ -54,10 +54,13 @@ class RbacInterceptor(PreCheckInterceptor):
 
     Args:
         policy: The role/scope policy.
+        on_denied: Called with the call, the principal and the missing permission of every call
+            refused for lack of it, to report it as a security event; optional.
     """
 
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Policy, on_denied: Callable[[CallInfo, Principal, str], None] | None = None):
         self._policy = policy
+        self._on_denied = on_denied
 
     def bind(self, method: str, descriptor: MethodDescriptor | None) -> Check | None:
         """The permission check of ``method``, from its contract (fail closed without a rule)."""
@@ -68,9 +71,10 @@ class RbacInterceptor(PreCheckInterceptor):
             return _refuse_undeclared
         permission = policy.permission
         allows = self._policy.allows
+        on_denied = self._on_denied
         if policy.self_field:
             return _self_or_permission(
-                descriptor, policy.self_field, policy.self_permission, permission, allows
+                descriptor, policy.self_field, policy.self_permission, permission, allows, on_denied
             )
 
         def authorize(call: CallInfo, request: Any, context: Context) -> None:
@@ -78,6 +82,8 @@ class RbacInterceptor(PreCheckInterceptor):
             if not isinstance(principal, Principal):
                 raise Unauthenticated("authentication required", reason="MISSING_CREDENTIALS")
             if not allows(principal, permission):
+                if on_denied is not None:
+                    on_denied(call, principal, permission)
                 raise _denied(principal, permission)
 
         return authorize
@@ -101,6 +107,7 @@ def _self_or_permission(
     self_permission: str,
     permission: str,
     allows: Callable[[Principal, str], bool],
+    on_denied: Callable[[CallInfo, Principal, str], None] | None = None,
 ) -> Check:
     """The check of an RPC that admits the caller naming itself in ``field`` with ``self_permission``.
 
@@ -119,6 +126,8 @@ def _self_or_permission(
             return
         if getattr(request, field) == principal.subject and allows(principal, self_permission):
             return
+        if on_denied is not None:
+            on_denied(call, principal, permission)
         raise _denied(principal, permission)
 
     return authorize

@@ -86,6 +86,7 @@ class MethodPolicy:
         self_field: The request field that may name the caller itself (``name``); empty when the
             RPC has no self case.
         self_permission: The permission that suffices when ``self_field`` names the caller.
+        mesh_only: True when only the mesh's services call it, directly: the edge refuses it.
 
     """
 
@@ -94,6 +95,7 @@ class MethodPolicy:
     declared: bool
     self_field: str = ""
     self_permission: str = ""
+    mesh_only: bool = False
 
 
 def policy_of(method: MethodDescriptor) -> MethodPolicy:
@@ -108,4 +110,5 @@ def policy_of(method: MethodDescriptor) -> MethodPolicy:
         declared=True,
         self_field=rule.self_field,
         self_permission=rule.self_permission,
+        mesh_only=rule.mesh_only,
     )

@@ -71,6 +71,11 @@ SHARED_SETTINGS: Final = frozenset(
         "JWT_LEEWAY_SECONDS",
         "TOKEN_CACHE_SIZE",
         "REVOCATION_POLL_SECONDS",
+        # Service credentials and the security events every service reports to sentinel.
+        "SERVICE_SECRET_FILE",
+        "SECURITY_EVENT_QUEUE_SIZE",
+        "SECURITY_EVENT_WINDOW_SECONDS",
+        "SECURITY_EVENT_BURST",
         # The audit log every service appends to.
         "AUDIT_STORE_URL",
         # identity

@@ -35,6 +35,7 @@ from bhiv_core.runtime.lifetime import die_with_parent
 from bhiv_core.runtime.limits import GRPC_MAX_METADATA_BYTES
 from bhiv_core.runtime.process import prepare_process
 from bhiv_core.runtime.reflection import add_reflection
+from bhiv_core.runtime.security_events import SecurityEventReporter
 from bhiv_core.security.jwt import KeySource, RevocationSet
 
 __all__ = [
@@ -74,6 +75,10 @@ class ServiceDefinition:
             (identity itself reads its own key store).
         revocations: The revoked-token set; watched from identity when None (identity feeds its
             own directly).
+        reporter: Where the chain reports security events (refused tokens, denied calls), started
+            and stopped by the service itself; when None the chain builds and runs a
+            :class:`~bhiv_core.runtime.security_events.SentinelReporter` with service credentials
+            (identity lends its own reporter, sentinel one that records in process).
 
     """
 
@@ -86,6 +91,7 @@ class ServiceDefinition:
     on_drain: Sequence[Hook] = ()
     key_source: KeySource | None = None
     revocations: RevocationSet | None = None
+    reporter: SecurityEventReporter | None = None
 
 
 def package_definition(name: str, servicer: object, missing: str) -> ServiceDefinition:
@@ -105,12 +111,17 @@ def package_definition(name: str, servicer: object, missing: str) -> ServiceDefi
 
 @dataclass
 class Chain:
-    """A composed chain and what its concerns need started and stopped with the server."""
+    """A composed chain and what its concerns need started and stopped with the server.
+
+    ``reporter`` is where the chain's concerns report security events: a concern added later
+    (request-field screening) reports through the same one.
+    """
 
     interceptors: Sequence[Interceptor | Selector]
     on_start: Sequence[Hook] = ()
     on_stop: Sequence[Hook] = ()
     checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+    reporter: SecurityEventReporter | None = None
 
 
 ChainFactory = Callable[[RuntimeConfig, ServiceDefinition], "Chain | Sequence[Interceptor | Selector]"]

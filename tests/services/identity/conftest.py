@@ -120,10 +120,16 @@ def identity_config(data_dir: Path, **env: str) -> tuple[Any, IdentityConfig]:
     return runtime, IdentityConfig.from_runtime(runtime)
 
 
-def make_service(data_dir: Path, *, clock: Clock | None = None, **env: str) -> tuple[Any, IdentityService]:
+def make_service(
+    data_dir: Path, *, clock: Clock | None = None, service_secret: bytes | None = None, **env: str
+) -> tuple[Any, IdentityService]:
     runtime, settings = identity_config(data_dir, **env)
     service = IdentityService(
-        settings, make_identity_store(settings), reporter=FakeReporter(), clock=clock or Clock()
+        settings,
+        make_identity_store(settings),
+        reporter=FakeReporter(),
+        clock=clock or Clock(),
+        service_secret=service_secret,
     )
     return runtime, service
 
@@ -172,10 +178,12 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 @contextlib.asynccontextmanager
-async def serve_identity(data_dir: Path, *, clock: Clock | None = None, **env: str) -> AsyncIterator[Served]:
+async def serve_identity(
+    data_dir: Path, *, clock: Clock | None = None, service_secret: bytes | None = None, **env: str
+) -> AsyncIterator[Served]:
     """Starts identity (store, keys, admin bootstrap) and serves it through the harness."""
     clock = clock or Clock()
-    runtime, service = make_service(data_dir, clock=clock, **env)
+    runtime, service = make_service(data_dir, clock=clock, service_secret=service_secret, **env)
     built = definition(runtime, service=service)
     for hook in built.on_start:
         await hook()

@@ -7,19 +7,27 @@ from bhiv_core.interceptors.tracing import client_interceptors
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.clients import PeerChannels
 from bhiv_core.runtime.config import RuntimeConfig
+from bhiv_core.runtime.security_events import coalescing_settings
+from bhiv_core.runtime.service_credentials import (
+    EVENTS_SCOPE,
+    RenewingToken,
+    load_service_secret,
+    service_secret_path,
+)
 from bhiv_core.security.jwt import RevocationSet
 from bhiv_core.services.identity.config import IdentityConfig
 from bhiv_core.services.identity.revocation_feed import RevocationFeed
 from bhiv_core.services.identity.service import IdentityService, SecurityEventReporter, SentinelReporter
 from bhiv_core.services.identity.servicer import AuthServicer, RoleServicer, UserServicer
 from bhiv_core.services.identity.store import make_identity_store
+from bhiv_core.services.identity.tokens import SERVICE_TOKEN_TTL_SECONDS
 from bhiv_core.standard_chain import standard_chain
 
 __all__ = ["NAME", "build_server", "definition", "identity_service", "serve"]
 
 NAME = "identity"
 
-SENTINEL_SCOPES = ("sentinel.events.write",)
+SENTINEL_SCOPES = (EVENTS_SCOPE,)
 """The only permission identity's service token carries: reporting security events."""
 
 
@@ -28,6 +36,9 @@ def identity_service(
 ) -> IdentityService:
     """Builds the (not yet started) identity domain from the configuration.
 
+    The deployment's service secret (``BHIV_SERVICE_SECRET_FILE``) is read, or created, here: it
+    verifies the assertions of ``IssueServiceToken``, and a bad file fails the start.
+
     Args:
         config: The runtime configuration.
         reporter: Where security events go; defaults to a :class:`SentinelReporter` for the
@@ -35,14 +46,23 @@ def identity_service(
 
     """
     settings = IdentityConfig.from_runtime(config)
-    service = IdentityService(settings, make_identity_store(settings), reporter=reporter)
+    service = IdentityService(
+        settings,
+        make_identity_store(settings),
+        reporter=reporter,
+        service_secret=load_service_secret(service_secret_path(config)),
+    )
     if reporter is None:
         # Reports carry the login's trace context, so one trace spans identity and sentinel.
         channels = PeerChannels(config.peers, extra_interceptors=client_interceptors)
         service.reporter = SentinelReporter(
             settings.sentinel_address,
-            lambda: service.mint_service_token(NAME, SENTINEL_SCOPES),
+            RenewingToken(
+                lambda: service.mint_service_token(NAME, SENTINEL_SCOPES), SERVICE_TOKEN_TTL_SECONDS
+            ),
             queue_size=settings.report_queue_size,
+            service=NAME,
+            **coalescing_settings(config.settings),
             channel=lambda: channels.channel("sentinel"),
             close_channel=channels.close,
         )
@@ -96,6 +116,8 @@ def definition(config: RuntimeConfig, *, service: IdentityService | None = None)
         on_drain=[drain],
         key_source=service.key_source(),
         revocations=revocations,
+        # Its chain reports refused tokens and denied calls through the same reporter.
+        reporter=reporter,
     )
 
 

@@ -6,7 +6,8 @@ is checked here (the RBAC interceptor checks the contract permission first): a c
 its own user, and another user is NOT_FOUND to it, never PERMISSION_DENIED.
 
 Security events (failed logins, lockouts, replayed refresh tokens) go to a
-:class:`~bhiv_core.services.identity.events.SecurityEventReporter` (see that module).
+:class:`~bhiv_core.runtime.security_events.SecurityEventReporter`, the mesh's shared reporter
+(see that module); so do refused service-credential assertions (``IssueServiceToken``).
 """
 
 from __future__ import annotations
@@ -33,19 +34,26 @@ from bhiv_core.runtime.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unauthenticated,
 )
-from bhiv_core.security.principal import Principal
-from bhiv_core.security.roles import ROLE_DESCRIPTIONS, ROLE_PERMISSIONS, ROLES
-from bhiv_core.services.identity.config import IdentityConfig
-from bhiv_core.services.identity.events import (
+from bhiv_core.runtime.security_events import (
     NullReporter,
     SecurityEvent,
     SecurityEventKind,
     SecurityEventReporter,
     SentinelReporter,
-    to_timestamp,
 )
+from bhiv_core.runtime.service_credentials import (
+    SERVICE_SCOPES,
+    AssertionRefused,
+    ReplayGuard,
+    verify_assertion,
+)
+from bhiv_core.runtime.times import to_timestamp
+from bhiv_core.security.principal import Principal
+from bhiv_core.security.roles import ROLE_DESCRIPTIONS, ROLE_PERMISSIONS, ROLES
+from bhiv_core.services.identity.config import IdentityConfig
 from bhiv_core.services.identity.keys import (
     SigningKeyRing,
     fsync_directory,
@@ -65,6 +73,7 @@ from bhiv_core.services.identity.store import (
 )
 from bhiv_core.services.identity.throttle import LoginThrottle, ThrottleCheck, describe, login_throttled
 from bhiv_core.services.identity.tokens import (
+    SERVICE_TOKEN_TTL_SECONDS,
     TokenIssuer,
     hash_refresh_token,
     new_refresh_token,
@@ -89,6 +98,7 @@ __all__ = [
     "SecurityEventKind",
     "SecurityEventReporter",
     "SentinelReporter",
+    "ServiceToken",
     "TokenPair",
     "UserFields",
     "to_timestamp",
@@ -100,6 +110,7 @@ IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 """How long a CreateUser ``request_id`` is remembered."""
 
 INVALID_CREDENTIALS = "invalid username or password"
+INVALID_ASSERTION = "invalid service assertion"
 INVALID_REFRESH = "invalid refresh token"
 
 _USERNAME = re.compile(r"[A-Za-z0-9._-]{3,64}")
@@ -168,6 +179,22 @@ class TokenPair:
     refresh_token: str
     refresh_expire_time: float
     access_jti: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceToken:
+    """A service token issued by :meth:`IdentityService.issue_service_token`.
+
+    Attributes:
+        access_token: The signed JWT (``sub: services/<name>``).
+        expires_in: Its lifetime in seconds.
+        scopes: The scopes it carries, sorted.
+
+    """
+
+    access_token: str
+    expires_in: int
+    scopes: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +301,8 @@ class IdentityService:
         reporter: Where security events go (a :class:`SentinelReporter` in production).
         clock: Returns the time in Unix seconds (tests pass a fake).
         hasher: The password hasher (defaults to scrypt at ``config.scrypt_log_n``).
+        service_secret: The deployment's service secret, which verifies the assertions of
+            :meth:`issue_service_token`; None refuses every assertion.
         outgoing_metadata: Called when an event is reported; its pairs travel with the event to
             sentinel (the hook for trace-context propagation).
 
@@ -293,6 +322,7 @@ class IdentityService:
         reporter: SecurityEventReporter | None = None,
         clock: Callable[[], float] = time.time,
         hasher: PasswordHasher | None = None,
+        service_secret: bytes | None = None,
         outgoing_metadata: Callable[[], Sequence[tuple[str, str]]] | None = None,
     ):
         self.config = config
@@ -300,6 +330,8 @@ class IdentityService:
         self.reporter: SecurityEventReporter = reporter or NullReporter()
         self.hasher = hasher or PasswordHasher(config.scrypt_log_n)
         self.throttle = LoginThrottle(store, config.login_throttle)
+        self._service_secret = service_secret
+        self._assertions = ReplayGuard(clock=clock)
         self._clock = clock
         self._outgoing_metadata = outgoing_metadata
         self._keys: SigningKeyRing | None = None
@@ -590,6 +622,67 @@ class IdentityService:
     async def mint_service_token(self, name: str, scopes: Sequence[str]) -> str:
         """A five-minute token for ``services/<name>`` carrying only ``scopes``."""
         return await self.issuer.mint_service_token(name, scopes)
+
+    async def issue_service_token(
+        self, assertion: str, scopes: Sequence[str], client: ClientInfo
+    ) -> ServiceToken:
+        """The client-credentials grant: a service token for the service that signed ``assertion``.
+
+        The assertion is checked (:func:`~bhiv_core.runtime.service_credentials.verify_assertion`)
+        and its ``jti`` spent before anything else, then the service must be one of
+        :data:`~bhiv_core.runtime.service_credentials.SERVICE_SCOPES` and every scope one it may
+        hold. Every refusal is reported to sentinel as a ``TOKEN_INVALID`` event.
+
+        Args:
+            assertion: The signed client assertion.
+            scopes: The scopes asked for (at least one).
+            client: The caller, for the security event of a refusal.
+
+        Raises:
+            InvalidArgument: No scope.
+            Unauthenticated: The assertion is malformed, forged, expired, replayed... (one message).
+            PermissionDenied: The service is not in the registry, or a scope is not its to hold.
+
+        """
+        wanted = tuple(sorted(set(scopes)))
+        if not wanted:
+            raise InvalidArgument(violations=[FieldViolation("scopes", "is required", "REQUIRED")])
+        try:
+            if self._service_secret is None:
+                raise AssertionRefused("this identity has no service secret")
+            claims = verify_assertion(assertion, self._service_secret, now=self._clock())
+            self._assertions.accept(claims)
+        except AssertionRefused as exc:
+            principal = f"services/{exc.service}" if exc.service else ""
+            self._report(
+                SecurityEventKind.TOKEN_INVALID, client, principal, f"service assertion refused: {exc.reason}"
+            )
+            raise Unauthenticated(INVALID_ASSERTION, reason="INVALID_ASSERTION") from None
+        principal = f"services/{claims.service}"
+        allowed = SERVICE_SCOPES.get(claims.service)
+        if allowed is None:
+            self._report(
+                SecurityEventKind.TOKEN_INVALID,
+                client,
+                principal,
+                "service assertion of a service not in the registry",
+            )
+            raise PermissionDenied("no such service in the mesh's registry", reason="UNKNOWN_SERVICE")
+        refused = [scope for scope in wanted if scope not in allowed]
+        if refused:
+            self._report(
+                SecurityEventKind.TOKEN_INVALID,
+                client,
+                principal,
+                f"service asked for scopes it may not hold: {', '.join(refused)[:500]}",
+            )
+            raise PermissionDenied(
+                f"{principal} may not hold {', '.join(refused)[:500]}",
+                reason="SCOPE_NOT_ALLOWED",
+                metadata={"service": claims.service},
+            )
+        token = await self.issuer.mint_service_token(claims.service, wanted)
+        return ServiceToken(token, SERVICE_TOKEN_TTL_SECONDS, wanted)
 
     async def jwks(self) -> dict[str, Any]:
         """The published keys as a JWKS document, the current key first."""

@@ -166,6 +166,20 @@ class AuthServicer:
         )
         return auth.ListRevocationsResponse(revocations=[_revocation(r) for r in page], next_page_token=token)
 
+    async def IssueServiceToken(
+        self, request: auth.IssueServiceTokenRequest, context: Context
+    ) -> auth.IssueServiceTokenResponse:
+        """Exchanges a service's signed assertion for a short-lived service token."""
+        issued = await self._service.issue_service_token(
+            request.assertion, list(request.scopes), _client(context, f"{_AUTH}/IssueServiceToken")
+        )
+        return auth.IssueServiceTokenResponse(
+            access_token=issued.access_token,
+            token_type="Bearer",  # noqa: S106 - the token type, not a secret
+            expires_in=issued.expires_in,
+            scopes=issued.scopes,
+        )
+
     async def WatchRevocations(
         self, request: auth.WatchRevocationsRequest, context: Context
     ) -> AsyncIterator[auth.WatchRevocationsResponse]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from bhiv_core.agents.threat_detection import ThreatDetectionAgent
 from bhiv_core.agents.threat_response import AddressBlocker
 from bhiv_core.audit.checkpoint import load_or_create_checkpoint_key
@@ -10,12 +12,13 @@ from bhiv_core.audit.store import make_audit_store
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
+from bhiv_core.runtime.security_events import QueuedReporter, SecurityEvent, coalescing_settings
 from bhiv_core.services.sentinel.alerts.service import Alerts
 from bhiv_core.services.sentinel.config import SentinelConfig
 from bhiv_core.services.sentinel.incidents.service import ThreatResponse
 from bhiv_core.services.sentinel.service import SentinelService, audit_page_bytes
 from bhiv_core.services.sentinel.servicer import MISSING, SentinelServicer
-from bhiv_core.services.sentinel.store import make_sentinel_store
+from bhiv_core.services.sentinel.store import EventKind, make_sentinel_store
 from bhiv_core.services.sentinel.threats import observation_of
 from bhiv_core.standard_chain import standard_chain
 
@@ -63,6 +66,27 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
         page_bytes=audit_page_bytes(config.max_message_bytes),
     )
     servicer = SentinelServicer(sentinel)
+
+    async def record(event: SecurityEvent, metadata: tuple[tuple[str, str], ...]) -> None:
+        await sentinel.report_security_event(
+            kind=EventKind[event.kind.name],
+            source_address=event.source_address,
+            principal=event.principal[:256],
+            method=event.method[:256],
+            detail=event.detail[:2000],
+            event_time=datetime.fromtimestamp(event.event_time, UTC) if event.event_time else None,
+            reporter=f"services/{NAME}",
+        )
+
+    # What sentinel's own chain refuses is recorded in process: no call, no token, so no report of
+    # sentinel's can cause another (a refused report would otherwise be reported, and so on).
+    reporter = QueuedReporter(
+        record,
+        queue_size=config.settings.positive_int("SECURITY_EVENT_QUEUE_SIZE", 1000),
+        **coalescing_settings(config.settings),
+        service=NAME,
+        name="sentinel-own-security-events",
+    )
     servicers = {"AlertService": alerts.servicer, "ThreatService": response.servicer(servicer)}
     return runtime.ServiceDefinition(
         name=NAME,
@@ -74,9 +98,26 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
             "alert_store": alerts.store.ping,
             "incident_store": response.store.ping,
         },
-        on_start=[audit.open, store.open, writer.start, alerts.start, response.start, detection.start],
-        on_stop=[detection.stop, response.stop, alerts.stop, writer.stop, store.close, audit.close],
+        on_start=[
+            audit.open,
+            store.open,
+            writer.start,
+            alerts.start,
+            response.start,
+            detection.start,
+            reporter.start,
+        ],
+        on_stop=[
+            reporter.stop,
+            detection.stop,
+            response.stop,
+            alerts.stop,
+            writer.stop,
+            store.close,
+            audit.close,
+        ],
         on_drain=[response.drain],
+        reporter=reporter,
     )
 
 

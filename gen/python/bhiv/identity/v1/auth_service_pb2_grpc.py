@@ -76,6 +76,11 @@ class AuthServiceStub:
                 request_serializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.WatchRevocationsRequest.SerializeToString,
                 response_deserializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.WatchRevocationsResponse.FromString,
                 _registered_method=True)
+        self.IssueServiceToken = channel.unary_unary(
+                '/bhiv.identity.v1.AuthService/IssueServiceToken',
+                request_serializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.IssueServiceTokenRequest.SerializeToString,
+                response_deserializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.IssueServiceTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -171,6 +176,27 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueServiceToken(self, request, context):
+        """Issues a short-lived service token to a service of the mesh (the OAuth
+        client-credentials grant): the service proves who it is with `assertion`,
+        a JWT it signs with the deployment's service secret (HS256, header `typ:
+        svc+jwt`) whose `iss` and `sub` are its name, `aud` is `identity`, with
+        `iat`, an `exp` at most 60 seconds after it, and a `jti` used once. The
+        token has `sub: services/<name>`, lasts 300 seconds and carries only the
+        requested scopes, each of which the service must be allowed to hold.
+
+        Public (the caller has no token yet: the assertion is its credential) and
+        mesh-only: the edge answers PERMISSION_DENIED. Returns UNAUTHENTICATED for
+        an assertion that is malformed, forged, expired, issued in the future,
+        meant for another audience, or presented a second time; PERMISSION_DENIED
+        for a service that is not in the registry or a scope it may not hold; and
+        INVALID_ARGUMENT for a missing assertion or scope list. Every refusal is
+        reported to sentinel as a TOKEN_INVALID security event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +239,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.WatchRevocations,
                     request_deserializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.WatchRevocationsRequest.FromString,
                     response_serializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.WatchRevocationsResponse.SerializeToString,
+            ),
+            'IssueServiceToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueServiceToken,
+                    request_deserializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.IssueServiceTokenRequest.FromString,
+                    response_serializer=bhiv_dot_identity_dot_v1_dot_auth__service__pb2.IssueServiceTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -433,6 +464,33 @@ class AuthService:
             '/bhiv.identity.v1.AuthService/WatchRevocations',
             bhiv_dot_identity_dot_v1_dot_auth__service__pb2.WatchRevocationsRequest.SerializeToString,
             bhiv_dot_identity_dot_v1_dot_auth__service__pb2.WatchRevocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueServiceToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bhiv.identity.v1.AuthService/IssueServiceToken',
+            bhiv_dot_identity_dot_v1_dot_auth__service__pb2.IssueServiceTokenRequest.SerializeToString,
+            bhiv_dot_identity_dot_v1_dot_auth__service__pb2.IssueServiceTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -88,6 +88,23 @@ class AuthServiceStub:
     down, and ABORTED when the watcher reads so slowly that 10000 revocations
     are waiting for it (reconnect, passing `since`).
     """
+    IssueServiceToken: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.IssueServiceTokenRequest, _auth_service_pb2.IssueServiceTokenResponse]
+    """Issues a short-lived service token to a service of the mesh (the OAuth
+    client-credentials grant): the service proves who it is with `assertion`,
+    a JWT it signs with the deployment's service secret (HS256, header `typ:
+    svc+jwt`) whose `iss` and `sub` are its name, `aud` is `identity`, with
+    `iat`, an `exp` at most 60 seconds after it, and a `jti` used once. The
+    token has `sub: services/<name>`, lasts 300 seconds and carries only the
+    requested scopes, each of which the service must be allowed to hold.
+
+    Public (the caller has no token yet: the assertion is its credential) and
+    mesh-only: the edge answers PERMISSION_DENIED. Returns UNAUTHENTICATED for
+    an assertion that is malformed, forged, expired, issued in the future,
+    meant for another audience, or presented a second time; PERMISSION_DENIED
+    for a service that is not in the registry or a scope it may not hold; and
+    INVALID_ARGUMENT for a missing assertion or scope list. Every refusal is
+    reported to sentinel as a TOKEN_INVALID security event.
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -148,6 +165,23 @@ class AuthServiceAsyncStub(AuthServiceStub):
     maximum number of watchers (256), UNAVAILABLE while identity is shutting
     down, and ABORTED when the watcher reads so slowly that 10000 revocations
     are waiting for it (reconnect, passing `since`).
+    """
+    IssueServiceToken: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.IssueServiceTokenRequest, _auth_service_pb2.IssueServiceTokenResponse]  # type: ignore[assignment]
+    """Issues a short-lived service token to a service of the mesh (the OAuth
+    client-credentials grant): the service proves who it is with `assertion`,
+    a JWT it signs with the deployment's service secret (HS256, header `typ:
+    svc+jwt`) whose `iss` and `sub` are its name, `aud` is `identity`, with
+    `iat`, an `exp` at most 60 seconds after it, and a `jti` used once. The
+    token has `sub: services/<name>`, lasts 300 seconds and carries only the
+    requested scopes, each of which the service must be allowed to hold.
+
+    Public (the caller has no token yet: the assertion is its credential) and
+    mesh-only: the edge answers PERMISSION_DENIED. Returns UNAUTHENTICATED for
+    an assertion that is malformed, forged, expired, issued in the future,
+    meant for another audience, or presented a second time; PERMISSION_DENIED
+    for a service that is not in the registry or a scope it may not hold; and
+    INVALID_ARGUMENT for a missing assertion or scope list. Every refusal is
+    reported to sentinel as a TOKEN_INVALID security event.
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -254,6 +288,29 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         maximum number of watchers (256), UNAVAILABLE while identity is shutting
         down, and ABORTED when the watcher reads so slowly that 10000 revocations
         are waiting for it (reconnect, passing `since`).
+        """
+
+    @_abc_1.abstractmethod
+    def IssueServiceToken(
+        self,
+        request: _auth_service_pb2.IssueServiceTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.IssueServiceTokenResponse, _abc.Awaitable[_auth_service_pb2.IssueServiceTokenResponse]]:
+        """Issues a short-lived service token to a service of the mesh (the OAuth
+        client-credentials grant): the service proves who it is with `assertion`,
+        a JWT it signs with the deployment's service secret (HS256, header `typ:
+        svc+jwt`) whose `iss` and `sub` are its name, `aud` is `identity`, with
+        `iat`, an `exp` at most 60 seconds after it, and a `jti` used once. The
+        token has `sub: services/<name>`, lasts 300 seconds and carries only the
+        requested scopes, each of which the service must be allowed to hold.
+
+        Public (the caller has no token yet: the assertion is its credential) and
+        mesh-only: the edge answers PERMISSION_DENIED. Returns UNAUTHENTICATED for
+        an assertion that is malformed, forged, expired, issued in the future,
+        meant for another audience, or presented a second time; PERMISSION_DENIED
+        for a service that is not in the registry or a scope it may not hold; and
+        INVALID_ARGUMENT for a missing assertion or scope list. Every refusal is
+        reported to sentinel as a TOKEN_INVALID security event.
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!bhiv/options/v1/annotations.proto\x12\x0f\x62hiv.options.v1\x1a google/protobuf/descriptor.proto\"]\n\nAccessRule\x12\x12\n\npermission\x18\x01 \x01(\t\x12\x0e\n\x06public\x18\x02 \x01(\x08\x12\x12\n\nself_field\x18\x03 \x01(\t\x12\x17\n\x0fself_permission\x18\x04 \x01(\t\"\xd8\x01\n\nFieldRules\x12\x10\n\x08required\x18\x01 \x01(\x08\x12\x0f\n\x07min_len\x18\x02 \x01(\r\x12\x0f\n\x07max_len\x18\x03 \x01(\r\x12\x0f\n\x07pattern\x18\x04 \x01(\t\x12\x0b\n\x03min\x18\x05 \x01(\x01\x12\x0b\n\x03max\x18\x06 \x01(\x01\x12\x0f\n\x07has_min\x18\x07 \x01(\x08\x12\x0f\n\x07has_max\x18\x08 \x01(\x08\x12\r\n\x05\x65mail\x18\t \x01(\x08\x12\x14\n\x0c\x64\x65\x66ined_only\x18\n \x01(\x08\x12\x11\n\tmax_items\x18\x0b \x01(\r\x12\x11\n\tmax_bytes\x18\x0c \x01(\r:M\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1b.bhiv.options.v1.AccessRule:K\n\x05rules\x12\x1d.google.protobuf.FieldOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x1b.bhiv.options.v1.FieldRulesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!bhiv/options/v1/annotations.proto\x12\x0f\x62hiv.options.v1\x1a google/protobuf/descriptor.proto\"p\n\nAccessRule\x12\x12\n\npermission\x18\x01 \x01(\t\x12\x0e\n\x06public\x18\x02 \x01(\x08\x12\x12\n\nself_field\x18\x03 \x01(\t\x12\x17\n\x0fself_permission\x18\x04 \x01(\t\x12\x11\n\tmesh_only\x18\x05 \x01(\x08\"\xd8\x01\n\nFieldRules\x12\x10\n\x08required\x18\x01 \x01(\x08\x12\x0f\n\x07min_len\x18\x02 \x01(\r\x12\x0f\n\x07max_len\x18\x03 \x01(\r\x12\x0f\n\x07pattern\x18\x04 \x01(\t\x12\x0b\n\x03min\x18\x05 \x01(\x01\x12\x0b\n\x03max\x18\x06 \x01(\x01\x12\x0f\n\x07has_min\x18\x07 \x01(\x08\x12\x0f\n\x07has_max\x18\x08 \x01(\x08\x12\r\n\x05\x65mail\x18\t \x01(\x08\x12\x14\n\x0c\x64\x65\x66ined_only\x18\n \x01(\x08\x12\x11\n\tmax_items\x18\x0b \x01(\r\x12\x11\n\tmax_bytes\x18\x0c \x01(\r:M\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1b.bhiv.options.v1.AccessRule:K\n\x05rules\x12\x1d.google.protobuf.FieldOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x1b.bhiv.options.v1.FieldRulesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bhiv.options.v1.annotations
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ACCESSRULE']._serialized_start=88
-  _globals['_ACCESSRULE']._serialized_end=181
-  _globals['_FIELDRULES']._serialized_start=184
-  _globals['_FIELDRULES']._serialized_end=400
+  _globals['_ACCESSRULE']._serialized_end=200
+  _globals['_FIELDRULES']._serialized_start=203
+  _globals['_FIELDRULES']._serialized_end=419
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,7 @@ class AccessRule(_message.Message):
     PUBLIC_FIELD_NUMBER: _builtins.int
     SELF_FIELD_FIELD_NUMBER: _builtins.int
     SELF_PERMISSION_FIELD_NUMBER: _builtins.int
+    MESH_ONLY_FIELD_NUMBER: _builtins.int
     permission: _builtins.str
     """The permission the caller's role must hold, as `<domain>.<collection>.<verb>`,
     for example `crm.customers.read`.
@@ -47,6 +48,10 @@ class AccessRule(_message.Message):
     """The permission that suffices when `self_field` names the caller, for
     example `identity.self.read`.
     """
+    mesh_only: _builtins.bool
+    """True when only the mesh's own services call the RPC, on its service
+    directly: the edge refuses it from outside with PERMISSION_DENIED.
+    """
     def __init__(
         self,
         *,
@@ -54,10 +59,11 @@ class AccessRule(_message.Message):
         public: _builtins.bool = ...,
         self_field: _builtins.str = ...,
         self_permission: _builtins.str = ...,
+        mesh_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["permission", b"permission", "public", b"public", "self_field", b"self_field", "self_permission", b"self_permission"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mesh_only", b"mesh_only", "permission", b"permission", "public", b"public", "self_field", b"self_field", "self_permission", b"self_permission"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
