@@ -127,9 +127,7 @@ class Screener:
             # then, as it costs four times the set's compile).
             for rule in self.rules:
                 try:
-                    hyperscan.Database().compile(
-                        expressions=[rule.pattern.encode()], ids=[0], flags=[_FLAGS]
-                    )
+                    hyperscan.Database().compile(expressions=[rule.pattern.encode()], ids=[0], flags=[_FLAGS])
                 except hyperscan.error as alone:
                     raise ScreeningError(f"rule {rule.id}: {alone}") from None
             raise ScreeningError(str(exc)) from None
@@ -148,9 +146,7 @@ class Screener:
         keep = max(_EXCERPT, context)
         for form in _forms(text):
 
-            def on_match(
-                rule: int, start: int, end: int, flags: int, _: Any, form: bytes = form
-            ) -> None:
+            def on_match(rule: int, start: int, end: int, flags: int, _: Any, form: bytes = form) -> None:
                 if rule not in hits:
                     hits[rule] = form[max(0, end - keep) : end]
 
@@ -179,10 +175,10 @@ _shared = threading.local()
 
 
 def shared_screener() -> Screener:
-    """This thread's :class:`Screener` of the shipped rules, compiled on first use (~0.2 s).
+    """Returns the calling thread's :class:`Screener` of the shipped rules, compiled on first use.
 
     Every server of a process runs on one event loop thread, so its concerns share one compiled
-    database instead of compiling it per server.
+    database (~0.2 s to compile) instead of compiling it per server.
     """
     screener: Screener | None = getattr(_shared, "screener", None)
     if screener is None:
