@@ -5,7 +5,8 @@ The runtime knows no concern: each service's ``server.py`` hands :func:`standard
 Imports only go down — services → this module → interceptors, audit, storage → runtime → security
 (``tests/test_layers.py`` holds every module to it).
 
-The standard chain: tracing → metrics → audit → errors → auth → decode → RBAC → validation → handler (see
+The standard chain: tracing → metrics → audit → errors → auth → decode → RBAC → validation → screening →
+handler (see
 :func:`~bhiv_core.runtime.chain.chain_order`). Health and reflection are not traced (probes would
 flood the traces), skip auth and RBAC, and are not audited (see :func:`chain_order`); they are
 still counted.
@@ -20,6 +21,7 @@ from bhiv_core.interceptors.auth import AuthInterceptor
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.metrics import MetricsInterceptor, auth_failures
 from bhiv_core.interceptors.rbac import RbacInterceptor, RolePolicy
+from bhiv_core.interceptors.screening import OnHit, ScreeningInterceptor, log_hit
 from bhiv_core.interceptors.tracing import TracingInterceptor, client_interceptors
 from bhiv_core.interceptors.validation import ValidationInterceptor
 from bhiv_core.runtime import telemetry
@@ -35,10 +37,16 @@ from bhiv_core.runtime.server import Chain, ServiceDefinition
 from bhiv_core.security.identity_client import IdentityKeySource, revocation_fetcher, revocation_watcher
 from bhiv_core.security.jwt import JwtVerifier, RevocationSet
 
-__all__ = ["basic_chain", "standard_chain"]
+__all__ = ["basic_chain", "screening_concern", "standard_chain"]
 
 
-def standard_chain(config: RuntimeConfig, definition: ServiceDefinition, *, audit: bool = True) -> Chain:
+def standard_chain(
+    config: RuntimeConfig,
+    definition: ServiceDefinition,
+    *,
+    audit: bool = True,
+    on_screening_hit: OnHit = log_hit,
+) -> Chain:
     """Builds the full chain of one service; its hooks open and close the audit sink and pollers.
 
     Args:
@@ -46,6 +54,9 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition, *, audi
         definition: What the service serves.
         audit: False leaves the audit concern out: only ``make bench`` does, to measure what
             durable audit costs. Every service runs with it.
+        on_screening_hit: Receives each request whose text fields match the injection rules
+            (``BHIV_SCREENING=on``, the default); logged by default. ``report_to(reporter)``
+            (:mod:`bhiv_core.interceptors.screening`) sends them to sentinel.
 
     """
     settings = config.settings
@@ -88,6 +99,7 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition, *, audi
         auth=AuthInterceptor(verifier, on_failure=count_failure),
         rbac=RbacInterceptor(RolePolicy()),
         validation=ValidationInterceptor(),
+        screening=screening_concern(config, on_screening_hit),
     )
 
     async def start() -> None:
@@ -103,6 +115,13 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition, *, audi
 
     checks = {"audit_sink": sink.check} if audit else {}
     return Chain(interceptors, on_start=[start], on_stop=[stop], checks=checks)
+
+
+def screening_concern(config: RuntimeConfig, on_hit: OnHit = log_hit) -> ScreeningInterceptor | None:
+    """The injection screening of requests' text fields, or None when ``BHIV_SCREENING`` is off."""
+    if config.settings.choice("SCREENING", "on", ("on", "off")) == "off":
+        return None
+    return ScreeningInterceptor(on_hit=on_hit)
 
 
 def basic_chain(config: RuntimeConfig, definition: ServiceDefinition | None = None) -> Chain:

@@ -69,6 +69,8 @@ SHARED_SETTINGS: Final = frozenset(
         "JWT_AUDIENCE",
         "JWT_LEEWAY_SECONDS",
         "TOKEN_CACHE_SIZE",
+        # Injection screening of requests' text fields (bhiv_core.interceptors.screening).
+        "SCREENING",
         "REVOCATION_POLL_SECONDS",
         # The audit log every service appends to.
         "AUDIT_STORE_URL",
