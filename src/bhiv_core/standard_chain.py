@@ -21,7 +21,7 @@ from bhiv_core.interceptors.auth import AuthInterceptor
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.metrics import MetricsInterceptor, auth_failures
 from bhiv_core.interceptors.rbac import RbacInterceptor, RolePolicy
-from bhiv_core.interceptors.screening import OnHit, ScreeningInterceptor, log_hit
+from bhiv_core.interceptors.screening import INLINE_CHARS, QUEUE_CHARS, OnHit, ScreeningInterceptor, log_hit
 from bhiv_core.interceptors.tracing import TracingInterceptor, client_interceptors
 from bhiv_core.interceptors.validation import ValidationInterceptor
 from bhiv_core.runtime import telemetry
@@ -99,7 +99,7 @@ def standard_chain(
         auth=AuthInterceptor(verifier, on_failure=count_failure),
         rbac=RbacInterceptor(RolePolicy()),
         validation=ValidationInterceptor(),
-        screening=screening_concern(config, on_screening_hit),
+        screening=(screening := screening_concern(config, on_screening_hit)),
     )
 
     async def start() -> None:
@@ -109,6 +109,8 @@ def standard_chain(
 
     async def stop() -> None:
         await revocations.stop()
+        if screening is not None:
+            screening.close()
         if audit:
             await sink.close()
         await channels.close()
@@ -119,9 +121,14 @@ def standard_chain(
 
 def screening_concern(config: RuntimeConfig, on_hit: OnHit = log_hit) -> ScreeningInterceptor | None:
     """The injection screening of requests' text fields, or None when ``BHIV_SCREENING`` is off."""
-    if config.settings.choice("SCREENING", "on", ("on", "off")) == "off":
+    settings = config.settings
+    if settings.choice("SCREENING", "on", ("on", "off")) == "off":
         return None
-    return ScreeningInterceptor(on_hit=on_hit)
+    return ScreeningInterceptor(
+        on_hit=on_hit,
+        inline_chars=settings.positive_int("SCREENING_INLINE_CHARS", INLINE_CHARS),
+        queue_chars=settings.positive_int("SCREENING_QUEUE_CHARS", QUEUE_CHARS),
+    )
 
 
 def basic_chain(config: RuntimeConfig, definition: ServiceDefinition | None = None) -> Chain:

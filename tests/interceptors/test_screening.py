@@ -355,7 +355,9 @@ def _cost(check: Any, call: CallInfo, request: Any, repeat: int = 3) -> float:
     ids=["quotes", "words and separators", "non-ascii"],
 )
 def test_a_4_mib_field_costs_the_chain_linear_time(build: Callable[[int], str]) -> None:
-    screening = ScreeningInterceptor(on_hit=lambda hit: None)
+    # Inline here, to measure the screening itself (by default, text this large is screened off
+    # the request path, on the background worker).
+    screening = ScreeningInterceptor(on_hit=lambda hit: None, inline_chars=8 * MiB)
     create = descriptor_pool.Default().FindMethodByName("bhiv.crm.v1.TicketService.CreateTicket")
     check = screening.bind(CREATE_TICKET, create)
     call = CallInfo(CREATE_TICKET, create, "ipv4:127.0.0.1:5", {}, 0.0)
@@ -364,6 +366,7 @@ def test_a_4_mib_field_costs_the_chain_linear_time(build: Callable[[int], str]) 
         return ts.CreateTicketRequest(ticket=ticket_pb2.Ticket(title="t", description=build(n)))
 
     one, four = _cost(check, call, request(MiB)), _cost(check, call, request(4 * MiB))
+    assert screening.screened == 6 and screening.deferred == 0
     print(f"\n1 MiB {one * 1000:.2f} ms, 4 MiB {four * 1000:.2f} ms, ratio {four / one:.2f}")
     # Linear is 4, quadratic 16 (see tests/agents/threat_detection/test_screening.py).
     assert four / one < 10
@@ -427,3 +430,55 @@ async def test_a_hit_reported_to_a_real_sentinel_becomes_a_stored_injection_thre
     [threat] = found
     assert (threat.category, threat.method, threat.principal) == ("injection", CREATE_TICKET, "users/support")
     assert "ticket.description" in threat.evidence
+
+
+async def test_a_large_request_is_screened_in_the_background_and_its_hit_arrives_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    hits: list[ScreeningHit] = []
+    loop_thread: list[bool] = []
+
+    def on_hit(hit: ScreeningHit) -> None:
+        asyncio.get_running_loop()  # raises outside the event loop's thread
+        loop_thread.append(True)
+        hits.append(hit)
+
+    screening = ScreeningInterceptor(on_hit=on_hit, inline_chars=1000)
+    config = config_for("crm", DATA_DIR=str(tmp_path))
+    built = crm_definition(config)
+    for hook in built.on_start:
+        await hook()
+    try:
+        chain = chain_with(screening)
+        async with serving(built.servicers, chain=chain, config=config) as (_, channel):
+            ana = await customer(channel, email="ana@example.org")
+            await ticket(channel, ana.name, title="Order late", description="a" * 5000 + " UNION SELECT 1,2")
+            assert screening.deferred == 1 and screening.screened == 1  # the customer, inline
+            deadline = time.monotonic() + 30
+            while not hits and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+    finally:
+        screening.close()
+        for hook in built.on_stop:
+            await hook()
+    [hit] = hits
+    assert loop_thread == [True]
+    assert (hit.method, hit.client_address, hit.principal) == (CREATE_TICKET, "127.0.0.1", "users/support")
+    assert [f.path for f in hit.fields] == ["ticket.description"]
+
+
+async def test_a_full_background_queue_drops_and_counts_without_blocking_the_call() -> None:
+    screening = ScreeningInterceptor(on_hit=lambda hit: None, inline_chars=10, queue_chars=100)
+    create = descriptor_pool.Default().FindMethodByName("bhiv.crm.v1.TicketService.CreateTicket")
+    check = screening.bind(CREATE_TICKET, create)
+    assert check is not None
+    call = CallInfo(CREATE_TICKET, create, "ipv4:127.0.0.1:5", {}, 0.0)
+    big = ts.CreateTicketRequest(ticket=ticket_pb2.Ticket(title="t", description="x" * 101))
+    try:
+        check(call, big, None)  # more than the whole queue holds: dropped at once
+        assert (screening.deferred, screening.dropped) == (0, 1)
+        fits = ts.CreateTicketRequest(ticket=ticket_pb2.Ticket(title="t", description="x" * 60))
+        check(call, fits, None)
+        assert screening.deferred == 1
+    finally:
+        screening.close()

@@ -4,8 +4,13 @@ gRPC carries a request's text in protobuf fields, not in URLs, so the edge's acc
 it: each service screens its own decoded requests, in process, with the threat detection agent's
 :class:`~bhiv_core.agents.threat_detection.screening.Screener` (one Hyperscan pass per field form,
 linear time in the input whatever it holds). The concern runs after validation (a refused request
-is not screened) and before the handler, on the event loop: ``make bench`` measures what it costs
-per call against the chain without it (see the README's Benchmarks section).
+is not screened) and before the handler. A request with up to :data:`INLINE_CHARS` of text is
+screened inline, on the event loop, within a measured budget (``make bench`` compares the chain's
+throughput with and without it; see the README's Benchmarks section). A larger one (up to the
+request size limit: a 4 MiB field costs 8-50 ms to screen) goes to a bounded background queue that
+one worker thread drains with its own screener (Hyperscan releases the GIL while it scans): the
+call never waits for it, and when the queue holds :data:`QUEUE_CHARS` already, the request is
+dropped from screening and counted, never blocked.
 
 What is walked: every string field of the request, in nested messages, repeated fields and maps
 (values and keys), at most :data:`MAX_FIELDS` of them, so the work is linear in the request's
@@ -25,7 +30,10 @@ and counted, never the caller's error.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,8 +48,10 @@ from bhiv_core.security.address import client_address_of
 
 __all__ = [
     "EXCERPT_BYTES",
+    "INLINE_CHARS",
     "MAX_FIELDS",
     "MAX_REPORTED_FIELDS",
+    "QUEUE_CHARS",
     "UNSCREENED_METHODS",
     "MatchedField",
     "ScreeningHit",
@@ -66,6 +76,12 @@ EXCERPT_BYTES = 512
 UNSCREENED_METHODS = frozenset({"/bhiv.sentinel.v1.ThreatService/ReportSecurityEvent"})
 """Methods never screened: a report of suspicious input carries the payloads it reports, which
 sentinel screens itself; screening it would report the report."""
+
+INLINE_CHARS = 64 * 1024
+"""Text per request screened inline at most (``BHIV_SCREENING_INLINE_CHARS``); more goes to the queue."""
+
+QUEUE_CHARS = 16 * 1024 * 1024
+"""Text waiting in the background queue at most (``BHIV_SCREENING_QUEUE_CHARS``); more is dropped."""
 
 _MAX_PATH = 256
 """Characters of a field path reported at most (the contract's ``max_len`` on ``path``)."""
@@ -302,6 +318,95 @@ def screened_fields(
 # --- The concern -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """What a hit says about its call, read on the request's path (the call is gone later)."""
+
+    method: str
+    client_address: str
+    principal: str
+
+    @staticmethod
+    def of(call: CallInfo) -> _Caller:
+        principal = call.principal
+        return _Caller(
+            call.method,
+            client_address_of(call.headers, call.peer),
+            str(getattr(principal, "subject", "") or ""),
+        )
+
+    def hit(self, findings: list[Finding]) -> ScreeningHit:
+        by_excerpt: dict[tuple[str, str], list[str]] = {}
+        for finding in findings:
+            key = (finding.field[:_MAX_PATH], finding.context or finding.excerpt)
+            by_excerpt.setdefault(key, []).append(finding.rule.id)
+        fields = tuple(
+            MatchedField(path, excerpt, tuple(rules))
+            for (path, excerpt), rules in list(by_excerpt.items())[:MAX_REPORTED_FIELDS]
+        )
+        return ScreeningHit(self.method, self.client_address, self.principal, fields)
+
+
+_STOP = None
+
+
+class _Backlog:
+    """The bounded background queue of large requests, drained by one worker thread.
+
+    :meth:`submit` never waits: it refuses (and the caller counts a drop) when the text waiting
+    would pass ``limit`` characters. Hits go back to the event loop that submitted them.
+    """
+
+    def __init__(self, limit: int, screener: Callable[[], Screener]):
+        self._limit = limit
+        self._screener = screener
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._thread: threading.Thread | None = None
+        self.failures = 0
+
+    def submit(
+        self,
+        caller: _Caller,
+        fields: list[tuple[str, str]],
+        size: int,
+        deliver: Callable[[ScreeningHit], None],
+    ) -> bool:
+        with self._lock:
+            if self._waiting + size > self._limit:
+                return False
+            self._waiting += size
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="screening", daemon=True)
+                self._thread.start()
+        self._queue.put((caller, fields, size, deliver, asyncio.get_running_loop()))
+        return True
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stops the worker after what is queued (waits at most ``timeout`` seconds)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        screener = self._screener()  # compiled in this thread: a screener is not thread-safe
+        while (item := self._queue.get()) is not _STOP:
+            caller, fields, size, deliver, loop = item
+            try:
+                findings = screener.screen_fields(fields, context=EXCERPT_BYTES)
+                if findings:
+                    loop.call_soon_threadsafe(deliver, caller.hit(findings))
+            except Exception:  # the loop closed, or a screening failure: logged, never fatal
+                self.failures += 1
+                log.exception("background screening failed", extra={"method": caller.method})
+            finally:
+                with self._lock:
+                    self._waiting -= size
+
+
 class ScreeningInterceptor(PreCheckInterceptor):
     """Screens each decoded request's text fields; hands a :class:`ScreeningHit` to ``on_hit``.
 
@@ -311,21 +416,61 @@ class ScreeningInterceptor(PreCheckInterceptor):
     Args:
         screener: The rules, compiled; by default this thread's :func:`shared_screener` (a
             screener is not thread-safe: one per event loop thread).
-        on_hit: Receives every hit (default :func:`log_hit`); must not block.
+        on_hit: Receives every hit (default :func:`log_hit`) on the event loop; must not block.
+        inline_chars: Requests with at most this much text are screened inline.
+        queue_chars: Text the background queue holds at most; a larger request beyond it is
+            not screened (counted in ``dropped``).
 
     Attributes:
-        screened: Requests screened.
+        screened: Requests screened inline.
+        deferred: Requests handed to the background queue.
+        dropped: Requests not screened because the queue was full.
         hits: Requests with at least one match.
         failures: Requests whose screening raised (logged; the call went on).
 
     """
 
-    def __init__(self, screener: Screener | None = None, on_hit: OnHit = log_hit):
+    def __init__(
+        self,
+        screener: Screener | None = None,
+        on_hit: OnHit = log_hit,
+        *,
+        inline_chars: int = INLINE_CHARS,
+        queue_chars: int = QUEUE_CHARS,
+    ):
         self._screener = screener if screener is not None else shared_screener()
         self._on_hit = on_hit
+        self._inline = inline_chars
+        self._backlog = _Backlog(queue_chars, Screener)
+        self._last_drop_log = float("-inf")
         self.screened = 0
+        self.deferred = 0
+        self.dropped = 0
         self.hits = 0
         self.failures = 0
+
+    @property
+    def background_failures(self) -> int:
+        """Requests whose background screening raised."""
+        return self._backlog.failures
+
+    def close(self) -> None:
+        """Stops the background worker (after what is queued, for at most 2 s)."""
+        self._backlog.close()
+
+    def _deliver(self, hit: ScreeningHit) -> None:
+        self.hits += 1
+        self._on_hit(hit)
+
+    def _drop(self, method: str) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= 60:
+            self._last_drop_log = now
+            log.warning(
+                "screening is behind: large requests not screened",
+                extra={"method": method, "dropped": self.dropped},
+            )
 
     def bind(self, method: str, descriptor: MethodDescriptor | None) -> Check | None:
         """The check of ``method``: None for health, reflection and requests without text."""
@@ -340,17 +485,24 @@ class ScreeningInterceptor(PreCheckInterceptor):
         if plan is None:
             return None
         screen = self._screener.screen_fields
+        inline = self._inline
 
         def check(call: CallInfo, request: Any, context: Context) -> None:
             try:
-                self.screened += 1
                 fields = screened_fields(request, plan)
                 if not fields:
                     return
+                size = sum(len(text) for _, text in fields)
+                if size > inline:
+                    if self._backlog.submit(_Caller.of(call), fields, size, self._deliver):
+                        self.deferred += 1
+                    else:
+                        self._drop(method)
+                    return
+                self.screened += 1
                 findings = screen(fields, context=EXCERPT_BYTES)
                 if findings:
-                    self.hits += 1
-                    self._on_hit(_hit(call, findings))
+                    self._deliver(_Caller.of(call).hit(findings))
             except Exception:
                 self.failures += 1
                 log.exception("screening failed", extra={"method": method})
@@ -362,21 +514,3 @@ class ScreeningInterceptor(PreCheckInterceptor):
         bound = self.bind(call.method, call.descriptor)
         if bound is not None:
             bound(call, request, context)
-
-
-def _hit(call: CallInfo, findings: list[Finding]) -> ScreeningHit:
-    by_excerpt: dict[tuple[str, str], list[str]] = {}
-    for finding in findings:
-        key = (finding.field[:_MAX_PATH], finding.context or finding.excerpt)
-        by_excerpt.setdefault(key, []).append(finding.rule.id)
-    fields = tuple(
-        MatchedField(path, excerpt, tuple(rules))
-        for (path, excerpt), rules in list(by_excerpt.items())[:MAX_REPORTED_FIELDS]
-    )
-    principal = call.principal
-    return ScreeningHit(
-        method=call.method,
-        client_address=client_address_of(call.headers, call.peer),
-        principal=str(getattr(principal, "subject", "") or ""),
-        fields=fields,
-    )

@@ -71,6 +71,8 @@ SHARED_SETTINGS: Final = frozenset(
         "TOKEN_CACHE_SIZE",
         # Injection screening of requests' text fields (bhiv_core.interceptors.screening).
         "SCREENING",
+        "SCREENING_INLINE_CHARS",
+        "SCREENING_QUEUE_CHARS",
         "REVOCATION_POLL_SECONDS",
         # The audit log every service appends to.
         "AUDIT_STORE_URL",
