@@ -128,6 +128,7 @@ def screening_concern(config: RuntimeConfig, on_hit: OnHit = log_hit) -> Screeni
         on_hit=on_hit,
         inline_chars=settings.positive_int("SCREENING_INLINE_CHARS", INLINE_CHARS),
         queue_chars=settings.positive_int("SCREENING_QUEUE_CHARS", QUEUE_CHARS),
+        service=config.service,
     )
 
 

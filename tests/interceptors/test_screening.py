@@ -482,3 +482,26 @@ async def test_a_full_background_queue_drops_and_counts_without_blocking_the_cal
         assert screening.deferred == 1
     finally:
         screening.close()
+
+
+def test_hits_deferred_and_dropped_requests_are_counted_by_service() -> None:
+    from bhiv_core.interceptors.metrics import REGISTRY
+
+    def value(outcome: str) -> float:
+        found = REGISTRY.get_sample_value(
+            "bhiv_screening_requests_total", {"service": "counted", "outcome": outcome}
+        )
+        return found or 0.0
+
+    before = {outcome: value(outcome) for outcome in ("hit", "dropped")}
+    screening = ScreeningInterceptor(
+        on_hit=lambda hit: None, inline_chars=50, queue_chars=10, service="counted"
+    )
+    create = descriptor_pool.Default().FindMethodByName("bhiv.crm.v1.TicketService.CreateTicket")
+    check = screening.bind(CREATE_TICKET, create)
+    assert check is not None
+    call = CallInfo(CREATE_TICKET, create, "ipv4:127.0.0.1:5", {}, 0.0)
+    check(call, ts.CreateTicketRequest(ticket=ticket_pb2.Ticket(title="<script>alert(1)</script>")), None)
+    check(call, ts.CreateTicketRequest(ticket=ticket_pb2.Ticket(title="t", description="x" * 100)), None)
+    assert value("hit") == before["hit"] + 1
+    assert value("dropped") == before["dropped"] + 1

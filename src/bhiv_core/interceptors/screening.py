@@ -43,6 +43,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 
 from bhiv.sentinel.v1 import threat_pb2, threat_service_pb2
 from bhiv_core.agents.threat_detection.screening import Finding, Screener, shared_screener
+from bhiv_core.interceptors.metrics import screening_outcomes
 from bhiv_core.runtime.chain import CallInfo, Check, Context, PreCheckInterceptor, is_infrastructure
 from bhiv_core.security.address import client_address_of
 
@@ -420,6 +421,8 @@ class ScreeningInterceptor(PreCheckInterceptor):
         inline_chars: Requests with at most this much text are screened inline.
         queue_chars: Text the background queue holds at most; a larger request beyond it is
             not screened (counted in ``dropped``).
+        service: The service's name, labelling ``bhiv_screening_requests_total`` (hits, deferred,
+            dropped and failed requests; clean inline screenings are not counted).
 
     Attributes:
         screened: Requests screened inline.
@@ -437,12 +440,17 @@ class ScreeningInterceptor(PreCheckInterceptor):
         *,
         inline_chars: int = INLINE_CHARS,
         queue_chars: int = QUEUE_CHARS,
+        service: str = "",
     ):
         self._screener = screener if screener is not None else shared_screener()
         self._on_hit = on_hit
         self._inline = inline_chars
         self._backlog = _Backlog(queue_chars, Screener)
         self._last_drop_log = float("-inf")
+        self._counted = {
+            outcome: screening_outcomes.labels(service or "unknown", outcome)
+            for outcome in ("hit", "deferred", "dropped", "failed")
+        }
         self.screened = 0
         self.deferred = 0
         self.dropped = 0
@@ -460,10 +468,12 @@ class ScreeningInterceptor(PreCheckInterceptor):
 
     def _deliver(self, hit: ScreeningHit) -> None:
         self.hits += 1
+        self._counted["hit"].inc()
         self._on_hit(hit)
 
     def _drop(self, method: str) -> None:
         self.dropped += 1
+        self._counted["dropped"].inc()
         now = time.monotonic()
         if now - self._last_drop_log >= 60:
             self._last_drop_log = now
@@ -496,6 +506,7 @@ class ScreeningInterceptor(PreCheckInterceptor):
                 if size > inline:
                     if self._backlog.submit(_Caller.of(call), fields, size, self._deliver):
                         self.deferred += 1
+                        self._counted["deferred"].inc()
                     else:
                         self._drop(method)
                     return
@@ -505,6 +516,7 @@ class ScreeningInterceptor(PreCheckInterceptor):
                     self._deliver(_Caller.of(call).hit(findings))
             except Exception:
                 self.failures += 1
+                self._counted["failed"].inc()
                 log.exception("screening failed", extra={"method": method})
 
         return check
