@@ -505,3 +505,18 @@ def test_hits_deferred_and_dropped_requests_are_counted_by_service() -> None:
     check(call, ts.CreateTicketRequest(ticket=ticket_pb2.Ticket(title="t", description="x" * 100)), None)
     assert value("hit") == before["hit"] + 1
     assert value("dropped") == before["dropped"] + 1
+
+
+def test_a_field_matching_several_rules_is_one_field_whose_excerpt_holds_every_match() -> None:
+    hits: list[ScreeningHit] = []
+    screening = ScreeningInterceptor(on_hit=hits.append)
+    create = descriptor_pool.Default().FindMethodByName("bhiv.crm.v1.TicketService.CreateTicket")
+    check = screening.bind(CREATE_TICKET, create)
+    assert check is not None
+    call = CallInfo(CREATE_TICKET, create, "ipv4:127.0.0.1:5", {}, 0.0)
+    title = "<script>alert(1)</script> then x'; DROP TABLE users;--"
+    check(call, ts.CreateTicketRequest(ticket=ticket_pb2.Ticket(title=title)), None)
+    [hit] = hits
+    [field] = hit.fields
+    assert {"xss.script_tag", "sql.stacked_query"} <= set(field.rules)
+    assert "<script>" in field.excerpt and "DROP TABLE" in field.excerpt

@@ -337,13 +337,19 @@ class _Caller:
         )
 
     def hit(self, findings: list[Finding]) -> ScreeningHit:
-        by_excerpt: dict[tuple[str, str], list[str]] = {}
+        # One excerpt per field: the longest context, which for a field shorter than the excerpt
+        # limit ends at its last match and so holds every match (sentinel screens it again).
+        excerpts: dict[str, str] = {}
+        rules: dict[str, list[str]] = {}
         for finding in findings:
-            key = (finding.field[:_MAX_PATH], finding.context or finding.excerpt)
-            by_excerpt.setdefault(key, []).append(finding.rule.id)
+            path = finding.field[:_MAX_PATH]
+            context = finding.context or finding.excerpt
+            if len(context) > len(excerpts.get(path, "")):
+                excerpts[path] = context
+            rules.setdefault(path, []).append(finding.rule.id)
         fields = tuple(
-            MatchedField(path, excerpt, tuple(rules))
-            for (path, excerpt), rules in list(by_excerpt.items())[:MAX_REPORTED_FIELDS]
+            MatchedField(path, excerpt, tuple(rules[path]))
+            for path, excerpt in list(excerpts.items())[:MAX_REPORTED_FIELDS]
         )
         return ScreeningHit(self.method, self.client_address, self.principal, fields)
 
