@@ -5,14 +5,15 @@ The runtime knows no concern: each service's ``server.py`` hands :func:`standard
 Imports only go down — services → this module → interceptors, audit, storage → runtime → security
 (``tests/test_layers.py`` holds every module to it).
 
-The standard chain: tracing → metrics → audit → errors → auth → decode → RBAC → validation → screening →
-handler (see
-:func:`~bhiv_core.runtime.chain.chain_order`). Health and reflection are not traced (probes would
-flood the traces), skip auth and RBAC, and are not audited (see :func:`chain_order`); they are
-still counted.
+The standard chain: tracing → metrics → audit → errors → auth → decode → RBAC → validation →
+screening → handler (see :func:`~bhiv_core.runtime.chain.chain_order`). Health and reflection are
+not traced (probes would flood the traces), skip auth, RBAC and screening, and are not audited (see
+:func:`chain_order`); they are still counted.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from bhiv_core.audit.sink import AuditSink
 from bhiv_core.audit.store import make_audit_store
@@ -110,7 +111,7 @@ def standard_chain(
     async def stop() -> None:
         await revocations.stop()
         if screening is not None:
-            screening.close()
+            await asyncio.to_thread(screening.close)  # joins the background worker
         if audit:
             await sink.close()
         await channels.close()
