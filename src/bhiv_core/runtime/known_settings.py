@@ -69,6 +69,10 @@ SHARED_SETTINGS: Final = frozenset(
         "JWT_AUDIENCE",
         "JWT_LEEWAY_SECONDS",
         "TOKEN_CACHE_SIZE",
+        # Injection screening of requests' text fields (bhiv_core.interceptors.screening).
+        "SCREENING",
+        "SCREENING_INLINE_CHARS",
+        "SCREENING_QUEUE_CHARS",
         "REVOCATION_POLL_SECONDS",
         # Service credentials and the security events every service reports to sentinel.
         "SERVICE_SECRET_FILE",

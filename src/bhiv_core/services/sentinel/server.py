@@ -76,6 +76,7 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
             detail=event.detail[:2000],
             event_time=datetime.fromtimestamp(event.event_time, UTC) if event.event_time else None,
             reporter=f"services/{NAME}",
+            fields=event.fields,
         )
 
     # What sentinel's own chain refuses is recorded in process: no call, no token, so no report of
