@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["EDGE_ADMIN_PORT", "EDGE_PORT", "EDGE_SOURCE_ADDRESS", "SERVICES", "ServiceSpec", "by_name"]
+__all__ = [
+    "EDGE_ADMIN_PORT",
+    "EDGE_PORT",
+    "EDGE_SOURCE_ADDRESS",
+    "SENTINEL_ACCESS_LOG_PORT",
+    "SERVICES",
+    "ServiceSpec",
+    "by_name",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,13 @@ EDGE_SOURCE_ADDRESS = "127.0.0.2"
 
 A loopback address of its own, so a local process that dials a service directly (from 127.0.0.1)
 is not taken for the edge and cannot choose the client address written in the audit log.
+"""
+
+SENTINEL_ACCESS_LOG_PORT = 50059
+"""Sentinel's Envoy-facing port for the edge's access-log stream (``BHIV_SENTINEL_ACCESS_LOG_PORT``).
+
+Not sentinel's gRPC port, whose interceptor chain requires tokens Envoy does not send: this one
+serves only Envoy's access-log service, and only to the trusted edge addresses.
 """
 
 

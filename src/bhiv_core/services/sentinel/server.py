@@ -9,6 +9,7 @@ from bhiv_core.audit.store import make_audit_store
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
+from bhiv_core.services.sentinel.access_log import AccessLogServer
 from bhiv_core.services.sentinel.alerts.service import Alerts
 from bhiv_core.services.sentinel.config import SentinelConfig
 from bhiv_core.services.sentinel.service import SentinelService, audit_page_bytes
@@ -31,7 +32,10 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
     Sentinel is the one writer of the chain's signed checkpoints (:mod:`bhiv_core.audit.checkpointing`),
     with the key in ``BHIV_AUDIT_CHECKPOINT_KEY_FILE``, read (or created) here so a bad one fails fast.
     It runs the threat detection agent in process (:mod:`bhiv_core.services.sentinel.threats`): every
-    reported security event is queued for it, and its detections are stored and logged.
+    reported security event is queued for it, and its detections are stored and logged. The edge's
+    access log arrives on a port of its own (``BHIV_SENTINEL_ACCESS_LOG_PORT``, served to the
+    trusted edge peers only, :mod:`bhiv_core.services.sentinel.access_log`): every entry is
+    queued for the agent too.
     """
     settings = SentinelConfig.from_runtime(config)
     audit = make_audit_store(config)
@@ -54,6 +58,16 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
         page_bytes=audit_page_bytes(config.max_message_bytes),
     )
     servicer = SentinelServicer(sentinel)
+    access_log = AccessLogServer(
+        detection.submit,
+        host=config.host,
+        port=settings.access_log_port,
+        edge=config.edge_peers,
+        rate=settings.access_log_rate,
+        max_message_bytes=settings.access_log_max_message_bytes,
+        max_connections=settings.access_log_max_connections,
+        reuse_port=config.workers > 1,
+    )
     # Alert channels and alerts (<data_dir>/sentinel-alerts.db): see services/sentinel/alerts.
     alerts = Alerts.from_config(config)
     servicers = {"AlertService": alerts.servicer}
@@ -62,8 +76,8 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
         servicers=[(s, servicers.get(s.name, servicer)) for s in services_of_package("bhiv.sentinel.v1")],
         missing=MISSING,
         checks={"audit_store": audit.ping, "sentinel_store": store.ping, "alert_store": alerts.store.ping},
-        on_start=[audit.open, store.open, writer.start, detection.start, alerts.start],
-        on_stop=[alerts.stop, detection.stop, writer.stop, store.close, audit.close],
+        on_start=[audit.open, store.open, writer.start, detection.start, access_log.start, alerts.start],
+        on_stop=[alerts.stop, access_log.stop, detection.stop, writer.stop, store.close, audit.close],
     )
 
 
