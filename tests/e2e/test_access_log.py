@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bhiv.identity.v1 import auth_service_pb2 as auth
 from bhiv.identity.v1 import auth_service_pb2_grpc as auth_grpc
@@ -302,3 +303,19 @@ async def test_the_access_log_port_refuses_a_connection_from_outside_the_edge(al
     writer.close()
     log = als_mesh.log_dir / "sentinel.log"
     assert "access-log connection refused" in await asyncio.to_thread(Path.read_text, log)
+
+
+async def test_the_status_step_does_not_hold_a_server_stream_back(recorder: Recorder) -> None:
+    # Health Watch streams: its first message must arrive while the stream is open, although the
+    # status step waits for the trailers.
+    async with grpc.aio.insecure_channel(recorder.edge.address) as channel:
+        call = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), metadata=(("x-bhiv-service", "crm"),)
+        )
+        first = await asyncio.wait_for(call.read(), CALL_TIMEOUT)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        call.cancel()
+    (watch,) = await recorder.wait_for(
+        lambda o: o.method == "/grpc.health.v1.Health/Watch" and o.source_address == "127.0.0.1"
+    )
+    assert watch.status == "CANCELLED"

@@ -198,7 +198,13 @@ from bhiv_core.edge.lua_scripts import (
     reply_script,
     rewrite_script,
 )
-from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, ServiceSpec
+from bhiv_core.registry import (
+    ACCESS_LOG_JWT_METADATA,
+    EDGE_ADMIN_PORT,
+    EDGE_JWKS_ROUTE,
+    EDGE_PORT,
+    ServiceSpec,
+)
 from bhiv_core.runtime.config import DEFAULT_JWT_LEEWAY_S, Settings, token_claims
 from bhiv_core.runtime.contracts import all_services, descriptor_set, method_path, policy_of
 from bhiv_core.runtime.limits import MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
@@ -334,9 +340,9 @@ JWKS_CLUSTER: Final = "edge-jwks"
 JWKS_PATH: Final = "/.well-known/jwks.json"
 """Where the edge serves identity's JWKS as a standard JSON Web Key Set, to Envoy and anyone else."""
 JWKS_METHOD: Final = "/bhiv.identity.v1.AuthService/GetJwks"
-JWKS_ROUTE: Final = "jwks"
+JWKS_ROUTE: Final = EDGE_JWKS_ROUTE
 """The route of ``GET`` :data:`JWKS_PATH` (Envoy's own JWKS fetches take it, from the edge's address)."""
-JWT_PAYLOAD_METADATA: Final = (JWT_FILTER, "jwt_payload")
+JWT_PAYLOAD_METADATA: Final = ACCESS_LOG_JWT_METADATA
 """Where jwt_authn leaves a verified token's claims (dynamic metadata namespace and key)."""
 ACCESS_LOG_CLUSTER: Final = "sentinel-access-log"
 """The cluster of sentinel's access-log port (Envoy's access-log service, ALS)."""

@@ -41,6 +41,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Final
 
+from bhiv_core.registry import ACCESS_LOG_STATUS_METADATA
+
 __all__ = [
     "GRPC_STATUS_METADATA",
     "NOT_SERVING_HEADER",
@@ -58,7 +60,7 @@ NOT_SERVING_HEADER: Final = "x-bhiv-not-serving"
 PROBE_USER_AGENT: Final = "bhiv-edge-mesh-health"
 """The user agent of the health router's own checks of each service, which tells them from other callers'."""
 
-GRPC_STATUS_METADATA: Final = ("bhiv.edge", "grpc_status")
+GRPC_STATUS_METADATA: Final = ACCESS_LOG_STATUS_METADATA
 """Where the status step leaves the upstream's ``grpc-status`` (dynamic metadata namespace and key)."""
 
 NOT_SERVING_METADATA: Final = ("bhiv.health", "not_serving")
