@@ -32,6 +32,7 @@ from bhiv_core.edge.envoy_config import EdgeSettings, write_bootstrap
 from bhiv_core.edge.process import EnvoyProcess
 from bhiv_core.mesh import Mesh, free_ports
 from bhiv_core.runtime.config import Settings
+from bhiv_core.runtime.limits import MAX_REQUEST_HEADER_BYTES
 from bhiv_core.security.address import parse_edge_peers
 from bhiv_core.services.sentinel.access_log import AccessLogServer
 from tests.e2e.client import CALL_TIMEOUT, Session, admin_session
@@ -219,6 +220,26 @@ async def test_edge_refusals_are_observed_a_bad_token_also_as_an_invalid_token(r
     )
     assert len(invalid) == 2  # the forged ones; a missing token is not a bad one
     assert forged not in repr(recorder.seen)
+
+
+async def test_unknown_routes_and_oversized_headers_refused_at_the_edge_are_observed(
+    recorder: Recorder, admin_of: Session
+) -> None:
+    source = "127.0.0.9"
+    unknown = "/no.such.v1.Service/Method"
+    await grpc_web(recorder.edge.address, unknown, b"", source, admin_of.access_token)
+    headers = {
+        "content-type": "application/grpc-web+proto",
+        "x-bhiv-padding": "p" * (MAX_REQUEST_HEADER_BYTES + 1),
+    }
+    status, _, _ = await asyncio.to_thread(
+        http_post, recorder.edge.address, GET_JWKS, frame(b""), headers, source
+    )
+    assert status == 431
+    (route,) = await recorder.wait_for(call_from(source, unknown, "UNIMPLEMENTED"))
+    assert route.detail == "route_not_found"
+    (large,) = await recorder.wait_for(call_from(source, GET_JWKS, "RESOURCE_EXHAUSTED"))
+    assert large.detail.startswith("rbac_access_denied_matched_policy[")
 
 
 async def test_rate_limited_calls_are_observed_as_resource_exhausted(recorder: Recorder) -> None:
