@@ -4,6 +4,8 @@
 2. The chain: the same cheap authenticated RPC (``RoleService.ListRoles``) served by identity with
    the whole chain (tracing, metrics, audit, errors, auth, RBAC, validation) and by the same servicer
    with no interceptors at all. Target: at least 0.85x the bare throughput and CPU per call.
+2b. Screening (:mod:`bench.screening`): what screening requests' text fields for injection payloads
+   costs, in process per request and as crm's throughput with screening on vs off. Goal ≥ 0.8x.
 3. Revocation propagation: a logout at identity until crm first refuses the token, p50 and p99 over
    100 sessions (crm answers an authenticated ``ListCustomers`` OK, so UNAUTHENTICATED is the
    refusal). Target: well under a second.
@@ -42,6 +44,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.audit_chain import audit_verification
 from bench.load import Result, measure, pin, table
 from bench.resources import resource_benchmarks
+from bench.screening import screening_benchmarks_on
 from bhiv.crm.v1 import customer_service_pb2, customer_service_pb2_grpc
 from bhiv.identity.v1 import auth_service_pb2, auth_service_pb2_grpc, role_service_pb2, role_service_pb2_grpc
 from bhiv_core.mesh import Mesh, free_port
@@ -270,6 +273,8 @@ async def main(seconds: float = 3.0) -> None:
             report: dict[str, object] = {"edge": await edge_vs_direct(mesh, seconds)}
             print("== chain cost: an authenticated RPC, full chain vs no interceptors ==")
             report["chain"] = await chain_vs_bare(mesh, seconds=1.5)
+            print("== screening cost: crm's chain with injection screening on vs off ==")
+            report["screening"] = await screening_benchmarks_on(mesh, _admin_credentials(mesh))
             print("== revocation propagation: logout at identity until crm refuses the token ==")
             report["revocation"] = await revocation_propagation(mesh)
             print("== logistics and CRM through the edge: ListCustomers, CreateShipment, audit cost ==")

@@ -9,7 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["EDGE_ADMIN_PORT", "EDGE_PORT", "EDGE_SOURCE_ADDRESS", "SERVICES", "ServiceSpec", "by_name"]
+__all__ = [
+    "ACCESS_LOG_JWT_METADATA",
+    "ACCESS_LOG_STATUS_METADATA",
+    "EDGE_ADMIN_PORT",
+    "EDGE_JWKS_ROUTE",
+    "EDGE_PORT",
+    "EDGE_SOURCE_ADDRESS",
+    "SENTINEL_ACCESS_LOG_PORT",
+    "SERVICES",
+    "ServiceSpec",
+    "by_name",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +64,21 @@ EDGE_SOURCE_ADDRESS = "127.0.0.2"
 A loopback address of its own, so a local process that dials a service directly (from 127.0.0.1)
 is not taken for the edge and cannot choose the client address written in the audit log.
 """
+
+SENTINEL_ACCESS_LOG_PORT = 50059
+"""Sentinel's Envoy-facing port for the edge's access-log stream (``BHIV_SENTINEL_ACCESS_LOG_PORT``).
+
+Not sentinel's gRPC port, whose interceptor chain requires tokens Envoy does not send: this one
+serves only Envoy's access-log service, and only to the trusted edge addresses.
+"""
+
+ACCESS_LOG_STATUS_METADATA = ("bhiv.edge", "grpc_status")
+"""Where the edge's status step leaves the upstream's ``grpc-status`` for the access log (dynamic
+metadata namespace and key); the edge writes it, sentinel reads it."""
+ACCESS_LOG_JWT_METADATA = ("envoy.filters.http.jwt_authn", "jwt_payload")
+"""Where the edge's jwt_authn leaves a verified token's claims (dynamic metadata namespace and key)."""
+EDGE_JWKS_ROUTE = "jwks"
+"""The edge's route of ``GET /.well-known/jwks.json``, which Envoy's own JWKS fetches take."""
 
 
 def by_name(name: str) -> ServiceSpec:

@@ -5,10 +5,10 @@ The runtime knows no concern: each service's ``server.py`` hands :func:`standard
 Imports only go down — services → this module → interceptors, audit, storage → runtime → security
 (``tests/test_layers.py`` holds every module to it).
 
-The standard chain: tracing → metrics → audit → errors → auth → decode → RBAC → validation → handler (see
-:func:`~bhiv_core.runtime.chain.chain_order`). Health and reflection are not traced (probes would
-flood the traces), skip auth and RBAC, and are not audited (see :func:`chain_order`); they are
-still counted.
+The standard chain: tracing → metrics → audit → errors → auth → decode → RBAC → validation →
+screening → handler (see :func:`~bhiv_core.runtime.chain.chain_order`). Health and reflection are
+not traced (probes would flood the traces), skip auth, RBAC and screening, and are not audited (see
+:func:`chain_order`); they are still counted.
 
 Auth and RBAC report what they refuse to sentinel as security events (a refused token as
 ``TOKEN_INVALID`` with the reason, a denied call as ``PERMISSION_DENIED`` with the method and the
@@ -21,6 +21,8 @@ report too.
 
 from __future__ import annotations
 
+import asyncio
+
 from bhiv_core.audit.sink import AuditSink
 from bhiv_core.audit.store import make_audit_store
 from bhiv_core.interceptors.audit import AuditInterceptor
@@ -28,6 +30,14 @@ from bhiv_core.interceptors.auth import AuthInterceptor
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.metrics import MetricsInterceptor, auth_failures
 from bhiv_core.interceptors.rbac import RbacInterceptor, RolePolicy
+from bhiv_core.interceptors.screening import (
+    INLINE_CHARS,
+    QUEUE_CHARS,
+    OnHit,
+    ScreeningInterceptor,
+    log_hit,
+    report_to,
+)
 from bhiv_core.interceptors.tracing import TracingInterceptor, client_interceptors
 from bhiv_core.interceptors.validation import ValidationInterceptor
 from bhiv_core.runtime import telemetry
@@ -50,7 +60,7 @@ from bhiv_core.runtime.service_credentials import ServiceTokenSource, load_servi
 from bhiv_core.security.identity_client import IdentityKeySource, revocation_fetcher, revocation_watcher
 from bhiv_core.security.jwt import JwtVerifier, RevocationSet
 
-__all__ = ["basic_chain", "chain_reporter", "standard_chain"]
+__all__ = ["basic_chain", "chain_reporter", "screening_concern", "standard_chain"]
 
 
 def chain_reporter(
@@ -77,7 +87,13 @@ def chain_reporter(
     return owned, owned
 
 
-def standard_chain(config: RuntimeConfig, definition: ServiceDefinition, *, audit: bool = True) -> Chain:
+def standard_chain(
+    config: RuntimeConfig,
+    definition: ServiceDefinition,
+    *,
+    audit: bool = True,
+    on_screening_hit: OnHit | None = None,
+) -> Chain:
     """Builds the full chain of one service; its hooks open and close the audit sink and pollers.
 
     Args:
@@ -85,6 +101,9 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition, *, audi
         definition: What the service serves.
         audit: False leaves the audit concern out: only ``make bench`` does, to measure what
             durable audit costs. Every service runs with it.
+        on_screening_hit: Receives each request whose text fields match the injection rules
+            (``BHIV_SCREENING=on``, the default); by default each is logged and reported to
+            sentinel through the chain's reporter (:func:`~bhiv_core.interceptors.screening.report_to`).
 
     """
     settings = config.settings
@@ -129,6 +148,7 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition, *, audi
         auth=AuthInterceptor(verifier, on_failure=count_failure, on_refused=events.token_refused),
         rbac=RbacInterceptor(RolePolicy(), on_denied=events.denied),
         validation=ValidationInterceptor(),
+        screening=(screening := screening_concern(config, on_screening_hit or report_to(reporter))),
     )
 
     async def start() -> None:
@@ -142,12 +162,27 @@ def standard_chain(config: RuntimeConfig, definition: ServiceDefinition, *, audi
         await revocations.stop()
         if owned_reporter is not None:
             await owned_reporter.stop()
+        if screening is not None:
+            await asyncio.to_thread(screening.close)  # joins the background worker
         if audit:
             await sink.close()
         await channels.close()
 
     checks = {"audit_sink": sink.check} if audit else {}
     return Chain(interceptors, on_start=[start], on_stop=[stop], checks=checks, reporter=reporter)
+
+
+def screening_concern(config: RuntimeConfig, on_hit: OnHit = log_hit) -> ScreeningInterceptor | None:
+    """The injection screening of requests' text fields, or None when ``BHIV_SCREENING`` is off."""
+    settings = config.settings
+    if settings.choice("SCREENING", "on", ("on", "off")) == "off":
+        return None
+    return ScreeningInterceptor(
+        on_hit=on_hit,
+        inline_chars=settings.positive_int("SCREENING_INLINE_CHARS", INLINE_CHARS),
+        queue_chars=settings.positive_int("SCREENING_QUEUE_CHARS", QUEUE_CHARS),
+        service=config.service,
+    )
 
 
 def basic_chain(config: RuntimeConfig, definition: ServiceDefinition | None = None) -> Chain:

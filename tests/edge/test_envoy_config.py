@@ -34,12 +34,15 @@ from grpc_reflection.v1alpha import reflection
 
 from bhiv_core.edge.binaries import find_tool
 from bhiv_core.edge.envoy_config import (
+    ACCESS_LOG_CLUSTER,
     ADMIN_HOST,
     EDGE_SETTINGS,
+    GRPC_STATUS_FILTER,
     HEADER_LIMITS_FILTER,
     HEADERS_TOO_LARGE,
     HEALTH_ROUTER,
     JWKS_CLUSTER,
+    JWT_PAYLOAD_METADATA,
     LOGIN_METHODS,
     MESH_ONLY_METHODS,
     PROTOCOL_HINT,
@@ -613,12 +616,14 @@ EDGE_ENV = {
     "BHIV_EDGE_LOGIN_RATE_LIMIT": "5",
     "BHIV_EDGE_RATE_LIMIT_ADDRESSES": "100",
     "BHIV_EDGE_JWKS_CACHE_SECONDS": "2.5",
+    "BHIV_EDGE_ACCESS_LOG_FLUSH_SECONDS": "0.25",
 }
 
 
 def test_every_edge_limit_is_a_setting_that_reaches_the_bootstrap(tmp_path: Path) -> None:
     assert {f"BHIV_{setting}" for setting, _ in EDGE_SETTINGS.values()} == set(EDGE_ENV)
-    settings = EdgeSettings.from_settings(Settings(EDGE_ENV), listen_port=18080)
+    with_service = EDGE_ENV | {"BHIV_EDGE_ACCESS_LOG_SERVICE": "127.0.0.1:50059"}
+    settings = EdgeSettings.from_settings(Settings(with_service), listen_port=18080)
     assert settings.listen_port == 18080  # what the caller fixes wins
     bootstrap = build_bootstrap(registry_upstreams(), settings)
     manager = hcm(bootstrap)
@@ -644,6 +649,8 @@ def test_every_edge_limit_is_a_setting_that_reaches_the_bootstrap(tmp_path: Path
     assert limits["max_dynamic_descriptors"] == 100
     jwks = http_filter(bootstrap, "envoy.filters.http.jwt_authn")["providers"]["identity"]["remote_jwks"]
     assert jwks["cache_duration"] == "2.500s"
+    (_, grpc_log) = manager["access_log"]
+    assert grpc_log["typed_config"]["common_config"]["buffer_flush_interval"] == "0.250s"
     validate_config(write_bootstrap(tmp_path / "envoy.json", registry_upstreams(), settings))
 
 
@@ -1738,3 +1745,39 @@ def test_the_transcoder_serves_every_unary_method_of_the_contracts_from_their_de
     assert transcoder["convert_grpc_status"] is True
     assert transcoder["request_validation_options"]["reject_unknown_method"] is True
     assert transcoder["max_request_body_size"] == transcoder["max_response_body_size"] == 4 * 1024 * 1024
+
+
+def test_the_access_log_streams_to_sentinel_from_the_edges_address_with_the_upstream_status(
+    tmp_path: Path,
+) -> None:
+    settings = EdgeSettings(access_log_service="127.0.0.1:50059", upstream_source_address="127.0.0.2")
+    bootstrap = build_bootstrap(registry_upstreams(), settings)
+    file_log, grpc_log = hcm(bootstrap)["access_log"]
+    assert file_log["name"] == "envoy.access_loggers.stdout"  # the JSON lines stay
+    assert grpc_log["name"] == "envoy.access_loggers.http_grpc"
+    config = grpc_log["typed_config"]
+    assert config["common_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == ACCESS_LOG_CLUSTER
+    assert config["common_config"]["transport_api_version"] == "V3"
+    assert config["additional_response_trailers_to_log"] == ["grpc-status"]
+    assert config["additional_response_headers_to_log"] == ["grpc-status"]
+    (cluster,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == ACCESS_LOG_CLUSTER]
+    # Sentinel takes the stream only from the trusted edge addresses: the cluster leaves from one.
+    assert cluster["upstream_bind_config"]["source_address"]["address"] == "127.0.0.2"
+    assert "health_checks" not in cluster
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert endpoint["socket_address"] == {"address": "127.0.0.1", "port_value": 50059}
+    # The status step is the last filter before the router: first to see the upstream's reply.
+    names = [f["name"] for f in hcm(bootstrap)["http_filters"]]
+    assert names[-2:] == [GRPC_STATUS_FILTER, "envoy.filters.http.router"]
+    assert (
+        "envoy_on_response"
+        in http_filter(bootstrap, GRPC_STATUS_FILTER)["default_source_code"]["inline_string"]
+    )
+    provider = http_filter(bootstrap, "envoy.filters.http.jwt_authn")["providers"]["identity"]
+    assert provider["payload_in_metadata"] == JWT_PAYLOAD_METADATA[1]
+    validate_config(write_bootstrap(tmp_path / "envoy.json", registry_upstreams(), settings))
+    # Without a service: no stream, no cluster, no status step.
+    plain = build_bootstrap(registry_upstreams(), EdgeSettings())
+    assert len(hcm(plain)["access_log"]) == 1
+    assert GRPC_STATUS_FILTER not in [f["name"] for f in hcm(plain)["http_filters"]]
+    assert ACCESS_LOG_CLUSTER not in [c["name"] for c in plain["static_resources"]["clusters"]]

@@ -52,15 +52,22 @@ class Users:
 def test_chain_order_is_declared_once_outermost_first() -> None:
     obs, audit, auth, rbac = Interceptor(), Interceptor(), Interceptor(), Interceptor()
     errors = ErrorMappingInterceptor("t")
-    validation = ValidationInterceptor()
+    validation, screening = ValidationInterceptor(), Interceptor()
     chain = chain_order(
-        observability=[obs], audit=audit, errors=errors, auth=auth, rbac=rbac, validation=validation
+        observability=[obs],
+        audit=audit,
+        errors=errors,
+        auth=auth,
+        rbac=rbac,
+        validation=validation,
+        screening=screening,
     )
     flat = [c.inner if isinstance(c, Selector) else c for c in chain]
-    assert flat == [obs, audit, errors, auth, DECODE, rbac, validation]
+    assert flat == [obs, audit, errors, auth, DECODE, rbac, validation, screening]
     composed = ChainedHandlers(chain)
     assert composed.concerns_for("/bhiv.identity.v1.UserService/GetUser") == flat
-    # Health and reflection bypass audit, auth and RBAC; they are still observed (counted) and decoded.
+    # Health and reflection bypass audit, auth, RBAC and screening; they are still observed (counted)
+    # and decoded.
     assert composed.concerns_for("/grpc.health.v1.Health/Check") == [obs, errors, DECODE, validation]
     reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
     assert composed.concerns_for(reflection) == [obs, errors, DECODE, validation]

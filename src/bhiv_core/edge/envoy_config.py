@@ -129,6 +129,10 @@ from envoy_data_plane.envoy.config.route.v3 import (
 )
 from envoy_data_plane.envoy.extensions.access_loggers.file.v3 import FileAccessLog
 from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
+from envoy_data_plane.envoy.extensions.access_loggers.grpc.v3 import (
+    CommonGrpcAccessLogConfig,
+    HttpGrpcAccessLogConfig,
+)
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
 from envoy_data_plane.envoy.extensions.common.ratelimit.v3 import (
     LocalRateLimitDescriptor,
@@ -189,27 +193,39 @@ from envoy_data_plane.google.protobuf import Struct
 from bhiv_core.edge.lua_scripts import (
     NOT_SERVING_HEADER,
     NOT_SERVING_METADATA,
+    grpc_status_script,
     health_router_script,
     reply_script,
     rewrite_script,
 )
-from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, ServiceSpec
+from bhiv_core.registry import (
+    ACCESS_LOG_JWT_METADATA,
+    EDGE_ADMIN_PORT,
+    EDGE_JWKS_ROUTE,
+    EDGE_PORT,
+    ServiceSpec,
+)
 from bhiv_core.runtime.config import DEFAULT_JWT_LEEWAY_S, Settings, token_claims
 from bhiv_core.runtime.contracts import all_services, descriptor_set, method_path, policy_of
 from bhiv_core.runtime.limits import MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
 
 __all__ = [
+    "ACCESS_LOG_CLUSTER",
     "ACCESS_LOG_FORMAT",
+    "ACCESS_LOG_NAME",
     "ADMIN_HOST",
     "CORS_ALLOW_HEADERS",
     "CORS_EXPOSE_HEADERS",
     "DEFAULT_CORS_ALLOW_ORIGINS",
     "EDGE_SETTINGS",
     "ENVOY_RUNTIME",
+    "GRPC_STATUS_FILTER",
     "HEADERS_TOO_LARGE",
     "HEADER_LIMITS_FILTER",
     "HEALTH_PREFIX",
     "HEALTH_ROUTER",
+    "JWKS_ROUTE",
+    "JWT_PAYLOAD_METADATA",
     "MESH_ONLY_METHODS",
     "NODE_CLUSTER",
     "OVERLOAD_ACTIONS",
@@ -327,6 +343,20 @@ JWKS_CLUSTER: Final = "edge-jwks"
 JWKS_PATH: Final = "/.well-known/jwks.json"
 """Where the edge serves identity's JWKS as a standard JSON Web Key Set, to Envoy and anyone else."""
 JWKS_METHOD: Final = "/bhiv.identity.v1.AuthService/GetJwks"
+JWKS_ROUTE: Final = EDGE_JWKS_ROUTE
+"""The route of ``GET`` :data:`JWKS_PATH` (Envoy's own JWKS fetches take it, from the edge's address)."""
+JWT_PAYLOAD_METADATA: Final = ACCESS_LOG_JWT_METADATA
+"""Where jwt_authn leaves a verified token's claims (dynamic metadata namespace and key)."""
+ACCESS_LOG_CLUSTER: Final = "sentinel-access-log"
+"""The cluster of sentinel's access-log port (Envoy's access-log service, ALS)."""
+ACCESS_LOG_NAME: Final = "bhiv-edge"
+"""The ``log_name`` the edge's access-log stream identifies itself with."""
+ACCESS_LOG_SERVICE_PREFIX: Final = "/envoy.service.accesslog.v3."
+GRPC_STATUS_FILTER: Final = "bhiv.grpc_status"
+"""The Lua filter, last before the router, that records the upstream's ``grpc-status`` for the access
+log (see :func:`_grpc_status_filters`)."""
+ACCESS_LOG_HEADERS: Final = ("content-type", "x-grpc-web")
+"""Request headers the access-log entries carry (besides Envoy's own fields)."""
 JWT_REFUSED: Final = "access token refused at the edge: %RESPONSE_CODE_DETAILS%"
 """The message of the edge's token refusals (the details name the reason)."""
 JWKS_REWRITE: Final = "jwks-rewrite"
@@ -491,6 +521,7 @@ EDGE_SETTINGS: Final[Mapping[str, tuple[str, str]]] = {
     "login_rate_limit": ("EDGE_LOGIN_RATE_LIMIT", "integer"),
     "rate_limit_addresses": ("EDGE_RATE_LIMIT_ADDRESSES", "integer"),
     "jwks_cache_s": ("EDGE_JWKS_CACHE_SECONDS", "number"),
+    "access_log_flush_s": ("EDGE_ACCESS_LOG_FLUSH_SECONDS", "number"),
 }
 """Each :class:`EdgeSettings` field read from a setting (``BHIV_<name>``), and its kind: a ``number``
 > 0, an ``integer`` >= 1, or a ``count`` >= 0."""
@@ -524,6 +555,14 @@ class EdgeSettings:
             :func:`rate_limit_service_config`), shared by several Envoy replicas; ``None`` keeps
             the limits local to each Envoy. The local buckets stay in front either way.
         access_log_path: Where the JSON-lines access log goes; ``None`` means Envoy's stdout.
+        access_log_service: ``host:port`` of sentinel's access-log port
+            (``BHIV_EDGE_ACCESS_LOG_SERVICE``; the mesh sets it to sentinel's
+            ``BHIV_SENTINEL_ACCESS_LOG_PORT``): Envoy streams every request's log entry there
+            (Envoy's access-log service, ``envoy.access_loggers.http_grpc``), from
+            ``upstream_source_address``, for threat detection; see :func:`_grpc_access_log`.
+            ``None`` logs to the file (or stdout) only.
+        access_log_flush_s: How often Envoy sends its buffered access-log entries to the service
+            (``BHIV_EDGE_ACCESS_LOG_FLUSH_SECONDS``; it sends sooner once 16 KiB are buffered).
         max_request_bytes: The largest request body the edge forwards when the request declares its
             length (gRPC-web from browsers does); equals the services' message-size limit.
         max_request_header_bytes: The largest request header block the edge forwards (names plus
@@ -588,6 +627,8 @@ class EdgeSettings:
     rate_limit_addresses: int = 10_000
     rate_limit_service: str | None = None
     access_log_path: Path | str | None = None
+    access_log_service: str | None = None
+    access_log_flush_s: float = 1.0
     max_request_bytes: int = 4 * 1024 * 1024
     max_request_header_bytes: int = MAX_REQUEST_HEADER_BYTES
     max_request_headers: int = MAX_REQUEST_HEADERS
@@ -653,10 +694,12 @@ class EdgeSettings:
             raise ValueError("node_id must not be empty")
         if self.xff_num_trusted_hops < 0:
             raise ValueError("xff_num_trusted_hops must not be negative")
-        if self.rate_limit_service is not None:
-            host, _, port = self.rate_limit_service.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"rate_limit_service {self.rate_limit_service!r} must be host:port")
+        for name in ("rate_limit_service", "access_log_service"):
+            value = getattr(self, name)
+            if value is not None:
+                host, _, port = value.rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    raise ValueError(f"{name} {value!r} must be host:port")
 
     @classmethod
     def from_settings(cls, settings: Settings, **fixed: Any) -> EdgeSettings:
@@ -678,6 +721,7 @@ class EdgeSettings:
         issuer, audience = token_claims(settings)
         values: dict[str, Any] = {
             "rate_limit_service": settings.raw("EDGE_RATE_LIMIT_SERVICE"),
+            "access_log_service": settings.raw("EDGE_ACCESS_LOG_SERVICE"),
             "jwt_issuer": issuer,
             "jwt_audience": audience,
             "jwt_clock_skew_s": math.ceil(
@@ -735,6 +779,7 @@ def build_bootstrap(
                 *(_cluster(upstream.name, [upstream], settings) for upstream in upstreams),
                 _cluster(REFLECTION_CLUSTER, upstreams, settings, panic_routing=False),
                 *_rate_limit_service_clusters(settings),
+                *_access_log_service_clusters(settings),
                 *([_jwks_cluster(settings)] if _jwks_owner(upstreams) else []),
             ],
         ),
@@ -811,7 +856,7 @@ def build_route_config(upstreams: Sequence[Upstream], settings: EdgeSettings) ->
         routes.append(
             _with_script(
                 Route(
-                    name="jwks",
+                    name=JWKS_ROUTE,
                     match=RouteMatch(
                         prefix=JWKS_PATH,
                         headers=[HeaderMatcher(name=":method", string_match=StringMatcher(exact="GET"))],
@@ -974,9 +1019,10 @@ def _listener(
             ),
             HttpFilter(name=TRANSCODER_FILTER, typed_config=_pack(_transcoder(upstreams, settings))),
             *extra_http_filters,
+            *_grpc_status_filters(settings),
             HttpFilter(name=ROUTER_FILTER, typed_config=_pack(Router(suppress_envoy_headers=True))),
         ],
-        access_log=[_access_log(settings.access_log_path)],
+        access_log=[_access_log(settings.access_log_path), *_grpc_access_log(settings)],
         # The edge is the first hop: the TCP peer is the client, and a client's own
         # x-forwarded-for or x-request-id is not trusted.
         use_remote_address=True,
@@ -1270,6 +1316,8 @@ def _jwt_authn(settings: EdgeSettings) -> JwtAuthentication:
                 from_headers=[JwtHeader(name="authorization", value_prefix="Bearer ")],
                 # The services verify the token again: it must reach them.
                 forward=True,
+                # The verified claims, for the access-log service (the caller's `sub`); never the token.
+                payload_in_metadata=JWT_PAYLOAD_METADATA[1],
             )
         },
         rules=[
@@ -1798,6 +1846,75 @@ def _bind(settings: EdgeSettings) -> BindConfig | None:
     if settings.upstream_source_address is None:
         return None
     return BindConfig(source_address=_socket_address(settings.upstream_source_address, 0).socket_address)
+
+
+def _grpc_status_filters(settings: EdgeSettings) -> list[HttpFilter]:
+    """Record the upstream's gRPC status in dynamic metadata, for the access-log service.
+
+    Envoy's access log reads the response as the client gets it, and for gRPC-web and JSON that is
+    no longer gRPC: the grpc_web filter moves the trailers (``grpc-status`` among them) into the
+    body, the transcoder turns them into JSON, so the log shows no status for a gRPC-web reply with
+    a body (``%GRPC_STATUS%`` reads ``Unknown``). This Lua filter sits last before the router, so on
+    the way back it is the first to see the upstream's reply, trailers included, whatever the
+    client speaks; it copies ``grpc-status`` (from the headers of a trailers-only reply, else from
+    the trailers) into :data:`~bhiv_core.edge.lua_scripts.GRPC_STATUS_METADATA`, which every
+    access-log entry carries. It waits for the trailers without buffering the body (streams pass
+    through). Only with an access-log service: without one nobody reads it.
+    """
+    if settings.access_log_service is None:
+        return []
+    script = Lua(
+        stat_prefix="edge_grpc_status", default_source_code=DataSource(inline_string=grpc_status_script())
+    )
+    return [HttpFilter(name=GRPC_STATUS_FILTER, typed_config=_pack(script))]
+
+
+def _grpc_access_log(settings: EdgeSettings) -> list[AccessLog]:
+    """Stream every request's log entry to sentinel over gRPC (Envoy's access-log service), if set.
+
+    Each entry carries the client address the edge trusts (``downstream_remote_address``, per
+    ``use_remote_address`` and the trusted hops), the path, the response code and details (the
+    edge's own refusals: rate limits, token checks, RBAC, header limits, unknown routes), the
+    ``grpc-status`` of the response headers and trailers, and the dynamic metadata: the verified
+    token's claims (:data:`JWT_PAYLOAD_METADATA`) and the upstream's status recorded for gRPC-web
+    and JSON (:func:`_grpc_status_filters`). Envoy buffers entries and sends them every
+    ``access_log_flush_s`` (or per 16 KiB) on one stream per worker; the stream is lossy by design
+    (Envoy drops what it cannot send and reconnects).
+    """
+    if settings.access_log_service is None:
+        return []
+    config = HttpGrpcAccessLogConfig(
+        common_config=CommonGrpcAccessLogConfig(
+            log_name=ACCESS_LOG_NAME,
+            grpc_service=GrpcService(
+                envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=ACCESS_LOG_CLUSTER),
+                timeout=_seconds(max(settings.connect_timeout_s, 1.0)),
+            ),
+            transport_api_version=ApiVersion.V3,
+            buffer_flush_interval=_seconds(settings.access_log_flush_s),
+            buffer_size_bytes=16 * 1024,
+        ),
+        additional_request_headers_to_log=list(ACCESS_LOG_HEADERS),
+        additional_response_headers_to_log=[_GRPC_STATUS],
+        additional_response_trailers_to_log=[_GRPC_STATUS],
+    )
+    return [AccessLog(name="envoy.access_loggers.http_grpc", typed_config=_pack(config))]
+
+
+def _access_log_service_clusters(settings: EdgeSettings) -> list[Cluster]:
+    """Sentinel's access-log port (HTTP/2), left from ``upstream_source_address``, when one is set.
+
+    Sentinel takes connections on that port only from the trusted edge addresses, which is why the
+    cluster binds the same source address as every upstream. No health check: the port serves the
+    access-log service only, and Envoy's logger reconnects by itself.
+    """
+    if settings.access_log_service is None:
+        return []
+    host, _, port = settings.access_log_service.rpartition(":")
+    service = Upstream(ACCESS_LOG_CLUSTER, host, int(port), ACCESS_LOG_SERVICE_PREFIX)
+    cluster = _cluster(ACCESS_LOG_CLUSTER, [service], settings)
+    cluster.health_checks = []
+    return [cluster]
 
 
 def _access_log(path: Path | str | None) -> AccessLog:

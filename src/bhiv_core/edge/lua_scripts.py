@@ -41,10 +41,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Final
 
+from bhiv_core.registry import ACCESS_LOG_STATUS_METADATA
+
 __all__ = [
+    "GRPC_STATUS_METADATA",
     "NOT_SERVING_HEADER",
     "NOT_SERVING_METADATA",
     "PROBE_USER_AGENT",
+    "grpc_status_script",
     "health_router_script",
     "reply_script",
     "rewrite_script",
@@ -55,6 +59,9 @@ NOT_SERVING_HEADER: Final = "x-bhiv-not-serving"
 
 PROBE_USER_AGENT: Final = "bhiv-edge-mesh-health"
 """The user agent of the health router's own checks of each service, which tells them from other callers'."""
+
+GRPC_STATUS_METADATA: Final = ACCESS_LOG_STATUS_METADATA
+"""Where the status step leaves the upstream's ``grpc-status`` (dynamic metadata namespace and key)."""
 
 NOT_SERVING_METADATA: Final = ("bhiv.health", "not_serving")
 """Where the script leaves that list (dynamic metadata namespace and key) for the routes to copy."""
@@ -261,3 +268,27 @@ def rewrite_script(headers: Mapping[str, str]) -> str:
         f"{sets}"
         "end\n"
     )
+
+
+def grpc_status_script() -> str:
+    """The status step: copies the upstream reply's ``grpc-status`` into dynamic metadata.
+
+    From the response headers of a trailers-only reply, else from the trailers, which the script
+    waits for without holding the body back (``handle:trailers()`` lets data pass). A reply without
+    a status (a reset, an HTTP error) leaves nothing. Runs on the response only.
+    """
+    namespace, key = GRPC_STATUS_METADATA
+    return f"""
+function envoy_on_response(handle)
+  local status = handle:headers():get("grpc-status")
+  if status == nil then
+    local trailers = handle:trailers()
+    if trailers ~= nil then
+      status = trailers:get("grpc-status")
+    end
+  end
+  if status ~= nil then
+    handle:streamInfo():dynamicMetadata():set("{namespace}", "{key}", status)
+  end
+end
+"""

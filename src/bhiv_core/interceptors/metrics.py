@@ -20,7 +20,8 @@ Series are resolved once per method and kept in a dictionary. Methods outside th
 scanner's guesses) share one ``unknown`` series, so callers cannot grow the label set or the cache.
 
 :data:`REGISTRY` is this process's registry (:mod:`bhiv_core.runtime.telemetry` keeps and serves it);
-:data:`auth_failures` and :data:`audit_records` live in it for the auth and audit concerns.
+:data:`auth_failures`, :data:`audit_records` and :data:`screening_outcomes` live in it for the auth,
+audit and screening concerns.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ __all__ = [
     "audit_records",
     "auth_failures",
     "grpc_type",
+    "screening_outcomes",
 ]
 
 HANDLING_BUCKETS: tuple[float, ...] = (
@@ -273,6 +275,15 @@ audit_records = Counter(
     registry=REGISTRY,
 )
 """``bhiv_audit_records_total{service, durability}``; cache ``.labels(...)`` on a per-call path."""
+
+screening_outcomes = Counter(
+    "bhiv_screening_requests",
+    "Requests whose text screening did not end clean inline: hit (a rule matched), deferred (to the"
+    " background worker), dropped (the background queue was full), failed (screening raised).",
+    ("service", "outcome"),
+    registry=REGISTRY,
+)
+"""``bhiv_screening_requests_total{service, outcome}``; a clean inline screening is not counted."""
 
 _UNKNOWN = "unknown"
 

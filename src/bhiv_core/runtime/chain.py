@@ -215,16 +215,18 @@ def chain_order(
     auth: Interceptor | None = None,
     rbac: Interceptor | None = None,
     validation: Interceptor | None = None,
+    screening: Interceptor | None = None,
 ) -> list[Interceptor | Selector]:
     """Returns the chain in its one declared order, outermost first.
 
     tracing/metrics → audit + request log → error mapper → auth → decode → RBAC → validation →
-    handler. Audit and metrics sit outside the error mapper so they see the final status of every
+    screening → handler. Audit and metrics sit outside the error mapper so they see the final status of every
     call, denials included. Auth and RBAC skip health and reflection. So does audit: probes arrive
     every few seconds from every orchestrator and load balancer, carry no principal and change
     nothing, and would drown the records and the request log that matter; metrics still count them.
     The body is decoded after auth, so a caller without a valid token learns nothing about it, and
-    before RBAC, whose self-rules read a request field.
+    before RBAC, whose self-rules read a request field. Screening (injection payloads in text
+    fields) reads the decoded request once it is valid, and skips health and reflection.
     """
     chain: list[Interceptor | Selector] = [*observability]
     if audit is not None:
@@ -237,6 +239,8 @@ def chain_order(
         chain.append(Selector(rbac, lambda m: not is_infrastructure(m)))
     if validation is not None:
         chain.append(validation)
+    if screening is not None:
+        chain.append(Selector(screening, lambda m: not is_infrastructure(m)))
     return chain
 
 

@@ -65,11 +65,17 @@ SHARED_SETTINGS: Final = frozenset(
         "EDGE_RATE_LIMIT_ADDRESSES",
         "EDGE_RATE_LIMIT_SERVICE",
         "EDGE_JWKS_CACHE_SECONDS",
+        "EDGE_ACCESS_LOG_SERVICE",
+        "EDGE_ACCESS_LOG_FLUSH_SECONDS",
         # Token verification in every service.
         "JWT_ISSUER",
         "JWT_AUDIENCE",
         "JWT_LEEWAY_SECONDS",
         "TOKEN_CACHE_SIZE",
+        # Injection screening of requests' text fields (bhiv_core.interceptors.screening).
+        "SCREENING",
+        "SCREENING_INLINE_CHARS",
+        "SCREENING_QUEUE_CHARS",
         "REVOCATION_POLL_SECONDS",
         # Service credentials and the security events every service reports to sentinel.
         "SERVICE_SECRET_FILE",
@@ -106,6 +112,11 @@ SHARED_SETTINGS: Final = frozenset(
         "AUDIT_CHECKPOINT_KEY_FILE",
         "AUDIT_CHECKPOINT_RECORDS",
         "AUDIT_CHECKPOINT_SECONDS",
+        # sentinel's access-log port (the edge's access-log stream)
+        "SENTINEL_ACCESS_LOG_PORT",
+        "SENTINEL_ACCESS_LOG_RATE",
+        "SENTINEL_ACCESS_LOG_MAX_MESSAGE_BYTES",
+        "SENTINEL_ACCESS_LOG_MAX_CONNECTIONS",
         # sentinel's alerts
         "ALERT_KEK_FILE",
         "ALERT_SMTP_HOST",

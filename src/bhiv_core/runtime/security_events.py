@@ -63,6 +63,7 @@ __all__ = [
     "SentinelReporter",
     "coalescing_settings",
     "reportable_address",
+    "request_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class SecurityEventKind(enum.Enum):
     TOKEN_INVALID = "token_invalid"  # noqa: S105 - an event kind, not a secret
     TOKEN_REPLAYED = "token_replayed"  # noqa: S105 - an event kind, not a secret
     PERMISSION_DENIED = "permission_denied"
+    SUSPICIOUS_INPUT = "suspicious_input"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,8 @@ class SecurityEvent:
         method: The full gRPC method, or empty.
         detail: Context for a person; never a password or token. At most 2000 characters are sent.
         event_time: When it happened (Unix seconds); 0 means when it is reported.
+        fields: For :attr:`SecurityEventKind.SUSPICIOUS_INPUT`, the matched request fields as
+            ``(path, excerpt)`` pairs (the screening concern bounds them); empty for the other kinds.
 
     """
 
@@ -109,6 +113,20 @@ class SecurityEvent:
     method: str
     detail: str
     event_time: float = 0.0
+    fields: tuple[tuple[str, str], ...] = ()
+
+
+def request_of(event: SecurityEvent) -> threat_service_pb2.ReportSecurityEventRequest:
+    """``event`` as the ``ReportSecurityEvent`` request that tells sentinel about it."""
+    return threat_service_pb2.ReportSecurityEventRequest(
+        kind=threat_pb2.SecurityEventKind.Value(f"SECURITY_EVENT_KIND_{event.kind.name}"),
+        source_address=event.source_address,
+        principal=event.principal[:256],
+        method=event.method[:256],
+        detail=event.detail[:2000],
+        event_time=to_timestamp(event.event_time),
+        fields=[threat_pb2.ScreenedField(path=path, excerpt=excerpt) for path, excerpt in event.fields],
+    )
 
 
 class SecurityEventReporter(Protocol):
@@ -399,14 +417,7 @@ class SentinelReporter(QueuedReporter):
     async def _send(self, event: SecurityEvent, metadata: tuple[tuple[str, str], ...]) -> None:
         channel = self._channel_factory() if self._channel_factory is not None else self._channel
         assert channel is not None
-        request = threat_service_pb2.ReportSecurityEventRequest(
-            kind=threat_pb2.SecurityEventKind.Value(f"SECURITY_EVENT_KIND_{event.kind.name}"),
-            source_address=event.source_address,
-            principal=event.principal[:256],
-            method=event.method[:256],
-            detail=event.detail[:2000],
-            event_time=to_timestamp(event.event_time),
-        )
+        request = request_of(event)
         token = await self._token_source()
         stub = threat_service_pb2_grpc.ThreatServiceStub(channel)
         await stub.ReportSecurityEvent(

@@ -82,6 +82,23 @@ async def test_request_text_fields_are_screened_off_the_callers_path() -> None:
         await agent.stop()
 
 
+def test_a_field_sent_in_several_excerpts_is_detected_once_per_rule() -> None:
+    agent = ThreatDetectionAgent(ListSink(), detectors=[])
+    excerpt = "x'; DROP TABLE tickets;--"
+    observation = Observation(
+        ObservationKind.SUSPICIOUS_INPUT,
+        "203.0.113.8",
+        fields=(("ticket.title", excerpt), ("ticket.title", excerpt), ("ticket.description", excerpt)),
+    )
+    found = [
+        (d.rule_id, "ticket.title" if "field ticket.title:" in d.evidence else "ticket.description")
+        for d in agent.detect(observation, 0.0)
+    ]
+    assert ("sql.stacked_query", "ticket.title") in found
+    assert len(found) == len(set(found))
+    assert {field for _, field in found} == {"ticket.title", "ticket.description"}
+
+
 async def test_a_full_queue_drops_and_counts_instead_of_blocking_the_feed() -> None:
     agent = ThreatDetectionAgent(ListSink(), detectors=[], queue_size=3)  # not started: nothing drains
     results = [agent.submit(failed("203.0.113.7")) for _ in range(5)]

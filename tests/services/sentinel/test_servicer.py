@@ -551,10 +551,16 @@ async def test_event_without_time_happened_when_received(sentinel: Sentinel) -> 
 async def test_every_kind_round_trips(sentinel: Sentinel) -> None:
     kinds = [v.number for v in tp.SecurityEventKind.DESCRIPTOR.values if v.number]
     for kind in kinds:
+        fields = (
+            [tp.ScreenedField(path="note", excerpt="' OR '1'='1")]
+            if kind == tp.SECURITY_EVENT_KIND_SUSPICIOUS_INPUT
+            else []
+        )
         reply = await sentinel.threat_stub.ReportSecurityEvent(
-            ts.ReportSecurityEventRequest(kind=kind, source_address="192.0.2.1")
+            ts.ReportSecurityEventRequest(kind=kind, source_address="192.0.2.1", fields=fields)
         )
         assert reply.event.kind == kind
+        assert list(reply.event.fields) == fields
     stored, _ = await sentinel.service.store.list_security_events(EventFilter())
     assert {e.kind for e in stored} == set(EventKind)
 
@@ -587,3 +593,43 @@ async def test_event_without_a_principal_is_unauthenticated(sentinel: Sentinel) 
             metadata=(("x-anonymous", "1"),),
         ),
     )
+
+
+def suspicious(*fields: tp.ScreenedField, kind: int = tp.SECURITY_EVENT_KIND_SUSPICIOUS_INPUT) -> Any:
+    return ts.ReportSecurityEventRequest(kind=kind, source_address="192.0.2.1", fields=fields)
+
+
+async def test_suspicious_input_fields_are_stored_and_read_back(sentinel: Sentinel) -> None:
+    fields = [
+        tp.ScreenedField(path="ticket.subject", excerpt="x'; DROP TABLE tickets;--"),
+        tp.ScreenedField(path="labels[env]", excerpt="line\r\nSet-Cookie: a=b ——धर्म"),
+    ]
+    reply = await sentinel.threat_stub.ReportSecurityEvent(suspicious(*fields))
+    assert list(reply.event.fields) == fields
+    stored = await sentinel.service.store.get_security_event(reply.event.event_id)
+    assert stored is not None and stored.kind is EventKind.SUSPICIOUS_INPUT
+    assert stored.fields == tuple((f.path, f.excerpt) for f in fields)
+
+
+async def test_hostile_suspicious_input_events_are_invalid_argument_with_violations(
+    sentinel: Sentinel,
+) -> None:
+    stub = sentinel.threat_stub
+    one = tp.ScreenedField(path="a", excerpt="<script>")
+    cases = [
+        (suspicious(*[one] * 17), {("fields", "TOO_MANY")}),
+        (suspicious(tp.ScreenedField(path="p" * 257, excerpt="x")), {("fields[0].path", "TOO_LONG")}),
+        (suspicious(tp.ScreenedField(path="a", excerpt="x" * 513)), {("fields[0].excerpt", "TOO_LONG")}),
+        (
+            suspicious(tp.ScreenedField(path="", excerpt="")),
+            {("fields[0].path", "REQUIRED"), ("fields[0].excerpt", "REQUIRED")},
+        ),
+        (suspicious(), {("fields", "REQUIRED")}),
+        (suspicious(one, kind=tp.SECURITY_EVENT_KIND_LOGIN_FAILED), {("fields", "UNEXPECTED")}),
+        (suspicious(one, kind=99), {("kind", "UNDEFINED_ENUM")}),
+    ]
+    for request, expected in cases:
+        err = await expect_code(grpc.StatusCode.INVALID_ARGUMENT, stub.ReportSecurityEvent(request))
+        assert expected <= violations(err), (expected, violations(err))
+    stored, _ = await sentinel.service.store.list_security_events(EventFilter())
+    assert stored == []

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -13,6 +16,7 @@ import pytest
 from bhiv_core.runtime.config import ConfigError
 from bhiv_core.runtime.errors import AlreadyExists, InvalidArgument
 from bhiv_core.services.sentinel.store import (
+    _SQLITE_MIGRATIONS,
     EventFilter,
     EventKind,
     MongoSentinelStore,
@@ -68,6 +72,37 @@ async def test_added_event_reads_back_exactly(store: SentinelStore) -> None:
     added = await store.add_security_event(event(1))
     assert await store.get_security_event(added.event_id) == event(1)
     assert await store.get_security_event("nope") is None
+
+
+async def test_suspicious_input_fields_read_back_in_order_on_get_and_list(store: SentinelStore) -> None:
+    fields = (("ticket.subject", "x'; DROP TABLE t;--"), ("labels[env]#key", 'a\r\nb "q" धर्म'))
+    added = dataclasses.replace(event(1, kind=EventKind.SUSPICIOUS_INPUT), fields=fields)
+    await store.add_security_event(added)
+    await store.add_security_event(event(2))
+    assert await store.get_security_event(added.event_id) == added
+    listed, _ = await store.list_security_events(EventFilter())
+    assert [e.fields for e in listed] == [fields, ()]
+
+
+async def test_a_database_of_the_previous_schema_gains_empty_fields(tmp_path: Path) -> None:
+    # A sentinel.db written before events had fields (schema version 2): its events read back with none.
+    path = tmp_path / "sentinel.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        for script in _SQLITE_MIGRATIONS[:2]:
+            conn.executescript(script)
+        conn.execute(
+            "INSERT INTO security_events VALUES (?, 'login_failed', '203.0.113.7', 'u', '', 'd', 'r', 1, 2)",
+            ("e1",),
+        )
+        conn.execute("PRAGMA user_version = 2")
+        conn.commit()
+    current = SqliteSentinelStore(path)
+    await current.open()
+    try:
+        found = await current.get_security_event("e1")
+        assert found is not None and found.fields == ()
+    finally:
+        await current.close()
 
 
 async def test_duplicate_event_id_already_exists(store: SentinelStore) -> None:

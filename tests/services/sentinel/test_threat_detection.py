@@ -129,3 +129,68 @@ async def test_the_sink_stores_detections_in_detection_time_order(tmp_path: Path
             await store.list_threat_events("198.51.100.1", page_token=token)
     finally:
         await store.close()
+
+
+async def test_a_suspicious_input_report_becomes_an_injection_threat_with_the_rule_and_evidence(
+    tmp_path: Path,
+) -> None:
+    config = config_for("sentinel", DATA_DIR=str(tmp_path))
+    running = await start_service(config, server.definition(config), chain)
+    reader = SqliteSentinelStore(tmp_path / "sentinel.db")
+    await reader.open()
+    create = "/bhiv.crm.v1.TicketService/CreateTicket"
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = ts_grpc.ThreatServiceStub(channel)
+            # A report whose excerpt sentinel's own rules do not match yields nothing: sentinel's
+            # screening is the one that counts. Sent first: the agent takes events in order.
+            await stub.ReportSecurityEvent(
+                ts.ReportSecurityEventRequest(
+                    kind=tp.SECURITY_EVENT_KIND_SUSPICIOUS_INPUT,
+                    source_address="198.51.100.8",
+                    fields=[tp.ScreenedField(path="ticket.title", excerpt="What's dharma?")],
+                )
+            )
+            reply = await stub.ReportSecurityEvent(
+                ts.ReportSecurityEventRequest(
+                    kind=tp.SECURITY_EVENT_KIND_SUSPICIOUS_INPUT,
+                    source_address="203.0.113.9",
+                    principal="users/sales",
+                    method=create,
+                    fields=[tp.ScreenedField(path="ticket.title", excerpt="x'; DROP TABLE tickets;--")],
+                )
+            )
+            assert reply.event.kind == tp.SECURITY_EVENT_KIND_SUSPICIOUS_INPUT
+            deadline = time.monotonic() + 30
+            found: list[ThreatEventRecord] = []
+            while time.monotonic() < deadline and not found:
+                found = await threats(reader, "203.0.113.9")
+                await asyncio.sleep(0.05)
+            assert [t.rule_id for t in found] == ["sql.stacked_query"]
+            [threat] = found
+            assert (threat.category, threat.severity) == ("injection", int(Severity.CRITICAL))
+            assert (threat.principal, threat.method) == ("users/sales", create)
+            assert "field ticket.title" in threat.evidence and "DROP TABLE" in threat.evidence
+            # The benign report was processed before the one that produced the threat.
+            assert await threats(reader, "198.51.100.8") == []
+    finally:
+        await running.stop(grace=0.5)
+        await reader.close()
+
+
+def test_a_suspicious_input_event_maps_to_an_observation_with_its_fields() -> None:
+    moment = datetime(2026, 6, 1, tzinfo=UTC)
+    fields = (("ticket.title", "<script>alert(1)</script>"),)
+    event = SecurityEvent(
+        "e",
+        EventKind.SUSPICIOUS_INPUT,
+        "192.0.2.1",
+        "u",
+        "/m.S/M",
+        "",
+        "services/crm",
+        moment,
+        moment,
+        fields,
+    )
+    assert observation_of(event).fields == fields

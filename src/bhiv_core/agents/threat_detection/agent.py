@@ -92,15 +92,20 @@ class ThreatDetectionAgent:
         """The detections ``observation`` causes at ``now``: every detector's, then the screen's."""
         found = [d for detector in self._detectors for d in detector.observe(observation, now)]
         if observation.fields:
-            found += [
-                finding.detection(
-                    source_address=observation.source_address,
-                    principal=observation.principal,
-                    method=observation.method,
-                    time=now,
+            seen: set[tuple[str, str]] = set()
+            for finding in self._screener.screen_fields(observation.fields):
+                # One detection per rule and field, however many excerpts of the field are sent.
+                if (finding.field, finding.rule.id) in seen:
+                    continue
+                seen.add((finding.field, finding.rule.id))
+                found.append(
+                    finding.detection(
+                        source_address=observation.source_address,
+                        principal=observation.principal,
+                        method=observation.method,
+                        time=now,
+                    )
                 )
-                for finding in self._screener.screen_fields(observation.fields)
-            ]
         return found
 
     async def start(self) -> None:

@@ -2,8 +2,10 @@
 
 Feeds map their records onto this one shape: sentinel maps each reported security event
 (``ReportSecurityEvent``) to a login, token or permission observation; the edge's access-log stream
-(a later feed) maps each log entry to a :attr:`ObservationKind.CALL` with its gRPC status, and may
-carry the request's text fields for screening. Detectors never see where an observation came from.
+(a later feed) maps each log entry to a :attr:`ObservationKind.CALL` with its gRPC status. The text
+fields of requests come from the services' own screening, as ``SUSPICIOUS_INPUT`` events carrying
+the matched fields (:mod:`bhiv_core.interceptors.screening`). Detectors never see where an
+observation came from.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class ObservationKind(enum.Enum):
     """A call refused for lack of permission, as reported by a service."""
     CALL = "call"
     """A finished call, with its gRPC status name in ``status`` (from an access log)."""
+    SUSPICIOUS_INPUT = "suspicious_input"
+    """Request text fields a service's screening matched, in ``fields``; screened again here."""
 
 
 SCAN_STATUSES = frozenset({"NOT_FOUND", "UNIMPLEMENTED", "PERMISSION_DENIED"})

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from bhiv_core.registry import SENTINEL_ACCESS_LOG_PORT
 from bhiv_core.runtime.config import RuntimeConfig
 
 __all__ = ["SentinelConfig"]
@@ -17,7 +18,7 @@ __all__ = ["SentinelConfig"]
 
 @dataclass(frozen=True, slots=True)
 class SentinelConfig:
-    """What sentinel needs beyond the shared runtime: how it checkpoints the audit chain.
+    """What sentinel needs beyond the shared runtime: audit checkpoints and the access-log port.
 
     Attributes:
         checkpoint_key_path: ``BHIV_AUDIT_CHECKPOINT_KEY_FILE``, the Ed25519 seed that signs audit
@@ -28,6 +29,17 @@ class SentinelConfig:
             that make the next one due (default 10000).
         checkpoint_seconds: ``BHIV_AUDIT_CHECKPOINT_SECONDS``, seconds after the last checkpoint
             that make the next one due when records were appended since (default 60).
+        access_log_port: ``BHIV_SENTINEL_ACCESS_LOG_PORT``, where the edge streams its access log
+            (default 50059; 0 picks a free port), served to the trusted edge peers
+            (``BHIV_EDGE_PEERS``) only.
+        access_log_rate: ``BHIV_SENTINEL_ACCESS_LOG_RATE``, access-log entries per second taken
+            from one edge address (a token bucket as large); more are dropped and counted
+            (default 5000).
+        access_log_max_message_bytes: ``BHIV_SENTINEL_ACCESS_LOG_MAX_MESSAGE_BYTES``, the largest
+            access-log message (one batch of entries) taken; a larger one ends its stream with
+            RESOURCE_EXHAUSTED (default 1 MiB; Envoy sends a batch per 16 KiB).
+        access_log_max_connections: ``BHIV_SENTINEL_ACCESS_LOG_MAX_CONNECTIONS``, the most
+            connections the access-log port keeps open at once (default 64).
 
     """
 
@@ -35,6 +47,10 @@ class SentinelConfig:
     checkpoint_witness_path: Path
     checkpoint_records: int
     checkpoint_seconds: float
+    access_log_port: int = SENTINEL_ACCESS_LOG_PORT
+    access_log_rate: int = 5000
+    access_log_max_message_bytes: int = 1024 * 1024
+    access_log_max_connections: int = 64
 
     @classmethod
     def from_runtime(cls, config: RuntimeConfig) -> SentinelConfig:
@@ -53,4 +69,8 @@ class SentinelConfig:
             checkpoint_witness_path=config.data_dir / "audit-checkpoint-last",
             checkpoint_records=s.positive_int("AUDIT_CHECKPOINT_RECORDS", 10_000),
             checkpoint_seconds=s.get("AUDIT_CHECKPOINT_SECONDS", 60.0, seconds, "a number of seconds > 0"),
+            access_log_port=s.port("SENTINEL_ACCESS_LOG_PORT", SENTINEL_ACCESS_LOG_PORT),
+            access_log_rate=s.positive_int("SENTINEL_ACCESS_LOG_RATE", 5000),
+            access_log_max_message_bytes=s.positive_int("SENTINEL_ACCESS_LOG_MAX_MESSAGE_BYTES", 1024 * 1024),
+            access_log_max_connections=s.positive_int("SENTINEL_ACCESS_LOG_MAX_CONNECTIONS", 64),
         )

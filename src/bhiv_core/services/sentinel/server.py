@@ -13,6 +13,7 @@ from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.runtime.security_events import QueuedReporter, SecurityEvent, coalescing_settings
+from bhiv_core.services.sentinel.access_log import AccessLogServer
 from bhiv_core.services.sentinel.alerts.service import Alerts
 from bhiv_core.services.sentinel.config import SentinelConfig
 from bhiv_core.services.sentinel.incidents.service import ThreatResponse
@@ -39,7 +40,10 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
     reported security event is queued for it. Its detections are grouped into incidents, stored,
     logged, streamed and acted on by the threat response agent
     (:mod:`bhiv_core.services.sentinel.incidents`), which blocks addresses through ``blocker``
-    (None: blocks are recorded on the incident as not made) and alerts through the alert channels.
+    (None: blocks are recorded on the incident as not made) and alerts through the alert channels. The edge's
+    access log arrives on a port of its own (``BHIV_SENTINEL_ACCESS_LOG_PORT``, served to the
+    trusted edge peers only, :mod:`bhiv_core.services.sentinel.access_log`): every entry is
+    queued for the detection agent too.
     """
     settings = SentinelConfig.from_runtime(config)
     audit = make_audit_store(config)
@@ -76,6 +80,7 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
             detail=event.detail[:2000],
             event_time=datetime.fromtimestamp(event.event_time, UTC) if event.event_time else None,
             reporter=f"services/{NAME}",
+            fields=event.fields,
         )
 
     # What sentinel's own chain refuses is recorded in process: no call, no token, so no report of
@@ -86,6 +91,16 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
         **coalescing_settings(config.settings),
         service=NAME,
         name="sentinel-own-security-events",
+    )
+    access_log = AccessLogServer(
+        detection.submit,
+        host=config.host,
+        port=settings.access_log_port,
+        edge=config.edge_peers,
+        rate=settings.access_log_rate,
+        max_message_bytes=settings.access_log_max_message_bytes,
+        max_connections=settings.access_log_max_connections,
+        reuse_port=config.workers > 1,
     )
     servicers = {"AlertService": alerts.servicer, "ThreatService": response.servicer(servicer)}
     return runtime.ServiceDefinition(
@@ -105,10 +120,12 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
             alerts.start,
             response.start,
             detection.start,
+            access_log.start,
             reporter.start,
         ],
         on_stop=[
             reporter.stop,
+            access_log.stop,
             detection.stop,
             response.stop,
             alerts.stop,

@@ -202,6 +202,7 @@ class SentinelService:
         detail: str,
         event_time: datetime | None,
         reporter: str,
+        fields: tuple[tuple[str, str], ...] = (),
     ) -> SecurityEvent:
         """Stores a reported security event with a new id and the receive time, and returns it.
 
@@ -215,11 +216,27 @@ class SentinelService:
             detail: Context for a person; never a secret.
             event_time: When it happened; None means now.
             reporter: The subject of the reporting principal.
+            fields: The matched request fields, ``(path, excerpt)``: at least one for
+                :attr:`EventKind.SUSPICIOUS_INPUT`, none for the other kinds (their counts and
+                lengths are bounded by the contract's rules, checked before this runs).
 
         Raises:
-            InvalidArgument: ``source_address`` is not an IP address.
+            InvalidArgument: ``source_address`` is not an IP address, or ``fields`` does not fit
+                the kind.
 
         """
+        if kind is EventKind.SUSPICIOUS_INPUT and not fields:
+            raise InvalidArgument(
+                violations=[FieldViolation("fields", "is required for SUSPICIOUS_INPUT events", "REQUIRED")]
+            )
+        if kind is not EventKind.SUSPICIOUS_INPUT and fields:
+            raise InvalidArgument(
+                violations=[
+                    FieldViolation(
+                        "fields", "must be empty unless the kind is SUSPICIOUS_INPUT", "UNEXPECTED"
+                    )
+                ]
+            )
         try:
             address = ipaddress.ip_address(source_address)
         except ValueError:
@@ -239,6 +256,7 @@ class SentinelService:
             reporter=reporter,
             event_time=event_time or received,
             receive_time=received,
+            fields=fields,
         )
         stored = await self.store.add_security_event(event)
         if self._observe is not None:

@@ -124,6 +124,7 @@ def security_event_to_proto(event: SecurityEvent) -> threat_pb2.SecurityEvent:
         reporter=event.reporter,
         event_time=_timestamp(event.event_time),
         receive_time=_timestamp(event.receive_time),
+        fields=[threat_pb2.ScreenedField(path=path, excerpt=excerpt) for path, excerpt in event.fields],
     )
 
 
@@ -185,5 +186,6 @@ class SentinelServicer:
             detail=request.detail,
             event_time=_time_or_none(request, "event_time"),
             reporter=reporter,
+            fields=tuple((field.path, field.excerpt) for field in request.fields),
         )
         return threat_service_pb2.ReportSecurityEventResponse(event=security_event_to_proto(event))

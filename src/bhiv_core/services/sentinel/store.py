@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,6 +55,8 @@ class EventKind(StrEnum):
     """A spent refresh token presented again."""
     PERMISSION_DENIED = "permission_denied"
     """A call refused for lack of permission."""
+    SUSPICIOUS_INPUT = "suspicious_input"
+    """Request text fields a service's screening matched (the event's ``fields``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,8 @@ class SecurityEvent:
         reporter: The subject of the service that reported it (``services/identity``).
         event_time: When it happened, as reported (UTC).
         receive_time: When sentinel received it (UTC).
+        fields: For :attr:`EventKind.SUSPICIOUS_INPUT`, the matched request fields as
+            ``(path, excerpt)`` pairs (at most 16, bounded by the contract); empty otherwise.
 
     """
 
@@ -83,6 +88,7 @@ class SecurityEvent:
     reporter: str
     event_time: datetime
     receive_time: datetime
+    fields: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +232,15 @@ def _event_from_row(row: sqlite3.Row | dict[str, Any]) -> SecurityEvent:
         reporter=str(row["reporter"]),
         event_time=from_micros(int(row["event_time_us"])),
         receive_time=from_micros(int(row["receive_time_us"])),
+        # Documents written before the fields existed have none.
+        fields=_fields_from(row["fields"] if "fields" in row.keys() else None),  # noqa: SIM118 - sqlite3.Row
     )
+
+
+def _fields_from(stored: Any) -> tuple[tuple[str, str], ...]:
+    """The screened fields of a row (a JSON text in SQLite, a list of documents in MongoDB)."""
+    items = json.loads(stored) if isinstance(stored, str) else (stored or [])
+    return tuple((str(item["path"]), str(item["excerpt"])) for item in items)
 
 
 def _event_values(event: SecurityEvent) -> dict[str, Any]:
@@ -240,6 +254,7 @@ def _event_values(event: SecurityEvent) -> dict[str, Any]:
         "reporter": event.reporter,
         "event_time_us": to_micros(event.event_time),
         "receive_time_us": to_micros(event.receive_time),
+        "fields": [{"path": path, "excerpt": excerpt} for path, excerpt in event.fields],
     }
 
 
@@ -313,6 +328,10 @@ _SQLITE_MIGRATIONS = (
     ) WITHOUT ROWID;
     CREATE INDEX threat_events_by_source ON threat_events (source_address, event_id);
     """,
+    # The request fields of SUSPICIOUS_INPUT events, as a JSON list of {path, excerpt}.
+    """
+    ALTER TABLE security_events ADD COLUMN fields TEXT NOT NULL DEFAULT '[]';
+    """,
 )
 
 _EVENT_COLUMNS = (
@@ -325,6 +344,7 @@ _EVENT_COLUMNS = (
     "reporter",
     "event_time_us",
     "receive_time_us",
+    "fields",
 )
 _THREAT_COLUMNS = tuple(_threat_values(ThreatEventRecord("", "", "", 0, "", "", "", "", from_micros(0))))
 # Composed only from the fixed names above; every value is a bound parameter.
@@ -373,6 +393,7 @@ class SqliteSentinelStore:
     async def add_security_event(self, event: SecurityEvent) -> SecurityEvent:
         """Inserts ``event``; durable when this returns."""
         values = _event_values(event)
+        values["fields"] = json.dumps(values["fields"], ensure_ascii=False)
 
         def write(conn: sqlite3.Connection) -> None:
             try:

@@ -28,17 +28,23 @@ _KINDS = {
     EventKind.TOKEN_INVALID: ObservationKind.TOKEN_INVALID,
     EventKind.TOKEN_REPLAYED: ObservationKind.TOKEN_REPLAYED,
     EventKind.PERMISSION_DENIED: ObservationKind.PERMISSION_DENIED,
+    EventKind.SUSPICIOUS_INPUT: ObservationKind.SUSPICIOUS_INPUT,
 }
 
 
 def observation_of(event: SecurityEvent) -> Observation:
-    """The detectors' view of a reported security event."""
+    """The detectors' view of a reported security event.
+
+    A suspicious-input event carries the request fields a service's screening matched: the agent
+    screens them again with sentinel's own rules, and only what those match becomes a detection.
+    """
     return Observation(
         kind=_KINDS[event.kind],
         source_address=event.source_address,
         principal=event.principal,
         method=event.method,
         detail=event.detail,
+        fields=event.fields,
     )
 
 

@@ -27,7 +27,7 @@ from bhiv.options.v1 import annotations_pb2 as bhiv_dot_options_dot_v1_dot_annot
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#bhiv/identity/v1/user_service.proto\x12\x10\x62hiv.identity.v1\x1a\x1b\x62hiv/identity/v1/user.proto\x1a!bhiv/options/v1/annotations.proto\x1a google/protobuf/field_mask.proto\"|\n\x11\x43reateUserRequest\x12,\n\x04user\x18\x01 \x01(\x0b\x32\x16.bhiv.identity.v1.UserB\x06\xd2\xf3\x18\x02\x08\x01\x12\x1d\n\x08password\x18\x02 \x01(\tB\x0b\xd2\xf3\x18\x07\x08\x01\x10\x0c\x18\x80\x02\x12\x1a\n\nrequest_id\x18\x03 \x01(\tB\x06\xd2\xf3\x18\x02\x18@\":\n\x12\x43reateUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.bhiv.identity.v1.User\"A\n\x0eGetUserRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xd2\xf3\x18\x1d\x08\x01\"\x19users/[A-Za-z0-9_-]{1,64}\"7\n\x0fGetUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.bhiv.identity.v1.User\"o\n\x10ListUsersRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x38\x01\x12\x12\n\npage_token\x18\x02 \x01(\t\x12,\n\x04role\x18\x03 \x01(\x0e\x32\x16.bhiv.identity.v1.RoleB\x06\xd2\xf3\x18\x02P\x01\"S\n\x11ListUsersResponse\x12%\n\x05users\x18\x01 \x03(\x0b\x32\x16.bhiv.identity.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"z\n\x11UpdateUserRequest\x12,\n\x04user\x18\x01 \x01(\x0b\x32\x16.bhiv.identity.v1.UserB\x06\xd2\xf3\x18\x02\x08\x01\x12\x37\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x06\xd2\xf3\x18\x02\x08\x01\":\n\x12UpdateUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.bhiv.identity.v1.User\"E\n\x12\x44isableUserRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xd2\xf3\x18\x1d\x08\x01\"\x19users/[A-Za-z0-9_-]{1,64}\";\n\x13\x44isableUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.bhiv.identity.v1.User\"_\n\x15\x43hangePasswordRequest\x12#\n\x10\x63urrent_password\x18\x01 \x01(\tB\t\xd2\xf3\x18\x05\x08\x01\x18\x80\x02\x12!\n\x0cnew_password\x18\x02 \x01(\tB\x0b\xd2\xf3\x18\x07\x08\x01\x10\x0c\x18\x80\x02\"\x18\n\x16\x43hangePasswordResponse2\xec\x05\n\x0bUserService\x12s\n\nCreateUser\x12#.bhiv.identity.v1.CreateUserRequest\x1a$.bhiv.identity.v1.CreateUserResponse\"\x1a\xca\xf3\x18\x16\n\x14identity.users.write\x12\x86\x01\n\x07GetUser\x12 .bhiv.identity.v1.GetUserRequest\x1a!.bhiv.identity.v1.GetUserResponse\"6\x90\x02\x01\xca\xf3\x18/\n\x13identity.users.read\x1a\x04name\"\x12identity.self.read\x12r\n\tListUsers\x12\".bhiv.identity.v1.ListUsersRequest\x1a#.bhiv.identity.v1.ListUsersResponse\"\x1c\x90\x02\x01\xca\xf3\x18\x15\n\x13identity.users.read\x12s\n\nUpdateUser\x12#.bhiv.identity.v1.UpdateUserRequest\x1a$.bhiv.identity.v1.UpdateUserResponse\"\x1a\xca\xf3\x18\x16\n\x14identity.users.write\x12v\n\x0b\x44isableUser\x12$.bhiv.identity.v1.DisableUserRequest\x1a%.bhiv.identity.v1.DisableUserResponse\"\x1a\xca\xf3\x18\x16\n\x14identity.users.write\x12~\n\x0e\x43hangePassword\x12\'.bhiv.identity.v1.ChangePasswordRequest\x1a(.bhiv.identity.v1.ChangePasswordResponse\"\x19\xca\xf3\x18\x15\n\x13identity.self.writeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#bhiv/identity/v1/user_service.proto\x12\x10\x62hiv.identity.v1\x1a\x1b\x62hiv/identity/v1/user.proto\x1a!bhiv/options/v1/annotations.proto\x1a google/protobuf/field_mask.proto\"\x7f\n\x11\x43reateUserRequest\x12,\n\x04user\x18\x01 \x01(\x0b\x32\x16.bhiv.identity.v1.UserB\x06\xd2\xf3\x18\x02\x08\x01\x12 \n\x08password\x18\x02 \x01(\tB\x0e\x80\x01\x01\xd2\xf3\x18\x07\x08\x01\x10\x0c\x18\x80\x02\x12\x1a\n\nrequest_id\x18\x03 \x01(\tB\x06\xd2\xf3\x18\x02\x18@\":\n\x12\x43reateUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.bhiv.identity.v1.User\"A\n\x0eGetUserRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xd2\xf3\x18\x1d\x08\x01\"\x19users/[A-Za-z0-9_-]{1,64}\"7\n\x0fGetUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.bhiv.identity.v1.User\"o\n\x10ListUsersRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x38\x01\x12\x12\n\npage_token\x18\x02 \x01(\t\x12,\n\x04role\x18\x03 \x01(\x0e\x32\x16.bhiv.identity.v1.RoleB\x06\xd2\xf3\x18\x02P\x01\"S\n\x11ListUsersResponse\x12%\n\x05users\x18\x01 \x03(\x0b\x32\x16.bhiv.identity.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"z\n\x11UpdateUserRequest\x12,\n\x04user\x18\x01 \x01(\x0b\x32\x16.bhiv.identity.v1.UserB\x06\xd2\xf3\x18\x02\x08\x01\x12\x37\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x06\xd2\xf3\x18\x02\x08\x01\":\n\x12UpdateUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.bhiv.identity.v1.User\"E\n\x12\x44isableUserRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xd2\xf3\x18\x1d\x08\x01\"\x19users/[A-Za-z0-9_-]{1,64}\";\n\x13\x44isableUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.bhiv.identity.v1.User\"e\n\x15\x43hangePasswordRequest\x12&\n\x10\x63urrent_password\x18\x01 \x01(\tB\x0c\x80\x01\x01\xd2\xf3\x18\x05\x08\x01\x18\x80\x02\x12$\n\x0cnew_password\x18\x02 \x01(\tB\x0e\x80\x01\x01\xd2\xf3\x18\x07\x08\x01\x10\x0c\x18\x80\x02\"\x18\n\x16\x43hangePasswordResponse2\xec\x05\n\x0bUserService\x12s\n\nCreateUser\x12#.bhiv.identity.v1.CreateUserRequest\x1a$.bhiv.identity.v1.CreateUserResponse\"\x1a\xca\xf3\x18\x16\n\x14identity.users.write\x12\x86\x01\n\x07GetUser\x12 .bhiv.identity.v1.GetUserRequest\x1a!.bhiv.identity.v1.GetUserResponse\"6\x90\x02\x01\xca\xf3\x18/\n\x13identity.users.read\x1a\x04name\"\x12identity.self.read\x12r\n\tListUsers\x12\".bhiv.identity.v1.ListUsersRequest\x1a#.bhiv.identity.v1.ListUsersResponse\"\x1c\x90\x02\x01\xca\xf3\x18\x15\n\x13identity.users.read\x12s\n\nUpdateUser\x12#.bhiv.identity.v1.UpdateUserRequest\x1a$.bhiv.identity.v1.UpdateUserResponse\"\x1a\xca\xf3\x18\x16\n\x14identity.users.write\x12v\n\x0b\x44isableUser\x12$.bhiv.identity.v1.DisableUserRequest\x1a%.bhiv.identity.v1.DisableUserResponse\"\x1a\xca\xf3\x18\x16\n\x14identity.users.write\x12~\n\x0e\x43hangePassword\x12\'.bhiv.identity.v1.ChangePasswordRequest\x1a(.bhiv.identity.v1.ChangePasswordResponse\"\x19\xca\xf3\x18\x15\n\x13identity.self.writeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,7 +37,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEUSERREQUEST'].fields_by_name['user']._loaded_options = None
   _globals['_CREATEUSERREQUEST'].fields_by_name['user']._serialized_options = b'\322\363\030\002\010\001'
   _globals['_CREATEUSERREQUEST'].fields_by_name['password']._loaded_options = None
-  _globals['_CREATEUSERREQUEST'].fields_by_name['password']._serialized_options = b'\322\363\030\007\010\001\020\014\030\200\002'
+  _globals['_CREATEUSERREQUEST'].fields_by_name['password']._serialized_options = b'\200\001\001\322\363\030\007\010\001\020\014\030\200\002'
   _globals['_CREATEUSERREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_CREATEUSERREQUEST'].fields_by_name['request_id']._serialized_options = b'\322\363\030\002\030@'
   _globals['_GETUSERREQUEST'].fields_by_name['name']._loaded_options = None
@@ -53,9 +53,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DISABLEUSERREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_DISABLEUSERREQUEST'].fields_by_name['name']._serialized_options = b'\322\363\030\035\010\001\"\031users/[A-Za-z0-9_-]{1,64}'
   _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['current_password']._loaded_options = None
-  _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['current_password']._serialized_options = b'\322\363\030\005\010\001\030\200\002'
+  _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['current_password']._serialized_options = b'\200\001\001\322\363\030\005\010\001\030\200\002'
   _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['new_password']._loaded_options = None
-  _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['new_password']._serialized_options = b'\322\363\030\007\010\001\020\014\030\200\002'
+  _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['new_password']._serialized_options = b'\200\001\001\322\363\030\007\010\001\020\014\030\200\002'
   _globals['_USERSERVICE'].methods_by_name['CreateUser']._loaded_options = None
   _globals['_USERSERVICE'].methods_by_name['CreateUser']._serialized_options = b'\312\363\030\026\n\024identity.users.write'
   _globals['_USERSERVICE'].methods_by_name['GetUser']._loaded_options = None
@@ -69,29 +69,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USERSERVICE'].methods_by_name['ChangePassword']._loaded_options = None
   _globals['_USERSERVICE'].methods_by_name['ChangePassword']._serialized_options = b'\312\363\030\025\n\023identity.self.write'
   _globals['_CREATEUSERREQUEST']._serialized_start=155
-  _globals['_CREATEUSERREQUEST']._serialized_end=279
-  _globals['_CREATEUSERRESPONSE']._serialized_start=281
-  _globals['_CREATEUSERRESPONSE']._serialized_end=339
-  _globals['_GETUSERREQUEST']._serialized_start=341
-  _globals['_GETUSERREQUEST']._serialized_end=406
-  _globals['_GETUSERRESPONSE']._serialized_start=408
-  _globals['_GETUSERRESPONSE']._serialized_end=463
-  _globals['_LISTUSERSREQUEST']._serialized_start=465
-  _globals['_LISTUSERSREQUEST']._serialized_end=576
-  _globals['_LISTUSERSRESPONSE']._serialized_start=578
-  _globals['_LISTUSERSRESPONSE']._serialized_end=661
-  _globals['_UPDATEUSERREQUEST']._serialized_start=663
-  _globals['_UPDATEUSERREQUEST']._serialized_end=785
-  _globals['_UPDATEUSERRESPONSE']._serialized_start=787
-  _globals['_UPDATEUSERRESPONSE']._serialized_end=845
-  _globals['_DISABLEUSERREQUEST']._serialized_start=847
-  _globals['_DISABLEUSERREQUEST']._serialized_end=916
-  _globals['_DISABLEUSERRESPONSE']._serialized_start=918
-  _globals['_DISABLEUSERRESPONSE']._serialized_end=977
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=979
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1074
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1076
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1100
-  _globals['_USERSERVICE']._serialized_start=1103
-  _globals['_USERSERVICE']._serialized_end=1851
+  _globals['_CREATEUSERREQUEST']._serialized_end=282
+  _globals['_CREATEUSERRESPONSE']._serialized_start=284
+  _globals['_CREATEUSERRESPONSE']._serialized_end=342
+  _globals['_GETUSERREQUEST']._serialized_start=344
+  _globals['_GETUSERREQUEST']._serialized_end=409
+  _globals['_GETUSERRESPONSE']._serialized_start=411
+  _globals['_GETUSERRESPONSE']._serialized_end=466
+  _globals['_LISTUSERSREQUEST']._serialized_start=468
+  _globals['_LISTUSERSREQUEST']._serialized_end=579
+  _globals['_LISTUSERSRESPONSE']._serialized_start=581
+  _globals['_LISTUSERSRESPONSE']._serialized_end=664
+  _globals['_UPDATEUSERREQUEST']._serialized_start=666
+  _globals['_UPDATEUSERREQUEST']._serialized_end=788
+  _globals['_UPDATEUSERRESPONSE']._serialized_start=790
+  _globals['_UPDATEUSERRESPONSE']._serialized_end=848
+  _globals['_DISABLEUSERREQUEST']._serialized_start=850
+  _globals['_DISABLEUSERREQUEST']._serialized_end=919
+  _globals['_DISABLEUSERRESPONSE']._serialized_start=921
+  _globals['_DISABLEUSERRESPONSE']._serialized_end=980
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=982
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1083
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1085
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1109
+  _globals['_USERSERVICE']._serialized_start=1112
+  _globals['_USERSERVICE']._serialized_end=1860
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,7 @@ from bhiv.options.v1 import annotations_pb2 as bhiv_dot_options_dot_v1_dot_annot
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.bhiv/integrations/v1/integration_service.proto\x12\x14\x62hiv.integrations.v1\x1a&bhiv/integrations/v1/integration.proto\x1a!bhiv/options/v1/annotations.proto\x1a google/protobuf/field_mask.proto\"\x8f\x01\n\x18\x43reateIntegrationRequest\x12>\n\x0bintegration\x18\x01 \x01(\x0b\x32!.bhiv.integrations.v1.IntegrationB\x06\xd2\xf3\x18\x02\x08\x01\x12\x17\n\x06secret\x18\x02 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80 \x12\x1a\n\nrequest_id\x18\x03 \x01(\tB\x06\xd2\xf3\x18\x02\x18@\"S\n\x19\x43reateIntegrationResponse\x12\x36\n\x0bintegration\x18\x01 \x01(\x0b\x32!.bhiv.integrations.v1.Integration\"O\n\x15GetIntegrationRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xd2\xf3\x18$\x08\x01\" integrations/[A-Za-z0-9_-]{1,64}\"P\n\x16GetIntegrationResponse\x12\x36\n\x0bintegration\x18\x01 \x01(\x0b\x32!.bhiv.integrations.v1.Integration\"\x9b\x01\n\x17ListIntegrationsRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x38\x01\x12\x12\n\npage_token\x18\x02 \x01(\t\x12;\n\x04kind\x18\x03 \x01(\x0e\x32%.bhiv.integrations.v1.IntegrationKindB\x06\xd2\xf3\x18\x02P\x01\x12\x14\n\x0c\x65nabled_only\x18\x04 \x01(\x08\"l\n\x18ListIntegrationsResponse\x12\x37\n\x0cintegrations\x18\x01 \x03(\x0b\x32!.bhiv.integrations.v1.Integration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xac\x01\n\x18UpdateIntegrationRequest\x12>\n\x0bintegration\x18\x01 \x01(\x0b\x32!.bhiv.integrations.v1.IntegrationB\x06\xd2\xf3\x18\x02\x08\x01\x12\x37\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x06\xd2\xf3\x18\x02\x08\x01\x12\x17\n\x06secret\x18\x03 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80 \"S\n\x19UpdateIntegrationResponse\x12\x36\n\x0bintegration\x18\x01 \x01(\x0b\x32!.bhiv.integrations.v1.Integration\"i\n\x18\x44\x65leteIntegrationRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xd2\xf3\x18$\x08\x01\" integrations/[A-Za-z0-9_-]{1,64}\x12\x15\n\x04\x65tag\x18\x02 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80\x01\"\x1b\n\x19\x44\x65leteIntegrationResponse2\xa3\x06\n\x12IntegrationService\x12\x9b\x01\n\x11\x43reateIntegration\x12..bhiv.integrations.v1.CreateIntegrationRequest\x1a/.bhiv.integrations.v1.CreateIntegrationResponse\"%\xca\xf3\x18!\n\x1fintegrations.integrations.write\x12\x94\x01\n\x0eGetIntegration\x12+.bhiv.integrations.v1.GetIntegrationRequest\x1a,.bhiv.integrations.v1.GetIntegrationResponse\"\'\x90\x02\x01\xca\xf3\x18 \n\x1eintegrations.integrations.read\x12\x9a\x01\n\x10ListIntegrations\x12-.bhiv.integrations.v1.ListIntegrationsRequest\x1a..bhiv.integrations.v1.ListIntegrationsResponse\"\'\x90\x02\x01\xca\xf3\x18 \n\x1eintegrations.integrations.read\x12\x9b\x01\n\x11UpdateIntegration\x12..bhiv.integrations.v1.UpdateIntegrationRequest\x1a/.bhiv.integrations.v1.UpdateIntegrationResponse\"%\xca\xf3\x18!\n\x1fintegrations.integrations.write\x12\x9c\x01\n\x11\x44\x65leteIntegration\x12..bhiv.integrations.v1.DeleteIntegrationRequest\x1a/.bhiv.integrations.v1.DeleteIntegrationResponse\"&\xca\xf3\x18\"\n integrations.integrations.deleteb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.bhiv/integrations/v1/integration_service.proto\x12\x14\x62hiv.integrations.v1\x1a&bhiv/integrations/v1/integration.proto\x1a!bhiv/options/v1/annotations.proto\x1a google/protobuf/field_mask.proto\"\x92\x01\n\x18\x43reateIntegrationRequest\x12>\n\x0bintegration\x18\x01 \x01(\x0b\x32!.bhiv.integrations.v1.IntegrationB\x06\xd2\xf3\x18\x02\x08\x01\x12\x1a\n\x06secret\x18\x02 \x01(\tB\n\x80\x01\x01\xd2\xf3\x18\x03\x18\x80 \x12\x1a\n\nrequest_id\x18\x03 \x01(\tB\x06\xd2\xf3\x18\x02\x18@\"S\n\x19\x43reateIntegrationResponse\x12\x36\n\x0bintegration\x18\x01 \x01(\x0b\x32!.bhiv.integrations.v1.Integration\"O\n\x15GetIntegrationRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xd2\xf3\x18$\x08\x01\" integrations/[A-Za-z0-9_-]{1,64}\"P\n\x16GetIntegrationResponse\x12\x36\n\x0bintegration\x18\x01 \x01(\x0b\x32!.bhiv.integrations.v1.Integration\"\x9b\x01\n\x17ListIntegrationsRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x38\x01\x12\x12\n\npage_token\x18\x02 \x01(\t\x12;\n\x04kind\x18\x03 \x01(\x0e\x32%.bhiv.integrations.v1.IntegrationKindB\x06\xd2\xf3\x18\x02P\x01\x12\x14\n\x0c\x65nabled_only\x18\x04 \x01(\x08\"l\n\x18ListIntegrationsResponse\x12\x37\n\x0cintegrations\x18\x01 \x03(\x0b\x32!.bhiv.integrations.v1.Integration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xaf\x01\n\x18UpdateIntegrationRequest\x12>\n\x0bintegration\x18\x01 \x01(\x0b\x32!.bhiv.integrations.v1.IntegrationB\x06\xd2\xf3\x18\x02\x08\x01\x12\x37\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x06\xd2\xf3\x18\x02\x08\x01\x12\x1a\n\x06secret\x18\x03 \x01(\tB\n\x80\x01\x01\xd2\xf3\x18\x03\x18\x80 \"S\n\x19UpdateIntegrationResponse\x12\x36\n\x0bintegration\x18\x01 \x01(\x0b\x32!.bhiv.integrations.v1.Integration\"i\n\x18\x44\x65leteIntegrationRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xd2\xf3\x18$\x08\x01\" integrations/[A-Za-z0-9_-]{1,64}\x12\x15\n\x04\x65tag\x18\x02 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80\x01\"\x1b\n\x19\x44\x65leteIntegrationResponse2\xa3\x06\n\x12IntegrationService\x12\x9b\x01\n\x11\x43reateIntegration\x12..bhiv.integrations.v1.CreateIntegrationRequest\x1a/.bhiv.integrations.v1.CreateIntegrationResponse\"%\xca\xf3\x18!\n\x1fintegrations.integrations.write\x12\x94\x01\n\x0eGetIntegration\x12+.bhiv.integrations.v1.GetIntegrationRequest\x1a,.bhiv.integrations.v1.GetIntegrationResponse\"\'\x90\x02\x01\xca\xf3\x18 \n\x1eintegrations.integrations.read\x12\x9a\x01\n\x10ListIntegrations\x12-.bhiv.integrations.v1.ListIntegrationsRequest\x1a..bhiv.integrations.v1.ListIntegrationsResponse\"\'\x90\x02\x01\xca\xf3\x18 \n\x1eintegrations.integrations.read\x12\x9b\x01\n\x11UpdateIntegration\x12..bhiv.integrations.v1.UpdateIntegrationRequest\x1a/.bhiv.integrations.v1.UpdateIntegrationResponse\"%\xca\xf3\x18!\n\x1fintegrations.integrations.write\x12\x9c\x01\n\x11\x44\x65leteIntegration\x12..bhiv.integrations.v1.DeleteIntegrationRequest\x1a/.bhiv.integrations.v1.DeleteIntegrationResponse\"&\xca\xf3\x18\"\n integrations.integrations.deleteb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,7 +37,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEINTEGRATIONREQUEST'].fields_by_name['integration']._loaded_options = None
   _globals['_CREATEINTEGRATIONREQUEST'].fields_by_name['integration']._serialized_options = b'\322\363\030\002\010\001'
   _globals['_CREATEINTEGRATIONREQUEST'].fields_by_name['secret']._loaded_options = None
-  _globals['_CREATEINTEGRATIONREQUEST'].fields_by_name['secret']._serialized_options = b'\322\363\030\003\030\200 '
+  _globals['_CREATEINTEGRATIONREQUEST'].fields_by_name['secret']._serialized_options = b'\200\001\001\322\363\030\003\030\200 '
   _globals['_CREATEINTEGRATIONREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_CREATEINTEGRATIONREQUEST'].fields_by_name['request_id']._serialized_options = b'\322\363\030\002\030@'
   _globals['_GETINTEGRATIONREQUEST'].fields_by_name['name']._loaded_options = None
@@ -51,7 +51,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEINTEGRATIONREQUEST'].fields_by_name['update_mask']._loaded_options = None
   _globals['_UPDATEINTEGRATIONREQUEST'].fields_by_name['update_mask']._serialized_options = b'\322\363\030\002\010\001'
   _globals['_UPDATEINTEGRATIONREQUEST'].fields_by_name['secret']._loaded_options = None
-  _globals['_UPDATEINTEGRATIONREQUEST'].fields_by_name['secret']._serialized_options = b'\322\363\030\003\030\200 '
+  _globals['_UPDATEINTEGRATIONREQUEST'].fields_by_name['secret']._serialized_options = b'\200\001\001\322\363\030\003\030\200 '
   _globals['_DELETEINTEGRATIONREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_DELETEINTEGRATIONREQUEST'].fields_by_name['name']._serialized_options = b'\322\363\030$\010\001\" integrations/[A-Za-z0-9_-]{1,64}'
   _globals['_DELETEINTEGRATIONREQUEST'].fields_by_name['etag']._loaded_options = None
@@ -67,25 +67,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INTEGRATIONSERVICE'].methods_by_name['DeleteIntegration']._loaded_options = None
   _globals['_INTEGRATIONSERVICE'].methods_by_name['DeleteIntegration']._serialized_options = b'\312\363\030\"\n integrations.integrations.delete'
   _globals['_CREATEINTEGRATIONREQUEST']._serialized_start=182
-  _globals['_CREATEINTEGRATIONREQUEST']._serialized_end=325
-  _globals['_CREATEINTEGRATIONRESPONSE']._serialized_start=327
-  _globals['_CREATEINTEGRATIONRESPONSE']._serialized_end=410
-  _globals['_GETINTEGRATIONREQUEST']._serialized_start=412
-  _globals['_GETINTEGRATIONREQUEST']._serialized_end=491
-  _globals['_GETINTEGRATIONRESPONSE']._serialized_start=493
-  _globals['_GETINTEGRATIONRESPONSE']._serialized_end=573
-  _globals['_LISTINTEGRATIONSREQUEST']._serialized_start=576
-  _globals['_LISTINTEGRATIONSREQUEST']._serialized_end=731
-  _globals['_LISTINTEGRATIONSRESPONSE']._serialized_start=733
-  _globals['_LISTINTEGRATIONSRESPONSE']._serialized_end=841
-  _globals['_UPDATEINTEGRATIONREQUEST']._serialized_start=844
-  _globals['_UPDATEINTEGRATIONREQUEST']._serialized_end=1016
-  _globals['_UPDATEINTEGRATIONRESPONSE']._serialized_start=1018
-  _globals['_UPDATEINTEGRATIONRESPONSE']._serialized_end=1101
-  _globals['_DELETEINTEGRATIONREQUEST']._serialized_start=1103
-  _globals['_DELETEINTEGRATIONREQUEST']._serialized_end=1208
-  _globals['_DELETEINTEGRATIONRESPONSE']._serialized_start=1210
-  _globals['_DELETEINTEGRATIONRESPONSE']._serialized_end=1237
-  _globals['_INTEGRATIONSERVICE']._serialized_start=1240
-  _globals['_INTEGRATIONSERVICE']._serialized_end=2043
+  _globals['_CREATEINTEGRATIONREQUEST']._serialized_end=328
+  _globals['_CREATEINTEGRATIONRESPONSE']._serialized_start=330
+  _globals['_CREATEINTEGRATIONRESPONSE']._serialized_end=413
+  _globals['_GETINTEGRATIONREQUEST']._serialized_start=415
+  _globals['_GETINTEGRATIONREQUEST']._serialized_end=494
+  _globals['_GETINTEGRATIONRESPONSE']._serialized_start=496
+  _globals['_GETINTEGRATIONRESPONSE']._serialized_end=576
+  _globals['_LISTINTEGRATIONSREQUEST']._serialized_start=579
+  _globals['_LISTINTEGRATIONSREQUEST']._serialized_end=734
+  _globals['_LISTINTEGRATIONSRESPONSE']._serialized_start=736
+  _globals['_LISTINTEGRATIONSRESPONSE']._serialized_end=844
+  _globals['_UPDATEINTEGRATIONREQUEST']._serialized_start=847
+  _globals['_UPDATEINTEGRATIONREQUEST']._serialized_end=1022
+  _globals['_UPDATEINTEGRATIONRESPONSE']._serialized_start=1024
+  _globals['_UPDATEINTEGRATIONRESPONSE']._serialized_end=1107
+  _globals['_DELETEINTEGRATIONREQUEST']._serialized_start=1109
+  _globals['_DELETEINTEGRATIONREQUEST']._serialized_end=1214
+  _globals['_DELETEINTEGRATIONRESPONSE']._serialized_start=1216
+  _globals['_DELETEINTEGRATIONRESPONSE']._serialized_end=1243
+  _globals['_INTEGRATIONSERVICE']._serialized_start=1246
+  _globals['_INTEGRATIONSERVICE']._serialized_end=2049
 # @@protoc_insertion_point(module_scope)

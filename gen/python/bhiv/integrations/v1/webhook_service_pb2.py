@@ -27,7 +27,7 @@ from bhiv.options.v1 import annotations_pb2 as bhiv_dot_options_dot_v1_dot_annot
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*bhiv/integrations/v1/webhook_service.proto\x12\x14\x62hiv.integrations.v1\x1a\"bhiv/integrations/v1/webhook.proto\x1a!bhiv/options/v1/annotations.proto\x1a google/protobuf/field_mask.proto\"\x8b\x01\n\x14\x43reateWebhookRequest\x12\x36\n\x07webhook\x18\x01 \x01(\x0b\x32\x1d.bhiv.integrations.v1.WebhookB\x06\xd2\xf3\x18\x02\x08\x01\x12\x1f\n\x0esigning_secret\x18\x02 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80\x02\x12\x1a\n\nrequest_id\x18\x03 \x01(\tB\x06\xd2\xf3\x18\x02\x18@\"_\n\x15\x43reateWebhookResponse\x12.\n\x07webhook\x18\x01 \x01(\x0b\x32\x1d.bhiv.integrations.v1.Webhook\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"G\n\x11GetWebhookRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xd2\xf3\x18 \x08\x01\"\x1cwebhooks/[A-Za-z0-9_-]{1,64}\"D\n\x12GetWebhookResponse\x12.\n\x07webhook\x18\x01 \x01(\x0b\x32\x1d.bhiv.integrations.v1.Webhook\"v\n\x13ListWebhooksRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x38\x01\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x63tive_only\x18\x03 \x01(\x08\x12\x1b\n\nevent_type\x18\x04 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80\x01\"`\n\x14ListWebhooksResponse\x12/\n\x08webhooks\x18\x01 \x03(\x0b\x32\x1d.bhiv.integrations.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa8\x01\n\x14UpdateWebhookRequest\x12\x36\n\x07webhook\x18\x01 \x01(\x0b\x32\x1d.bhiv.integrations.v1.WebhookB\x06\xd2\xf3\x18\x02\x08\x01\x12\x37\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x06\xd2\xf3\x18\x02\x08\x01\x12\x1f\n\x0esigning_secret\x18\x03 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80\x02\"G\n\x15UpdateWebhookResponse\x12.\n\x07webhook\x18\x01 \x01(\x0b\x32\x1d.bhiv.integrations.v1.Webhook\"a\n\x14\x44\x65leteWebhookRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xd2\xf3\x18 \x08\x01\"\x1cwebhooks/[A-Za-z0-9_-]{1,64}\x12\x15\n\x04\x65tag\x18\x02 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80\x01\"\x17\n\x15\x44\x65leteWebhookResponse\"\xba\x01\n\x15ListDeliveriesRequest\x12\x34\n\x06parent\x18\x01 \x01(\tB$\xd2\xf3\x18 \x08\x01\"\x1cwebhooks/[A-Za-z0-9_-]{1,64}\x12\x19\n\tpage_size\x18\x02 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x38\x01\x12\x12\n\npage_token\x18\x03 \x01(\t\x12<\n\x06status\x18\x04 \x01(\x0e\x32$.bhiv.integrations.v1.DeliveryStatusB\x06\xd2\xf3\x18\x02P\x01\"e\n\x16ListDeliveriesResponse\x12\x32\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1e.bhiv.integrations.v1.Delivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"m\n\x18RedeliverDeliveryRequest\x12Q\n\x04name\x18\x01 \x01(\tBC\xd2\xf3\x18?\x08\x01\";webhooks/[A-Za-z0-9_-]{1,64}/deliveries/[A-Za-z0-9_-]{1,64}\"M\n\x19RedeliverDeliveryResponse\x12\x30\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x1e.bhiv.integrations.v1.Delivery\"J\n\x14SendTestEventRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xd2\xf3\x18 \x08\x01\"\x1cwebhooks/[A-Za-z0-9_-]{1,64}\"I\n\x15SendTestEventResponse\x12\x30\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x1e.bhiv.integrations.v1.Delivery2\x8a\t\n\x0eWebhookService\x12\x8b\x01\n\rCreateWebhook\x12*.bhiv.integrations.v1.CreateWebhookRequest\x1a+.bhiv.integrations.v1.CreateWebhookResponse\"!\xca\xf3\x18\x1d\n\x1bintegrations.webhooks.write\x12\x84\x01\n\nGetWebhook\x12\'.bhiv.integrations.v1.GetWebhookRequest\x1a(.bhiv.integrations.v1.GetWebhookResponse\"#\x90\x02\x01\xca\xf3\x18\x1c\n\x1aintegrations.webhooks.read\x12\x8a\x01\n\x0cListWebhooks\x12).bhiv.integrations.v1.ListWebhooksRequest\x1a*.bhiv.integrations.v1.ListWebhooksResponse\"#\x90\x02\x01\xca\xf3\x18\x1c\n\x1aintegrations.webhooks.read\x12\x8b\x01\n\rUpdateWebhook\x12*.bhiv.integrations.v1.UpdateWebhookRequest\x1a+.bhiv.integrations.v1.UpdateWebhookResponse\"!\xca\xf3\x18\x1d\n\x1bintegrations.webhooks.write\x12\x8c\x01\n\rDeleteWebhook\x12*.bhiv.integrations.v1.DeleteWebhookRequest\x1a+.bhiv.integrations.v1.DeleteWebhookResponse\"\"\xca\xf3\x18\x1e\n\x1cintegrations.webhooks.delete\x12\x90\x01\n\x0eListDeliveries\x12+.bhiv.integrations.v1.ListDeliveriesRequest\x1a,.bhiv.integrations.v1.ListDeliveriesResponse\"#\x90\x02\x01\xca\xf3\x18\x1c\n\x1aintegrations.webhooks.read\x12\x97\x01\n\x11RedeliverDelivery\x12..bhiv.integrations.v1.RedeliverDeliveryRequest\x1a/.bhiv.integrations.v1.RedeliverDeliveryResponse\"!\xca\xf3\x18\x1d\n\x1bintegrations.webhooks.write\x12\x8b\x01\n\rSendTestEvent\x12*.bhiv.integrations.v1.SendTestEventRequest\x1a+.bhiv.integrations.v1.SendTestEventResponse\"!\xca\xf3\x18\x1d\n\x1bintegrations.webhooks.writeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*bhiv/integrations/v1/webhook_service.proto\x12\x14\x62hiv.integrations.v1\x1a\"bhiv/integrations/v1/webhook.proto\x1a!bhiv/options/v1/annotations.proto\x1a google/protobuf/field_mask.proto\"\x8e\x01\n\x14\x43reateWebhookRequest\x12\x36\n\x07webhook\x18\x01 \x01(\x0b\x32\x1d.bhiv.integrations.v1.WebhookB\x06\xd2\xf3\x18\x02\x08\x01\x12\"\n\x0esigning_secret\x18\x02 \x01(\tB\n\x80\x01\x01\xd2\xf3\x18\x03\x18\x80\x02\x12\x1a\n\nrequest_id\x18\x03 \x01(\tB\x06\xd2\xf3\x18\x02\x18@\"d\n\x15\x43reateWebhookResponse\x12.\n\x07webhook\x18\x01 \x01(\x0b\x32\x1d.bhiv.integrations.v1.Webhook\x12\x1b\n\x0esigning_secret\x18\x02 \x01(\tB\x03\x80\x01\x01\"G\n\x11GetWebhookRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xd2\xf3\x18 \x08\x01\"\x1cwebhooks/[A-Za-z0-9_-]{1,64}\"D\n\x12GetWebhookResponse\x12.\n\x07webhook\x18\x01 \x01(\x0b\x32\x1d.bhiv.integrations.v1.Webhook\"v\n\x13ListWebhooksRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x38\x01\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x63tive_only\x18\x03 \x01(\x08\x12\x1b\n\nevent_type\x18\x04 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80\x01\"`\n\x14ListWebhooksResponse\x12/\n\x08webhooks\x18\x01 \x03(\x0b\x32\x1d.bhiv.integrations.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xab\x01\n\x14UpdateWebhookRequest\x12\x36\n\x07webhook\x18\x01 \x01(\x0b\x32\x1d.bhiv.integrations.v1.WebhookB\x06\xd2\xf3\x18\x02\x08\x01\x12\x37\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x06\xd2\xf3\x18\x02\x08\x01\x12\"\n\x0esigning_secret\x18\x03 \x01(\tB\n\x80\x01\x01\xd2\xf3\x18\x03\x18\x80\x02\"G\n\x15UpdateWebhookResponse\x12.\n\x07webhook\x18\x01 \x01(\x0b\x32\x1d.bhiv.integrations.v1.Webhook\"a\n\x14\x44\x65leteWebhookRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xd2\xf3\x18 \x08\x01\"\x1cwebhooks/[A-Za-z0-9_-]{1,64}\x12\x15\n\x04\x65tag\x18\x02 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80\x01\"\x17\n\x15\x44\x65leteWebhookResponse\"\xba\x01\n\x15ListDeliveriesRequest\x12\x34\n\x06parent\x18\x01 \x01(\tB$\xd2\xf3\x18 \x08\x01\"\x1cwebhooks/[A-Za-z0-9_-]{1,64}\x12\x19\n\tpage_size\x18\x02 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x38\x01\x12\x12\n\npage_token\x18\x03 \x01(\t\x12<\n\x06status\x18\x04 \x01(\x0e\x32$.bhiv.integrations.v1.DeliveryStatusB\x06\xd2\xf3\x18\x02P\x01\"e\n\x16ListDeliveriesResponse\x12\x32\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1e.bhiv.integrations.v1.Delivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"m\n\x18RedeliverDeliveryRequest\x12Q\n\x04name\x18\x01 \x01(\tBC\xd2\xf3\x18?\x08\x01\";webhooks/[A-Za-z0-9_-]{1,64}/deliveries/[A-Za-z0-9_-]{1,64}\"M\n\x19RedeliverDeliveryResponse\x12\x30\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x1e.bhiv.integrations.v1.Delivery\"J\n\x14SendTestEventRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xd2\xf3\x18 \x08\x01\"\x1cwebhooks/[A-Za-z0-9_-]{1,64}\"I\n\x15SendTestEventResponse\x12\x30\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x1e.bhiv.integrations.v1.Delivery2\x8a\t\n\x0eWebhookService\x12\x8b\x01\n\rCreateWebhook\x12*.bhiv.integrations.v1.CreateWebhookRequest\x1a+.bhiv.integrations.v1.CreateWebhookResponse\"!\xca\xf3\x18\x1d\n\x1bintegrations.webhooks.write\x12\x84\x01\n\nGetWebhook\x12\'.bhiv.integrations.v1.GetWebhookRequest\x1a(.bhiv.integrations.v1.GetWebhookResponse\"#\x90\x02\x01\xca\xf3\x18\x1c\n\x1aintegrations.webhooks.read\x12\x8a\x01\n\x0cListWebhooks\x12).bhiv.integrations.v1.ListWebhooksRequest\x1a*.bhiv.integrations.v1.ListWebhooksResponse\"#\x90\x02\x01\xca\xf3\x18\x1c\n\x1aintegrations.webhooks.read\x12\x8b\x01\n\rUpdateWebhook\x12*.bhiv.integrations.v1.UpdateWebhookRequest\x1a+.bhiv.integrations.v1.UpdateWebhookResponse\"!\xca\xf3\x18\x1d\n\x1bintegrations.webhooks.write\x12\x8c\x01\n\rDeleteWebhook\x12*.bhiv.integrations.v1.DeleteWebhookRequest\x1a+.bhiv.integrations.v1.DeleteWebhookResponse\"\"\xca\xf3\x18\x1e\n\x1cintegrations.webhooks.delete\x12\x90\x01\n\x0eListDeliveries\x12+.bhiv.integrations.v1.ListDeliveriesRequest\x1a,.bhiv.integrations.v1.ListDeliveriesResponse\"#\x90\x02\x01\xca\xf3\x18\x1c\n\x1aintegrations.webhooks.read\x12\x97\x01\n\x11RedeliverDelivery\x12..bhiv.integrations.v1.RedeliverDeliveryRequest\x1a/.bhiv.integrations.v1.RedeliverDeliveryResponse\"!\xca\xf3\x18\x1d\n\x1bintegrations.webhooks.write\x12\x8b\x01\n\rSendTestEvent\x12*.bhiv.integrations.v1.SendTestEventRequest\x1a+.bhiv.integrations.v1.SendTestEventResponse\"!\xca\xf3\x18\x1d\n\x1bintegrations.webhooks.writeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,9 +37,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEWEBHOOKREQUEST'].fields_by_name['webhook']._loaded_options = None
   _globals['_CREATEWEBHOOKREQUEST'].fields_by_name['webhook']._serialized_options = b'\322\363\030\002\010\001'
   _globals['_CREATEWEBHOOKREQUEST'].fields_by_name['signing_secret']._loaded_options = None
-  _globals['_CREATEWEBHOOKREQUEST'].fields_by_name['signing_secret']._serialized_options = b'\322\363\030\003\030\200\002'
+  _globals['_CREATEWEBHOOKREQUEST'].fields_by_name['signing_secret']._serialized_options = b'\200\001\001\322\363\030\003\030\200\002'
   _globals['_CREATEWEBHOOKREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_CREATEWEBHOOKREQUEST'].fields_by_name['request_id']._serialized_options = b'\322\363\030\002\030@'
+  _globals['_CREATEWEBHOOKRESPONSE'].fields_by_name['signing_secret']._loaded_options = None
+  _globals['_CREATEWEBHOOKRESPONSE'].fields_by_name['signing_secret']._serialized_options = b'\200\001\001'
   _globals['_GETWEBHOOKREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETWEBHOOKREQUEST'].fields_by_name['name']._serialized_options = b'\322\363\030 \010\001\"\034webhooks/[A-Za-z0-9_-]{1,64}'
   _globals['_LISTWEBHOOKSREQUEST'].fields_by_name['page_size']._loaded_options = None
@@ -51,7 +53,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEWEBHOOKREQUEST'].fields_by_name['update_mask']._loaded_options = None
   _globals['_UPDATEWEBHOOKREQUEST'].fields_by_name['update_mask']._serialized_options = b'\322\363\030\002\010\001'
   _globals['_UPDATEWEBHOOKREQUEST'].fields_by_name['signing_secret']._loaded_options = None
-  _globals['_UPDATEWEBHOOKREQUEST'].fields_by_name['signing_secret']._serialized_options = b'\322\363\030\003\030\200\002'
+  _globals['_UPDATEWEBHOOKREQUEST'].fields_by_name['signing_secret']._serialized_options = b'\200\001\001\322\363\030\003\030\200\002'
   _globals['_DELETEWEBHOOKREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_DELETEWEBHOOKREQUEST'].fields_by_name['name']._serialized_options = b'\322\363\030 \010\001\"\034webhooks/[A-Za-z0-9_-]{1,64}'
   _globals['_DELETEWEBHOOKREQUEST'].fields_by_name['etag']._loaded_options = None
@@ -83,37 +85,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEBHOOKSERVICE'].methods_by_name['SendTestEvent']._loaded_options = None
   _globals['_WEBHOOKSERVICE'].methods_by_name['SendTestEvent']._serialized_options = b'\312\363\030\035\n\033integrations.webhooks.write'
   _globals['_CREATEWEBHOOKREQUEST']._serialized_start=174
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=313
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=315
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=410
-  _globals['_GETWEBHOOKREQUEST']._serialized_start=412
-  _globals['_GETWEBHOOKREQUEST']._serialized_end=483
-  _globals['_GETWEBHOOKRESPONSE']._serialized_start=485
-  _globals['_GETWEBHOOKRESPONSE']._serialized_end=553
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=555
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=673
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=675
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=771
-  _globals['_UPDATEWEBHOOKREQUEST']._serialized_start=774
-  _globals['_UPDATEWEBHOOKREQUEST']._serialized_end=942
-  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_start=944
-  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_end=1015
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1017
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1114
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=1116
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=1139
-  _globals['_LISTDELIVERIESREQUEST']._serialized_start=1142
-  _globals['_LISTDELIVERIESREQUEST']._serialized_end=1328
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=1330
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=1431
-  _globals['_REDELIVERDELIVERYREQUEST']._serialized_start=1433
-  _globals['_REDELIVERDELIVERYREQUEST']._serialized_end=1542
-  _globals['_REDELIVERDELIVERYRESPONSE']._serialized_start=1544
-  _globals['_REDELIVERDELIVERYRESPONSE']._serialized_end=1621
-  _globals['_SENDTESTEVENTREQUEST']._serialized_start=1623
-  _globals['_SENDTESTEVENTREQUEST']._serialized_end=1697
-  _globals['_SENDTESTEVENTRESPONSE']._serialized_start=1699
-  _globals['_SENDTESTEVENTRESPONSE']._serialized_end=1772
-  _globals['_WEBHOOKSERVICE']._serialized_start=1775
-  _globals['_WEBHOOKSERVICE']._serialized_end=2937
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=316
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=318
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=418
+  _globals['_GETWEBHOOKREQUEST']._serialized_start=420
+  _globals['_GETWEBHOOKREQUEST']._serialized_end=491
+  _globals['_GETWEBHOOKRESPONSE']._serialized_start=493
+  _globals['_GETWEBHOOKRESPONSE']._serialized_end=561
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=563
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=681
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=683
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=779
+  _globals['_UPDATEWEBHOOKREQUEST']._serialized_start=782
+  _globals['_UPDATEWEBHOOKREQUEST']._serialized_end=953
+  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_start=955
+  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_end=1026
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1028
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1125
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=1127
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=1150
+  _globals['_LISTDELIVERIESREQUEST']._serialized_start=1153
+  _globals['_LISTDELIVERIESREQUEST']._serialized_end=1339
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=1341
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=1442
+  _globals['_REDELIVERDELIVERYREQUEST']._serialized_start=1444
+  _globals['_REDELIVERDELIVERYREQUEST']._serialized_end=1553
+  _globals['_REDELIVERDELIVERYRESPONSE']._serialized_start=1555
+  _globals['_REDELIVERDELIVERYRESPONSE']._serialized_end=1632
+  _globals['_SENDTESTEVENTREQUEST']._serialized_start=1634
+  _globals['_SENDTESTEVENTREQUEST']._serialized_end=1708
+  _globals['_SENDTESTEVENTRESPONSE']._serialized_start=1710
+  _globals['_SENDTESTEVENTRESPONSE']._serialized_end=1783
+  _globals['_WEBHOOKSERVICE']._serialized_start=1786
+  _globals['_WEBHOOKSERVICE']._serialized_end=2948
 # @@protoc_insertion_point(module_scope)

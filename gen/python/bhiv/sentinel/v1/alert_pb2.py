@@ -27,7 +27,7 @@ from bhiv.sentinel.v1 import threat_pb2 as bhiv_dot_sentinel_dot_v1_dot_threat__
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62hiv/sentinel/v1/alert.proto\x12\x10\x62hiv.sentinel.v1\x1a!bhiv/options/v1/annotations.proto\x1a\x1d\x62hiv/sentinel/v1/threat.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x03\n\x0c\x41lertChannel\x12\x35\n\x04name\x18\x01 \x01(\tB\'\xd2\xf3\x18#\"!alertChannels/[A-Za-z0-9_-]{1,64}\x12\x1d\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x07\xd2\xf3\x18\x03\x18\xc8\x01\x12\x38\n\x04kind\x18\x03 \x01(\x0e\x32\".bhiv.sentinel.v1.AlertChannelKindB\x06\xd2\xf3\x18\x02P\x01\x12\x17\n\x06target\x18\x04 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80\x10\x12\x12\n\nhas_secret\x18\x05 \x01(\x08\x12\x38\n\x0cmin_severity\x18\x06 \x01(\x0e\x32\x1a.bhiv.sentinel.v1.SeverityB\x06\xd2\xf3\x18\x02P\x01\x12\x0f\n\x07\x65nabled\x18\x07 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\n \x01(\t\"\xbd\x02\n\x05\x41lert\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x10\n\x08incident\x18\x03 \x01(\t\x12,\n\x08severity\x18\x04 \x01(\x0e\x32\x1a.bhiv.sentinel.v1.Severity\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12-\n\x06status\x18\x06 \x01(\x0e\x32\x1d.bhiv.sentinel.v1.AlertStatus\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x0c\n\x04test\x18\t \x01(\x08\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_attempt_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xa2\x01\n\x10\x41lertChannelKind\x12\"\n\x1e\x41LERT_CHANNEL_KIND_UNSPECIFIED\x10\x00\x12$\n ALERT_CHANNEL_KIND_SLACK_WEBHOOK\x10\x01\x12\x1c\n\x18\x41LERT_CHANNEL_KIND_EMAIL\x10\x02\x12&\n\"ALERT_CHANNEL_KIND_GENERIC_WEBHOOK\x10\x03*z\n\x0b\x41lertStatus\x12\x1c\n\x18\x41LERT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41LERT_STATUS_PENDING\x10\x01\x12\x1a\n\x16\x41LERT_STATUS_DELIVERED\x10\x02\x12\x17\n\x13\x41LERT_STATUS_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62hiv/sentinel/v1/alert.proto\x12\x10\x62hiv.sentinel.v1\x1a!bhiv/options/v1/annotations.proto\x1a\x1d\x62hiv/sentinel/v1/threat.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x03\n\x0c\x41lertChannel\x12\x35\n\x04name\x18\x01 \x01(\tB\'\xd2\xf3\x18#\"!alertChannels/[A-Za-z0-9_-]{1,64}\x12\x1d\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x07\xd2\xf3\x18\x03\x18\xc8\x01\x12\x38\n\x04kind\x18\x03 \x01(\x0e\x32\".bhiv.sentinel.v1.AlertChannelKindB\x06\xd2\xf3\x18\x02P\x01\x12\x1a\n\x06target\x18\x04 \x01(\tB\n\x80\x01\x01\xd2\xf3\x18\x03\x18\x80\x10\x12\x12\n\nhas_secret\x18\x05 \x01(\x08\x12\x38\n\x0cmin_severity\x18\x06 \x01(\x0e\x32\x1a.bhiv.sentinel.v1.SeverityB\x06\xd2\xf3\x18\x02P\x01\x12\x0f\n\x07\x65nabled\x18\x07 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\n \x01(\t\"\xbd\x02\n\x05\x41lert\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x10\n\x08incident\x18\x03 \x01(\t\x12,\n\x08severity\x18\x04 \x01(\x0e\x32\x1a.bhiv.sentinel.v1.Severity\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12-\n\x06status\x18\x06 \x01(\x0e\x32\x1d.bhiv.sentinel.v1.AlertStatus\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x0c\n\x04test\x18\t \x01(\x08\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_attempt_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xa2\x01\n\x10\x41lertChannelKind\x12\"\n\x1e\x41LERT_CHANNEL_KIND_UNSPECIFIED\x10\x00\x12$\n ALERT_CHANNEL_KIND_SLACK_WEBHOOK\x10\x01\x12\x1c\n\x18\x41LERT_CHANNEL_KIND_EMAIL\x10\x02\x12&\n\"ALERT_CHANNEL_KIND_GENERIC_WEBHOOK\x10\x03*z\n\x0b\x41lertStatus\x12\x1c\n\x18\x41LERT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41LERT_STATUS_PENDING\x10\x01\x12\x1a\n\x16\x41LERT_STATUS_DELIVERED\x10\x02\x12\x17\n\x13\x41LERT_STATUS_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,15 +41,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ALERTCHANNEL'].fields_by_name['kind']._loaded_options = None
   _globals['_ALERTCHANNEL'].fields_by_name['kind']._serialized_options = b'\322\363\030\002P\001'
   _globals['_ALERTCHANNEL'].fields_by_name['target']._loaded_options = None
-  _globals['_ALERTCHANNEL'].fields_by_name['target']._serialized_options = b'\322\363\030\003\030\200\020'
+  _globals['_ALERTCHANNEL'].fields_by_name['target']._serialized_options = b'\200\001\001\322\363\030\003\030\200\020'
   _globals['_ALERTCHANNEL'].fields_by_name['min_severity']._loaded_options = None
   _globals['_ALERTCHANNEL'].fields_by_name['min_severity']._serialized_options = b'\322\363\030\002P\001'
-  _globals['_ALERTCHANNELKIND']._serialized_start=863
-  _globals['_ALERTCHANNELKIND']._serialized_end=1025
-  _globals['_ALERTSTATUS']._serialized_start=1027
-  _globals['_ALERTSTATUS']._serialized_end=1149
+  _globals['_ALERTCHANNELKIND']._serialized_start=866
+  _globals['_ALERTCHANNELKIND']._serialized_end=1028
+  _globals['_ALERTSTATUS']._serialized_start=1030
+  _globals['_ALERTSTATUS']._serialized_end=1152
   _globals['_ALERTCHANNEL']._serialized_start=150
-  _globals['_ALERTCHANNEL']._serialized_end=540
-  _globals['_ALERT']._serialized_start=543
-  _globals['_ALERT']._serialized_end=860
+  _globals['_ALERTCHANNEL']._serialized_end=543
+  _globals['_ALERT']._serialized_start=546
+  _globals['_ALERT']._serialized_end=863
 # @@protoc_insertion_point(module_scope)

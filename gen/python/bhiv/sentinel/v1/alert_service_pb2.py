@@ -28,7 +28,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$bhiv/sentinel/v1/alert_service.proto\x12\x10\x62hiv.sentinel.v1\x1a!bhiv/options/v1/annotations.proto\x1a\x1c\x62hiv/sentinel/v1/alert.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x01\n\x19\x43reateAlertChannelRequest\x12=\n\ralert_channel\x18\x01 \x01(\x0b\x32\x1e.bhiv.sentinel.v1.AlertChannelB\x06\xd2\xf3\x18\x02\x08\x01\x12\x17\n\x06secret\x18\x02 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80\x02\x12\x1a\n\nrequest_id\x18\x03 \x01(\tB\x06\xd2\xf3\x18\x02\x18@\"S\n\x1a\x43reateAlertChannelResponse\x12\x35\n\ralert_channel\x18\x01 \x01(\x0b\x32\x1e.bhiv.sentinel.v1.AlertChannel\"Q\n\x16GetAlertChannelRequest\x12\x37\n\x04name\x18\x01 \x01(\tB)\xd2\xf3\x18%\x08\x01\"!alertChannels/[A-Za-z0-9_-]{1,64}\"P\n\x17GetAlertChannelResponse\x12\x35\n\ralert_channel\x18\x01 \x01(\x0b\x32\x1e.bhiv.sentinel.v1.AlertChannel\"\x99\x01\n\x18ListAlertChannelsRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x38\x01\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x38\n\x04kind\x18\x03 \x01(\x0e\x32\".bhiv.sentinel.v1.AlertChannelKindB\x06\xd2\xf3\x18\x02P\x01\x12\x14\n\x0c\x65nabled_only\x18\x04 \x01(\x08\"l\n\x19ListAlertChannelsResponse\x12\x36\n\x0e\x61lert_channels\x18\x01 \x03(\x0b\x32\x1e.bhiv.sentinel.v1.AlertChannel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xac\x01\n\x19UpdateAlertChannelRequest\x12=\n\ralert_channel\x18\x01 \x01(\x0b\x32\x1e.bhiv.sentinel.v1.AlertChannelB\x06\xd2\xf3\x18\x02\x08\x01\x12\x37\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x06\xd2\xf3\x18\x02\x08\x01\x12\x17\n\x06secret\x18\x03 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80\x02\"S\n\x1aUpdateAlertChannelResponse\x12\x35\n\ralert_channel\x18\x01 \x01(\x0b\x32\x1e.bhiv.sentinel.v1.AlertChannel\"k\n\x19\x44\x65leteAlertChannelRequest\x12\x37\n\x04name\x18\x01 \x01(\tB)\xd2\xf3\x18%\x08\x01\"!alertChannels/[A-Za-z0-9_-]{1,64}\x12\x15\n\x04\x65tag\x18\x02 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80\x01\"\x1c\n\x1a\x44\x65leteAlertChannelResponse\"O\n\x14SendTestAlertRequest\x12\x37\n\x04name\x18\x01 \x01(\tB)\xd2\xf3\x18%\x08\x01\"!alertChannels/[A-Za-z0-9_-]{1,64}\"s\n\x15SendTestAlertResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12&\n\x05\x61lert\x18\x04 \x01(\x0b\x32\x17.bhiv.sentinel.v1.Alert\"\xc8\x02\n\x11ListAlertsRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x38\x01\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x38\n\x07\x63hannel\x18\x03 \x01(\tB\'\xd2\xf3\x18#\"!alertChannels/[A-Za-z0-9_-]{1,64}\x12\x35\n\x08incident\x18\x04 \x01(\tB#\xd2\xf3\x18\x1f\"\x1dincidents/[A-Za-z0-9_-]{1,64}\x12\x35\n\x06status\x18\x05 \x01(\x0e\x32\x1d.bhiv.sentinel.v1.AlertStatusB\x06\xd2\xf3\x18\x02P\x01\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x12ListAlertsResponse\x12\'\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x17.bhiv.sentinel.v1.Alert\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xc8\x07\n\x0c\x41lertService\x12\x8c\x01\n\x12\x43reateAlertChannel\x12+.bhiv.sentinel.v1.CreateAlertChannelRequest\x1a,.bhiv.sentinel.v1.CreateAlertChannelResponse\"\x1b\xca\xf3\x18\x17\n\x15sentinel.alerts.write\x12\x85\x01\n\x0fGetAlertChannel\x12(.bhiv.sentinel.v1.GetAlertChannelRequest\x1a).bhiv.sentinel.v1.GetAlertChannelResponse\"\x1d\x90\x02\x01\xca\xf3\x18\x16\n\x14sentinel.alerts.read\x12\x8b\x01\n\x11ListAlertChannels\x12*.bhiv.sentinel.v1.ListAlertChannelsRequest\x1a+.bhiv.sentinel.v1.ListAlertChannelsResponse\"\x1d\x90\x02\x01\xca\xf3\x18\x16\n\x14sentinel.alerts.read\x12\x8c\x01\n\x12UpdateAlertChannel\x12+.bhiv.sentinel.v1.UpdateAlertChannelRequest\x1a,.bhiv.sentinel.v1.UpdateAlertChannelResponse\"\x1b\xca\xf3\x18\x17\n\x15sentinel.alerts.write\x12\x8c\x01\n\x12\x44\x65leteAlertChannel\x12+.bhiv.sentinel.v1.DeleteAlertChannelRequest\x1a,.bhiv.sentinel.v1.DeleteAlertChannelResponse\"\x1b\xca\xf3\x18\x17\n\x15sentinel.alerts.write\x12}\n\rSendTestAlert\x12&.bhiv.sentinel.v1.SendTestAlertRequest\x1a\'.bhiv.sentinel.v1.SendTestAlertResponse\"\x1b\xca\xf3\x18\x17\n\x15sentinel.alerts.write\x12v\n\nListAlerts\x12#.bhiv.sentinel.v1.ListAlertsRequest\x1a$.bhiv.sentinel.v1.ListAlertsResponse\"\x1d\x90\x02\x01\xca\xf3\x18\x16\n\x14sentinel.alerts.readb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$bhiv/sentinel/v1/alert_service.proto\x12\x10\x62hiv.sentinel.v1\x1a!bhiv/options/v1/annotations.proto\x1a\x1c\x62hiv/sentinel/v1/alert.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x01\n\x19\x43reateAlertChannelRequest\x12=\n\ralert_channel\x18\x01 \x01(\x0b\x32\x1e.bhiv.sentinel.v1.AlertChannelB\x06\xd2\xf3\x18\x02\x08\x01\x12\x1a\n\x06secret\x18\x02 \x01(\tB\n\x80\x01\x01\xd2\xf3\x18\x03\x18\x80\x02\x12\x1a\n\nrequest_id\x18\x03 \x01(\tB\x06\xd2\xf3\x18\x02\x18@\"S\n\x1a\x43reateAlertChannelResponse\x12\x35\n\ralert_channel\x18\x01 \x01(\x0b\x32\x1e.bhiv.sentinel.v1.AlertChannel\"Q\n\x16GetAlertChannelRequest\x12\x37\n\x04name\x18\x01 \x01(\tB)\xd2\xf3\x18%\x08\x01\"!alertChannels/[A-Za-z0-9_-]{1,64}\"P\n\x17GetAlertChannelResponse\x12\x35\n\ralert_channel\x18\x01 \x01(\x0b\x32\x1e.bhiv.sentinel.v1.AlertChannel\"\x99\x01\n\x18ListAlertChannelsRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x38\x01\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x38\n\x04kind\x18\x03 \x01(\x0e\x32\".bhiv.sentinel.v1.AlertChannelKindB\x06\xd2\xf3\x18\x02P\x01\x12\x14\n\x0c\x65nabled_only\x18\x04 \x01(\x08\"l\n\x19ListAlertChannelsResponse\x12\x36\n\x0e\x61lert_channels\x18\x01 \x03(\x0b\x32\x1e.bhiv.sentinel.v1.AlertChannel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xaf\x01\n\x19UpdateAlertChannelRequest\x12=\n\ralert_channel\x18\x01 \x01(\x0b\x32\x1e.bhiv.sentinel.v1.AlertChannelB\x06\xd2\xf3\x18\x02\x08\x01\x12\x37\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x06\xd2\xf3\x18\x02\x08\x01\x12\x1a\n\x06secret\x18\x03 \x01(\tB\n\x80\x01\x01\xd2\xf3\x18\x03\x18\x80\x02\"S\n\x1aUpdateAlertChannelResponse\x12\x35\n\ralert_channel\x18\x01 \x01(\x0b\x32\x1e.bhiv.sentinel.v1.AlertChannel\"k\n\x19\x44\x65leteAlertChannelRequest\x12\x37\n\x04name\x18\x01 \x01(\tB)\xd2\xf3\x18%\x08\x01\"!alertChannels/[A-Za-z0-9_-]{1,64}\x12\x15\n\x04\x65tag\x18\x02 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x80\x01\"\x1c\n\x1a\x44\x65leteAlertChannelResponse\"O\n\x14SendTestAlertRequest\x12\x37\n\x04name\x18\x01 \x01(\tB)\xd2\xf3\x18%\x08\x01\"!alertChannels/[A-Za-z0-9_-]{1,64}\"s\n\x15SendTestAlertResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12&\n\x05\x61lert\x18\x04 \x01(\x0b\x32\x17.bhiv.sentinel.v1.Alert\"\xc8\x02\n\x11ListAlertsRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x38\x01\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x38\n\x07\x63hannel\x18\x03 \x01(\tB\'\xd2\xf3\x18#\"!alertChannels/[A-Za-z0-9_-]{1,64}\x12\x35\n\x08incident\x18\x04 \x01(\tB#\xd2\xf3\x18\x1f\"\x1dincidents/[A-Za-z0-9_-]{1,64}\x12\x35\n\x06status\x18\x05 \x01(\x0e\x32\x1d.bhiv.sentinel.v1.AlertStatusB\x06\xd2\xf3\x18\x02P\x01\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x12ListAlertsResponse\x12\'\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x17.bhiv.sentinel.v1.Alert\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xc8\x07\n\x0c\x41lertService\x12\x8c\x01\n\x12\x43reateAlertChannel\x12+.bhiv.sentinel.v1.CreateAlertChannelRequest\x1a,.bhiv.sentinel.v1.CreateAlertChannelResponse\"\x1b\xca\xf3\x18\x17\n\x15sentinel.alerts.write\x12\x85\x01\n\x0fGetAlertChannel\x12(.bhiv.sentinel.v1.GetAlertChannelRequest\x1a).bhiv.sentinel.v1.GetAlertChannelResponse\"\x1d\x90\x02\x01\xca\xf3\x18\x16\n\x14sentinel.alerts.read\x12\x8b\x01\n\x11ListAlertChannels\x12*.bhiv.sentinel.v1.ListAlertChannelsRequest\x1a+.bhiv.sentinel.v1.ListAlertChannelsResponse\"\x1d\x90\x02\x01\xca\xf3\x18\x16\n\x14sentinel.alerts.read\x12\x8c\x01\n\x12UpdateAlertChannel\x12+.bhiv.sentinel.v1.UpdateAlertChannelRequest\x1a,.bhiv.sentinel.v1.UpdateAlertChannelResponse\"\x1b\xca\xf3\x18\x17\n\x15sentinel.alerts.write\x12\x8c\x01\n\x12\x44\x65leteAlertChannel\x12+.bhiv.sentinel.v1.DeleteAlertChannelRequest\x1a,.bhiv.sentinel.v1.DeleteAlertChannelResponse\"\x1b\xca\xf3\x18\x17\n\x15sentinel.alerts.write\x12}\n\rSendTestAlert\x12&.bhiv.sentinel.v1.SendTestAlertRequest\x1a\'.bhiv.sentinel.v1.SendTestAlertResponse\"\x1b\xca\xf3\x18\x17\n\x15sentinel.alerts.write\x12v\n\nListAlerts\x12#.bhiv.sentinel.v1.ListAlertsRequest\x1a$.bhiv.sentinel.v1.ListAlertsResponse\"\x1d\x90\x02\x01\xca\xf3\x18\x16\n\x14sentinel.alerts.readb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,7 +38,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEALERTCHANNELREQUEST'].fields_by_name['alert_channel']._loaded_options = None
   _globals['_CREATEALERTCHANNELREQUEST'].fields_by_name['alert_channel']._serialized_options = b'\322\363\030\002\010\001'
   _globals['_CREATEALERTCHANNELREQUEST'].fields_by_name['secret']._loaded_options = None
-  _globals['_CREATEALERTCHANNELREQUEST'].fields_by_name['secret']._serialized_options = b'\322\363\030\003\030\200\002'
+  _globals['_CREATEALERTCHANNELREQUEST'].fields_by_name['secret']._serialized_options = b'\200\001\001\322\363\030\003\030\200\002'
   _globals['_CREATEALERTCHANNELREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_CREATEALERTCHANNELREQUEST'].fields_by_name['request_id']._serialized_options = b'\322\363\030\002\030@'
   _globals['_GETALERTCHANNELREQUEST'].fields_by_name['name']._loaded_options = None
@@ -52,7 +52,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEALERTCHANNELREQUEST'].fields_by_name['update_mask']._loaded_options = None
   _globals['_UPDATEALERTCHANNELREQUEST'].fields_by_name['update_mask']._serialized_options = b'\322\363\030\002\010\001'
   _globals['_UPDATEALERTCHANNELREQUEST'].fields_by_name['secret']._loaded_options = None
-  _globals['_UPDATEALERTCHANNELREQUEST'].fields_by_name['secret']._serialized_options = b'\322\363\030\003\030\200\002'
+  _globals['_UPDATEALERTCHANNELREQUEST'].fields_by_name['secret']._serialized_options = b'\200\001\001\322\363\030\003\030\200\002'
   _globals['_DELETEALERTCHANNELREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_DELETEALERTCHANNELREQUEST'].fields_by_name['name']._serialized_options = b'\322\363\030%\010\001\"!alertChannels/[A-Za-z0-9_-]{1,64}'
   _globals['_DELETEALERTCHANNELREQUEST'].fields_by_name['etag']._loaded_options = None
@@ -82,33 +82,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ALERTSERVICE'].methods_by_name['ListAlerts']._loaded_options = None
   _globals['_ALERTSERVICE'].methods_by_name['ListAlerts']._serialized_options = b'\220\002\001\312\363\030\026\n\024sentinel.alerts.read'
   _globals['_CREATEALERTCHANNELREQUEST']._serialized_start=191
-  _globals['_CREATEALERTCHANNELREQUEST']._serialized_end=334
-  _globals['_CREATEALERTCHANNELRESPONSE']._serialized_start=336
-  _globals['_CREATEALERTCHANNELRESPONSE']._serialized_end=419
-  _globals['_GETALERTCHANNELREQUEST']._serialized_start=421
-  _globals['_GETALERTCHANNELREQUEST']._serialized_end=502
-  _globals['_GETALERTCHANNELRESPONSE']._serialized_start=504
-  _globals['_GETALERTCHANNELRESPONSE']._serialized_end=584
-  _globals['_LISTALERTCHANNELSREQUEST']._serialized_start=587
-  _globals['_LISTALERTCHANNELSREQUEST']._serialized_end=740
-  _globals['_LISTALERTCHANNELSRESPONSE']._serialized_start=742
-  _globals['_LISTALERTCHANNELSRESPONSE']._serialized_end=850
-  _globals['_UPDATEALERTCHANNELREQUEST']._serialized_start=853
-  _globals['_UPDATEALERTCHANNELREQUEST']._serialized_end=1025
-  _globals['_UPDATEALERTCHANNELRESPONSE']._serialized_start=1027
-  _globals['_UPDATEALERTCHANNELRESPONSE']._serialized_end=1110
-  _globals['_DELETEALERTCHANNELREQUEST']._serialized_start=1112
-  _globals['_DELETEALERTCHANNELREQUEST']._serialized_end=1219
-  _globals['_DELETEALERTCHANNELRESPONSE']._serialized_start=1221
-  _globals['_DELETEALERTCHANNELRESPONSE']._serialized_end=1249
-  _globals['_SENDTESTALERTREQUEST']._serialized_start=1251
-  _globals['_SENDTESTALERTREQUEST']._serialized_end=1330
-  _globals['_SENDTESTALERTRESPONSE']._serialized_start=1332
-  _globals['_SENDTESTALERTRESPONSE']._serialized_end=1447
-  _globals['_LISTALERTSREQUEST']._serialized_start=1450
-  _globals['_LISTALERTSREQUEST']._serialized_end=1778
-  _globals['_LISTALERTSRESPONSE']._serialized_start=1780
-  _globals['_LISTALERTSRESPONSE']._serialized_end=1866
-  _globals['_ALERTSERVICE']._serialized_start=1869
-  _globals['_ALERTSERVICE']._serialized_end=2837
+  _globals['_CREATEALERTCHANNELREQUEST']._serialized_end=337
+  _globals['_CREATEALERTCHANNELRESPONSE']._serialized_start=339
+  _globals['_CREATEALERTCHANNELRESPONSE']._serialized_end=422
+  _globals['_GETALERTCHANNELREQUEST']._serialized_start=424
+  _globals['_GETALERTCHANNELREQUEST']._serialized_end=505
+  _globals['_GETALERTCHANNELRESPONSE']._serialized_start=507
+  _globals['_GETALERTCHANNELRESPONSE']._serialized_end=587
+  _globals['_LISTALERTCHANNELSREQUEST']._serialized_start=590
+  _globals['_LISTALERTCHANNELSREQUEST']._serialized_end=743
+  _globals['_LISTALERTCHANNELSRESPONSE']._serialized_start=745
+  _globals['_LISTALERTCHANNELSRESPONSE']._serialized_end=853
+  _globals['_UPDATEALERTCHANNELREQUEST']._serialized_start=856
+  _globals['_UPDATEALERTCHANNELREQUEST']._serialized_end=1031
+  _globals['_UPDATEALERTCHANNELRESPONSE']._serialized_start=1033
+  _globals['_UPDATEALERTCHANNELRESPONSE']._serialized_end=1116
+  _globals['_DELETEALERTCHANNELREQUEST']._serialized_start=1118
+  _globals['_DELETEALERTCHANNELREQUEST']._serialized_end=1225
+  _globals['_DELETEALERTCHANNELRESPONSE']._serialized_start=1227
+  _globals['_DELETEALERTCHANNELRESPONSE']._serialized_end=1255
+  _globals['_SENDTESTALERTREQUEST']._serialized_start=1257
+  _globals['_SENDTESTALERTREQUEST']._serialized_end=1336
+  _globals['_SENDTESTALERTRESPONSE']._serialized_start=1338
+  _globals['_SENDTESTALERTRESPONSE']._serialized_end=1453
+  _globals['_LISTALERTSREQUEST']._serialized_start=1456
+  _globals['_LISTALERTSREQUEST']._serialized_end=1784
+  _globals['_LISTALERTSRESPONSE']._serialized_start=1786
+  _globals['_LISTALERTSRESPONSE']._serialized_end=1872
+  _globals['_ALERTSERVICE']._serialized_start=1875
+  _globals['_ALERTSERVICE']._serialized_end=2843
 # @@protoc_insertion_point(module_scope)

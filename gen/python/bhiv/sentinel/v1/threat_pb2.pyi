@@ -144,6 +144,11 @@ class _SecurityEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Sec
     """A spent refresh token presented again."""
     SECURITY_EVENT_KIND_PERMISSION_DENIED: _SecurityEventKind.ValueType  # 5
     """A call refused for lack of permission."""
+    SECURITY_EVENT_KIND_SUSPICIOUS_INPUT: _SecurityEventKind.ValueType  # 6
+    """Text fields of a request that the reporting service's screening matched
+    against the injection rules; the event's `fields` hold them, and sentinel
+    screens them again before it records a threat.
+    """
 
 class SecurityEventKind(_SecurityEventKind, metaclass=_SecurityEventKindEnumTypeWrapper):
     """SecurityEventKind is the kind of a security event reported by a service."""
@@ -162,6 +167,11 @@ SECURITY_EVENT_KIND_TOKEN_REPLAYED: SecurityEventKind.ValueType  # 4
 """A spent refresh token presented again."""
 SECURITY_EVENT_KIND_PERMISSION_DENIED: SecurityEventKind.ValueType  # 5
 """A call refused for lack of permission."""
+SECURITY_EVENT_KIND_SUSPICIOUS_INPUT: SecurityEventKind.ValueType  # 6
+"""Text fields of a request that the reporting service's screening matched
+against the injection rules; the event's `fields` hold them, and sentinel
+screens them again before it records a threat.
+"""
 Global___SecurityEventKind: _TypeAlias = SecurityEventKind  # noqa: Y015
 
 @_typing.final
@@ -330,6 +340,41 @@ class Incident(_message.Message):
 Global___Incident: _TypeAlias = Incident  # noqa: Y015
 
 @_typing.final
+class ScreenedField(_message.Message):
+    """A ScreenedField is one text field of a request that a service's injection
+    screening matched: where it is in the request and the part of it that
+    matched. Fields the contracts mark `debug_redact` (passwords, tokens,
+    secrets) are never screened, so never appear here.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    EXCERPT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """The field's path in the request message, such as `ticket.description`,
+    `customer.tags[2]` or `labels[env]`; at most 256 characters.
+    """
+    excerpt: _builtins.str
+    """The part of the field's value that matched, at most 512 characters
+    ending where the rule matched (after percent-decoding and Unicode
+    normalisation when the match needed them); never the whole field.
+    """
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        excerpt: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["excerpt", b"excerpt", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScreenedField: _TypeAlias = ScreenedField  # noqa: Y015
+
+@_typing.final
 class SecurityEvent(_message.Message):
     """A SecurityEvent is a fact a service reported to sentinel, which feeds it
     to the detection rules.
@@ -346,6 +391,7 @@ class SecurityEvent(_message.Message):
     REPORTER_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     RECEIVE_TIME_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The unique id sentinel assigned to the event."""
     kind: Global___SecurityEventKind.ValueType
@@ -368,6 +414,12 @@ class SecurityEvent(_message.Message):
     def receive_time(self) -> _timestamp_pb2.Timestamp:
         """When sentinel received the event."""
 
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScreenedField]:
+        """For SECURITY_EVENT_KIND_SUSPICIOUS_INPUT, the request fields that matched,
+        at most 16; empty for the other kinds.
+        """
+
     def __init__(
         self,
         *,
@@ -380,10 +432,11 @@ class SecurityEvent(_message.Message):
         reporter: _builtins.str = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
         receive_time: _timestamp_pb2.Timestamp | None = ...,
+        fields: _abc.Iterable[Global___ScreenedField] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "receive_time", b"receive_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "event_id", b"event_id", "event_time", b"event_time", "kind", b"kind", "method", b"method", "principal", b"principal", "receive_time", b"receive_time", "reporter", b"reporter", "source_address", b"source_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "event_id", b"event_id", "event_time", b"event_time", "fields", b"fields", "kind", b"kind", "method", b"method", "principal", b"principal", "receive_time", b"receive_time", "reporter", b"reporter", "source_address", b"source_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

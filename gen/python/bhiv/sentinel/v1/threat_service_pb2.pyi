@@ -265,6 +265,7 @@ class ReportSecurityEventRequest(_message.Message):
     METHOD_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
     kind: _threat_pb2.SecurityEventKind.ValueType
     """The kind of event."""
     source_address: _builtins.str
@@ -287,6 +288,15 @@ class ReportSecurityEventRequest(_message.Message):
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When the event happened; unset means when sentinel receives it."""
 
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedCompositeFieldContainer[_threat_pb2.ScreenedField]:
+        """For SECURITY_EVENT_KIND_SUSPICIOUS_INPUT, the request fields the
+        service's screening matched, at least 1 and at most 16 (each path at most
+        256 characters, each excerpt at most 512); must be empty for the other
+        kinds. Sentinel screens them again: only what its own rules match becomes
+        a threat event.
+        """
+
     def __init__(
         self,
         *,
@@ -296,10 +306,11 @@ class ReportSecurityEventRequest(_message.Message):
         method: _builtins.str = ...,
         detail: _builtins.str = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
+        fields: _abc.Iterable[_threat_pb2.ScreenedField] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "event_time", b"event_time", "kind", b"kind", "method", b"method", "principal", b"principal", "source_address", b"source_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "event_time", b"event_time", "fields", b"fields", "kind", b"kind", "method", b"method", "principal", b"principal", "source_address", b"source_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
