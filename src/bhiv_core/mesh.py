@@ -30,7 +30,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bhiv_core.edge.envoy_config import EdgeSettings, Upstream, write_bootstrap
 from bhiv_core.edge.process import EnvoyProcess
-from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, EDGE_SOURCE_ADDRESS, SERVICES, ServiceSpec
+from bhiv_core.registry import (
+    EDGE_ADMIN_PORT,
+    EDGE_PORT,
+    EDGE_SOURCE_ADDRESS,
+    SENTINEL_XDS_PORT,
+    SERVICES,
+    ServiceSpec,
+)
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig, Settings, load_config
 from bhiv_core.runtime.files import PRIVATE_UMASK, open_private, private_dir, tighten_tree
 from bhiv_core.runtime.lifetime import bound_command
@@ -74,6 +81,8 @@ class Mesh:
         metrics_ports: The Prometheus port of each service by name.
         edge_port: The edge's listener.
         admin_port: Envoy's admin interface (bound to 127.0.0.1 only).
+        xds_port: Sentinel's xDS port, from which the edge receives the deny list
+            (``BHIV_SENTINEL_XDS_PORT``).
         env: Settings (``BHIV_*``) and other environment for the services; the mesh's own host,
             data directory and ports override the same names.
         edge_rate_limit: Requests per second the edge admits (``BHIV_EDGE_RATE_LIMIT``).
@@ -89,6 +98,7 @@ class Mesh:
     metrics_ports: dict[str, int] = field(default_factory=lambda: {s.name: s.metrics_port for s in SERVICES})
     edge_port: int = EDGE_PORT
     admin_port: int = EDGE_ADMIN_PORT
+    xds_port: int = SENTINEL_XDS_PORT
     env: Mapping[str, str] = field(default_factory=dict)
     edge_rate_limit: int = 1000
     edge_source_address: str = EDGE_SOURCE_ADDRESS
@@ -100,13 +110,14 @@ class Mesh:
     @classmethod
     def with_free_ports(cls, data_dir: Path, **kwargs: object) -> Mesh:
         """A mesh on free ports, for tests."""
-        ports = free_ports(2 * len(SERVICES) + 2)
+        ports = free_ports(2 * len(SERVICES) + 3)
         return cls(
             data_dir=data_dir,
             ports={s.name: ports.pop() for s in SERVICES},
             metrics_ports={s.name: ports.pop() for s in SERVICES},
             edge_port=ports.pop(),
             admin_port=ports.pop(),
+            xds_port=ports.pop(),
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -132,7 +143,11 @@ class Mesh:
     def _check_ports(self) -> None:
         wanted = {f"BHIV_{n.upper()}_PORT": p for n, p in self.ports.items()}
         wanted |= {f"BHIV_{n.upper()}_METRICS_PORT": p for n, p in self.metrics_ports.items() if p}
-        wanted |= {"BHIV_EDGE_PORT": self.edge_port, "BHIV_EDGE_ADMIN_PORT": self.admin_port}
+        wanted |= {
+            "BHIV_EDGE_PORT": self.edge_port,
+            "BHIV_EDGE_ADMIN_PORT": self.admin_port,
+            "BHIV_SENTINEL_XDS_PORT": self.xds_port,
+        }
         seen: dict[int, str] = {}
         for setting, port in wanted.items():
             if port in seen:
@@ -172,6 +187,7 @@ class Mesh:
             env[f"BHIV_{name.upper()}_PORT"] = str(port)
         for name, port in self.metrics_ports.items():
             env[f"BHIV_{name.upper()}_METRICS_PORT"] = str(port)
+        env["BHIV_SENTINEL_XDS_PORT"] = str(self.xds_port)
         return env
 
     def _load_configs(self, env: Mapping[str, str]) -> dict[str, RuntimeConfig]:
@@ -300,6 +316,7 @@ class Mesh:
             admin_port=self.admin_port,
             access_log_path=str(self.log_dir / "edge-access.log"),
             upstream_source_address=self.edge_source_address,
+            block_xds=f"{self.host}:{self.xds_port}",
             rate_limit_tokens_per_fill=self.edge_rate_limit,
             # The edge admits what the services accept (BHIV_MAX_MESSAGE_BYTES), no more, no less.
             max_request_bytes=max(
@@ -360,6 +377,7 @@ def _from_settings(settings: Settings, environ: Mapping[str, str]) -> Mesh:
         metrics_ports=metrics,
         edge_port=settings.port("EDGE_PORT", EDGE_PORT),
         admin_port=settings.port("EDGE_ADMIN_PORT", EDGE_ADMIN_PORT),
+        xds_port=settings.port("SENTINEL_XDS_PORT", SENTINEL_XDS_PORT),
         env=env,
         edge_rate_limit=settings.positive_int("EDGE_RATE_LIMIT", 1000),
     )

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["EDGE_ADMIN_PORT", "EDGE_PORT", "EDGE_SOURCE_ADDRESS", "SERVICES", "ServiceSpec", "by_name"]
+__all__ = [
+    "EDGE_ADMIN_PORT",
+    "EDGE_PORT",
+    "EDGE_SOURCE_ADDRESS",
+    "SENTINEL_XDS_PORT",
+    "SERVICES",
+    "ServiceSpec",
+    "by_name",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +55,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
 
 EDGE_PORT = 8080
 EDGE_ADMIN_PORT = 9901
+SENTINEL_XDS_PORT = 50058
+"""Sentinel's xDS (ADS) port, from which every Envoy replica receives the deny list
+(``BHIV_SENTINEL_XDS_PORT``); only the edge's addresses may connect."""
 EDGE_SOURCE_ADDRESS = "127.0.0.2"
 """The address the mesh's Envoy connects to the services from, and the one they trust by default.
 

@@ -100,6 +100,9 @@ SHARED_SETTINGS: Final = frozenset(
         "AUDIT_CHECKPOINT_KEY_FILE",
         "AUDIT_CHECKPOINT_RECORDS",
         "AUDIT_CHECKPOINT_SECONDS",
+        # sentinel's block list and its xDS server
+        "SENTINEL_XDS_PORT",
+        "SENTINEL_BLOCK_ALLOWLIST",
         # sentinel's alerts
         "ALERT_KEK_FILE",
         "ALERT_SMTP_HOST",

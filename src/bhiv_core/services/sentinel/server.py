@@ -10,6 +10,7 @@ from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.services.sentinel.alerts.service import Alerts
+from bhiv_core.services.sentinel.blocks import Blocks
 from bhiv_core.services.sentinel.config import SentinelConfig
 from bhiv_core.services.sentinel.service import SentinelService, audit_page_bytes
 from bhiv_core.services.sentinel.servicer import MISSING, SentinelServicer
@@ -56,14 +57,22 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
     servicer = SentinelServicer(sentinel)
     # Alert channels and alerts (<data_dir>/sentinel-alerts.db): see services/sentinel/alerts.
     alerts = Alerts.from_config(config)
-    servicers = {"AlertService": alerts.servicer}
+    # Blocks (<data_dir>/sentinel-blocks.db) and the edge's deny list over xDS
+    # (BHIV_SENTINEL_XDS_PORT): see services/sentinel/blocks. Incidents are wired in at merge.
+    blocks = Blocks.from_config(config)
+    servicers = {"AlertService": alerts.servicer, "BlockService": blocks.servicer}
     return runtime.ServiceDefinition(
         name=NAME,
         servicers=[(s, servicers.get(s.name, servicer)) for s in services_of_package("bhiv.sentinel.v1")],
         missing=MISSING,
-        checks={"audit_store": audit.ping, "sentinel_store": store.ping, "alert_store": alerts.store.ping},
-        on_start=[audit.open, store.open, writer.start, detection.start, alerts.start],
-        on_stop=[alerts.stop, detection.stop, writer.stop, store.close, audit.close],
+        checks={
+            "audit_store": audit.ping,
+            "sentinel_store": store.ping,
+            "alert_store": alerts.store.ping,
+            "block_store": blocks.blocks.store.ping,
+        },
+        on_start=[audit.open, store.open, writer.start, detection.start, alerts.start, blocks.start],
+        on_stop=[blocks.stop, alerts.stop, detection.stop, writer.stop, store.close, audit.close],
     )
 
 

@@ -2,7 +2,8 @@
 
 Audit queries and verification (``AuditService``) and security-event intake
 (``ThreatService.ReportSecurityEvent``) are built; the runtime answers every other sentinel RPC
-UNIMPLEMENTED with :data:`MISSING`.
+UNIMPLEMENTED with :data:`MISSING`. Alerts and blocks have servicers of their own
+(:mod:`.alerts`, :mod:`.blocks`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from bhiv_core.services.sentinel.store import EventKind, SecurityEvent
 
 __all__ = ["MISSING", "SentinelServicer", "audit_record_to_proto", "security_event_to_proto"]
 
-MISSING = "incidents, the threat event stream and blocks are a later issue"
+MISSING = "incidents and the threat event stream are a later issue"
 
 _BREAK_REASONS = {
     ChainBreak.HASH_MISMATCH: audit_record_pb2.CHAIN_BREAK_REASON_HASH_MISMATCH,
