@@ -83,8 +83,7 @@ class SourceForwarder:
 async def channel_from(source: str, target: str) -> AsyncIterator[grpc.aio.Channel]:
     """A gRPC channel to ``target`` whose connections come from ``source`` (like ``127.0.0.7``)."""
     async with SourceForwarder(target, source) as forwarder:
-        # One connection for the channel's life: no subchannel pooling across channels.
-        async with grpc.aio.insecure_channel(
-            forwarder.address, options=[("grpc.use_local_subchannel_pool", 1)]
-        ) as channel:
+        # One connection for the channel's life: no subchannel shared with other channels.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        async with grpc.aio.insecure_channel(forwarder.address, options=options) as channel:
             yield channel

@@ -80,6 +80,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     ApiConfigSource,
     ApiConfigSourceApiType,
     ApiVersion,
+    BackoffStrategy,
     BindConfig,
     CidrRange,
     ConfigSource,
@@ -98,6 +99,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     HttpUri,
     KeepaliveSettings,
     Node,
+    RetryPolicy,
     RuntimeFractionalPercent,
     SocketAddress,
     SubstitutionFormatString,
@@ -209,7 +211,6 @@ __all__ = [
     "ADMIN_HOST",
     "BLOCKED_DETAILS",
     "BLOCK_FILTER",
-    "XDS_CLUSTER",
     "CORS_ALLOW_HEADERS",
     "CORS_EXPOSE_HEADERS",
     "DEFAULT_CORS_ALLOW_ORIGINS",
@@ -226,6 +227,7 @@ __all__ = [
     "REFLECTION_PREFIXES",
     "SERVICE_HEADER",
     "TOO_MANY_HEADERS",
+    "XDS_CLUSTER",
     "EdgeSettings",
     "Upstream",
     "build_bootstrap",
@@ -1944,7 +1946,20 @@ def _dynamic_resources(settings: EdgeSettings) -> BootstrapDynamicResources | No
         ads_config=ApiConfigSource(
             api_type=ApiConfigSourceApiType.GRPC,
             transport_api_version=ApiVersion.V3,
-            grpc_services=[GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=XDS_CLUSTER))],
+            grpc_services=[
+                GrpcService(
+                    envoy_grpc=GrpcServiceEnvoyGrpc(
+                        cluster_name=XDS_CLUSTER,
+                        # Reconnects to a restarted sentinel within a second or two (Envoy's
+                        # default backoff grows to 30 s); the list it had stays in force meanwhile.
+                        retry_policy=RetryPolicy(
+                            retry_back_off=BackoffStrategy(
+                                base_interval=timedelta(milliseconds=250), max_interval=timedelta(seconds=2)
+                            )
+                        ),
+                    )
+                )
+            ],
             set_node_on_first_message_only=True,
         )
     )
@@ -1976,6 +1991,8 @@ def _self_bind(settings: EdgeSettings) -> BindConfig | None:
     mesh) is an ordinary client address to the listener, and may be blocked. Otherwise the
     system's choice (the listener's own address, which then belongs in the block allowlist).
     """
+    if settings.upstream_source_address is None:
+        return None  # the system's choice: the listener's own address, 127.0.0.1 on loopback
     try:
         host = ipaddress.ip_address(settings.connect_host)
     except ValueError:

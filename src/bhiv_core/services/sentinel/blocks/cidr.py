@@ -61,19 +61,21 @@ def parse_cidr(text: str, *, field: str = "cidr") -> Network:
     try:
         address = ipaddress.ip_address(address_text)
     except ValueError:
-        raise _bad(field, text, "is not an address or a CIDR range (like 203.0.113.0/24)", "INVALID_CIDR") from None
+        raise _bad(
+            field, text, "is not an address or a CIDR range (like 203.0.113.0/24)", "INVALID_CIDR"
+        ) from None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         raise _bad(field, text, "is an IPv4-mapped IPv6 address: write the IPv4 range", "INVALID_CIDR")
     prefix = int(prefix_text) if slash else address.max_prefixlen
     if prefix > address.max_prefixlen:
-        raise _bad(
-            field, text, f"has a prefix length over {address.max_prefixlen}", "INVALID_CIDR"
-        )
+        raise _bad(field, text, f"has a prefix length over {address.max_prefixlen}", "INVALID_CIDR")
     try:
         return ipaddress.ip_network(f"{address}/{prefix}", strict=True)
     except ValueError:
         raise _bad(
-            field, text, f"has host bits set: the range is {ipaddress.ip_network(f'{address}/{prefix}', strict=False)}",
+            field,
+            text,
+            f"has host bits set: the range is {ipaddress.ip_network(f'{address}/{prefix}', strict=False)}",
             "HOST_BITS_SET",
         ) from None
 

@@ -48,9 +48,13 @@ class BlockConfig:
     def from_runtime(cls, config: RuntimeConfig) -> BlockConfig:
         """Reads the block settings once; raises ConfigError naming a bad one."""
         s = config.settings
-        configured = s.get("SENTINEL_BLOCK_ALLOWLIST", (), parse_networks, "addresses or CIDR ranges")
+        none: tuple[Network, ...] = ()
+        configured = s.get("SENTINEL_BLOCK_ALLOWLIST", none, parse_networks, "addresses or CIDR ranges")
         mesh: list[Network] = []
-        for host in {config.host, *(address.rpartition(":")[0].strip("[]") for address in config.peers.values())}:
+        for host in {
+            config.host,
+            *(address.rpartition(":")[0].strip("[]") for address in config.peers.values()),
+        }:
             try:
                 address = ipaddress.ip_address(host)
             except ValueError:
@@ -66,5 +70,7 @@ class BlockConfig:
             xds_port=s.port("SENTINEL_XDS_PORT", SENTINEL_XDS_PORT),
             edge_peers=config.edge_peers,
             allowlist=tuple(allowlist),
-            store_url=mongo_url_setting(s, "SENTINEL_STORE_URL", "the SQLite file <data_dir>/sentinel-blocks.db"),
+            store_url=mongo_url_setting(
+                s, "SENTINEL_STORE_URL", "the SQLite file <data_dir>/sentinel-blocks.db"
+            ),
         )

@@ -131,11 +131,18 @@ class RbacConfig:
     def __init__(self, filter_name: str, allowlist: Iterable[Network]):
         self.filter_name = filter_name
         ranges = list(allowlist)
-        predicate = _field(1, _field(1, _SOURCE_IP) + _field(3, _extension(
-            "envoy.matching.input_matchers.ip",
-            _IP_INPUT_MATCHER_TYPE,
-            b"".join(_field(1, _cidr(network)) for network in ranges) + _text(2, "edge_allowlist"),
-        )))
+        predicate = _field(
+            1,
+            _field(1, _SOURCE_IP)
+            + _field(
+                3,
+                _extension(
+                    "envoy.matching.input_matchers.ip",
+                    _IP_INPUT_MATCHER_TYPE,
+                    b"".join(_field(1, _cidr(network)) for network in ranges) + _text(2, "edge_allowlist"),
+                ),
+            ),
+        )
         # MatcherList{matchers: [FieldMatcher{predicate, on_match: allow}]}, as Matcher field 1.
         self._allowlist = (
             _field(1, _field(1, _field(1, predicate) + _field(2, _action("allowlisted", _ALLOW))))

@@ -18,10 +18,16 @@ def _ttl(request: bs.BlockAddressRequest) -> timedelta | None:
         return None
     ttl = request.ttl
     # A Duration's nanos must be in range and share the seconds' sign; anything else is not a time.
-    if not -999_999_999 <= ttl.nanos <= 999_999_999 or (ttl.seconds and ttl.nanos and (ttl.seconds < 0) != (ttl.nanos < 0)):
-        raise InvalidArgument(violations=[FieldViolation("ttl", "is not a valid duration", "INVALID_DURATION")])
+    if not -999_999_999 <= ttl.nanos <= 999_999_999 or (
+        ttl.seconds and ttl.nanos and (ttl.seconds < 0) != (ttl.nanos < 0)
+    ):
+        raise InvalidArgument(
+            violations=[FieldViolation("ttl", "is not a valid duration", "INVALID_DURATION")]
+        )
     if abs(ttl.seconds) > 10**10:
-        raise InvalidArgument(violations=[FieldViolation("ttl", "must be from 1 second to 30 days", "OUT_OF_RANGE")])
+        raise InvalidArgument(
+            violations=[FieldViolation("ttl", "must be from 1 second to 30 days", "OUT_OF_RANGE")]
+        )
     return timedelta(seconds=ttl.seconds, microseconds=ttl.nanos / 1000)
 
 

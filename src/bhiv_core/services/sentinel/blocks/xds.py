@@ -5,7 +5,7 @@ and subscribes to the ECDS resource of its IP-block filter
 (``envoy.config.core.v3.TypedExtensionConfig``, named for the filter). The server answers with the
 block list's current config, then pushes a new one whenever the list changes; a burst of changes
 reaches a replica as the versions it can take (each stream sends the latest version once its
-previous response is written). A NACK (a config Envoy refused) is logged with the replica's node
+previous response is answered). A NACK (a config Envoy refused) is logged with the replica's node
 id and not resent; Envoy keeps its last good config, and it keeps it too while sentinel is away
 (it reconnects with backoff and gets the current list).
 
@@ -112,7 +112,11 @@ class XdsServer:
             self._stream, request_deserializer=DiscoveryRequest.parse, response_serializer=lambda b: b
         )
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(ADS_METHOD.split("/")[1], {ADS_METHOD.split("/")[2]: handler}),)
+            (
+                grpc.method_handlers_generic_handler(
+                    ADS_METHOD.split("/")[1], {ADS_METHOD.split("/")[2]: handler}
+                ),
+            )
         )
         address = f"[{self._host}]:{self.port}" if ":" in self._host else f"{self._host}:{self.port}"
         self.port = server.add_insecure_port(address)
@@ -136,12 +140,16 @@ class XdsServer:
         )
 
     async def _stream(
-        self, requests: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
+        self,
+        requests: AsyncIterator[DiscoveryRequest],
+        context: grpc.aio.ServicerContext[DiscoveryRequest, bytes],
     ) -> AsyncIterator[bytes]:
         peer = context.peer()
         if not _allowed(peer, self._edge_peers):
             log.warning("xDS stream refused: not an edge peer", extra={"peer": peer})
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the edge may subscribe to the deny list")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "only the edge may subscribe to the deny list"
+            )
         self._streams += 1
         key = self._streams
         state = NodeState(node_id="", peer=peer)
@@ -150,6 +158,10 @@ class XdsServer:
         subscribed = False
         resend = False
         nonces = 0
+        # The nonce of the response Envoy has not answered yet: nothing more is sent until it
+        # does (ACK or NACK), so a burst of changes is coalesced into the version current then,
+        # instead of queueing config after config in Envoy while it applies the first.
+        in_flight = ""
 
         async def read() -> None:
             try:
@@ -158,7 +170,7 @@ class XdsServer:
                 wake.set()
 
         async def read_requests() -> None:
-            nonlocal subscribed, resend
+            nonlocal subscribed, resend, in_flight
             async for request in requests:
                 if request.node is not None and request.node.id:
                     state.node_id = request.node.id
@@ -176,6 +188,9 @@ class XdsServer:
                     # A (re)subscription: Envoy has nothing from this stream yet.
                     subscribed = True
                     resend = True
+                    in_flight = ""
+                elif request.response_nonce == in_flight:
+                    in_flight = ""
                 wake.set()
 
         async def changes() -> None:
@@ -194,9 +209,10 @@ class XdsServer:
                 if reader.done():
                     break
                 version, resource = self._blocks.snapshot()
-                if subscribed and (resend or version != sent_version):
+                if subscribed and not in_flight and (resend or version != sent_version):
                     resend = False
                     nonces += 1
+                    in_flight = str(nonces)
                     sent_version = version
                     state.sent = f"{self._prefix}-{version}"
                     yield self._response(version, resource, str(nonces))
