@@ -18,8 +18,10 @@ from bhiv_core.standard_chain import basic_chain
 
 
 def config_for(service: str = "identity", **env: str) -> RuntimeConfig:
-    """A config on port 0 with no metrics port, plus ``env`` overrides (``BHIV_`` added)."""
+    """A config on port 0 (and sentinel's xDS port 0) with no metrics port, plus ``env`` overrides."""
     base = {f"BHIV_{service.upper()}_PORT": "0", f"BHIV_{service.upper()}_METRICS_PORT": "0"}
+    if service == "sentinel":  # its xDS port (the edge's deny list) too
+        base["BHIV_SENTINEL_XDS_PORT"] = "0"
     base |= {f"BHIV_{k}": v for k, v in env.items()}
     return load_config(service, base)
 

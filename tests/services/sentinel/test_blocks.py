@@ -163,12 +163,19 @@ def test_the_parts_encode_as_envoys_own_messages() -> None:
     assert Action.parse(action) == Action(name="blocked-until-lifted", action=RbacAction.DENY)
 
 
-def test_the_config_is_the_allowlist_then_a_trie_of_every_block() -> None:
+def test_the_config_is_the_allowlist_then_a_trie_of_the_blocks_by_when_they_end() -> None:
+    from datetime import UTC, datetime
+
+    later = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     config = RbacConfig("bhiv.ip_blocks", DEFAULT_ALLOWLIST)
     config.add("blocks/a", ipaddress.ip_network("203.0.113.0/24"), None)
-    config.add("blocks/b", ipaddress.ip_network("2001:db8::/32"), None)
+    config.add("blocks/b", ipaddress.ip_network("2001:db8::/32"), later)
     config.add("blocks/c", ipaddress.ip_network("198.51.100.7/32"), None)
+    config.add("blocks/d", ipaddress.ip_network("198.51.100.8/32"), later)
+    config.add("blocks/e", ipaddress.ip_network("198.51.100.9/32"), None)
     config.remove("blocks/c")
+    config.add("blocks/d", ipaddress.ip_network("198.51.100.8/32"), None)  # replaced
+    assert len(config) == 4
     assert field(config.resource(), 1) == b"bhiv.ip_blocks"
     rbac = Rbac.parse(config.filter_config())
     assert rbac.matcher is not None and rbac.matcher.matcher_list is not None
@@ -179,11 +186,17 @@ def test_the_config_is_the_allowlist_then_a_trie_of_every_block() -> None:
     assert b"127.0.0.1" in single.custom_match.typed_config.value  # type: ignore[union-attr]
     tree = rbac.matcher.on_no_match.matcher.matcher_tree  # type: ignore[union-attr]
     assert tree.custom_match.typed_config.type_url.endswith("xds.type.matcher.v3.IPMatcher")  # type: ignore[union-attr]
-    ranges = [v for n, v in fields(tree.custom_match.typed_config.value) if n == 1]  # type: ignore[union-attr]
-    assert [CidrRange.parse(field(r, 1)) for r in ranges] == [  # type: ignore[arg-type]
-        CidrRange(address_prefix="203.0.113.0", prefix_len=24),
-        CidrRange(address_prefix="2001:db8::", prefix_len=32),
-    ]
+    matchers = [v for n, v in fields(tree.custom_match.typed_config.value) if n == 1]  # type: ignore[union-attr]
+    groups = {}
+    for matcher in matchers:
+        ranges = [CidrRange.parse(v) for n, v in fields(matcher) if n == 1]  # type: ignore[arg-type]
+        action = Action.parse(field(matcher, 2, 2, 2, 2))  # type: ignore[arg-type]
+        assert action.action == RbacAction.DENY
+        groups[action.name] = [f"{r.address_prefix}/{r.prefix_len}" for r in ranges]
+    assert groups == {
+        "blocked-until-lifted": ["203.0.113.0/24", "198.51.100.9/32", "198.51.100.8/32"],
+        "blocked-until-2030-01-02T03:04:05Z": ["2001:db8::/32"],
+    }
 
 
 def test_an_action_says_until_when() -> None:

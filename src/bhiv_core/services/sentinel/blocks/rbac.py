@@ -13,10 +13,12 @@ entry of ``xff_num_trusted_hops``, the same address as RBAC's ``remote_ip``):
 
 1. the allowlist (``envoy.matching.input_matchers.ip``, one LC-trie of its ranges) → ALLOW
    ``allowlisted``: a block that covers an allowlisted address never catches it;
-2. otherwise the blocks, an ``xds.type.matcher.v3.IPMatcher`` (a trie, longest prefix first),
-   each range with its own DENY action, named for when the block ends
-   (``blocked-until-2026-12-02T16:00:00Z`` or ``blocked-until-lifted``): Envoy's reply details
-   (``rbac_access_denied_matched_policy[<name>]``) tell the caller until when;
+2. otherwise the blocks, an ``xds.type.matcher.v3.IPMatcher`` (a trie, longest prefix first):
+   the blocks are grouped by when they end, one range matcher per group with a DENY action named
+   for it (``blocked-until-2026-12-02T16:00:00Z`` or ``blocked-until-lifted``), so Envoy's reply
+   details (``rbac_access_denied_matched_policy[<name>]``) tell the caller until when, and a list
+   of blocks with few distinct ends (those lifted by hand; a burst of automatic ones) holds few
+   actions, which Envoy parses once each;
 3. nothing matched → ALLOW ``not-blocked``.
 
 Each request costs two trie lookups whatever the list's length. Envoy logs that the ``xds.type.
@@ -102,9 +104,9 @@ def action_name(expire: datetime | None) -> str:
     return BLOCKED_PREFIX + expire.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _range_matcher(network: Network, expire: datetime | None) -> bytes:
-    """One ``IPMatcher.IPRangeMatcher`` as an element of ``range_matchers`` (field 1)."""
-    return _field(1, _field(1, _cidr(network)) + _field(2, _action(action_name(expire), _DENY)))
+def _range_matcher(ranges: Iterable[bytes], action: bytes) -> bytes:
+    """One ``IPMatcher.IPRangeMatcher`` (an element of ``range_matchers``): ranges, one action."""
+    return _field(1, b"".join(ranges) + _field(2, action))
 
 
 def _wrap(allowlist: bytes, range_matchers: Iterable[bytes]) -> bytes:
@@ -149,22 +151,46 @@ class RbacConfig:
             if ranges
             else b""
         )
-        self._parts: dict[str, bytes] = {}
+        # The blocks grouped by their action (when they end): one range matcher per group, each
+        # range an element of its ``ranges``; a group's encoding is kept until the group changes.
+        self._groups: dict[str, dict[str, bytes]] = {}
+        self._group_of: dict[str, str] = {}
+        self._encoded: dict[str, bytes] = {}
 
     def __len__(self) -> int:
-        return len(self._parts)
+        return len(self._group_of)
 
     def add(self, key: str, network: Network, expire: datetime | None) -> None:
         """Adds (or replaces) the part of one block."""
-        self._parts[key] = _range_matcher(network, expire)
+        self.remove(key)
+        name = action_name(expire)
+        self._groups.setdefault(name, {})[key] = _field(1, _cidr(network))
+        self._group_of[key] = name
+        self._encoded.pop(name, None)
 
     def remove(self, key: str) -> None:
         """Removes the part of one block, if present."""
-        self._parts.pop(key, None)
+        name = self._group_of.pop(key, None)
+        if name is None:
+            return
+        group = self._groups[name]
+        del group[key]
+        if not group:
+            del self._groups[name]
+        self._encoded.pop(name, None)
+
+    def _range_matchers(self) -> list[bytes]:
+        matchers = []
+        for name, group in self._groups.items():
+            encoded = self._encoded.get(name)
+            if encoded is None:
+                encoded = self._encoded[name] = _range_matcher(group.values(), _action(name, _DENY))
+            matchers.append(encoded)
+        return matchers
 
     def filter_config(self) -> bytes:
         """The encoded ``envoy.extensions.filters.http.rbac.v3.RBAC`` (its ``matcher``)."""
-        return _field(4, _wrap(self._allowlist, self._parts.values()))
+        return _field(4, _wrap(self._allowlist, self._range_matchers()))
 
     def resource(self) -> bytes:
         """The encoded ECDS resource, a ``TypedExtensionConfig`` named for the filter."""

@@ -22,24 +22,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest
 
 from bhiv_core.security.address import Network, peer_ip
 from bhiv_core.services.sentinel.blocks.rbac import _any, _field, _text
-from bhiv_core.services.sentinel.blocks.service import BlockList
 
-__all__ = ["ADS_METHOD", "ECDS_TYPE_URL", "NodeState", "XdsServer"]
+__all__ = ["ADS_METHOD", "ECDS_TYPE_URL", "NodeState", "Snapshots", "XdsServer"]
 
 log = logging.getLogger(__name__)
 
 ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 ECDS_TYPE_URL = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+
+
+class Snapshots(Protocol):
+    """What the server serves: :class:`~bhiv_core.services.sentinel.blocks.service.BlockList`."""
+
+    def snapshot(self) -> tuple[int, bytes]:
+        """The current version and the encoded ECDS resource."""
+        ...
+
+    async def wait_change(self, seen: int) -> int:
+        """Waits until the version differs from ``seen``; returns the new one."""
+        ...
 
 
 @dataclass
@@ -63,8 +76,6 @@ class NodeState:
 
 
 def _allowed(peer: str, networks: Sequence[Network]) -> bool:
-    import ipaddress
-
     try:
         address = ipaddress.ip_address(peer_ip(peer))
     except ValueError:
@@ -78,14 +89,14 @@ class XdsServer:
     """The ADS server of the block list.
 
     Args:
-        blocks: The block list whose snapshots it serves.
+        blocks: The block list (or anything with its snapshots) it serves.
         host: The address to bind.
         port: The port (0: any free one; :attr:`port` tells which).
         edge_peers: The only peers answered.
 
     """
 
-    def __init__(self, blocks: BlockList, host: str, port: int, edge_peers: Sequence[Network]):
+    def __init__(self, blocks: Snapshots, host: str, port: int, edge_peers: Sequence[Network]):
         self._blocks = blocks
         self._host = host
         self.port = port
