@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bhiv_core.edge.envoy_config import (
     BLOCK_FILTER,
+    RECENT_BLOCK_FILTER,
     XDS_CLUSTER,
     EdgeSettings,
     Upstream,
@@ -65,8 +66,13 @@ def test_the_block_filter_is_discovered_from_sentinel_over_ads(tmp_path: Path) -
     bootstrap = build_bootstrap(registry_upstreams(), settings)
     names = [f["name"] for f in http_filters(bootstrap)]
     # Right after gRPC-web and CORS: a blocked client spends no rate-limit token, no token check.
-    assert names[:3] == ["envoy.filters.http.grpc_web", "envoy.filters.http.cors", BLOCK_FILTER]
-    [block] = [f for f in http_filters(bootstrap) if f["name"] == BLOCK_FILTER]
+    assert names[:4] == [
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.cors",
+        BLOCK_FILTER,
+        RECENT_BLOCK_FILTER,
+    ]
+    [block, _] = [f for f in http_filters(bootstrap) if f["name"] in (BLOCK_FILTER, RECENT_BLOCK_FILTER)]
     discovery = block["config_discovery"]
     assert discovery["config_source"]["ads"] == {}
     assert discovery["apply_default_config_without_warming"] is True

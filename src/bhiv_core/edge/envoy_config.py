@@ -223,6 +223,7 @@ __all__ = [
     "MESH_ONLY_METHODS",
     "OVERLOAD_ACTIONS",
     "PROTOCOL_HINT",
+    "RECENT_BLOCK_FILTER",
     "REFLECTION_CLUSTER",
     "REFLECTION_PREFIXES",
     "SERVICE_HEADER",
@@ -344,6 +345,10 @@ per-route RBAC configs meant for the IP-block filter (``envoy.filters.http.rbac`
 BLOCK_FILTER: Final = "bhiv.ip_blocks"
 """The IP-block RBAC filter, whose config Envoy discovers from sentinel over ECDS (the resource's name)."""
 RBAC_TYPE_URL: Final = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+RECENT_BLOCK_FILTER: Final = f"{BLOCK_FILTER}.recent"
+"""The second IP-block filter, holding only the newest blocks: Envoy applies a change to it in
+milliseconds, where the whole list (10,000 entries) takes it about 0.1 s; sentinel folds it into
+:data:`BLOCK_FILTER` when the list is quiet."""
 XDS_CLUSTER: Final = "sentinel-xds"
 """Sentinel's xDS port, as a cluster: the ADS stream every Envoy replica keeps open."""
 BLOCKED_DETAILS: Final = "rbac_access_denied_matched_policy[blocked-until-"
@@ -1882,13 +1887,15 @@ def _block_filters(settings: EdgeSettings) -> list[HttpFilter]:
     config, applied without warming, so the edge serves at once) or keeps the last list it got.
     Sentinel builds the config (:mod:`bhiv_core.services.sentinel.blocks.rbac`): the allowlist,
     then a trie of the blocked ranges on the client address the edge trusts (RBAC's
-    ``remote_ip``: the TCP peer, or per ``xff_num_trusted_hops``).
+    ``remote_ip``: the TCP peer, or per ``xff_num_trusted_hops``). Two filters: the whole list,
+    and the newest blocks alone (:data:`RECENT_BLOCK_FILTER`), the one a new block changes, so
+    Envoy applies a few entries at once rather than 10,000 (about 0.1 s).
     """
     if settings.block_xds is None:
         return []
     return [
         HttpFilter(
-            name=BLOCK_FILTER,
+            name=name,
             config_discovery=ExtensionConfigSource(
                 config_source=ConfigSource(ads=AggregatedConfigSource(), resource_api_version=ApiVersion.V3),
                 default_config=_pack(Rbac()),
@@ -1896,6 +1903,7 @@ def _block_filters(settings: EdgeSettings) -> list[HttpFilter]:
                 type_urls=[RBAC_TYPE_URL],
             ),
         )
+        for name in (BLOCK_FILTER, RECENT_BLOCK_FILTER)
     ]
 
 

@@ -20,6 +20,7 @@ from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import Rbac
 from bhiv.sentinel.v1 import block_pb2
 from bhiv.sentinel.v1 import block_service_pb2 as bs
 from bhiv_core.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from bhiv_core.services.sentinel.blocks import service
 from bhiv_core.services.sentinel.blocks.cidr import parse_address, parse_cidr, parse_networks
 from bhiv_core.services.sentinel.blocks.config import DEFAULT_ALLOWLIST
 from bhiv_core.services.sentinel.blocks.rbac import RbacConfig, _action, _cidr, action_name
@@ -353,10 +354,25 @@ async def test_lists_filter_and_page(blocks: BlockList) -> None:
     assert [b.name for b in automatic] == [made[1].name]
 
 
-async def test_every_change_makes_a_new_snapshot_and_a_burst_one_encoding(blocks: BlockList) -> None:
-    version, empty = blocks.snapshot()
-    for i in range(200):
+async def test_new_blocks_go_to_the_recent_filter_then_fold_into_the_bulk_one(
+    blocks: BlockList, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "FOLD_QUIET_SECONDS", 0.05)
+    monkeypatch.setattr(service, "FOLD_GRACE_SECONDS", 0.05)
+    version, (bulk, recent) = blocks.snapshot()
+    assert field(bulk, 1) == b"bhiv.ip_blocks" and field(recent, 1) == b"bhiv.ip_blocks.recent"
+    for i in range(20):
         await blocks.block(f"10.0.{i}.0/24", ttl=None, reason="x", source=MANUAL, created_by="u")
-    later, config = blocks.snapshot()
-    assert later == version + 200 and len(config) > len(empty)
-    assert blocks.snapshot()[1] is config  # encoded once per version
+    later, (bulk_now, recent_now) = blocks.snapshot()
+    assert later == version + 20 and blocks.snapshot()[1][1] is recent_now  # encoded once per version
+    assert bulk_now is bulk and len(recent_now) > len(recent) + 20 * 8  # the bulk one is untouched
+    seen = later
+    while blocks.snapshot()[1][1] != recent:  # folded, then cleared from "recent"
+        seen = await asyncio.wait_for(blocks.wait_change(seen), 10)
+    assert len(blocks.snapshot()[1][0]) > len(bulk) + 20 * 8
+    assert blocks.check("10.0.7.1") is not None
+    # Lifting a folded block changes the bulk filter.
+    lifted = blocks.check("10.0.7.1")
+    assert lifted is not None
+    await blocks.unblock(lifted.name, lifted_by="u")
+    assert blocks.check("10.0.7.1") is None

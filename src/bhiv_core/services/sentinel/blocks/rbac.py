@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 
 from bhiv_core.security.address import Network
 
-__all__ = ["FILTER_TYPE_URL", "RbacConfig", "action_name", "default_config"]
+__all__ = ["FILTER_TYPE_URL", "RbacConfig", "action_name", "recent_filter_name"]
 
 FILTER_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 _ACTION_TYPE = "type.googleapis.com/envoy.config.rbac.v3.Action"
@@ -197,6 +197,6 @@ class RbacConfig:
         return _extension(self.filter_name, FILTER_TYPE_URL, self.filter_config())
 
 
-def default_config() -> bytes:
-    """An RBAC filter config with no rules: it lets everything through (Envoy's start-up default)."""
-    return b""
+def recent_filter_name(filter_name: str) -> str:
+    """The name of the small filter that holds the newest blocks, beside ``filter_name``."""
+    return f"{filter_name}.recent"

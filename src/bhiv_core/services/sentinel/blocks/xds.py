@@ -46,8 +46,8 @@ ECDS_TYPE_URL = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 class Snapshots(Protocol):
     """What the server serves: :class:`~bhiv_core.services.sentinel.blocks.service.BlockList`."""
 
-    def snapshot(self) -> tuple[int, bytes]:
-        """The current version and the encoded ECDS resource."""
+    def snapshot(self) -> tuple[int, tuple[bytes, ...]]:
+        """The current version and the encoded ECDS resources (``TypedExtensionConfig``)."""
         ...
 
     async def wait_change(self, seen: int) -> int:
@@ -141,11 +141,11 @@ class XdsServer:
             await self._server.stop(grace=0)
             self._server = None
 
-    def _response(self, version: int, resource: bytes, nonce: str) -> bytes:
-        """An encoded ``DiscoveryResponse`` with the one ECDS resource."""
+    def _response(self, version: int, resources: Sequence[bytes], nonce: str) -> bytes:
+        """An encoded ``DiscoveryResponse`` with every ECDS resource (state of the world)."""
         return (
             _text(1, f"{self._prefix}-{version}")
-            + _field(2, _any(ECDS_TYPE_URL, resource))
+            + b"".join(_field(2, _any(ECDS_TYPE_URL, resource)) for resource in resources)
             + _text(4, ECDS_TYPE_URL)
             + _text(5, nonce)
         )
@@ -219,14 +219,14 @@ class XdsServer:
                 wake.clear()
                 if reader.done():
                     break
-                version, resource = self._blocks.snapshot()
+                version, resources = self._blocks.snapshot()
                 if subscribed and not in_flight and (resend or version != sent_version):
                     resend = False
                     nonces += 1
                     in_flight = str(nonces)
                     sent_version = version
                     state.sent = f"{self._prefix}-{version}"
-                    yield self._response(version, resource, str(nonces))
+                    yield self._response(version, resources, str(nonces))
         finally:
             for task in (reader, watcher):
                 task.cancel()
