@@ -234,7 +234,8 @@ async def test_grpc_web_and_json_callers_read_the_refusal(mesh: Mesh, admin: Ses
                 data=b"\x00\x00\x00\x00\x00",
             )
         ).lower()  # fmt: skip
-        assert "grpc-status: 7" in web and "blocked at the edge" in web
+        # HTTP 403 (PERMISSION_DENIED to gRPC-web clients too), the status and message in its headers.
+        assert web.startswith("http/1.1 403") and "grpc-status: 7" in web and "blocked at the edge" in web
         json_url = f"http://{mesh.edge_address}/bhiv.sentinel.v1.BlockService/ListBlocks"
         body = await curl(
             "-w", "\n%{http_code}", "--interface", "127.0.0.54", "-X", "POST", json_url,

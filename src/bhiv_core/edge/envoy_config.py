@@ -17,9 +17,10 @@ What the edge does, in the order a request meets it:
   go on. The codec's own limits sit far above, as a backstop (see :func:`_listener`), and the codec
   is Envoy's oghttp2, which decodes long fields where its default ends the connection
   (:data:`ENVOY_RUNTIME`).
-* HTTP filters: ``grpc_web`` → ``cors`` → header limits → ``local_ratelimit`` → ``lua`` →
-  ``jwt_authn`` (the token check, :func:`_jwt_authn`) → ``grpc_json_transcoder`` → *extra filters*
-  → ``router``. The extra filters are the seam for the IP-block RBAC filter; CORS comes before
+* HTTP filters: ``grpc_web`` → ``cors`` → the IP blocks (two RBAC filters whose config comes
+  from sentinel over ECDS, :func:`_block_filters`; only with ``block_xds``) → header limits →
+  ``local_ratelimit`` → ``lua`` → ``jwt_authn`` (the token check, :func:`_jwt_authn`) →
+  ``grpc_json_transcoder`` → *extra filters* → ``router``. CORS comes before
   the rate limit so preflights are answered without spending tokens, and before the header limits
   so a browser can read their refusal; a refused request spends no token.
   The Lua filter has no default
@@ -739,7 +740,7 @@ def build_bootstrap(
         upstreams: The services behind the edge; names and route prefixes must be unique.
         settings: Listener, admin, CORS, rate-limit, log and limit settings.
         extra_http_filters: Filters inserted after ``local_ratelimit`` and the Lua filter and before
-            the router, in order: the seam for the JWT check and the IP-block RBAC filter.
+            the router, in order.
 
     Returns:
         The bootstrap, ready for :func:`json.dumps`.
