@@ -1,10 +1,11 @@
 """Blocks on the resource kit, in a kit store of their own (``sentinel-blocks``).
 
 ``blocks/{id}``, newest first. Store-only fields: ``cidr`` (the normalised range, to find an
-active block of the same range), ``live`` (not lifted), ``until`` (the expire time in Unix seconds,
-or :data:`FOREVER` when the block lasts until lifted) and ``source``. A block's ``active`` is
-computed on every read from ``live`` and ``until``, so an expired block reads inactive at once,
-whether or not anything rewrote it.
+active block of the same range), ``live`` (the stored message's ``active``: cleared when the block
+is lifted, and by sentinel soon after it expires, or at its next start), ``until`` (the expire time
+in Unix seconds, or :data:`FOREVER` when the block lasts until lifted) and ``source``. A block's
+``active`` is computed again on every read from its lift and expire times, so an expired block
+reads inactive at once, before its record is rewritten.
 
 ``<data_dir>/sentinel-blocks.db``, or the MongoDB database ``bhiv_sentinel-blocks`` of
 ``BHIV_SENTINEL_STORE_URL``.
@@ -49,7 +50,7 @@ def _fields(m: block_pb2.Block) -> dict[str, Value]:
     return {
         "created": seconds_of(m.create_time),
         "cidr": m.cidr,
-        "live": not m.HasField("lift_time"),
+        "live": m.active,
         "until": until_of(m),
         "source": int(m.source),
     }

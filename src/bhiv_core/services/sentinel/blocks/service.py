@@ -136,6 +136,11 @@ class BlockList:
         await self.store.open()
         await self.store.prune_receipts(before=self._clock() - RECEIPT_TTL_SECONDS)
         now = self._clock()
+        while expired := await self.store.find(
+            BLOCKS, [Eq("live", True), Cmp("until", "<=", now)], after=None, limit=1000
+        ):
+            # Expired while sentinel was down.
+            await self._retire([BLOCK.load(r).name for r in expired], now)
         after = None
         while True:
             records = await self.store.find(
@@ -156,6 +161,7 @@ class BlockList:
             if timer is not None:
                 timer.cancel()
         self._timer = self._fold_timer = None
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # expired blocks being recorded
         await self.store.close()
 
     # The API of sentinel's other parts
@@ -218,6 +224,7 @@ class BlockList:
                     f"{network!s} is already blocked by blocks/{clash[0].id}", reason="ALREADY_BLOCKED"
                 )
             message = block_pb2.Block(
+                active=True,
                 cidr=str(network),
                 reason=reason,
                 created_by=created_by,
@@ -263,6 +270,7 @@ class BlockList:
                     f"{name} is no longer active (expired or lifted)", reason="NOT_ACTIVE"
                 )
             block.lift_time.CopyFrom(to_timestamp(self._clock()))
+            block.active = False
             block.lifted_by = lifted_by
             if not await txn.replace(BLOCKS, BLOCK.record(block), expected_etag=record.etag):
                 raise NotFound(f"{name} not found", reason="NOT_FOUND")
@@ -287,10 +295,12 @@ class BlockList:
         """A page of blocks, newest first, maybe only the active ones or those of one source."""
         filters: list[Filter] = []
         if active_only:
-            filters += [Eq("live", True), Cmp("until", ">", self._clock())]
+            # Not "until > now" in the store: the filters are part of the page token, and now moves.
+            # A block that expired a moment ago, before sentinel rewrote it, is left out below (the
+            # page is then one short, which a page may be).
+            filters.append(Eq("live", True))
         if source:
             filters.append(Eq("source", source))
-        # The "now" of active_only is not part of the token: a later page takes its own now.
         records, token = await list_page(
             self.store,
             BLOCKS,
@@ -299,7 +309,8 @@ class BlockList:
             page_token=page_token,
             query=("ListBlocks", active_only, source),
         )
-        return [self._present(BLOCK.load(r)) for r in records], token
+        blocks = [self._present(BLOCK.load(r)) for r in records]
+        return [b for b in blocks if b.active or not active_only], token
 
     def check(self, address: str | Address) -> block_pb2.Block | None:
         """The most specific active block covering ``address``, or None (always for an allowlisted one)."""
@@ -488,13 +499,36 @@ class BlockList:
     def _expire_due(self) -> bool:
         """Removes the blocks whose expire time has come; True when any was active."""
         now = self._clock()
-        changed = False
+        expired = []
         while self._expiries and self._expiries[0][0] <= now:
             _, name = heapq.heappop(self._expiries)
             if self._deactivate(name):
-                changed = True
+                expired.append(name)
                 log.info("block expired", extra={"block": name})
-        return changed
+        if expired:
+            with contextlib.suppress(RuntimeError):
+                task = asyncio.get_running_loop().create_task(self._retire(expired, now))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        return bool(expired)
+
+    async def _retire(self, names: Sequence[str], now: float) -> None:
+        """Records that these blocks expired (``active`` false), so lists of active ones skip them."""
+
+        async def step(txn: Transaction) -> None:
+            for name in names:
+                record = await txn.get(BLOCKS, BLOCK.id_of(name))
+                if record is None:
+                    continue
+                block = BLOCK.load(record)
+                if block.active and until_of(block) <= now:
+                    block.active = False
+                    await txn.replace(BLOCKS, BLOCK.record(block), expected_etag=record.etag)
+
+        try:
+            await self.store.run(step)
+        except Exception:  # the next start retires them; reads already show them inactive
+            log.exception("could not record expired blocks", extra={"blocks": len(names)})
 
     async def _changed_now(self) -> None:
         async with self._changed:
