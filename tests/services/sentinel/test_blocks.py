@@ -389,3 +389,18 @@ async def test_new_blocks_go_to_the_recent_filter_then_fold_into_the_bulk_one(
     assert lifted is not None
     await blocks.unblock(lifted.name, lifted_by="u")
     assert blocks.check("10.0.7.1") is None
+
+
+def test_sentinel_refuses_several_workers_for_the_block_list() -> None:
+    from bhiv_core.runtime.config import ConfigError
+    from bhiv_core.services.sentinel.blocks.config import BlockConfig
+    from tests.harness import config_for
+
+    with pytest.raises(ConfigError, match="BHIV_SENTINEL_WORKERS"):
+        BlockConfig.from_runtime(config_for("sentinel", SENTINEL_WORKERS="2"))
+    settings = BlockConfig.from_runtime(
+        config_for("sentinel", SENTINEL_BLOCK_ALLOWLIST="10.1.0.0/16, 192.0.2.1")
+    )
+    assert [str(n) for n in settings.allowlist] == ["127.0.0.1/32", "::1/128", "10.1.0.0/16", "192.0.2.1/32"]
+    with pytest.raises(ConfigError, match="BHIV_SENTINEL_BLOCK_ALLOWLIST"):
+        BlockConfig.from_runtime(config_for("sentinel", SENTINEL_BLOCK_ALLOWLIST="10.1.0.1/16"))

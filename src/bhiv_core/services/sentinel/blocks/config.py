@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from bhiv_core.registry import SENTINEL_XDS_PORT
-from bhiv_core.runtime.config import RuntimeConfig
+from bhiv_core.runtime.config import ConfigError, RuntimeConfig
 from bhiv_core.security.address import Network
 from bhiv_core.services.sentinel.blocks.cidr import parse_networks
 from bhiv_core.storage.mongo import mongo_url_setting
@@ -47,6 +47,11 @@ class BlockConfig:
     @classmethod
     def from_runtime(cls, config: RuntimeConfig) -> BlockConfig:
         """Reads the block settings once; raises ConfigError naming a bad one."""
+        if config.workers != 1:
+            # The active list, its expiry timers and the xDS port live in one process.
+            raise ConfigError(
+                "BHIV_SENTINEL_WORKERS must be 1: one sentinel process serves the edge's deny list"
+            )
         s = config.settings
         none: tuple[Network, ...] = ()
         configured = s.get("SENTINEL_BLOCK_ALLOWLIST", none, parse_networks, "addresses or CIDR ranges")
