@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "EDGE_ADMIN_PORT",
+    "EDGE_BLOCK_FILTER",
     "EDGE_PORT",
     "EDGE_SOURCE_ADDRESS",
     "SENTINEL_XDS_PORT",
@@ -55,6 +56,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
 
 EDGE_PORT = 8080
 EDGE_ADMIN_PORT = 9901
+EDGE_BLOCK_FILTER = "bhiv.ip_blocks"
+"""The edge's IP-block filter, whose config sentinel serves over xDS (ECDS, by this name); the
+newest blocks go to a second one, ``<name>.recent``."""
 SENTINEL_XDS_PORT = 50058
 """Sentinel's xDS (ADS) port, from which every Envoy replica receives the deny list
 (``BHIV_SENTINEL_XDS_PORT``); only the edge's addresses may connect."""

@@ -202,7 +202,7 @@ from bhiv_core.edge.lua_scripts import (
     reply_script,
     rewrite_script,
 )
-from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_PORT, ServiceSpec
+from bhiv_core.registry import EDGE_ADMIN_PORT, EDGE_BLOCK_FILTER, EDGE_PORT, ServiceSpec
 from bhiv_core.runtime.config import DEFAULT_JWT_LEEWAY_S, Settings, token_claims
 from bhiv_core.runtime.contracts import all_services, descriptor_set, method_path, policy_of
 from bhiv_core.runtime.limits import MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
@@ -343,7 +343,7 @@ JWKS_REWRITE: Final = "jwks-rewrite"
 """The Lua script turning ``GET /.well-known/jwks.json`` into a JSON call of ``GetJwks``."""
 """The name of the RBAC filter that holds request headers to the limits: a name of its own, so that
 per-route RBAC configs meant for the IP-block filter (``envoy.filters.http.rbac``) never reach it."""
-BLOCK_FILTER: Final = "bhiv.ip_blocks"
+BLOCK_FILTER: Final = EDGE_BLOCK_FILTER
 """The IP-block RBAC filter, whose config Envoy discovers from sentinel over ECDS (the resource's name)."""
 RBAC_TYPE_URL: Final = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 RECENT_BLOCK_FILTER: Final = f"{BLOCK_FILTER}.recent"

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bhiv_core.edge.envoy_config import BLOCK_FILTER
+from bhiv_core.registry import EDGE_BLOCK_FILTER
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.services.sentinel.blocks.config import BlockConfig
 from bhiv_core.services.sentinel.blocks.resources import make_block_store
@@ -69,7 +69,7 @@ class Blocks:
         blocks = BlockList(
             make_block_store(config.data_dir, settings.store_url),
             settings.allowlist,
-            filter_name=BLOCK_FILTER,
+            filter_name=EDGE_BLOCK_FILTER,
             incident_exists=incident_exists,
             clock=clock,
         )
