@@ -35,6 +35,7 @@ from bhiv_core.registry import (
     EDGE_PORT,
     EDGE_SOURCE_ADDRESS,
     SENTINEL_ACCESS_LOG_PORT,
+    SENTINEL_XDS_PORT,
     SERVICES,
     ServiceSpec,
 )
@@ -84,6 +85,8 @@ class Mesh:
         admin_port: Envoy's admin interface (bound to 127.0.0.1 only).
         access_log_port: Sentinel's access-log port, where Envoy streams its access log
             (``BHIV_SENTINEL_ACCESS_LOG_PORT``).
+        xds_port: Sentinel's xDS port, from which the edge receives the deny list
+            (``BHIV_SENTINEL_XDS_PORT``).
         env: Settings (``BHIV_*``) and other environment for the services; the mesh's own host,
             data directory and ports override the same names.
         edge_rate_limit: Requests per second the edge admits (``BHIV_EDGE_RATE_LIMIT``).
@@ -100,6 +103,7 @@ class Mesh:
     edge_port: int = EDGE_PORT
     admin_port: int = EDGE_ADMIN_PORT
     access_log_port: int = SENTINEL_ACCESS_LOG_PORT
+    xds_port: int = SENTINEL_XDS_PORT
     env: Mapping[str, str] = field(default_factory=dict)
     edge_rate_limit: int = 1000
     edge_source_address: str = EDGE_SOURCE_ADDRESS
@@ -119,6 +123,7 @@ class Mesh:
             edge_port=ports.pop(),
             admin_port=ports.pop(),
             access_log_port=ports.pop(),
+            xds_port=ports.pop(),
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -144,7 +149,11 @@ class Mesh:
     def _check_ports(self) -> None:
         wanted = {f"BHIV_{n.upper()}_PORT": p for n, p in self.ports.items()}
         wanted |= {f"BHIV_{n.upper()}_METRICS_PORT": p for n, p in self.metrics_ports.items() if p}
-        wanted |= {"BHIV_EDGE_PORT": self.edge_port, "BHIV_EDGE_ADMIN_PORT": self.admin_port}
+        wanted |= {
+            "BHIV_EDGE_PORT": self.edge_port,
+            "BHIV_EDGE_ADMIN_PORT": self.admin_port,
+            "BHIV_SENTINEL_XDS_PORT": self.xds_port,
+        }
         wanted["BHIV_SENTINEL_ACCESS_LOG_PORT"] = self.access_log_port
         seen: dict[int, str] = {}
         for setting, port in wanted.items():
@@ -186,6 +195,7 @@ class Mesh:
         for name, port in self.metrics_ports.items():
             env[f"BHIV_{name.upper()}_METRICS_PORT"] = str(port)
         env["BHIV_SENTINEL_ACCESS_LOG_PORT"] = str(self.access_log_port)
+        env["BHIV_SENTINEL_XDS_PORT"] = str(self.xds_port)
         return env
 
     def _load_configs(self, env: Mapping[str, str]) -> dict[str, RuntimeConfig]:
@@ -323,6 +333,7 @@ class Mesh:
             upstream_source_address=self.edge_source_address,
             # Sentinel takes the stream from upstream_source_address, a trusted edge peer.
             access_log_service=f"{self.host}:{self.access_log_port}",
+            block_xds=f"{self.host}:{self.xds_port}",
             rate_limit_tokens_per_fill=self.edge_rate_limit,
             # The edge admits what the services accept (BHIV_MAX_MESSAGE_BYTES), no more, no less.
             max_request_bytes=max(
@@ -384,6 +395,7 @@ def _from_settings(settings: Settings, environ: Mapping[str, str]) -> Mesh:
         edge_port=settings.port("EDGE_PORT", EDGE_PORT),
         admin_port=settings.port("EDGE_ADMIN_PORT", EDGE_ADMIN_PORT),
         access_log_port=settings.port("SENTINEL_ACCESS_LOG_PORT", SENTINEL_ACCESS_LOG_PORT),
+        xds_port=settings.port("SENTINEL_XDS_PORT", SENTINEL_XDS_PORT),
         env=env,
         edge_rate_limit=settings.positive_int("EDGE_RATE_LIMIT", 1000),
     )
