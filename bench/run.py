@@ -13,6 +13,10 @@
    with CPU per request, and CreateShipment's throughput with durable audit vs without.
 5. Audit verification (:mod:`bench.audit_chain`): 10^5 and 10^6 records generated into a store in a
    temporary folder, verified by a full walk and from the latest signed checkpoint.
+6. Blocking at the edge (:mod:`bench.blocks`, a mesh of its own): the edge's throughput with 10,000
+   active blocks vs none (target at least 0.95x), and the time from ``BlockAddress`` returning to the
+   first refused call on an already-open connection, p50/p99 with 10,000 active blocks (target p99
+   under 1 s).
 
 Edge phases alternate (direct, edge, direct, edge) and the better of each kind is kept, so a noisy
 neighbour hurts both sides alike. CPU per call counts the service process, plus Envoy for the edge.
@@ -42,6 +46,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.audit_chain import audit_verification
+from bench.blocks import block_benchmarks
 from bench.load import Result, measure, pin, table
 from bench.resources import resource_benchmarks
 from bench.screening import screening_benchmarks_on
@@ -282,6 +287,10 @@ async def main(seconds: float = 3.0) -> None:
     # No mesh running: the store has the host to itself (still shared with whatever else runs).
     print("== audit verification: full walk vs from the latest checkpoint ==")
     report["audit_verification"] = await audit_verification()
+    print(
+        "== blocking at the edge: 10,000 blocks vs none, BlockAddress until an open connection is refused =="
+    )
+    report["blocks"] = await block_benchmarks(seconds=2.0)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
     print(f"saved {RESULTS / 'latest.json'}")

@@ -18,10 +18,11 @@ from bhiv_core.standard_chain import basic_chain
 
 
 def config_for(service: str = "identity", **env: str) -> RuntimeConfig:
-    """A config on port 0 (sentinel's access-log port too) with no metrics port, plus ``env`` overrides."""
+    """A config on port 0 (sentinel's access-log and xDS ports too) with no metrics port, plus ``env``."""
     base = {f"BHIV_{service.upper()}_PORT": "0", f"BHIV_{service.upper()}_METRICS_PORT": "0"}
-    if service == "sentinel":
-        base["BHIV_SENTINEL_ACCESS_LOG_PORT"] = "0"  # its Envoy-facing port, on a free port too
+    if service == "sentinel":  # its Envoy-facing ports (access log, deny list), on free ports too
+        base["BHIV_SENTINEL_ACCESS_LOG_PORT"] = "0"
+        base["BHIV_SENTINEL_XDS_PORT"] = "0"
     base |= {f"BHIV_{k}": v for k, v in env.items()}
     return load_config(service, base)
 

@@ -35,6 +35,7 @@ from bhiv_core.registry import (
     EDGE_PORT,
     EDGE_SOURCE_ADDRESS,
     SENTINEL_ACCESS_LOG_PORT,
+    SENTINEL_XDS_PORT,
     SERVICES,
     ServiceSpec,
 )
@@ -87,6 +88,8 @@ class Mesh:
             its own ports, logs and node id, and subscribes to the same control plane.
         access_log_port: Sentinel's access-log port, where Envoy streams its access log
             (``BHIV_SENTINEL_ACCESS_LOG_PORT``).
+        xds_port: Sentinel's xDS port, from which the edge receives the deny list
+            (``BHIV_SENTINEL_XDS_PORT``).
         env: Settings (``BHIV_*``) and other environment for the services; the mesh's own host,
             data directory and ports override the same names.
         edge_rate_limit: Requests per second the edge admits (``BHIV_EDGE_RATE_LIMIT``).
@@ -104,6 +107,7 @@ class Mesh:
     admin_port: int = EDGE_ADMIN_PORT
     edge_replica_ports: list[tuple[int, int]] = field(default_factory=list)
     access_log_port: int = SENTINEL_ACCESS_LOG_PORT
+    xds_port: int = SENTINEL_XDS_PORT
     env: Mapping[str, str] = field(default_factory=dict)
     edge_rate_limit: int = 1000
     edge_source_address: str = EDGE_SOURCE_ADDRESS
@@ -115,7 +119,7 @@ class Mesh:
     @classmethod
     def with_free_ports(cls, data_dir: Path, *, edge_replicas: int = 1, **kwargs: object) -> Mesh:
         """A mesh on free ports, for tests, with ``edge_replicas`` Envoys."""
-        ports = free_ports(2 * len(SERVICES) + 2 * edge_replicas + 1)
+        ports = free_ports(2 * len(SERVICES) + 2 * edge_replicas + 2)
         return cls(
             data_dir=data_dir,
             ports={s.name: ports.pop() for s in SERVICES},
@@ -123,6 +127,7 @@ class Mesh:
             edge_port=ports.pop(),
             admin_port=ports.pop(),
             access_log_port=ports.pop(),
+            xds_port=ports.pop(),
             edge_replica_ports=[(ports.pop(), ports.pop()) for _ in range(edge_replicas - 1)],
             **kwargs,  # type: ignore[arg-type]
         )
@@ -163,7 +168,11 @@ class Mesh:
     def _check_ports(self) -> None:
         wanted = {f"BHIV_{n.upper()}_PORT": p for n, p in self.ports.items()}
         wanted |= {f"BHIV_{n.upper()}_METRICS_PORT": p for n, p in self.metrics_ports.items() if p}
-        wanted |= {"BHIV_EDGE_PORT": self.edge_port, "BHIV_EDGE_ADMIN_PORT": self.admin_port}
+        wanted |= {
+            "BHIV_EDGE_PORT": self.edge_port,
+            "BHIV_EDGE_ADMIN_PORT": self.admin_port,
+            "BHIV_SENTINEL_XDS_PORT": self.xds_port,
+        }
         wanted["BHIV_SENTINEL_ACCESS_LOG_PORT"] = self.access_log_port
         for replica, (port, admin) in enumerate(self.edge_replica_ports, start=1):
             wanted |= {f"edge replica {replica}": port, f"edge replica {replica} admin": admin}
@@ -207,6 +216,7 @@ class Mesh:
         for name, port in self.metrics_ports.items():
             env[f"BHIV_{name.upper()}_METRICS_PORT"] = str(port)
         env["BHIV_SENTINEL_ACCESS_LOG_PORT"] = str(self.access_log_port)
+        env["BHIV_SENTINEL_XDS_PORT"] = str(self.xds_port)
         return env
 
     def _load_configs(self, env: Mapping[str, str]) -> dict[str, RuntimeConfig]:
@@ -401,6 +411,7 @@ class Mesh:
             upstream_source_address=self.edge_source_address,
             # Sentinel takes the stream from upstream_source_address, a trusted edge peer.
             access_log_service=f"{self.host}:{self.access_log_port}",
+            block_xds=f"{self.host}:{self.xds_port}",
             rate_limit_tokens_per_fill=self.edge_rate_limit,
             # The edge admits what the services accept (BHIV_MAX_MESSAGE_BYTES), no more, no less.
             max_request_bytes=max(
@@ -468,6 +479,7 @@ def _from_settings(settings: Settings, environ: Mapping[str, str]) -> Mesh:
         admin_port=admin_port,
         edge_replica_ports=[(edge_port + i, admin_port + i) for i in range(1, replicas)],
         access_log_port=settings.port("SENTINEL_ACCESS_LOG_PORT", SENTINEL_ACCESS_LOG_PORT),
+        xds_port=settings.port("SENTINEL_XDS_PORT", SENTINEL_XDS_PORT),
         env=env,
         edge_rate_limit=settings.positive_int("EDGE_RATE_LIMIT", 1000),
     )

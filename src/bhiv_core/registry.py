@@ -13,10 +13,12 @@ __all__ = [
     "ACCESS_LOG_JWT_METADATA",
     "ACCESS_LOG_STATUS_METADATA",
     "EDGE_ADMIN_PORT",
+    "EDGE_BLOCK_FILTER",
     "EDGE_JWKS_ROUTE",
     "EDGE_PORT",
     "EDGE_SOURCE_ADDRESS",
     "SENTINEL_ACCESS_LOG_PORT",
+    "SENTINEL_XDS_PORT",
     "SERVICES",
     "ServiceSpec",
     "by_name",
@@ -58,6 +60,12 @@ SERVICES: tuple[ServiceSpec, ...] = (
 
 EDGE_PORT = 8080
 EDGE_ADMIN_PORT = 9901
+EDGE_BLOCK_FILTER = "bhiv.ip_blocks"
+"""The edge's IP-block filter, whose config sentinel serves over xDS (ECDS, by this name); the
+newest blocks go to a second one, ``<name>.recent``."""
+SENTINEL_XDS_PORT = 50058
+"""Sentinel's xDS (ADS) port, from which every Envoy replica receives the deny list
+(``BHIV_SENTINEL_XDS_PORT``); only the edge's addresses may connect."""
 EDGE_SOURCE_ADDRESS = "127.0.0.2"
 """The address the mesh's Envoy connects to the services from, and the one they trust by default.
 

@@ -1,5 +1,6 @@
 """Several Envoy replicas of one edge: each serves the same generated config with its own ports,
-node id and logs, and routes calls to the same services.
+node id and logs, routes calls to the same services, and enforces the same blocks, which they all
+receive from sentinel, their one control plane.
 
 ``Mesh(edge_replicas=...)`` is what ``make run`` starts with ``BHIV_EDGE_REPLICAS``; a replica added
 to a running mesh (:meth:`Mesh.add_edge_replica`) is one joining a deployment.
@@ -8,6 +9,7 @@ to a running mesh (:meth:`Mesh.add_edge_replica`) is one joining a deployment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import urllib.request
@@ -19,10 +21,13 @@ import pytest
 
 from bhiv.identity.v1 import auth_service_pb2 as auth
 from bhiv.identity.v1 import auth_service_pb2_grpc as auth_grpc
+from bhiv.sentinel.v1 import block_service_pb2 as bs
 from bhiv_core.mesh import Mesh
-from tests.e2e.client import CALL_TIMEOUT, admin_credentials
+from tests.e2e.client import CALL_TIMEOUT, Session, admin_credentials, admin_session
 from tests.e2e.conftest import Collector, mesh_env
+from tests.e2e.edge_probe import BLOCKED, block_address, block_stub, probe, refused, served, unblock, until
 from tests.e2e.launcher import Launcher, start_launcher, stop_launcher
+from tests.harness import OWN_CONNECTION, Relay
 from tests.procfs import cmdline
 
 pytestmark = pytest.mark.e2e
@@ -88,6 +93,88 @@ def test_each_replica_has_its_own_node_id_admin_config_and_logs(replicated: Mesh
     logs = replicated.log_dir
     assert (logs / "envoy.log").exists() and (logs / "envoy-1.log").exists()
     assert (logs / "edge-access.log").exists() and (logs / "edge-access-1.log").exists()
+
+
+@pytest.fixture(scope="module")
+async def replicated_admin(replicated: Mesh) -> Session:
+    return await admin_session(replicated)
+
+
+async def test_a_block_is_applied_by_both_replicas_on_open_and_new_connections(
+    replicated: Mesh, replicated_admin: Session, capsys: pytest.CaptureFixture[str]
+) -> None:
+    attacker, bystander = "127.0.0.61", "127.0.0.62"
+    first, second = replicated.edge_addresses
+    async with contextlib.AsyncExitStack() as stack:
+        # One connection from the attacker to each replica, open before the block.
+        relays = [await stack.enter_async_context(Relay(edge, attacker)) for edge in (first, second)]
+        open_channels = [
+            await stack.enter_async_context(grpc.aio.insecure_channel(r.address, options=OWN_CONNECTION))
+            for r in relays
+        ]
+        for channel in open_channels:
+            assert await served(channel)
+        created = await block_address(first, replicated_admin, attacker, "two replicas, one control plane")
+        try:
+            took = await asyncio.gather(
+                *(until(lambda c=c: refused(c), f"replica {i} refuses") for i, c in enumerate(open_channels))
+            )
+            with capsys.disabled():
+                print(
+                    f"\nthe block reached the open connections of replica 0 after {took[0]:.3f} s, "
+                    f"of replica 1 after {took[1]:.3f} s"
+                )
+            assert [r.connections for r in relays] == [1, 1]  # the already-open connections, refused
+            for relay in relays:
+                async with grpc.aio.insecure_channel(relay.address, options=OWN_CONNECTION) as fresh:
+                    code, message = await probe(fresh)
+                assert code == grpc.StatusCode.PERMISSION_DENIED and BLOCKED in message
+                assert "blocked-until-lifted" in message
+            assert [r.connections for r in relays] == [2, 2]  # and new ones
+            for edge in (first, second):
+                async with (
+                    Relay(edge, bystander) as other,
+                    grpc.aio.insecure_channel(other.address, options=OWN_CONNECTION) as channel,
+                ):
+                    assert await served(channel)
+        finally:
+            lifted = await unblock(second, replicated_admin, created.name)  # through the other replica
+        assert not lifted.active
+        for i, channel in enumerate(open_channels):
+            await until(lambda c=channel: served(c), f"replica {i} serves the lifted address again")
+
+
+async def test_a_replica_that_joins_enforces_the_blocks_already_made(
+    replicated: Mesh, replicated_admin: Session
+) -> None:
+    attacker = "127.0.0.63"
+    created = await block_address(
+        replicated.edge_address, replicated_admin, attacker, "made before the replica"
+    )
+    try:
+        joined = await replicated.add_edge_replica()
+        try:
+            async with (
+                Relay(joined, attacker) as relay,
+                grpc.aio.insecure_channel(relay.address, options=OWN_CONNECTION) as channel,
+            ):
+                await until(lambda: refused(channel), "the new replica refuses the blocked address")
+                await unblock(joined, replicated_admin, created.name)
+                await until(lambda: served(channel), "the new replica follows the unblock")
+        finally:
+            envoy = replicated.envoys.pop()
+            replicated.edge_replica_ports.pop()
+            await envoy.astop()
+    finally:
+        if await _is_active(replicated, replicated_admin, created.name):
+            await unblock(replicated.edge_address, replicated_admin, created.name)
+
+
+async def _is_active(mesh: Mesh, admin: Session, name: str) -> bool:
+
+    async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
+        got = await block_stub(channel).GetBlock(bs.GetBlockRequest(name=name), metadata=admin.metadata)
+    return bool(got.block.active)
 
 
 async def test_a_replica_added_to_a_running_mesh_routes_calls(replicated: Mesh) -> None:

@@ -741,9 +741,13 @@ def test_no_client_is_internal_so_every_request_gets_the_edge_headers(
 def test_upstream_connections_leave_from_the_configured_source_address(tmp_path: Path) -> None:
     settings = EdgeSettings(upstream_source_address="127.0.0.2")
     clusters = build_bootstrap(registry_upstreams(), settings)["static_resources"]["clusters"]
-    assert {json.dumps(c["upstream_bind_config"]) for c in clusters} == {
+    assert {json.dumps(c["upstream_bind_config"]) for c in clusters if c["name"] != JWKS_CLUSTER} == {
         json.dumps({"source_address": {"address": "127.0.0.2", "port_value": 0}})
     }
+    # The edge's call to its own listener (the JWKS) leaves from 127.0.0.1, which is never blocked:
+    # to the listener, 127.0.0.2 is an ordinary client address.
+    [jwks] = [c for c in clusters if c["name"] == JWKS_CLUSTER]
+    assert jwks["upstream_bind_config"] == {"source_address": {"address": "127.0.0.1", "port_value": 0}}
     validate_config(write_bootstrap(tmp_path / "envoy.json", registry_upstreams(), settings))
     default = build_bootstrap(registry_upstreams(), EdgeSettings())["static_resources"]["clusters"]
     assert all("upstream_bind_config" not in c for c in default)

@@ -17,9 +17,10 @@ What the edge does, in the order a request meets it:
   go on. The codec's own limits sit far above, as a backstop (see :func:`_listener`), and the codec
   is Envoy's oghttp2, which decodes long fields where its default ends the connection
   (:data:`ENVOY_RUNTIME`).
-* HTTP filters: ``grpc_web`` → ``cors`` → header limits → ``local_ratelimit`` → ``lua`` →
-  ``jwt_authn`` (the token check, :func:`_jwt_authn`) → ``grpc_json_transcoder`` → *extra filters*
-  → ``router``. The extra filters are the seam for the IP-block RBAC filter; CORS comes before
+* HTTP filters: ``grpc_web`` → ``cors`` → the IP blocks (two RBAC filters whose config comes
+  from sentinel over ECDS, :func:`_block_filters`; only with ``block_xds``) → header limits →
+  ``local_ratelimit`` → ``lua`` → ``jwt_authn`` (the token check, :func:`_jwt_authn`) →
+  ``grpc_json_transcoder`` → *extra filters* → ``router``. CORS comes before
   the rate limit so preflights are answered without spending tokens, and before the header limits
   so a browser can read their refusal; a refused request spends no token.
   The Lua filter has no default
@@ -61,6 +62,7 @@ from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog, AccessLogFilte
 from envoy_data_plane.envoy.config.bootstrap.v3 import (
     Admin,
     Bootstrap,
+    BootstrapDynamicResources,
     BootstrapStaticResources,
     LayeredRuntime,
     RuntimeLayer,
@@ -75,10 +77,16 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
 )
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
+    AggregatedConfigSource,
+    ApiConfigSource,
+    ApiConfigSourceApiType,
     ApiVersion,
+    BackoffStrategy,
     BindConfig,
     CidrRange,
+    ConfigSource,
     DataSource,
+    ExtensionConfigSource,
     GrpcService,
     GrpcServiceEnvoyGrpc,
     HeaderValue,
@@ -92,6 +100,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     HttpUri,
     KeepaliveSettings,
     Node,
+    RetryPolicy,
     RuntimeFractionalPercent,
     SocketAddress,
     SubstitutionFormatString,
@@ -201,6 +210,7 @@ from bhiv_core.edge.lua_scripts import (
 from bhiv_core.registry import (
     ACCESS_LOG_JWT_METADATA,
     EDGE_ADMIN_PORT,
+    EDGE_BLOCK_FILTER,
     EDGE_JWKS_ROUTE,
     EDGE_PORT,
     ServiceSpec,
@@ -214,6 +224,8 @@ __all__ = [
     "ACCESS_LOG_FORMAT",
     "ACCESS_LOG_NAME",
     "ADMIN_HOST",
+    "BLOCKED_DETAILS",
+    "BLOCK_FILTER",
     "CORS_ALLOW_HEADERS",
     "CORS_EXPOSE_HEADERS",
     "DEFAULT_CORS_ALLOW_ORIGINS",
@@ -230,10 +242,12 @@ __all__ = [
     "NODE_CLUSTER",
     "OVERLOAD_ACTIONS",
     "PROTOCOL_HINT",
+    "RECENT_BLOCK_FILTER",
     "REFLECTION_CLUSTER",
     "REFLECTION_PREFIXES",
     "SERVICE_HEADER",
     "TOO_MANY_HEADERS",
+    "XDS_CLUSTER",
     "EdgeSettings",
     "Upstream",
     "build_bootstrap",
@@ -363,6 +377,22 @@ JWKS_REWRITE: Final = "jwks-rewrite"
 """The Lua script turning ``GET /.well-known/jwks.json`` into a JSON call of ``GetJwks``."""
 """The name of the RBAC filter that holds request headers to the limits: a name of its own, so that
 per-route RBAC configs meant for the IP-block filter (``envoy.filters.http.rbac``) never reach it."""
+BLOCK_FILTER: Final = EDGE_BLOCK_FILTER
+"""The IP-block RBAC filter, whose config Envoy discovers from sentinel over ECDS (the resource's name)."""
+RBAC_TYPE_URL: Final = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+RECENT_BLOCK_FILTER: Final = f"{BLOCK_FILTER}.recent"
+"""The second IP-block filter, holding only the newest blocks: Envoy applies a change to it in
+milliseconds, where the whole list (10,000 entries) takes it about 0.1 s; sentinel folds it into
+:data:`BLOCK_FILTER` when the list is quiet."""
+XDS_CLUSTER: Final = "sentinel-xds"
+"""Sentinel's xDS port, as a cluster: the ADS stream every Envoy replica keeps open."""
+BLOCKED_DETAILS: Final = "rbac_access_denied_matched_policy[blocked-until-"
+"""How the response details of a request the IP-block filter refused start; the action name that
+follows says until when (``blocked-until-2026-12-02T16:00:00Z]`` or ``blocked-until-lifted]``)."""
+BLOCKED_MESSAGE: Final = (
+    "client address blocked at the edge (%RESPONSE_CODE_DETAILS%: until that UTC time, or until an "
+    "administrator lifts the block)"
+)
 CEL_FILTER: Final = "envoy.access_loggers.extension_filters.cel"
 HCM_FILTER: Final = "envoy.filters.network.http_connection_manager"
 UPSTREAM_HTTP_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -433,6 +463,7 @@ _GRPC_OR_JSON: Final = r"application/(grpc([-+;].*)?|json(\s*;.*)?)"
 _INT64_MAX: Final = 2**63 - 1
 _DEADLINE_EXCEEDED: Final = "4"
 _UNAUTHENTICATED: Final = "16"
+_PERMISSION_DENIED: Final = "7"
 _JWT_DENIED: Final = "response.code_details.startsWith('jwt_authn_access_denied')"
 # HTTP/2 bounds a flow-control window (RFC 9113, 6.9.2); Envoy takes no stream window under 64 KiB - 1.
 _MIN_WINDOW: Final = 65_535
@@ -612,6 +643,9 @@ class EdgeSettings:
         node_id: This Envoy's node id, which it presents to its control plane (xDS) and its
             access-log service: every replica of the edge has its own (``bhiv-edge``,
             ``bhiv-edge-1``, ...), all in the node cluster ``bhiv-edge``.
+        block_xds: ``host:port`` of sentinel's xDS server (``BHIV_SENTINEL_XDS_PORT``), from which
+            this replica receives the deny list (the IP-block filter, :func:`_block_filter`);
+            None: no IP-block filter (an edge without sentinel).
 
     """
 
@@ -653,6 +687,7 @@ class EdgeSettings:
     jwt_clock_skew_s: int = math.ceil(DEFAULT_JWT_LEEWAY_S)
     jwks_cache_s: float = 10.0
     node_id: str = NODE_CLUSTER
+    block_xds: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("listen_port", "admin_port"):
@@ -690,10 +725,14 @@ class EdgeSettings:
         for name in ("initial_stream_window_bytes", "initial_connection_window_bytes"):
             if not _MIN_WINDOW <= getattr(self, name) <= _MAX_WINDOW:
                 raise ValueError(f"{name} must be between {_MIN_WINDOW} and {_MAX_WINDOW} (HTTP/2)")
-        if not self.node_id:
-            raise ValueError("node_id must not be empty")
         if self.xff_num_trusted_hops < 0:
             raise ValueError("xff_num_trusted_hops must not be negative")
+        if not self.node_id or len(self.node_id) > 128:
+            raise ValueError("node_id must be 1 to 128 characters")
+        if self.block_xds is not None:
+            host, _, port = self.block_xds.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"block_xds {self.block_xds!r} must be host:port")
         for name in ("rate_limit_service", "access_log_service"):
             value = getattr(self, name)
             if value is not None:
@@ -756,7 +795,7 @@ def build_bootstrap(
         upstreams: The services behind the edge; names and route prefixes must be unique.
         settings: Listener, admin, CORS, rate-limit, log and limit settings.
         extra_http_filters: Filters inserted after ``local_ratelimit`` and the Lua filter and before
-            the router, in order: the seam for the JWT check and the IP-block RBAC filter.
+            the router, in order.
 
     Returns:
         The bootstrap, ready for :func:`json.dumps`.
@@ -781,8 +820,10 @@ def build_bootstrap(
                 *_rate_limit_service_clusters(settings),
                 *_access_log_service_clusters(settings),
                 *([_jwks_cluster(settings)] if _jwks_owner(upstreams) else []),
+                *_xds_clusters(settings),
             ],
         ),
+        dynamic_resources=_dynamic_resources(settings),
         layered_runtime=LayeredRuntime(
             layers=[RuntimeLayer(name="bhiv-edge", static_layer=Struct.from_dict(dict(ENVOY_RUNTIME)))]
         ),
@@ -999,6 +1040,9 @@ def _listener(
         http_filters=[
             HttpFilter(name=GRPC_WEB_FILTER, typed_config=_pack(GrpcWeb())),
             HttpFilter(name=CORS_FILTER, typed_config=_pack(Cors())),
+            # Before anything spends work (a rate-limit token, a token check) on a blocked
+            # client; after gRPC-web and CORS, so their callers can read the refusal.
+            *_block_filters(settings),
             HttpFilter(name=HEADER_LIMITS_FILTER, typed_config=_pack(_header_limits(settings))),
             HttpFilter(name=LOCAL_RATELIMIT_FILTER, typed_config=_pack(_local_rate_limit(settings))),
             *(
@@ -1360,8 +1404,7 @@ def _jwks_cluster(settings: EdgeSettings) -> Cluster:
                 )
             ],
         ),
-        # Like every upstream connection: the fetch reaches the listener as the edge's own.
-        upstream_bind_config=_bind(settings),
+        upstream_bind_config=_self_bind(settings),
     )
 
 
@@ -1432,6 +1475,7 @@ def _local_replies(settings: EdgeSettings) -> LocalReplyConfig:
     )
     return LocalReplyConfig(
         mappers=[
+            *_blocked_mappers(),
             _mapper(_denied_by(TOO_MANY_HEADERS), _RESOURCE_EXHAUSTED, status_code=431, body=too_many),
             _mapper(_denied_by(HEADERS_TOO_LARGE), _RESOURCE_EXHAUSTED, status_code=431, body=too_large),
             _mapper("response.code == 431", _RESOURCE_EXHAUSTED),
@@ -1958,3 +2002,139 @@ def _to_json_dict(message: betterproto2.Message) -> dict[str, Any]:
     """Convert to proto3 JSON with the proto field names (as in Envoy's docs); Envoy accepts either casing."""
     result: dict[str, Any] = message.to_dict(casing=betterproto2.Casing.SNAKE)
     return result
+
+
+# ----------------------------------------------------------------------------- IP blocks (sentinel)
+
+
+def _block_filters(settings: EdgeSettings) -> list[HttpFilter]:
+    """The IP-block filter: Envoy's RBAC filter, its config discovered from sentinel over ECDS.
+
+    A discovered filter config (ECDS) reaches connections that are already open within
+    milliseconds; a listener-level list would only reach them after a drain. Until sentinel first
+    answers, and whenever it cannot be reached, the filter lets everything through (the default
+    config, applied without warming, so the edge serves at once) or keeps the last list it got.
+    Sentinel builds the config (:mod:`bhiv_core.services.sentinel.blocks.rbac`): the allowlist,
+    then a trie of the blocked ranges on the client address the edge trusts (RBAC's
+    ``remote_ip``: the TCP peer, or per ``xff_num_trusted_hops``). Two filters: the whole list,
+    and the newest blocks alone (:data:`RECENT_BLOCK_FILTER`), the one a new block changes, so
+    Envoy applies a few entries at once rather than 10,000 (about 0.1 s).
+    """
+    if settings.block_xds is None:
+        return []
+    return [
+        HttpFilter(
+            name=name,
+            config_discovery=ExtensionConfigSource(
+                config_source=ConfigSource(ads=AggregatedConfigSource(), resource_api_version=ApiVersion.V3),
+                default_config=_pack(Rbac()),
+                apply_default_config_without_warming=True,
+                type_urls=[RBAC_TYPE_URL],
+            ),
+        )
+        for name in (BLOCK_FILTER, RECENT_BLOCK_FILTER)
+    ]
+
+
+def _xds_clusters(settings: EdgeSettings) -> list[Cluster]:
+    """Sentinel's xDS port (HTTP/2), reached from the edge's upstream source address like the services."""
+    if settings.block_xds is None:
+        return []
+    host, _, port = settings.block_xds.rpartition(":")
+    host = host.strip("[]")
+    return [
+        Cluster(
+            name=XDS_CLUSTER,
+            type=ClusterDiscoveryType.STATIC if _is_ip(host) else ClusterDiscoveryType.STRICT_DNS,
+            dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
+            connect_timeout=_seconds(settings.connect_timeout_s),
+            load_assignment=ClusterLoadAssignment(
+                cluster_name=XDS_CLUSTER,
+                endpoints=[
+                    LocalityLbEndpoints(
+                        lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=_socket_address(host, int(port))))]
+                    )
+                ],
+            ),
+            typed_extension_protocol_options={
+                UPSTREAM_HTTP_OPTIONS: _pack(
+                    UpstreamHttpProtocolOptions(
+                        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                            http2_protocol_options=Http2ProtocolOptions(
+                                # Finds a sentinel gone silent; Envoy then reconnects.
+                                connection_keepalive=KeepaliveSettings(
+                                    interval=timedelta(seconds=15), timeout=timedelta(seconds=5)
+                                ),
+                            )
+                        )
+                    )
+                )
+            },
+            upstream_bind_config=_bind(settings),
+        )
+    ]
+
+
+def _dynamic_resources(settings: EdgeSettings) -> BootstrapDynamicResources | None:
+    """The ADS stream to sentinel (state of the world); everything else stays static."""
+    if settings.block_xds is None:
+        return None
+    return BootstrapDynamicResources(
+        ads_config=ApiConfigSource(
+            api_type=ApiConfigSourceApiType.GRPC,
+            transport_api_version=ApiVersion.V3,
+            grpc_services=[
+                GrpcService(
+                    envoy_grpc=GrpcServiceEnvoyGrpc(
+                        cluster_name=XDS_CLUSTER,
+                        # Reconnects to a restarted sentinel within a second or two (Envoy's
+                        # default backoff grows to 30 s); the list it had stays in force meanwhile.
+                        retry_policy=RetryPolicy(
+                            retry_back_off=BackoffStrategy(
+                                base_interval=timedelta(milliseconds=250), max_interval=timedelta(seconds=2)
+                            )
+                        ),
+                    )
+                )
+            ],
+            set_node_on_first_message_only=True,
+        )
+    )
+
+
+def _blocked_mappers() -> list[ResponseMapper]:
+    """A blocked client's reply: PERMISSION_DENIED (HTTP 403) saying that it is blocked, and until when.
+
+    gRPC (and gRPC-web, which the grpc_web filter has made gRPC) gets ``grpc-status: 7`` and the
+    message; JSON gets a ``google.rpc.Status``; anything else a 403 with the message.
+    """
+    blocked = f"response.code_details.startsWith('{BLOCKED_DETAILS}')"
+    return [
+        _mapper(
+            f"{blocked} && request.headers['content-type'].startsWith('application/json')",
+            _PERMISSION_DENIED,
+            status_code=403,
+            body_json={"code": int(_PERMISSION_DENIED), "message": BLOCKED_MESSAGE},
+        ),
+        _mapper(blocked, _PERMISSION_DENIED, status_code=403, body_format=BLOCKED_MESSAGE),
+    ]
+
+
+def _self_bind(settings: EdgeSettings) -> BindConfig | None:
+    """Where the edge's calls to its own listener (the JWKS fetch) leave from.
+
+    From the host's own 127.0.0.1 (or ::1), which sentinel never blocks, when the listener is on a
+    loopback address: the services' source address (``upstream_source_address``, 127.0.0.2 in the
+    mesh) is an ordinary client address to the listener, and may be blocked. Otherwise the
+    system's choice (the listener's own address, which then belongs in the block allowlist).
+    """
+    if settings.upstream_source_address is None:
+        return None  # the system's choice: the listener's own address, 127.0.0.1 on loopback
+    try:
+        host = ipaddress.ip_address(settings.connect_host)
+    except ValueError:
+        return None
+    if not host.is_loopback:
+        return None
+    own = "127.0.0.1" if host.version == 4 else "::1"
+    return BindConfig(source_address=_socket_address(own, 0).socket_address)

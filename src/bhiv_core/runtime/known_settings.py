@@ -117,6 +117,9 @@ SHARED_SETTINGS: Final = frozenset(
         "SENTINEL_ACCESS_LOG_RATE",
         "SENTINEL_ACCESS_LOG_MAX_MESSAGE_BYTES",
         "SENTINEL_ACCESS_LOG_MAX_CONNECTIONS",
+        # sentinel's block list and its xDS server
+        "SENTINEL_XDS_PORT",
+        "SENTINEL_BLOCK_ALLOWLIST",
         # sentinel's alerts
         "ALERT_KEK_FILE",
         "ALERT_SMTP_HOST",

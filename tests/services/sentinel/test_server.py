@@ -28,7 +28,6 @@ from bhiv_core.runtime.config import ConfigError
 from bhiv_core.runtime.server import start_service
 from bhiv_core.security.principal import Principal, current_principal
 from bhiv_core.services.sentinel import server
-from bhiv_core.services.sentinel.servicer import MISSING
 from tests.audit.support import SqliteBackend, entry, written_before_the_caps
 from tests.harness import config_for
 
@@ -52,7 +51,13 @@ async def test_sentinel_reads_the_shared_audit_file_and_reports_health(tmp_path:
 
     config = config_for("sentinel", DATA_DIR=str(tmp_path))
     definition = server.definition(config)
-    assert set(definition.checks) == {"audit_store", "sentinel_store", "alert_store", "incident_store"}
+    assert set(definition.checks) == {
+        "audit_store",
+        "sentinel_store",
+        "alert_store",
+        "incident_store",
+        "block_store",
+    }
     running = await start_service(config, definition, chain)
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
@@ -74,11 +79,9 @@ async def test_sentinel_reads_the_shared_audit_file_and_reports_health(tmp_path:
                 ts.ListIncidentsRequest()
             )
             assert not listed_incidents.incidents
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                blocks = bs_grpc.BlockServiceStub(channel)
-                await blocks.CheckAddress(bs.CheckAddressRequest(address="192.0.2.1"))
-            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert MISSING in (err.value.details() or "")
+            # BlockService is served by the blocks servicer, on its own kit store.
+            blocks = bs_grpc.BlockServiceStub(channel)
+            assert not (await blocks.CheckAddress(bs.CheckAddressRequest(address="192.0.2.1"))).blocked
             # AlertService is served by the alerts servicer, on its own kit store.
             alerts = als_grpc.AlertServiceStub(channel)
             assert not (await alerts.ListAlertChannels(als.ListAlertChannelsRequest())).alert_channels
@@ -87,6 +90,7 @@ async def test_sentinel_reads_the_shared_audit_file_and_reports_health(tmp_path:
     assert (tmp_path / "sentinel.db").exists()
     assert (tmp_path / "sentinel-alerts.db").exists()
     assert (tmp_path / "sentinel-incidents.db").exists()
+    assert (tmp_path / "sentinel-blocks.db").exists()
     # on_stop closed both stores: their checks fail now.
     for check in definition.checks.values():
         with pytest.raises(RuntimeError, match="not open"):

@@ -31,6 +31,7 @@ from prometheus_client import Counter
 
 from bhiv_core.agents.threat_detection import Category, Severity
 from bhiv_core.agents.threat_response.policy import PolicyEntry, ResponsePolicy, format_duration
+from bhiv_core.runtime.errors import BhivError
 from bhiv_core.runtime.telemetry import REGISTRY
 
 __all__ = [
@@ -48,8 +49,8 @@ log = logging.getLogger(__name__)
 
 RESPONSE_OUTCOMES = Counter(
     "bhiv_threat_response",
-    "Threat response outcomes: blocked, alerted, and every failure by stage (block_failed, alert_failed, "
-    "grouping_failed, response_failed, queue_full, stream_cut_off).",
+    "Threat response outcomes: blocked, alerted, block_refused, and every failure by stage "
+    "(block_failed, alert_failed, grouping_failed, response_failed, queue_full, stream_cut_off).",
     ("outcome",),
     registry=REGISTRY,
 )
@@ -273,6 +274,15 @@ class ThreatResponseAgent:
             described = await self._blocker.block(
                 cidr, ttl=ttl, reason=f"{facts.title} ({facts.rule_id})", incident=facts.name
             )
+        except (
+            BhivError
+        ) as exc:  # refused by the block list (an allowlisted address): a decision, not a fault
+            RESPONSE_OUTCOMES.labels("block_refused").inc()
+            log.warning(
+                "threat response: block refused",
+                extra={"incident": facts.name, "address": address, "error": str(exc)[:200]},
+            )
+            return f"block of {address} refused: {str(exc)[:200] or type(exc).__name__}"
         except Exception as exc:
             self.failures += 1
             RESPONSE_OUTCOMES.labels("block_failed").inc()

@@ -15,6 +15,7 @@ from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.runtime.security_events import QueuedReporter, SecurityEvent, coalescing_settings
 from bhiv_core.services.sentinel.access_log import AccessLogServer
 from bhiv_core.services.sentinel.alerts.service import Alerts
+from bhiv_core.services.sentinel.blocks import Blocks, EdgeBlocker
 from bhiv_core.services.sentinel.config import SentinelConfig
 from bhiv_core.services.sentinel.incidents.service import ThreatResponse
 from bhiv_core.services.sentinel.service import SentinelService, audit_page_bytes
@@ -40,10 +41,10 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
     reported security event is queued for it. Its detections are grouped into incidents, stored,
     logged, streamed and acted on by the threat response agent
     (:mod:`bhiv_core.services.sentinel.incidents`), which blocks addresses through ``blocker``
-    (None: blocks are recorded on the incident as not made) and alerts through the alert channels. The edge's
-    access log arrives on a port of its own (``BHIV_SENTINEL_ACCESS_LOG_PORT``, served to the
-    trusted edge peers only, :mod:`bhiv_core.services.sentinel.access_log`): every entry is
-    queued for the detection agent too.
+    (None: sentinel's own block list, :mod:`bhiv_core.services.sentinel.blocks`, served to every
+    Envoy over xDS) and alerts through the alert channels. The edge's access log arrives on a port
+    of its own (``BHIV_SENTINEL_ACCESS_LOG_PORT``, served to the trusted edge peers only,
+    :mod:`bhiv_core.services.sentinel.access_log`): every entry is queued for the detection agent too.
     """
     settings = SentinelConfig.from_runtime(config)
     audit = make_audit_store(config)
@@ -60,7 +61,15 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
     # Alert channels and alerts (<data_dir>/sentinel-alerts.db): see services/sentinel/alerts.
     alerts = Alerts.from_config(config)
     # Incidents and the response agent (<data_dir>/sentinel-incidents.db): see services/sentinel/incidents.
-    response = ThreatResponse.from_config(config, store, alerts.dispatcher, blocker=blocker)
+    # Blocks (<data_dir>/sentinel-blocks.db) and the edge's deny list over xDS
+    # (BHIV_SENTINEL_XDS_PORT): see services/sentinel/blocks. BlockAddress checks its incident here.
+    blocks = Blocks.from_config(config, incident_exists=lambda name: response.incidents.exists(name))
+    response = ThreatResponse.from_config(
+        config,
+        store,
+        alerts.dispatcher,
+        blocker=blocker if blocker is not None else EdgeBlocker(blocks.blocks),
+    )
     detection = ThreatDetectionAgent(response.sink)
     sentinel = SentinelService(
         audit,
@@ -102,7 +111,11 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
         max_connections=settings.access_log_max_connections,
         reuse_port=config.workers > 1,
     )
-    servicers = {"AlertService": alerts.servicer, "ThreatService": response.servicer(servicer)}
+    servicers = {
+        "AlertService": alerts.servicer,
+        "ThreatService": response.servicer(servicer),
+        "BlockService": blocks.servicer,
+    }
     return runtime.ServiceDefinition(
         name=NAME,
         servicers=[(s, servicers.get(s.name, servicer)) for s in services_of_package("bhiv.sentinel.v1")],
@@ -112,12 +125,14 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
             "sentinel_store": store.ping,
             "alert_store": alerts.store.ping,
             "incident_store": response.store.ping,
+            "block_store": blocks.blocks.store.ping,
         },
         on_start=[
             audit.open,
             store.open,
             writer.start,
             alerts.start,
+            blocks.start,
             response.start,
             detection.start,
             access_log.start,
@@ -128,6 +143,7 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
             access_log.stop,
             detection.stop,
             response.stop,
+            blocks.stop,
             alerts.stop,
             writer.stop,
             store.close,

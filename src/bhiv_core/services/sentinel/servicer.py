@@ -2,8 +2,9 @@
 
 Audit queries and verification (``AuditService``) and security-event intake
 (``ThreatService.ReportSecurityEvent``) are served here; the rest of ``ThreatService`` by
-:mod:`bhiv_core.services.sentinel.incidents`, ``AlertService`` by :mod:`bhiv_core.services.sentinel.alerts`.
-The runtime answers every other sentinel RPC UNIMPLEMENTED with :data:`MISSING`.
+:mod:`bhiv_core.services.sentinel.incidents`, ``AlertService`` by :mod:`bhiv_core.services.sentinel.alerts`,
+``BlockService`` by :mod:`bhiv_core.services.sentinel.blocks`. Every sentinel RPC is served;
+:data:`MISSING` names what the runtime would say of one that is not.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from bhiv_core.services.sentinel.store import EventKind, SecurityEvent
 
 __all__ = ["MISSING", "SentinelServicer", "audit_record_to_proto", "security_event_to_proto"]
 
-MISSING = "the block list (BlockService) is a later issue"
+MISSING = "every sentinel RPC is served; this one is not in the contracts sentinel was built from"
 
 _BREAK_REASONS = {
     ChainBreak.HASH_MISMATCH: audit_record_pb2.CHAIN_BREAK_REASON_HASH_MISMATCH,

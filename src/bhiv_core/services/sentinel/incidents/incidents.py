@@ -276,6 +276,12 @@ class Incidents:
             response.incidents.add().MergeFromString(record.data)
         return response
 
+    async def exists(self, name: str) -> bool:
+        """Tells whether the incident ``name`` (``incidents/{id}``) exists (BlockAddress's check)."""
+        if not name.startswith("incidents/"):
+            return False
+        return await self.store.get(INCIDENTS, INCIDENT.id_of(name)) is not None
+
     async def get(self, request: ts.GetIncidentRequest, principal: Principal) -> ts.GetIncidentResponse:
         """The incident named in the request; NOT_FOUND when unknown."""
         record = await INCIDENT.get(self.store, request.name, principal)
