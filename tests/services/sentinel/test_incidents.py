@@ -3,8 +3,7 @@
 Sentinel is started from its real definition (detection, incidents, response agent, alerts, all
 stores on disk) behind the real error mapper, RBAC (the contract's permissions) and validation.
 Security events are reported over gRPC; alerts reach a real HTTP receiver as a signed generic
-webhook. Sentinel has no block list wired here (the BlockService is built beside this), so its
-blocks are written to the incident as not made.
+webhook. Blocks go to sentinel's own block list (BlockService), which serves them to the edge.
 """
 
 from __future__ import annotations
@@ -23,8 +22,15 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from bhiv.sentinel.v1 import alert_pb2, alert_service_pb2_grpc, threat_service_pb2_grpc
+from bhiv.sentinel.v1 import (
+    alert_pb2,
+    alert_service_pb2_grpc,
+    block_pb2,
+    block_service_pb2_grpc,
+    threat_service_pb2_grpc,
+)
 from bhiv.sentinel.v1 import alert_service_pb2 as als
+from bhiv.sentinel.v1 import block_service_pb2 as bs
 from bhiv.sentinel.v1 import threat_pb2 as tp
 from bhiv.sentinel.v1 import threat_service_pb2 as ts
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
@@ -175,10 +181,20 @@ async def test_a_brute_force_becomes_one_incident_with_its_events_actions_and_a_
             assert list(incident.source_addresses) == ["203.0.113.7"]
             assert incident.first_seen_time.ToDatetime() <= incident.last_seen_time.ToDatetime()
             assert incident.etag
-            assert list(incident.actions_taken) == [
-                "not blocked 203.0.113.7 for 15m: no block list is configured",
-                f"alerted {channel.name}",
-            ]
+            blocked, alerted = incident.actions_taken
+            assert (
+                blocked.startswith("blocked 203.0.113.7 for 15m (until ")
+                and alerted == f"alerted {channel.name}"
+            )
+            # The block is in sentinel's block list, automatic, linked to the incident.
+            check = await block_service_pb2_grpc.BlockServiceStub(sentinel.channel).CheckAddress(
+                bs.CheckAddressRequest(address="203.0.113.7"), metadata=OPS
+            )
+            assert check.blocked and check.block.incident == incident.name
+            assert (check.block.source, check.block.created_by) == (
+                block_pb2.BLOCK_SOURCE_AUTOMATIC,
+                "sentinel",
+            )
             # The account has its own incident (rule bruteforce.account, source the account).
             by_account = await sentinel.incident_of("203.0.113.7", "against account 'admin'")
             assert by_account.name != incident.name
@@ -192,7 +208,7 @@ async def test_a_brute_force_becomes_one_incident_with_its_events_actions_and_a_
                 )
             first = next(d for d in documents if d["incident"] == incident.name)
             assert (first["kind"], first["severity"]) == ("brute_force", "SEVERITY_HIGH")
-            assert "not blocked 203.0.113.7 for 15m" in first["details"]
+            assert "blocked 203.0.113.7 for 15m" in first["details"]
             # Every stored threat event links to its incident; their number is the event count.
             got = (
                 await sentinel.threats.GetIncident(ts.GetIncidentRequest(name=incident.name), metadata=OPS)
