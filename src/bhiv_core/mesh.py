@@ -115,7 +115,7 @@ class Mesh:
     @classmethod
     def with_free_ports(cls, data_dir: Path, **kwargs: object) -> Mesh:
         """A mesh on free ports, for tests."""
-        ports = free_ports(2 * len(SERVICES) + 3)
+        ports = free_ports(2 * len(SERVICES) + 4)
         return cls(
             data_dir=data_dir,
             ports={s.name: ports.pop() for s in SERVICES},
