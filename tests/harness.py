@@ -57,40 +57,120 @@ def trusting_edge(*peers: str) -> Iterator[None]:
         trust_edge_peers(parse_edge_peers(EDGE_SOURCE_ADDRESS))
 
 
-@contextlib.asynccontextmanager
-async def relay(target: str, source: str) -> AsyncIterator[str]:
+OWN_CONNECTION: tuple[tuple[str, int], ...] = (("grpc.use_local_subchannel_pool", 1),)
+"""Options for a channel that opens a connection of its own.
+
+grpcio shares connections between the channels of a process that dial one target with the same
+options (a global subchannel pool): without these, a "new" channel rides an already-open connection.
+"""
+
+
+class Relay:
     """A TCP relay on 127.0.0.1 whose connections reach ``target`` (``host:port``) from ``source``.
 
-    grpcio clients cannot choose their source address: a channel to the yielded ``host:port``
-    reaches ``target`` as a peer at ``source`` (any 127.0.0.0/8 address), like the edge or a
-    client on another address.
+    grpcio clients cannot choose their source address: a channel to :attr:`address` reaches
+    ``target`` as a peer at ``source`` (any 127.0.0.0/8 address), like the edge or a client on
+    another address. Each client connection is relayed over one upstream connection of its own, so
+    a channel kept open stays on one connection to ``target`` (an *already-open* connection) while
+    a new channel, or one whose connection :meth:`cut` closed, opens another (a *new* one):
+    :attr:`connections` counts them and :attr:`peers` says where each came from.
+
+    Example::
+
+        async with Relay(mesh.edge_address, "127.0.0.2") as client_at_127_0_0_2:
+            channel = grpc.aio.insecure_channel(client_at_127_0_0_2.address, options=OWN_CONNECTION)
     """
-    host, port = target.rsplit(":", 1)
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+    def __init__(self, target: str, source: str) -> None:
+        """Prepares (not starts) a relay to ``target`` from ``source``; see :meth:`start`."""
+        host, port = target.rsplit(":", 1)
+        self.target = (host.strip("[]"), int(port))
+        self.source = source
+        self.address = ""
+        self.peers: list[tuple[str, int]] = []
+        """``(address, port)`` of every upstream connection so far, as ``target`` saw its peer."""
+        self._server: asyncio.Server | None = None
+        # Each relayed connection's two writers (client side, upstream side) and the task relaying it.
+        self._open: dict[tuple[asyncio.StreamWriter, asyncio.StreamWriter], asyncio.Future[object]] = {}
 
-    async def connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    @property
+    def connections(self) -> int:
+        """How many upstream connections the relay has opened so far."""
+        return len(self.peers)
+
+    @property
+    def open_connections(self) -> int:
+        """How many relayed connections are open now."""
+        return len(self._open)
+
+    async def start(self) -> Relay:
+        """Listens on a free port of 127.0.0.1 (:attr:`address`); returns itself."""
+        self._server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
+        self.address = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def cut(self) -> int:
+        """Closes every relayed connection, both ways, as a network would; returns how many.
+
+        A channel whose connection was cut opens a new one on its next call.
+        """
+        relaying = dict(self._open)
+        for client, upstream in relaying:
+            client.close()
+            upstream.close()
+        await asyncio.gather(*relaying.values(), return_exceptions=True)
+        for pair in relaying:
+            self._open.pop(pair, None)
+        return len(relaying)
+
+    async def close(self) -> None:
+        """Stops listening and closes every relayed connection."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        await self.cut()
+
+    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+            up_reader, up_writer = await asyncio.open_connection(*self.target, local_addr=(self.source, 0))
         except OSError:
             writer.close()
             return
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        host, port = up_writer.get_extra_info("sockname")[:2]
+        self.peers.append((host, port))
+        pair = (writer, up_writer)
+        relaying = asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        self._open[pair] = relaying
+        try:
+            await relaying
+        finally:
+            self._open.pop(pair, None)
 
-    server = await asyncio.start_server(connect, "127.0.0.1", 0)
+    async def __aenter__(self) -> Relay:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copies ``reader`` to ``writer`` until either side ends, then closes ``writer``."""
     try:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
     finally:
-        server.close()
-        await server.wait_closed()
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def relay(target: str, source: str) -> AsyncIterator[str]:
+    """A :class:`Relay` from ``source`` to ``target``; yields the ``host:port`` a client dials."""
+    async with Relay(target, source) as running:
+        yield running.address
 
 
 @contextlib.contextmanager

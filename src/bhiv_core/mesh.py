@@ -28,7 +28,7 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bhiv_core.edge.envoy_config import EdgeSettings, Upstream, write_bootstrap
+from bhiv_core.edge.envoy_config import NODE_CLUSTER, EdgeSettings, Upstream, write_bootstrap
 from bhiv_core.edge.process import EnvoyProcess
 from bhiv_core.registry import (
     EDGE_ADMIN_PORT,
@@ -83,6 +83,9 @@ class Mesh:
         metrics_ports: The Prometheus port of each service by name.
         edge_port: The edge's listener.
         admin_port: Envoy's admin interface (bound to 127.0.0.1 only).
+        edge_replica_ports: The listener and admin ports of each further Envoy replica of the edge
+            (``BHIV_EDGE_REPLICAS``): every replica serves the same generated configuration, with
+            its own ports, logs and node id, and subscribes to the same control plane.
         access_log_port: Sentinel's access-log port, where Envoy streams its access log
             (``BHIV_SENTINEL_ACCESS_LOG_PORT``).
         xds_port: Sentinel's xDS port, from which the edge receives the deny list
@@ -102,6 +105,7 @@ class Mesh:
     metrics_ports: dict[str, int] = field(default_factory=lambda: {s.name: s.metrics_port for s in SERVICES})
     edge_port: int = EDGE_PORT
     admin_port: int = EDGE_ADMIN_PORT
+    edge_replica_ports: list[tuple[int, int]] = field(default_factory=list)
     access_log_port: int = SENTINEL_ACCESS_LOG_PORT
     xds_port: int = SENTINEL_XDS_PORT
     env: Mapping[str, str] = field(default_factory=dict)
@@ -110,12 +114,12 @@ class Mesh:
     startup_timeout: float = 60.0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
     configs: dict[str, RuntimeConfig] = field(default_factory=dict, init=False)
-    envoy: EnvoyProcess | None = field(default=None, init=False)
+    envoys: list[EnvoyProcess] = field(default_factory=list, init=False)
 
     @classmethod
-    def with_free_ports(cls, data_dir: Path, **kwargs: object) -> Mesh:
-        """A mesh on free ports, for tests."""
-        ports = free_ports(2 * len(SERVICES) + 4)
+    def with_free_ports(cls, data_dir: Path, *, edge_replicas: int = 1, **kwargs: object) -> Mesh:
+        """A mesh on free ports, for tests, with ``edge_replicas`` Envoys."""
+        ports = free_ports(2 * len(SERVICES) + 2 * edge_replicas + 2)
         return cls(
             data_dir=data_dir,
             ports={s.name: ports.pop() for s in SERVICES},
@@ -124,13 +128,28 @@ class Mesh:
             admin_port=ports.pop(),
             access_log_port=ports.pop(),
             xds_port=ports.pop(),
+            edge_replica_ports=[(ports.pop(), ports.pop()) for _ in range(edge_replicas - 1)],
             **kwargs,  # type: ignore[arg-type]
         )
 
     @property
+    def envoy(self) -> EnvoyProcess | None:
+        """The first Envoy replica of the edge while it runs (the one at :attr:`edge_address`)."""
+        return self.envoys[0] if self.envoys else None
+
+    @property
     def edge_address(self) -> str:
-        """``host:port`` of the edge."""
+        """``host:port`` of the edge (its first replica)."""
         return f"{self.host}:{self.edge_port}"
+
+    @property
+    def edge_addresses(self) -> list[str]:
+        """``host:port`` of every Envoy replica of the edge, the first one first."""
+        return [f"{self.host}:{port}" for port, _ in self._edge_ports()]
+
+    def _edge_ports(self) -> list[tuple[int, int]]:
+        """The listener and admin ports of every replica, the first one first."""
+        return [(self.edge_port, self.admin_port), *self.edge_replica_ports]
 
     def address(self, service: str) -> str:
         """``host:port`` of one service, direct (not through the edge)."""
@@ -155,6 +174,8 @@ class Mesh:
             "BHIV_SENTINEL_XDS_PORT": self.xds_port,
         }
         wanted["BHIV_SENTINEL_ACCESS_LOG_PORT"] = self.access_log_port
+        for replica, (port, admin) in enumerate(self.edge_replica_ports, start=1):
+            wanted |= {f"edge replica {replica}": port, f"edge replica {replica} admin": admin}
         seen: dict[int, str] = {}
         for setting, port in wanted.items():
             if port in seen:
@@ -239,7 +260,8 @@ class Mesh:
         self.configs = self._load_configs(env)
         self._check_ports()
         self._check_edge_trusted(self.configs)
-        edge = self.edge_settings()  # a bad edge setting fails before anything starts
+        for replica in range(len(self._edge_ports())):
+            self.edge_settings(replica)  # a bad edge setting fails before anything starts
         # Owner-only from the first byte, whatever this process's umask: the audit trail and the
         # security events hold usernames (and, now and then, a password typed as one). Whatever
         # an earlier release left readable by others is tightened first.
@@ -263,15 +285,59 @@ class Mesh:
             await asyncio.gather(
                 *(self._wait_serving(n, self.address(n), deadline, self.procs[n]) for n in self.procs)
             )
-            config = write_bootstrap(
-                private_dir(self.data_dir / "envoy") / "envoy.json", self.upstreams(), edge
+            await asyncio.gather(
+                *(self._start_edge(replica, deadline) for replica in range(len(self._edge_ports())))
             )
-            self.envoy = EnvoyProcess(config, edge, log_path=self.log_dir / "envoy.log", bound_to_owner=True)
-            await self.envoy.astart()
-            await asyncio.gather(*(self._wait_serving(s.name, self.edge_address, deadline) for s in SERVICES))
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_edge(self, replica: int, deadline: float) -> EnvoyProcess:
+        """Starts one Envoy replica and waits until it routes a health check to every service."""
+        edge = self.edge_settings(replica)
+        suffix = f"-{replica}" if replica else ""
+        config = write_bootstrap(
+            private_dir(self.data_dir / "envoy") / f"envoy{suffix}.json", self.upstreams(), edge
+        )
+        envoy = EnvoyProcess(config, edge, log_path=self.log_dir / f"envoy{suffix}.log", bound_to_owner=True)
+        self.envoys.append(envoy)  # stopped by stop() from here on, even if it never gets ready
+        await envoy.astart()
+        await asyncio.gather(*(self._wait_serving(s.name, envoy.address, deadline) for s in SERVICES))
+        return envoy
+
+    async def add_edge_replica(self, listen_port: int | None = None, admin_port: int | None = None) -> str:
+        """Starts one more Envoy replica of the running mesh's edge (free ports by default).
+
+        It serves the same generated configuration as the others, with its own ports, logs and node
+        id, and subscribes to the same control plane: what it enforces it learns from there, as a
+        replica that joins a deployment does.
+
+        Args:
+            listen_port: Its listener's port; a free one when ``None``.
+            admin_port: Its admin port; a free one when ``None``.
+
+        Returns:
+            ``host:port`` of its listener, once it routes a health check to every service.
+
+        Raises:
+            MeshError: The mesh is not running, or a port is taken.
+            EnvoyError: The replica did not start (it is stopped).
+
+        """
+        if not self.envoys:
+            raise MeshError("the mesh is not running: start it before adding an edge replica")
+        if listen_port is None or admin_port is None:
+            free = free_ports(2, self.host)
+            listen_port, admin_port = listen_port or free[0], admin_port or free[1]
+        for port in (listen_port, admin_port):
+            if bind_error(self.host, port) is not None:
+                raise MeshError(
+                    f"port {port} (edge replica {len(self.envoys)}) on {self.host} is already in use"
+                )
+        self.edge_replica_ports.append((listen_port, admin_port))
+        replica = len(self.edge_replica_ports)
+        envoy = await self._start_edge(replica, time.monotonic() + self.startup_timeout)
+        return envoy.address
 
     def _spawn(self, name: str, env: Mapping[str, str]) -> None:
         # In its own session, a terminal's Ctrl-C reaches only the launcher, which stops the
@@ -305,31 +371,43 @@ class Mesh:
         self._spawn(name, self.service_env())
         deadline = time.monotonic() + self.startup_timeout
         await self._wait_serving(name, self.address(name), deadline, self.procs[name])
-        await self._wait_serving(name, self.edge_address, deadline)
+        await asyncio.gather(
+            *(self._wait_serving(name, address, deadline) for address in self.edge_addresses)
+        )
 
     def upstreams(self) -> list[Upstream]:
         """The edge's upstreams, from the registry."""
         return [Upstream.from_spec(s, host=self.host, port=self.ports[s.name]) for s in SERVICES]
 
-    def edge_settings(self) -> EdgeSettings:
-        """The edge's settings for this mesh: its limits from the ``BHIV_EDGE_*`` settings of ``env``.
+    def edge_settings(self, replica: int = 0) -> EdgeSettings:
+        """The settings of one Envoy replica of this mesh's edge.
+
+        Its limits come from the ``BHIV_EDGE_*`` settings of ``env``; its ports, access log and
+        node id are its own.
+
+        Args:
+            replica: Which replica: 0 is the first (:attr:`edge_port`), then
+                :attr:`edge_replica_ports` in order.
 
         Raises:
             MeshError: A setting is malformed or the limits are inconsistent.
 
         """
         try:
-            return self._edge_settings()
+            return self._edge_settings(replica)
         except (ConfigError, ValueError) as exc:
             raise MeshError(f"edge configuration error: {exc}") from exc
 
-    def _edge_settings(self) -> EdgeSettings:
+    def _edge_settings(self, replica: int) -> EdgeSettings:
+        listen_port, admin_port = self._edge_ports()[replica]
+        suffix = f"-{replica}" if replica else ""
         return EdgeSettings.from_settings(
             Settings(self.env),
             listen_host=self.host,
-            listen_port=self.edge_port,
-            admin_port=self.admin_port,
-            access_log_path=str(self.log_dir / "edge-access.log"),
+            listen_port=listen_port,
+            admin_port=admin_port,
+            node_id=f"{NODE_CLUSTER}{suffix}",
+            access_log_path=str(self.log_dir / f"edge-access{suffix}.log"),
             upstream_source_address=self.edge_source_address,
             # Sentinel takes the stream from upstream_source_address, a trusted edge peer.
             access_log_service=f"{self.host}:{self.access_log_port}",
@@ -347,10 +425,9 @@ class Mesh:
         The services are stopped even when stopping the edge fails.
         """
         try:
-            if self.envoy is not None:
-                await self.envoy.astop()
+            envoys, self.envoys = self.envoys, []
+            await asyncio.gather(*(envoy.astop() for envoy in envoys))
         finally:
-            self.envoy = None
             await self._stop_services()
 
     async def _stop_services(self) -> None:
@@ -385,6 +462,12 @@ def _from_settings(settings: Settings, environ: Mapping[str, str]) -> Mesh:
         # The services read the same file (the environment still wins over it, as here).
         env["BHIV_CONFIG_FILE"] = str(Path(env["BHIV_CONFIG_FILE"]).resolve())
     host = settings.raw("HOST") or "127.0.0.1"
+    edge_port = settings.port("EDGE_PORT", EDGE_PORT)
+    admin_port = settings.port("EDGE_ADMIN_PORT", EDGE_ADMIN_PORT)
+    # Replica i (from 1) listens on BHIV_EDGE_PORT + i, its admin on BHIV_EDGE_ADMIN_PORT + i.
+    replicas = settings.positive_int("EDGE_REPLICAS", 1)
+    if max(edge_port, admin_port) + replicas - 1 > 65535:
+        raise ConfigError(f"BHIV_EDGE_REPLICAS={replicas} puts an edge replica's port past 65535")
     spec_ports = {s.name: settings.port(f"{s.name.upper()}_PORT", s.port) for s in SERVICES}
     metrics = {s.name: settings.port(f"{s.name.upper()}_METRICS_PORT", s.metrics_port) for s in SERVICES}
     return Mesh(
@@ -392,8 +475,9 @@ def _from_settings(settings: Settings, environ: Mapping[str, str]) -> Mesh:
         host=host,
         ports=spec_ports,
         metrics_ports=metrics,
-        edge_port=settings.port("EDGE_PORT", EDGE_PORT),
-        admin_port=settings.port("EDGE_ADMIN_PORT", EDGE_ADMIN_PORT),
+        edge_port=edge_port,
+        admin_port=admin_port,
+        edge_replica_ports=[(edge_port + i, admin_port + i) for i in range(1, replicas)],
         access_log_port=settings.port("SENTINEL_ACCESS_LOG_PORT", SENTINEL_ACCESS_LOG_PORT),
         xds_port=settings.port("SENTINEL_XDS_PORT", SENTINEL_XDS_PORT),
         env=env,
@@ -431,6 +515,8 @@ def _say(text: str, *, error: bool = False) -> None:
 def _print_banner(mesh: Mesh, specs: tuple[ServiceSpec, ...]) -> None:
     print(f"BHIV Core is up. Edge (gRPC and gRPC-web): {mesh.edge_address}")
     print(f"  Envoy admin: 127.0.0.1:{mesh.admin_port}")
+    for replica, (port, admin) in enumerate(mesh.edge_replica_ports, start=1):
+        print(f"  edge replica {replica}: {mesh.host}:{port} (admin 127.0.0.1:{admin})")
     for spec in specs:
         print(f"  {spec.name:<14} {mesh.address(spec.name):<22} {spec.package}")
     print(f"  data: {mesh.data_dir}   logs: {mesh.log_dir}")

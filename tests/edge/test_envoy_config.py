@@ -65,6 +65,7 @@ from bhiv_core.runtime.config import ConfigError, Settings
 from bhiv_core.runtime.contracts import all_services, method_path
 from bhiv_core.runtime.health import HealthServicer
 from bhiv_core.runtime.limits import GRPC_MAX_METADATA_BYTES, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
+from tests.harness import Relay
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic")
 
@@ -1564,56 +1565,6 @@ async def test_the_client_address_comes_from_x_forwarded_for_only_behind_the_tru
 # ----------------------------------------------------------------------------- rate limits per address
 
 
-class SourceForwarder:
-    """A TCP forwarder whose connections to ``target`` leave from ``source`` (grpcio cannot bind one).
-
-    Clients dial :attr:`address` (on 127.0.0.1); the edge sees them as ``source``.
-    """
-
-    def __init__(self, target: str, source: str) -> None:
-        self._target = target.rsplit(":", 1)
-        self._source = source
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> SourceForwarder:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    @property
-    def address(self) -> str:
-        assert self._server is not None
-        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = self._target
-        upstream_reader, upstream_writer = await asyncio.open_connection(
-            host, int(port), local_addr=(self._source, 0)
-        )
-        for pipe in (self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)):
-            task = asyncio.create_task(pipe)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-
 async def start_identity_upstream() -> tuple[grpc.aio.Server, Upstream]:
     """A fake ``identity``: ``AuthService/Login``, ``RefreshToken`` and ``GetJwks`` echo their request."""
     server = grpc.aio.server()
@@ -1670,7 +1621,7 @@ async def test_each_client_address_has_its_own_bucket_and_logins_a_stricter_one(
         path = write_bootstrap(tmp_path / "envoy.json", [upstream], settings)
         async with (
             EnvoyProcess(path, settings, concurrency=2) as envoy,
-            SourceForwarder(envoy.address, "127.0.0.2") as other,
+            Relay(envoy.address, "127.0.0.2") as other,
         ):
             # 127.0.0.2 spends its bucket...
             assert await call_codes(other.address, GET_JWKS, 5) == [OK, OK, OK, OK, LIMITED]

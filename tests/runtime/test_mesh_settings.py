@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bhiv_core.mesh import Mesh, MeshError, _from_settings
-from bhiv_core.runtime.config import Settings
+from bhiv_core.runtime.config import ConfigError, Settings
 
 
 async def test_a_bad_setting_fails_before_anything_starts(tmp_path: Path) -> None:
@@ -45,3 +45,30 @@ def test_the_mesh_host_data_dir_and_ports_win_over_the_same_settings(tmp_path: P
     assert env["BHIV_DATA_DIR"] == str(tmp_path)
     assert env["BHIV_CRM_PORT"] == str(mesh.ports["crm"])
     assert env["BHIV_LOG_LEVEL"] == "debug"
+
+
+def test_edge_replicas_listen_on_the_edge_and_admin_ports_plus_their_number(tmp_path: Path) -> None:
+    environ = {"BHIV_EDGE_REPLICAS": "3", "BHIV_EDGE_PORT": "18080", "BHIV_EDGE_ADMIN_PORT": "19901"}
+    mesh = _from_settings(Settings(environ), environ)
+    assert mesh.edge_replica_ports == [(18081, 19902), (18082, 19903)]
+    assert mesh.edge_addresses == ["127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082"]
+    mesh.configs = mesh._load_configs(mesh.service_env())
+    replicas = [mesh.edge_settings(i) for i in range(3)]
+    assert [(r.listen_port, r.admin_port, r.node_id) for r in replicas] == [
+        (18080, 19901, "bhiv-edge"),
+        (18081, 19902, "bhiv-edge-1"),
+        (18082, 19903, "bhiv-edge-2"),
+    ]
+    assert len({str(r.access_log_path) for r in replicas}) == 3
+
+
+def test_one_edge_replica_by_default(tmp_path: Path) -> None:
+    mesh = _from_settings(Settings({}), {})
+    assert (mesh.edge_replica_ports, mesh.edge_addresses) == ([], ["127.0.0.1:8080"])
+
+
+@pytest.mark.parametrize("replicas", ["0", "two"])
+def test_a_bad_replica_count_is_a_configuration_error(replicas: str) -> None:
+    environ = {"BHIV_EDGE_REPLICAS": replicas}
+    with pytest.raises(ConfigError, match="BHIV_EDGE_REPLICAS"):
+        _from_settings(Settings(environ), environ)

@@ -239,6 +239,7 @@ __all__ = [
     "JWKS_ROUTE",
     "JWT_PAYLOAD_METADATA",
     "MESH_ONLY_METHODS",
+    "NODE_CLUSTER",
     "OVERLOAD_ACTIONS",
     "PROTOCOL_HINT",
     "RECENT_BLOCK_FILTER",
@@ -344,6 +345,8 @@ GLOBAL_RATELIMIT_FILTER: Final = "envoy.filters.http.ratelimit"
 RATE_LIMIT_CLUSTER: Final = "ratelimit"
 RATE_LIMIT_DOMAIN: Final = "bhiv-edge"
 """The domain of the edge's descriptors in a global rate-limit service."""
+NODE_CLUSTER: Final = "bhiv-edge"
+"""The node cluster of every edge replica, and the first replica's node id."""
 ROUTER_FILTER: Final = "envoy.filters.http.router"
 TRANSCODER_FILTER: Final = "envoy.filters.http.grpc_json_transcoder"
 HEADER_LIMITS_FILTER: Final = "bhiv.request_header_limits"
@@ -637,7 +640,9 @@ class EdgeSettings:
         jwks_cache_s: How long Envoy keeps identity's JWKS before fetching it again
             (``BHIV_EDGE_JWKS_CACHE_SECONDS``): after a key rotation, tokens signed with the new key
             are refused at the edge for at most this long (plus one fetch).
-        node_id: This Envoy replica's xDS node id; each replica of several needs its own.
+        node_id: This Envoy's node id, which it presents to its control plane (xDS) and its
+            access-log service: every replica of the edge has its own (``bhiv-edge``,
+            ``bhiv-edge-1``, ...), all in the node cluster ``bhiv-edge``.
         block_xds: ``host:port`` of sentinel's xDS server (``BHIV_SENTINEL_XDS_PORT``), from which
             this replica receives the deny list (the IP-block filter, :func:`_block_filter`);
             None: no IP-block filter (an edge without sentinel).
@@ -681,7 +686,7 @@ class EdgeSettings:
     jwt_audience: str = "bhiv-core"
     jwt_clock_skew_s: int = math.ceil(DEFAULT_JWT_LEEWAY_S)
     jwks_cache_s: float = 10.0
-    node_id: str = "bhiv-edge"
+    node_id: str = NODE_CLUSTER
     block_xds: str | None = None
 
     def __post_init__(self) -> None:
@@ -805,7 +810,7 @@ def build_bootstrap(
         if extra.name == ROUTER_FILTER:
             raise ValueError("extra_http_filters must not contain the router; it is always last")
     bootstrap = Bootstrap(
-        node=Node(id=settings.node_id, cluster="bhiv-edge"),
+        node=Node(id=settings.node_id, cluster=NODE_CLUSTER),
         admin=Admin(address=_socket_address(ADMIN_HOST, settings.admin_port)),
         static_resources=BootstrapStaticResources(
             listeners=[_listener(upstreams, settings, extra_http_filters)],

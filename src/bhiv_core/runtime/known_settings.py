@@ -43,6 +43,7 @@ SHARED_SETTINGS: Final = frozenset(
         # The edge, configured by the launcher.
         "EDGE_PORT",
         "EDGE_ADMIN_PORT",
+        "EDGE_REPLICAS",
         "EDGE_RATE_LIMIT",
         # The edge's limits (bhiv_core.edge.envoy_config.EDGE_SETTINGS).
         "EDGE_STREAM_IDLE_TIMEOUT_SECONDS",

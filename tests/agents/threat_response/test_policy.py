@@ -51,20 +51,6 @@ def failures(outcome: str) -> float:
 ADDRESS = "203.0.113.7"
 
 
-@dataclass
-class RecordingBlocker:
-    """Records every block; fails with ``error`` when set."""
-
-    calls: list[tuple[str, timedelta | None, str]] = field(default_factory=list)
-    error: Exception | None = None
-
-    async def block(self, cidr: str, *, ttl: timedelta | None, reason: str, incident: str) -> str:
-        if self.error is not None:
-            raise self.error
-        self.calls.append((cidr, ttl, incident))
-        return "until later"
-
-
 class MovableClock:
     """UTC time that a test moves."""
 
@@ -76,6 +62,39 @@ class MovableClock:
 
     def seconds(self) -> float:
         return self.now.timestamp()
+
+
+@dataclass
+class RecordingBlocker:
+    """Records every block and keeps the active ones (as the block list does); fails with ``error``
+    when set."""
+
+    clock: MovableClock
+    calls: list[tuple[str, timedelta | None, str]] = field(default_factory=list)
+    error: Exception | None = None
+    active: dict[str, datetime | None] = field(default_factory=dict)
+
+    async def block(self, cidr: str, *, ttl: timedelta | None, reason: str, incident: str) -> str:
+        if self.error is not None:
+            raise self.error
+        self.calls.append((cidr, ttl, incident))
+        self.active[cidr] = self.clock() + ttl if ttl is not None else None
+        return "until later"
+
+    async def blocked(self, address: str) -> str | None:
+        if self.error is not None:
+            raise self.error
+        cidr = f"{address}/32"
+        if cidr not in self.active:
+            return None
+        until = self.active[cidr]
+        if until is None:
+            return "until lifted"
+        return f"until {until.strftime('%Y-%m-%dT%H:%M:%SZ')}" if until > self.clock() else None
+
+    def lift(self, address: str) -> None:
+        """An administrator lifts the block of ``address`` (UnblockAddress)."""
+        del self.active[f"{address}/32"]
 
 
 @dataclass
@@ -124,7 +143,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     alerts = Alerts.from_config(config_for("sentinel", DATA_DIR=str(tmp_path)), clock=clock.seconds)
     await alerts.store.open()
     incidents = Incidents(store, window_seconds=3600, clock=clock.seconds)
-    blocker = RecordingBlocker()
+    blocker = RecordingBlocker(clock)
     agent = ThreatResponseAgent(POLICY, incidents, DispatcherAlerter(alerts.dispatcher), blocker, clock=clock)
     try:
         yield Rig(incidents, agent, blocker, clock, alerts)
@@ -212,6 +231,20 @@ async def test_an_address_under_an_active_block_is_not_blocked_again(rig: Rig) -
     actions = await rig.agent.respond(second)
     assert len(rig.blocker.calls) == 1
     assert actions[0] == f"{ADDRESS} already blocked until 2026-12-02T12:15:00Z"
+
+
+async def test_a_lifted_block_does_not_stop_the_next_attacks_block(rig: Rig) -> None:
+    """An administrator's UnblockAddress is the block list's: the next incident blocks again."""
+    await rig.agent.respond(
+        await rig.incident(Category.BRUTE_FORCE, Severity.HIGH, rule="bruteforce.address")
+    )
+    rig.blocker.lift(ADDRESS)
+    rig.clock.now += timedelta(minutes=1)
+    actions = await rig.agent.respond(
+        await rig.incident(Category.TOKEN_ABUSE, Severity.HIGH, rule="token.forged")
+    )
+    assert [c[1] for c in rig.blocker.calls] == [timedelta(minutes=15), timedelta(minutes=30)]
+    assert actions[0] == f"blocked {ADDRESS} for 30m, block 2 in 1d (until later)"
 
 
 async def test_an_incident_growing_more_severe_gets_the_stronger_response_once(rig: Rig) -> None:

@@ -12,8 +12,10 @@ nothing the first has claimed. A failed action stays claimed (it is not retried 
 against a failing block list): its failure is written to ``actions_taken``, logged and counted.
 
 Blocks escalate for repeat offenders (:class:`~.policy.Escalation`): the ledger keeps every block
-made, so a block counts the same address's earlier ones within the window; an address already
-under an active block (from another incident) is not blocked again.
+made, so a block counts the same address's earlier ones within the window. An address already
+under an active block (from another incident, or an administrator's) is not blocked again; which
+blocks are active is the block list's to say (:meth:`AddressBlocker.blocked`), not the ledger's, so
+that a block an administrator lifted no longer counts as active and the next attack is blocked.
 """
 
 from __future__ import annotations
@@ -63,6 +65,19 @@ class AddressBlocker(Protocol):
 
         Raises:
             Exception: The block was refused (an allowlisted address) or failed.
+
+        """
+        ...
+
+    async def blocked(self, address: str) -> str | None:
+        """Describes the active block covering ``address`` (such as ``until 2026-12-02T12:15:00Z``).
+
+        Returns:
+            The description, or None when no active block covers the address: one that expired or
+            that an administrator lifted is not active.
+
+        Raises:
+            Exception: The block list could not be read.
 
         """
         ...
@@ -244,14 +259,18 @@ class ThreatResponseAgent:
         prior, active_until = await self._ledger.block_history(
             address, since=now - escalation.window, now=now
         )
-        if active_until is not None:
-            return f"{address} already blocked until {_clock_time(active_until)}"
         ttl = escalation.ttl(base, prior)
         repeat = f", block {prior + 1} in {format_duration(escalation.window)}" if prior else ""
         if self._blocker is None:
+            if active_until is not None:
+                return f"{address} already blocked until {_clock_time(active_until)}"
             return f"not blocked {address} for {format_duration(ttl)}: no block list is configured"
         cidr = cidr_of(address) or address
         try:
+            # The block list says what is active: the ledger does not hear of lifted blocks.
+            covering = await self._blocker.blocked(address)
+            if covering is not None:
+                return f"{address} already blocked {covering}"
             described = await self._blocker.block(
                 cidr, ttl=ttl, reason=f"{facts.title} ({facts.rule_id})", incident=facts.name
             )

@@ -112,3 +112,15 @@ class EdgeBlocker:
         if not block.HasField("expire_time"):
             return "until lifted"
         return f"until {block.expire_time.ToJsonString()}"
+
+    async def blocked(self, address: str) -> str | None:
+        """The active block covering ``address`` (the most specific), as ``until <time> (blocks/…)``.
+
+        None when none does: expired and lifted blocks are not active.
+        """
+        covering = await self.blocks.active_blocks_for(address)
+        if not covering:
+            return None
+        first = covering[0]
+        until = first.expire_time.ToJsonString() if first.HasField("expire_time") else "lifted"
+        return f"until {until} ({first.name})"
