@@ -18,7 +18,7 @@ from bhiv_core.agents.threat_detection import Detection, Observation, Observatio
 from bhiv_core.services.sentinel.service import new_event_id
 from bhiv_core.services.sentinel.store import EventKind, SecurityEvent, SentinelStore, ThreatEventRecord
 
-__all__ = ["StoreDetectionSink", "observation_of"]
+__all__ = ["StoreDetectionSink", "observation_of", "threat_event_of"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,21 @@ def observation_of(event: SecurityEvent) -> Observation:
     )
 
 
+def threat_event_of(detection: Detection, now: datetime) -> ThreatEventRecord:
+    """``detection`` as a new threat event detected at ``now`` (its incident not yet known)."""
+    return ThreatEventRecord(
+        event_id=new_event_id(now),
+        rule_id=detection.rule_id,
+        category=detection.category.value,
+        severity=int(detection.severity),
+        source_address=detection.source_address,
+        principal=detection.principal,
+        method=detection.method,
+        evidence=detection.evidence,
+        detect_time=now,
+    )
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -68,17 +83,7 @@ class StoreDetectionSink:
     async def record(self, detection: Detection) -> None:
         """Writes ``detection`` to the store, then logs it with its event id."""
         now = self._clock()
-        record = ThreatEventRecord(
-            event_id=new_event_id(now),
-            rule_id=detection.rule_id,
-            category=detection.category.value,
-            severity=int(detection.severity),
-            source_address=detection.source_address,
-            principal=detection.principal,
-            method=detection.method,
-            evidence=detection.evidence,
-            detect_time=now,
-        )
+        record = threat_event_of(detection, now)
         await self._store.add_threat_event(record)
         log.warning(
             "threat detected",

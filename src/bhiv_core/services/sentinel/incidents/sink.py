@@ -32,8 +32,8 @@ from bhiv_core.agents.threat_response.agent import RESPONSE_OUTCOMES
 from bhiv_core.services.sentinel.alerts.delivery import AlertDispatcher, Outcome
 from bhiv_core.services.sentinel.incidents.incidents import Incidents, threat_event_to_proto
 from bhiv_core.services.sentinel.incidents.stream import ThreatEventHub
-from bhiv_core.services.sentinel.service import new_event_id
-from bhiv_core.services.sentinel.store import SentinelStore, ThreatEventRecord
+from bhiv_core.services.sentinel.store import SentinelStore
+from bhiv_core.services.sentinel.threats import threat_event_of
 
 __all__ = ["DispatcherAlerter", "ResponseSink", "ResponseWorker"]
 
@@ -182,17 +182,7 @@ class ResponseSink:
     async def record(self, detection: Detection) -> None:
         """Groups, stores, logs, streams and queues ``detection``; raises when it cannot be stored."""
         now = self._clock()
-        record = ThreatEventRecord(
-            event_id=new_event_id(now),
-            rule_id=detection.rule_id,
-            category=detection.category.value,
-            severity=int(detection.severity),
-            source_address=detection.source_address,
-            principal=detection.principal,
-            method=detection.method,
-            evidence=detection.evidence,
-            detect_time=now,
-        )
+        record = threat_event_of(detection, now)
         try:
             incident = await self._incidents.group(record)
         except Exception:
