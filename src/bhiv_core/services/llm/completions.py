@@ -1,0 +1,286 @@
+"""Completions and models: checks a chat, picks the backend, falls back, and says who answered.
+
+Errors (the contract's, mapped by the error interceptor):
+
+* INVALID_ARGUMENT with field violations: a system message after another role, a last message that
+  is not the user's, an input that does not fit the model's context window, a bad page token.
+* NOT_FOUND: an unknown model.
+* UNIMPLEMENTED: ``conversation`` set (conversations are not built yet).
+* UNAVAILABLE (reason ``PROVIDER_TIMEOUT``, ``PROVIDER_RATE_LIMITED`` or ``PROVIDER_ERROR``): Groq
+  failed and ``BHIV_LLM_FALLBACK=off``; with the default (``on``) the local extractive responder
+  answers instead, with ``fallback`` and its reason set. A stream that already sent text when Groq
+  failed ends with UNAVAILABLE (it cannot switch provider mid-reply).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator, Sequence
+from typing import Final
+
+from bhiv.llm.v1 import (
+    completion_pb2,
+    completion_service_pb2,
+    conversation_pb2,
+    model_pb2,
+    model_service_pb2,
+    usage_pb2,
+)
+from bhiv_core.runtime.errors import FieldViolation, InvalidArgument, NotFound, Unavailable, Unimplemented
+from bhiv_core.services.llm.backends import (
+    Backend,
+    ChatRequest,
+    ChatResult,
+    ProviderFailure,
+    Role,
+    count_tokens,
+)
+from bhiv_core.services.llm.config import GROQ_MODELS, LOCAL_MODEL, LlmConfig, ModelSpec
+
+__all__ = ["Completions"]
+
+DEFAULT_OUTPUT_TOKENS: Final = 1024
+DEFAULT_TEMPERATURE: Final = 0.7
+DEFAULT_PAGE_SIZE: Final = 50
+MAX_PAGE_SIZE: Final = 500
+NO_KEY: Final = "GROQ_API_KEY is not set"
+
+_ROLES: Final[dict[int, Role]] = {
+    conversation_pb2.MESSAGE_ROLE_SYSTEM: "system",
+    conversation_pb2.MESSAGE_ROLE_USER: "user",
+    conversation_pb2.MESSAGE_ROLE_ASSISTANT: "assistant",
+}
+_UNAVAILABLE_REASONS: Final = {
+    completion_pb2.FALLBACK_REASON_PROVIDER_TIMEOUT: "PROVIDER_TIMEOUT",
+    completion_pb2.FALLBACK_REASON_RATE_LIMITED: "PROVIDER_RATE_LIMITED",
+}
+
+ChatRequestProto = completion_service_pb2.CompleteRequest | completion_service_pb2.StreamCompleteRequest
+
+
+class Completions:
+    """The completion and model domain of the llm service.
+
+    Args:
+        config: The llm settings.
+        local: The offline backend.
+        groq: The Groq backend, or None when no key is configured.
+
+    """
+
+    def __init__(self, config: LlmConfig, local: Backend, groq: Backend | None):
+        self._config = config
+        self._local = local
+        self._groq = groq
+        self._models = {m.model_id: m for m in (LOCAL_MODEL, *GROQ_MODELS)}
+
+    def _available(self, spec: ModelSpec) -> bool:
+        return spec.provider == model_pb2.PROVIDER_LOCAL_EXTRACTIVE or self._groq is not None
+
+    def _prepare(self, request: ChatRequestProto) -> tuple[ModelSpec, ChatRequest]:
+        """The model and the checked chat of a request; raises the contract's errors."""
+        if request.conversation:
+            raise Unimplemented("conversations are not built yet: leave `conversation` empty")
+        model_id = request.model.removeprefix("models/") if request.model else self._config.default_model
+        spec = self._models.get(model_id)
+        if spec is None:
+            raise NotFound(
+                f"model models/{model_id} does not exist (see ListModels)", reason="MODEL_NOT_FOUND"
+            )
+        if not request.messages:
+            raise InvalidArgument(
+                violations=[FieldViolation("messages", "at least one message is required", "REQUIRED")]
+            )
+        violations = []
+        seen_other = False
+        for i, message in enumerate(request.messages):
+            if message.role not in _ROLES:
+                violations.append(
+                    FieldViolation(f"messages[{i}].role", "must be a defined role", "UNDEFINED")
+                )
+            if message.role == conversation_pb2.MESSAGE_ROLE_SYSTEM and seen_other:
+                violations.append(
+                    FieldViolation(
+                        f"messages[{i}].role", "system messages must come first", "SYSTEM_NOT_FIRST"
+                    )
+                )
+            seen_other = seen_other or message.role != conversation_pb2.MESSAGE_ROLE_SYSTEM
+        last = len(request.messages) - 1
+        if request.messages[last].role != conversation_pb2.MESSAGE_ROLE_USER:
+            violations.append(
+                FieldViolation(f"messages[{last}].role", "the last message must be the user's", "NOT_USER")
+            )
+        if violations:
+            raise InvalidArgument(violations=violations)
+        max_output = request.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+        messages = tuple((_ROLES[m.role], m.content) for m in request.messages)
+        if sum(count_tokens(c) for _, c in messages) + max_output > spec.context_window_tokens:
+            violations.append(
+                FieldViolation(
+                    "messages",
+                    "the input plus max_output_tokens exceeds the model's "
+                    f"{spec.context_window_tokens}-token window",
+                    "TOO_LONG",
+                )
+            )
+        if violations:
+            raise InvalidArgument(violations=violations)
+        temperature = request.temperature if request.HasField("temperature") else DEFAULT_TEMPERATURE
+        return spec, ChatRequest(model_id, messages, max_output, temperature)
+
+    def _backend(self, spec: ModelSpec) -> tuple[Backend, ProviderFailure | None]:
+        if spec.provider == model_pb2.PROVIDER_GROQ:
+            if self._groq is not None:
+                return self._groq, None
+            return self._local, self._fallback(
+                ProviderFailure(completion_pb2.FALLBACK_REASON_MODEL_UNAVAILABLE, NO_KEY)
+            )
+        return self._local, None
+
+    def _fallback(self, failure: ProviderFailure) -> ProviderFailure:
+        """The failure, when falling back is allowed; else UNAVAILABLE."""
+        if not self._config.fallback:
+            raise Unavailable(
+                f"{failure.detail}; the local fallback is off (BHIV_LLM_FALLBACK=off)",
+                reason=_UNAVAILABLE_REASONS.get(failure.reason, "PROVIDER_ERROR"),
+            )
+        return failure
+
+    def _completion(
+        self, spec: ModelSpec, result: ChatResult, failure: ProviderFailure | None
+    ) -> completion_pb2.Completion:
+        served = LOCAL_MODEL if failure is not None else spec
+        cost = (
+            result.input_tokens * served.input_price_micros
+            + result.output_tokens * served.output_price_micros
+        ) // 1_000_000
+        completion = completion_pb2.Completion(
+            message=conversation_pb2.Message(
+                role=conversation_pb2.MESSAGE_ROLE_ASSISTANT, content=result.text
+            ),
+            finish_reason=result.finish_reason,
+            usage=usage_pb2.TokenUsage(
+                input_tokens=result.input_tokens,
+                output_tokens=result.output_tokens,
+                total_tokens=result.input_tokens + result.output_tokens,
+                cost_micros=cost,
+                currency_code="USD",
+            ),
+            model=f"models/{served.model_id}",
+            provider=served.provider,
+        )
+        if failure is not None:
+            completion.fallback = True
+            completion.fallback_reason = failure.reason
+            completion.fallback_detail = (
+                f"models/{spec.model_id}: {failure.detail}; answered by the local extractive responder"
+            )
+        return completion
+
+    async def complete(
+        self, request: completion_service_pb2.CompleteRequest
+    ) -> completion_service_pb2.CompleteResponse:
+        """Completes a chat, falling back to the local responder when Groq cannot answer."""
+        spec, chat = self._prepare(request)
+        backend, failure = self._backend(spec)
+        try:
+            result = await backend.complete(chat)
+        except ProviderFailure as exc:
+            failure = self._fallback(exc)
+            result = await self._local.complete(chat)
+        return completion_service_pb2.CompleteResponse(completion=self._completion(spec, result, failure))
+
+    async def stream(
+        self, request: completion_service_pb2.StreamCompleteRequest
+    ) -> AsyncIterator[completion_service_pb2.StreamCompleteResponse]:
+        """Streams a completion: deltas, then the whole completion; falls back before the first delta."""
+        spec, chat = self._prepare(request)
+        backend, failure = self._backend(spec)
+        events = backend.stream(chat)
+        try:
+            first = await anext(events)
+        except ProviderFailure as exc:
+            failure = self._fallback(exc)
+            events = self._local.stream(chat)
+            first = await anext(events)
+        item: str | ChatResult = first
+        while True:
+            if isinstance(item, ChatResult):
+                yield completion_service_pb2.StreamCompleteResponse(
+                    completion=self._completion(spec, item, failure)
+                )
+                return
+            yield completion_service_pb2.StreamCompleteResponse(
+                delta=completion_service_pb2.CompletionDelta(content=item)
+            )
+            try:
+                item = await anext(events)
+            except ProviderFailure as exc:
+                raise Unavailable(
+                    f"{exc.detail} after part of the reply was sent",
+                    reason=_UNAVAILABLE_REASONS.get(exc.reason, "PROVIDER_ERROR"),
+                ) from exc
+
+    def list_models(
+        self, request: model_service_pb2.ListModelsRequest
+    ) -> model_service_pb2.ListModelsResponse:
+        """Lists the configured models, the default first, then by id."""
+        specs = sorted(
+            self._models.values(), key=lambda m: (m.model_id != self._config.default_model, m.model_id)
+        )
+        models = [self._model(m) for m in specs]
+        if request.provider:
+            models = [m for m in models if m.provider == request.provider]
+        if request.available_only:
+            models = [m for m in models if m.available]
+        start = _offset(request.page_token, len(models))
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        page = models[start : start + size]
+        end = start + len(page)
+        return model_service_pb2.ListModelsResponse(
+            models=page, next_page_token=_token(end) if end < len(models) else ""
+        )
+
+    def _model(self, spec: ModelSpec) -> model_pb2.Model:
+        available = self._available(spec)
+        return model_pb2.Model(
+            name=f"models/{spec.model_id}",
+            display_name=spec.display_name,
+            provider=spec.provider,
+            context_window_tokens=spec.context_window_tokens,
+            input_price_per_million_micros=spec.input_price_micros,
+            output_price_per_million_micros=spec.output_price_micros,
+            currency_code="USD",
+            available=available,
+            unavailable_reason="" if available else NO_KEY,
+            is_default=spec.model_id == self._config.default_model,
+        )
+
+    async def close(self) -> None:
+        """Closes the backends."""
+        for backend in self._backends():
+            await backend.close()
+
+    def _backends(self) -> Sequence[Backend]:
+        return [self._local] if self._groq is None else [self._local, self._groq]
+
+
+def _token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"models:{offset}".encode()).decode()
+
+
+def _offset(token: str, total: int) -> int:
+    if not token:
+        return 0
+    try:
+        kind, _, number = base64.urlsafe_b64decode(token.encode("ascii")).decode().partition(":")
+        offset = int(number)
+    except (ValueError, UnicodeError, binascii.Error):
+        offset = -1
+        kind = ""
+    if kind != "models" or not 0 <= offset <= total:
+        raise InvalidArgument(
+            violations=[FieldViolation("page_token", "not a token of this list", "INVALID_PAGE_TOKEN")]
+        )
+    return offset
