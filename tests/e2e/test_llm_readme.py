@@ -17,7 +17,8 @@ pytestmark = pytest.mark.e2e
 README = Path(__file__).resolve().parents[2] / "README.md"
 LOGIN = """PASSWORD=$(sed -n 's/^password=//p' .data/admin-credentials)
 TOKEN=$(.tools/bin/grpcurl -plaintext -d "{\\"username\\": \\"admin\\", \\"password\\": \\"$PASSWORD\\"}" \\
-  localhost:8080 bhiv.identity.v1.AuthService/Login | python3 -c 'import json,sys; print(json.load(sys.stdin)["tokens"]["access_token"])')
+  localhost:8080 bhiv.identity.v1.AuthService/Login \\
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["tokens"]["access_token"])')
 """
 
 
