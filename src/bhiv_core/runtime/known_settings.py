@@ -114,6 +114,8 @@ SHARED_SETTINGS: Final = frozenset(
         "LLM_GROQ_MAX_RETRIES",
         "LLM_DEFAULT_MODEL",
         "LLM_FALLBACK",
+        "LLM_DEFAULT_BUDGET_MICROS",
+        "LLM_STORE_URL",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",

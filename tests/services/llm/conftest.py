@@ -20,6 +20,7 @@ import pytest
 
 from bhiv.llm.v1 import completion_service_pb2_grpc as cs_grpc
 from bhiv.llm.v1 import model_service_pb2_grpc as ms_grpc
+from bhiv.llm.v1 import usage_service_pb2_grpc as us_grpc
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.rbac import RbacInterceptor, RolePolicy
 from bhiv_core.interceptors.validation import ValidationInterceptor
@@ -157,6 +158,10 @@ class Llm:
     completions: cs_grpc.CompletionServiceAsyncStub
     models: ms_grpc.ModelServiceAsyncStub
     channel: Any
+
+    @property
+    def usage(self) -> us_grpc.UsageServiceAsyncStub:
+        return us_grpc.UsageServiceStub(self.channel)
 
 
 @contextlib.asynccontextmanager

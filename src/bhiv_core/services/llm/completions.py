@@ -6,6 +6,10 @@ Errors (the contract's, mapped by the error interceptor):
   is not the user's, an input that does not fit the model's context window, a bad page token.
 * NOT_FOUND: an unknown model.
 * UNIMPLEMENTED: ``conversation`` set (conversations are not built yet).
+* RESOURCE_EXHAUSTED (reason ``BUDGET_EXHAUSTED``, with a ``QuotaFailure`` naming the principal):
+  a Groq model was asked for, the caller's monthly budget is used up and ``BHIV_LLM_FALLBACK=off``;
+  with the default (``on``) the local responder answers, with ``FALLBACK_REASON_BUDGET_EXHAUSTED``,
+  as the contract says.
 * UNAVAILABLE (reason ``PROVIDER_TIMEOUT``, ``PROVIDER_RATE_LIMITED`` or ``PROVIDER_ERROR``): Groq
   failed and ``BHIV_LLM_FALLBACK=off``; with the default (``on``) the local extractive responder
   answers instead, with ``fallback`` and its reason set. A stream that already sent text when Groq
@@ -27,7 +31,16 @@ from bhiv.llm.v1 import (
     model_service_pb2,
     usage_pb2,
 )
-from bhiv_core.runtime.errors import FieldViolation, InvalidArgument, NotFound, Unavailable, Unimplemented
+from bhiv_core.runtime.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    QuotaViolation,
+    ResourceExhausted,
+    Unavailable,
+    Unimplemented,
+)
+from bhiv_core.security.principal import Principal
 from bhiv_core.services.llm.backends import (
     Backend,
     ChatRequest,
@@ -37,6 +50,7 @@ from bhiv_core.services.llm.backends import (
     count_tokens,
 )
 from bhiv_core.services.llm.config import GROQ_MODELS, LOCAL_MODEL, LlmConfig, ModelSpec
+from bhiv_core.services.llm.usage import Usage, principal_name
 
 __all__ = ["Completions"]
 
@@ -66,10 +80,12 @@ class Completions:
         config: The llm settings.
         local: The offline backend.
         groq: The Groq backend, or None when no key is configured.
+        usage: The ledger every completion is recorded in and priced ones are checked against.
 
     """
 
-    def __init__(self, config: LlmConfig, local: Backend, groq: Backend | None):
+    def __init__(self, config: LlmConfig, local: Backend, groq: Backend | None, usage: Usage):
+        self._usage = usage
         self._config = config
         self._local = local
         self._groq = groq
@@ -129,10 +145,19 @@ class Completions:
         temperature = request.temperature if request.HasField("temperature") else DEFAULT_TEMPERATURE
         return spec, ChatRequest(model_id, messages, max_output, temperature)
 
-    def _backend(self, spec: ModelSpec) -> tuple[Backend, ProviderFailure | None]:
+    async def _backend(self, spec: ModelSpec, principal: str) -> tuple[Backend, ProviderFailure | None]:
+        """The backend that serves ``spec`` for ``principal``, and why it is not the model's own."""
         if spec.provider == model_pb2.PROVIDER_GROQ:
             if self._groq is not None:
-                return self._groq, None
+                budget, left = await self._usage.remaining(principal)
+                if left > 0:
+                    return self._groq, None
+                detail = f"the monthly budget of {principal} ({budget} micro-USD) is used up"
+                if not self._config.fallback:
+                    raise ResourceExhausted(
+                        detail, violations=[QuotaViolation(principal, detail)], reason="BUDGET_EXHAUSTED"
+                    )
+                return self._local, ProviderFailure(completion_pb2.FALLBACK_REASON_BUDGET_EXHAUSTED, detail)
             return self._local, self._fallback(
                 ProviderFailure(completion_pb2.FALLBACK_REASON_MODEL_UNAVAILABLE, NO_KEY)
             )
@@ -178,25 +203,33 @@ class Completions:
             )
         return completion
 
+    async def _record(self, principal: str, completion: completion_pb2.Completion) -> None:
+        usage = completion.usage
+        await self._usage.record(principal, usage.input_tokens, usage.output_tokens, usage.cost_micros)
+
     async def complete(
-        self, request: completion_service_pb2.CompleteRequest
+        self, request: completion_service_pb2.CompleteRequest, caller: Principal
     ) -> completion_service_pb2.CompleteResponse:
         """Completes a chat, falling back to the local responder when Groq cannot answer."""
+        principal = principal_name(caller)
         spec, chat = self._prepare(request)
-        backend, failure = self._backend(spec)
+        backend, failure = await self._backend(spec, principal)
         try:
             result = await backend.complete(chat)
         except ProviderFailure as exc:
             failure = self._fallback(exc)
             result = await self._local.complete(chat)
-        return completion_service_pb2.CompleteResponse(completion=self._completion(spec, result, failure))
+        completion = self._completion(spec, result, failure)
+        await self._record(principal, completion)
+        return completion_service_pb2.CompleteResponse(completion=completion)
 
     async def stream(
-        self, request: completion_service_pb2.StreamCompleteRequest
+        self, request: completion_service_pb2.StreamCompleteRequest, caller: Principal
     ) -> AsyncIterator[completion_service_pb2.StreamCompleteResponse]:
         """Streams a completion: deltas, then the whole completion; falls back before the first delta."""
+        principal = principal_name(caller)
         spec, chat = self._prepare(request)
-        backend, failure = self._backend(spec)
+        backend, failure = await self._backend(spec, principal)
         events = backend.stream(chat)
         try:
             first = await anext(events)
@@ -207,9 +240,9 @@ class Completions:
         item: str | ChatResult = first
         while True:
             if isinstance(item, ChatResult):
-                yield completion_service_pb2.StreamCompleteResponse(
-                    completion=self._completion(spec, item, failure)
-                )
+                completion = self._completion(spec, item, failure)
+                await self._record(principal, completion)
+                yield completion_service_pb2.StreamCompleteResponse(completion=completion)
                 return
             yield completion_service_pb2.StreamCompleteResponse(
                 delta=completion_service_pb2.CompletionDelta(content=item)

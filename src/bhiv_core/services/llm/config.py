@@ -10,6 +10,7 @@ from typing import Final
 
 from bhiv.llm.v1 import model_pb2
 from bhiv_core.runtime.config import ConfigError, RuntimeConfig
+from bhiv_core.storage.mongo import mongo_url_setting
 
 __all__ = ["GROQ_MODELS", "LOCAL_MODEL", "LlmConfig", "ModelSpec"]
 
@@ -79,7 +80,12 @@ class LlmConfig:
         default_model: ``BHIV_LLM_DEFAULT_MODEL``: the model id used when a request names none;
             default ``llama-3.1-8b-instant`` with a key, ``local-extractive`` without.
         fallback: ``BHIV_LLM_FALLBACK`` (default ``on``): when Groq fails, answer with the local
-            extractive responder (``fallback`` set in the reply); ``off`` returns UNAVAILABLE instead.
+            extractive responder (``fallback`` set in the reply); ``off`` returns UNAVAILABLE instead
+            (RESOURCE_EXHAUSTED for a spent budget).
+        default_budget_micros: ``BHIV_LLM_DEFAULT_BUDGET_MICROS`` (default 5000000, 5 USD): the
+            monthly budget of a principal none was set for with SetBudget.
+        store_url: ``BHIV_LLM_STORE_URL``: a ``mongodb://`` URL selects MongoDB; unset means the
+            embedded SQLite file ``<data_dir>/llm.db``.
 
     """
 
@@ -89,6 +95,8 @@ class LlmConfig:
     groq_max_retries: int
     default_model: str
     fallback: bool
+    default_budget_micros: int
+    store_url: str | None
 
     @classmethod
     def from_runtime(cls, config: RuntimeConfig, environ: Mapping[str, str] | None = None) -> LlmConfig:
@@ -125,7 +133,18 @@ class LlmConfig:
             groq_max_retries=retries,
             default_model=default,
             fallback=settings.choice("LLM_FALLBACK", "on", ("on", "off")) == "on",
+            default_budget_micros=settings.get(
+                "LLM_DEFAULT_BUDGET_MICROS", 5_000_000, _budget, "an integer >= 0"
+            ),
+            store_url=mongo_url_setting(settings, "LLM_STORE_URL", "the SQLite file <data_dir>/llm.db"),
         )
+
+
+def _budget(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
 
 
 def _retries(raw: str) -> int:

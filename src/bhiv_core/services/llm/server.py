@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
+from bhiv_core.resources import make_resource_store
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.services.llm.backends import Backend
@@ -12,6 +14,7 @@ from bhiv_core.services.llm.config import LlmConfig
 from bhiv_core.services.llm.extractive import ExtractiveBackend
 from bhiv_core.services.llm.groq_backend import GroqBackend
 from bhiv_core.services.llm.servicer import MISSING, LlmServicer
+from bhiv_core.services.llm.usage import COLLECTIONS, MIGRATIONS, Usage
 from bhiv_core.standard_chain import standard_chain
 
 __all__ = ["NAME", "build_server", "definition", "serve"]
@@ -19,17 +22,26 @@ __all__ = ["NAME", "build_server", "definition", "serve"]
 NAME = "llm"
 
 
-def definition(config: RuntimeConfig, environ: Mapping[str, str] | None = None) -> runtime.ServiceDefinition:
+def definition(
+    config: RuntimeConfig, environ: Mapping[str, str] | None = None, *, clock: Callable[[], float] = time.time
+) -> runtime.ServiceDefinition:
     """Returns what the llm service contributes to the runtime.
 
     Groq is used when a key is configured (``BHIV_LLM_GROQ_API_KEY_FILE`` or ``GROQ_API_KEY``);
-    the local extractive responder always is.
+    the local extractive responder always is. The usage ledger and budgets live in
+    ``<data_dir>/llm.db`` (or ``BHIV_LLM_STORE_URL``), opened before the server accepts calls.
     """
     llm = LlmConfig.from_runtime(config, environ)
     groq: Backend | None = GroqBackend(llm) if llm.groq_api_key else None
-    completions = Completions(llm, ExtractiveBackend(), groq)
-    built = runtime.package_definition(NAME, LlmServicer(completions), MISSING)
-    built.on_stop = [*built.on_stop, completions.close]
+    store = make_resource_store(
+        name=NAME, collections=COLLECTIONS, migrations=MIGRATIONS, data_dir=config.data_dir, url=llm.store_url
+    )
+    usage = Usage(store, llm.default_budget_micros, clock)
+    completions = Completions(llm, ExtractiveBackend(), groq, usage)
+    built = runtime.package_definition(NAME, LlmServicer(completions, usage), MISSING)
+    built.checks = {"store": store.ping}
+    built.on_start = [store.open]
+    built.on_stop = [completions.close, store.close]
     return built
 
 
