@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from bhiv.llm.v1 import completion_service_pb2_grpc as cs_grpc
+from bhiv.llm.v1 import conversation_service_pb2_grpc as vs_grpc
 from bhiv.llm.v1 import model_service_pb2_grpc as ms_grpc
 from bhiv.llm.v1 import usage_service_pb2_grpc as us_grpc
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
@@ -162,6 +163,10 @@ class Llm:
     @property
     def usage(self) -> us_grpc.UsageServiceAsyncStub:
         return us_grpc.UsageServiceStub(self.channel)
+
+    @property
+    def conversations(self) -> vs_grpc.ConversationServiceAsyncStub:
+        return vs_grpc.ConversationServiceStub(self.channel)
 
 
 @contextlib.asynccontextmanager

@@ -134,12 +134,6 @@ async def test_an_unknown_model_is_not_found(offline: Llm) -> None:
     assert reason(err) == "MODEL_NOT_FOUND"
 
 
-async def test_conversations_are_unimplemented_and_say_so(offline: Llm) -> None:
-    request = cs.CompleteRequest(conversation="conversations/c1", messages=[message(USER, "hi")])
-    err = await refused(offline.completions.Complete(request, metadata=ADMIN))
-    assert err.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 @pytest.mark.parametrize(
     ("messages", "field", "why"),
     [
@@ -164,12 +158,3 @@ async def test_an_input_larger_than_the_context_window_is_invalid_argument(offli
     err = await refused(offline.completions.Complete(cs.CompleteRequest(messages=huge), metadata=ADMIN))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert ("messages", "TOO_LONG") in violations(err)
-
-
-async def test_conversation_rpcs_answer_unimplemented(offline: Llm) -> None:
-    from bhiv.llm.v1 import conversation_service_pb2 as vs
-    from bhiv.llm.v1 import conversation_service_pb2_grpc as vs_grpc
-
-    stub = vs_grpc.ConversationServiceStub(offline.channel)
-    err = await refused(stub.ListConversations(vs.ListConversationsRequest(), metadata=ADMIN))
-    assert err.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -5,7 +5,8 @@ Errors (the contract's, mapped by the error interceptor):
 * INVALID_ARGUMENT with field violations: a system message after another role, a last message that
   is not the user's, an input that does not fit the model's context window, a bad page token.
 * NOT_FOUND: an unknown model.
-* UNIMPLEMENTED: ``conversation`` set (conversations are not built yet).
+* NOT_FOUND: a ``conversation`` that does not exist or is another principal's.
+* ABORTED (``STALE_ETAG``): the conversation changed while the reply was written.
 * RESOURCE_EXHAUSTED (reason ``BUDGET_EXHAUSTED``, with a ``QuotaFailure`` naming the principal):
   a Groq model was asked for, the caller's monthly budget is used up and ``BHIV_LLM_FALLBACK=off``;
   with the default (``on``) the local responder answers, with ``FALLBACK_REASON_BUDGET_EXHAUSTED``,
@@ -27,18 +28,19 @@ from bhiv.llm.v1 import (
     completion_pb2,
     completion_service_pb2,
     conversation_pb2,
+    conversation_service_pb2,
     model_pb2,
     model_service_pb2,
     usage_pb2,
 )
 from bhiv_core.runtime.errors import (
+    Aborted,
     FieldViolation,
     InvalidArgument,
     NotFound,
     QuotaViolation,
     ResourceExhausted,
     Unavailable,
-    Unimplemented,
 )
 from bhiv_core.security.principal import Principal
 from bhiv_core.services.llm.backends import (
@@ -50,6 +52,7 @@ from bhiv_core.services.llm.backends import (
     count_tokens,
 )
 from bhiv_core.services.llm.config import GROQ_MODELS, LOCAL_MODEL, LlmConfig, ModelSpec
+from bhiv_core.services.llm.conversations import Conversations, History
 from bhiv_core.services.llm.usage import Usage, principal_name
 
 __all__ = ["Completions"]
@@ -84,8 +87,16 @@ class Completions:
 
     """
 
-    def __init__(self, config: LlmConfig, local: Backend, groq: Backend | None, usage: Usage):
+    def __init__(
+        self,
+        config: LlmConfig,
+        local: Backend,
+        groq: Backend | None,
+        usage: Usage,
+        conversations: Conversations,
+    ):
         self._usage = usage
+        self._conversations = conversations
         self._config = config
         self._local = local
         self._groq = groq
@@ -94,11 +105,15 @@ class Completions:
     def _available(self, spec: ModelSpec) -> bool:
         return spec.provider == model_pb2.PROVIDER_LOCAL_EXTRACTIVE or self._groq is not None
 
-    def _prepare(self, request: ChatRequestProto) -> tuple[ModelSpec, ChatRequest]:
-        """The model and the checked chat of a request; raises the contract's errors."""
-        if request.conversation:
-            raise Unimplemented("conversations are not built yet: leave `conversation` empty")
-        model_id = request.model.removeprefix("models/") if request.model else self._config.default_model
+    def _prepare(self, request: ChatRequestProto, history: History | None) -> tuple[ModelSpec, ChatRequest]:
+        """The model and the checked chat of a request; raises the contract's errors.
+
+        With a conversation, the chat sent is its system prompt, the request's system messages,
+        its stored messages, then the request's other messages.
+        """
+        stored_model = history.conversation.model if history is not None else ""
+        given = request.model or stored_model
+        model_id = given.removeprefix("models/") if given else self._config.default_model
         spec = self._models.get(model_id)
         if spec is None:
             raise NotFound(
@@ -131,6 +146,14 @@ class Completions:
             raise InvalidArgument(violations=violations)
         max_output = request.max_output_tokens or DEFAULT_OUTPUT_TOKENS
         messages = tuple((_ROLES[m.role], m.content) for m in request.messages)
+        if history is not None:
+            prompt = history.conversation.system_prompt
+            messages = (
+                *((("system", prompt),) if prompt else ()),
+                *(m for m in messages if m[0] == "system"),
+                *((_ROLES[m.role], m.content) for m in history.messages if m.role in _ROLES),
+                *(m for m in messages if m[0] != "system"),
+            )
         if sum(count_tokens(c) for _, c in messages) + max_output > spec.context_window_tokens:
             violations.append(
                 FieldViolation(
@@ -207,12 +230,68 @@ class Completions:
         usage = completion.usage
         await self._usage.record(principal, usage.input_tokens, usage.output_tokens, usage.cost_micros)
 
+    async def _history(self, request: ChatRequestProto, caller: Principal) -> History | None:
+        if not request.conversation:
+            return None
+        return await self._conversations.history(request.conversation, caller)
+
+    async def _keep(
+        self,
+        history: History | None,
+        caller: Principal,
+        request: ChatRequestProto,
+        completion: completion_pb2.Completion,
+    ) -> tuple[list[conversation_pb2.Message], str]:
+        """Appends the request's non-system messages and the reply to the conversation, if any."""
+        if history is None:
+            return [], ""
+        kept = [m for m in request.messages if m.role != conversation_pb2.MESSAGE_ROLE_SYSTEM]
+        stored, etag = await self._conversations.append(history, caller, [*kept, completion.message])
+        completion.message.CopyFrom(stored[-1])
+        return stored[:-1], etag
+
+    def check_model(self, model: str) -> None:
+        """NOT_FOUND for a named model the service does not know (empty: the default)."""
+        if model and model.removeprefix("models/") not in self._models:
+            raise NotFound(f"model {model} does not exist (see ListModels)", reason="MODEL_NOT_FOUND")
+
+    async def append_message(
+        self, request: conversation_service_pb2.AppendMessageRequest, caller: Principal
+    ) -> conversation_service_pb2.AppendMessageResponse:
+        """Appends a user message to one of the caller's conversations and completes it."""
+        chat = completion_service_pb2.CompleteRequest(
+            model=request.model,
+            messages=[
+                conversation_pb2.Message(role=conversation_pb2.MESSAGE_ROLE_USER, content=request.content)
+            ],
+            max_output_tokens=request.max_output_tokens,
+            conversation=request.name,
+        )
+        if request.HasField("temperature"):
+            chat.temperature = request.temperature
+        if request.etag:
+            history = await self._conversations.history(request.name, caller)
+            if history.etag != request.etag:
+                raise Aborted(f"{request.name} changed since it was read (stale etag)", reason="STALE_ETAG")
+        completion, stored, etag = await self.complete_and_keep(chat, caller)
+        return conversation_service_pb2.AppendMessageResponse(
+            user_message=stored[0], completion=completion, etag=etag
+        )
+
     async def complete(
         self, request: completion_service_pb2.CompleteRequest, caller: Principal
     ) -> completion_service_pb2.CompleteResponse:
         """Completes a chat, falling back to the local responder when Groq cannot answer."""
+        completion, _, _ = await self.complete_and_keep(request, caller)
+        return completion_service_pb2.CompleteResponse(completion=completion)
+
+    async def complete_and_keep(
+        self, request: completion_service_pb2.CompleteRequest, caller: Principal
+    ) -> tuple[completion_pb2.Completion, list[conversation_pb2.Message], str]:
+        """Completes a chat; with a conversation, also the stored request messages and its new etag."""
         principal = principal_name(caller)
-        spec, chat = self._prepare(request)
+        history = await self._history(request, caller)
+        spec, chat = self._prepare(request, history)
         backend, failure = await self._backend(spec, principal)
         try:
             result = await backend.complete(chat)
@@ -221,14 +300,16 @@ class Completions:
             result = await self._local.complete(chat)
         completion = self._completion(spec, result, failure)
         await self._record(principal, completion)
-        return completion_service_pb2.CompleteResponse(completion=completion)
+        stored, etag = await self._keep(history, caller, request, completion)
+        return completion, stored, etag
 
     async def stream(
         self, request: completion_service_pb2.StreamCompleteRequest, caller: Principal
     ) -> AsyncIterator[completion_service_pb2.StreamCompleteResponse]:
         """Streams a completion: deltas, then the whole completion; falls back before the first delta."""
         principal = principal_name(caller)
-        spec, chat = self._prepare(request)
+        history = await self._history(request, caller)
+        spec, chat = self._prepare(request, history)
         backend, failure = await self._backend(spec, principal)
         events = backend.stream(chat)
         try:
@@ -242,6 +323,7 @@ class Completions:
             if isinstance(item, ChatResult):
                 completion = self._completion(spec, item, failure)
                 await self._record(principal, completion)
+                await self._keep(history, caller, request, completion)
                 yield completion_service_pb2.StreamCompleteResponse(completion=completion)
                 return
             yield completion_service_pb2.StreamCompleteResponse(

@@ -28,13 +28,12 @@ from bhiv_core.resources import (
     new_etag,
     new_id,
 )
-from bhiv_core.resources.sqlite import schema
 from bhiv_core.runtime.errors import Aborted, FieldViolation, InvalidArgument, PermissionDenied
 from bhiv_core.runtime.times import seconds_of, to_timestamp
 from bhiv_core.security.principal import Principal
 from bhiv_core.security.roles import role_allows
 
-__all__ = ["BUDGETS", "COLLECTIONS", "MIGRATIONS", "USAGE_RECORDS", "Usage", "principal_name"]
+__all__ = ["BUDGETS", "USAGE_RECORDS", "Usage", "principal_name"]
 
 USAGE_RECORDS: Final = Collection(
     "usage_records",
@@ -49,8 +48,6 @@ USAGE_RECORDS: Final = Collection(
     indexes=(("principal", "time"),),
 )
 BUDGETS: Final = Collection("budgets", (Field("principal", "text"),))
-COLLECTIONS: Final = (USAGE_RECORDS, BUDGETS)
-MIGRATIONS: Final = (schema(COLLECTIONS),)
 BUDGETS_WRITE: Final = "llm.budgets.write"
 
 
