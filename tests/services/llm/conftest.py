@@ -33,6 +33,7 @@ from tests.services.crm.conftest import AsCaller, as_
 ADMIN = as_("admin")
 CUSTOMER = as_("customer", subject="users/cus-1", customer="customers/c1")
 REPLY = ["Groq ", "says ", "hi."]
+SCRIPT_REPLY = ["Fine. ", "<scr", "ipt>alert(1)</script>"]
 
 
 def chain(*_: Any) -> Any:
@@ -86,10 +87,11 @@ class FakeGroq:
         if behaviour == "garbage":
             self._send(writer, "200 OK", b"<html>not json")
             return
+        pieces = SCRIPT_REPLY if behaviour == "script" else REPLY
         if body.get("stream"):
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
-            for i, piece in enumerate(REPLY):
-                last = i == len(REPLY) - 1
+            for i, piece in enumerate(pieces):
+                last = i == len(pieces) - 1
                 chunk = {
                     "id": "c1",
                     "object": "chat.completion.chunk",
@@ -117,7 +119,7 @@ class FakeGroq:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(REPLY)},
+                    "message": {"role": "assistant", "content": "".join(pieces)},
                     "finish_reason": "stop",
                 }
             ],

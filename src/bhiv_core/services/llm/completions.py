@@ -53,6 +53,7 @@ from bhiv_core.services.llm.backends import (
 )
 from bhiv_core.services.llm.config import GROQ_MODELS, LOCAL_MODEL, LlmConfig, ModelSpec
 from bhiv_core.services.llm.conversations import Conversations, History
+from bhiv_core.services.llm.safety import WITHHELD, SafetyFilter
 from bhiv_core.services.llm.usage import Usage, principal_name
 
 __all__ = ["Completions"]
@@ -62,6 +63,8 @@ DEFAULT_TEMPERATURE: Final = 0.7
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 500
 NO_KEY: Final = "GROQ_API_KEY is not set"
+_SCREEN_WINDOW: Final = 1024
+"""Characters of a streamed reply screened again with each new piece (longer than any marker)."""
 
 _ROLES: Final[dict[int, Role]] = {
     conversation_pb2.MESSAGE_ROLE_SYSTEM: "system",
@@ -97,6 +100,7 @@ class Completions:
     ):
         self._usage = usage
         self._conversations = conversations
+        self._safety = SafetyFilter()
         self._config = config
         self._local = local
         self._groq = groq
@@ -154,6 +158,8 @@ class Completions:
                 *((_ROLES[m.role], m.content) for m in history.messages if m.role in _ROLES),
                 *(m for m in messages if m[0] != "system"),
             )
+        # The safety filter: instruction-like text in the context never reaches a model.
+        messages = (*((role, self._safety.neutralise(text)) for role, text in messages[:-1]), messages[-1])
         if sum(count_tokens(c) for _, c in messages) + max_output > spec.context_window_tokens:
             violations.append(
                 FieldViolation(
@@ -203,11 +209,12 @@ class Completions:
             result.input_tokens * served.input_price_micros
             + result.output_tokens * served.output_price_micros
         ) // 1_000_000
+        text, finish = result.text, result.finish_reason
+        if self._safety.unsafe_reply(text):
+            text, finish = WITHHELD, completion_pb2.FINISH_REASON_CONTENT_FILTER
         completion = completion_pb2.Completion(
-            message=conversation_pb2.Message(
-                role=conversation_pb2.MESSAGE_ROLE_ASSISTANT, content=result.text
-            ),
-            finish_reason=result.finish_reason,
+            message=conversation_pb2.Message(role=conversation_pb2.MESSAGE_ROLE_ASSISTANT, content=text),
+            finish_reason=finish,
             usage=usage_pb2.TokenUsage(
                 input_tokens=result.input_tokens,
                 output_tokens=result.output_tokens,
@@ -319,6 +326,7 @@ class Completions:
             events = self._local.stream(chat)
             first = await anext(events)
         item: str | ChatResult = first
+        tail, withheld = "", False
         while True:
             if isinstance(item, ChatResult):
                 completion = self._completion(spec, item, failure)
@@ -326,9 +334,15 @@ class Completions:
                 await self._keep(history, caller, request, completion)
                 yield completion_service_pb2.StreamCompleteResponse(completion=completion)
                 return
-            yield completion_service_pb2.StreamCompleteResponse(
-                delta=completion_service_pb2.CompletionDelta(content=item)
-            )
+            # Screen each piece with the text before it (a marker may straddle two pieces); from
+            # the first unsafe one on, no more text is sent and the completion is withheld.
+            window = tail + item
+            withheld = withheld or self._safety.unsafe_reply(window)
+            tail = window[-_SCREEN_WINDOW:]
+            if not withheld:
+                yield completion_service_pb2.StreamCompleteResponse(
+                    delta=completion_service_pb2.CompletionDelta(content=item)
+                )
             try:
                 item = await anext(events)
             except ProviderFailure as exc:
