@@ -107,6 +107,15 @@ SHARED_SETTINGS: Final = frozenset(
         "LOGISTICS_STORE_URL",
         # crm
         "CRM_STORE_URL",
+        # llm
+        "LLM_GROQ_API_KEY_FILE",
+        "LLM_GROQ_BASE_URL",
+        "LLM_GROQ_TIMEOUT_SECONDS",
+        "LLM_GROQ_MAX_RETRIES",
+        "LLM_DEFAULT_MODEL",
+        "LLM_FALLBACK",
+        "LLM_DEFAULT_BUDGET_MICROS",
+        "LLM_STORE_URL",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",
