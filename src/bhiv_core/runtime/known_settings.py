@@ -107,6 +107,8 @@ SHARED_SETTINGS: Final = frozenset(
         "LOGISTICS_STORE_URL",
         # crm
         "CRM_STORE_URL",
+        # Orchestration: ingest the sample corpus on the first start.
+        "KNOWLEDGE_SAMPLE_CORPUS",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",
