@@ -55,6 +55,8 @@ async def seed_sample_corpus(knowledge: Knowledge) -> int:
                 mime_type="text/plain",
                 text=read_sample(sample),
                 tags=sample.tags,
+                # Two workers starting together both ingest: the receipts keep one of each.
+                request_id=f"sample-corpus:{sample.file}",
             )
             await knowledge.ingest(request, _SYSTEM)
             ingested += 1
