@@ -23,15 +23,19 @@ through the same API. The pieces:
   real source; no match returns an empty list (never an invented source).
 - :mod:`bhiv_core.knowledge.corpus` is the sample corpus ingested on first start.
 
-Retrieval is BM25 only; dense embeddings and hybrid fusion are not built yet.
+- :func:`~bhiv_core.knowledge.dense.load_embedder` loads the offline ``wordllama`` model; an
+  index given it searches **hybrid** (BM25 and dense cosine fused by reciprocal rank); without it,
+  BM25 alone. ``search(..., mode="bm25" | "dense" | "hybrid")`` picks one ranking.
 """
 
 from bhiv_core.knowledge.chunking import Chunk, Section, chunk
+from bhiv_core.knowledge.dense import Embedder, load_embedder
 from bhiv_core.knowledge.extract import Extracted, extract_pdf, extract_text
 from bhiv_core.knowledge.index import KnowledgeIndex, Passage
 
 __all__ = [
     "Chunk",
+    "Embedder",
     "Extracted",
     "KnowledgeIndex",
     "Passage",
@@ -39,4 +43,5 @@ __all__ = [
     "chunk",
     "extract_pdf",
     "extract_text",
+    "load_embedder",
 ]

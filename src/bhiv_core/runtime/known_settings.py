@@ -107,8 +107,9 @@ SHARED_SETTINGS: Final = frozenset(
         "LOGISTICS_STORE_URL",
         # crm
         "CRM_STORE_URL",
-        # Orchestration: ingest the sample corpus on the first start.
+        # Orchestration: ingest the sample corpus on the first start; dense (hybrid) retrieval.
         "KNOWLEDGE_SAMPLE_CORPUS",
+        "KNOWLEDGE_DENSE",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",

@@ -55,7 +55,7 @@ async def test_ingested_markdown_is_found_by_section_with_its_exact_span(
     assert (top.document, top.document_title, top.section) == (doc.name, "Warehouse guide", "Cold Storage")
     assert GUIDE[top.span_start : top.span_end] == top.text
     assert top.text.startswith("Saffron and cardamom")
-    assert 0 < top.score < 1
+    assert 0 < top.score <= 1
 
     got = (await kb.GetDocument(ks.GetDocumentRequest(name=doc.name), metadata=SUPPORT)).document
     assert got == doc

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 
 from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
 from bhiv_core.knowledge.corpus import SAMPLES, read_sample
+from bhiv_core.knowledge.dense import load_embedder
 from bhiv_core.knowledge.index import KnowledgeIndex
 from bhiv_core.resources import ResourceStore, make_resource_store
 from bhiv_core.runtime import server as runtime
@@ -69,13 +71,18 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
     """Returns what the orchestration service contributes to the runtime.
 
     Its kit store (``<data_dir>/orchestration.db``) and passage index
-    (``<data_dir>/orchestration-knowledge.db``) open before the server accepts calls; orphaned
-    passages are removed and, on the first start, the sample corpus is ingested.
+    (``<data_dir>/orchestration-knowledge.db``) open before the server accepts calls, with the
+    dense model when ``BHIV_KNOWLEDGE_DENSE`` is on; orphaned passages are removed and, on the
+    first start, the sample corpus is ingested.
     """
     settings = OrchestrationConfig.from_runtime(config)
     store = make_orchestration_store(config)
     index = KnowledgeIndex(config.data_dir / f"{NAME}-knowledge.db")
     knowledge = Knowledge(store, index, clock)
+
+    async def load_model() -> None:
+        if settings.dense:  # about two seconds, once per process: not on the event loop
+            index.embedder = await asyncio.to_thread(load_embedder)
 
     async def prepare() -> None:
         await knowledge.reconcile()
@@ -89,7 +96,7 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
         servicers=[(s, servicers.get(s.name, rest)) for s in services_of_package("bhiv.orchestration.v1")],
         missing=MISSING,
         checks={"store": store.ping, "index": index.ping},
-        on_start=[store.open, index.open, prepare],
+        on_start=[store.open, load_model, index.open, prepare],
         on_stop=[index.close, store.close],
     )
 
