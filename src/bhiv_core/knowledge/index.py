@@ -12,8 +12,8 @@ also gets a unit vector (table ``vectors``, embedded at ingestion; passages inge
 retrieval was off are embedded when the index opens), and a search is **hybrid**: the top
 :data:`CANDIDATES` of BM25 and of cosine similarity (an exact scan of the vectors, kept in memory
 and reloaded when another process changed the index; at least :data:`DENSE_FLOOR`) are fused by
-reciprocal rank (``1 / (60 + rank)`` summed; the score is that sum over its maximum, 0-1). ``mode`` selects one
-ranking alone, for the evaluation.
+reciprocal rank (``1 / (60 + rank)`` summed; the score is that sum over its maximum, 0-1).
+``mode`` selects one ranking alone, for the evaluation.
 """
 
 from __future__ import annotations
