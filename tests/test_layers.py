@@ -39,6 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bhiv_core.storage",
             "bhiv_core.resources",
             "bhiv_core.agents",
+            "bhiv_core.knowledge",
         ),
     ),
     ("runtime", ("bhiv_core.runtime",)),

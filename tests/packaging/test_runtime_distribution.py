@@ -83,3 +83,18 @@ async def test_identity_serves_from_the_installed_runtime(runtime_python: Path, 
                     status = (await health.Check(health_pb2.HealthCheckRequest(), timeout=1)).status
                 await asyncio.sleep(0.1)
             assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_installed_runtime_ships_the_sample_corpus_and_loads_the_dense_model_offline(
+    runtime_python: Path, tmp_path: Path
+) -> None:
+    script = (
+        "from bhiv_core.knowledge.corpus import SAMPLES, read_sample\n"
+        "from bhiv_core.knowledge.dense import load_embedder\n"
+        "assert all(read_sample(s).startswith('# ') for s in SAMPLES)\n"
+        "embedder = load_embedder()\n"
+        "assert embedder is not None\n"
+        "print(len(SAMPLES), embedder.embed(['dharma and karma']).shape)\n"
+    )
+    done = run(runtime_python, "-c", script, cwd=tmp_path)
+    assert done.stdout.split() == ["6", "(1,", "256)"], done.stdout + done.stderr

@@ -116,6 +116,9 @@ SHARED_SETTINGS: Final = frozenset(
         "LLM_FALLBACK",
         "LLM_DEFAULT_BUDGET_MICROS",
         "LLM_STORE_URL",
+        # Orchestration: ingest the sample corpus on the first start; dense (hybrid) retrieval.
+        "KNOWLEDGE_SAMPLE_CORPUS",
+        "KNOWLEDGE_DENSE",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",

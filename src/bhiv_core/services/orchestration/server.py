@@ -2,19 +2,103 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
+from bhiv_core.knowledge.corpus import SAMPLES, read_sample
+from bhiv_core.knowledge.dense import load_embedder
+from bhiv_core.knowledge.index import KnowledgeIndex
+from bhiv_core.resources import ResourceStore, make_resource_store
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
-from bhiv_core.services.orchestration.servicer import MISSING, OrchestrationServicer
+from bhiv_core.runtime.contracts import services_of_package
+from bhiv_core.security.principal import Principal
+from bhiv_core.services.orchestration.config import OrchestrationConfig
+from bhiv_core.services.orchestration.knowledge import Knowledge
+from bhiv_core.services.orchestration.resources import COLLECTIONS, MIGRATIONS
+from bhiv_core.services.orchestration.servicer import MISSING, KnowledgeServicer, OrchestrationServicer
 from bhiv_core.standard_chain import standard_chain
 
-__all__ = ["NAME", "build_server", "definition", "serve"]
+__all__ = ["NAME", "SAMPLE_CORPUS_KEY", "build_server", "definition", "seed_sample_corpus", "serve"]
 
 NAME = "orchestration"
+SAMPLE_CORPUS_KEY = "sample_corpus"
+"""The index's marker that the sample corpus was ingested once (never again, even if deleted)."""
+
+_SYSTEM = Principal(subject="services/orchestration", role="")
+
+log = logging.getLogger(__name__)
 
 
-def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
-    """Returns what the orchestration service contributes to the runtime."""
-    return runtime.package_definition(NAME, OrchestrationServicer(), MISSING)
+def make_orchestration_store(config: RuntimeConfig) -> ResourceStore:
+    """Orchestration's kit store: ``<data_dir>/orchestration.db``."""
+    return make_resource_store(
+        name=NAME, collections=COLLECTIONS, migrations=MIGRATIONS, data_dir=config.data_dir, url=None
+    )
+
+
+async def seed_sample_corpus(knowledge: Knowledge) -> int:
+    """Ingests the sample corpus once, when the knowledge base is empty; returns how many documents.
+
+    Idempotent: a marker in the index records that it ran, so a restart (or an operator who
+    deleted the samples) never ingests them again.
+    """
+    if await knowledge.index.get_meta(SAMPLE_CORPUS_KEY) is not None:
+        return 0
+    ingested = 0
+    if await knowledge.count() == 0:
+        for sample in SAMPLES:
+            request = ks.IngestDocumentRequest(
+                title=sample.title,
+                source=f"bhiv_core/knowledge/corpus/{sample.file}",
+                mime_type="text/plain",
+                text=read_sample(sample),
+                tags=sample.tags,
+                # Two workers starting together both ingest: the receipts keep one of each.
+                request_id=f"sample-corpus:{sample.file}",
+            )
+            await knowledge.ingest(request, _SYSTEM)
+            ingested += 1
+        log.info("ingested the sample corpus: %d documents", ingested)
+    await knowledge.index.set_meta(SAMPLE_CORPUS_KEY, "done")
+    return ingested
+
+
+def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time) -> runtime.ServiceDefinition:
+    """Returns what the orchestration service contributes to the runtime.
+
+    Its kit store (``<data_dir>/orchestration.db``) and passage index
+    (``<data_dir>/orchestration-knowledge.db``) open before the server accepts calls, with the
+    dense model when ``BHIV_KNOWLEDGE_DENSE`` is on; orphaned passages are removed and, on the
+    first start, the sample corpus is ingested.
+    """
+    settings = OrchestrationConfig.from_runtime(config)
+    store = make_orchestration_store(config)
+    index = KnowledgeIndex(config.data_dir / f"{NAME}-knowledge.db")
+    knowledge = Knowledge(store, index, clock)
+
+    async def load_model() -> None:
+        if settings.dense:  # about two seconds, once per process: not on the event loop
+            index.embedder = await asyncio.to_thread(load_embedder)
+
+    async def prepare() -> None:
+        await knowledge.reconcile()
+        if settings.sample_corpus:
+            await seed_sample_corpus(knowledge)
+
+    rest = OrchestrationServicer()
+    servicers: dict[str, object] = {"KnowledgeService": KnowledgeServicer(knowledge)}
+    return runtime.ServiceDefinition(
+        name=NAME,
+        servicers=[(s, servicers.get(s.name, rest)) for s in services_of_package("bhiv.orchestration.v1")],
+        missing=MISSING,
+        checks={"store": store.ping, "index": index.ping},
+        on_start=[store.open, load_model, index.open, prepare],
+        on_stop=[index.close, store.close],
+    )
 
 
 async def build_server(config: RuntimeConfig) -> runtime.RunningService:

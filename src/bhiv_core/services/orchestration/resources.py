@@ -1,0 +1,43 @@
+"""Orchestration's resources on the resource kit: documents of the knowledge base.
+
+- **documents** (``documents/{id}``): newest first; immutable (no etag, no update). Stored
+  fields: ``created`` (the create time, for the order), ``tags`` (for ``ListDocuments.tag``) and
+  ``mime`` (for ``ListDocuments.mime_type``). Their passages live in the FTS5 index of
+  :mod:`bhiv_core.knowledge.index`, not here.
+
+The kit store is ``<data_dir>/orchestration.db``.
+"""
+
+from __future__ import annotations
+
+from bhiv.orchestration.v1 import document_pb2
+from bhiv_core.resources import Collection, Field, ResourceType, Value
+from bhiv_core.resources.sqlite import schema
+from bhiv_core.runtime.times import seconds_of
+
+__all__ = ["COLLECTIONS", "DOCUMENT", "DOCUMENTS", "MIGRATIONS"]
+
+DOCUMENTS = Collection(
+    "documents",
+    (Field("created", "real"), Field("tags", "list"), Field("mime", "text")),
+    order=("created",),
+    descending=True,
+    indexes=(("mime",),),
+)
+
+
+def _document_fields(m: document_pb2.Document) -> dict[str, Value]:
+    return {"created": seconds_of(m.create_time), "tags": list(m.tags), "mime": m.mime_type}
+
+
+DOCUMENT: ResourceType[document_pb2.Document] = ResourceType(
+    message=document_pb2.Document,
+    collection=DOCUMENTS,
+    index=_document_fields,
+    mutable=frozenset(),
+    label="document",
+    request_field="document",
+)
+
+COLLECTIONS = (DOCUMENTS,)
+MIGRATIONS = (schema(COLLECTIONS),)
