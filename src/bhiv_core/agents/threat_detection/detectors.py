@@ -39,6 +39,22 @@ class Detector(Protocol):
         """Counts ``observation`` at ``now`` (seconds) and returns the detections it caused."""
 
 
+def _detection(
+    rule: str, category: Category, severity: Severity, observation: Observation, evidence: str, now: float
+) -> Detection:
+    """A detection of ``rule`` about ``observation``'s address, account and method."""
+    return Detection(
+        rule_id=rule,
+        category=category,
+        severity=severity,
+        source_address=observation.source_address,
+        principal=observation.principal,
+        method=observation.method,
+        evidence=evidence,
+        time=now,
+    )
+
+
 def _account(principal: str) -> str:
     # Usernames are matched case-insensitively by identity; so are they counted here.
     return principal.strip().lower()
@@ -83,8 +99,9 @@ class BruteForceDetector:
                 count = window.add(now)
                 if count >= self.per_address and window.may_fire(now):
                     found.append(
-                        self._detection(
+                        _detection(
                             "bruteforce.address",
+                            Category.BRUTE_FORCE,
                             Severity.HIGH,
                             observation,
                             f"{count} failed logins from {observation.source_address} within "
@@ -98,8 +115,9 @@ class BruteForceDetector:
                 count = window.add(now)
                 if count >= self.per_account and window.may_fire(now):
                     found.append(
-                        self._detection(
+                        _detection(
                             "bruteforce.account",
+                            Category.BRUTE_FORCE,
                             Severity.HIGH,
                             observation,
                             f"{count} failed logins for {printable(observation.principal, 64)!r} within "
@@ -114,8 +132,9 @@ class BruteForceDetector:
                 seen.clear()
                 if failures >= self.per_account:
                     found.append(
-                        self._detection(
+                        _detection(
                             "bruteforce.success_after_failures",
+                            Category.BRUTE_FORCE,
                             Severity.CRITICAL,
                             observation,
                             f"login for {printable(observation.principal, 64)!r} from "
@@ -125,21 +144,6 @@ class BruteForceDetector:
                         )
                     )
         return found
-
-    @staticmethod
-    def _detection(
-        rule: str, severity: Severity, observation: Observation, evidence: str, now: float
-    ) -> Detection:
-        return Detection(
-            rule_id=rule,
-            category=Category.BRUTE_FORCE,
-            severity=severity,
-            source_address=observation.source_address,
-            principal=observation.principal,
-            method=observation.method,
-            evidence=evidence,
-            time=now,
-        )
 
 
 class CredentialStuffingDetector:
@@ -172,16 +176,14 @@ class CredentialStuffingDetector:
             return []
         tried = ", ".join(printable(a, 32) for a in window.values()[-5:])
         return [
-            Detection(
-                rule_id="stuffing.address",
-                category=Category.BRUTE_FORCE,
-                severity=Severity.HIGH,
-                source_address=observation.source_address,
-                principal=observation.principal,
-                method=observation.method,
-                evidence=f"failed logins for {count} distinct accounts from {observation.source_address} "
+            _detection(
+                "stuffing.address",
+                Category.BRUTE_FORCE,
+                Severity.HIGH,
+                observation,
+                f"failed logins for {count} distinct accounts from {observation.source_address} "
                 f"within {self.window_seconds:g} s (latest: {tried})",
-                time=now,
+                now,
             )
         ]
 
@@ -268,17 +270,15 @@ class FloodDetector:
             return []
         rate.fired_at = now
         return [
-            Detection(
-                rule_id="flood.address",
-                category=Category.FLOOD,
-                severity=Severity.HIGH,
-                source_address=observation.source_address,
-                principal=observation.principal,
-                method=observation.method,
-                evidence=f"{rate.count} calls from {observation.source_address} within "
+            _detection(
+                "flood.address",
+                Category.FLOOD,
+                Severity.HIGH,
+                observation,
+                f"{rate.count} calls from {observation.source_address} within "
                 f"{self.bucket_seconds:g} s; threshold {threshold:g} (baseline "
                 f"{(rate.baseline if rate.baseline is not None else self.population_baseline):.1f})",
-                time=now,
+                now,
             )
         ]
 
@@ -318,27 +318,25 @@ class ScanningDetector:
         )
         if not refused or not observation.source_address:
             return []
-        count = self._refusals.touch(observation.source_address).add(now)
+        window = self._refusals.touch(observation.source_address)
+        count = window.add(now)
         methods_window = self._methods.touch(observation.source_address)
         methods = methods_window.add(observation.method or "?", now)
         if count < self.threshold or (methods < self.min_methods and count < 5 * self.threshold):
             return []
-        window = self._refusals.touch(observation.source_address)
         if not window.may_fire(now):
             return []
         shown = ", ".join(printable(m, 80) for m in methods_window.values()[-3:])
         return [
-            Detection(
-                rule_id="scanning.address",
-                category=Category.SCANNING,
-                severity=Severity.MEDIUM,
-                source_address=observation.source_address,
-                principal=observation.principal,
-                method=observation.method,
-                evidence=f"{count} refused calls (NOT_FOUND, UNIMPLEMENTED, PERMISSION_DENIED) from "
+            _detection(
+                "scanning.address",
+                Category.SCANNING,
+                Severity.MEDIUM,
+                observation,
+                f"{count} refused calls (NOT_FOUND, UNIMPLEMENTED, PERMISSION_DENIED) from "
                 f"{observation.source_address} within {self.window_seconds:g} s over {methods}"
                 f"{'+' if methods >= max(self.min_methods, 8) else ''} methods (latest: {shown})",
-                time=now,
+                now,
             )
         ]
 
@@ -384,8 +382,9 @@ class TokenAbuseDetector:
             if not window.may_fire(now):
                 return []
             return [
-                self._detection(
+                _detection(
                     "token.refresh_replayed",
+                    Category.TOKEN_ABUSE,
                     Severity.HIGH,
                     observation,
                     f"a spent refresh token of {printable(observation.principal, 64)!r} was presented again "
@@ -401,8 +400,9 @@ class TokenAbuseDetector:
             count = window.add(now)
             if count >= self.forged and window.may_fire(now):
                 found.append(
-                    self._detection(
+                    _detection(
                         "token.forged",
+                        Category.TOKEN_ABUSE,
                         Severity.HIGH,
                         observation,
                         f"{count} tokens with bad signatures from {address} within {self.window_seconds:g} s",
@@ -413,8 +413,9 @@ class TokenAbuseDetector:
         count = window.add(now)
         if count >= self.invalid and window.may_fire(now):
             found.append(
-                self._detection(
+                _detection(
                     "token.invalid_burst",
+                    Category.TOKEN_ABUSE,
                     Severity.MEDIUM,
                     observation,
                     f"{count} invalid tokens from {address} within {self.window_seconds:g} s "
@@ -423,21 +424,6 @@ class TokenAbuseDetector:
                 )
             )
         return found
-
-    @staticmethod
-    def _detection(
-        rule: str, severity: Severity, observation: Observation, evidence: str, now: float
-    ) -> Detection:
-        return Detection(
-            rule_id=rule,
-            category=Category.TOKEN_ABUSE,
-            severity=severity,
-            source_address=observation.source_address,
-            principal=observation.principal,
-            method=observation.method,
-            evidence=evidence,
-            time=now,
-        )
 
 
 def default_detectors() -> list[Detector]:
