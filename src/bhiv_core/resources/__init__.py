@@ -33,6 +33,7 @@ from bhiv_core.resources.kit import (
     owner_filters,
     sort_key,
     sum_parts,
+    time_range,
     total_of_parts,
     visible,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "owner_filters",
     "sort_key",
     "sum_parts",
+    "time_range",
     "total_of_parts",
     "visible",
 ]

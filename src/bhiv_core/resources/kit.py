@@ -50,7 +50,7 @@ from bhiv_core.runtime.errors import (
     InvalidArgument,
     NotFound,
 )
-from bhiv_core.runtime.times import to_timestamp
+from bhiv_core.runtime.times import seconds_of, to_timestamp
 from bhiv_core.security.principal import Principal
 from bhiv_core.storage.pagination import bad_page_token, decode_page_token, encode_page_token, page_size_of
 
@@ -67,6 +67,7 @@ __all__ = [
     "owner_filters",
     "sort_key",
     "sum_parts",
+    "time_range",
     "total_of_parts",
     "visible",
 ]
@@ -144,6 +145,22 @@ def check_etag(given: str, record: Record, name: str) -> None:
             f"{name} changed since it was read (stale etag): re-read and retry",
             reason="STALE_ETAG",
         )
+
+
+def time_range(request: Message) -> tuple[float | None, float | None]:
+    """A list request's optional ``start_time`` and ``end_time``, in seconds (None when unset).
+
+    Raises:
+        InvalidArgument: both are set and ``end_time`` is not after ``start_time`` (``BAD_RANGE``).
+
+    """
+    start = seconds_of(request.start_time) if request.HasField("start_time") else None  # type: ignore[attr-defined]
+    end = seconds_of(request.end_time) if request.HasField("end_time") else None  # type: ignore[attr-defined]
+    if start is not None and end is not None and end <= start:
+        raise InvalidArgument(
+            violations=[FieldViolation("end_time", "must be after start_time", "BAD_RANGE")]
+        )
+    return start, end
 
 
 def owner_filters(principal: Principal) -> list[Filter]:

@@ -23,6 +23,7 @@ from bhiv_core.resources import (
     idempotent,
     list_page,
     owner_filters,
+    time_range,
 )
 from bhiv_core.runtime.errors import FieldViolation, NotFound
 from bhiv_core.runtime.times import seconds_of, to_timestamp
@@ -115,10 +116,7 @@ class Interactions:
             filters.append(Eq("customer", request.customer))
         if request.type:
             filters.append(Eq("type", int(request.type)))
-        start = seconds_of(request.start_time) if request.HasField("start_time") else None
-        end = seconds_of(request.end_time) if request.HasField("end_time") else None
-        if start is not None and end is not None and end <= start:
-            refuse([FieldViolation("end_time", "must be after start_time", "BAD_RANGE")])
+        start, end = time_range(request)
         if start is not None:
             filters.append(Cmp("occur", ">=", start))
         if end is not None:

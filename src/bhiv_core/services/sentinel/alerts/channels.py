@@ -17,9 +17,18 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from bhiv.sentinel.v1 import alert_pb2
 from bhiv.sentinel.v1 import alert_service_pb2 as als
-from bhiv_core.resources import Cmp, Eq, Filter, ResourceStore, Transaction, check_etag, idempotent, list_page
+from bhiv_core.resources import (
+    Cmp,
+    Eq,
+    Filter,
+    ResourceStore,
+    Transaction,
+    check_etag,
+    idempotent,
+    list_page,
+    time_range,
+)
 from bhiv_core.runtime.errors import Aborted, FieldViolation, InvalidArgument
-from bhiv_core.runtime.times import seconds_of
 from bhiv_core.security.principal import Principal
 from bhiv_core.services.sentinel.alerts.delivery import AlertDispatcher, open_destination, sealed_record
 from bhiv_core.services.sentinel.alerts.resources import ALERTS, CHANNEL, CHANNELS
@@ -222,12 +231,7 @@ class AlertChannels:
             filters.append(Eq("incident", request.incident))
         if request.status:
             filters.append(Eq("status", int(request.status)))
-        start = seconds_of(request.start_time) if request.HasField("start_time") else None
-        end = seconds_of(request.end_time) if request.HasField("end_time") else None
-        if start is not None and end is not None and end <= start:
-            raise InvalidArgument(
-                violations=[FieldViolation("end_time", "must be after start_time", "BAD_RANGE")]
-            )
+        start, end = time_range(request)
         if start is not None:
             filters.append(Cmp("created", ">=", start))
         if end is not None:

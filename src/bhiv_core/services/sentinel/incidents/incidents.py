@@ -39,6 +39,7 @@ from bhiv_core.resources import (
     Value,
     list_page,
     new_id,
+    time_range,
 )
 from bhiv_core.runtime.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument
 from bhiv_core.runtime.times import seconds_of, to_timestamp
@@ -253,12 +254,7 @@ class Incidents:
             filters.append(Cmp("severity", ">=", int(request.min_severity)))
         if request.category:
             filters.append(Eq("category", int(request.category)))
-        start = seconds_of(request.start_time) if request.HasField("start_time") else None
-        end = seconds_of(request.end_time) if request.HasField("end_time") else None
-        if start is not None and end is not None and end <= start:
-            raise InvalidArgument(
-                violations=[FieldViolation("end_time", "must be after start_time", "BAD_RANGE")]
-            )
+        start, end = time_range(request)
         if start is not None:
             filters.append(Cmp("last_seen", ">=", start))
         if end is not None:
