@@ -25,7 +25,7 @@ from bhiv_core.runtime.server import start_service
 from bhiv_core.security.principal import Principal, current_principal
 from bhiv_core.services.sentinel import server
 from bhiv_core.services.sentinel.store import EventKind, SecurityEvent, SqliteSentinelStore, ThreatEventRecord
-from bhiv_core.services.sentinel.threats import StoreDetectionSink, observation_of
+from bhiv_core.services.sentinel.threats import observation_of, threat_event_of
 from tests.harness import config_for
 
 LOGIN = "/bhiv.identity.v1.AuthService/Login"
@@ -108,18 +108,16 @@ async def test_every_reported_event_kind_maps_to_an_observation() -> None:
         )
 
 
-async def test_the_sink_stores_detections_in_detection_time_order(tmp_path: Path) -> None:
+async def test_stored_detections_list_in_detection_time_order(tmp_path: Path) -> None:
     store = SqliteSentinelStore(tmp_path / "sentinel.db")
     await store.open()
     times = iter([datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 6, 1, 0, 0, 1, tzinfo=UTC)])
     try:
-        sink = StoreDetectionSink(store, clock=lambda: next(times))
         for rule in ("sql.union_select", "xss.script_tag"):
-            await sink.record(
-                Detection(
-                    rule, Category.INJECTION, Severity.HIGH, "203.0.113.7", "", "/m.S/M", "evidence", 1.0
-                )
+            detection = Detection(
+                rule, Category.INJECTION, Severity.HIGH, "203.0.113.7", "", "/m.S/M", "evidence", 1.0
             )
+            await store.add_threat_event(threat_event_of(detection, next(times)))
         page, token = await store.list_threat_events("203.0.113.7", page_size=1)
         assert [t.rule_id for t in page] == ["sql.union_select"] and token
         page, last = await store.list_threat_events("203.0.113.7", page_size=1, page_token=token)

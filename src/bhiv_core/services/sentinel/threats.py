@@ -5,20 +5,19 @@ Every security event a service reports (``ReportSecurityEvent``) is stored first
 the agent as an :class:`~bhiv_core.agents.threat_detection.Observation` through its bounded queue,
 so the reporting call never waits for detection. The server hands detections to
 :class:`~bhiv_core.services.sentinel.incidents.sink.ResponseSink` (grouped into incidents, stored,
-streamed, acted on); :class:`StoreDetectionSink` here only stores and logs them (its incident empty).
+streamed, acted on), which makes each a threat event with :func:`threat_event_of`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from bhiv_core.agents.threat_detection import Detection, Observation, ObservationKind
 from bhiv_core.services.sentinel.service import new_event_id
-from bhiv_core.services.sentinel.store import EventKind, SecurityEvent, SentinelStore, ThreatEventRecord
+from bhiv_core.services.sentinel.store import EventKind, SecurityEvent, ThreatEventRecord
 
-__all__ = ["StoreDetectionSink", "observation_of", "threat_event_of"]
+__all__ = ["observation_of", "threat_event_of"]
 
 log = logging.getLogger(__name__)
 
@@ -61,40 +60,3 @@ def threat_event_of(detection: Detection, now: datetime) -> ThreatEventRecord:
         evidence=detection.evidence,
         detect_time=now,
     )
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-class StoreDetectionSink:
-    """Stores each detection as a threat event and logs it.
-
-    Args:
-        store: Sentinel's store.
-        clock: The current UTC time (the event's detection time).
-
-    """
-
-    def __init__(self, store: SentinelStore, clock: Callable[[], datetime] = _utc_now):
-        self._store = store
-        self._clock = clock
-
-    async def record(self, detection: Detection) -> None:
-        """Writes ``detection`` to the store, then logs it with its event id."""
-        now = self._clock()
-        record = threat_event_of(detection, now)
-        await self._store.add_threat_event(record)
-        log.warning(
-            "threat detected",
-            extra={
-                "event_id": record.event_id,
-                "rule_id": record.rule_id,
-                "category": record.category,
-                "severity": detection.severity.name,
-                "source_address": record.source_address,
-                "principal": record.principal,
-                "method": record.method,
-                "evidence": record.evidence,
-            },
-        )
