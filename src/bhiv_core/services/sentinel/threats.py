@@ -10,7 +10,6 @@ streamed, acted on), which makes each a threat event with :func:`threat_event_of
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 
 from bhiv_core.agents.threat_detection import Detection, Observation, ObservationKind
@@ -18,8 +17,6 @@ from bhiv_core.services.sentinel.service import new_event_id
 from bhiv_core.services.sentinel.store import EventKind, SecurityEvent, ThreatEventRecord
 
 __all__ = ["observation_of", "threat_event_of"]
-
-log = logging.getLogger(__name__)
 
 _KINDS = {
     EventKind.LOGIN_FAILED: ObservationKind.LOGIN_FAILED,
