@@ -119,6 +119,10 @@ SHARED_SETTINGS: Final = frozenset(
         # Orchestration: ingest the sample corpus on the first start; dense (hybrid) retrieval.
         "KNOWLEDGE_SAMPLE_CORPUS",
         "KNOWLEDGE_DENSE",
+        "AGENTS_DISABLED",
+        "AGENTS_DEADLINE_SECONDS",
+        "AGENTS_SESSION_TURNS",
+        "AGENTS_LLM",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",
