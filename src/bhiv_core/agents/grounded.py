@@ -78,8 +78,11 @@ off-topic questions (``tests/agents/test_grounded.py`` prints the figures): with
 keeps nothing.
 """
 
-MAX_SENTENCES = 4
+MAX_SENTENCES = 5
 """The most sentences of an extractive answer."""
+
+LEAD_SENTENCES = 3
+"""The sentences of the best passage that open an extractive answer."""
 
 MAX_HISTORY_TURNS = 4
 """The most earlier turns of the session put in the LLM prompt."""
@@ -221,8 +224,30 @@ async def relevant_passages(
     return [passage for _, passage in ranked[:limit]]
 
 
+_SUFFIXES = ("ations", "ation", "ings", "ing", "ions", "ion", "ies", "es", "ed", "ly", "s")
+
+
+def _stem(word: str) -> str:
+    """A crude stem: one common suffix off (keeping three letters), then the first five letters."""
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)]
+            break
+    return word[:_STEM]
+
+
+_FILLER = frozenset(
+    (
+        "tell", "explain", "describe", "please", "know", "say", "says", "said", "give", "show",
+        "want", "need", "help", "could", "would", "should", "did", "has", "have", "had", "any",
+        "some", "also", "more", "much", "like",
+    )
+)  # fmt: skip
+"""Words of requests rather than of topics: not counted as shared with a passage."""
+
+
 def _stems(text: str) -> set[str]:
-    return {word[:_STEM] for word in query_terms(text)}
+    return {_stem(word) for word in query_terms(text) if word not in _FILLER}
 
 
 def is_relevant(query: str, passage: Passage) -> bool:
@@ -236,25 +261,45 @@ def is_relevant(query: str, passage: Passage) -> bool:
     return len(shared) >= min(MIN_SHARED_WORDS, len(wanted)) > 0
 
 
-def extractive_answer(query: str, passages: Sequence[Passage], *, limit: int = MAX_SENTENCES) -> str:
-    """Sentences copied from ``passages`` that best match ``query``, each followed by ``[n]``.
+def _sentences(text: str) -> list[str]:
+    return [m.group().strip() for m in _SENTENCE.finditer(text) if m.group().strip()]
 
-    ``n`` is the 1-based position of its passage in ``passages``. Sentences sharing no word with
-    the query are used only when none does (the first sentences of the best passage).
+
+def extractive_answer(
+    query: str, passages: Sequence[Passage], *, limit: int = MAX_SENTENCES, renumber: bool = True
+) -> tuple[str, list[Passage]]:
+    """An answer copied from ``passages``, each sentence followed by ``[n]``, and the passages cited.
+
+    The most relevant passage whose own text shares a query word gives its first
+    :data:`LEAD_SENTENCES` sentences; each other passage gives
+    its one sentence sharing the most query words, when it shares at least two, up to ``limit``
+    sentences. ``n`` numbers the cited passages in the order of the returned list; with
+    ``renumber`` false it is the position in ``passages`` (1-based), and all of them are returned.
     """
+    if not passages:
+        return "", []
     wanted = _stems(query)
-    candidates: list[tuple[int, int, int, str]] = []  # (-overlap, passage, position, sentence)
+    # The lead: the most relevant passage whose own text shares a query word (a document's
+    # opening passage may rank first on its title alone); the first one when none does.
+    lead = next((p for p, passage in enumerate(passages) if wanted & _stems(passage.text)), 0)
+    chosen = [(lead, sentence) for sentence in _sentences(passages[lead].text)[:LEAD_SENTENCES]]
+    extra: list[tuple[int, int, str]] = []
     for p, passage in enumerate(passages):
-        for s, match in enumerate(_SENTENCE.finditer(passage.text)):
-            sentence = match.group().strip()
-            if sentence:
-                candidates.append((-len(wanted & _stems(sentence)), p, s, sentence))
-    if not candidates:
-        return ""
-    matching = [c for c in candidates if c[0] < 0]
-    chosen = sorted(matching)[:limit] if matching else [c for c in candidates if c[1] == 0][:2]
-    chosen.sort(key=lambda c: (c[1], c[2]))
-    return " ".join(f"{sentence} [{p + 1}]" for _, p, _, sentence in chosen)
+        if p == lead:
+            continue
+        scored = [(len(wanted & _stems(sentence)), sentence) for sentence in _sentences(passage.text)]
+        if scored:
+            overlap, sentence = max(scored, key=lambda item: item[0])
+            if overlap >= 2:
+                extra.append((-overlap, p, sentence))
+    chosen += [(p, sentence) for _, p, sentence in sorted(extra)[: max(0, limit - len(chosen))]]
+    cited: list[int] = []
+    parts = []
+    for p, sentence in chosen:
+        if p not in cited:
+            cited.append(p)
+        parts.append(f"{sentence} [{(cited.index(p) if renumber else p) + 1}]")
+    return " ".join(parts), [passages[p] for p in cited] if renumber else list(passages)
 
 
 def _prompt(query: str, passages: Sequence[Passage], history: Sequence[Turn]) -> str:
@@ -290,7 +335,6 @@ class GroundedAgent:
         passages = await relevant_passages(tools, query, limit=request.max_sources, prefer=self.persona.tags)
         if not passages:
             return Reply.of_text(self.persona.unknown)
-        offline = self._offline(query, passages)
         llm = tools.llm
         if llm is not None:
             try:
@@ -298,23 +342,30 @@ class GroundedAgent:
             except LlmUnavailable:
                 pass
             else:
-                reply = Reply(chunks=pieces(""), sources=passages, method=Method.LLM, model=started.model)
-                reply.chunks = self._model_text(reply, started, offline)
+                reply = Reply(
+                    chunks=pieces(""), sources=list(passages), method=Method.LLM, model=started.model
+                )
+                reply.chunks = self._model_text(reply, started, query, passages)
                 return reply
-        return Reply.of_text(offline, passages)
+        text, cited = self._offline(query, passages)
+        return Reply.of_text(text, cited)
 
-    def _offline(self, query: str, passages: Sequence[Passage]) -> str:
-        body = extractive_answer(query, passages)
+    def _offline(
+        self, query: str, passages: Sequence[Passage], *, renumber: bool = True
+    ) -> tuple[str, list[Passage]]:
+        body, cited = extractive_answer(query, passages, renumber=renumber)
         note = f" {self.persona.note}" if self.persona.note else ""
-        return f"{self.persona.opening} {body}{note}"
+        return f"{self.persona.opening} {body}{note}", cited
 
-    @staticmethod
-    async def _model_text(reply: Reply, model: LlmReply, offline: str) -> AsyncIterator[str]:
+    async def _model_text(
+        self, reply: Reply, model: LlmReply, query: str, passages: Sequence[Passage]
+    ) -> AsyncIterator[str]:
         """The model's pieces, then the final method and model.
 
-        When the model fails, the offline answer follows what was sent (all of it when nothing
-        was); an empty ``model`` once the stream is over means the llm service answered with its
-        own extractive responder.
+        When the model fails before its first piece, the offline answer (and its cited sources)
+        replaces it; after, the offline answer follows what was sent, numbered like the model's
+        context. An empty ``model`` once the stream is over means the llm service answered with
+        its own extractive responder.
         """
         sent = False
         try:
@@ -324,7 +375,9 @@ class GroundedAgent:
                     yield piece
         except LlmUnavailable:
             reply.method, reply.model = Method.EXTRACTIVE, ""
-            async for piece in pieces(("\n\n" if sent else "") + offline):
+            text, cited = self._offline(query, passages, renumber=not sent)
+            reply.sources = cited
+            async for piece in pieces(("\n\n" if sent else "") + text):
                 yield piece
             return
         reply.model = model.model
