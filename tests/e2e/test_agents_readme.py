@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bhiv_core.edge.binaries import find_tool
 from bhiv_core.mesh import Mesh
+from tests.e2e.launcher import start_launcher, stop_launcher
 from tests.e2e.test_agents import assert_verbatim_in_corpus, png_with_text, tone_wav
 from tests.e2e.test_crm_readme import json_values
 from tests.e2e.test_llm_readme import LOGIN
@@ -26,34 +29,62 @@ def examples() -> str:
     return LOGIN + block.strip().removeprefix("```bash").removesuffix("```")
 
 
-def test_the_readme_agent_examples_work_through_the_edge(mesh: Mesh, tmp_path: Path) -> None:
-    sign, clip = tmp_path / "sign.png", tmp_path / "clip.wav"
-    sign.write_bytes(png_with_text("LOTUS 2026"))
-    clip.write_bytes(tone_wav(1.5))
+def run_as_written(script: str, mesh: Mesh, files: dict[str, Path]) -> subprocess.CompletedProcess[str]:
+    """Runs README commands against ``mesh`` (its edge, credentials and grpcurl), files renamed."""
     script = (
-        examples()
-        .replace("localhost:8080", mesh.edge_address)
+        script.replace("localhost:8080", mesh.edge_address)
         .replace(".data/admin-credentials", str(mesh.data_dir / "admin-credentials"))
         .replace(".tools/bin/grpcurl", str(find_tool("grpcurl")))
-        .replace("sign.png", str(sign))
-        .replace("clip.wav", str(clip))
     )
-    done = subprocess.run(
+    for name, path in files.items():
+        script = script.replace(name, str(path))
+    return subprocess.run(
         ["bash", "-eu", "-o", "pipefail", "-c", script],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=README.parent,
     )
-    assert done.returncode == 0, done.stderr
-    assert not re.findall(r"Code: (\w+)", done.stderr), done.stderr
-    asked, *rest = json_values(done.stdout)
-    answer = asked["answer"]
+
+
+def assert_the_gita_answer(answer: dict[str, Any]) -> None:
+    """What the README promises for the newcomer's question: vedas, grounded in the Gita document."""
     assert answer["agent"] == "agents/vedas"
+    assert answer["intent"] == "vedic_knowledge"
     assert answer["sources"][0]["section"] == "Acting Without Attachment to Results"
     for source in answer["sources"]:
         assert_verbatim_in_corpus(source)
     assert "right to your work but never to its fruits" in answer["text"]
+
+
+def test_a_newcomer_running_make_run_gets_a_grounded_answer_to_the_gita_question(tmp_path: Path) -> None:
+    """``make run``'s launcher on an empty data directory, then the README's login and first Ask."""
+    launcher = start_launcher(tmp_path / "data", {})
+    children = launcher.children()
+    try:
+        first_ask = next(line for line in examples().splitlines() if line.startswith("agents Ask "))
+        prelude = examples().split("\n# A newcomer's question", 1)[0]  # the login and the shorthand
+        started = time.perf_counter()
+        done = run_as_written(f"{prelude}\n{first_ask}", launcher.mesh, {})
+        print(
+            f"\nlogin + Ask on a fresh `make run` (grpcurl, offline): {time.perf_counter() - started:.2f} s"
+        )
+    finally:
+        stop_launcher(launcher, children)
+    assert done.returncode == 0, done.stderr
+    (asked,) = json_values(done.stdout)
+    assert_the_gita_answer(asked["answer"])
+
+
+def test_the_readme_agent_examples_work_through_the_edge(mesh: Mesh, tmp_path: Path) -> None:
+    sign, clip = tmp_path / "sign.png", tmp_path / "clip.wav"
+    sign.write_bytes(png_with_text("LOTUS 2026"))
+    clip.write_bytes(tone_wav(1.5))
+    done = run_as_written(examples(), mesh, {"sign.png": sign, "clip.wav": clip})
+    assert done.returncode == 0, done.stderr
+    assert not re.findall(r"Code: (\w+)", done.stderr), done.stderr
+    asked, *rest = json_values(done.stdout)
+    assert_the_gita_answer(asked["answer"])
 
     # StreamAsk: routing, chunks, sources, done — then ListAgents, InvokeAgent, the two files.
     done_at = next(i for i, value in enumerate(rest) if "done" in value)
