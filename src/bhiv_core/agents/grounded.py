@@ -10,10 +10,11 @@ it opens an offline answer with. A request goes:
    shared; chosen with the labelled evaluation set of ``tests/knowledge``).
 2. **Nothing above the floor**: an "I don't know" answer with no sources (never an invented one).
 3. **LLM** (when the orchestrator has one and it answers with a real model): the passages go in as
-   numbered context, ``[1]`` to ``[n]``, and the model is told to cite them by number and to say
-   it does not know otherwise. Instruction-like text inside the passages is neutralised by the llm
-   service's safety filter before any model sees it (the passages are context, not the user's
-   message).
+   numbered context, ``[1]`` to ``[n]``, in the system message (with the session's last turns),
+   and the model is told to cite them by number and to say it does not know otherwise; the user
+   message is the question alone. The llm service's safety filter neutralises instruction-like
+   text in every message but the user's last, so a planted "ignore all previous instructions" in
+   a passage never reaches a model.
 4. **Extractive** (offline, or when the LLM is unavailable, or fails before its first piece): the
    sentences of the passages that share the most words with the query, in passage order, each
    followed by the number of the source it is copied from; every sentence is verbatim from its
@@ -303,19 +304,20 @@ def extractive_answer(
     return " ".join(parts), [passages[p] for p in cited] if renumber else list(passages)
 
 
-def _prompt(query: str, passages: Sequence[Passage], history: Sequence[Turn]) -> str:
-    parts = []
-    if history:
-        parts.append("Earlier in this conversation:")
-        for turn in history[-MAX_HISTORY_TURNS:]:
-            parts.append(f"User: {turn.query}\nAssistant: {turn.answer}")
-        parts.append("")
-    parts.append("Passages:")
+def _context(system: str, passages: Sequence[Passage], history: Sequence[Turn]) -> str:
+    """The system message: the persona, then the numbered passages and the session's last turns.
+
+    Passages and history travel in the system message, which the llm service screens as context
+    (instruction-like text neutralised); the user message is the caller's own question.
+    """
+    parts = [system, "", "Passages:"]
     for n, passage in enumerate(passages, start=1):
         where = f"{passage.document_title} — {passage.section}" if passage.section else passage.document_title
         parts.append(f"[{n}] ({where}) {passage.text}")
-    parts.append("")
-    parts.append(f"Question: {query}")
+    if history:
+        parts += ["", "Earlier in this conversation:"]
+        for turn in history[-MAX_HISTORY_TURNS:]:
+            parts.append(f"User: {turn.query}\nAssistant: {turn.answer}")
     return "\n".join(parts)
 
 
@@ -339,7 +341,7 @@ class GroundedAgent:
         llm = tools.llm
         if llm is not None:
             try:
-                started = await llm.stream(self.persona.system, _prompt(query, passages, request.history))
+                started = await llm.stream(_context(self.persona.system, passages, request.history), query)
             except LlmUnavailable:
                 pass
             else:
