@@ -119,6 +119,8 @@ SHARED_SETTINGS: Final = frozenset(
         # Orchestration: ingest the sample corpus on the first start; dense (hybrid) retrieval.
         "KNOWLEDGE_SAMPLE_CORPUS",
         "KNOWLEDGE_DENSE",
+        # Orchestration's router: the confidence under which a query goes to the general agent.
+        "ROUTER_MIN_CONFIDENCE",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",
