@@ -11,8 +11,8 @@ from PIL import Image, ImageDraw, ImageFont
 def rendered(
     lines: list[tuple[int, int, str]], size: tuple[int, int] = (800, 300), *, mode: str = "RGB"
 ) -> Image.Image:
-    """An image with each ``(x, y, text)`` drawn in black at 40 px on white (transparent for RGBA)."""
-    background = (255, 255, 255, 0) if mode == "RGBA" else "white"
+    """An image with each ``(x, y, text)`` drawn in black at 40 px on white (on transparent for RGBA)."""
+    background = (0, 0, 0, 0) if mode == "RGBA" else "white"  # transparent black, as many tools save it
     image = Image.new(mode, size, background)
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=40)
