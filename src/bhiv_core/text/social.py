@@ -156,20 +156,27 @@ def _hashtags(content: str, count: int, extra: Sequence[str]) -> list[str]:
     return tags
 
 
-def draft(content: str, platform: Platform, *, hashtags: Sequence[str] = (), link: str = "") -> Post:
+def draft(
+    content: str, platform: Platform, *, lead: str = "", hashtags: Sequence[str] = (), link: str = ""
+) -> Post:
     """An offline post for ``platform`` from ``content`` (template and extraction; deterministic).
 
     Args:
         content: What the post is about: a text, or a one-line brief.
         platform: Where it goes.
+        lead: The opening sentence (a brief such as "Announcing our new guide"); by default the
+            content's most central sentence.
         hashtags: Phrases to tag first (a campaign's own), before the content's key phrases.
         link: A URL to include (X counts it as 23).
 
     """
     rules = LIMITS[platform]
-    chosen = summarize(content, length=rules.sentences).sentences or [content.strip()]
-    hook, rest = chosen[0], chosen[1:]
-    tags = _hashtags(content, rules.hashtags, hashtags)
+    if lead:
+        hook, rest = lead.strip(), summarize(content, length=rules.sentences - 1).sentences if content else []
+    else:
+        chosen = summarize(content, length=rules.sentences).sentences or [content.strip()]
+        hook, rest = chosen[0], chosen[1:]
+    tags = _hashtags(f"{lead}\n\n{content}" if lead else content, rules.hashtags, hashtags)
     if platform is Platform.X:
         body = " ".join([hook, link]).strip()
         text = f"{body}\n\n{' '.join(tags)}" if tags else body
