@@ -41,6 +41,11 @@ _REQUEST = re.compile(
 )
 _HEADER = re.compile(r"^\s*\[?(X|Twitter|LinkedIn|Instagram|Facebook)\]?\s*:?\s*$", re.I | re.M)
 _SHORT_BRIEF_WORDS = 25
+_PROMOTIONAL = frozenset(
+    "announcing announce announces introducing introduce launch launching launched guide new latest "
+    "release released today check read learn post share sharing excited proud happy our".split()
+)
+"""Words of a brief that say it is an announcement, not what it is about: not searched for."""
 
 SYSTEM = (
     "You write social media posts from the user's content, one per platform asked, in the content's "
@@ -108,7 +113,7 @@ class ContentAgent:
         body = attached
         sources: list[Passage] = []
         if not attached and lead and len(lead.split()) <= _SHORT_BRIEF_WORDS:
-            terms = list(dict.fromkeys(content_words(lead)))
+            terms = [w for w in dict.fromkeys(content_words(lead)) if w not in _PROMOTIONAL]
             found = await tools.search(" ".join(terms), limit=3)
             sources = relevant(found, terms)[:1]
             body = sources[0].text if sources else ""

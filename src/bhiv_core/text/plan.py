@@ -242,7 +242,7 @@ def _periods(horizon: Horizon | None) -> list[str]:
         return [f"Phase {i}" for i in range(1, 5)]
     if days <= 1:
         return ["First", "Next", "Then", "Finally"]
-    if days <= 7:
+    if days <= 14:
         count = max(2, math.ceil(days))
         return [f"Day {d}" for d in range(1, count + 1)] if count <= 5 else _ranges("Days", count, 4)
     if days <= 7 * 12:
