@@ -28,7 +28,9 @@ def posts_of(text: str) -> dict[str, str]:
     return posts
 
 
-async def test_a_brief_gives_four_posts_within_limits_grounded_in_the_corpus(sample_index: KnowledgeIndex) -> None:
+async def test_a_brief_gives_four_posts_within_limits_grounded_in_the_corpus(
+    sample_index: KnowledgeIndex,
+) -> None:
     reply = await ContentAgent().answer(
         AgentRequest("Write a social post announcing our new guide to Ayurveda"), IndexTools(sample_index)
     )
@@ -56,8 +58,13 @@ async def test_the_platforms_named_are_the_ones_drafted(sample_index: KnowledgeI
     assert list(posts_of(await text_of(reply))) == ["X"]
 
 
-async def test_a_long_cjk_text_becomes_an_x_post_within_the_weighted_limit(sample_index: KnowledgeIndex) -> None:
-    body = "新しい倉庫は三月に完成しました。" * 20 + " 詳細は https://example.com/news/warehouse-opening-2026 をご覧ください。"
+async def test_a_long_cjk_text_becomes_an_x_post_within_the_weighted_limit(
+    sample_index: KnowledgeIndex,
+) -> None:
+    body = (
+        "新しい倉庫は三月に完成しました。" * 20
+        + " 詳細は https://example.com/news/warehouse-opening-2026 をご覧ください。"
+    )
     attachment = Attachment(0, InputType.TEXT, "text/plain", "", body.encode(), body)
     reply = await ContentAgent().answer(
         AgentRequest("Write a post for X", attachments=[attachment]), IndexTools(sample_index)
@@ -68,12 +75,18 @@ async def test_a_long_cjk_text_becomes_an_x_post_within_the_weighted_limit(sampl
     assert "新しい倉庫" in post
 
 
-async def test_the_models_posts_are_rechecked_and_a_missing_one_drafted_offline(sample_index: KnowledgeIndex) -> None:
+async def test_the_models_posts_are_rechecked_and_a_missing_one_drafted_offline(
+    sample_index: KnowledgeIndex,
+) -> None:
     """ScriptedLlm stands in for the model only to check how the agent handles its posts."""
     too_long = "Our warehouse story " + "continues " * 40 + "#Logistics"
-    llm = ScriptedLlm([f"[X]\n{too_long}\n\n[LinkedIn]\nWe moved our warehouse. Four trucks dock at once now.\n"])
+    llm = ScriptedLlm(
+        [f"[X]\n{too_long}\n\n[LinkedIn]\nWe moved our warehouse. Four trucks dock at once now.\n"]
+    )
     reply = await ContentAgent().answer(
-        AgentRequest("Write posts for X, LinkedIn and Facebook about our warehouse move to a bigger building"),
+        AgentRequest(
+            "Write posts for X, LinkedIn and Facebook about our warehouse move to a bigger building"
+        ),
         IndexTools(sample_index, llm),
     )
     posts = posts_of(await text_of(reply))

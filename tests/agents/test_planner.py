@@ -12,7 +12,9 @@ async def text_of(reply: Reply) -> str:
     return "".join([piece async for piece in reply.chunks])
 
 
-async def test_two_goals_give_plans_that_differ_in_goal_specific_content(sample_index: KnowledgeIndex) -> None:
+async def test_two_goals_give_plans_that_differ_in_goal_specific_content(
+    sample_index: KnowledgeIndex,
+) -> None:
     yoga = await PlannerAgent().answer(
         AgentRequest("Plan how to learn the eight limbs of yoga in four weeks"), IndexTools(sample_index)
     )

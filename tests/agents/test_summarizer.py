@@ -30,7 +30,9 @@ async def text_of(reply: Reply) -> str:
 async def test_a_query_after_an_instruction_is_summarised_by_its_own_sentences(
     sample_index: KnowledgeIndex,
 ) -> None:
-    reply = await SummarizerAgent().answer(AgentRequest(f"Summarize this: {LONG_TEXT}"), IndexTools(sample_index))
+    reply = await SummarizerAgent().answer(
+        AgentRequest(f"Summarize this: {LONG_TEXT}"), IndexTools(sample_index)
+    )
     text = await text_of(reply)
     assert reply.method == Method.EXTRACTIVE and reply.model == ""
     assert 0 < len(text) < len(LONG_TEXT)
@@ -80,7 +82,9 @@ async def test_nothing_to_summarise_is_invalid_on_the_query(sample_index: Knowle
 async def test_the_model_summarises_when_available_and_is_named(sample_index: KnowledgeIndex) -> None:
     """ScriptedLlm stands in for the model only to check how the agent handles its reply."""
     llm = ScriptedLlm(["The warehouse ", "moved and grew."])
-    reply = await SummarizerAgent().answer(AgentRequest(f"Summarize this: {LONG_TEXT}"), IndexTools(sample_index, llm))
+    reply = await SummarizerAgent().answer(
+        AgentRequest(f"Summarize this: {LONG_TEXT}"), IndexTools(sample_index, llm)
+    )
     assert await text_of(reply) == "The warehouse moved and grew."
     assert reply.method == Method.LLM and reply.model == "models/scripted"
     system, user = llm.calls[0]
@@ -90,7 +94,9 @@ async def test_the_model_summarises_when_available_and_is_named(sample_index: Kn
 async def test_an_unavailable_model_leaves_the_extractive_summary(sample_index: KnowledgeIndex) -> None:
     """ScriptedLlm stands in for the model only to check the fallback when it is unavailable."""
     llm = ScriptedLlm(unavailable=True)
-    reply = await SummarizerAgent().answer(AgentRequest(f"Summarize this: {LONG_TEXT}"), IndexTools(sample_index, llm))
+    reply = await SummarizerAgent().answer(
+        AgentRequest(f"Summarize this: {LONG_TEXT}"), IndexTools(sample_index, llm)
+    )
     text = await text_of(reply)
     assert reply.method == Method.EXTRACTIVE and reply.model == ""
     assert all(p in LONG_TEXT for p in re.split(r"(?<=\.)\s+", text.strip()))
@@ -101,16 +107,23 @@ async def test_a_model_failing_half_way_is_followed_by_the_extractive_summary(
 ) -> None:
     """ScriptedLlm stands in for the model only to check the fallback when it fails mid-stream."""
     llm = ScriptedLlm(["The warehouse ", "moved", " and"], fail_after=2)
-    reply = await SummarizerAgent().answer(AgentRequest(f"Summarize this: {LONG_TEXT}"), IndexTools(sample_index, llm))
+    reply = await SummarizerAgent().answer(
+        AgentRequest(f"Summarize this: {LONG_TEXT}"), IndexTools(sample_index, llm)
+    )
     text = await text_of(reply)
     assert text.startswith("The warehouse moved" + INTERRUPTED)
     assert text[len("The warehouse moved" + INTERRUPTED) :].split(". ")[0] in LONG_TEXT
     assert reply.method == Method.EXTRACTIVE and reply.model == ""
 
 
-async def test_a_long_document_reaches_the_model_condensed_within_the_bound(sample_index: KnowledgeIndex) -> None:
+async def test_a_long_document_reaches_the_model_condensed_within_the_bound(
+    sample_index: KnowledgeIndex,
+) -> None:
     """ScriptedLlm stands in for the model only to see the prompt the agent sends."""
-    sentences = [f"Report line {i} notes that depot {i % 37} shipped {i * 7 % 101} crates on time." for i in range(2000)]
+    sentences = [
+        f"Report line {i} notes that depot {i % 37} shipped {i * 7 % 101} crates on time."
+        for i in range(2000)
+    ]
     text = " ".join(sentences)
     assert len(text) > 100_000
     llm = ScriptedLlm(["ok"])

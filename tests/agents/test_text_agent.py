@@ -15,7 +15,9 @@ async def text_of(reply: Reply) -> str:
     return "".join([piece async for piece in reply.chunks])
 
 
-async def ask(index: KnowledgeIndex, query: str, *, intent: str = "", llm: ScriptedLlm | None = None, **kw: object) -> tuple[Reply, str]:
+async def ask(
+    index: KnowledgeIndex, query: str, *, intent: str = "", llm: ScriptedLlm | None = None, **kw: object
+) -> tuple[Reply, str]:
     reply = await TextAgent().answer(AgentRequest(query, intent=intent, **kw), IndexTools(index, llm))  # type: ignore[arg-type]
     return reply, await text_of(reply)
 
@@ -23,7 +25,9 @@ async def ask(index: KnowledgeIndex, query: str, *, intent: str = "", llm: Scrip
 async def test_keywords_are_extracted_from_the_payload(sample_index: KnowledgeIndex) -> None:
     # Invoked directly the intent is the agent's first (translate): the instruction decides.
     _, text = await ask(
-        sample_index, "Extract the keywords: the monsoon trucks leave the north dock at night", intent="translate"
+        sample_index,
+        "Extract the keywords: the monsoon trucks leave the north dock at night",
+        intent="translate",
     )
     assert text.startswith("Keywords: ")
     assert "monsoon" in text and "north dock" in text
@@ -43,7 +47,9 @@ async def test_too_short_a_text_is_not_judged(sample_index: KnowledgeIndex) -> N
 
 
 async def test_the_offline_rewrite_is_a_clean_up_that_says_so(sample_index: KnowledgeIndex) -> None:
-    reply, text = await ask(sample_index, "Rewrite: i think  the the report is ready .it was hard,but we did it!!!")
+    reply, text = await ask(
+        sample_index, "Rewrite: i think  the the report is ready .it was hard,but we did it!!!"
+    )
     assert text.startswith("I think the report is ready. It was hard, but we did it!")
     assert "not a rewording" in text and "removed 1 repeated word" in text
     assert reply.method == Method.EXTRACTIVE
@@ -72,7 +78,9 @@ async def test_the_model_translates_when_available(sample_index: KnowledgeIndex)
 
 
 async def test_without_an_instruction_the_routed_intent_decides(sample_index: KnowledgeIndex) -> None:
-    _, text = await ask(sample_index, "the monsoon trucks leave the north dock at night", intent="extract_keywords")
+    _, text = await ask(
+        sample_index, "the monsoon trucks leave the north dock at night", intent="extract_keywords"
+    )
     assert text.startswith("Keywords:") and "monsoon" in text
     _, text = await ask(sample_index, "Der Zug fährt um neun Uhr ab.")
     assert "German" in text  # no instruction, no intent: the language is detected
