@@ -48,7 +48,6 @@ _PROMOTIONAL = frozenset(
         "post", "share", "sharing", "excited", "proud", "happy", "our",
     }
 )  # fmt: skip
-)
 """Words of a brief that say it is an announcement, not what it is about: not searched for."""
 
 SYSTEM = (
