@@ -123,6 +123,8 @@ SHARED_SETTINGS: Final = frozenset(
         "AGENTS_DEADLINE_SECONDS",
         "AGENTS_SESSION_TURNS",
         "AGENTS_LLM",
+        # Orchestration's router: the confidence under which a query goes to the general agent.
+        "ROUTER_MIN_CONFIDENCE",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",
