@@ -141,7 +141,8 @@ def test_heldout_confidence_is_calibrated(router: Router) -> None:
     ece = expected_calibration_error(confidences, correct)
     accuracy = sum(correct) / len(correct)
     mean = sum(confidences) / len(confidences)
-    print(f"\nheld-out ECE (10 bins, agent level): {ece:.3f}; mean confidence {mean:.3f} vs accuracy {accuracy:.3f}")
+    print(f"\nheld-out ECE (10 bins, agent level): {ece:.3f}", end="; ")
+    print(f"mean confidence {mean:.3f} vs accuracy {accuracy:.3f}")
     # A loose bound: uncalibrated SVM or sigmoid-per-class scores on this set are 0.15-0.25 off.
     assert ece < 0.1
 
@@ -160,7 +161,7 @@ def test_routing_accuracy_by_confidence_floor(router: Router) -> None:
         print(f"{floor:5.1f}  {table[floor]:16.3f}  {fallbacks:11d}")
     # The default is the highest floor with the best accuracy (the least guessing for the same hits).
     best = max(table.values())
-    assert DEFAULT_MIN_CONFIDENCE == max(floor for floor, accuracy in table.items() if accuracy == best)
+    assert max(floor for floor, accuracy in table.items() if accuracy == best) == DEFAULT_MIN_CONFIDENCE
 
 
 def _route_at(router: Router, query: str, floor: float) -> Route:
@@ -201,7 +202,11 @@ def test_tell_me_about_ayurveda_goes_to_wellness(router: Router) -> None:
     [
         ("What does the Gita say about acting without attachment to results?", "vedas", "vedic_knowledge"),
         ("What is your refund policy?", "knowledge", "knowledge_lookup"),
-        ("Summarize this article: the council approved the new park budget today.", "summarizer", "summarize"),
+        (
+            "Summarize this article: the council approved the new park budget today.",
+            "summarizer",
+            "summarize",
+        ),
         ("Write a LinkedIn post about our new office", "content", "social_post"),
         ("Translate 'good morning' into Hindi", "text", "translate"),
         ("find the documents about yoga", "file_search", "find_documents"),
@@ -214,7 +219,9 @@ def test_typical_queries_reach_their_agent(router: Router, query: str, agent: st
     assert 0 < route.confidence <= 1
 
 
-@pytest.mark.parametrize("query", ["asdkj qwpoeiru zxmcnv", "xyzzy plugh", "The", "lorem ipsum dolor sit amet", "   "])
+@pytest.mark.parametrize(
+    "query", ["asdkj qwpoeiru zxmcnv", "xyzzy plugh", "The", "lorem ipsum dolor sit amet", "   "]
+)
 def test_gibberish_goes_to_qna_as_a_question(router: Router, query: str) -> None:
     route = router.route(query)
     assert (route.agent, route.intent, route.fallback) == ("qna", "question", True)
@@ -254,7 +261,9 @@ def test_a_long_query_is_routed_from_its_first_and_last_sentences(router: Router
     assert (router.route(translate).agent, router.route(translate).intent) == ("text", "translate")
     # The middle is not read: what the router reads is bounded whatever the query's length.
     assert len(routed_text(translate)) <= 2 * 200 + 1
-    changed = body + "Tell me about Ayurveda and yoga. " * 100 + body + "Translate all of the above into Hindi."
+    changed = (
+        body + "Tell me about Ayurveda and yoga. " * 100 + body + "Translate all of the above into Hindi."
+    )
     assert router.probabilities(changed) == router.probabilities(translate)
     assert routed_text("short query") == "short query"
     assert len(routed_text("x" * MAX_ROUTED_CHARS)) == MAX_ROUTED_CHARS
@@ -314,7 +323,12 @@ def png_bytes() -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x80")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00\x80"))
+        + chunk(b"IEND", b"")
+    )
 
 
 def wav_bytes() -> bytes:
@@ -330,12 +344,24 @@ def wav_bytes() -> bytes:
 SAMPLES: dict[str, tuple[bytes, InputType]] = {
     "application/pdf": (b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n", InputType.PDF),
     "image/png": (png_bytes(), InputType.IMAGE),
-    "image/jpeg": (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9", InputType.IMAGE),
-    "image/gif": (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00;", InputType.IMAGE),
-    "image/webp": (b"RIFF\x1a\x00\x00\x00WEBPVP8L\x0d\x00\x00\x00\x2f\x00\x00\x00\x10\x07\x10\x11\x11\x88\x88\xfe\x07\x00", InputType.IMAGE),
+    "image/jpeg": (
+        b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9",
+        InputType.IMAGE,
+    ),
+    "image/gif": (
+        b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00;",
+        InputType.IMAGE,
+    ),
+    "image/webp": (
+        b"RIFF\x1a\x00\x00\x00WEBPVP8L\x0d\x00\x00\x00\x2f\x00\x00\x00\x10\x07\x10\x11\x11\x88\x88\xfe\x07\x00",
+        InputType.IMAGE,
+    ),
     "audio/wav": (wav_bytes(), InputType.AUDIO),
     "audio/flac": (b"fLaC\x80\x00\x00\x22" + b"\x10\x00\x10\x00" + b"\x00" * 30, InputType.AUDIO),
-    "audio/ogg": (b"OggS\x00\x02" + b"\x00" * 8 + b"\x01\x00\x00\x00" + b"\x00" * 8 + b"\x01\x1e\x01vorbis", InputType.AUDIO),
+    "audio/ogg": (
+        b"OggS\x00\x02" + b"\x00" * 8 + b"\x01\x00\x00\x00" + b"\x00" * 8 + b"\x01\x1e\x01vorbis",
+        InputType.AUDIO,
+    ),
     "audio/mpeg": (b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" + b"\x00" * 40, InputType.AUDIO),
     "audio/webm": (
         b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\xf7\x81\x01\x42\xf2\x81\x04\x42\xf3\x81\x08"
@@ -360,7 +386,12 @@ def test_an_mp3_without_a_tag_is_detected_from_its_frame_sync() -> None:
 
 @pytest.mark.parametrize(
     ("declared", "mime"),
-    [("image/jpg", "image/jpeg"), ("audio/x-wav", "audio/wav"), ("audio/mp3", "audio/mpeg"), ("IMAGE/PNG", "image/png")],
+    [
+        ("image/jpg", "image/jpeg"),
+        ("audio/x-wav", "audio/wav"),
+        ("audio/mp3", "audio/mpeg"),
+        ("IMAGE/PNG", "image/png"),
+    ],
 )
 def test_aliases_of_the_declared_type_are_accepted(declared: str, mime: str) -> None:
     data, kind = SAMPLES[mime]
@@ -375,7 +406,9 @@ def violation(error: pytest.ExceptionInfo[InvalidArgument]) -> tuple[str, str]:
 
 def test_a_declared_type_contradicting_the_content_is_invalid() -> None:
     with pytest.raises(InvalidArgument) as error:
-        detect_input_type("image/png", "scan.png", SAMPLES["application/pdf"][0], None, field="attachments[1]")
+        detect_input_type(
+            "image/png", "scan.png", SAMPLES["application/pdf"][0], None, field="attachments[1]"
+        )
     assert violation(error) == ("attachments[1].mime_type", "MEDIA_TYPE_MISMATCH")
     assert "PDF" in error.value.message
     with pytest.raises(InvalidArgument) as error:
@@ -385,7 +418,9 @@ def test_a_declared_type_contradicting_the_content_is_invalid() -> None:
 
 def test_a_declared_binary_type_without_its_magic_is_invalid() -> None:
     with pytest.raises(InvalidArgument) as error:
-        detect_input_type("application/pdf", "", b"just some words, no PDF here", None, field="attachments[0]")
+        detect_input_type(
+            "application/pdf", "", b"just some words, no PDF here", None, field="attachments[0]"
+        )
     assert violation(error) == ("attachments[0].mime_type", "MEDIA_TYPE_MISMATCH")
 
 
@@ -394,7 +429,10 @@ def test_an_extension_contradicting_the_content_is_invalid_when_no_type_is_decla
         detect_input_type("", "report.pdf", SAMPLES["image/png"][0], None, field="attachments[0]")
     assert violation(error) == ("attachments[0].file_name", "MEDIA_TYPE_MISMATCH")
     # A declared type wins over the extension.
-    assert detect_input_type("image/png", "report.pdf", SAMPLES["image/png"][0], None) == (InputType.IMAGE, "image/png")
+    assert detect_input_type("image/png", "report.pdf", SAMPLES["image/png"][0], None) == (
+        InputType.IMAGE,
+        "image/png",
+    )
 
 
 def test_unknown_binary_content_is_invalid_not_guessed() -> None:
@@ -418,14 +456,23 @@ def test_empty_content_is_invalid() -> None:
 
 def test_text_content() -> None:
     assert detect_input_type("", "", None, "Some notes") == (InputType.TEXT, "text/plain")
-    assert detect_input_type("text/markdown; charset=utf-8", "", None, "# Notes") == (InputType.TEXT, "text/markdown")
+    assert detect_input_type("text/markdown; charset=utf-8", "", None, "# Notes") == (
+        InputType.TEXT,
+        "text/markdown",
+    )
     assert detect_input_type("", "notes.md", None, "# Notes") == (InputType.TEXT, "text/markdown")
-    assert detect_input_type("", "", "Plain words, as bytes".encode(), None) == (InputType.TEXT, "text/plain")
+    assert detect_input_type("", "", b"Plain words, as bytes", None) == (InputType.TEXT, "text/plain")
     assert detect_input_type("text/csv", "", b"a,b\n1,2\n", None) == (InputType.TEXT, "text/csv")
     assert detect_input_type("", "notes.txt", "ॐ शान्ति".encode(), None) == (InputType.TEXT, "text/plain")
     # Text whose first bytes spell a magic number is still text.
-    assert detect_input_type("text/plain", "", b"OggS is how an Ogg page starts", None) == (InputType.TEXT, "text/plain")
-    assert detect_input_type("text/plain", "", b"ID3 tags hold an MP3's title", None) == (InputType.TEXT, "text/plain")
+    assert detect_input_type("text/plain", "", b"OggS is how an Ogg page starts", None) == (
+        InputType.TEXT,
+        "text/plain",
+    )
+    assert detect_input_type("text/plain", "", b"ID3 tags hold an MP3's title", None) == (
+        InputType.TEXT,
+        "text/plain",
+    )
 
 
 def test_text_declared_as_a_binary_type_is_invalid() -> None:

@@ -75,7 +75,14 @@ FALLBACK_AGENT: Final = "qna"
 
 FALLBACK_INTENT: Final = "question"
 
-DOCUMENT_INTENTS: Final = ("summarize", "translate", "rewrite", "extract_keywords", "detect_language", "social_post")
+DOCUMENT_INTENTS: Final = (
+    "summarize",
+    "translate",
+    "rewrite",
+    "extract_keywords",
+    "detect_language",
+    "social_post",
+)
 """What a request with a PDF or text attachment may ask for; ``summarize`` first: the default."""
 
 MAX_ROUTED_CHARS: Final = 300
@@ -208,7 +215,9 @@ class Router:
 
     """
 
-    def __init__(self, min_confidence: float = DEFAULT_MIN_CONFIDENCE, examples: Sequence[Example] | None = None):
+    def __init__(
+        self, min_confidence: float = DEFAULT_MIN_CONFIDENCE, examples: Sequence[Example] | None = None
+    ):
         if not 0 < min_confidence <= 1:
             raise ValueError(f"min_confidence must be in (0, 1], got {min_confidence}")
         examples = training_examples() if examples is None else list(examples)
@@ -274,12 +283,16 @@ class Router:
         probabilities = self.probabilities(query)
         by_agent: dict[str, float] = {}
         for intent in DOCUMENT_INTENTS:
-            by_agent[_AGENT_OF[intent]] = by_agent.get(_AGENT_OF[intent], 0.0) + probabilities.get(intent, 0.0)
+            by_agent[_AGENT_OF[intent]] = by_agent.get(_AGENT_OF[intent], 0.0) + probabilities.get(
+                intent, 0.0
+            )
         agent = max(by_agent, key=lambda a: by_agent[a])
         confidence = min(1.0, by_agent[agent])
         # Not renormalised: "what does this say" is mostly an image question, and a document intent
         # that takes a sliver of the probability is not a confident route; the summarizer is.
         if confidence < self.min_confidence:
             return Route("summarizer", "summarize", confidence, fallback=True)
-        intent = max((i for i in DOCUMENT_INTENTS if _AGENT_OF[i] == agent), key=lambda i: probabilities.get(i, 0.0))
+        intent = max(
+            (i for i in DOCUMENT_INTENTS if _AGENT_OF[i] == agent), key=lambda i: probabilities.get(i, 0.0)
+        )
         return Route(agent, intent, confidence)

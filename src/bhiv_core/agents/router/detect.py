@@ -1,5 +1,4 @@
-"""What an attachment is: its type read from its content first, then its declared media type, then
-its file name's extension.
+"""What an attachment is: read from its content, then its declared media type, then its extension.
 
 Binary formats are recognised by their magic bytes: PDF (``%PDF-``), PNG, JPEG, GIF, WebP
 (``RIFF....WEBP``), WAV (``RIFF....WAVE``), FLAC (``fLaC``), Ogg (``OggS``), MP3 (an ``ID3`` tag or
@@ -49,7 +48,9 @@ _ALIASES: Final = {
     "video/webm": "audio/webm",
 }
 
-GENERIC_MIME_TYPES: Final = frozenset({"application/octet-stream", "binary/octet-stream", "application/unknown"})
+GENERIC_MIME_TYPES: Final = frozenset(
+    {"application/octet-stream", "binary/octet-stream", "application/unknown"}
+)
 """Declared types that say nothing about the content (as if none were declared)."""
 
 _TEXT_APPLICATION_TYPES: Final = frozenset(
@@ -196,17 +197,24 @@ def detect_input_type(
         if declared and not _is_text_type(declared):
             raise _mismatch(f"{field}.mime_type", f"{mime_type} was declared but the content is text")
         if by_extension and not _is_text_type(by_extension):
-            raise _mismatch(f"{field}.file_name", f"{file_name} names {_name(by_extension)} but the content is text")
+            raise _mismatch(
+                f"{field}.file_name", f"{file_name} names {_name(by_extension)} but the content is text"
+            )
         return InputType.TEXT, declared or by_extension or "text/plain"
     if not data:
-        raise InvalidArgument(violations=[FieldViolation(f"{field}.data", "the attachment is empty", "REQUIRED")])
+        raise InvalidArgument(
+            violations=[FieldViolation(f"{field}.data", "the attachment is empty", "REQUIRED")]
+        )
     sniffed = _sniff(data)
     if sniffed is not None:
         if declared and declared != sniffed:
-            raise _mismatch(f"{field}.mime_type", f"{mime_type} was declared but the content is {_name(sniffed)}")
+            raise _mismatch(
+                f"{field}.mime_type", f"{mime_type} was declared but the content is {_name(sniffed)}"
+            )
         if by_extension and by_extension != sniffed:
             raise _mismatch(
-                f"{field}.file_name", f"{file_name} names {_name(by_extension)} but the content is {_name(sniffed)}"
+                f"{field}.file_name",
+                f"{file_name} names {_name(by_extension)} but the content is {_name(sniffed)}",
             )
         return MEDIA_TYPES[sniffed], sniffed
     claimed = declared or by_extension
@@ -220,10 +228,12 @@ def detect_input_type(
         return InputType.TEXT, claimed
     if declared:
         raise _unsupported(
-            f"{field}.mime_type", f"{mime_type} is not supported (PDF, PNG, JPEG, GIF, WebP, WAV, FLAC, Ogg, MP3, WebM, text)"
+            f"{field}.mime_type",
+            f"{mime_type} is not supported (PDF, PNG, JPEG, GIF, WebP, WAV, FLAC, Ogg, MP3, WebM, text)",
         )
     if decoded is not None:
         return InputType.TEXT, "text/plain"
     raise _unsupported(
-        f"{field}.data", "the content is of no supported format (PDF, PNG, JPEG, GIF, WebP, WAV, FLAC, Ogg, MP3, WebM, text)"
+        f"{field}.data",
+        "the content is of no supported format (PDF, PNG, JPEG, GIF, WebP, WAV, FLAC, Ogg, MP3, WebM, text)",
     )
