@@ -8,6 +8,7 @@ the corpus files shipped in ``bhiv_core.knowledge.corpus`` (or of a document the
 from __future__ import annotations
 
 import asyncio
+import functools
 import http.client
 import importlib.util
 import io
@@ -58,14 +59,21 @@ BRANCHES = {
 """The agents built on other branches of issue 12, by module of ``bhiv_core.agents``."""
 
 
-def pending(*agents: str, pillow: bool = False) -> pytest.MarkDecorator:
-    """xfail (strict) while an agent's module, or Pillow for a test image, is not in this build.
+@functools.cache
+def not_built() -> frozenset[str]:
+    """The agents this build's catalog holds as not built (they answer FAILED_PRECONDITION)."""
+    from bhiv_core.agents.catalog import NotBuilt, build_catalog
 
-    The catalog shows such an agent as not built (FAILED_PRECONDITION); once its module lands the
-    mark lifts itself and the test must pass (a pass while the mark holds fails the run).
+    return frozenset(agent for agent, built in build_catalog().items() if isinstance(built, NotBuilt))
+
+
+def pending(*agents: str, pillow: bool = False) -> pytest.MarkDecorator:
+    """xfail (strict) while an agent is not built in this build's catalog, or Pillow is missing.
+
+    Once the agent lands in the catalog the mark lifts itself and the test must pass (a pass while
+    the mark holds fails the run, so a stale mark cannot hide).
     """
-    missing = [a for a in agents if importlib.util.find_spec(f"bhiv_core.agents.{a}") is None]
-    reasons = [f"bhiv_core.agents.{a} is not built yet (branch {BRANCHES[a]})" for a in missing]
+    reasons = [f"agents/{a} is not built yet (branch {BRANCHES[a]})" for a in agents if a in not_built()]
     if pillow and importlib.util.find_spec("PIL") is None:
         reasons.append("Pillow, which draws the test image, is not installed (comes with i12-media)")
     return pytest.mark.xfail(bool(reasons), reason="; ".join(reasons), strict=True)
@@ -118,9 +126,9 @@ def tone_wav(seconds: float = 1.5, rate: int = 16000, hz: float = 440.0) -> byte
 
 
 def speech_fixture() -> Path | None:
-    """The media engineer's recorded speech under tests/fixtures (a WAV), when it exists."""
-    found = sorted(FIXTURES.glob("*.wav")) if FIXTURES.is_dir() else []
-    return found[0] if found else None
+    """Synthesised speech committed with the audio agent (tests/fixtures), when it exists."""
+    path = FIXTURES / "speech_meeting.wav"
+    return path if path.exists() else None
 
 
 async def ask(channel: grpc.aio.Channel, session: Session, query: str, **fields: Any) -> agent_pb2.Answer:
@@ -319,8 +327,7 @@ async def test_an_image_is_read_by_the_image_agent_invoked_or_routed(mesh: Mesh,
     for answer in (invoked, routed):
         assert answer.agent == "agents/image"
         assert answer.input_type == agent_pb2.INPUT_TYPE_IMAGE
-        assert "PNG" in answer.text
-        assert "640" in answer.text and "160" in answer.text
+        assert "PNG" in answer.text and "640x160" in answer.text
         assert "LOTUS" in answer.text.upper() and "2026" in answer.text
     assert invoked.confidence == 1
     assert routed.intent == "describe_image"
@@ -331,12 +338,13 @@ async def test_a_recording_is_handled_by_the_audio_agent_with_its_duration(
     mesh: Mesh, admin: Session
 ) -> None:
     speech = speech_fixture()
-    if speech is not None:
+    if speech is not None:  # "The meeting is tomorrow morning at the office." (tests/fixtures/README.md)
         data = speech.read_bytes()
         with wave.open(io.BytesIO(data)) as wav:
             seconds = wav.getnframes() / wav.getframerate()
+        words = ("tomorrow", "morning")
     else:
-        seconds, data = 1.5, tone_wav(1.5)
+        seconds, data, words = 1.5, tone_wav(1.5), ()
     attachment = agent_pb2.Attachment(mime_type="audio/wav", file_name="clip.wav", data=data)
     async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
         invoked = await invoke(channel, admin, "audio", attachments=[attachment])
@@ -344,7 +352,8 @@ async def test_a_recording_is_handled_by_the_audio_agent_with_its_duration(
     for answer in (invoked, routed):
         assert answer.agent == "agents/audio"
         assert answer.input_type == agent_pb2.INPUT_TYPE_AUDIO
-        assert f"{seconds:.1f}" in answer.text, answer.text
+        assert f"{seconds:.1f} seconds" in answer.text, answer.text
+        assert all(word in answer.text.lower() for word in words), answer.text
     assert routed.intent == "transcribe_audio"
     print(f"\naudio agent on {speech or 'a generated tone'}: {invoked.text!r}")
 
@@ -423,7 +432,7 @@ def invocation(agent: str) -> tuple[dict[str, Any], str | None]:
     if agent == "image":
         png = png_with_text("OM 108")
         return {"attachments": [agent_pb2.Attachment(mime_type="image/png", data=png)]}, "108"
-    return {"attachments": [agent_pb2.Attachment(mime_type="audio/wav", data=tone_wav(2.0))]}, "2.0"
+    return {"attachments": [agent_pb2.Attachment(mime_type="audio/wav", data=tone_wav(2.0))]}, "2.0 seconds"
 
 
 GROUNDED = ("vedas", "edumentor", "wellness", "knowledge", "qna")

@@ -97,4 +97,4 @@ def test_the_readme_agent_examples_work_through_the_edge(mesh: Mesh, tmp_path: P
     assert len(listed["agents"]) == 12
     assert planned["answer"]["agent"] == "agents/planner" and planned["answer"]["confidence"] == 1
     assert image["answer"]["agent"] == "agents/image" and "LOTUS" in image["answer"]["text"].upper()
-    assert audio["answer"]["agent"] == "agents/audio" and "1.5" in audio["answer"]["text"]
+    assert audio["answer"]["agent"] == "agents/audio" and "1.5 seconds" in audio["answer"]["text"]
