@@ -156,6 +156,13 @@ def test_an_impossible_sample_rate_is_invalid_argument() -> None:
     assert _violation(exc)[:2] == (FIELD, "BAD_SAMPLE_RATE")
 
 
+def test_too_many_channels_are_refused() -> None:
+    data = _encoded(np.zeros((100, 65), dtype=np.float32), 8000, "WAV", "FLOAT")
+    with pytest.raises(InvalidArgument) as exc:
+        decode_audio(soundfile, data, field=FIELD)
+    assert _violation(exc)[:2] == (FIELD, "UNSUPPORTED_CHANNELS")
+
+
 def test_a_missing_speech_package_is_unavailable() -> None:
     engine = speech_engine(module="bhiv_no_such_speech_package")
     with pytest.raises(EngineUnavailable, match="bhiv_no_such_speech_package"):

@@ -53,7 +53,7 @@ def test_format_size_mode_and_frames_are_reported() -> None:
     frames = [Image.new("RGB", (30, 20), color) for color in ("red", "green", "blue")]
     data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
     with open_image(data, field=FIELD) as image:
-        info = inspect_image(image)
+        info = inspect_image(image, field=FIELD)
     assert (info.format, info.mime_type, info.width, info.height, info.mode, info.frames) == (
         "GIF",
         "image/gif",
@@ -67,7 +67,7 @@ def test_format_size_mode_and_frames_are_reported() -> None:
 
 def test_exif_camera_date_orientation_and_dpi_are_reported() -> None:
     with open_image(_camera_jpeg(gps=False), field=FIELD) as image:
-        info = inspect_image(image)
+        info = inspect_image(image, field=FIELD)
     assert info.camera == "Canon EOS 5D"  # the make is not repeated; control characters are dropped
     assert info.taken == "2024:04:30 09:15:42"  # DateTimeOriginal before DateTime
     assert (info.orientation, info.orientation_text) == (6, "rotated 90° clockwise")
@@ -77,7 +77,7 @@ def test_exif_camera_date_orientation_and_dpi_are_reported() -> None:
 
 def test_gps_is_reported_as_present_and_never_returned() -> None:
     with open_image(_camera_jpeg(gps=True), field=FIELD) as image:
-        info = inspect_image(image)
+        info = inspect_image(image, field=FIELD)
     assert info.has_location
     assert not [text for text in COORDINATE_TEXTS if text in repr(info)]
 
@@ -85,7 +85,7 @@ def test_gps_is_reported_as_present_and_never_returned() -> None:
 def test_xmp_gps_tags_count_as_location() -> None:
     xmp = b'<x:xmpmeta><rdf:Description exif:GPSLatitude="48,51.48N"/></x:xmpmeta>'
     with open_image(encoded(Image.new("RGB", (8, 8)), "PNG", pnginfo=_xmp_png(xmp)), field=FIELD) as image:
-        assert inspect_image(image).has_location
+        assert inspect_image(image, field=FIELD).has_location
 
 
 def _xmp_png(xmp: bytes):  # type: ignore[no-untyped-def]
@@ -148,7 +148,7 @@ def test_exif_orientation_is_applied_before_reading() -> None:
     exif[ExifTags.Base.Orientation] = 6  # stored sideways: shown rotated 90° clockwise
     data = encoded(Image.new("RGB", (40, 10), "white"), "JPEG", exif=exif.tobytes())
     with open_image(data, field=FIELD) as image:
-        assert for_ocr(image).shape[:2] == (40, 10)
+        assert for_ocr(image, field=FIELD).shape[:2] == (40, 10)
 
 
 async def test_ocr_reads_rendered_lines_in_reading_order() -> None:
@@ -157,7 +157,7 @@ async def test_ocr_reads_rendered_lines_in_reading_order() -> None:
         [(30, 30, "OPEN DAILY 9 TO 5"), (30, 120, "Welcome to the library"), (30, 200, "No parking here")]
     )
     with open_image(encoded(image), field=FIELD) as opened:
-        text = engine.read(for_ocr(opened))
+        text = engine.read(for_ocr(opened, field=FIELD))
     print(f"\nOCR of an 800x300 PNG (3 lines): {text.seconds:.2f} s")
     assert [ln.text for ln in text.lines] == [
         "OPEN DAILY 9 TO 5",
@@ -171,7 +171,7 @@ async def test_ocr_reads_black_text_on_a_transparent_background() -> None:
     engine = await OCR.get()
     image = rendered([(30, 30, "Transparent sign")], (600, 120), mode="RGBA")
     with open_image(encoded(image), field=FIELD) as opened:
-        text = engine.read(for_ocr(opened))
+        text = engine.read(for_ocr(opened, field=FIELD))
     assert "Transparent sign" in text.text
 
 
@@ -179,7 +179,7 @@ async def test_ocr_reads_a_jpeg_of_a_larger_photo_sized_image() -> None:
     engine = await OCR.get()
     image = rendered([(200, 900, "STOP"), (200, 1500, "Main Street")], (2400, 1800))
     with open_image(encoded(image, "JPEG", quality=85), field=FIELD) as opened:
-        text = engine.read(for_ocr(opened))
+        text = engine.read(for_ocr(opened, field=FIELD))
     print(f"\nOCR of a 2400x1800 JPEG (scaled to 2048): {text.seconds:.2f} s")
     assert [ln.text for ln in text.lines] == ["STOP", "Main Street"]
 
@@ -210,4 +210,4 @@ def test_rgb_bytes_round_trip() -> None:
     # for_ocr hands rapidocr RGB; the engine reverses it to BGR itself.
     image = Image.new("RGB", (4, 4), (255, 0, 0))
     with open_image(encoded(image), field=FIELD) as opened:
-        assert tuple(for_ocr(opened)[0, 0]) == (255, 0, 0)
+        assert tuple(for_ocr(opened, field=FIELD)[0, 0]) == (255, 0, 0)

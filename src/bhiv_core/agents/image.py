@@ -18,7 +18,7 @@ from bhiv_core.media.engine import EngineUnavailable, LazyEngine
 from bhiv_core.media.image import OCR, ImageInfo, OcrEngine, OcrText, for_ocr, inspect_image, open_image
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
 
-__all__ = ["ImageAgent", "describe"]
+__all__ = ["ImageAgent", "describe", "read_image"]
 
 MAX_LINES: Final = 100
 """The most OCR lines quoted in an answer; the others are counted."""
@@ -121,14 +121,22 @@ class ImageAgent:
             engine, unavailable = None, exc.reason
         answers = []
         for attachment in images:
-            info, text = await asyncio.to_thread(_read, attachment, engine)
+            info, text = await asyncio.to_thread(read_image, attachment, engine)
             answer = describe(info, text, unavailable, request.query)
             answers.append(answer if len(images) == 1 else f"Image {attachment.index + 1}: {answer}")
         return Reply.of_text("\n\n".join(answers))
 
 
-def _read(attachment: Attachment, engine: OcrEngine | None) -> tuple[ImageInfo, OcrText | None]:
+def read_image(attachment: Attachment, engine: OcrEngine | None) -> tuple[ImageInfo, OcrText | None]:
+    """Opens, inspects and (with an engine) reads an image attachment (blocking: run it in a thread).
+
+    Raises:
+        InvalidArgument: The attachment is not a readable image (on its field).
+
+    """
     image = open_image(attachment.data, field=attachment.field)
     with image:
-        info = inspect_image(image)
-        return info, engine.read(for_ocr(image)) if engine is not None else None
+        info = inspect_image(image, field=attachment.field)
+        if engine is None:
+            return info, None
+        return info, engine.read(for_ocr(image, field=attachment.field))

@@ -51,9 +51,13 @@ MAX_TRANSCRIBED_SECONDS: Final = 300.0
 SILENCE: Final = 1e-3
 """A recording whose peak stays below this (-60 dBFS) is silent: not sent to the recogniser."""
 
+MAX_CHANNELS: Final = 64
+"""The most channels read (libsndfile allows 1024; a header claiming more is refused)."""
+
 MIN_RATE: Final = 1_000
 MAX_RATE: Final = 768_000
 _TAPS: Final = 63
+_BLOCK_SAMPLES: Final = 1 << 20
 _WEBM_MAGIC: Final = b"\x1a\x45\xdf\xa3"
 
 
@@ -186,12 +190,16 @@ def decode_audio(
                     f"a sample rate of {info.sample_rate} Hz is out of range ({MIN_RATE}-{MAX_RATE} Hz)",
                     "BAD_SAMPLE_RATE",
                 )
-            if info.channels < 1:
-                raise _invalid(field, "the audio has no channel", "CORRUPT_AUDIO")
+            if not 1 <= info.channels <= MAX_CHANNELS:
+                raise _invalid(
+                    field, f"{info.channels} channels: 1 to {MAX_CHANNELS} are read", "UNSUPPORTED_CHANNELS"
+                )
             limit = int(max_seconds * info.sample_rate)
+            # Blocks of at most ~1M samples (4 MB), whatever the header claims.
+            blocksize = max(256, min(info.sample_rate, _BLOCK_SAMPLES // info.channels))
             blocks = []
             read = 0
-            for block in sound.blocks(blocksize=info.sample_rate, dtype="float32", always_2d=True):
+            for block in sound.blocks(blocksize=blocksize, dtype="float32", always_2d=True):
                 take = block[: limit - read]
                 blocks.append(take.mean(axis=1, dtype=np.float32))
                 read += len(take)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-from PIL import ExifTags, Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageDraw, ImageFont, ImageOps
 
 from bhiv_core.media.engine import EngineUnavailable, LazyEngine, import_engine
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
@@ -35,8 +35,10 @@ __all__ = [
     "OcrEngine",
     "OcrLine",
     "OcrText",
+    "for_ocr",
     "inspect_image",
     "ocr_engine",
+    "open_image",
     "reading_order",
 ]
 
@@ -167,7 +169,7 @@ def open_image(data: bytes, *, field: str, max_pixels: int = MAX_IMAGE_PIXELS) -
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as exc:
         raise _invalid(field, f"the image is too large to read ({exc})", "IMAGE_TOO_LARGE") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:  # UnidentifiedImageError; a plugin choking on a hostile header (IndexError...)
         raise _invalid(
             field, f"not a readable image (accepted: {', '.join(FORMATS)})", "UNREADABLE_IMAGE"
         ) from exc
@@ -183,14 +185,41 @@ def open_image(data: bytes, *, field: str, max_pixels: int = MAX_IMAGE_PIXELS) -
         image.load()
     except Image.DecompressionBombError as exc:
         raise _invalid(field, "the image is too large to read", "IMAGE_TOO_LARGE") from exc
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
-        # Pillow reports truncated or corrupt pixel data as OSError ("image file is truncated").
+    except Exception as exc:
+        # Pillow reports truncated pixel data as OSError ("image file is truncated"); hostile data
+        # reaches plugins' other errors (IndexError, struct.error...). All of it is the sender's fault.
+        image.close()
         raise _invalid(field, f"the image data is corrupt ({_clean(exc)})", "CORRUPT_IMAGE") from exc
     return image
 
 
-def inspect_image(image: Image.Image) -> ImageInfo:
-    """Reports what an opened image is (see :func:`open_image`); never returns coordinates."""
+def inspect_image(image: Image.Image, *, field: str) -> ImageInfo:
+    """Reports what an opened image is (see :func:`open_image`); never returns coordinates.
+
+    Raises:
+        InvalidArgument: Its metadata or later frames are corrupt (on ``field``).
+
+    """
+    try:
+        return _inspect(image)
+    except Exception as exc:  # parsing hostile EXIF/frames raises whatever the plugin trips on
+        raise _invalid(field, f"the image's metadata is corrupt ({_clean(exc)})", "CORRUPT_IMAGE") from exc
+
+
+def for_ocr(image: Image.Image, *, field: str) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """The first frame upright (EXIF orientation applied), RGB on white, at most :data:`OCR_MAX_SIDE`.
+
+    Raises:
+        InvalidArgument: The image cannot be converted (on ``field``).
+
+    """
+    try:
+        return _for_ocr(image)
+    except Exception as exc:
+        raise _invalid(field, f"the image data is corrupt ({_clean(exc)})", "CORRUPT_IMAGE") from exc
+
+
+def _inspect(image: Image.Image) -> ImageInfo:
     exif = image.getexif()
     make = _clean(exif.get(ExifTags.Base.Make, ""))
     model = _clean(exif.get(ExifTags.Base.Model, ""))
@@ -229,8 +258,7 @@ def inspect_image(image: Image.Image) -> ImageInfo:
     )
 
 
-def for_ocr(image: Image.Image) -> np.ndarray[Any, np.dtype[np.uint8]]:
-    """The first frame upright (EXIF orientation applied), RGB on white, at most :data:`OCR_MAX_SIDE`."""
+def _for_ocr(image: Image.Image) -> np.ndarray[Any, np.dtype[np.uint8]]:
     upright = ImageOps.exif_transpose(image) or image
     if upright.mode in ("RGBA", "LA", "PA") or (upright.mode == "P" and "transparency" in upright.info):
         rgba = upright.convert("RGBA")
