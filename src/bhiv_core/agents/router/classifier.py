@@ -61,12 +61,12 @@ __all__ = [
     "training_examples",
 ]
 
-DEFAULT_MIN_CONFIDENCE: Final = 0.3
+DEFAULT_MIN_CONFIDENCE: Final = 0.4
 """The confidence under which a query goes to the general agent (``BHIV_ROUTER_MIN_CONFIDENCE``).
 
 Chosen on the held-out set (tests/agents/test_router.py prints routing accuracy for floors 0.2-0.8):
-the highest floor with the best held-out routing accuracy (0.973 at 0.2 and 0.3; 0.969 at 0.4,
-0.945 at 0.8, as more queries the classifier had right go to the general agent). Gibberish goes to
+the highest floor with the best held-out routing accuracy (0.973 from 0.2 to 0.4; 0.969 at 0.5,
+0.949 at 0.8, as more queries the classifier had right go to the general agent). Gibberish goes to
 ``qna`` whatever the floor: its words are unknown.
 """
 
