@@ -93,7 +93,8 @@ def test_the_readme_agent_examples_work_through_the_edge(mesh: Mesh, tmp_path: P
     assert "routing" in events[0] and "sources" in events[-2]
     assert events[0]["routing"]["agent"] in ("agents/knowledge", "agents/qna")
     streamed = "".join(event["chunk"]["text"] for event in events[1:-2])
-    assert "14 days" in streamed
+    assert "5 to 7 business days" in streamed
+    assert events[-2]["sources"]["sources"][0]["section"] == "Refund Policy"
     assert len(listed["agents"]) == 12
     assert planned["answer"]["agent"] == "agents/planner" and planned["answer"]["confidence"] == 1
     assert image["answer"]["agent"] == "agents/image" and "LOTUS" in image["answer"]["text"].upper()
