@@ -41,6 +41,14 @@ _REQUEST = re.compile(
 )
 _HEADER = re.compile(r"^\s*\[?(X|Twitter|LinkedIn|Instagram|Facebook)\]?\s*:?\s*$", re.I | re.M)
 _SHORT_BRIEF_WORDS = 25
+_PROMOTIONAL = frozenset(
+    {
+        "announcing", "announce", "announces", "introducing", "introduce", "launch", "launching",
+        "launched", "guide", "new", "latest", "release", "released", "today", "check", "read", "learn",
+        "post", "share", "sharing", "excited", "proud", "happy", "our",
+    }
+)  # fmt: skip
+"""Words of a brief that say it is an announcement, not what it is about: not searched for."""
 
 SYSTEM = (
     "You write social media posts from the user's content, one per platform asked, in the content's "
@@ -108,17 +116,19 @@ class ContentAgent:
         body = attached
         sources: list[Passage] = []
         if not attached and lead and len(lead.split()) <= _SHORT_BRIEF_WORDS:
-            terms = list(dict.fromkeys(content_words(lead)))
-            found = await tools.search(" ".join(terms), limit=3)
-            sources = relevant(found, terms)[:1]
-            body = sources[0].text if sources else ""
+            terms = [w for w in dict.fromkeys(content_words(lead)) if w not in _PROMOTIONAL]
+            found = await tools.search(" ".join(terms), limit=6)
+            sources = relevant(found, terms)[:3]
+            body = "\n\n".join(s.text for s in sources)
         if not lead and not body.strip():
             raise InvalidArgument(
                 violations=[FieldViolation("query", "holds no content to post about", "EMPTY")]
             )
 
+        subjects = [w for w in dict.fromkeys(content_words(lead)) if w not in _PROMOTIONAL][:2]
+
         def offline(platform: Platform) -> Post:
-            return draft(body, platform, lead=lead) if lead else draft(body, platform)
+            return draft(body, platform, lead=lead, hashtags=subjects)
 
         asked = ", ".join(LIMITS[p].name for p in platforms)
         completed = await complete(

@@ -88,7 +88,7 @@ def split_instruction(query: str, verbs: re.Pattern[str]) -> Instruction:
     """
     text = query.strip()
     lead = _LEAD.match(text)
-    if lead and verbs.search(lead.group(1)) and lead.end() < len(text):
+    if lead and verbs.search(lead.group(1)):
         return Instruction(lead.group(1).strip(), text[lead.end() :].strip())
     quoted = _QUOTED.search(text)
     if quoted and verbs.search(text[: quoted.start()] + text[quoted.end() :]):

@@ -17,7 +17,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bhiv_core.text.sentences import content_words, sentences
+from bhiv_core.text.sentences import content_words
+from bhiv_core.text.summarize import summarize
 
 __all__ = ["Goal", "Horizon", "PlanSource", "build_plan", "goal_terms", "parse_goal"]
 
@@ -242,7 +243,7 @@ def _periods(horizon: Horizon | None) -> list[str]:
         return [f"Phase {i}" for i in range(1, 5)]
     if days <= 1:
         return ["First", "Next", "Then", "Finally"]
-    if days <= 7:
+    if days <= 14:
         count = max(2, math.ceil(days))
         return [f"Day {d}" for d in range(1, count + 1)] if count <= 5 else _ranges("Days", count, 4)
     if days <= 7 * 12:
@@ -272,7 +273,7 @@ def _subjects(goal: Goal, sources: Sequence[PlanSource]) -> list[tuple[str, str,
     """What the middle phases work on: (subject, detail, source number), in order."""
     found: list[tuple[str, str, int | None]] = []
     for source in sources:
-        picked = source.sentences or [s.text for s in sentences(source.text, limit=2)]
+        picked = source.sentences or summarize(source.text, length=1).sentences
         detail = " ".join(" ".join(p.split()) for p in picked[:1])
         found.append((source.section or source.title or "the source", detail, source.number))
     if found:
@@ -316,13 +317,17 @@ def build_plan(goal: Goal, sources: Sequence[PlanSource] = ()) -> str:
             share = subjects[at * len(subjects) // len(middle) : (at + 1) * len(subjects) // len(middle)]
             share = share or [subjects[at % len(subjects)]]
             work = _MIDDLE_STEPS[stage].format(s=" and ".join(name for name, _, _ in share))
-            details = [f"{detail} [{number}]" for _, detail, number in share if detail and number]
+            details = [f"{detail.rstrip('.')} [{number}]" for _, detail, number in share if detail and number]
             if details:
-                work += ". " + " ".join(details)
+                work += ". " + ". ".join(details)
         lines.append(f"{period} - {stage}: {work}.")
     if sources:
         lines.append("")
         lines.append(
-            "Sources: " + "; ".join(f"[{s.number}] {s.title} - {s.section}".rstrip(" -") for s in sources)
+            "Sources: "
+            + "; ".join(
+                f"[{s.number}] " + " - ".join(dict.fromkeys(p for p in (s.title, s.section) if p))
+                for s in sources
+            )
         )
     return "\n".join(lines)

@@ -166,7 +166,8 @@ def draft(
         platform: Where it goes.
         lead: The opening sentence (a brief such as "Announcing our new guide"); by default the
             content's most central sentence.
-        hashtags: Phrases to tag first (a campaign's own), before the content's key phrases.
+        hashtags: Phrases to tag first (a campaign's own, a brief's subject), then the key phrases
+            of ``content`` (of ``lead`` when there is no content).
         link: A URL to include (X counts it as 23).
 
     """
@@ -176,7 +177,7 @@ def draft(
     else:
         chosen = summarize(content, length=rules.sentences).sentences or [content.strip()]
         hook, rest = chosen[0], chosen[1:]
-    tags = _hashtags(f"{lead}\n\n{content}" if lead else content, rules.hashtags, hashtags)
+    tags = _hashtags(content or lead, rules.hashtags, hashtags)
     if platform is Platform.X:
         body = " ".join([hook, link]).strip()
         text = f"{body}\n\n{' '.join(tags)}" if tags else body
