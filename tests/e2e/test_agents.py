@@ -73,7 +73,11 @@ def pending(*agents: str, pillow: bool = False) -> pytest.MarkDecorator:
     Once the agent lands in the catalog the mark lifts itself and the test must pass (a pass while
     the mark holds fails the run, so a stale mark cannot hide).
     """
-    reasons = [f"agents/{a} is not built yet (branch {BRANCHES[a]})" for a in agents if a in not_built()]
+    reasons = [
+        f"agents/{a} is not in the catalog yet (the agent comes from branch {BRANCHES[a]})"
+        for a in agents
+        if a in not_built()
+    ]
     if pillow and importlib.util.find_spec("PIL") is None:
         reasons.append("Pillow, which draws the test image, is not installed (comes with i12-media)")
     return pytest.mark.xfail(bool(reasons), reason="; ".join(reasons), strict=True)
