@@ -3,12 +3,13 @@
 A request goes through the same steps for Ask, StreamAsk and InvokeAgent:
 
 1. **Decode** (INVALID_ARGUMENT with field violations, before anything runs): a query or at least
-   one attachment; each attachment has exactly one of ``data``/``text``; its type is detected from
-   its content (magic numbers) or media type, and a declared ``input_type`` that contradicts the
-   content is refused; ``data`` of text type must be UTF-8.
-2. **Route**: the router's intent and confidence pick the agent that handles the intent; when it
-   is disabled or does not accept every attachment's type, a general agent that does (qna,
-   knowledge, then the summarizer for documents) answers instead; none → FAILED_PRECONDITION.
+   one attachment; each attachment has exactly one of ``data``/``text``; its type is detected by
+   the router's ``detect_input_type`` (content, media type, file name), and a declared
+   ``input_type`` that contradicts the content is refused.
+2. **Route**: the router (:class:`~bhiv_core.agents.router.Router`) picks the agent, intent and
+   confidence; when that agent is disabled or does not accept every attachment's type, a general
+   agent that does (qna, knowledge, then the summarizer for documents) answers instead, with its
+   own first intent; none → FAILED_PRECONDITION.
    InvokeAgent names the agent: NOT_FOUND for an unknown one, FAILED_PRECONDITION when disabled,
    INVALID_ARGUMENT when it does not accept an attachment's type.
 3. **Answer**: the agent gets the earlier turns of the caller's session as history and the tools
@@ -43,6 +44,7 @@ from bhiv_core.agents.base import (
     Reply,
     Turn,
 )
+from bhiv_core.agents.router import Router, detect_input_type
 from bhiv_core.knowledge.index import KnowledgeIndex, Passage
 from bhiv_core.runtime.errors import (
     BhivError,
@@ -53,7 +55,6 @@ from bhiv_core.runtime.errors import (
     NotFound,
 )
 from bhiv_core.security.principal import Principal
-from bhiv_core.services.orchestration.routing import classify, detect_input_type
 from bhiv_core.services.orchestration.sessions import Sessions
 
 __all__ = ["DEFAULT_PAGE_SIZE", "DEFAULT_SOURCES", "MAX_PAGE_SIZE", "AgentDeadlineExceeded", "Agents"]
@@ -106,58 +107,40 @@ _TYPE_NAMES = {t: f"INPUT_TYPE_{t.name}" for t in InputType}
 
 
 def _decode(attachments: Sequence[agent_pb2.Attachment]) -> list[Attachment]:
-    """The attachments typed and checked; INVALID_ARGUMENT naming each bad field."""
+    """The attachments typed and checked; INVALID_ARGUMENT naming each bad field.
+
+    The type comes from the router's :func:`~bhiv_core.agents.router.detect_input_type` (content,
+    then media type, then file name); a declared ``input_type`` must agree with it.
+    """
     decoded: list[Attachment] = []
     violations: list[FieldViolation] = []
     for i, given in enumerate(attachments):
         at = f"attachments[{i}]"
-        declared = InputType(given.input_type)
         content = given.WhichOneof("content")
         if content is None:
             violations.append(FieldViolation(f"{at}.content", "set exactly one of data or text", "REQUIRED"))
             continue
-        if content == "text":
-            if declared not in (InputType.UNSPECIFIED, InputType.TEXT):
-                violations.append(
-                    FieldViolation(f"{at}.input_type", "text content is INPUT_TYPE_TEXT", "TYPE_MISMATCH")
-                )
-                continue
-            decoded.append(
-                Attachment(
-                    i,
-                    InputType.TEXT,
-                    given.mime_type or "text/plain",
-                    given.file_name,
-                    given.text.encode("utf-8"),
-                    given.text,
-                )
-            )
+        text = given.text if content == "text" else None
+        data = given.data if content == "data" else None
+        try:
+            kind, mime = detect_input_type(given.mime_type, given.file_name, data, text, field=at)
+        except InvalidArgument as refused:
+            violations += refused.violations
             continue
-        data = given.data
-        if not data:
-            violations.append(FieldViolation(f"{at}.data", "is empty", "EMPTY_CONTENT"))
-            continue
-        detected = detect_input_type(given.mime_type, data, given.file_name)
-        if declared and detected and declared != detected:
+        declared = InputType(given.input_type)
+        if declared and declared != kind:
             violations.append(
                 FieldViolation(
                     f"{at}.input_type",
-                    f"is {_TYPE_NAMES[declared]} but the content is {_TYPE_NAMES[detected]}",
+                    f"is {_TYPE_NAMES[declared]} but the content is {_TYPE_NAMES[kind]}",
                     "TYPE_MISMATCH",
                 )
             )
             continue
-        kind = declared or detected
-        text: str | None = None
-        if kind in (InputType.UNSPECIFIED, InputType.TEXT):
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                why = "is not UTF-8 text" if kind else "is of an unknown type: set input_type or mime_type"
-                violations.append(FieldViolation(f"{at}.data", why, "UNREADABLE_CONTENT"))
-                continue
-            kind = InputType.TEXT
-        decoded.append(Attachment(i, kind, given.mime_type, given.file_name, data, text))
+        if text is None and kind == InputType.TEXT and data is not None:
+            text = data.decode("utf-8")  # the router detects text only when it is UTF-8
+        raw = data if data is not None else (text or "").encode("utf-8")
+        decoded.append(Attachment(i, kind, mime, given.file_name, raw, text))
     if violations:
         raise InvalidArgument(violations=violations)
     return decoded
@@ -204,6 +187,8 @@ class Agents:
         disabled: Ids of the agents switched off (``BHIV_AGENTS_DISABLED``).
         deadline: Seconds an agent may take for one request.
         llm: The LLM client, or None when agents answer offline only.
+        router: The trained router; None: trained (in a worker thread) on first use, or by
+            :meth:`load_router` at start.
 
     """
 
@@ -216,6 +201,8 @@ class Agents:
         disabled: frozenset[str] = frozenset(),
         deadline: float = 30.0,
         llm: Llm | None = None,
+        router: Router | None = None,
+        min_confidence: float | None = None,
     ):
         self._catalog = dict(sorted(catalog.items()))
         self._tools = _Tools(index, llm)
@@ -223,6 +210,19 @@ class Agents:
         self._disabled = disabled
         self._deadline = deadline
         self._owner = {intent: id for id, agent in self._catalog.items() for intent in agent.spec.intents}
+        self._router = router
+        self._min_confidence = min_confidence
+        self._router_lock = asyncio.Lock()
+
+    async def load_router(self) -> Router:
+        """Trains the router once, in a worker thread (under a second)."""
+        async with self._router_lock:
+            if self._router is None:
+                if self._min_confidence is None:
+                    self._router = await asyncio.to_thread(Router)
+                else:
+                    self._router = await asyncio.to_thread(Router, self._min_confidence)
+            return self._router
 
     # ---- the catalog -------------------------------------------------------------------------
 
@@ -308,8 +308,8 @@ class Agents:
                 raise InvalidArgument(violations=violations)
             intent, confidence = agent.spec.intents[0], 1.0
         else:
-            intent, confidence = classify(query, input_type)
-            id = self._owner.get(intent, "qna")
+            route = (await self.load_router()).route(query, [a.input_type for a in decoded])
+            id, intent, confidence = route.agent, route.intent, route.confidence
             if not self._accepts(id, types):
                 fallback = next((f for f in _FALLBACKS if self._accepts(f, types)), None)
                 if fallback is None:

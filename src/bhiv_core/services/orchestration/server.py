@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
 from bhiv_core.agents.catalog import build_catalog
+from bhiv_core.agents.router import min_confidence_setting
 from bhiv_core.interceptors.tracing import client_interceptors
 from bhiv_core.knowledge.corpus import SAMPLES, read_sample
 from bhiv_core.knowledge.dense import load_embedder
@@ -110,7 +111,11 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
         disabled=settings.agents_disabled,
         deadline=settings.agent_deadline,
         llm=LlmClient(lambda: channels.channel("llm")) if settings.agents_llm else None,
+        min_confidence=min_confidence_setting(config.settings),
     )
+
+    async def load_router() -> None:
+        await agents.load_router()  # trained once, in a worker thread, before calls are accepted
 
     rest = OrchestrationServicer()
     servicers: dict[str, object] = {
@@ -122,7 +127,7 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
         servicers=[(s, servicers.get(s.name, rest)) for s in services_of_package("bhiv.orchestration.v1")],
         missing=MISSING,
         checks={"store": store.ping, "index": index.ping},
-        on_start=[store.open, load_model, index.open, prepare],
+        on_start=[store.open, load_model, index.open, prepare, load_router],
         on_stop=[channels.close, index.close, store.close],
     )
 
