@@ -77,3 +77,16 @@ async def test_the_model_gets_the_parsed_goal_and_the_passages(sample_index: Kno
     user = llm.calls[0][1]
     assert "Goal: learn the eight limbs of yoga" in user and "in four weeks (about 28 days)" in user
     assert '<passage n="1"' in user and reply.sources[0].text in user
+
+
+async def test_a_huge_goal_is_read_up_to_its_bound(sample_index: KnowledgeIndex) -> None:
+    """ScriptedLlm stands in for the model only to see the size of the prompt the agent sends."""
+    from bhiv_core.agents.planner import MAX_GOAL_CHARS
+
+    llm = ScriptedLlm(["ok"])
+    query = "Plan how to learn yoga in 6 weeks " + "and then some more breathing " * 4000
+    reply = await PlannerAgent().answer(AgentRequest(query), IndexTools(sample_index, llm))
+    await text_of(reply)
+    assert len(llm.calls[0][1]) < MAX_GOAL_CHARS + 6000  # goal plus at most five passages
+    offline = await text_of(await PlannerAgent().answer(AgentRequest(query), IndexTools(sample_index)))
+    assert "Week 6" in offline and len(offline) < 3 * MAX_GOAL_CHARS + 6000

@@ -130,3 +130,23 @@ async def test_a_long_document_reaches_the_model_condensed_within_the_bound(
     reply = await SummarizerAgent().answer(AgentRequest(f"Summarize: {text}"), IndexTools(sample_index, llm))
     await text_of(reply)
     assert len(llm.calls[0][1]) <= MAX_LLM_INPUT_CHARS + 200
+
+
+async def test_a_topic_is_summarised_from_the_knowledge_base_with_sources(
+    sample_index: KnowledgeIndex,
+) -> None:
+    reply = await SummarizerAgent().answer(
+        AgentRequest("Summarize the Gita's teaching on action"), IndexTools(sample_index)
+    )
+    text = await text_of(reply)
+    assert reply.sources and all("gita" in s.document for s in reply.sources)
+    joined = " ".join(" ".join(s.text.split()) for s in reply.sources)
+    assert all(sentence in joined for sentence in re.split(r"(?<=[.!?])\s+", text.strip()))
+
+
+async def test_a_topic_the_knowledge_base_lacks_is_said_to_have_nothing(sample_index: KnowledgeIndex) -> None:
+    reply = await SummarizerAgent().answer(
+        AgentRequest("Summarize quantum chromodynamics"), IndexTools(sample_index)
+    )
+    text = await text_of(reply)
+    assert "nothing to summarise" in text and reply.sources == []

@@ -96,3 +96,16 @@ async def test_a_text_attachment_is_the_payload(sample_index: KnowledgeIndex) ->
 async def test_nothing_to_work_on_is_invalid(sample_index: KnowledgeIndex) -> None:
     with pytest.raises(InvalidArgument):
         await ask(sample_index, "Extract the keywords:")
+
+
+async def test_a_text_too_long_for_the_model_is_cut_and_the_answer_says_so(
+    sample_index: KnowledgeIndex,
+) -> None:
+    """ScriptedLlm stands in for the model only to see the prompt and the note after its answer."""
+    from bhiv_core.agents.text import MAX_LLM_INPUT_CHARS
+
+    llm = ScriptedLlm(["Traduit."])
+    body = "The trucks leave at night. " * 2000
+    _, text = await ask(sample_index, f"Translate to French: {body}", llm=llm)
+    assert len(llm.calls[0][1]) <= MAX_LLM_INPUT_CHARS + 40
+    assert text.startswith("Traduit.") and "characters were sent to the model" in text

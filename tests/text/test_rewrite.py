@@ -35,3 +35,9 @@ def test_what_is_not_a_fault_is_kept() -> None:
 def test_blank_lines_and_spaces_are_collapsed() -> None:
     result = clean_up("One.\n\n\n\nTwo.   Three.\t Four.")
     assert result.text == "One.\n\nTwo. Three. Four."
+
+
+def test_word_fixes_apply_to_english_only() -> None:
+    assert clean_up("i libri sono qui e i quaderni anche.").text == "I libri sono qui e i quaderni anche."
+    assert clean_up("Nous nous levons tôt.").text == "Nous nous levons tôt."
+    assert clean_up("and i think that that the the plan works").text == "And I think that that the plan works"

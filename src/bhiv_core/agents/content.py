@@ -15,8 +15,7 @@ import asyncio
 import re
 
 from bhiv_core.agents.base import AGENT_INTENTS, AgentRequest, AgentSpec, InputType, Method, Reply, Tools
-from bhiv_core.agents.llm_text import complete, read_input
-from bhiv_core.agents.planner import relevant
+from bhiv_core.agents.llm_text import complete, read_input, relevant
 from bhiv_core.knowledge.index import Passage
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
 from bhiv_core.text.sentences import content_words

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from bhiv_core.agents.base import AgentRequest, InputType, Llm, LlmUnavailable, Method, Reply, pieces
@@ -21,10 +21,27 @@ from bhiv_core.knowledge.extract import extract_pdf
 from bhiv_core.knowledge.index import Passage
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
 from bhiv_core.text.instructions import Instruction, split_instruction
+from bhiv_core.text.sentences import content_words
 
-__all__ = ["INTERRUPTED", "Input", "complete", "llm_or_offline", "read_input"]
+__all__ = ["INTERRUPTED", "RELEVANCE_FLOOR", "Input", "complete", "llm_or_offline", "read_input", "relevant"]
 
 INTERRUPTED = "\n\n[The model stopped before finishing; the offline answer follows.]\n\n"
+
+RELEVANCE_FLOOR = 0.3
+"""The least search score for a passage to ground a plan, a summary or a post."""
+
+
+def relevant(passages: Iterable[Passage], terms: Sequence[str]) -> list[Passage]:
+    """The passages above the floor that mention the subject words ``terms``: one of up to two, else two."""
+    if not terms:
+        return []
+    needed = 1 if len(terms) <= 2 else 2
+    kept = []
+    for passage in passages:
+        words = set(content_words(f"{passage.section} {passage.text}"))
+        if passage.score >= RELEVANCE_FLOOR and sum(t in words for t in terms) >= needed:
+            kept.append(passage)
+    return kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +106,12 @@ def llm_or_offline(
     offline: Callable[[], str],
     sources: Iterable[Passage] = (),
     max_output_tokens: int = 1024,
+    note: str = "",
 ) -> Reply:
-    """A reply streaming the model's answer, or ``offline()`` (computed in a thread) when there is none."""
+    """A reply streaming the model's answer, or ``offline()`` (computed in a thread) when there is none.
+
+    ``note`` follows the model's answer (such as what of the input it did not see).
+    """
     reply = Reply(chunks=pieces(""), sources=list(sources))
 
     async def fallback() -> AsyncIterator[str]:
@@ -124,6 +145,8 @@ def llm_or_offline(
         if not produced:
             async for piece in fallback():
                 yield piece
+        elif note:
+            yield note
 
     reply.chunks = run()
     return reply

@@ -25,7 +25,10 @@ from bhiv_core.text.keywords import keywords
 from bhiv_core.text.language import detect
 from bhiv_core.text.rewrite import clean_up
 
-__all__ = ["TextAgent", "operation_of"]
+__all__ = ["MAX_LLM_INPUT_CHARS", "TextAgent", "operation_of"]
+
+MAX_LLM_INPUT_CHARS = 24_000
+"""The most characters sent to the model to rewrite or translate (the answer says when cut)."""
 
 _VERBS = re.compile(
     r"\b(?:translat\w*|re-?writ\w*|rephras\w*|paraphras\w*|proofread\w*|clean\s*up|tidy|polish|fix|"
@@ -85,6 +88,11 @@ class TextAgent:
             if not found_keywords:
                 return Reply.of_text("No keywords found: the text holds no content words.")
             return Reply.of_text("Keywords: " + ", ".join(k.phrase for k in found_keywords) + ".")
+        shown, note = text, ""
+        if len(text) > MAX_LLM_INPUT_CHARS:
+            cut = text.rfind(" ", 0, MAX_LLM_INPUT_CHARS)
+            shown = text[: cut if cut > 0 else MAX_LLM_INPUT_CHARS]
+            note = f"\n\n[Only the first {len(shown):,} of {len(text):,} characters were sent to the model.]"
         if operation == "rewrite":
 
             def offline_rewrite() -> str:
@@ -97,9 +105,10 @@ class TextAgent:
             return llm_or_offline(
                 tools.llm,
                 system=_REWRITE_SYSTEM,
-                user=f"{given.instruction or 'Rewrite this text.'}\n\n<text>\n{text}\n</text>",
+                user=f"{given.instruction or 'Rewrite this text.'}\n\n<text>\n{shown}\n</text>",
                 offline=offline_rewrite,
-                max_output_tokens=1024,
+                max_output_tokens=2048,
+                note=note,
             )
         target = target_language(given.instruction or request.query)
         if target is None:
@@ -117,7 +126,8 @@ class TextAgent:
         return llm_or_offline(
             tools.llm,
             system=_TRANSLATE_SYSTEM.format(target=target),
-            user=f"<text>\n{text}\n</text>",
+            user=f"<text>\n{shown}\n</text>",
             offline=offline_translation,
-            max_output_tokens=1024,
+            max_output_tokens=2048,
+            note=note,
         )

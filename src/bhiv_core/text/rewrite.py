@@ -4,7 +4,9 @@ Without a language model the text is not reworded. :func:`clean_up` fixes only m
 each counted in :attr:`Rewrite.changes`: runs of spaces and tabs, space before punctuation, a
 missing space after a sentence or clause mark, repeated punctuation (an ellipsis is kept), a word
 written twice in a row ("the the"), a lower-case sentence start, a lone lower-case "i", and more
-than one blank line. Applying it twice changes nothing more (it is idempotent). Linear in the text.
+than one blank line. The two word-level fixes (repeated words, lone "i") apply only to text that
+reads as English (a fifth of its words English function words): "nous nous" is French grammar and
+"i" an Italian article. Applying it twice changes nothing more (it is idempotent). Linear.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bhiv_core.text.sentences import STOPWORDS, words
 from bhiv_core.text.sentences import ends_abbreviation as _ends_abbreviation
 
 __all__ = ["Rewrite", "clean_up"]
@@ -55,9 +58,15 @@ _SENTENCE_START = re.compile(r"(?:^|(?<=[.!?]\s)|(?<=[.!?]\s\s)|(?<=\n))([ \t]*)
 _LONE_I = re.compile(r"\bi\b(?=\s|'|’|[,.;:!?]|$)")
 
 
+def _reads_as_english(text: str) -> bool:
+    found = words(text[:20_000])
+    return bool(found) and sum(len(w) > 1 and w.lower() in STOPWORDS for w in found) >= len(found) / 5
+
+
 def clean_up(text: str) -> Rewrite:
     """The mechanically cleaned ``text`` and the list of changes made."""
     changes: dict[str, int] = {}
+    english = _reads_as_english(text)
     for pattern, replacement, description in _RULES:
         text, n = pattern.subn(replacement, text)
         if n:
@@ -73,7 +82,7 @@ def clean_up(text: str) -> Rewrite:
         removed += 1
         return first
 
-    for _ in range(4):  # "the the the" needs two passes
+    for _ in range(4 if english else 0):  # "the the the" needs two passes
         before = removed
         text = _REPEATED_WORD.sub(once, text)
         if removed == before:
@@ -96,7 +105,7 @@ def clean_up(text: str) -> Rewrite:
     text = _SENTENCE_START.sub(capital, text)
     if capitalised:
         changes["capitalised {n} sentence start{s}"] = capitalised
-    text, n = _LONE_I.subn("I", text)
+    text, n = _LONE_I.subn("I", text) if english else (text, 0)
     if n:
         changes['wrote "I" for {n} lone "i"'] = n
     stripped = text.strip()
