@@ -8,9 +8,7 @@ the corpus files shipped in ``bhiv_core.knowledge.corpus`` (or of a document the
 from __future__ import annotations
 
 import asyncio
-import functools
 import http.client
-import importlib.util
 import io
 import json
 import math
@@ -46,41 +44,6 @@ CORPUS = {sample.title: read_sample(sample) for sample in SAMPLES}
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ASK_TIMEOUT = 60.0
 """Seconds an agent call may take: the first OCR or transcription loads its model."""
-
-
-BRANCHES = {
-    "image": "i12-media",
-    "audio": "i12-media",
-    "summarizer": "i12-text",
-    "planner": "i12-text",
-    "text": "i12-text",
-    "content": "i12-text",
-}
-"""The agents built on other branches of issue 12, by module of ``bhiv_core.agents``."""
-
-
-@functools.cache
-def not_built() -> frozenset[str]:
-    """The agents this build's catalog holds as not built (they answer FAILED_PRECONDITION)."""
-    from bhiv_core.agents.catalog import NotBuilt, build_catalog
-
-    return frozenset(agent for agent, built in build_catalog().items() if isinstance(built, NotBuilt))
-
-
-def pending(*agents: str, pillow: bool = False) -> pytest.MarkDecorator:
-    """xfail (strict) while an agent is not built in this build's catalog, or Pillow is missing.
-
-    Once the agent lands in the catalog the mark lifts itself and the test must pass (a pass while
-    the mark holds fails the run, so a stale mark cannot hide).
-    """
-    reasons = [
-        f"agents/{a} is not in the catalog yet (the agent comes from branch {BRANCHES[a]})"
-        for a in agents
-        if a in not_built()
-    ]
-    if pillow and importlib.util.find_spec("PIL") is None:
-        reasons.append("Pillow, which draws the test image, is not installed (comes with i12-media)")
-    return pytest.mark.xfail(bool(reasons), reason="; ".join(reasons), strict=True)
 
 
 def field_of(source: Any, name: str) -> Any:
@@ -321,7 +284,6 @@ async def test_an_ingested_pdf_is_found_by_search_by_file_search_and_by_a_routed
 # --- Media: an image and a recording ----------------------------------------------------------
 
 
-@pending("image", pillow=True)
 async def test_an_image_is_read_by_the_image_agent_invoked_or_routed(mesh: Mesh, admin: Session) -> None:
     png = png_with_text("LOTUS 2026")
     attachment = agent_pb2.Attachment(mime_type="image/png", file_name="sign.png", data=png)
@@ -337,7 +299,6 @@ async def test_an_image_is_read_by_the_image_agent_invoked_or_routed(mesh: Mesh,
     assert routed.intent == "describe_image"
 
 
-@pending("audio")
 async def test_a_recording_is_handled_by_the_audio_agent_with_its_duration(
     mesh: Mesh, admin: Session
 ) -> None:
@@ -442,13 +403,7 @@ def invocation(agent: str) -> tuple[dict[str, Any], str | None]:
 GROUNDED = ("vedas", "edumentor", "wellness", "knowledge", "qna")
 
 
-@pytest.mark.parametrize(
-    "agent",
-    [
-        pytest.param(agent, marks=pending(agent, pillow=agent == "image")) if agent in BRANCHES else agent
-        for agent in sorted(AGENT_INTENTS)
-    ],
-)
+@pytest.mark.parametrize("agent", sorted(AGENT_INTENTS))
 async def test_every_agent_answers_when_invoked_through_the_edge(
     mesh: Mesh, admin: Session, agent: str
 ) -> None:

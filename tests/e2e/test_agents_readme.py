@@ -13,7 +13,7 @@ import pytest
 from bhiv_core.edge.binaries import find_tool
 from bhiv_core.mesh import Mesh
 from tests.e2e.launcher import start_launcher, stop_launcher
-from tests.e2e.test_agents import assert_verbatim_in_corpus, pending, png_with_text, tone_wav
+from tests.e2e.test_agents import assert_verbatim_in_corpus, png_with_text, tone_wav
 from tests.e2e.test_crm_readme import json_values
 from tests.e2e.test_llm_readme import LOGIN
 
@@ -76,7 +76,6 @@ def test_a_newcomer_running_make_run_gets_a_grounded_answer_to_the_gita_question
     assert_the_gita_answer(asked["answer"])
 
 
-@pending("planner", "image", "audio", pillow=True)
 def test_the_readme_agent_examples_work_through_the_edge(mesh: Mesh, tmp_path: Path) -> None:
     sign, clip = tmp_path / "sign.png", tmp_path / "clip.wav"
     sign.write_bytes(png_with_text("LOTUS 2026"))
