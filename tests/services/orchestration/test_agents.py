@@ -282,6 +282,15 @@ async def test_invoke_agent_checks_the_agent_and_its_input_types(tmp_path: Path)
         assert (answer.agent, answer.intent, answer.confidence) == ("agents/vedas", "vedic_knowledge", 1.0)
         assert_grounded(answer)
 
+        keywords = (
+            await agents.InvokeAgent(
+                asv.InvokeAgentRequest(
+                    name="agents/text", query="Extract the keywords: saffron harvest in Kashmir"
+                ),
+                metadata=OPS,
+            )
+        ).answer
+        assert (keywords.intent, keywords.confidence) == ("extract_keywords", 1.0)
         err = await refused(
             agents.InvokeAgent(asv.InvokeAgentRequest(name="agents/oracle", query="x"), metadata=OPS)
         )

@@ -306,7 +306,11 @@ class Agents:
                     for a in refused
                 ] or [FieldViolation("attachments", f"agents/{id} needs an attachment", "REQUIRED")]
                 raise InvalidArgument(violations=violations)
-            intent, confidence = agent.spec.intents[0], 1.0
+            # The router's reading when it is one of this agent's intents (the text agent told to
+            # "extract the keywords"), else the agent's first; the confidence is 1 by contract.
+            routed = (await self.load_router()).route(query, [a.input_type for a in decoded])
+            intent = routed.intent if routed.intent in agent.spec.intents else agent.spec.intents[0]
+            confidence = 1.0
         else:
             route = (await self.load_router()).route(query, [a.input_type for a in decoded])
             id, intent, confidence = route.agent, route.intent, route.confidence
