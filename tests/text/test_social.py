@@ -84,3 +84,16 @@ def test_a_text_within_limits_is_left_alone() -> None:
     assert fit(text, Platform.X) == text
     assert violations(text, Platform.X) == []
     assert violations("", Platform.X) == ["the post is empty"]
+
+
+def test_a_single_word_too_long_for_x_is_cut_between_characters() -> None:
+    fitted = fit("x" * 400, Platform.X)
+    assert fitted == "x" * 278 + "…"  # the ellipsis weighs 2 at X (U+2026 is outside the light ranges)
+    family = "👨‍👩‍👧‍👦"
+    fitted = fit(family * 200, Platform.X)
+    assert weighted_length(fitted) <= 280
+    assert fitted[:-1] == family * (len(fitted[:-1]) // len(family))  # whole sequences only
+    for count in range(130, 150):  # wherever the limit falls, a sequence is never split
+        text = "ab" * count + family * 10
+        fitted = fit(text, Platform.X)
+        assert fitted == text or fitted[:-1].endswith((family, "b"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -97,11 +98,31 @@ def hashtag(phrase: str) -> str | None:
     return None if tag.isdigit() else "#" + tag[:40]
 
 
+def _joins(ch: str) -> bool:
+    """Whether ``ch`` belongs to the character before it (a combining mark, ZWJ, selector, skin tone)."""
+    cp = ord(ch)
+    return (
+        bool(unicodedata.combining(ch)) or cp in (0x200D, 0xFE0F, 0xFE0E, 0x20E3) or 0x1F3FB <= cp <= 0x1F3FF
+    )
+
+
+def _splittable(text: str, i: int) -> bool:
+    """Whether ``text`` may be cut before index ``i`` without splitting a character sequence."""
+    before = ord(text[i - 1])
+    return not _joins(text[i]) and before != 0x200D and not 0x1F1E6 <= before <= 0x1F1FF
+
+
 def _cut(text: str, fits: Callable[[str], bool]) -> str:
-    """The longest prefix of ``text`` ending at a word boundary that ``fits`` with an ellipsis."""
+    """The longest prefix of ``text`` ending at a word boundary that ``fits`` with an ellipsis.
+
+    A first word too long to fit at all is cut between characters, never before a combining mark,
+    a joiner or a modifier (so never inside an emoji sequence).
+    """
     if fits(text):
         return text
     cuts = [m.start() for m in re.finditer(r"\s+", text)]
+    if not cuts or not fits(text[: cuts[0]].rstrip(" ,;:-–—") + _ELLIPSIS):
+        cuts = [i for i in range(1, len(text)) if _splittable(text, i)]
     low, high, best = 0, len(cuts) - 1, ""
     while low <= high:  # binary search over word boundaries: O(log n) length checks
         middle = (low + high) // 2
