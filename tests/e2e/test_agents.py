@@ -387,7 +387,7 @@ def invocation(agent: str) -> tuple[dict[str, Any], str | None]:
         "qna": ("When is support open?", None),
         "summarizer": (f"Summarize this: {LONG_TEXT}", None),
         "planner": ("Plan how to learn the eight limbs of yoga in four weeks", None),
-        "file_search": ("refund and shipping policies", "BHIV Platform Policies"),
+        "file_search": ("find the documents about refunds and shipping", "BHIV Platform Policies"),
         "text": ("Extract the keywords: the monsoon trucks leave the north dock at night", "monsoon"),
         "content": ("Write a social post announcing our new guide to Ayurveda", "ayurveda"),
     }
@@ -424,6 +424,35 @@ async def test_every_agent_answers_when_invoked_through_the_edge(
     if agent == "summarizer":
         assert len(answer.text) < len(LONG_TEXT)
         assert all(sentence in LONG_TEXT for sentence in re.split(r"(?<=\.)\s+", answer.text.strip()))
+
+
+ROUTED = {
+    "qna": "hello there!",  # a greeting: qna answers it without searching
+    "file_search": "find the documents about refunds and shipping",
+}
+"""A routed query for the agents whose ``invocation`` query the router sends elsewhere."""
+
+
+@pytest.mark.parametrize("agent", sorted(AGENT_INTENTS))
+async def test_every_agent_is_reached_by_a_routed_ask_through_the_edge(
+    mesh: Mesh, admin: Session, agent: str
+) -> None:
+    fields, _ = invocation(agent)
+    if agent in ROUTED:
+        fields = {"query": ROUTED[agent]}
+    async with grpc.aio.insecure_channel(mesh.edge_address) as channel:
+        answer = (
+            await ags_grpc.AgentServiceStub(channel).Ask(
+                ags.AskRequest(**fields), metadata=admin.metadata, timeout=ASK_TIMEOUT
+            )
+        ).answer
+    assert answer.agent == f"agents/{agent}"
+    assert answer.intent in AGENT_INTENTS[agent]
+    assert 0 < answer.confidence <= 1
+    assert answer.text.strip()
+    for source in answer.sources:
+        if source.document_title in CORPUS:
+            assert_verbatim_in_corpus(source)
 
 
 async def test_an_unknown_agent_is_not_found_and_empty_input_is_invalid(mesh: Mesh, admin: Session) -> None:
