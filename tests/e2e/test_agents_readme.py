@@ -56,15 +56,20 @@ def assert_the_gita_answer(answer: dict[str, Any]) -> None:
     assert "right to your work but never to its fruits" in answer["text"]
 
 
+def try_it_ask() -> str:
+    """The Ask of the README's "Try it" section: its comment and command, up to the blank line."""
+    text = README.read_text()
+    start = text.index("# Ask the agents: routed")
+    return text[start : text.index("\n\n", start)]
+
+
 def test_a_newcomer_running_make_run_gets_a_grounded_answer_to_the_gita_question(tmp_path: Path) -> None:
-    """``make run``'s launcher on an empty data directory, then the README's login and first Ask."""
+    """``make run``'s launcher on an empty data directory, then the README's login and its Ask."""
     launcher = start_launcher(tmp_path / "data", {})
     children = launcher.children()
     try:
-        first_ask = next(line for line in examples().splitlines() if line.startswith("agents Ask "))
-        prelude = examples().split("\n# A newcomer's question", 1)[0]  # the login and the shorthand
         # The Ask alone is timed (grpcurl's own start included), apart from the login's scrypt.
-        timed = f'{prelude}\nstarted=$(date +%s.%N)\n{first_ask}\necho "ask: $started $(date +%s.%N)" >&2'
+        timed = f'{LOGIN}started=$(date +%s.%N)\n{try_it_ask()}\necho "ask: $started $(date +%s.%N)" >&2'
         done = run_as_written(timed, launcher.mesh, {})
     finally:
         stop_launcher(launcher, children)
