@@ -5,7 +5,9 @@ so they carry the caller's bearer token (the llm service authorizes and meters t
 principal, not orchestration) and the W3C trace context (one trace spans edge, orchestration and
 llm). :class:`LlmClient` implements the :class:`~bhiv_core.agents.base.Llm` protocol:
 
-- The default model is read from ``ListModels`` (kept :data:`MODELS_TTL_SECONDS`): when it is the
+- The default model is read from ``ListModels`` (kept :data:`MODELS_TTL_SECONDS`; an llm that
+  does not answer it within :data:`MODELS_TIMEOUT_SECONDS` is not asked again for
+  :data:`UNREACHABLE_TTL_SECONDS`): when it is the
   llm service's local extractive responder, or unavailable (no Groq key), :meth:`LlmClient.stream`
   raises :class:`~bhiv_core.agents.base.LlmUnavailable` at once, so the agent's own extractive
   path answers (it knows the passages; the llm's responder only sees text).
@@ -35,13 +37,25 @@ from bhiv.llm.v1 import (
 )
 from bhiv_core.agents.base import LlmReply, LlmUnavailable
 
-__all__ = ["LLM_TIMEOUT_SECONDS", "MODELS_TTL_SECONDS", "LlmClient"]
+__all__ = [
+    "LLM_TIMEOUT_SECONDS",
+    "MODELS_TIMEOUT_SECONDS",
+    "MODELS_TTL_SECONDS",
+    "UNREACHABLE_TTL_SECONDS",
+    "LlmClient",
+]
 
 LLM_TIMEOUT_SECONDS = 30.0
 """The deadline of one completion (the agent's own deadline usually ends it first)."""
 
 MODELS_TTL_SECONDS = 60.0
 """How long the llm service's default model is remembered."""
+
+MODELS_TIMEOUT_SECONDS = 2.0
+"""The deadline of ListModels: a slow or unreachable llm must not eat the agent's deadline."""
+
+UNREACHABLE_TTL_SECONDS = 10.0
+"""How long an llm that did not list its models is not asked again (answers are extractive)."""
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +89,12 @@ class LlmClient:
             return self._model[1]
         stub: Any = model_service_pb2_grpc.ModelServiceStub(self._channel())
         try:
-            listed = await stub.ListModels(model_service_pb2.ListModelsRequest(), timeout=self._timeout)
+            listed = await stub.ListModels(
+                model_service_pb2.ListModelsRequest(), timeout=min(self._timeout, MODELS_TIMEOUT_SECONDS)
+            )
         except grpc.aio.AioRpcError as error:
+            # Remembered as "no model" for a short while (the TTL counts from an earlier time).
+            self._model = (now - MODELS_TTL_SECONDS + UNREACHABLE_TTL_SECONDS, "")
             raise LlmUnavailable(f"the llm service did not list its models ({error.code().name})") from None
         chosen = ""
         for model in listed.models:
