@@ -284,7 +284,11 @@ class VectorSet(Generic[K]):
         """The ``limit`` keys of highest cosine similarity (at least :data:`DENSE_FLOOR`), with it."""
         if not vector.any() or not self._keys:
             return []
-        similarity = self._matrix @ vector
+        # Not ``self._matrix @ vector``: OpenBLAS runs a product this size on every core and its
+        # threads then spin for a while, which cost five times the product's own CPU per search
+        # (2.6 ms against 0.5 ms for 10,000 passages, measured by bench.knowledge). einsum's loop
+        # stays on this thread.
+        similarity = np.einsum("ij,j->i", self._matrix, vector)
         if tags:
             wanted = frozenset(tags)
             keep = np.array([wanted <= tagged for tagged in self._tags], dtype=bool)
