@@ -14,7 +14,8 @@ characters), 10,000 in all; the server's passage counts are checked against it.
    at a time so the latency is one request's: p50/p99 and orchestration's CPU per request,
    **hybrid** (the mesh's orchestration, ``BHIV_KNOWLEDGE_DENSE=on``) and **BM25 alone** (the same
    data served by orchestration restarted with ``BHIV_KNOWLEDGE_DENSE=off``).
-3. ``AgentService/Ask`` offline over the same corpus, the same way, when the agents are built;
+3. ``AgentService/Ask`` offline over the same corpus, the same way (CPU of orchestration and of
+   llm, which may write the answer), when the agents are built;
    an orchestration that answers UNIMPLEMENTED prints ``Ask: not built`` (not a failure).
 
 About a minute in all here; ``python -m bench.knowledge`` runs this item alone.
@@ -235,7 +236,8 @@ async def _ask(
             lambda: stub.Ask(
                 agent_service_pb2.AskRequest(query=next(queries)), metadata=metadata, timeout=30
             ),
-            server_pids=[mesh.procs["orchestration"].pid],
+            # An agent may have the llm service write the answer (offline: extractive): its CPU counts.
+            server_pids=[mesh.procs["orchestration"].pid, mesh.procs["llm"].pid],
             seconds=seconds,
             concurrency=1,
         )
