@@ -257,7 +257,7 @@ def fuse(rankings: Sequence[Sequence[K]], limit: int) -> list[tuple[K, float]]:
 class VectorSet(Generic[K]):
     """Every stored passage vector in one float32 matrix, scanned exactly (a product per search).
 
-    10,000 passages of 256 dimensions are 10 MB and a few milliseconds of one core per query.
+    10,000 passages of 256 dimensions are 10 MB and about half a millisecond of one core per query.
     """
 
     def __init__(self) -> None:
