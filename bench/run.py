@@ -13,6 +13,8 @@
    with CPU per request, and CreateShipment's throughput with durable audit vs without.
 5. Audit verification (:mod:`bench.audit_chain`): 10^5 and 10^6 records generated into a store in a
    temporary folder, verified by a full walk and from the latest signed checkpoint.
+5b. The router (:mod:`bench.router`, in process): training time, and CPU per route for a short
+   query, a 10,000-character one (ratio to short) and one with a PDF attached.
 6. Blocking at the edge (:mod:`bench.blocks`, a mesh of its own): the edge's throughput with 10,000
    active blocks vs none (target at least 0.95x), and the time from ``BlockAddress`` returning to the
    first refused call on an already-open connection, p50/p99 with 10,000 active blocks (target p99
@@ -54,6 +56,7 @@ from bench.blocks import block_benchmarks
 from bench.knowledge import knowledge_benchmarks
 from bench.load import Result, measure, pin, table
 from bench.resources import resource_benchmarks
+from bench.router import router_benchmarks
 from bench.screening import screening_benchmarks_on
 from bhiv.crm.v1 import customer_service_pb2, customer_service_pb2_grpc
 from bhiv.identity.v1 import auth_service_pb2, auth_service_pb2_grpc, role_service_pb2, role_service_pb2_grpc
@@ -292,6 +295,8 @@ async def main(seconds: float = 3.0) -> None:
     # No mesh running: the store has the host to itself (still shared with whatever else runs).
     print("== audit verification: full walk vs from the latest checkpoint ==")
     report["audit_verification"] = await audit_verification()
+    print("== router: training time, CPU per route (short, 10,000 characters, PDF attached) ==")
+    report["router"] = router_benchmarks()
     print(
         "== blocking at the edge: 10,000 blocks vs none, BlockAddress until an open connection is refused =="
     )

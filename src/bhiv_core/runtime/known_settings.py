@@ -120,6 +120,8 @@ SHARED_SETTINGS: Final = frozenset(
         "ORCHESTRATION_STORE_URL",
         "KNOWLEDGE_SAMPLE_CORPUS",
         "KNOWLEDGE_DENSE",
+        # Orchestration's router: the confidence under which a query goes to the general agent.
+        "ROUTER_MIN_CONFIDENCE",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",
