@@ -19,6 +19,10 @@
    active blocks vs none (target at least 0.95x), and the time from ``BlockAddress`` returning to the
    first refused call on an already-open connection, p50/p99 with 10,000 active blocks (target p99
    under 1 s).
+7. Knowledge retrieval (:mod:`bench.knowledge`, a mesh of its own): a generated corpus of 10,000
+   passages ingested through ``IngestDocument`` (passages/s, CPU per passage), ``SearchKnowledge``
+   p50/p99 and CPU per request with BM25 alone and hybrid, and ``Ask`` offline over the same
+   corpus (``Ask: not built`` while AgentService answers UNIMPLEMENTED).
 
 Edge phases alternate (direct, edge, direct, edge) and the better of each kind is kept, so a noisy
 neighbour hurts both sides alike. CPU per call counts the service process, plus Envoy for the edge.
@@ -49,6 +53,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.audit_chain import audit_verification
 from bench.blocks import block_benchmarks
+from bench.knowledge import knowledge_benchmarks
 from bench.load import Result, measure, pin, table
 from bench.resources import resource_benchmarks
 from bench.router import router_benchmarks
@@ -296,6 +301,8 @@ async def main(seconds: float = 3.0) -> None:
         "== blocking at the edge: 10,000 blocks vs none, BlockAddress until an open connection is refused =="
     )
     report["blocks"] = await block_benchmarks(seconds=2.0)
+    print("== knowledge retrieval: 10,000 passages, IngestDocument, SearchKnowledge (BM25, hybrid), Ask ==")
+    report["knowledge"] = await knowledge_benchmarks()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
     print(f"saved {RESULTS / 'latest.json'}")

@@ -45,7 +45,7 @@ from bhiv_core.agents.base import (
     Turn,
 )
 from bhiv_core.agents.router import Router, detect_input_type
-from bhiv_core.knowledge.index import KnowledgeIndex, Passage
+from bhiv_core.knowledge.index import Passage, PassageIndex
 from bhiv_core.runtime.errors import (
     BhivError,
     FailedPrecondition,
@@ -83,7 +83,7 @@ class AgentDeadlineExceeded(BhivError):
 class _Tools:
     """The :class:`~bhiv_core.agents.base.Tools` of one request."""
 
-    index: KnowledgeIndex
+    index: PassageIndex
     llm_client: Llm | None
 
     async def search(self, query: str, *, limit: int, tags: Sequence[str] = ()) -> list[Passage]:
@@ -195,7 +195,7 @@ class Agents:
     def __init__(
         self,
         catalog: Mapping[str, Agent],
-        index: KnowledgeIndex,
+        index: PassageIndex,
         sessions: Sessions,
         *,
         disabled: frozenset[str] = frozenset(),

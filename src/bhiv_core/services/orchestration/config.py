@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from bhiv_core.agents.base import AGENT_INTENTS
 from bhiv_core.runtime.config import RuntimeConfig
+from bhiv_core.storage.mongo import mongo_url_setting
 
 __all__ = ["OrchestrationConfig"]
 
@@ -29,10 +30,15 @@ class OrchestrationConfig:
         agents_llm: ``BHIV_AGENTS_LLM`` (``on``/``off``, default ``on``): agents may ask the llm
             service (``BHIV_LLM_ADDR``) to write answers; ``off``: every answer is extractive.
 
+        store_url: ``BHIV_ORCHESTRATION_STORE_URL``: a ``mongodb://`` URL selects MongoDB (database
+            ``bhiv_orchestration``) for the documents and the passage index; unset means the SQLite
+            files ``<data_dir>/orchestration.db`` and ``<data_dir>/orchestration-knowledge.db``.
+
     """
 
     sample_corpus: bool
     dense: bool
+    store_url: str | None
     agents_disabled: frozenset[str] = frozenset()
     agent_deadline: float = 30.0
     session_turns: int = 10
@@ -53,6 +59,9 @@ class OrchestrationConfig:
             agent_deadline=config.settings.positive_float("AGENTS_DEADLINE_SECONDS", 30.0),
             session_turns=config.settings.positive_int("AGENTS_SESSION_TURNS", 10),
             agents_llm=config.settings.choice("AGENTS_LLM", "on", ("on", "off")) == "on",
+            store_url=mongo_url_setting(
+                config.settings, "ORCHESTRATION_STORE_URL", "the SQLite files of <data_dir>"
+            ),
         )
 
 
