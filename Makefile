@@ -78,7 +78,7 @@ run: setup ## Starts the whole mesh (seven services and Envoy) on localhost.
 demo: setup ## Loads a small, labelled SAMPLE dataset through the edge of a running mesh (make run first).
 	$(PY) examples/demo.py
 
-bench: setup ## Benchmarks direct vs edge, bare vs full chain, and audit verification (10^5, 10^6 records).
+bench: setup ## Benchmarks edge and chain costs, audit verification, blocks, knowledge retrieval (10,000 passages).
 	$(PY) -m bench.run
 
 clean: ## Removes the environments and the local data directory.

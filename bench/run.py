@@ -13,10 +13,16 @@
    with CPU per request, and CreateShipment's throughput with durable audit vs without.
 5. Audit verification (:mod:`bench.audit_chain`): 10^5 and 10^6 records generated into a store in a
    temporary folder, verified by a full walk and from the latest signed checkpoint.
+5b. The router (:mod:`bench.router`, in process): training time, and CPU per route for a short
+   query, a 10,000-character one (ratio to short) and one with a PDF attached.
 6. Blocking at the edge (:mod:`bench.blocks`, a mesh of its own): the edge's throughput with 10,000
    active blocks vs none (target at least 0.95x), and the time from ``BlockAddress`` returning to the
    first refused call on an already-open connection, p50/p99 with 10,000 active blocks (target p99
    under 1 s).
+7. Knowledge retrieval (:mod:`bench.knowledge`, a mesh of its own): a generated corpus of 10,000
+   passages ingested through ``IngestDocument`` (passages/s, CPU per passage), ``SearchKnowledge``
+   p50/p99 and CPU per request with BM25 alone and hybrid, and ``Ask`` offline over the same
+   corpus (``Ask: not built`` while AgentService answers UNIMPLEMENTED).
 
 Edge phases alternate (direct, edge, direct, edge) and the better of each kind is kept, so a noisy
 neighbour hurts both sides alike. CPU per call counts the service process, plus Envoy for the edge.
@@ -47,8 +53,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.audit_chain import audit_verification
 from bench.blocks import block_benchmarks
+from bench.knowledge import knowledge_benchmarks
 from bench.load import Result, measure, pin, table
 from bench.resources import resource_benchmarks
+from bench.router import router_benchmarks
 from bench.screening import screening_benchmarks_on
 from bhiv.crm.v1 import customer_service_pb2, customer_service_pb2_grpc
 from bhiv.identity.v1 import auth_service_pb2, auth_service_pb2_grpc, role_service_pb2, role_service_pb2_grpc
@@ -287,10 +295,14 @@ async def main(seconds: float = 3.0) -> None:
     # No mesh running: the store has the host to itself (still shared with whatever else runs).
     print("== audit verification: full walk vs from the latest checkpoint ==")
     report["audit_verification"] = await audit_verification()
+    print("== router: training time, CPU per route (short, 10,000 characters, PDF attached) ==")
+    report["router"] = router_benchmarks()
     print(
         "== blocking at the edge: 10,000 blocks vs none, BlockAddress until an open connection is refused =="
     )
     report["blocks"] = await block_benchmarks(seconds=2.0)
+    print("== knowledge retrieval: 10,000 passages, IngestDocument, SearchKnowledge (BM25, hybrid), Ask ==")
+    report["knowledge"] = await knowledge_benchmarks()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
     print(f"saved {RESULTS / 'latest.json'}")

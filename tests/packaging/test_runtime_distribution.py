@@ -98,3 +98,15 @@ def test_the_installed_runtime_ships_the_sample_corpus_and_loads_the_dense_model
     )
     done = run(runtime_python, "-c", script, cwd=tmp_path)
     assert done.stdout.split() == ["6", "(1,", "256)"], done.stdout + done.stderr
+
+
+def test_the_installed_runtime_ships_the_router_training_set_and_trains_it(
+    runtime_python: Path, tmp_path: Path
+) -> None:
+    script = (
+        "from bhiv_core.agents.router import Router\n"
+        "route = Router().route('Tell me about Ayurveda')\n"
+        "print(route.agent, route.intent)\n"
+    )
+    done = run(runtime_python, "-c", script, cwd=tmp_path)
+    assert done.stdout.split() == ["wellness", "wellness"], done.stdout + done.stderr

@@ -9,8 +9,10 @@ through the same API. The pieces:
   INVALID_ARGUMENT.
 - :func:`~bhiv_core.knowledge.chunking.chunk` splits the text into passages (spans of at most 900
   characters, cut at paragraph, sentence or word boundaries) in linear time.
-- :class:`~bhiv_core.knowledge.index.KnowledgeIndex` keeps the passages in SQLite FTS5 and
-  searches them::
+- :class:`~bhiv_core.knowledge.index.KnowledgeIndex` keeps the passages in SQLite FTS5 (the
+  embedded default; :class:`~bhiv_core.knowledge.index.mongo.MongoKnowledgeIndex` keeps them in
+  MongoDB with a ``$text`` index, both behind :class:`~bhiv_core.knowledge.index.PassageIndex`,
+  chosen by :func:`~bhiv_core.knowledge.index.make_knowledge_index`) and searches them::
 
       passages = await index.search("acting without attachment to results", tags=["gita"], limit=5)
       for p in passages:
@@ -31,7 +33,7 @@ through the same API. The pieces:
 from bhiv_core.knowledge.chunking import Chunk, Section, chunk
 from bhiv_core.knowledge.dense import Embedder, load_embedder
 from bhiv_core.knowledge.extract import Extracted, extract_pdf, extract_text
-from bhiv_core.knowledge.index import KnowledgeIndex, Passage
+from bhiv_core.knowledge.index import KnowledgeIndex, Passage, PassageIndex, make_knowledge_index
 
 __all__ = [
     "Chunk",
@@ -39,9 +41,11 @@ __all__ = [
     "Extracted",
     "KnowledgeIndex",
     "Passage",
+    "PassageIndex",
     "Section",
     "chunk",
     "extract_pdf",
     "extract_text",
     "load_embedder",
+    "make_knowledge_index",
 ]

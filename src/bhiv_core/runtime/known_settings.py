@@ -116,9 +116,12 @@ SHARED_SETTINGS: Final = frozenset(
         "LLM_FALLBACK",
         "LLM_DEFAULT_BUDGET_MICROS",
         "LLM_STORE_URL",
-        # Orchestration: ingest the sample corpus on the first start; dense (hybrid) retrieval.
+        # Orchestration: its store (documents, passage index); the sample corpus; dense retrieval.
+        "ORCHESTRATION_STORE_URL",
         "KNOWLEDGE_SAMPLE_CORPUS",
         "KNOWLEDGE_DENSE",
+        # Orchestration's router: the confidence under which a query goes to the general agent.
+        "ROUTER_MIN_CONFIDENCE",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bhiv_core.runtime.config import RuntimeConfig
+from bhiv_core.storage.mongo import mongo_url_setting
 
 __all__ = ["OrchestrationConfig"]
 
@@ -20,10 +21,15 @@ class OrchestrationConfig:
         dense: ``BHIV_KNOWLEDGE_DENSE`` (``on``/``off``, default ``on``): dense embeddings
             (wordllama) fused with BM25 for hybrid search; ``off``: BM25 only.
 
+        store_url: ``BHIV_ORCHESTRATION_STORE_URL``: a ``mongodb://`` URL selects MongoDB (database
+            ``bhiv_orchestration``) for the documents and the passage index; unset means the SQLite
+            files ``<data_dir>/orchestration.db`` and ``<data_dir>/orchestration-knowledge.db``.
+
     """
 
     sample_corpus: bool
     dense: bool
+    store_url: str | None
 
     @classmethod
     def from_runtime(cls, config: RuntimeConfig) -> OrchestrationConfig:
@@ -31,4 +37,7 @@ class OrchestrationConfig:
         return cls(
             sample_corpus=config.settings.choice("KNOWLEDGE_SAMPLE_CORPUS", "on", ("on", "off")) == "on",
             dense=config.settings.choice("KNOWLEDGE_DENSE", "on", ("on", "off")) == "on",
+            store_url=mongo_url_setting(
+                config.settings, "ORCHESTRATION_STORE_URL", "the SQLite files of <data_dir>"
+            ),
         )

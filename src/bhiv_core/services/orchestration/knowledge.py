@@ -1,7 +1,8 @@
 """The knowledge base's RPCs (``bhiv.orchestration.v1.KnowledgeService``) over the kit and the index.
 
 Documents are stored whole in the kit store (immutable; ``request_id`` makes IngestDocument
-idempotent); their passages are in the FTS5 :class:`~bhiv_core.knowledge.index.KnowledgeIndex`.
+idempotent); their passages are in the :class:`~bhiv_core.knowledge.index.PassageIndex` (SQLite FTS5,
+or MongoDB).
 Ingestion extracts and chunks the content in a worker thread (linear in its size, at most the
 contract's 20 MiB), indexes the passages, then inserts the document; a retried request whose first
 attempt already stored a document gets that document, and the passages indexed for nothing are
@@ -21,7 +22,7 @@ from bhiv.orchestration.v1 import document_pb2
 from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
 from bhiv_core.knowledge.chunking import chunk
 from bhiv_core.knowledge.extract import PDF, Extracted, decode_text, extract_pdf, extract_text
-from bhiv_core.knowledge.index import KnowledgeIndex
+from bhiv_core.knowledge.index import PassageIndex
 from bhiv_core.resources import Eq, Filter, HasItem, ResourceStore, Transaction, idempotent, list_page, new_id
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument, NotFound
 from bhiv_core.security.principal import Principal
@@ -69,7 +70,7 @@ class Knowledge:
 
     """
 
-    def __init__(self, store: ResourceStore, index: KnowledgeIndex, clock: Callable[[], float] = time.time):
+    def __init__(self, store: ResourceStore, index: PassageIndex, clock: Callable[[], float] = time.time):
         self._store = store
         self.index = index
         self._clock = clock

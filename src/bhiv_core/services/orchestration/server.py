@@ -10,7 +10,7 @@ from collections.abc import Callable
 from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
 from bhiv_core.knowledge.corpus import SAMPLES, read_sample
 from bhiv_core.knowledge.dense import load_embedder
-from bhiv_core.knowledge.index import KnowledgeIndex
+from bhiv_core.knowledge.index import PassageIndex, make_knowledge_index
 from bhiv_core.resources import ResourceStore, make_resource_store
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
@@ -22,7 +22,16 @@ from bhiv_core.services.orchestration.resources import COLLECTIONS, MIGRATIONS
 from bhiv_core.services.orchestration.servicer import MISSING, KnowledgeServicer, OrchestrationServicer
 from bhiv_core.standard_chain import standard_chain
 
-__all__ = ["NAME", "SAMPLE_CORPUS_KEY", "build_server", "definition", "seed_sample_corpus", "serve"]
+__all__ = [
+    "NAME",
+    "SAMPLE_CORPUS_KEY",
+    "build_server",
+    "definition",
+    "make_orchestration_index",
+    "make_orchestration_store",
+    "seed_sample_corpus",
+    "serve",
+]
 
 NAME = "orchestration"
 SAMPLE_CORPUS_KEY = "sample_corpus"
@@ -34,9 +43,20 @@ log = logging.getLogger(__name__)
 
 
 def make_orchestration_store(config: RuntimeConfig) -> ResourceStore:
-    """Orchestration's kit store: ``<data_dir>/orchestration.db``."""
+    """Orchestration's kit store: ``<data_dir>/orchestration.db``, or ``BHIV_ORCHESTRATION_STORE_URL``."""
     return make_resource_store(
-        name=NAME, collections=COLLECTIONS, migrations=MIGRATIONS, data_dir=config.data_dir, url=None
+        name=NAME,
+        collections=COLLECTIONS,
+        migrations=MIGRATIONS,
+        data_dir=config.data_dir,
+        url=OrchestrationConfig.from_runtime(config).store_url,
+    )
+
+
+def make_orchestration_index(config: RuntimeConfig) -> PassageIndex:
+    """The passage index: ``<data_dir>/orchestration-knowledge.db``, or the same MongoDB as the store."""
+    return make_knowledge_index(
+        name=NAME, data_dir=config.data_dir, url=OrchestrationConfig.from_runtime(config).store_url
     )
 
 
@@ -71,13 +91,14 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
     """Returns what the orchestration service contributes to the runtime.
 
     Its kit store (``<data_dir>/orchestration.db``) and passage index
-    (``<data_dir>/orchestration-knowledge.db``) open before the server accepts calls, with the
+    (``<data_dir>/orchestration-knowledge.db``), or both in MongoDB by
+    ``BHIV_ORCHESTRATION_STORE_URL``, open before the server accepts calls, with the
     dense model when ``BHIV_KNOWLEDGE_DENSE`` is on; orphaned passages are removed and, on the
     first start, the sample corpus is ingested.
     """
     settings = OrchestrationConfig.from_runtime(config)
     store = make_orchestration_store(config)
-    index = KnowledgeIndex(config.data_dir / f"{NAME}-knowledge.db")
+    index = make_orchestration_index(config)
     knowledge = Knowledge(store, index, clock)
 
     async def load_model() -> None:
