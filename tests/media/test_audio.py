@@ -72,6 +72,18 @@ async def test_stereo_48khz_speech_is_downmixed_resampled_and_transcribed() -> N
     assert all(word in transcript.text.split() for word in KEY_WORDS), transcript.text
 
 
+async def test_ogg_opus_at_48khz_is_decoded_and_transcribed() -> None:
+    samples, rate = _speech()
+    count = int(len(samples) * 48_000 / rate)
+    upsampled = np.interp(np.arange(count) * rate / 48_000, np.arange(len(samples)), samples).astype(
+        np.float32
+    )
+    decoded = decode_audio(soundfile, _encoded(upsampled, 48_000, "OGG", "OPUS"), field=FIELD)
+    assert (decoded.info.format, decoded.info.subtype, decoded.info.sample_rate) == ("OGG", "OPUS", 48_000)
+    transcript = (await SPEECH.get()).transcribe(decoded.samples)
+    assert all(word in transcript.text.split() for word in KEY_WORDS), transcript.text
+
+
 async def test_the_same_recording_is_heard_the_same_on_a_used_decoder() -> None:
     speech = await SPEECH.get()
     decoded = decode_audio(soundfile, SPEECH_WAV.read_bytes(), field=FIELD)
