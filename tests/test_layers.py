@@ -7,8 +7,8 @@ The layers, highest first (STYLE.md 12):
 3. the chain wiring: ``standard_chain`` composes the concerns with their collaborators;
 4. the concerns and stores: ``interceptors``, ``audit``, ``storage``, ``resources`` (the
    resource kit every resource-oriented service builds on), ``agents`` (threat detection and
-   response, which sentinel runs in process; the orchestrator's agents), ``knowledge`` and ``text``
-   (the libraries the agents build on);
+   response, which sentinel runs in process; the orchestrator's agents), ``knowledge``,
+   ``media`` (the image and audio agents' engines) and ``text`` (the libraries the agents build on);
 5. ``runtime``: config, the chain mechanism, the server, clients, telemetry — it runs whatever
    chain it is given and knows no concern;
 6. ``security``: principals, roles, token verification;
@@ -41,6 +41,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bhiv_core.resources",
             "bhiv_core.agents",
             "bhiv_core.knowledge",
+            "bhiv_core.media",
             "bhiv_core.text",
         ),
     ),

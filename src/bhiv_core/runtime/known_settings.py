@@ -120,6 +120,10 @@ SHARED_SETTINGS: Final = frozenset(
         "ORCHESTRATION_STORE_URL",
         "KNOWLEDGE_SAMPLE_CORPUS",
         "KNOWLEDGE_DENSE",
+        "AGENTS_DISABLED",
+        "AGENTS_DEADLINE_SECONDS",
+        "AGENTS_SESSION_TURNS",
+        "AGENTS_LLM",
         # Orchestration's router: the confidence under which a query goes to the general agent.
         "ROUTER_MIN_CONFIDENCE",
         # sentinel

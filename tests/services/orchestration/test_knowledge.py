@@ -7,7 +7,6 @@ from pathlib import Path
 
 import grpc
 
-from bhiv.orchestration.v1 import agent_service_pb2, agent_service_pb2_grpc
 from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
 from bhiv_core.knowledge.corpus import SAMPLES, read_sample
 from tests.services.crm.conftest import as_, refused, violations
@@ -202,13 +201,6 @@ async def test_roles_follow_the_matrix(orchestration: Orchestration) -> None:
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     found = await kb.SearchKnowledge(ks.SearchKnowledgeRequest(query="saffron"), metadata=SUPPORT)
     assert found.passages
-
-
-async def test_the_other_orchestration_rpcs_stay_unimplemented(orchestration: Orchestration) -> None:
-    agents = agent_service_pb2_grpc.AgentServiceStub(orchestration.channel)
-    err = await refused(agents.ListAgents(agent_service_pb2.ListAgentsRequest(), metadata=ADMIN))
-    assert err.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "not implemented" in (err.details() or "")
 
 
 async def test_sample_corpus_is_ingested_once_on_first_start(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bhiv_core.agents.base import AGENT_INTENTS
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.storage.mongo import mongo_url_setting
 
@@ -20,6 +21,14 @@ class OrchestrationConfig:
 
         dense: ``BHIV_KNOWLEDGE_DENSE`` (``on``/``off``, default ``on``): dense embeddings
             (wordllama) fused with BM25 for hybrid search; ``off``: BM25 only.
+        agents_disabled: ``BHIV_AGENTS_DISABLED`` (comma-separated agent ids, default none): agents
+            the router skips and InvokeAgent refuses (FAILED_PRECONDITION).
+        agent_deadline: ``BHIV_AGENTS_DEADLINE_SECONDS`` (default 30): how long an agent may take
+            to answer one request before DEADLINE_EXCEEDED.
+        session_turns: ``BHIV_AGENTS_SESSION_TURNS`` (default 10): the earlier turns of a session
+            kept and passed to agents as history.
+        agents_llm: ``BHIV_AGENTS_LLM`` (``on``/``off``, default ``on``): agents may ask the llm
+            service (``BHIV_LLM_ADDR``) to write answers; ``off``: every answer is extractive.
 
         store_url: ``BHIV_ORCHESTRATION_STORE_URL``: a ``mongodb://`` URL selects MongoDB (database
             ``bhiv_orchestration``) for the documents and the passage index; unset means the SQLite
@@ -30,6 +39,10 @@ class OrchestrationConfig:
     sample_corpus: bool
     dense: bool
     store_url: str | None
+    agents_disabled: frozenset[str] = frozenset()
+    agent_deadline: float = 30.0
+    session_turns: int = 10
+    agents_llm: bool = True
 
     @classmethod
     def from_runtime(cls, config: RuntimeConfig) -> OrchestrationConfig:
@@ -37,7 +50,24 @@ class OrchestrationConfig:
         return cls(
             sample_corpus=config.settings.choice("KNOWLEDGE_SAMPLE_CORPUS", "on", ("on", "off")) == "on",
             dense=config.settings.choice("KNOWLEDGE_DENSE", "on", ("on", "off")) == "on",
+            agents_disabled=config.settings.get(
+                "AGENTS_DISABLED",
+                frozenset(),
+                _agent_ids,
+                "comma-separated agent ids (" + ", ".join(sorted(AGENT_INTENTS)) + ")",
+            ),
+            agent_deadline=config.settings.positive_float("AGENTS_DEADLINE_SECONDS", 30.0),
+            session_turns=config.settings.positive_int("AGENTS_SESSION_TURNS", 10),
+            agents_llm=config.settings.choice("AGENTS_LLM", "on", ("on", "off")) == "on",
             store_url=mongo_url_setting(
                 config.settings, "ORCHESTRATION_STORE_URL", "the SQLite files of <data_dir>"
             ),
         )
+
+
+def _agent_ids(raw: str) -> frozenset[str]:
+    ids = frozenset(part.strip() for part in raw.split(",") if part.strip())
+    unknown = ids - set(AGENT_INTENTS)
+    if unknown:
+        raise ValueError(", ".join(sorted(unknown)))
+    return ids

@@ -5,6 +5,11 @@
   ``mime`` (for ``ListDocuments.mime_type``). Their passages live in the FTS5 index of
   :mod:`bhiv_core.knowledge.index`, not here.
 
+- **sessions** (no resource name: internal): the earlier turns of an ``Ask`` session, one record
+  per (principal, ``session_id``), its id a hash of both so another principal's session is never
+  read. Stored field: ``updated`` (Unix seconds of the last turn). The record's data is JSON, the
+  last turns only (see :mod:`bhiv_core.services.orchestration.sessions`).
+
 The kit store is ``<data_dir>/orchestration.db``.
 """
 
@@ -12,10 +17,10 @@ from __future__ import annotations
 
 from bhiv.orchestration.v1 import document_pb2
 from bhiv_core.resources import Collection, Field, ResourceType, Value
-from bhiv_core.resources.sqlite import schema
+from bhiv_core.resources.sqlite import RECEIPTS, schema
 from bhiv_core.runtime.times import seconds_of
 
-__all__ = ["COLLECTIONS", "DOCUMENT", "DOCUMENTS", "MIGRATIONS"]
+__all__ = ["COLLECTIONS", "DOCUMENT", "DOCUMENTS", "MIGRATIONS", "SESSIONS"]
 
 DOCUMENTS = Collection(
     "documents",
@@ -39,5 +44,11 @@ DOCUMENT: ResourceType[document_pb2.Document] = ResourceType(
     request_field="document",
 )
 
-COLLECTIONS = (DOCUMENTS,)
-MIGRATIONS = (schema(COLLECTIONS),)
+SESSIONS = Collection("sessions", (Field("updated", "real"),), order=("updated",))
+
+COLLECTIONS = (DOCUMENTS, SESSIONS)
+MIGRATIONS = (
+    schema((DOCUMENTS,)),
+    # A later collection: its tables without a second receipts table.
+    schema((SESSIONS,)).removesuffix(RECEIPTS).rstrip(";\n"),
+)

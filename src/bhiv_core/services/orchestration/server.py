@@ -8,18 +8,30 @@ import time
 from collections.abc import Callable
 
 from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
+from bhiv_core.agents.catalog import build_catalog
+from bhiv_core.agents.router import min_confidence_setting
+from bhiv_core.interceptors.tracing import client_interceptors
 from bhiv_core.knowledge.corpus import SAMPLES, read_sample
 from bhiv_core.knowledge.dense import load_embedder
 from bhiv_core.knowledge.index import PassageIndex, make_knowledge_index
 from bhiv_core.resources import ResourceStore, make_resource_store
 from bhiv_core.runtime import server as runtime
+from bhiv_core.runtime.clients import PeerChannels
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.security.principal import Principal
+from bhiv_core.services.orchestration.agents import Agents
 from bhiv_core.services.orchestration.config import OrchestrationConfig
 from bhiv_core.services.orchestration.knowledge import Knowledge
+from bhiv_core.services.orchestration.llm_client import LlmClient
 from bhiv_core.services.orchestration.resources import COLLECTIONS, MIGRATIONS
-from bhiv_core.services.orchestration.servicer import MISSING, KnowledgeServicer, OrchestrationServicer
+from bhiv_core.services.orchestration.servicer import (
+    MISSING,
+    AgentServicer,
+    KnowledgeServicer,
+    OrchestrationServicer,
+)
+from bhiv_core.services.orchestration.sessions import Sessions
 from bhiv_core.standard_chain import standard_chain
 
 __all__ = [
@@ -94,7 +106,9 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
     (``<data_dir>/orchestration-knowledge.db``), or both in MongoDB by
     ``BHIV_ORCHESTRATION_STORE_URL``, open before the server accepts calls, with the
     dense model when ``BHIV_KNOWLEDGE_DENSE`` is on; orphaned passages are removed and, on the
-    first start, the sample corpus is ingested.
+    first start, the sample corpus is ingested. The agents call the llm service
+    (``BHIV_LLM_ADDR``) through the generated stubs over a peer channel that forwards the caller's
+    token and trace context, unless ``BHIV_AGENTS_LLM=off``.
     """
     settings = OrchestrationConfig.from_runtime(config)
     store = make_orchestration_store(config)
@@ -110,15 +124,32 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
         if settings.sample_corpus:
             await seed_sample_corpus(knowledge)
 
+    channels = PeerChannels(config.peers, extra_interceptors=client_interceptors)
+    agents = Agents(
+        build_catalog(),
+        index,
+        Sessions(store, settings.session_turns, clock),
+        disabled=settings.agents_disabled,
+        deadline=settings.agent_deadline,
+        llm=LlmClient(lambda: channels.channel("llm")) if settings.agents_llm else None,
+        min_confidence=min_confidence_setting(config.settings),
+    )
+
+    async def load_router() -> None:
+        await agents.load_router()  # trained once, in a worker thread, before calls are accepted
+
     rest = OrchestrationServicer()
-    servicers: dict[str, object] = {"KnowledgeService": KnowledgeServicer(knowledge)}
+    servicers: dict[str, object] = {
+        "KnowledgeService": KnowledgeServicer(knowledge),
+        "AgentService": AgentServicer(agents),
+    }
     return runtime.ServiceDefinition(
         name=NAME,
         servicers=[(s, servicers.get(s.name, rest)) for s in services_of_package("bhiv.orchestration.v1")],
         missing=MISSING,
         checks={"store": store.ping, "index": index.ping},
-        on_start=[store.open, load_model, index.open, prepare],
-        on_stop=[index.close, store.close],
+        on_start=[store.open, load_model, index.open, prepare, load_router],
+        on_stop=[channels.close, index.close, store.close],
     )
 
 

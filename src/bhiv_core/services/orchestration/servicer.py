@@ -1,20 +1,25 @@
 """The orchestration servicers: proto in, domain call, proto out.
 
-``KnowledgeService`` is built (over :mod:`~bhiv_core.services.orchestration.knowledge`);
-``AgentService``, ``TaskService`` and ``WorkflowService`` have no servicer methods yet, so the
-runtime answers each of their RPCs UNIMPLEMENTED with :data:`MISSING`.
+``KnowledgeService`` (over :mod:`~bhiv_core.services.orchestration.knowledge`) and
+``AgentService`` (over :mod:`~bhiv_core.services.orchestration.agents`) are built;
+``TaskService`` and ``WorkflowService`` have no servicer methods yet (issue 13), so the runtime
+answers each of their RPCs UNIMPLEMENTED with :data:`MISSING`.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+from bhiv.orchestration.v1 import agent_service_pb2 as asv
 from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
 from bhiv_core.runtime.chain import Context
 from bhiv_core.security.principal import require_principal
+from bhiv_core.services.orchestration.agents import Agents
 from bhiv_core.services.orchestration.knowledge import Knowledge
 
-__all__ = ["MISSING", "KnowledgeServicer", "OrchestrationServicer"]
+__all__ = ["MISSING", "AgentServicer", "KnowledgeServicer", "OrchestrationServicer"]
 
-MISSING = "agents, tasks and workflows are a later part of issue 12 (the knowledge base is built)"
+MISSING = "tasks and workflows are issue 13 (the knowledge base and the agents are built)"
 
 
 class OrchestrationServicer:
@@ -54,3 +59,33 @@ class KnowledgeServicer:
     ) -> ks.SearchKnowledgeResponse:
         """Searches the passages."""
         return await self._domain.search(request, require_principal())
+
+
+class AgentServicer:
+    """Implements ``bhiv.orchestration.v1.AgentService``."""
+
+    def __init__(self, agents: Agents):
+        self._domain = agents
+
+    async def ListAgents(self, request: asv.ListAgentsRequest, context: Context) -> asv.ListAgentsResponse:
+        """Lists the agents."""
+        return self._domain.list_agents(request)
+
+    async def GetAgent(self, request: asv.GetAgentRequest, context: Context) -> asv.GetAgentResponse:
+        """Gets an agent."""
+        return self._domain.get_agent(request)
+
+    async def Ask(self, request: asv.AskRequest, context: Context) -> asv.AskResponse:
+        """Routes a query to an agent and answers."""
+        return await self._domain.ask(request, require_principal())
+
+    async def StreamAsk(
+        self, request: asv.StreamAskRequest, context: Context
+    ) -> AsyncIterator[asv.StreamAskResponse]:
+        """Routes a query and streams the answer."""
+        async for event in self._domain.stream_ask(request, require_principal()):
+            yield event
+
+    async def InvokeAgent(self, request: asv.InvokeAgentRequest, context: Context) -> asv.InvokeAgentResponse:
+        """Sends a query to a named agent."""
+        return await self._domain.invoke(request, require_principal())
