@@ -19,8 +19,6 @@ Errors (the contract's, mapped by the error interceptor):
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
@@ -33,6 +31,7 @@ from bhiv.llm.v1 import (
     model_service_pb2,
     usage_pb2,
 )
+from bhiv_core.resources.fixed_pages import fixed_page
 from bhiv_core.runtime.errors import (
     Aborted,
     FieldViolation,
@@ -363,13 +362,15 @@ class Completions:
             models = [m for m in models if m.provider == request.provider]
         if request.available_only:
             models = [m for m in models if m.available]
-        start = _offset(request.page_token, len(models))
-        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        page = models[start : start + size]
-        end = start + len(page)
-        return model_service_pb2.ListModelsResponse(
-            models=page, next_page_token=_token(end) if end < len(models) else ""
+        page, token = fixed_page(
+            "models",
+            models,
+            request.page_size,
+            request.page_token,
+            default=DEFAULT_PAGE_SIZE,
+            maximum=MAX_PAGE_SIZE,
         )
+        return model_service_pb2.ListModelsResponse(models=page, next_page_token=token)
 
     def _model(self, spec: ModelSpec) -> model_pb2.Model:
         available = self._available(spec)
@@ -393,23 +394,3 @@ class Completions:
 
     def _backends(self) -> Sequence[Backend]:
         return [self._local] if self._groq is None else [self._local, self._groq]
-
-
-def _token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"models:{offset}".encode()).decode()
-
-
-def _offset(token: str, total: int) -> int:
-    if not token:
-        return 0
-    try:
-        kind, _, number = base64.urlsafe_b64decode(token.encode("ascii")).decode().partition(":")
-        offset = int(number)
-    except (ValueError, UnicodeError, binascii.Error):
-        offset = -1
-        kind = ""
-    if kind != "models" or not 0 <= offset <= total:
-        raise InvalidArgument(
-            violations=[FieldViolation("page_token", "not a token of this list", "INVALID_PAGE_TOKEN")]
-        )
-    return offset

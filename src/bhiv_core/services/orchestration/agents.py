@@ -23,8 +23,6 @@ A request goes through the same steps for Ask, StreamAsk and InvokeAgent:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from bhiv_core.agents.base import (
 )
 from bhiv_core.agents.router import Router, detect_input_type
 from bhiv_core.knowledge.index import Passage, PassageIndex
+from bhiv_core.resources.fixed_pages import fixed_page
 from bhiv_core.runtime.errors import (
     BhivError,
     FailedPrecondition,
@@ -146,25 +145,6 @@ def _decode(attachments: Sequence[agent_pb2.Attachment]) -> list[Attachment]:
     return decoded
 
 
-def _page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"agents:{offset}".encode()).decode()
-
-
-def _page_offset(token: str, total: int) -> int:
-    if not token:
-        return 0
-    try:
-        kind, _, number = base64.urlsafe_b64decode(token.encode("ascii")).decode().partition(":")
-        offset = int(number)
-    except (ValueError, UnicodeError, binascii.Error):
-        kind, offset = "", -1
-    if kind != "agents" or not 0 <= offset <= total:
-        raise InvalidArgument(
-            violations=[FieldViolation("page_token", "not a token of this list", "INVALID_PAGE_TOKEN")]
-        )
-    return offset
-
-
 def _passage(p: Passage) -> document_pb2.Passage:
     return document_pb2.Passage(
         document=p.document,
@@ -249,13 +229,15 @@ class Agents:
             if (not request.input_type or InputType(request.input_type) in agent.spec.input_types)
             and (not request.enabled_only or id not in self._disabled)
         ]
-        start = _page_offset(request.page_token, len(agents))
-        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        page = agents[start : start + size]
-        end = start + len(page)
-        return asv.ListAgentsResponse(
-            agents=page, next_page_token=_page_token(end) if end < len(agents) else ""
+        page, token = fixed_page(
+            "agents",
+            agents,
+            request.page_size,
+            request.page_token,
+            default=DEFAULT_PAGE_SIZE,
+            maximum=MAX_PAGE_SIZE,
         )
+        return asv.ListAgentsResponse(agents=page, next_page_token=token)
 
     def _named(self, name: str) -> Agent:
         agent = self._catalog.get(name.removeprefix("agents/")) if name.startswith("agents/") else None
