@@ -11,10 +11,19 @@ from __future__ import annotations
 import asyncio
 from types import ModuleType
 
-from bhiv_core.agents.base import AGENT_INTENTS, AgentRequest, AgentSpec, Attachment, InputType, Reply, Tools
+from bhiv_core.agents.base import (
+    AGENT_INTENTS,
+    AgentRequest,
+    AgentSpec,
+    Attachment,
+    InputType,
+    Reply,
+    Tools,
+    attachments_of,
+)
 from bhiv_core.media.audio import SOUNDFILE, SPEECH, AudioInfo, Transcriber, Transcript, decode_audio
 from bhiv_core.media.engine import EngineUnavailable, LazyEngine
-from bhiv_core.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from bhiv_core.runtime.errors import FailedPrecondition
 
 __all__ = ["AudioAgent", "describe"]
 
@@ -91,25 +100,14 @@ class AudioAgent:
             FailedPrecondition: No audio decoder here: nothing can be done.
 
         """
-        recordings = [a for a in request.attachments if a.input_type == InputType.AUDIO]
-        if not recordings:
-            raise InvalidArgument(
-                violations=[
-                    FieldViolation("attachments", "the audio agent needs an audio attachment", "REQUIRED")
-                ]
-            )
+        recordings = attachments_of(request, InputType.AUDIO, "the audio agent needs an audio attachment")
         try:
             soundfile = await self._decoder.get()
         except EngineUnavailable as exc:
             raise FailedPrecondition(
                 f"audio cannot be decoded here: {exc.reason}", reason="ENGINE_MISSING"
             ) from exc
-        speech: Transcriber | None
-        try:
-            speech = await self._speech.get()
-            unavailable = ""
-        except EngineUnavailable as exc:
-            speech, unavailable = None, exc.reason
+        speech, unavailable = await self._speech.get_or_reason()
         answers = []
         for attachment in recordings:
             answer = await asyncio.to_thread(_hear, soundfile, attachment, speech, unavailable)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bhiv_core.knowledge.index import Passage
+from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
 
 __all__ = [
     "AGENT_INTENTS",
@@ -36,6 +37,7 @@ __all__ = [
     "Reply",
     "Tools",
     "Turn",
+    "attachments_of",
     "pieces",
 ]
 
@@ -208,6 +210,21 @@ class Reply:
     def of_text(cls, text: str, sources: Iterable[Passage] = ()) -> Reply:
         """An extractive reply whose text is known at once, streamed sentence by sentence."""
         return cls(chunks=pieces(text), sources=list(sources))
+
+
+def attachments_of(request: AgentRequest, input_type: InputType, needs: str) -> list[Attachment]:
+    """The request's attachments of ``input_type``; INVALID_ARGUMENT ``REQUIRED`` on ``attachments`` if none.
+
+    Args:
+        request: The request.
+        input_type: The type the agent works on.
+        needs: The violation's description, such as ``the image agent needs an image attachment``.
+
+    """
+    found = [a for a in request.attachments if a.input_type == input_type]
+    if not found:
+        raise InvalidArgument(violations=[FieldViolation("attachments", needs, "REQUIRED")])
+    return found
 
 
 _PIECE = re.compile(r".*?(?:[.!?:;]\s+|\n+|$)", re.S)

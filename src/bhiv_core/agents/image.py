@@ -13,10 +13,18 @@ import asyncio
 import re
 from typing import Final
 
-from bhiv_core.agents.base import AGENT_INTENTS, AgentRequest, AgentSpec, Attachment, InputType, Reply, Tools
-from bhiv_core.media.engine import EngineUnavailable, LazyEngine
+from bhiv_core.agents.base import (
+    AGENT_INTENTS,
+    AgentRequest,
+    AgentSpec,
+    Attachment,
+    InputType,
+    Reply,
+    Tools,
+    attachments_of,
+)
+from bhiv_core.media.engine import LazyEngine
 from bhiv_core.media.image import OCR, ImageInfo, OcrEngine, OcrText, for_ocr, inspect_image, open_image
-from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
 
 __all__ = ["ImageAgent", "describe", "read_image"]
 
@@ -106,19 +114,8 @@ class ImageAgent:
 
     async def answer(self, request: AgentRequest, tools: Tools) -> Reply:
         """Describes each image attachment; raises InvalidArgument when there is none or one is unreadable."""
-        images = [a for a in request.attachments if a.input_type == InputType.IMAGE]
-        if not images:
-            raise InvalidArgument(
-                violations=[
-                    FieldViolation("attachments", "the image agent needs an image attachment", "REQUIRED")
-                ]
-            )
-        engine: OcrEngine | None
-        try:
-            engine = await self._ocr.get()
-            unavailable = ""
-        except EngineUnavailable as exc:
-            engine, unavailable = None, exc.reason
+        images = attachments_of(request, InputType.IMAGE, "the image agent needs an image attachment")
+        engine, unavailable = await self._ocr.get_or_reason()
         answers = []
         for attachment in images:
             info, text = await asyncio.to_thread(read_image, attachment, engine)

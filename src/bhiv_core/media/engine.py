@@ -95,3 +95,10 @@ class LazyEngine(Generic[T]):
         if self._done and self._engine is not None:
             return self._engine
         return await asyncio.to_thread(self.load)
+
+    async def get_or_reason(self) -> tuple[T | None, str]:
+        """Returns ``(engine, "")``, or ``(None, why)`` when it cannot be loaded (for callers that go on)."""
+        try:
+            return await self.get(), ""
+        except EngineUnavailable as exc:
+            return None, exc.reason
