@@ -3,47 +3,17 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bhiv_core.edge.binaries import find_tool
 from bhiv_core.mesh import Mesh
 from tests.e2e.launcher import start_launcher, stop_launcher
+from tests.e2e.readme import LOGIN, README, json_values, readme_block, run_as_written
 from tests.e2e.test_agents import assert_verbatim_in_corpus, png_with_text, tone_wav
-from tests.e2e.test_crm_readme import json_values
-from tests.e2e.test_llm_readme import LOGIN
 
 pytestmark = pytest.mark.e2e
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def examples() -> str:
-    """The bash block between the README's ``agent-examples`` markers, after a login."""
-    text = README.read_text()
-    block = text.split("<!-- agent-examples:begin -->", 1)[1].split("<!-- agent-examples:end -->", 1)[0]
-    return LOGIN + block.strip().removeprefix("```bash").removesuffix("```")
-
-
-def run_as_written(script: str, mesh: Mesh, files: dict[str, Path]) -> subprocess.CompletedProcess[str]:
-    """Runs README commands against ``mesh`` (its edge, credentials and grpcurl), files renamed."""
-    script = (
-        script.replace("localhost:8080", mesh.edge_address)
-        .replace(".data/admin-credentials", str(mesh.data_dir / "admin-credentials"))
-        .replace(".tools/bin/grpcurl", str(find_tool("grpcurl")))
-    )
-    for name, path in files.items():
-        script = script.replace(name, str(path))
-    return subprocess.run(
-        ["bash", "-eu", "-o", "pipefail", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=README.parent,
-    )
 
 
 def assert_the_gita_answer(answer: dict[str, Any]) -> None:
@@ -70,7 +40,7 @@ def test_a_newcomer_running_make_run_gets_a_grounded_answer_to_the_gita_question
     try:
         # The Ask alone is timed (grpcurl's own start included), apart from the login's scrypt.
         timed = f'{LOGIN}started=$(date +%s.%N)\n{try_it_ask()}\necho "ask: $started $(date +%s.%N)" >&2'
-        done = run_as_written(timed, launcher.mesh, {})
+        done = run_as_written(timed, launcher.mesh, timeout=300)
     finally:
         stop_launcher(launcher, children)
     assert done.returncode == 0, done.stderr
@@ -84,7 +54,9 @@ def test_the_readme_agent_examples_work_through_the_edge(mesh: Mesh, tmp_path: P
     sign, clip = tmp_path / "sign.png", tmp_path / "clip.wav"
     sign.write_bytes(png_with_text("LOTUS 2026"))
     clip.write_bytes(tone_wav(1.5))
-    done = run_as_written(examples(), mesh, {"sign.png": sign, "clip.wav": clip})
+    done = run_as_written(
+        LOGIN + readme_block("agent-examples"), mesh, files={"sign.png": sign, "clip.wav": clip}, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert not re.findall(r"Code: (\w+)", done.stderr), done.stderr
     asked, *rest = json_values(done.stdout)

@@ -3,46 +3,22 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from bhiv_core.edge.binaries import find_tool
 from bhiv_core.mesh import Mesh
-from tests.e2e.test_crm_readme import json_values
+from tests.e2e.readme import json_values, readme_block, run_as_written
 from tests.services.orchestration.pdf import pdf_of
 
 pytestmark = pytest.mark.e2e
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def walk_through() -> str:
-    """The bash block between the README's ``knowledge-examples`` markers."""
-    text = README.read_text()
-    block = text.split("<!-- knowledge-examples:begin -->", 1)[1].split("<!-- knowledge-examples:end -->", 1)[
-        0
-    ]
-    return block.strip().removeprefix("```bash").removesuffix("```")
 
 
 def test_the_readme_knowledge_walk_through_works_as_written(mesh: Mesh, tmp_path: Path) -> None:
     manual = tmp_path / "manual.pdf"
     manual.write_bytes(pdf_of(["Cardamom is stored in sealed tins in the cool room."]))
-    script = (
-        walk_through()
-        .replace("localhost:8080", mesh.edge_address)
-        .replace(".data/admin-credentials", str(mesh.data_dir / "admin-credentials"))
-        .replace(".tools/bin/grpcurl", str(find_tool("grpcurl")))
-        .replace("manual.pdf", str(manual))
-    )
-    done = subprocess.run(
-        ["bash", "-u", "-o", "pipefail", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=README.parent,
+    done = run_as_written(
+        readme_block("knowledge-examples"), mesh, files={"manual.pdf": manual}, stop_on_error=False
     )
     # The one refusal the walk-through shows: the bytes that are not a PDF.
     assert re.findall(r"Code: (\w+)", done.stderr) == ["InvalidArgument"], done.stderr

@@ -3,46 +3,17 @@
 from __future__ import annotations
 
 import re
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from bhiv_core.edge.binaries import find_tool
 from bhiv_core.mesh import Mesh
-from tests.e2e.test_crm_readme import json_values
+from tests.e2e.readme import LOGIN, json_values, readme_block, run_as_written
 
 pytestmark = pytest.mark.e2e
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-LOGIN = """PASSWORD=$(sed -n 's/^password=//p' .data/admin-credentials)
-TOKEN=$(.tools/bin/grpcurl -plaintext -d "{\\"username\\": \\"admin\\", \\"password\\": \\"$PASSWORD\\"}" \\
-  localhost:8080 bhiv.identity.v1.AuthService/Login \\
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["tokens"]["access_token"])')
-"""
-
-
-def examples() -> str:
-    """The bash block between the README's ``llm-examples`` markers, after a login."""
-    text = README.read_text()
-    block = text.split("<!-- llm-examples:begin -->", 1)[1].split("<!-- llm-examples:end -->", 1)[0]
-    return LOGIN + block.strip().removeprefix("```bash").removesuffix("```")
-
 
 def test_the_readme_llm_examples_work_through_the_edge(mesh: Mesh) -> None:
-    script = (
-        examples()
-        .replace("localhost:8080", mesh.edge_address)
-        .replace(".data/admin-credentials", str(mesh.data_dir / "admin-credentials"))
-        .replace(".tools/bin/grpcurl", str(find_tool("grpcurl")))
-    )
-    done = subprocess.run(
-        ["bash", "-eu", "-o", "pipefail", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=README.parent,
-    )
+    done = run_as_written(LOGIN + readme_block("llm-examples"), mesh, timeout=120)
     assert done.returncode == 0, done.stderr
     assert not re.findall(r"Code: (\w+)", done.stderr), done.stderr
     models, completion, *events = json_values(done.stdout)
