@@ -8,7 +8,9 @@ The layers, highest first (STYLE.md 12):
 4. the concerns and stores: ``interceptors``, ``audit``, ``storage``, ``resources`` (the
    resource kit every resource-oriented service builds on), ``agents`` (threat detection and
    response, which sentinel runs in process; the orchestrator's agents), ``knowledge``,
-   ``media`` (the image and audio agents' engines) and ``text`` (the libraries the agents build on);
+   ``media`` (the image and audio agents' engines), ``text`` (the libraries the agents build
+   on), ``events`` (the transactional outbox and its relay) and ``outbound`` (the SSRF-safe HTTP
+   client and the webhook signature);
 5. ``runtime``: config, the chain mechanism, the server, clients, telemetry — it runs whatever
    chain it is given and knows no concern;
 6. ``security``: principals, roles, token verification;
@@ -43,6 +45,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bhiv_core.knowledge",
             "bhiv_core.media",
             "bhiv_core.text",
+            "bhiv_core.events",
+            "bhiv_core.outbound",
         ),
     ),
     ("runtime", ("bhiv_core.runtime",)),

@@ -76,8 +76,13 @@ def test_the_secret_file_is_a_setting_with_a_default_in_the_data_dir(tmp_path: P
     assert service_secret_path(config_for("crm", SERVICE_SECRET_FILE=str(chosen))) == chosen
 
 
-def test_every_registry_service_may_report_security_events_and_hold_nothing_else() -> None:
-    assert {spec.name: frozenset({"sentinel.events.write"}) for spec in SERVICES} == SERVICE_SCOPES
+def test_every_service_may_report_security_events_and_only_the_publishers_may_relay_events() -> None:
+    publishers = {"crm", "logistics", "orchestration", "sentinel"}
+    assert {
+        spec.name: frozenset({"sentinel.events.write"})
+        | ({"integrations.events.publish"} if spec.name in publishers else set())
+        for spec in SERVICES
+    } == SERVICE_SCOPES
 
 
 def test_an_assertion_verifies_with_its_secret_only() -> None:

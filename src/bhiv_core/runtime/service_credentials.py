@@ -46,6 +46,8 @@ __all__ = [
     "ASSERTION_TYPE",
     "EVENTS_SCOPE",
     "MAX_ASSERTION_LIFETIME_SECONDS",
+    "PUBLISHERS",
+    "PUBLISH_SCOPE",
     "SERVICE_SCOPES",
     "AssertionClaims",
     "AssertionRefused",
@@ -78,12 +80,20 @@ ASSERTION_LEEWAY_SECONDS: Final = 5
 EVENTS_SCOPE: Final = "sentinel.events.write"
 """The scope that lets a service report security events to sentinel."""
 
+PUBLISH_SCOPE: Final = "integrations.events.publish"
+"""The scope that lets a service relay its outbox's platform events to integrations."""
+
+PUBLISHERS: Final = frozenset({"crm", "logistics", "orchestration", "sentinel"})
+"""The services that publish platform events (``protos/bhiv/integrations/v1/event.proto``)."""
+
 SERVICE_SCOPES: Final[Mapping[str, frozenset[str]]] = {
-    spec.name: frozenset({EVENTS_SCOPE}) for spec in SERVICES
+    spec.name: frozenset({EVENTS_SCOPE, *((PUBLISH_SCOPE,) if spec.name in PUBLISHERS else ())})
+    for spec in SERVICES
 }
 """The one table of what each service of the registry may hold in a service token.
 
-Every service may report security events. A service that is not a key here gets no token at all.
+Every service may report security events; the publishers may also relay platform events. A
+service that is not a key here gets no token at all.
 """
 
 SECRET_FILE_NAME: Final = "service-secret"  # noqa: S105 - a file name, not a secret

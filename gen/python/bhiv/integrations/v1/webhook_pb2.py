@@ -23,11 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from bhiv.options.v1 import annotations_pb2 as bhiv_dot_options_dot_v1_dot_annotations__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"bhiv/integrations/v1/webhook.proto\x12\x14\x62hiv.integrations.v1\x1a!bhiv/options/v1/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x02\n\x07Webhook\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xd2\xf3\x18\x1e\"\x1cwebhooks/[A-Za-z0-9_-]{1,64}\x12\x45\n\ntarget_url\x18\x02 \x01(\tB1\xd2\xf3\x18-\x18\x80\x10\"(https?://[A-Za-z0-9.\\-\\[\\]:]+(/[^\\s#]*)?\x12\x45\n\x0b\x65vent_types\x18\x03 \x03(\tB0\xd2\xf3\x18,\x18\x80\x01\"%[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*){2}X2\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x07 \x01(\t\"\xb6\x02\n\x08\x44\x65livery\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32$.bhiv.integrations.v1.DeliveryStatus\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x1a\n\x12last_response_code\x18\x06 \x01(\x05\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x35\n\x11next_attempt_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xa7\x01\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45LIVERY_STATUS_PENDING\x10\x01\x12\x1d\n\x19\x44\x45LIVERY_STATUS_SUCCEEDED\x10\x02\x12\x1a\n\x16\x44\x45LIVERY_STATUS_FAILED\x10\x03\x12\x1c\n\x18\x44\x45LIVERY_STATUS_RETRYING\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"bhiv/integrations/v1/webhook.proto\x12\x14\x62hiv.integrations.v1\x1a!bhiv/options/v1/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x02\n\x07Webhook\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xd2\xf3\x18\x1e\"\x1cwebhooks/[A-Za-z0-9_-]{1,64}\x12\x45\n\ntarget_url\x18\x02 \x01(\tB1\xd2\xf3\x18-\x18\x80\x10\"(https?://[A-Za-z0-9.\\-\\[\\]:]+(/[^\\s#]*)?\x12\x45\n\x0b\x65vent_types\x18\x03 \x03(\tB0\xd2\xf3\x18,\x18\x80\x01\"%[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*){2}X2\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x07 \x01(\t\x12\x34\n\x19max_concurrent_deliveries\x18\x08 \x01(\x05\x42\x11\xd2\xf3\x18\r1\x00\x00\x00\x00\x00\x00\x30@8\x01@\x01\"\xb5\x03\n\x08\x44\x65livery\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32$.bhiv.integrations.v1.DeliveryStatus\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x1a\n\x12last_response_code\x18\x06 \x01(\x05\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x35\n\x11next_attempt_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\n \x01(\t\x12:\n\x0b\x61ttempt_log\x18\x0b \x03(\x0b\x32%.bhiv.integrations.v1.DeliveryAttempt\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbd\x01\n\x0f\x44\x65liveryAttempt\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07latency\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rresponse_code\x18\x04 \x01(\x05\x12\x18\n\x10response_excerpt\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t*\xa7\x01\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45LIVERY_STATUS_PENDING\x10\x01\x12\x1d\n\x19\x44\x45LIVERY_STATUS_SUCCEEDED\x10\x02\x12\x1a\n\x16\x44\x45LIVERY_STATUS_FAILED\x10\x03\x12\x1c\n\x18\x44\x45LIVERY_STATUS_RETRYING\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,10 +41,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEBHOOK'].fields_by_name['target_url']._serialized_options = b'\322\363\030-\030\200\020\"(https?://[A-Za-z0-9.\\-\\[\\]:]+(/[^\\s#]*)?'
   _globals['_WEBHOOK'].fields_by_name['event_types']._loaded_options = None
   _globals['_WEBHOOK'].fields_by_name['event_types']._serialized_options = b'\322\363\030,\030\200\001\"%[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*){2}X2'
-  _globals['_DELIVERYSTATUS']._serialized_start=804
-  _globals['_DELIVERYSTATUS']._serialized_end=971
-  _globals['_WEBHOOK']._serialized_start=159
-  _globals['_WEBHOOK']._serialized_end=488
-  _globals['_DELIVERY']._serialized_start=491
-  _globals['_DELIVERY']._serialized_end=801
+  _globals['_WEBHOOK'].fields_by_name['max_concurrent_deliveries']._loaded_options = None
+  _globals['_WEBHOOK'].fields_by_name['max_concurrent_deliveries']._serialized_options = b'\322\363\030\r1\000\000\000\000\000\0000@8\001@\001'
+  _globals['_DELIVERYSTATUS']._serialized_start=1209
+  _globals['_DELIVERYSTATUS']._serialized_end=1376
+  _globals['_WEBHOOK']._serialized_start=191
+  _globals['_WEBHOOK']._serialized_end=574
+  _globals['_DELIVERY']._serialized_start=577
+  _globals['_DELIVERY']._serialized_end=1014
+  _globals['_DELIVERYATTEMPT']._serialized_start=1017
+  _globals['_DELIVERYATTEMPT']._serialized_end=1206
 # @@protoc_insertion_point(module_scope)

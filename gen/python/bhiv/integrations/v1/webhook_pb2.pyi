@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -34,7 +35,9 @@ class _DeliveryStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Delive
     DELIVERY_STATUS_SUCCEEDED: _DeliveryStatus.ValueType  # 2
     """The target answered 2xx."""
     DELIVERY_STATUS_FAILED: _DeliveryStatus.ValueType  # 3
-    """Every attempt failed; no more attempts are scheduled."""
+    """Dead-lettered: every attempt failed and no more are scheduled;
+    RedeliverDelivery queues it again.
+    """
     DELIVERY_STATUS_RETRYING: _DeliveryStatus.ValueType  # 4
     """An attempt failed (non-2xx, timeout or connection error) and another is
     scheduled at `next_attempt_time` with exponential backoff.
@@ -50,7 +53,9 @@ DELIVERY_STATUS_PENDING: DeliveryStatus.ValueType  # 1
 DELIVERY_STATUS_SUCCEEDED: DeliveryStatus.ValueType  # 2
 """The target answered 2xx."""
 DELIVERY_STATUS_FAILED: DeliveryStatus.ValueType  # 3
-"""Every attempt failed; no more attempts are scheduled."""
+"""Dead-lettered: every attempt failed and no more are scheduled;
+RedeliverDelivery queues it again.
+"""
 DELIVERY_STATUS_RETRYING: DeliveryStatus.ValueType  # 4
 """An attempt failed (non-2xx, timeout or connection error) and another is
 scheduled at `next_attempt_time` with exponential backoff.
@@ -60,11 +65,21 @@ Global___DeliveryStatus: _TypeAlias = DeliveryStatus  # noqa: Y015
 @_typing.final
 class Webhook(_message.Message):
     """A Webhook is a subscription that sends BHIV events to an external URL.
-    Each delivery is an HTTP POST of a JSON body to `target_url` carrying the
-    headers `X-BHIV-Event` (the event type), `X-BHIV-Delivery` (the delivery
-    resource name) and `X-BHIV-Signature: sha256=<hex>`, the lowercase hex
-    HMAC-SHA256 of the raw body keyed with the webhook's signing secret. The
-    signing secret is write-only: it is returned once, in CreateWebhookResponse.
+    Each delivery is an HTTP POST of the event's JSON body (see `Event`) to
+    `target_url` with the headers `Content-Type: application/json`,
+    `X-BHIV-Event` (the event type), `X-BHIV-Event-Id` (the event id, the same
+    on every attempt and redelivery: receivers drop duplicates by it),
+    `X-BHIV-Delivery` (the delivery resource name) and
+    `X-BHIV-Signature: t=<unix seconds>,v1=<hex>`, where `<hex>` is the
+    lowercase hex HMAC-SHA256, keyed with the webhook's signing secret, of
+    the ASCII timestamp, a `.`, and the raw body bytes. Receivers recompute
+    it, compare in constant time and refuse a timestamp more than five
+    minutes from their clock (the replay window); during a secret rotation a
+    header may carry several `v1=` entries. Any 2xx answer is success; other
+    answers, timeouts and connection errors are retried with exponential
+    backoff and jitter until the attempts run out, when the delivery is
+    dead-lettered (DELIVERY_STATUS_FAILED) and can be redelivered. The signing
+    secret is write-only: it is returned once, in CreateWebhookResponse.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -76,6 +91,7 @@ class Webhook(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_DELIVERIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `webhooks/{webhook_id}`. Output only."""
     target_url: _builtins.str
@@ -90,6 +106,10 @@ class Webhook(_message.Message):
     etag: _builtins.str
     """An opaque version used for optimistic concurrency on update and delete.
     Output only.
+    """
+    max_concurrent_deliveries: _builtins.int
+    """The most deliveries in flight to this webhook at once, 0–16: 0 means 4.
+    A slow receiver holds only its own slots, never another webhook's.
     """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -116,10 +136,11 @@ class Webhook(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        max_concurrent_deliveries: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "create_time", b"create_time", "etag", b"etag", "event_types", b"event_types", "name", b"name", "target_url", b"target_url", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "create_time", b"create_time", "etag", b"etag", "event_types", b"event_types", "max_concurrent_deliveries", b"max_concurrent_deliveries", "name", b"name", "target_url", b"target_url", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -142,6 +163,9 @@ class Delivery(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_LOG_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `webhooks/{webhook_id}/deliveries/{delivery_id}`.
     Output only.
@@ -160,6 +184,10 @@ class Delivery(_message.Message):
     """The error of the last failed attempt, at most 1000 characters; empty
     when the last attempt succeeded or none was made.
     """
+    event_id: _builtins.str
+    """The id of the event delivered (`Event.id`), also sent as
+    `X-BHIV-Event-Id`.
+    """
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """The event payload, sent as the JSON request body."""
@@ -174,6 +202,14 @@ class Delivery(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the delivery was created."""
 
+    @_builtins.property
+    def attempt_log(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryAttempt]:
+        """The attempts made, oldest first; the most recent 20 are kept."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the delivery last changed."""
+
     def __init__(
         self,
         *,
@@ -186,11 +222,67 @@ class Delivery(_message.Message):
         last_error: _builtins.str = ...,
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        event_id: _builtins.str = ...,
+        attempt_log: _abc.Iterable[Global___DeliveryAttempt] | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "next_attempt_time", b"next_attempt_time", "payload", b"payload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "next_attempt_time", b"next_attempt_time", "payload", b"payload", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "event_type", b"event_type", "last_error", b"last_error", "last_response_code", b"last_response_code", "name", b"name", "next_attempt_time", b"next_attempt_time", "payload", b"payload", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_log", b"attempt_log", "attempts", b"attempts", "create_time", b"create_time", "event_id", b"event_id", "event_type", b"event_type", "last_error", b"last_error", "last_response_code", b"last_response_code", "name", b"name", "next_attempt_time", b"next_attempt_time", "payload", b"payload", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
+
+@_typing.final
+class DeliveryAttempt(_message.Message):
+    """A DeliveryAttempt is one HTTP attempt of a delivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    RESPONSE_CODE_FIELD_NUMBER: _builtins.int
+    RESPONSE_EXCERPT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    number: _builtins.int
+    """The 1-based number of the attempt, counting across redeliveries."""
+    response_code: _builtins.int
+    """The HTTP status answered; 0 when no response was received."""
+    response_excerpt: _builtins.str
+    """The first 512 bytes of the response body, decoded as UTF-8 with
+    replacement characters.
+    """
+    error: _builtins.str
+    """Why the attempt failed (a non-2xx status, a timeout, a refused
+    connection or a forbidden address), at most 1000 characters; empty on
+    success.
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the attempt started."""
+
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration:
+        """The time from sending the request to the end of the response, or to
+        the failure.
+        """
+
+    def __init__(
+        self,
+        *,
+        number: _builtins.int = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        latency: _duration_pb2.Duration | None = ...,
+        response_code: _builtins.int = ...,
+        response_excerpt: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "latency", b"latency", "number", b"number", "response_code", b"response_code", "response_excerpt", b"response_excerpt", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryAttempt: _TypeAlias = DeliveryAttempt  # noqa: Y015

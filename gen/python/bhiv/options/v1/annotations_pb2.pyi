@@ -140,9 +140,43 @@ class FieldRules(_message.Message):
 
 Global___FieldRules: _TypeAlias = FieldRules  # noqa: Y015
 
+@_typing.final
+class EventDefinition(_message.Message):
+    """EventDefinition marks a message as the payload of a platform event type.
+    The event catalog is read from this option: every message carrying it is
+    an event payload, and no two messages carry the same type.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """The event type, `<domain>.<resource>.<action>` in lowercase, such as
+    `crm.ticket.resolved`.
+    """
+    description: _builtins.str
+    """One sentence saying what happened, for people choosing subscriptions."""
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventDefinition: _TypeAlias = EventDefinition  # noqa: Y015
+
 ACCESS_FIELD_NUMBER: _builtins.int
 RULES_FIELD_NUMBER: _builtins.int
+EVENT_FIELD_NUMBER: _builtins.int
 access: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___AccessRule]
 """What a caller needs to invoke this RPC."""
 rules: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___FieldRules]
 """Validation rules for this field."""
+event: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___EventDefinition]
+"""The event type this message is the payload of."""

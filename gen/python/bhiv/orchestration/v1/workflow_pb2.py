@@ -28,7 +28,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$bhiv/orchestration/v1/workflow.proto\x12\x15\x62hiv.orchestration.v1\x1a!bhiv/options/v1/annotations.proto\x1a!bhiv/orchestration/v1/agent.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n\x0cWorkflowStep\x12\x31\n\x05\x61gent\x18\x01 \x01(\tB\"\xd2\xf3\x18\x1e\x08\x01\"\x1a\x61gents/[A-Za-z0-9_-]{1,64}\x12!\n\x0einput_template\x18\x02 \x01(\tB\t\xd2\xf3\x18\x05\x08\x01\x18\x90N\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa7\x02\n\x12WorkflowStepResult\x12\x13\n\x0bstep_number\x18\x01 \x01(\x05\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.bhiv.orchestration.v1.StepStatus\x12\x16\n\x0erendered_input\x18\x04 \x01(\t\x12-\n\x06\x61nswer\x18\x05 \x01(\x0b\x32\x1d.bhiv.orchestration.v1.Answer\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xec\x03\n\x08Workflow\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x0c\x64isplay_name\x18\x02 \x01(\tB\t\xd2\xf3\x18\x05\x08\x01\x18\xc8\x01\x12\x16\n\x05input\x18\x03 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x90N\x12<\n\x05steps\x18\x04 \x03(\x0b\x32#.bhiv.orchestration.v1.WorkflowStepB\x08\xd2\xf3\x18\x04\x08\x01X\x14\x12\x35\n\x06status\x18\x05 \x01(\x0e\x32%.bhiv.orchestration.v1.WorkflowStatus\x12?\n\x0cstep_results\x18\x06 \x03(\x0b\x32).bhiv.orchestration.v1.WorkflowStepResult\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t*\xc5\x01\n\x0eWorkflowStatus\x12\x1f\n\x1bWORKFLOW_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17WORKFLOW_STATUS_PENDING\x10\x01\x12\x1b\n\x17WORKFLOW_STATUS_RUNNING\x10\x02\x12\x1d\n\x19WORKFLOW_STATUS_SUCCEEDED\x10\x03\x12\x1a\n\x16WORKFLOW_STATUS_FAILED\x10\x04\x12\x1d\n\x19WORKFLOW_STATUS_CANCELLED\x10\x05*\xc2\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_PENDING\x10\x01\x12\x17\n\x13STEP_STATUS_RUNNING\x10\x02\x12\x19\n\x15STEP_STATUS_SUCCEEDED\x10\x03\x12\x16\n\x12STEP_STATUS_FAILED\x10\x04\x12\x19\n\x15STEP_STATUS_TIMED_OUT\x10\x05\x12\x17\n\x13STEP_STATUS_SKIPPED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$bhiv/orchestration/v1/workflow.proto\x12\x15\x62hiv.orchestration.v1\x1a!bhiv/options/v1/annotations.proto\x1a!bhiv/orchestration/v1/agent.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x01\n\x0cWorkflowStep\x12\x31\n\x05\x61gent\x18\x01 \x01(\tB\"\xd2\xf3\x18\x1e\x08\x01\"\x1a\x61gents/[A-Za-z0-9_-]{1,64}\x12!\n\x0einput_template\x18\x02 \x01(\tB\t\xd2\xf3\x18\x05\x08\x01\x18\x90N\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x0cmax_attempts\x18\x04 \x01(\x05\x42\x11\xd2\xf3\x18\r1\x00\x00\x00\x00\x00\x00$@8\x01@\x01\"\xb9\x02\n\x12WorkflowStepResult\x12\x13\n\x0bstep_number\x18\x01 \x01(\x05\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.bhiv.orchestration.v1.StepStatus\x12\x16\n\x0erendered_input\x18\x04 \x01(\t\x12-\n\x06\x61nswer\x18\x05 \x01(\x0b\x32\x1d.bhiv.orchestration.v1.Answer\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\"\xec\x03\n\x08Workflow\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x0c\x64isplay_name\x18\x02 \x01(\tB\t\xd2\xf3\x18\x05\x08\x01\x18\xc8\x01\x12\x16\n\x05input\x18\x03 \x01(\tB\x07\xd2\xf3\x18\x03\x18\x90N\x12<\n\x05steps\x18\x04 \x03(\x0b\x32#.bhiv.orchestration.v1.WorkflowStepB\x08\xd2\xf3\x18\x04\x08\x01X\x14\x12\x35\n\x06status\x18\x05 \x01(\x0e\x32%.bhiv.orchestration.v1.WorkflowStatus\x12?\n\x0cstep_results\x18\x06 \x03(\x0b\x32).bhiv.orchestration.v1.WorkflowStepResult\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t*\xc5\x01\n\x0eWorkflowStatus\x12\x1f\n\x1bWORKFLOW_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17WORKFLOW_STATUS_PENDING\x10\x01\x12\x1b\n\x17WORKFLOW_STATUS_RUNNING\x10\x02\x12\x1d\n\x19WORKFLOW_STATUS_SUCCEEDED\x10\x03\x12\x1a\n\x16WORKFLOW_STATUS_FAILED\x10\x04\x12\x1d\n\x19WORKFLOW_STATUS_CANCELLED\x10\x05*\xc2\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_PENDING\x10\x01\x12\x17\n\x13STEP_STATUS_RUNNING\x10\x02\x12\x19\n\x15STEP_STATUS_SUCCEEDED\x10\x03\x12\x16\n\x12STEP_STATUS_FAILED\x10\x04\x12\x19\n\x15STEP_STATUS_TIMED_OUT\x10\x05\x12\x17\n\x13STEP_STATUS_SKIPPED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,20 +39,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKFLOWSTEP'].fields_by_name['agent']._serialized_options = b'\322\363\030\036\010\001\"\032agents/[A-Za-z0-9_-]{1,64}'
   _globals['_WORKFLOWSTEP'].fields_by_name['input_template']._loaded_options = None
   _globals['_WORKFLOWSTEP'].fields_by_name['input_template']._serialized_options = b'\322\363\030\005\010\001\030\220N'
+  _globals['_WORKFLOWSTEP'].fields_by_name['max_attempts']._loaded_options = None
+  _globals['_WORKFLOWSTEP'].fields_by_name['max_attempts']._serialized_options = b'\322\363\030\r1\000\000\000\000\000\000$@8\001@\001'
   _globals['_WORKFLOW'].fields_by_name['display_name']._loaded_options = None
   _globals['_WORKFLOW'].fields_by_name['display_name']._serialized_options = b'\322\363\030\005\010\001\030\310\001'
   _globals['_WORKFLOW'].fields_by_name['input']._loaded_options = None
   _globals['_WORKFLOW'].fields_by_name['input']._serialized_options = b'\322\363\030\003\030\220N'
   _globals['_WORKFLOW'].fields_by_name['steps']._loaded_options = None
   _globals['_WORKFLOW'].fields_by_name['steps']._serialized_options = b'\322\363\030\004\010\001X\024'
-  _globals['_WORKFLOWSTATUS']._serialized_start=1139
-  _globals['_WORKFLOWSTATUS']._serialized_end=1336
-  _globals['_STEPSTATUS']._serialized_start=1339
-  _globals['_STEPSTATUS']._serialized_end=1533
+  _globals['_WORKFLOWSTATUS']._serialized_start=1198
+  _globals['_WORKFLOWSTATUS']._serialized_end=1395
+  _globals['_STEPSTATUS']._serialized_start=1398
+  _globals['_STEPSTATUS']._serialized_end=1592
   _globals['_WORKFLOWSTEP']._serialized_start=199
-  _globals['_WORKFLOWSTEP']._serialized_end=343
-  _globals['_WORKFLOWSTEPRESULT']._serialized_start=346
-  _globals['_WORKFLOWSTEPRESULT']._serialized_end=641
-  _globals['_WORKFLOW']._serialized_start=644
-  _globals['_WORKFLOW']._serialized_end=1136
+  _globals['_WORKFLOWSTEP']._serialized_end=384
+  _globals['_WORKFLOWSTEPRESULT']._serialized_start=387
+  _globals['_WORKFLOWSTEPRESULT']._serialized_end=700
+  _globals['_WORKFLOW']._serialized_start=703
+  _globals['_WORKFLOW']._serialized_end=1195
 # @@protoc_insertion_point(module_scope)

@@ -114,6 +114,7 @@ class WorkflowStep(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     INPUT_TEMPLATE_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     """The agent to run, `agents/{agent_id}`."""
     input_template: _builtins.str
@@ -121,9 +122,16 @@ class WorkflowStep(_message.Message):
     with the workflow's input and `{{step_N}}` with the answer text of step N
     (1-based, earlier steps only); any other placeholder is INVALID_ARGUMENT.
     """
+    max_attempts: _builtins.int
+    """The maximum number of attempts of the step, including the first, 0–10;
+    0 means 3. A failed or timed-out attempt is retried, after a short
+    backoff, while attempts remain; then the workflow fails.
+    """
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """The time limit of the step; unset means 60 seconds, at most 1 hour."""
+        """The time limit of one attempt of the step; unset means 60 seconds, at
+        most 1 hour.
+        """
 
     def __init__(
         self,
@@ -131,10 +139,11 @@ class WorkflowStep(_message.Message):
         agent: _builtins.str = ...,
         input_template: _builtins.str = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        max_attempts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "input_template", b"input_template", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "input_template", b"input_template", "max_attempts", b"max_attempts", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,6 +163,7 @@ class WorkflowStepResult(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     step_number: _builtins.int
     """The 1-based position of the step in `steps`."""
     agent: _builtins.str
@@ -166,6 +176,8 @@ class WorkflowStepResult(_message.Message):
     """
     error_message: _builtins.str
     """Why the step failed or timed out; empty otherwise."""
+    attempts: _builtins.int
+    """The number of attempts of the step started in the current run."""
     @_builtins.property
     def answer(self) -> _agent_pb2.Answer:
         """The agent's answer, set when the status is STEP_STATUS_SUCCEEDED."""
@@ -189,10 +201,11 @@ class WorkflowStepResult(_message.Message):
         error_message: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        attempts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "answer", b"answer", "end_time", b"end_time", "error_message", b"error_message", "rendered_input", b"rendered_input", "start_time", b"start_time", "status", b"status", "step_number", b"step_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "answer", b"answer", "attempts", b"attempts", "end_time", b"end_time", "error_message", b"error_message", "rendered_input", b"rendered_input", "start_time", b"start_time", "status", b"status", "step_number", b"step_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

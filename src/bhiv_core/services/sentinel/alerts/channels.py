@@ -32,8 +32,8 @@ from bhiv_core.runtime.errors import Aborted, FieldViolation, InvalidArgument
 from bhiv_core.security.principal import Principal
 from bhiv_core.services.sentinel.alerts.delivery import AlertDispatcher, open_destination, sealed_record
 from bhiv_core.services.sentinel.alerts.resources import ALERTS, CHANNEL, CHANNELS
-from bhiv_core.services.sentinel.alerts.sealing import SecretBox
 from bhiv_core.services.sentinel.alerts.transports import redact_target, target_problem
+from bhiv_core.storage.sealing import SecretBox
 
 __all__ = ["AlertChannels"]
 

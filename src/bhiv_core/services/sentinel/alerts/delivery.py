@@ -38,7 +38,7 @@ from bhiv_core.runtime.times import to_timestamp
 from bhiv_core.services.sentinel.alerts import transports
 from bhiv_core.services.sentinel.alerts.config import AlertConfig
 from bhiv_core.services.sentinel.alerts.resources import ALERT, ALERTS, CHANNEL, CHANNELS
-from bhiv_core.services.sentinel.alerts.sealing import SecretBox
+from bhiv_core.storage.sealing import SecretBox
 
 __all__ = [
     "SUMMARY_LIMIT",

@@ -3,8 +3,8 @@
 - **alert_channels** (``alertChannels/{id}``): listed by display name (case-folded), then name.
   The stored message is the channel as every read returns it: its ``target`` redacted for the
   webhook kinds (a Slack webhook URL is a credential) and ``has_secret`` set; the real target and
-  the HMAC key are sealed together in the store-only ``sealed`` field (:mod:`.sealing`), so no read
-  path can return them by mistake.
+  the HMAC key are sealed together in the store-only ``sealed`` field
+  (:mod:`bhiv_core.storage.sealing`), so no read path can return them by mistake.
 - **alerts** (``alerts/{id}``): newest first. Store-only fields: ``dedup`` (the raiser's dedup
   key), ``due`` (when the next delivery attempt is due; PENDING alerts only) and ``payload`` (the
   kind and details sent, as JSON, so a restarted sentinel resumes delivery).

@@ -18,8 +18,8 @@ from bhiv_core.services.sentinel.alerts.channels import AlertChannels
 from bhiv_core.services.sentinel.alerts.config import AlertConfig
 from bhiv_core.services.sentinel.alerts.delivery import AlertDispatcher
 from bhiv_core.services.sentinel.alerts.resources import make_alert_store
-from bhiv_core.services.sentinel.alerts.sealing import SecretBox
 from bhiv_core.services.sentinel.alerts.servicer import AlertServicer
+from bhiv_core.storage.sealing import SecretBox
 
 __all__ = ["Alerts"]
 

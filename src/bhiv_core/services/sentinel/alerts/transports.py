@@ -12,15 +12,14 @@ The generic webhook's signature (for receivers):
 
 A receiver recomputes ``v1`` over the timestamp and the raw body bytes with the channel's secret,
 compares in constant time, and refuses a ``t`` more than five minutes from its clock, so a
-captured request cannot be replayed later (:func:`verify_signature` is the reference). Each alert
+captured request cannot be replayed later (:mod:`bhiv_core.outbound.signatures`, shared with
+integrations' webhooks, holds the scheme and its reference verifier). Each alert
 carries ``X-BHIV-Alert: alerts/{id}``, the same on every retry, for receivers to drop duplicates.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import http.client
 import ipaddress
 import re
@@ -30,6 +29,12 @@ from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 from bhiv.sentinel.v1 import alert_pb2
+from bhiv_core.outbound.signatures import (
+    SIGNATURE_HEADER,
+    SIGNATURE_TOLERANCE_SECONDS,
+    sign,
+    verify_signature,
+)
 from bhiv_core.services.sentinel.alerts.config import SmtpRelay
 
 __all__ = [
@@ -48,9 +53,6 @@ __all__ = [
 
 MAX_RESPONSE_BYTES = 64 * 1024
 """The most bytes of a webhook's response read (the status is what counts)."""
-SIGNATURE_HEADER = "X-BHIV-Signature"
-SIGNATURE_TOLERANCE_SECONDS = 300
-"""How far a signature's timestamp may be from the receiver's clock before it is refused."""
 REDACTED = "[redacted]"
 """What replaces the path of a webhook URL on every read; never valid in a URL a client sends."""
 
@@ -107,26 +109,6 @@ def redact_target(kind: Kind.ValueType, target: str) -> str:
         host = f"[{host}]"
     port = f":{url.port}" if url.port else ""
     return f"{url.scheme}://{host}{port}/{REDACTED}"
-
-
-def sign(secret: bytes, timestamp: int, body: bytes) -> str:
-    """The ``X-BHIV-Signature`` value of ``body`` sent at ``timestamp`` (Unix seconds)."""
-    digest = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
-
-
-def verify_signature(
-    secret: bytes, header: str, body: bytes, now: float, tolerance: float = SIGNATURE_TOLERANCE_SECONDS
-) -> bool:
-    """True when ``header`` signs ``body`` with ``secret`` and its timestamp is within ``tolerance``."""
-    parts = dict(item.partition("=")[::2] for item in header.split(","))
-    try:
-        timestamp = int(parts.get("t", ""))
-    except ValueError:
-        return False
-    if abs(now - timestamp) > tolerance:
-        return False
-    return hmac.compare_digest(sign(secret, timestamp, body), f"t={timestamp},v1={parts.get('v1', '')}")
 
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> None:

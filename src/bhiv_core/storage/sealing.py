@@ -1,11 +1,13 @@
-"""Channel secrets encrypted at rest: AES-256-GCM under a key-encryption key kept outside the store.
+"""Small secrets encrypted at rest: AES-256-GCM under a key-encryption key kept outside the store.
 
-Identity protects its signing keys the same way (a KEK file beside the data, never in the store),
-but with PKCS#8 encryption, which only fits private keys; alert secrets are arbitrary text (a
-webhook URL, an HMAC key), so they are sealed with AES-GCM. The KEK file is created 0600 with
-:func:`~bhiv_core.runtime.files.create_once`, atomically, so sentinel replicas sharing a data
-directory share one key. Each sealed value is bound to its channel's name (associated data): a
-ciphertext copied onto another channel does not open.
+Shared by every service that stores a secret it must use later: sentinel's alert channels (a
+webhook URL, an HMAC key), integrations' credentials and webhook signing secrets. Identity protects
+its signing keys the same way (a KEK file beside the data, never in the store), but with PKCS#8
+encryption, which only fits private keys; these secrets are arbitrary text, so they are sealed with
+AES-GCM. The KEK file is created 0600 with :func:`~bhiv_core.runtime.files.create_once`,
+atomically, so replicas sharing a data directory share one key. Each sealed value is bound to its
+record (associated data, such as a channel's name): a ciphertext copied onto another record does
+not open.
 """
 
 from __future__ import annotations
@@ -45,11 +47,14 @@ class SecretBox:
             raise ValueError(f"the key must be {_KEY_BYTES} bytes")
         self._aead = AESGCM(key)
         # A separate key for fingerprints, derived so that a fingerprint reveals nothing of the KEK.
+        # The label predates the move out of sentinel; changing it would orphan stored fingerprints.
         self._mac_key = hashlib.sha256(b"bhiv-alert-fingerprint\x00" + key).digest()
 
     @classmethod
-    def load_or_create(cls, path: Path) -> SecretBox:
+    def load_or_create(cls, path: Path, setting: str = "BHIV_ALERT_KEK_FILE") -> SecretBox:
         """The box of the key in ``path``, generating the key (0600) when the file is missing.
+
+        ``setting`` names the setting that chose the path, for the error message.
 
         Raises:
             ConfigError: The file does not hold a 32-byte key.
@@ -57,14 +62,14 @@ class SecretBox:
         """
         data, created = create_once(path, secrets.token_bytes(_KEY_BYTES))
         if created:
-            log.info("generated the alert-secret encryption key", extra={"path": str(path)})
+            log.info("generated a secret-encryption key", extra={"path": str(path)})
         if len(data) != _KEY_BYTES:
             raise ConfigError(
-                f"{path} (BHIV_ALERT_KEK_FILE) must hold a {_KEY_BYTES}-byte key, it has {len(data)} bytes"
+                f"{path} ({setting}) must hold a {_KEY_BYTES}-byte key, it has {len(data)} bytes"
             )
         if stat.S_IMODE(path.stat().st_mode) & 0o077:
             log.warning(
-                "the alert-secret key is readable by other users: chmod 600 it", extra={"path": str(path)}
+                "a secret-encryption key is readable by other users: chmod 600 it", extra={"path": str(path)}
             )
         return cls(data)
 
