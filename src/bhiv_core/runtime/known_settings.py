@@ -126,6 +126,10 @@ SHARED_SETTINGS: Final = frozenset(
         "AGENTS_LLM",
         # Orchestration's router: the confidence under which a query goes to the general agent.
         "ROUTER_MIN_CONFIDENCE",
+        # integrations: its store, the key sealing its secrets, where outbound calls may go.
+        "INTEGRATIONS_STORE_URL",
+        "INTEGRATIONS_KEK_FILE",
+        "OUTBOUND_ALLOWLIST",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",
