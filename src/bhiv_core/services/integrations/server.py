@@ -1,9 +1,15 @@
-"""Builds and serves the integrations service on the shared runtime."""
+"""Builds and serves the integrations service on the shared runtime.
+
+One kit store (:mod:`.resources`) holds integrations, webhooks, deliveries and events; each part
+contributes its servicers, start and stop hooks below.
+"""
 
 from __future__ import annotations
 
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
+from bhiv_core.runtime.contracts import services_of_package
+from bhiv_core.services.integrations.resources import make_integrations_store
 from bhiv_core.services.integrations.servicer import MISSING, IntegrationsServicer
 from bhiv_core.standard_chain import standard_chain
 
@@ -14,7 +20,25 @@ NAME = "integrations"
 
 def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
     """Returns what the integrations service contributes to the runtime."""
-    return runtime.package_definition(NAME, IntegrationsServicer(), MISSING)
+    store = make_integrations_store(config)
+    servicers: dict[str, object] = {}
+    on_start = [store.open]
+    on_stop = [store.close]
+    # external: IntegrationService, ExternalApiService
+
+    # webhooks: WebhookService, EventService
+
+    # content: ContentService
+
+    rest = IntegrationsServicer()
+    return runtime.ServiceDefinition(
+        name=NAME,
+        servicers=[(s, servicers.get(s.name, rest)) for s in services_of_package("bhiv.integrations.v1")],
+        missing=MISSING,
+        checks={"store": store.ping},
+        on_start=on_start,
+        on_stop=on_stop,
+    )
 
 
 async def build_server(config: RuntimeConfig) -> runtime.RunningService:

@@ -1,14 +1,11 @@
-"""The integrations servicer: proto in, domain call, proto out."""
+"""The integrations servicers not built yet: the runtime answers their RPCs UNIMPLEMENTED."""
 
 from __future__ import annotations
 
 __all__ = ["MISSING", "IntegrationsServicer"]
 
-MISSING = "integrations and webhooks are a later issue"
+MISSING = "this part of integrations is not built yet (issue 13)"
 
 
 class IntegrationsServicer:
-    """Implements ``bhiv.integrations.v1``.
-
-    No RPC is built yet: the runtime answers each one UNIMPLEMENTED with :data:`MISSING`.
-    """
+    """Stands in for every service of ``bhiv.integrations.v1`` without a servicer yet."""

@@ -1,0 +1,3 @@
+"""Social content: ``ContentService`` of ``bhiv.integrations.v1``."""
+
+__all__: list[str] = []

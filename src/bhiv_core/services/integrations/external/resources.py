@@ -1,0 +1,9 @@
+"""The integration collections of integrations' kit store (filled in by the external-API work)."""
+
+from __future__ import annotations
+
+from bhiv_core.resources import Collection
+
+__all__ = ["COLLECTIONS"]
+
+COLLECTIONS: tuple[Collection, ...] = ()
