@@ -186,6 +186,7 @@ async def test_a_response_over_one_mebibyte_is_truncated(tmp_path: Path) -> None
         ({"headers": {"Transfer-Encoding": "chunked"}}, ("headers['Transfer-Encoding']", "FORBIDDEN_HEADER")),
         ({"headers": {"X-A": "v\r\nX-B: 1"}}, ("headers['X-A']", "BAD_FORMAT")),
         ({"headers": {"Bad Name": "v"}}, ("headers['Bad Name']", "BAD_FORMAT")),
+        ({"headers": {"X-Price": "5 €"}}, ("headers['X-Price']", "BAD_FORMAT")),
         ({"body": b"{}"}, ("body", "NOT_ALLOWED")),
         ({"body": b"{}", "method": HEAD}, ("body", "NOT_ALLOWED")),
         ({"timeout": Duration(seconds=61)}, ("timeout", "OUT_OF_RANGE")),

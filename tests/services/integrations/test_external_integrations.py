@@ -91,6 +91,7 @@ async def test_create_is_idempotent_per_request_id(external: External) -> None:
         ),
         ({"auth_kind": BASIC}, "nocolon-secret-789", ("secret", "BAD_FORMAT")),
         ({"auth_kind": BEARER}, "line\r\nX-Injected: 1", ("secret", "BAD_FORMAT")),
+        ({"auth_kind": BEARER}, "tökén-secret-€", ("secret", "BAD_FORMAT")),
         (
             {"auth_kind": BEARER, "base_url": "http://2130706433/"},
             "key-material-123",
