@@ -119,12 +119,12 @@ def _policy(url: str, seconds: float) -> OutboundPolicy:
     so internal addresses stay reachable; the metadata endpoints never are (no range covers them).
     """
     host = urlsplit(url).hostname or ""
-    ranges = ("0.0.0.0/0", "::/0")  # a literal address target is matched by these (metadata never is)
+    # A literal address target is matched by the ranges (which never cover metadata addresses).
+    entries: tuple[str, ...] = ("0.0.0.0/0", "::/0")
     try:
         ipaddress.ip_address(host)
-        entries = ranges
     except ValueError:
-        entries = (host, *ranges)
+        entries = (host, *entries)
     return OutboundPolicy(entries, MAX_RESPONSE_BYTES, connect_timeout=seconds)
 
 
