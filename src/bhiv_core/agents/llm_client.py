@@ -41,10 +41,10 @@ from bhiv_core.agents.base import LlmReply, LlmUnavailable
 
 __all__ = [
     "LLM_TIMEOUT_SECONDS",
-    "RESOURCE_EXHAUSTED",
-    "UNAVAILABLE",
     "MODELS_TIMEOUT_SECONDS",
     "MODELS_TTL_SECONDS",
+    "RESOURCE_EXHAUSTED",
+    "UNAVAILABLE",
     "UNREACHABLE_TTL_SECONDS",
     "LlmClient",
 ]
