@@ -130,6 +130,8 @@ SHARED_SETTINGS: Final = frozenset(
         "INTEGRATIONS_STORE_URL",
         "INTEGRATIONS_KEK_FILE",
         "OUTBOUND_ALLOWLIST",
+        # integrations: whether social content asks the llm service (auto, off, required).
+        "CONTENT_LLM",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",
