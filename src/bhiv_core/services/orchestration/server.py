@@ -22,6 +22,7 @@ from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.security.principal import Principal
 from bhiv_core.services.orchestration.agents import Agents
 from bhiv_core.services.orchestration.config import OrchestrationConfig
+from bhiv_core.services.orchestration.content_client import ContentClient
 from bhiv_core.services.orchestration.knowledge import Knowledge
 from bhiv_core.agents.llm_client import LlmClient
 from bhiv_core.services.orchestration.resources import COLLECTIONS, MIGRATIONS
@@ -108,7 +109,8 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
     dense model when ``BHIV_KNOWLEDGE_DENSE`` is on; orphaned passages are removed and, on the
     first start, the sample corpus is ingested. The agents call the llm service
     (``BHIV_LLM_ADDR``) through the generated stubs over a peer channel that forwards the caller's
-    token and trace context, unless ``BHIV_AGENTS_LLM=off``.
+    token and trace context, unless ``BHIV_AGENTS_LLM=off``; the content agent asks integrations
+    (``BHIV_INTEGRATIONS_ADDR``) the same way, and drafts posts itself only when it cannot answer.
     """
     settings = OrchestrationConfig.from_runtime(config)
     store = make_orchestration_store(config)
@@ -126,7 +128,7 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
 
     channels = PeerChannels(config.peers, extra_interceptors=client_interceptors)
     agents = Agents(
-        build_catalog(),
+        build_catalog(social=ContentClient(lambda: channels.channel("integrations"))),
         index,
         Sessions(store, settings.session_turns, clock),
         disabled=settings.agents_disabled,
