@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
 from bhiv_core.agents.catalog import build_catalog
+from bhiv_core.agents.llm_client import LlmClient
 from bhiv_core.agents.router import min_confidence_setting
 from bhiv_core.interceptors.tracing import client_interceptors
 from bhiv_core.knowledge.corpus import SAMPLES, read_sample
@@ -24,7 +25,6 @@ from bhiv_core.services.orchestration.agents import Agents
 from bhiv_core.services.orchestration.config import OrchestrationConfig
 from bhiv_core.services.orchestration.content_client import ContentClient
 from bhiv_core.services.orchestration.knowledge import Knowledge
-from bhiv_core.agents.llm_client import LlmClient
 from bhiv_core.services.orchestration.resources import COLLECTIONS, MIGRATIONS
 from bhiv_core.services.orchestration.servicer import (
     MISSING,
