@@ -189,6 +189,7 @@ async def _pieces(call: Any, events: Any, first: Any, reply: LlmReply) -> AsyncI
                 completion = event.completion
                 if completion.fallback or completion.provider == model_pb2.PROVIDER_LOCAL_EXTRACTIVE:
                     reply.model = ""
+                    reply.fallback = _FALLBACK_STATUS.get(completion.fallback_reason, UNAVAILABLE)
                 else:
                     reply.model = completion.model or reply.model
                     reply.provider = _provider(completion.provider)
