@@ -192,7 +192,18 @@ def _offline(brief: Brief, pairs: Sequence[tuple[Platform, str]]) -> list[Writte
     return [_offline_post(brief, platform, language) for platform, language in pairs]
 
 
-_TRAILING_TAGS = re.compile(r"(?:\s*#[^\W_]\w*)+\s*$")
+_TAG = re.compile(r"#[^\W_]\w*")
+_TOKEN = re.compile(r"\S+")
+
+
+def _without_trailing_tags(text: str) -> str:
+    """``text`` without the hashtags that end it (one pass over its words: linear in its length)."""
+    end = len(text)
+    for token in reversed(list(_TOKEN.finditer(text))):
+        if not _TAG.fullmatch(token.group()):
+            break
+        end = token.start()
+    return text[:end].rstrip()
 
 
 def _cleaned(text: str, brief: Brief, platform: Platform) -> str:
@@ -204,7 +215,7 @@ def _cleaned(text: str, brief: Brief, platform: Platform) -> str:
     limit = brief.max_length or None
     text = text.strip()
     if not brief.hashtags:
-        text = _TRAILING_TAGS.sub("", text)
+        text = _without_trailing_tags(text)
         text = re.sub(r"(?<![\w#])#(?=[^\W_])", "", text).strip()
     elif text and not hashtags_in(text):
         tags = "\n\n" + " ".join(suggest_hashtags(brief.topic, LIMITS[platform].hashtags))
