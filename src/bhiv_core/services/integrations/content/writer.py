@@ -40,6 +40,7 @@ from bhiv_core.text.social import (
     hashtags_in,
     length,
     sections,
+    subjects_of,
     suggest_hashtags,
     violations,
 )
@@ -173,6 +174,7 @@ def _offline_post(brief: Brief, platform: Platform, language: str) -> WrittenPos
         content,
         platform,
         lead=lead,
+        hashtags=subjects_of(lead)[:2] if lead else (),
         closing=tone.closing if _primary(language) == "en" else "",
         tagged=brief.hashtags,
         limit=brief.max_length or None,
