@@ -87,6 +87,24 @@ async def test_the_agents_posts_come_from_integrations_for_the_caller(tmp_path: 
     assert answer.sources and "Ayurveda" in answer.sources[0].document_title
 
 
+async def test_a_long_attachment_is_cut_to_the_topics_limit_not_refused(tmp_path: Path) -> None:
+    text = " ".join(
+        f"The warehouse in district {n} now ships orders {n} hours faster than last year."
+        for n in range(1, 80)
+    )
+    assert len(text) > 5000
+    request = asv.InvokeAgentRequest(
+        name="agents/content",
+        query="Write a LinkedIn post about this",
+        attachments=[agent_pb2.Attachment(mime_type="text/plain", text=text)],
+    )
+    async with agents(tmp_path) as (stub, integrations_auth):
+        answer = (await stub.InvokeAgent(request, metadata=SALLY)).answer
+    assert answer.text.endswith("(Written by the integrations service: offline template-extract.)")
+    assert answer.text.startswith("LinkedIn (") and "warehouse in district" in answer.text
+    assert [m for m, _ in integrations_auth.calls if m == GENERATE] == [GENERATE]
+
+
 async def test_the_agent_drafts_itself_and_says_so_when_integrations_cannot(tmp_path: Path) -> None:
     async with agents(tmp_path / "down", integrations_up=False) as (stub, _):
         down = (await stub.InvokeAgent(ASK, metadata=SALLY)).answer
