@@ -109,8 +109,7 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
     dense model when ``BHIV_KNOWLEDGE_DENSE`` is on; orphaned passages are removed and, on the
     first start, the sample corpus is ingested. The agents call the llm service
     (``BHIV_LLM_ADDR``) through the generated stubs over a peer channel that forwards the caller's
-    token and trace context, unless ``BHIV_AGENTS_LLM=off``; the content agent asks integrations
-    (``BHIV_INTEGRATIONS_ADDR``) the same way, and drafts posts itself only when it cannot answer.
+    token and trace context, unless ``BHIV_AGENTS_LLM=off``.
     """
     settings = OrchestrationConfig.from_runtime(config)
     store = make_orchestration_store(config)
@@ -128,6 +127,8 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
 
     channels = PeerChannels(config.peers, extra_interceptors=client_interceptors)
     agents = Agents(
+        # The content agent asks integrations (BHIV_INTEGRATIONS_ADDR) the same way, drafting itself
+        # only when integrations cannot answer.
         build_catalog(social=ContentClient(lambda: channels.channel("integrations"))),
         index,
         Sessions(store, settings.session_turns, clock),
