@@ -128,6 +128,7 @@ SHARED_SETTINGS: Final = frozenset(
         "ROUTER_MIN_CONFIDENCE",
         # integrations: its store, the key sealing its secrets, where outbound calls may go.
         "INTEGRATIONS_STORE_URL",
+        "CONTENT_LLM",  # integrations' social content: whether it asks the llm (auto, off, required)
         "INTEGRATIONS_KEK_FILE",
         "OUTBOUND_ALLOWLIST",
         # sentinel

@@ -32,6 +32,11 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
     # webhooks: WebhookService, EventService
 
     # content: ContentService
+    # Imported here, so that each part's wiring stays inside its own block.
+    from bhiv_core.services.integrations.content.service import content_part
+
+    servicers["ContentService"], close_content = content_part(config)
+    on_stop.append(close_content)
 
     rest = IntegrationsServicer()
     return runtime.ServiceDefinition(

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
 from bhiv_core.agents.catalog import build_catalog
+from bhiv_core.agents.llm_client import LlmClient
 from bhiv_core.agents.router import min_confidence_setting
 from bhiv_core.interceptors.tracing import client_interceptors
 from bhiv_core.knowledge.corpus import SAMPLES, read_sample
@@ -22,8 +23,8 @@ from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.security.principal import Principal
 from bhiv_core.services.orchestration.agents import Agents
 from bhiv_core.services.orchestration.config import OrchestrationConfig
+from bhiv_core.services.orchestration.content_client import ContentClient
 from bhiv_core.services.orchestration.knowledge import Knowledge
-from bhiv_core.services.orchestration.llm_client import LlmClient
 from bhiv_core.services.orchestration.resources import COLLECTIONS, MIGRATIONS
 from bhiv_core.services.orchestration.servicer import (
     MISSING,
@@ -126,7 +127,9 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
 
     channels = PeerChannels(config.peers, extra_interceptors=client_interceptors)
     agents = Agents(
-        build_catalog(),
+        # The content agent asks integrations (BHIV_INTEGRATIONS_ADDR) the same way, drafting itself
+        # only when integrations cannot answer.
+        build_catalog(social=ContentClient(lambda: channels.channel("integrations"))),
         index,
         Sessions(store, settings.session_turns, clock),
         disabled=settings.agents_disabled,
