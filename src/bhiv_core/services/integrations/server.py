@@ -11,6 +11,7 @@ from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.services.integrations.resources import make_integrations_store
 from bhiv_core.services.integrations.servicer import MISSING, IntegrationsServicer
+from bhiv_core.services.integrations.webhooks.service import WebhookPart
 from bhiv_core.standard_chain import standard_chain
 
 __all__ = ["NAME", "build_server", "definition", "serve"]
@@ -27,6 +28,10 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
     # external: IntegrationService, ExternalApiService
 
     # webhooks: WebhookService, EventService
+    webhooks = WebhookPart.build(config, store)
+    servicers.update(webhooks.servicers)
+    on_start.append(webhooks.start)
+    on_stop.insert(0, webhooks.stop)  # before the store closes: in-flight claims are given back
 
     # content: ContentService
 
