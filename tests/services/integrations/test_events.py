@@ -60,7 +60,9 @@ async def test_events_fan_out_to_active_subscribed_webhooks_only(tmp_path: Path)
                 ws.ListWebhooksRequest(event_type="crm.lead.won"), metadata=OPS
             )
             assert [w.name for w in by_type.webhooks] == [tickets.webhook.name, leads.webhook.name]
-            active = await served.webhooks.ListWebhooks(ws.ListWebhooksRequest(active_only=True), metadata=OPS)
+            active = await served.webhooks.ListWebhooks(
+                ws.ListWebhooksRequest(active_only=True), metadata=OPS
+            )
             assert idle.webhook.name not in [w.name for w in active.webhooks]
 
 
@@ -74,7 +76,9 @@ async def test_a_bad_event_fails_the_whole_batch_and_writes_nothing(tmp_path: Pa
             mismatched = ticket_event()
             mismatched.type = "crm.lead.won"  # the payload is a TicketResolvedEvent
             err = await refused(
-                served.events.PublishEvents(es.PublishEventsRequest(events=[good, unknown, mismatched]), metadata=ADMIN)
+                served.events.PublishEvents(
+                    es.PublishEventsRequest(events=[good, unknown, mismatched]), metadata=ADMIN
+                )
             )
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert set(violations(err)) == {
@@ -86,7 +90,9 @@ async def test_a_bad_event_fails_the_whole_batch_and_writes_nothing(tmp_path: Pa
             assert (again.accepted, again.duplicates) == (1, 0)
             for bad in (
                 es.PublishEventsRequest(),
-                es.PublishEventsRequest(events=[event_pb2.Event(id="x", type="crm.ticket.resolved", source="crm")]),
+                es.PublishEventsRequest(
+                    events=[event_pb2.Event(id="x", type="crm.ticket.resolved", source="crm")]
+                ),
                 es.PublishEventsRequest(events=[ticket_event(id="no spaces allowed")]),
                 es.PublishEventsRequest(events=[ticket_event() for _ in range(101)]),
             ):
@@ -98,7 +104,9 @@ async def test_only_publishers_may_publish(tmp_path: Path) -> None:
     async with serve_integrations(tmp_path) as served:
         for metadata in (OPS, SALES):
             err = await refused(
-                served.events.PublishEvents(es.PublishEventsRequest(events=[ticket_event()]), metadata=metadata)
+                served.events.PublishEvents(
+                    es.PublishEventsRequest(events=[ticket_event()]), metadata=metadata
+                )
             )
             assert err.code() == grpc.StatusCode.PERMISSION_DENIED
 
@@ -125,7 +133,9 @@ async def test_event_types_are_listed_in_pages_from_the_catalog(tmp_path: Path) 
             served.events.ListEventTypes(es.ListEventTypesRequest(page_token="garbage"), metadata=OPS)
         )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-        err = await refused(served.events.ListEventTypes(es.ListEventTypesRequest(page_size=-1), metadata=OPS))
+        err = await refused(
+            served.events.ListEventTypes(es.ListEventTypesRequest(page_size=-1), metadata=OPS)
+        )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 

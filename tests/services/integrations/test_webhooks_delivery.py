@@ -16,10 +16,10 @@ from bhiv.integrations.v1 import webhook_service_pb2 as ws
 from bhiv_core.events import catalog
 from bhiv_core.outbound.signatures import verify_signature
 from bhiv_core.resources import Cmp
+from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.services.integrations.resources import make_integrations_store
 from bhiv_core.services.integrations.webhooks.resources import QUEUE
 from bhiv_core.services.integrations.webhooks.service import WebhookPart
-from bhiv_core.runtime.contracts import services_of_package
 from tests.harness import config_for, serving
 from tests.services.integrations.webhook_receivers import (
     ADMIN,
@@ -49,9 +49,7 @@ async def test_a_delivery_arrives_signed_with_the_documented_headers(tmp_path: P
             published = await served.publish(event)
             assert (published.accepted, published.duplicates, published.deliveries) == (1, 0, 1)
             assert await eventually(until(lambda: sink.count() == 1))
-            delivered = await eventually(
-                lambda: _with_status(served, created.webhook.name, SUCCEEDED)
-            )
+            delivered = await eventually(lambda: _with_status(served, created.webhook.name, SUCCEEDED))
             got = sink.requests[0]
             assert got.path == "/hooks/bhiv"
             assert verify_signature(secret, got.headers["x-bhiv-signature"], got.body, time.time())
@@ -145,7 +143,10 @@ async def test_a_restart_resumes_retrying_and_in_flight_deliveries(tmp_path: Pat
             assert first and first.attempts >= 2
             assert second and second.attempts == 1
             assert hanging.count() == 2  # sent again after the restart: at least once, same event id
-            assert hanging.requests[0].headers["x-bhiv-event-id"] == hanging.requests[1].headers["x-bhiv-event-id"]
+            assert (
+                hanging.requests[0].headers["x-bhiv-event-id"]
+                == hanging.requests[1].headers["x-bhiv-event-id"]
+            )
 
 
 async def test_a_claim_left_by_a_killed_process_is_retried_after_its_lease(tmp_path: Path) -> None:
@@ -157,7 +158,8 @@ async def test_a_claim_left_by_a_killed_process_is_retried_after_its_lease(tmp_p
             dying = WebhookPart.build(config, store)
             # Its servicers without its engine: the delivery is queued and stays so.
             servicers = [
-                (s, dying.servicers[s.name]) for s in services_of_package("bhiv.integrations.v1")
+                (s, dying.servicers[s.name])
+                for s in services_of_package("bhiv.integrations.v1")
                 if s.name in dying.servicers
             ]
             async with serving(servicers, chain=chain, config=config) as (_, channel):

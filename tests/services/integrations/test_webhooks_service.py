@@ -53,7 +53,7 @@ async def test_the_signing_secret_is_returned_once_and_sealed_at_rest(tmp_path: 
                 assert SECRET.encode() not in text and generated.signing_secret.encode() not in text
             assert updated.webhook.max_concurrent_deliveries == 2
             assert [w.name for w in listed.webhooks] == [name, generated.webhook.name]
-    stored = b"".join(p.read_bytes() for p in tmp_path.glob("integrations.db*"))
+    stored = stored_bytes(tmp_path)
     assert stored and SECRET.encode() not in stored and generated.signing_secret.encode() not in stored
     assert stat.S_IMODE((tmp_path / "integrations-kek").stat().st_mode) == 0o600
 
@@ -69,7 +69,7 @@ async def test_a_retried_create_returns_the_same_webhook_and_secret(tmp_path: Pa
             again = await served.webhooks.CreateWebhook(request, metadata=ADMIN)
             assert again.webhook.name == first.webhook.name
             assert again.signing_secret == first.signing_secret and len(first.signing_secret) == 64
-    stored = b"".join(p.read_bytes() for p in tmp_path.glob("integrations.db*"))
+    stored = stored_bytes(tmp_path)
     assert first.signing_secret.encode() not in stored  # the receipt keeps it sealed too
 
 
@@ -82,7 +82,10 @@ async def test_bad_webhooks_are_invalid_argument_with_field_violations(tmp_path:
                         target_url="http://10.0.0.5/hook", event_types=["crm.ticket.resolved", "crm.no.such"]
                     )
                 ),
-                {("webhook.target_url", "TARGET_NOT_ALLOWED"), ("webhook.event_types[1]", "UNKNOWN_EVENT_TYPE")},
+                {
+                    ("webhook.target_url", "TARGET_NOT_ALLOWED"),
+                    ("webhook.event_types[1]", "UNKNOWN_EVENT_TYPE"),
+                },
             ),
             (
                 ws.CreateWebhookRequest(
@@ -98,7 +101,9 @@ async def test_bad_webhooks_are_invalid_argument_with_field_violations(tmp_path:
             ),
             (
                 ws.CreateWebhookRequest(
-                    webhook=webhook_pb2.Webhook(target_url="http://127.0.0.1:9/x", event_types=["crm.lead.won"]),
+                    webhook=webhook_pb2.Webhook(
+                        target_url="http://127.0.0.1:9/x", event_types=["crm.lead.won"]
+                    ),
                     signing_secret="short",
                 ),
                 {("signing_secret", "BAD_SECRET")},
@@ -183,7 +188,9 @@ async def test_update_rotates_the_secret_and_checks_the_mask(tmp_path: Path) -> 
             assert await eventually(until(lambda: sink.count() == 1))
             got = sink.requests[0]
             assert verify_signature(rotated.encode(), got.headers["x-bhiv-signature"], got.body, time.time())
-            assert not verify_signature(SECRET.encode(), got.headers["x-bhiv-signature"], got.body, time.time())
+            assert not verify_signature(
+                SECRET.encode(), got.headers["x-bhiv-signature"], got.body, time.time()
+            )
 
 
 async def test_send_test_event_makes_one_attempt_and_reports_it(tmp_path: Path) -> None:
@@ -191,15 +198,21 @@ async def test_send_test_event_makes_one_attempt_and_reports_it(tmp_path: Path) 
     with receiver() as sink:
         async with serve_integrations(tmp_path) as served:
             live = await served.webhook(sink.url, active=False)  # active or not
-            sent = await served.webhooks.SendTestEvent(ws.SendTestEventRequest(name=live.webhook.name), metadata=ADMIN)
+            sent = await served.webhooks.SendTestEvent(
+                ws.SendTestEventRequest(name=live.webhook.name), metadata=ADMIN
+            )
             assert sent.delivery.status == SUCCEEDED and sent.delivery.attempts == 1
             assert sent.delivery.event_type == "integrations.webhook.test"
             assert sent.delivery.payload["data"]["webhook"] == live.webhook.name
             got = sink.requests[0]
             assert got.headers["x-bhiv-event"] == "integrations.webhook.test"
-            assert verify_signature(live.signing_secret.encode(), got.headers["x-bhiv-signature"], got.body, time.time())
+            assert verify_signature(
+                live.signing_secret.encode(), got.headers["x-bhiv-signature"], got.body, time.time()
+            )
             dead = await served.webhook(url)
-            failed = await served.webhooks.SendTestEvent(ws.SendTestEventRequest(name=dead.webhook.name), metadata=ADMIN)
+            failed = await served.webhooks.SendTestEvent(
+                ws.SendTestEventRequest(name=dead.webhook.name), metadata=ADMIN
+            )
             assert failed.delivery.status == FAILED and failed.delivery.attempts == 1
             assert failed.delivery.last_error and failed.delivery.last_response_code == 0
             # Recorded, and not retried: it stays FAILED with its single attempt.
@@ -252,18 +265,24 @@ async def test_redelivery_preconditions(tmp_path: Path) -> None:
             async def set_active(active: bool) -> None:
                 await served.webhooks.UpdateWebhook(
                     ws.UpdateWebhookRequest(
-                        webhook=webhook_pb2.Webhook(name=name, active=active), update_mask=FieldMask(paths=["active"])
+                        webhook=webhook_pb2.Webhook(name=name, active=active),
+                        update_mask=FieldMask(paths=["active"]),
                     ),
                     metadata=ADMIN,
                 )
 
             queued = await refused(redeliver())  # its first attempt is in flight
-            assert queued.code() == grpc.StatusCode.FAILED_PRECONDITION and reason(queued) == "DELIVERY_QUEUED"
+            assert (
+                queued.code() == grpc.StatusCode.FAILED_PRECONDITION and reason(queued) == "DELIVERY_QUEUED"
+            )
             sink.release()
             assert await eventually(lambda: _all_succeeded(served, name, 1))
             await set_active(False)
             inactive = await refused(redeliver())
-            assert inactive.code() == grpc.StatusCode.FAILED_PRECONDITION and reason(inactive) == "WEBHOOK_INACTIVE"
+            assert (
+                inactive.code() == grpc.StatusCode.FAILED_PRECONDITION
+                and reason(inactive) == "WEBHOOK_INACTIVE"
+            )
             other = await served.webhook(sink.url)
             missing = await refused(redeliver(delivery.name.replace(name, other.webhook.name)))
             assert missing.code() == grpc.StatusCode.NOT_FOUND
@@ -283,7 +302,9 @@ async def test_access_follows_the_contract(tmp_path: Path) -> None:
             err = await refused(
                 served.webhooks.CreateWebhook(
                     ws.CreateWebhookRequest(
-                        webhook=webhook_pb2.Webhook(target_url="http://127.0.0.1:9/x", event_types=["crm.lead.won"])
+                        webhook=webhook_pb2.Webhook(
+                            target_url="http://127.0.0.1:9/x", event_types=["crm.lead.won"]
+                        )
                     ),
                     metadata=metadata,
                 )
@@ -291,6 +312,11 @@ async def test_access_follows_the_contract(tmp_path: Path) -> None:
             assert err.code() == grpc.StatusCode.PERMISSION_DENIED
         err = await refused(served.webhooks.ListWebhooks(ws.ListWebhooksRequest(), metadata=SALES))
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def stored_bytes(data_dir: Path) -> bytes:
+    """Every byte of integrations' store files (the database and its WAL)."""
+    return b"".join(p.read_bytes() for p in data_dir.glob("integrations.db*"))
 
 
 async def _all_retrying(served: object, webhook: str, count: int) -> bool:

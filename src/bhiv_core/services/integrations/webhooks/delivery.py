@@ -48,17 +48,16 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from google.protobuf.duration_pb2 import Duration
 
 from bhiv.integrations.v1 import event_pb2, webhook_pb2
-from bhiv_core.events import catalog
 from bhiv_core.outbound.backoff import retry_delay
 from bhiv_core.outbound.http import OutboundClient, OutboundError
 from bhiv_core.outbound.signatures import SIGNATURE_HEADER, sign
-from bhiv_core.resources import Cmp, Eq, Record, ResourceStore, Transaction, new_etag, new_id
+from bhiv_core.resources import Cmp, Eq, Filter, Record, ResourceStore, Transaction, new_etag, new_id
 from bhiv_core.runtime.times import seconds_of, to_timestamp
 from bhiv_core.services.integrations.webhooks.config import WebhookConfig
 from bhiv_core.services.integrations.webhooks.resources import DELIVERIES, QUEUE, WEBHOOK, WEBHOOKS
@@ -272,7 +271,9 @@ class DeliveryEngine:
             delivery.status = _RETRYING
             # The exponent counts from the last (re)delivery, so a redelivered one starts fast again.
             failed = delivery.attempts - (budget - self._config.max_attempts)
-            wait = retry_delay(failed, self._config.backoff_seconds, self._config.backoff_max_seconds, self._jitter())
+            wait = retry_delay(
+                failed, self._config.backoff_seconds, self._config.backoff_max_seconds, self._jitter()
+            )
             delivery.next_attempt_time.CopyFrom(to_timestamp(now + wait))
 
     # The loop.
@@ -296,7 +297,7 @@ class DeliveryEngine:
                     break
                 room -= await self._start_webhook(str(group.key), room, now)
         upcoming = await self._store.find(QUEUE, [Cmp("due", ">", now)], after=None, limit=1)
-        return float(upcoming[0].value("due")) if upcoming else None
+        return _number(upcoming[0], "due") if upcoming else None
 
     async def _start_webhook(self, webhook_id: str, room: int, now: float) -> int:
         """Claims up to ``room`` due deliveries of one webhook; returns how many it started."""
@@ -311,7 +312,7 @@ class DeliveryEngine:
         free = min(room, limit - self._per_webhook.get(webhook_id, 0))
         if free <= 0:
             return 0
-        due = [Eq("webhook", webhook_id), Cmp("due", "<=", now)]
+        due: list[Filter] = [Eq("webhook", webhook_id), Cmp("due", "<=", now)]
         started = 0
         for entry in await self._store.find(QUEUE, due, after=None, limit=free):
             claimed = await self._claim(entry.id, webhook_id, limit, now)
@@ -342,7 +343,7 @@ class DeliveryEngine:
 
         async def claim(txn: Transaction) -> Record | None:
             entry = await txn.get(QUEUE, id)
-            if entry is None or float(entry.value("due")) > now:
+            if entry is None or _number(entry, "due") > now:
                 return None
             busy = await txn.count(QUEUE, [Eq("webhook", webhook_id), Cmp("lease", ">", now)])
             if busy >= limit:  # other processes hold this webhook's slots
@@ -378,7 +379,7 @@ class DeliveryEngine:
                 await txn.delete(QUEUE, claim.id, expected_etag=claim.etag)
                 return
             updated = Delivery.FromString(current.data)
-            budget = int(current.value("budget"))
+            budget = int(_number(current, "budget"))
             now = self._clock()
             self.apply(updated, attempt, budget=budget, now=now)
             body = str(current.value("body"))
@@ -429,7 +430,19 @@ class DeliveryEngine:
         await asyncio.gather(*tasks, return_exceptions=True)
         for claim in claims:
             with contextlib.suppress(Exception):  # a claim not given back expires with its lease
-                await self._store.run(lambda txn, claim=claim: _release(txn, claim, delete=False))
+                await self._store.run(_releaser(claim))
+
+
+def _number(record: Record, name: str) -> float:
+    value = record.value(name)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _releaser(claim: Record) -> Callable[[Transaction], Awaitable[None]]:
+    async def release(txn: Transaction) -> None:
+        await _release(txn, claim, delete=False)
+
+    return release
 
 
 async def _release(txn: Transaction, claim: Record, *, delete: bool) -> None:
