@@ -60,18 +60,21 @@ from bhiv_core.outbound.signatures import SIGNATURE_HEADER, sign
 from bhiv_core.resources import Cmp, Eq, Filter, Record, ResourceStore, Transaction, new_etag, new_id
 from bhiv_core.runtime.times import seconds_of, to_timestamp
 from bhiv_core.services.integrations.webhooks.config import WebhookConfig
-from bhiv_core.services.integrations.webhooks.resources import DELIVERIES, QUEUE, WEBHOOK, WEBHOOKS
+from bhiv_core.services.integrations.webhooks.resources import DELIVERIES, EVENTS, QUEUE, WEBHOOK, WEBHOOKS
 from bhiv_core.storage.sealing import SecretBox
 
 __all__ = [
     "ATTEMPT_LOG_SIZE",
     "DEFAULT_CONCURRENCY",
+    "EVENT_RETENTION_SECONDS",
     "EXCERPT_BYTES",
+    "PARKED",
     "Attempt",
     "DeliveryEngine",
     "delivery_record",
     "new_delivery",
     "open_secret",
+    "park_queue",
     "queue_entry",
 ]
 
@@ -84,7 +87,12 @@ EXCERPT_BYTES = 512
 DEFAULT_CONCURRENCY = 4
 """A webhook's in-flight limit when its ``max_concurrent_deliveries`` is 0."""
 ERROR_CHARS = 1000
+EVENT_RETENTION_SECONDS = 7 * 24 * 3600.0
+"""How long an accepted event id is remembered for dedup: far longer than any relay retries a batch."""
+PARKED = 1e18
+"""The ``due`` of the queue entries of an inactive webhook: never due until it is reactivated."""
 _DRAIN = 500
+_PRUNE_EVERY_SECONDS = 3600.0
 
 Delivery = webhook_pb2.Delivery
 _PENDING = webhook_pb2.DELIVERY_STATUS_PENDING
@@ -306,7 +314,8 @@ class DeliveryEngine:
             await self._store.run(lambda txn: _drop_queue(txn, webhook_id))
             return 0
         webhook = WEBHOOK.load(record)
-        if not webhook.active:  # inactive webhooks keep their deliveries queued, unsent
+        if not webhook.active:  # queued while it was being deactivated: park it with the rest
+            await self._store.run(lambda txn: park_queue(txn, webhook_id, active=False, now=now))
             return 0
         limit = webhook.max_concurrent_deliveries or DEFAULT_CONCURRENCY
         free = min(room, limit - self._per_webhook.get(webhook_id, 0))
@@ -397,11 +406,32 @@ class DeliveryEngine:
 
         await self._store.run(record_attempt)
 
+    async def prune_events(self) -> int:
+        """Forgets accepted events older than :data:`EVENT_RETENTION_SECONDS`; returns how many."""
+        cutoff = self._clock() - EVENT_RETENTION_SECONDS
+
+        async def prune(txn: Transaction) -> int:
+            old = await txn.find(EVENTS, [Cmp("received", "<", cutoff)], limit=_DRAIN)
+            for record in old:
+                await txn.delete(EVENTS, record.id, expected_etag=record.etag)
+            return len(old)
+
+        pruned = 0
+        while (batch := await self._store.run(prune)) > 0:
+            pruned += batch
+            if batch < _DRAIN:
+                break
+        return pruned
+
     async def _loop(self) -> None:
+        pruned_at = -float("inf")
         while True:
             self._wake.clear()
             next_due: float | None = None
             try:
+                if self._clock() - pruned_at >= _PRUNE_EVERY_SECONDS:
+                    pruned_at = self._clock()
+                    await self.prune_events()
                 next_due = await self.run_round()
             except Exception:  # the store is down: health reports it; try again shortly
                 log.warning("webhook delivery round failed", exc_info=True)
@@ -455,6 +485,26 @@ async def _release(txn: Transaction, claim: Record, *, delete: bool) -> None:
         return
     released = dataclasses.replace(entry, fields={**entry.fields, "due": 0.0, "lease": 0.0}, etag=new_etag())
     await txn.replace(QUEUE, released, expected_etag=entry.etag)
+
+
+async def park_queue(txn: Transaction, webhook_id: str, *, active: bool, now: float) -> int:
+    """Parks a deactivated webhook's queued deliveries, or makes a reactivated one's due now.
+
+    Parked entries (``due`` = :data:`PARKED`) are never due, so an inactive webhook's backlog costs
+    the delivery loop nothing. An entry under a live claim is left alone: its attempt ends by
+    requeueing it, and the next round parks it. Returns how many entries changed.
+    """
+    filters: list[Filter] = [Eq("webhook", webhook_id), Cmp("lease", "<=", now)]
+    filters.append(Cmp("due", ">=", PARKED) if active else Cmp("due", "<", PARKED))
+    changed = 0
+    while entries := await txn.find(QUEUE, filters, limit=_DRAIN):
+        for entry in entries:
+            fields = {**entry.fields, "due": now if active else PARKED, "lease": 0.0}
+            await txn.replace(
+                QUEUE, dataclasses.replace(entry, fields=fields, etag=new_etag()), expected_etag=entry.etag
+            )
+        changed += len(entries)
+    return changed
 
 
 async def _drop_queue(txn: Transaction, webhook_id: str) -> None:

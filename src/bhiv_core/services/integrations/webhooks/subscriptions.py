@@ -40,6 +40,7 @@ from bhiv_core.services.integrations.webhooks.delivery import (
     delivery_record,
     new_delivery,
     open_secret,
+    park_queue,
     queue_entry,
 )
 from bhiv_core.services.integrations.webhooks.resources import DELIVERIES, QUEUE, WEBHOOK, WEBHOOKS
@@ -219,6 +220,8 @@ class Webhooks:
                     f"{patch.name} changed while this call ran: re-read it and retry",
                     reason="CONCURRENT_CHANGE",
                 )
+            if merged.active != bool(record.value("active")):
+                await park_queue(txn, record.id, active=merged.active, now=now)
             return ws.UpdateWebhookResponse(webhook=merged)
 
         response = await self._store.run(update)
