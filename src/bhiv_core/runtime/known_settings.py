@@ -131,6 +131,13 @@ SHARED_SETTINGS: Final = frozenset(
         "CONTENT_LLM",  # integrations' social content: whether it asks the llm (auto, off, required)
         "INTEGRATIONS_KEK_FILE",
         "OUTBOUND_ALLOWLIST",
+        # integrations' webhook delivery: attempts, backoff, per-attempt timeout, concurrency, polling.
+        "WEBHOOK_MAX_ATTEMPTS",
+        "WEBHOOK_BACKOFF_SECONDS",
+        "WEBHOOK_BACKOFF_MAX_SECONDS",
+        "WEBHOOK_TIMEOUT_SECONDS",
+        "WEBHOOK_CONCURRENCY",
+        "WEBHOOK_POLL_SECONDS",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",
