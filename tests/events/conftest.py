@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -120,6 +121,13 @@ async def wait_until(predicate: Any, *, rounds: int = 6000) -> None:
 async def drained(store: ResourceStore) -> bool:
     """True when the outbox holds no event waiting (the relay sent and deleted everything)."""
     return await store.count(OUTBOX, []) == 0
+
+
+def stored_events(db: Path) -> list[event_pb2.Event]:
+    """The events in the outbox of the SQLite store ``db``, in commit order (read as another process would)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT data FROM outbox ORDER BY f_seq").fetchall()
+    return [event_pb2.Event.FromString(row[0]) for row in rows]
 
 
 def ids(events: Sequence[event_pb2.Event]) -> list[str]:
