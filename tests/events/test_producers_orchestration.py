@@ -21,14 +21,24 @@ async def test_an_ingested_document_is_published_once_with_its_fields(tmp_path: 
     async with serve_orchestration(tmp_path, KNOWLEDGE_SAMPLE_CORPUS="off", EVENTS_RELAY="off") as served:
         kb = served.knowledge
         request = ks.IngestDocumentRequest(
-            title="Warehouse guide", mime_type="text/plain", text=GUIDE, tags=["ops", "guide"], request_id="r1"
+            title="Warehouse guide",
+            mime_type="text/plain",
+            text=GUIDE,
+            tags=["ops", "guide"],
+            request_id="r1",
         )
         document = (await kb.IngestDocument(request, metadata=OPS)).document
         assert (await kb.IngestDocument(request, metadata=OPS)).document == document  # a retry
-        err = await refused(kb.IngestDocument(ks.IngestDocumentRequest(title="Empty", text=" "), metadata=OPS))
+        err = await refused(
+            kb.IngestDocument(ks.IngestDocumentRequest(title="Empty", text=" "), metadata=OPS)
+        )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # nothing stored, nothing published
     (event,) = stored_events(tmp_path / "orchestration.db")
-    assert (event.type, event.source, event.subject) == ("orchestration.document.ingested", "orchestration", document.name)
+    assert (event.type, event.source, event.subject) == (
+        "orchestration.document.ingested",
+        "orchestration",
+        document.name,
+    )
     assert event.time == document.create_time
     assert payload_of(event) == event_pb2.DocumentIngestedEvent(
         document=document.name,
