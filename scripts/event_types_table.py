@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 
@@ -25,7 +26,7 @@ _JSON_TYPES = {
 }
 
 
-def _field(field: FieldDescriptor) -> str:
+def _field(field: Any) -> str:  # a FieldDescriptor (upb's or the Python one)
     kind = _JSON_TYPES.get(field.type, "object")
     if field.is_repeated:
         kind = f"list of {kind}s"
