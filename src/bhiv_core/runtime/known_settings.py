@@ -138,6 +138,10 @@ SHARED_SETTINGS: Final = frozenset(
         "WEBHOOK_TIMEOUT_SECONDS",
         "WEBHOOK_CONCURRENCY",
         "WEBHOOK_POLL_SECONDS",
+        # The outbox relay of the publishing services (bhiv_core.events.relay).
+        "EVENTS_RELAY",
+        "EVENTS_RELAY_POLL_SECONDS",
+        "EVENTS_RELAY_MAX_BACKOFF_SECONDS",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",

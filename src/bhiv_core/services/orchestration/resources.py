@@ -10,12 +10,17 @@
   read. Stored field: ``updated`` (Unix seconds of the last turn). The record's data is JSON, the
   last turns only (see :mod:`bhiv_core.services.orchestration.sessions`).
 
+- **outbox**, **outbox_state**: the ``orchestration.document.ingested`` events written in the
+  transaction that inserts a document, until the relay hands them to integrations
+  (:mod:`bhiv_core.events.outbox`).
+
 The kit store is ``<data_dir>/orchestration.db``.
 """
 
 from __future__ import annotations
 
 from bhiv.orchestration.v1 import document_pb2
+from bhiv_core.events import outbox
 from bhiv_core.resources import Collection, Field, ResourceType, Value
 from bhiv_core.resources.sqlite import RECEIPTS, schema
 from bhiv_core.runtime.times import seconds_of
@@ -46,9 +51,10 @@ DOCUMENT: ResourceType[document_pb2.Document] = ResourceType(
 
 SESSIONS = Collection("sessions", (Field("updated", "real"),), order=("updated",))
 
-COLLECTIONS = (DOCUMENTS, SESSIONS)
+COLLECTIONS = (DOCUMENTS, SESSIONS, *outbox.COLLECTIONS)
 MIGRATIONS = (
     schema((DOCUMENTS,)),
     # A later collection: its tables without a second receipts table.
     schema((SESSIONS,)).removesuffix(RECEIPTS).rstrip(";\n"),
+    outbox.outbox_migration(),
 )
