@@ -39,11 +39,15 @@ async def test_three_steps_run_in_order_each_fed_by_the_one_before(tmp_path: Pat
             S(agent="agents/planner", input_template="Check: {{step_1}}"),
             S(agent="agents/text", input_template="Extract the keywords: {{step_2}} and {{input}}"),
         )
-        created = (await s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=workflow), metadata=OPS)).workflow
+        created = (
+            await s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=workflow), metadata=OPS)
+        ).workflow
         assert created.status == workflow_pb2.WORKFLOW_STATUS_PENDING and not created.step_results
 
         done = (
-            await s.workflows.ExecuteWorkflow(ws.ExecuteWorkflowRequest(name=created.name, wait=True), metadata=OPS)
+            await s.workflows.ExecuteWorkflow(
+                ws.ExecuteWorkflowRequest(name=created.name, wait=True), metadata=OPS
+            )
         ).workflow
         assert done.status == workflow_pb2.WORKFLOW_STATUS_SUCCEEDED, done.error_message
         results = done.step_results
@@ -54,13 +58,17 @@ async def test_three_steps_run_in_order_each_fed_by_the_one_before(tmp_path: Pat
         assert "PLAN[Plan a trip to Pune]" in results[0].answer.text
         assert results[1].rendered_input == f"Check: {results[0].answer.text}"
         assert "PLAN[Check: PLAN[Plan a trip to Pune]]" in results[1].answer.text
-        assert results[2].rendered_input == f"Extract the keywords: {results[1].answer.text} and a trip to Pune"
+        assert (
+            results[2].rendered_input == f"Extract the keywords: {results[1].answer.text} and a trip to Pune"
+        )
         assert results[2].answer.agent == "agents/text" and results[2].answer.text
         assert s.planner.queries == ["Plan a trip to Pune", f"Check: {results[0].answer.text}"]
         for r in results:
             assert r.start_time.ToNanoseconds() <= r.end_time.ToNanoseconds()
         assert results[0].end_time.ToNanoseconds() <= results[1].start_time.ToNanoseconds()
-        got = (await s.workflows.GetWorkflow(ws.GetWorkflowRequest(name=created.name), metadata=ADMIN)).workflow
+        got = (
+            await s.workflows.GetWorkflow(ws.GetWorkflowRequest(name=created.name), metadata=ADMIN)
+        ).workflow
         assert got == done
 
 
@@ -73,9 +81,13 @@ async def test_a_failing_step_is_retried_then_the_workflow_fails_and_later_steps
             S(agent="agents/planner", input_template="{{step_1}}", max_attempts=3),
             S(agent="agents/qna", input_template="{{step_2}}"),
         )
-        created = (await s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=workflow), metadata=OPS)).workflow
+        created = (
+            await s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=workflow), metadata=OPS)
+        ).workflow
         done = (
-            await s.workflows.ExecuteWorkflow(ws.ExecuteWorkflowRequest(name=created.name, wait=True), metadata=OPS)
+            await s.workflows.ExecuteWorkflow(
+                ws.ExecuteWorkflowRequest(name=created.name, wait=True), metadata=OPS
+            )
         ).workflow
         assert done.status == workflow_pb2.WORKFLOW_STATUS_FAILED
         first, second, third = done.step_results
@@ -89,7 +101,9 @@ async def test_a_failing_step_is_retried_then_the_workflow_fails_and_later_steps
         # A re-run starts over from the first step.
         s.planner.mode = "answer"
         rerun = (
-            await s.workflows.ExecuteWorkflow(ws.ExecuteWorkflowRequest(name=created.name, wait=True), metadata=OPS)
+            await s.workflows.ExecuteWorkflow(
+                ws.ExecuteWorkflowRequest(name=created.name, wait=True), metadata=OPS
+            )
         ).workflow
         assert rerun.status == workflow_pb2.WORKFLOW_STATUS_SUCCEEDED
         assert [r.attempts for r in rerun.step_results] == [1, 1, 1]
@@ -98,12 +112,21 @@ async def test_a_failing_step_is_retried_then_the_workflow_fails_and_later_steps
 async def test_a_step_past_its_timeout_is_timed_out(tmp_path: Path) -> None:
     async with serve_with_planner(tmp_path, Scripted(mode="hang")) as s:
         workflow = _workflow(
-            S(agent="agents/planner", input_template="{{input}}", timeout=Duration(nanos=50_000_000), max_attempts=2),
+            S(
+                agent="agents/planner",
+                input_template="{{input}}",
+                timeout=Duration(nanos=50_000_000),
+                max_attempts=2,
+            ),
             S(agent="agents/qna", input_template="{{step_1}}"),
         )
-        created = (await s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=workflow), metadata=OPS)).workflow
+        created = (
+            await s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=workflow), metadata=OPS)
+        ).workflow
         done = (
-            await s.workflows.ExecuteWorkflow(ws.ExecuteWorkflowRequest(name=created.name, wait=True), metadata=OPS)
+            await s.workflows.ExecuteWorkflow(
+                ws.ExecuteWorkflowRequest(name=created.name, wait=True), metadata=OPS
+            )
         ).workflow
         assert done.status == workflow_pb2.WORKFLOW_STATUS_FAILED
         assert [r.status for r in done.step_results] == [workflow_pb2.STEP_STATUS_TIMED_OUT, SKIPPED]
@@ -118,7 +141,9 @@ async def test_cancel_abandons_the_running_step_and_skips_the_rest(tmp_path: Pat
             S(agent="agents/planner", input_template="{{step_1}}"),
             S(agent="agents/qna", input_template="{{step_2}}"),
         )
-        created = (await s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=workflow), metadata=OPS)).workflow
+        created = (
+            await s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=workflow), metadata=OPS)
+        ).workflow
         running = (
             await s.workflows.ExecuteWorkflow(ws.ExecuteWorkflowRequest(name=created.name), metadata=OPS)
         ).workflow
@@ -136,9 +161,13 @@ async def test_cancel_abandons_the_running_step_and_skips_the_rest(tmp_path: Pat
         assert [r.status for r in cancelled.step_results] == [SUCCEEDED, SKIPPED, SKIPPED]
         assert "abandoned" in cancelled.step_results[1].error_message
         await asyncio.sleep(0.3)
-        again = (await s.workflows.GetWorkflow(ws.GetWorkflowRequest(name=created.name), metadata=OPS)).workflow
+        again = (
+            await s.workflows.GetWorkflow(ws.GetWorkflowRequest(name=created.name), metadata=OPS)
+        ).workflow
         assert again == cancelled
-        err = await refused(s.workflows.CancelWorkflow(ws.CancelWorkflowRequest(name=created.name), metadata=OPS))
+        err = await refused(
+            s.workflows.CancelWorkflow(ws.CancelWorkflowRequest(name=created.name), metadata=OPS)
+        )
         assert (err.code(), reason(err)) == (grpc.StatusCode.FAILED_PRECONDITION, "WORKFLOW_FINISHED")
 
 
@@ -149,7 +178,9 @@ async def test_bad_templates_and_fields_are_invalid_argument_with_field_violatio
             S(agent="agents/qna", input_template="{{ step_3 }} and {{ whatever }}"),
             S(agent="agents/qna", input_template="{{step_2}}", timeout=Duration(seconds=7200)),
         )
-        err = await refused(s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=workflow), metadata=OPS))
+        err = await refused(
+            s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=workflow), metadata=OPS)
+        )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert sorted(violations(err)) == [
             ("workflow.steps[0].input_template", "FORWARD_REFERENCE"),
@@ -164,18 +195,22 @@ async def test_bad_templates_and_fields_are_invalid_argument_with_field_violatio
             _workflow(S(agent="qna", input_template="x")),
             _workflow(*[S(agent="agents/qna", input_template="x")] * 21),
         ):
-            err = await refused(s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=bad), metadata=OPS))
+            err = await refused(
+                s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=bad), metadata=OPS)
+            )
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
             assert violations(err)
         err = await refused(
             s.workflows.CreateWorkflow(
-                ws.CreateWorkflowRequest(workflow=_workflow(S(agent="agents/oracle", input_template="x"))), metadata=OPS
+                ws.CreateWorkflowRequest(workflow=_workflow(S(agent="agents/oracle", input_template="x"))),
+                metadata=OPS,
             )
         )
         assert err.code() == grpc.StatusCode.NOT_FOUND
         err = await refused(
             s.workflows.CreateWorkflow(
-                ws.CreateWorkflowRequest(workflow=_workflow(S(agent="agents/image", input_template="x"))), metadata=OPS
+                ws.CreateWorkflowRequest(workflow=_workflow(S(agent="agents/image", input_template="x"))),
+                metadata=OPS,
             )
         )
         assert (err.code(), reason(err)) == (grpc.StatusCode.FAILED_PRECONDITION, "AGENT_DISABLED")
@@ -192,7 +227,9 @@ async def test_a_workflow_whose_worker_died_is_resumed_from_its_unfinished_step(
     )
     crashed = Scripted(mode="hang")
     async with serve_with_planner(tmp_path, crashed, TASKS_LEASE_SECONDS="0.6") as s:
-        created = (await s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=workflow), metadata=OPS)).workflow
+        created = (
+            await s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=workflow), metadata=OPS)
+        ).workflow
         await s.workflows.ExecuteWorkflow(ws.ExecuteWorkflowRequest(name=created.name), metadata=OPS)
         await asyncio.wait_for(crashed.started.wait(), 20)
         # The crash: the lease stops being renewed and nothing is released (stop() would expire it).
@@ -203,7 +240,9 @@ async def test_a_workflow_whose_worker_died_is_resumed_from_its_unfinished_step(
         leases = await store.find(RUN_LEASES, [], after=None, limit=10)
         assert [r.id for r in leases] == [f"workflows:{created.name.split('/')[1]}"]
         await store.close()
-        stopped = (await s.workflows.GetWorkflow(ws.GetWorkflowRequest(name=created.name), metadata=OPS)).workflow
+        stopped = (
+            await s.workflows.GetWorkflow(ws.GetWorkflowRequest(name=created.name), metadata=OPS)
+        ).workflow
         assert stopped.status == workflow_pb2.WORKFLOW_STATUS_RUNNING
         assert [r.status for r in stopped.step_results][:2] == [SUCCEEDED, workflow_pb2.STEP_STATUS_RUNNING]
         first_answer = stopped.step_results[0].answer
@@ -212,7 +251,9 @@ async def test_a_workflow_whose_worker_died_is_resumed_from_its_unfinished_step(
     async with serve_with_planner(tmp_path, Scripted(), TASKS_LEASE_SECONDS="0.6") as s:
 
         async def finished() -> workflow_pb2.Workflow | None:
-            got = (await s.workflows.GetWorkflow(ws.GetWorkflowRequest(name=created.name), metadata=OPS)).workflow
+            got = (
+                await s.workflows.GetWorkflow(ws.GetWorkflowRequest(name=created.name), metadata=OPS)
+            ).workflow
             return got if got.status != workflow_pb2.WORKFLOW_STATUS_RUNNING else None
 
         done = await until(finished)

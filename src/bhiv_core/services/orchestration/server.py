@@ -26,6 +26,7 @@ from bhiv_core.services.orchestration.config import OrchestrationConfig
 from bhiv_core.services.orchestration.knowledge import Knowledge
 from bhiv_core.services.orchestration.llm_client import LlmClient
 from bhiv_core.services.orchestration.resources import COLLECTIONS, MIGRATIONS
+from bhiv_core.services.orchestration.runs import Runner
 from bhiv_core.services.orchestration.servicer import (
     MISSING,
     AgentServicer,
@@ -34,7 +35,6 @@ from bhiv_core.services.orchestration.servicer import (
     TaskServicer,
     WorkflowServicer,
 )
-from bhiv_core.services.orchestration.runs import Runner
 from bhiv_core.services.orchestration.sessions import Sessions
 from bhiv_core.services.orchestration.tasks import Tasks
 from bhiv_core.services.orchestration.workflows import Workflows
