@@ -1,4 +1,6 @@
-"""A workflow survives a SIGKILL of orchestration: real processes, a mesh of its own.
+"""Tasks and workflows on real processes (a mesh of its own): the README's examples, and a SIGKILL.
+
+The README's "Tasks and workflows" examples run as written (grpcurl through the edge).
 
 The mesh's orchestration is a real process (``python -m bhiv_core.services.orchestration``) on a
 data directory of its own; the test calls through the edge as the bootstrap admin. Its second step
@@ -13,6 +15,7 @@ RUNNING.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import grpc
@@ -23,6 +26,7 @@ from bhiv.orchestration.v1 import workflow_service_pb2 as ws
 from bhiv.orchestration.v1 import workflow_service_pb2_grpc as ws_grpc
 from bhiv_core.mesh import Mesh
 from tests.e2e.client import CALL_TIMEOUT, admin_session
+from tests.e2e.readme import LOGIN, readme_block, run_as_written
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +34,7 @@ ATTEMPTS = 6
 """The second step's attempts: their backoffs (0.2 s doubling) keep it running about 6 s."""
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def own_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
     started = Mesh.with_free_ports(
         tmp_path_factory.mktemp("workflow-restart"),
@@ -44,6 +48,49 @@ async def own_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Me
     )
     async with started:
         yield started
+
+
+async def test_the_readme_examples_run_as_written(own_mesh: Mesh) -> None:
+    ran = run_as_written(LOGIN + readme_block("workflow-examples"), own_mesh, stop_on_error=False)
+    out = ran.stdout
+    # grpcurl prints one JSON document per call; the refused template is the only error.
+    assert ran.stderr.count("ERROR:") == 1, ran.stderr
+    assert "Code: InvalidArgument" in ran.stderr
+    assert "FORWARD_REFERENCE" in ran.stderr and "UNKNOWN_PLACEHOLDER" in ran.stderr
+    documents = [json.loads(d) for d in _documents(out)]
+    executed = [
+        d["task"] for d in documents if "task" in d and d["task"].get("status") != "TASK_STATUS_PENDING"
+    ]
+    vedas, routed, cancelled = executed[0], executed[1], executed[-1]
+    assert vedas["status"] == "TASK_STATUS_SUCCEEDED" and vedas["result"]["agent"] == "agents/vedas"
+    assert "fruits" in vedas["result"]["text"] and vedas["result"]["sources"]
+    assert routed["status"] == "TASK_STATUS_SUCCEEDED"
+    assert cancelled["status"] == "TASK_STATUS_CANCELLED"
+    listed = next(d for d in documents if "tasks" in d)
+    assert {t["status"] for t in listed["tasks"]} == {"TASK_STATUS_SUCCEEDED"}
+    workflows = [d["workflow"] for d in documents if "workflow" in d]
+    done = workflows[-2]  # ExecuteWorkflow (wait) and GetWorkflow agree
+    assert done == workflows[-1] or workflows[-1]["name"] == done["name"]
+    assert done["status"] == "WORKFLOW_STATUS_SUCCEEDED", done
+    steps = done["stepResults"] if "stepResults" in done else done["step_results"]
+    first = steps[0]
+    assert first.get("renderedInput", first.get("rendered_input")) == "What are the eight limbs of yoga?"
+    second_input = steps[1].get("renderedInput", steps[1].get("rendered_input"))
+    assert second_input == "Summarize this: " + first["answer"]["text"]
+    assert all(s["status"] == "STEP_STATUS_SUCCEEDED" for s in steps)
+
+
+def _documents(out: str) -> list[str]:
+    """The top-level JSON documents of concatenated grpcurl outputs."""
+    decoder = json.JSONDecoder()
+    found, at = [], 0
+    while True:
+        start = out.find("{", at)
+        if start < 0:
+            return found
+        _, end = decoder.raw_decode(out, start)
+        found.append(out[start:end])
+        at = end
 
 
 async def test_a_workflow_killed_mid_run_is_resumed_after_restart(own_mesh: Mesh) -> None:
