@@ -293,3 +293,40 @@ async def test_a_task_whose_worker_died_on_its_last_attempt_fails_clearly(tmp_pa
             "attempt 1 was interrupted (the worker running it stopped) and no attempts remain"
         )
         assert s.planner.queries == []
+
+
+async def test_workers_sharing_a_store_never_steal_a_live_run_and_take_over_a_dead_ones(
+    tmp_path: Path,
+) -> None:
+    """Two workers on one store: the live holder keeps renewing; after it dies, the other resumes."""
+    workflow = _workflow(S(agent="agents/planner", input_template="{{input}}"))
+    holder, other = Scripted(mode="hang"), Scripted()
+    async with (
+        serve_with_planner(tmp_path, holder, TASKS_LEASE_SECONDS="2") as a,
+        serve_with_planner(tmp_path, other, TASKS_LEASE_SECONDS="2") as b,
+    ):
+        created = (
+            await a.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=workflow), metadata=OPS)
+        ).workflow
+        await a.workflows.ExecuteWorkflow(ws.ExecuteWorkflowRequest(name=created.name), metadata=OPS)
+        await asyncio.wait_for(holder.started.wait(), 20)
+        await asyncio.sleep(5)  # two and a half leases: renewed by its holder, never taken by b
+        assert other.queries == [] and len(holder.queries) == 1
+        assert a.runner.running_here(f"workflows:{created.name.split('/')[1]}")
+        seen = (
+            await b.workflows.GetWorkflow(ws.GetWorkflowRequest(name=created.name), metadata=OPS)
+        ).workflow
+        assert seen.status == workflow_pb2.WORKFLOW_STATUS_RUNNING
+
+        a.crash()
+
+        async def finished() -> workflow_pb2.Workflow | None:
+            got = (
+                await b.workflows.GetWorkflow(ws.GetWorkflowRequest(name=created.name), metadata=OPS)
+            ).workflow
+            return got if got.status != workflow_pb2.WORKFLOW_STATUS_RUNNING else None
+
+        done = await until(finished)
+        assert done.status == workflow_pb2.WORKFLOW_STATUS_SUCCEEDED
+        assert other.queries == ["a trip to Pune"]
+        assert done.step_results[0].attempts == 2

@@ -150,4 +150,4 @@ async def test_a_workflow_killed_mid_run_is_resumed_after_restart(own_mesh: Mesh
     assert after.error_message.startswith(f"step 2 (agents/image) failed after {ATTEMPTS} attempts")
     # Taken over at start because its holder's PID is gone (the 600 s lease had not run out).
     log = (own_mesh.log_dir / "orchestration.log").read_text()
-    assert f"taking over run workflows:{name.split('/')[1]}" in log, log[-3000:]
+    assert f"took over run workflows:{name.split('/')[1]}" in log, log[-3000:]

@@ -318,6 +318,7 @@ class Runner:
             kind = self._kinds.get(prefix)
             if kind is None:
                 continue
+            self.admit()  # reserved before the claim: nothing else can take the room meanwhile
 
             async def claim(txn: Transaction, record: Record = record) -> bool:
                 current = await txn.get(RUN_LEASES, record.id)
@@ -325,21 +326,22 @@ class Runner:
                     return False  # renewed by a live holder, or claimed by another process
                 return await txn.replace(RUN_LEASES, self.lease_record(record.id), expected_etag=current.etag)
 
-            if not await self._store.run(claim):
-                continue
-            log.warning(
-                "taking over run %s from %s",
-                record.id,
-                record.value("holder"),
-                extra={"run": record.id, "previous_holder": record.value("holder")},
-            )
-            self.admit()
             try:
-                body = await kind.recover(id)
+                claimed = await self._store.run(claim)
+                body = await kind.recover(id) if claimed else None
             except Exception:
                 self.release()
                 log.exception("resuming run %s failed", record.id)
                 continue
+            if not claimed:
+                self.release()
+                continue
+            log.warning(
+                "took over run %s from %s",
+                record.id,
+                record.value("holder"),
+                extra={"run": record.id, "previous_holder": record.value("holder")},
+            )
             if body is None:
                 self.release()
                 await self._store.run(partial(self.drop, key=record.id))

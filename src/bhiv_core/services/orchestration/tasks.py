@@ -300,6 +300,7 @@ class Tasks:
             page_size=request.page_size,
             page_token=request.page_token,
             query=("ListTasks",),
+            max_bytes=2 << 20,
         )
         return ts.ListTasksResponse(tasks=[TASK.load(r) for r in records], next_page_token=token)
 
