@@ -330,3 +330,15 @@ async def test_workers_sharing_a_store_never_steal_a_live_run_and_take_over_a_de
         assert done.status == workflow_pb2.WORKFLOW_STATUS_SUCCEEDED
         assert other.queries == ["a trip to Pune"]
         assert done.step_results[0].attempts == 2
+
+
+def test_rendering_is_bounded_and_placeholders_never_span_braces() -> None:
+    from bhiv_core.services.orchestration.workflows import MAX_RENDERED_CHARS, render, template_problems
+
+    assert render("{{input}} then {{ step_2 }}", "in", ["one", "two"]) == "in then two"
+    assert render("{{input}}" * 5000, "x" * 10000, []) == "x" * MAX_RENDERED_CHARS
+    assert render("a{{step_1}}b", "", ["y" * 20000]) == "a" + "y" * (MAX_RENDERED_CHARS - 1)
+    # Unclosed and nested braces are text, found in one pass (a hostile template costs linear time).
+    assert render("{{" * 5000, "in", []) == "{{" * 5000
+    assert template_problems("{{" * 5000 + "x", 1, "t") == []
+    assert [v.reason for v in template_problems("{{ {input} }} {{date}}", 2, "t")] == ["UNKNOWN_PLACEHOLDER"]
