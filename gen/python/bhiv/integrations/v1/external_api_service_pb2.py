@@ -26,7 +26,7 @@ from bhiv.options.v1 import annotations_pb2 as bhiv_dot_options_dot_v1_dot_annot
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/bhiv/integrations/v1/external_api_service.proto\x12\x14\x62hiv.integrations.v1\x1a!bhiv/options/v1/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\"\xbf\x04\n\x16\x43\x61llExternalApiRequest\x12=\n\x0bintegration\x18\x01 \x01(\tB(\xd2\xf3\x18$\x08\x01\" integrations/[A-Za-z0-9_-]{1,64}\x12:\n\x06method\x18\x02 \x01(\x0e\x32 .bhiv.integrations.v1.HttpMethodB\x08\xd2\xf3\x18\x04\x08\x01P\x01\x12Q\n\x04path\x18\x03 \x01(\tBC\xd2\xf3\x18?\x18\x80\x10\":(?!.*/(\\.|%2[eE]){2}(/|$))/[A-Za-z0-9._~!$&\'()*+,;=:@%/-]*\x12[\n\x0cquery_params\x18\x04 \x03(\x0b\x32=.bhiv.integrations.v1.CallExternalApiRequest.QueryParamsEntryB\x06\xd2\xf3\x18\x02X2\x12R\n\x07headers\x18\x05 \x03(\x0b\x32\x39.bhiv.integrations.v1.CallExternalApiRequest.HeadersEntryB\x06\xd2\xf3\x18\x02X2\x12\x16\n\x04\x62ody\x18\x06 \x01(\x0c\x42\x08\xd2\xf3\x18\x04`\x80\x80@\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x32\n\x10QueryParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfe\x01\n\x17\x43\x61llExternalApiResponse\x12\x13\n\x0bstatus_code\x18\x01 \x01(\x05\x12K\n\x07headers\x18\x02 \x03(\x0b\x32:.bhiv.integrations.v1.CallExternalApiResponse.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x16\n\x0e\x62ody_truncated\x18\x04 \x01(\x08\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xae\x01\n\nHttpMethod\x12\x1b\n\x17HTTP_METHOD_UNSPECIFIED\x10\x00\x12\x13\n\x0fHTTP_METHOD_GET\x10\x01\x12\x14\n\x10HTTP_METHOD_POST\x10\x02\x12\x13\n\x0fHTTP_METHOD_PUT\x10\x03\x12\x15\n\x11HTTP_METHOD_PATCH\x10\x04\x12\x16\n\x12HTTP_METHOD_DELETE\x10\x05\x12\x14\n\x10HTTP_METHOD_HEAD\x10\x06\x32\xa7\x01\n\x12\x45xternalApiService\x12\x90\x01\n\x0f\x43\x61llExternalApi\x12,.bhiv.integrations.v1.CallExternalApiRequest\x1a-.bhiv.integrations.v1.CallExternalApiResponse\" \xca\xf3\x18\x1c\n\x1aintegrations.external.callb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/bhiv/integrations/v1/external_api_service.proto\x12\x14\x62hiv.integrations.v1\x1a!bhiv/options/v1/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\"\xe9\x04\n\x16\x43\x61llExternalApiRequest\x12=\n\x0bintegration\x18\x01 \x01(\tB(\xd2\xf3\x18$\x08\x01\" integrations/[A-Za-z0-9_-]{1,64}\x12:\n\x06method\x18\x02 \x01(\x0e\x32 .bhiv.integrations.v1.HttpMethodB\x08\xd2\xf3\x18\x04\x08\x01P\x01\x12Q\n\x04path\x18\x03 \x01(\tBC\xd2\xf3\x18?\x18\x80\x10\":(?!.*/(\\.|%2[eE]){2}(/|$))/[A-Za-z0-9._~!$&\'()*+,;=:@%/-]*\x12[\n\x0cquery_params\x18\x04 \x03(\x0b\x32=.bhiv.integrations.v1.CallExternalApiRequest.QueryParamsEntryB\x06\xd2\xf3\x18\x02X2\x12R\n\x07headers\x18\x05 \x03(\x0b\x32\x39.bhiv.integrations.v1.CallExternalApiRequest.HeadersEntryB\x06\xd2\xf3\x18\x02X2\x12\x16\n\x04\x62ody\x18\x06 \x01(\x0c\x42\x08\xd2\xf3\x18\x04`\x80\x80@\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\rmax_redirects\x18\x08 \x01(\x05\x42\x11\xd2\xf3\x18\r1\x00\x00\x00\x00\x00\x00$@8\x01@\x01\x1a\x32\n\x10QueryParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfe\x01\n\x17\x43\x61llExternalApiResponse\x12\x13\n\x0bstatus_code\x18\x01 \x01(\x05\x12K\n\x07headers\x18\x02 \x03(\x0b\x32:.bhiv.integrations.v1.CallExternalApiResponse.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x16\n\x0e\x62ody_truncated\x18\x04 \x01(\x08\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xae\x01\n\nHttpMethod\x12\x1b\n\x17HTTP_METHOD_UNSPECIFIED\x10\x00\x12\x13\n\x0fHTTP_METHOD_GET\x10\x01\x12\x14\n\x10HTTP_METHOD_POST\x10\x02\x12\x13\n\x0fHTTP_METHOD_PUT\x10\x03\x12\x15\n\x11HTTP_METHOD_PATCH\x10\x04\x12\x16\n\x12HTTP_METHOD_DELETE\x10\x05\x12\x14\n\x10HTTP_METHOD_HEAD\x10\x06\x32\xa7\x01\n\x12\x45xternalApiService\x12\x90\x01\n\x0f\x43\x61llExternalApi\x12,.bhiv.integrations.v1.CallExternalApiRequest\x1a-.bhiv.integrations.v1.CallExternalApiResponse\" \xca\xf3\x18\x1c\n\x1aintegrations.external.callb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,22 +49,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLEXTERNALAPIREQUEST'].fields_by_name['headers']._serialized_options = b'\322\363\030\002X2'
   _globals['_CALLEXTERNALAPIREQUEST'].fields_by_name['body']._loaded_options = None
   _globals['_CALLEXTERNALAPIREQUEST'].fields_by_name['body']._serialized_options = b'\322\363\030\004`\200\200@'
+  _globals['_CALLEXTERNALAPIREQUEST'].fields_by_name['max_redirects']._loaded_options = None
+  _globals['_CALLEXTERNALAPIREQUEST'].fields_by_name['max_redirects']._serialized_options = b'\322\363\030\r1\000\000\000\000\000\000$@8\001@\001'
   _globals['_CALLEXTERNALAPIRESPONSE_HEADERSENTRY']._loaded_options = None
   _globals['_CALLEXTERNALAPIRESPONSE_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_EXTERNALAPISERVICE'].methods_by_name['CallExternalApi']._loaded_options = None
   _globals['_EXTERNALAPISERVICE'].methods_by_name['CallExternalApi']._serialized_options = b'\312\363\030\034\n\032integrations.external.call'
-  _globals['_HTTPMETHOD']._serialized_start=976
-  _globals['_HTTPMETHOD']._serialized_end=1150
+  _globals['_HTTPMETHOD']._serialized_start=1018
+  _globals['_HTTPMETHOD']._serialized_end=1192
   _globals['_CALLEXTERNALAPIREQUEST']._serialized_start=141
-  _globals['_CALLEXTERNALAPIREQUEST']._serialized_end=716
-  _globals['_CALLEXTERNALAPIREQUEST_QUERYPARAMSENTRY']._serialized_start=618
-  _globals['_CALLEXTERNALAPIREQUEST_QUERYPARAMSENTRY']._serialized_end=668
-  _globals['_CALLEXTERNALAPIREQUEST_HEADERSENTRY']._serialized_start=670
-  _globals['_CALLEXTERNALAPIREQUEST_HEADERSENTRY']._serialized_end=716
-  _globals['_CALLEXTERNALAPIRESPONSE']._serialized_start=719
-  _globals['_CALLEXTERNALAPIRESPONSE']._serialized_end=973
-  _globals['_CALLEXTERNALAPIRESPONSE_HEADERSENTRY']._serialized_start=670
-  _globals['_CALLEXTERNALAPIRESPONSE_HEADERSENTRY']._serialized_end=716
-  _globals['_EXTERNALAPISERVICE']._serialized_start=1153
-  _globals['_EXTERNALAPISERVICE']._serialized_end=1320
+  _globals['_CALLEXTERNALAPIREQUEST']._serialized_end=758
+  _globals['_CALLEXTERNALAPIREQUEST_QUERYPARAMSENTRY']._serialized_start=660
+  _globals['_CALLEXTERNALAPIREQUEST_QUERYPARAMSENTRY']._serialized_end=710
+  _globals['_CALLEXTERNALAPIREQUEST_HEADERSENTRY']._serialized_start=712
+  _globals['_CALLEXTERNALAPIREQUEST_HEADERSENTRY']._serialized_end=758
+  _globals['_CALLEXTERNALAPIRESPONSE']._serialized_start=761
+  _globals['_CALLEXTERNALAPIRESPONSE']._serialized_end=1015
+  _globals['_CALLEXTERNALAPIRESPONSE_HEADERSENTRY']._serialized_start=712
+  _globals['_CALLEXTERNALAPIRESPONSE_HEADERSENTRY']._serialized_end=758
+  _globals['_EXTERNALAPISERVICE']._serialized_start=1195
+  _globals['_EXTERNALAPISERVICE']._serialized_end=1362
 # @@protoc_insertion_point(module_scope)

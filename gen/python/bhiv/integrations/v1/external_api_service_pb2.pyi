@@ -113,6 +113,7 @@ class CallExternalApiRequest(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_REDIRECTS_FIELD_NUMBER: _builtins.int
     integration: _builtins.str
     """The integration to call through, `integrations/{integration_id}`."""
     method: Global___HttpMethod.ValueType
@@ -127,6 +128,15 @@ class CallExternalApiRequest(_message.Message):
     """The request body, at most 1 MiB (1048576 bytes); set `Content-Type` in
     `headers`.
     """
+    max_redirects: _builtins.int
+    """How many redirects (301, 302, 303, 307, 308 with a `Location`) to follow,
+    0–10; 0 (the default) follows none and returns the 3xx as is. Every hop
+    is checked like the first URL (allowlist and addresses: a refused hop
+    fails the call with PERMISSION_DENIED), a hop to another scheme, host or
+    port is sent without the integration's credentials, and a 303 (or a 301
+    or 302 answering a POST) continues as a GET without body. When the hops
+    run out the last 3xx is returned.
+    """
     @_builtins.property
     def query_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Query parameters, percent-encoded by the service; at most 50 entries,
@@ -137,9 +147,10 @@ class CallExternalApiRequest(_message.Message):
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Request headers; at most 50 entries, names `[A-Za-z0-9-]{1,128}` and
         values at most 4096 characters. `Authorization`, `Proxy-Authorization`,
-        `Host`, `Content-Length`, `Connection`, `Transfer-Encoding` and the
-        integration's `api_key_header` are INVALID_ARGUMENT (case-insensitive):
-        credentials are added from the integration's secret.
+        `Host`, `Content-Length`, `Connection`, `Transfer-Encoding`, `TE`,
+        `Upgrade` and the integration's `api_key_header` are INVALID_ARGUMENT
+        (case-insensitive): credentials are added from the integration's secret,
+        framing headers by the service.
         """
 
     @_builtins.property
@@ -159,10 +170,11 @@ class CallExternalApiRequest(_message.Message):
         headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         body: _builtins.bytes = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        max_redirects: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "headers", b"headers", "integration", b"integration", "method", b"method", "path", b"path", "query_params", b"query_params", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "headers", b"headers", "integration", b"integration", "max_redirects", b"max_redirects", "method", b"method", "path", b"path", "query_params", b"query_params", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

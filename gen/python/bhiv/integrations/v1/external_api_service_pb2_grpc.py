@@ -52,16 +52,22 @@ class ExternalApiServiceServicer:
 
     def CallExternalApi(self, request, context):
         """Calls the external API of an integration: `method` on the integration's
-        base URL joined with `path`. Redirects are not followed (a 3xx is
-        returned as is) and an HTTP error status is a normal response, not an
-        error. Returns NOT_FOUND when the integration does not exist,
-        FAILED_PRECONDITION when it is disabled, INVALID_ARGUMENT for a bad field,
-        a forbidden header or a body on GET or HEAD, PERMISSION_DENIED with reason
-        `HOST_NOT_ALLOWED` (a google.rpc.ErrorInfo detail, the host named in the
-        message) when the host is not on the configured outbound allowlist,
+        base URL joined with `path`. Redirects are not followed unless
+        `max_redirects` is set (by default a 3xx is returned as is) and an HTTP
+        error status is a normal response, not an error. Returns NOT_FOUND when
+        the integration does not exist, FAILED_PRECONDITION when it is disabled,
+        INVALID_ARGUMENT for a bad field, a forbidden header or a body on GET or
+        HEAD, PERMISSION_DENIED with reason `HOST_NOT_ALLOWED` (a
+        google.rpc.ErrorInfo detail, the host named in the message and in the
+        `host` metadata) when the host of the URL or of a followed redirect is not
+        on the configured outbound allowlist, PERMISSION_DENIED with reason
+        `ADDRESS_FORBIDDEN` when the host is, or resolves to, an address outbound
+        calls may not reach (private, loopback, link-local, multicast, reserved,
+        unspecified, carrier-grade NAT, cloud metadata, or an IPv6 form of one)
+        and no address or range entry of the allowlist covers it,
         DEADLINE_EXCEEDED when the external system does not answer within the
         timeout, and UNAVAILABLE when it cannot be reached (DNS, connection or
-        TLS failure).
+        TLS failure, or an answer that is not HTTP).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
