@@ -130,6 +130,10 @@ SHARED_SETTINGS: Final = frozenset(
         "INTEGRATIONS_STORE_URL",
         "INTEGRATIONS_KEK_FILE",
         "OUTBOUND_ALLOWLIST",
+        # The outbox relay of the publishing services (bhiv_core.events.relay).
+        "EVENTS_RELAY",
+        "EVENTS_RELAY_POLL_SECONDS",
+        "EVENTS_RELAY_MAX_BACKOFF_SECONDS",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",

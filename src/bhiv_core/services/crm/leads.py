@@ -13,6 +13,7 @@ customer instead, which is returned unchanged: a won lead of a known person is t
 buying again, and a second record of them would break the unique address. With a ``request_id``
 a retry returns the first result; without one, converting a WON lead again is FAILED_PRECONDITION
 naming the customer it was converted to, so a second conversion never yields a second customer.
+The conversion publishes ``crm.lead.won`` in its transaction (:func:`~bhiv_core.events.outbox.publish`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Callable
 
 from bhiv.crm.v1 import customer_pb2, lead_pb2
 from bhiv.crm.v1 import lead_service_pb2 as ls
+from bhiv.integrations.v1 import event_pb2
+from bhiv_core.events.outbox import publish
 from bhiv_core.resources import (
     Eq,
     Filter,
@@ -205,6 +208,10 @@ class Leads:
             LEAD.stamp(lead, now=now)
             if not await txn.replace(LEADS, LEAD.record(lead), expected_etag=record.etag):
                 raise changed(name)
+            won = event_pb2.LeadWonEvent(
+                lead=lead.name, customer=customer.name, company=lead.company, owner=lead.assignee
+            )
+            await publish(txn, won, source="crm", subject=lead.name, time=now)
             return ls.ConvertLeadResponse(lead=lead, customer=customer)
 
         return await idempotent(

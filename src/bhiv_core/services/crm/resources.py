@@ -16,11 +16,15 @@ text comes back byte for byte as it was sent.
 - **tickets**: newest first, owned by their customer; ``resolved`` is the resolve time (0 when
   not resolved) for the dashboard's count of recent resolutions.
 - **interactions**: most recent ``occur_time`` first, owned by their customer; immutable.
+- **outbox**, **outbox_state**: the platform events (ticket opened and resolved, lead won) written
+  in the transaction of their change, until the relay hands them to integrations
+  (:mod:`bhiv_core.events.outbox`).
 """
 
 from __future__ import annotations
 
 from bhiv.crm.v1 import customer_pb2, interaction_pb2, lead_pb2, ticket_pb2
+from bhiv_core.events import outbox
 from bhiv_core.resources import Collection, Field, ResourceType, Value, sort_key, sum_parts
 from bhiv_core.resources.sqlite import schema
 from bhiv_core.runtime.times import seconds_of
@@ -206,7 +210,8 @@ INTERACTION: ResourceType[interaction_pb2.Interaction] = ResourceType(
     owner=lambda m: m.customer,
 )
 
-COLLECTIONS = (CUSTOMERS, LEADS, TICKETS, INTERACTIONS)
+_FIRST = (CUSTOMERS, LEADS, TICKETS, INTERACTIONS)
+COLLECTIONS = (*_FIRST, *outbox.COLLECTIONS)
 
-MIGRATIONS = (schema(COLLECTIONS),)
+MIGRATIONS = (schema(_FIRST), outbox.outbox_migration())
 """CRM's SQLite schema versions: a later change appends a script (``ALTER TABLE``, ``CREATE INDEX``)."""

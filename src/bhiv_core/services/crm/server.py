@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from bhiv_core.events.relay import outbox_relay
 from bhiv_core.resources import RECEIPT_TTL_SECONDS, ResourceStore, make_resource_store
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
@@ -84,9 +85,11 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
 
     Its store (``<data_dir>/crm.db`` or ``BHIV_CRM_STORE_URL``) opens, migrating its schema,
     before the server accepts calls, drives the ``store`` health check, and closes after it stopped.
+    Its outbox relay sends the platform events it publishes to integrations.
     """
     store = make_crm_store(config)
     pruner = _Pruner(store, clock)
+    relay = outbox_relay(config, store)
     servicers: dict[str, object] = {
         "CustomerService": CustomerServicer(Customers(store, clock)),
         "LeadService": LeadServicer(Leads(store, clock)),
@@ -100,8 +103,8 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
         servicers=[(service, servicers[service.name]) for service in services],
         missing=MISSING,
         checks={"store": store.ping},
-        on_start=[store.open, pruner.start],
-        on_stop=[pruner.stop, store.close],
+        on_start=[store.open, pruner.start, relay.start],
+        on_stop=[relay.stop, pruner.stop, store.close],
     )
 
 

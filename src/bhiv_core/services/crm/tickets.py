@@ -6,6 +6,9 @@ and makes it RESOLVED; ``CloseTicket`` closes a RESOLVED ticket; ``ReopenTicket`
 or CLOSED one back to OPEN, clearing the resolution. Any other move is FAILED_PRECONDITION naming
 the ticket's status and its allowed next states.
 
+Opening a ticket publishes ``crm.ticket.opened`` and resolving one ``crm.ticket.resolved``, each in
+the transaction of the change (:func:`~bhiv_core.events.outbox.publish`).
+
 A customer principal opens tickets for itself only (naming another customer is PERMISSION_DENIED,
 before anything is looked up) and sees only its own; every other ticket is NOT_FOUND to it. A
 ticket that is not closed keeps its customer from being deleted: creating or reopening one holds
@@ -21,6 +24,8 @@ from typing import TypeAlias
 
 from bhiv.crm.v1 import ticket_pb2
 from bhiv.crm.v1 import ticket_service_pb2 as ts
+from bhiv.integrations.v1 import event_pb2
+from bhiv_core.events.outbox import publish
 from bhiv_core.resources import (
     Eq,
     Filter,
@@ -38,7 +43,7 @@ from bhiv_core.runtime.errors import (
     NotFound,
     PermissionDenied,
 )
-from bhiv_core.runtime.times import to_timestamp
+from bhiv_core.runtime.times import seconds_of, to_timestamp
 from bhiv_core.security.principal import Principal
 from bhiv_core.services.crm.common import changed, illegal_transition, refuse, require_text
 from bhiv_core.services.crm.customers import claim_customer
@@ -126,6 +131,13 @@ class Tickets:
         async def insert(txn: Transaction) -> ts.CreateTicketResponse:
             await claim_customer(txn, ticket.customer)
             await txn.insert(TICKETS, TICKET.record(ticket))
+            opened = event_pb2.TicketOpenedEvent(
+                ticket=ticket.name,
+                customer=ticket.customer,
+                subject=ticket.title,
+                priority=ticket_pb2.TicketPriority.Name(ticket.priority),
+            )
+            await publish(txn, opened, source="crm", subject=ticket.name, time=seconds_of(ticket.create_time))
             return ts.CreateTicketResponse(ticket=ticket)
 
         return await idempotent(
@@ -280,12 +292,19 @@ class Tickets:
         async def write(txn: Transaction) -> Ticket:
             record = await TICKET.get(txn, name, principal)
             check_etag(etag, record, name)
-            ticket = change(TICKET.load(record))
+            current = TICKET.load(record)
+            was = current.status
+            ticket = change(current)
             if before is not None:
                 await before(txn, ticket)
             TICKET.stamp(ticket, now=at)
             if not await txn.replace(TICKETS, TICKET.record(ticket), expected_etag=record.etag):
                 raise changed(name)
+            if ticket.status == RESOLVED and was != RESOLVED:
+                resolved = event_pb2.TicketResolvedEvent(
+                    ticket=ticket.name, customer=ticket.customer, subject=ticket.title, assignee=ticket.assignee
+                )
+                await publish(txn, resolved, source="crm", subject=ticket.name, time=at)
             return ticket
 
         return await self._store.run(write)
