@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from bhiv.options.v1 import annotations_pb2 as bhiv_dot_options_dot_v1_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*bhiv/integrations/v1/content_service.proto\x12\x14\x62hiv.integrations.v1\x1a!bhiv/options/v1/annotations.proto\"\xb0\x02\n\x1cGenerateSocialContentRequest\x12\x18\n\x05topic\x18\x01 \x01(\tB\t\xd2\xf3\x18\x05\x08\x01\x18\xd0\x0f\x12\x43\n\tplatforms\x18\x02 \x03(\x0e\x32$.bhiv.integrations.v1.SocialPlatformB\n\xd2\xf3\x18\x06\x08\x01P\x01X\x04\x12>\n\tlanguages\x18\x03 \x03(\tB+\xd2\xf3\x18\'\x18#\"![A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*X\x05\x12\x30\n\x04tone\x18\x04 \x01(\x0e\x32\x1a.bhiv.integrations.v1.ToneB\x06\xd2\xf3\x18\x02P\x01\x12\x18\n\x10include_hashtags\x18\x05 \x01(\x08\x12%\n\nmax_length\x18\x06 \x01(\x05\x42\x11\xd2\xf3\x18\r1\x00\x00\x00\x00\xc0\xdc\xee@8\x01@\x01\"\xa7\x01\n\nSocialPost\x12\x36\n\x08platform\x18\x01 \x01(\x0e\x32$.bhiv.integrations.v1.SocialPlatform\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x10\n\x08hashtags\x18\x04 \x03(\t\x12\x17\n\x0f\x63haracter_count\x18\x05 \x01(\x05\x12\x16\n\x0eplatform_limit\x18\x06 \x01(\x05\"q\n\x1dGenerateSocialContentResponse\x12/\n\x05posts\x18\x01 \x03(\x0b\x32 .bhiv.integrations.v1.SocialPost\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t*\xa3\x01\n\x0eSocialPlatform\x12\x1f\n\x1bSOCIAL_PLATFORM_UNSPECIFIED\x10\x00\x12\x15\n\x11SOCIAL_PLATFORM_X\x10\x01\x12\x1c\n\x18SOCIAL_PLATFORM_LINKEDIN\x10\x02\x12\x1d\n\x19SOCIAL_PLATFORM_INSTAGRAM\x10\x03\x12\x1c\n\x18SOCIAL_PLATFORM_FACEBOOK\x10\x04*\x84\x01\n\x04Tone\x12\x14\n\x10TONE_UNSPECIFIED\x10\x00\x12\x15\n\x11TONE_PROFESSIONAL\x10\x01\x12\x0f\n\x0bTONE_CASUAL\x10\x02\x12\x15\n\x11TONE_ENTHUSIASTIC\x10\x03\x12\x14\n\x10TONE_INFORMATIVE\x10\x04\x12\x11\n\rTONE_HUMOROUS\x10\x05\x32\xb8\x01\n\x0e\x43ontentService\x12\xa5\x01\n\x15GenerateSocialContent\x12\x32.bhiv.integrations.v1.GenerateSocialContentRequest\x1a\x33.bhiv.integrations.v1.GenerateSocialContentResponse\"#\xca\xf3\x18\x1f\n\x1dintegrations.content.generateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*bhiv/integrations/v1/content_service.proto\x12\x14\x62hiv.integrations.v1\x1a!bhiv/options/v1/annotations.proto\"\xb0\x02\n\x1cGenerateSocialContentRequest\x12\x18\n\x05topic\x18\x01 \x01(\tB\t\xd2\xf3\x18\x05\x08\x01\x18\xd0\x0f\x12\x43\n\tplatforms\x18\x02 \x03(\x0e\x32$.bhiv.integrations.v1.SocialPlatformB\n\xd2\xf3\x18\x06\x08\x01P\x01X\x04\x12>\n\tlanguages\x18\x03 \x03(\tB+\xd2\xf3\x18\'\x18#\"![A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*X\x05\x12\x30\n\x04tone\x18\x04 \x01(\x0e\x32\x1a.bhiv.integrations.v1.ToneB\x06\xd2\xf3\x18\x02P\x01\x12\x18\n\x10include_hashtags\x18\x05 \x01(\x08\x12%\n\nmax_length\x18\x06 \x01(\x05\x42\x11\xd2\xf3\x18\r1\x00\x00\x00\x00\xc0\xdc\xee@8\x01@\x01\"\xe1\x01\n\nSocialPost\x12\x36\n\x08platform\x18\x01 \x01(\x0e\x32$.bhiv.integrations.v1.SocialPlatform\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x10\n\x08hashtags\x18\x04 \x03(\t\x12\x17\n\x0f\x63haracter_count\x18\x05 \x01(\x05\x12\x16\n\x0eplatform_limit\x18\x06 \x01(\x05\x12\x17\n\x0fplatform_length\x18\x07 \x01(\x05\x12\x10\n\x08provider\x18\x08 \x01(\t\x12\r\n\x05model\x18\t \x01(\t\"q\n\x1dGenerateSocialContentResponse\x12/\n\x05posts\x18\x01 \x03(\x0b\x32 .bhiv.integrations.v1.SocialPost\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t*\xa3\x01\n\x0eSocialPlatform\x12\x1f\n\x1bSOCIAL_PLATFORM_UNSPECIFIED\x10\x00\x12\x15\n\x11SOCIAL_PLATFORM_X\x10\x01\x12\x1c\n\x18SOCIAL_PLATFORM_LINKEDIN\x10\x02\x12\x1d\n\x19SOCIAL_PLATFORM_INSTAGRAM\x10\x03\x12\x1c\n\x18SOCIAL_PLATFORM_FACEBOOK\x10\x04*\x84\x01\n\x04Tone\x12\x14\n\x10TONE_UNSPECIFIED\x10\x00\x12\x15\n\x11TONE_PROFESSIONAL\x10\x01\x12\x0f\n\x0bTONE_CASUAL\x10\x02\x12\x15\n\x11TONE_ENTHUSIASTIC\x10\x03\x12\x14\n\x10TONE_INFORMATIVE\x10\x04\x12\x11\n\rTONE_HUMOROUS\x10\x05\x32\xb8\x01\n\x0e\x43ontentService\x12\xa5\x01\n\x15GenerateSocialContent\x12\x32.bhiv.integrations.v1.GenerateSocialContentRequest\x1a\x33.bhiv.integrations.v1.GenerateSocialContentResponse\"#\xca\xf3\x18\x1f\n\x1dintegrations.content.generateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,16 +44,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATESOCIALCONTENTREQUEST'].fields_by_name['max_length']._serialized_options = b'\322\363\030\r1\000\000\000\000\300\334\356@8\001@\001'
   _globals['_CONTENTSERVICE'].methods_by_name['GenerateSocialContent']._loaded_options = None
   _globals['_CONTENTSERVICE'].methods_by_name['GenerateSocialContent']._serialized_options = b'\312\363\030\037\n\035integrations.content.generate'
-  _globals['_SOCIALPLATFORM']._serialized_start=696
-  _globals['_SOCIALPLATFORM']._serialized_end=859
-  _globals['_TONE']._serialized_start=862
-  _globals['_TONE']._serialized_end=994
+  _globals['_SOCIALPLATFORM']._serialized_start=754
+  _globals['_SOCIALPLATFORM']._serialized_end=917
+  _globals['_TONE']._serialized_start=920
+  _globals['_TONE']._serialized_end=1052
   _globals['_GENERATESOCIALCONTENTREQUEST']._serialized_start=104
   _globals['_GENERATESOCIALCONTENTREQUEST']._serialized_end=408
   _globals['_SOCIALPOST']._serialized_start=411
-  _globals['_SOCIALPOST']._serialized_end=578
-  _globals['_GENERATESOCIALCONTENTRESPONSE']._serialized_start=580
-  _globals['_GENERATESOCIALCONTENTRESPONSE']._serialized_end=693
-  _globals['_CONTENTSERVICE']._serialized_start=997
-  _globals['_CONTENTSERVICE']._serialized_end=1181
+  _globals['_SOCIALPOST']._serialized_end=636
+  _globals['_GENERATESOCIALCONTENTRESPONSE']._serialized_start=638
+  _globals['_GENERATESOCIALCONTENTRESPONSE']._serialized_end=751
+  _globals['_CONTENTSERVICE']._serialized_start=1055
+  _globals['_CONTENTSERVICE']._serialized_end=1239
 # @@protoc_insertion_point(module_scope)

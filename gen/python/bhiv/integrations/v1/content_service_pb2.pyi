@@ -108,7 +108,8 @@ class GenerateSocialContentRequest(_message.Message):
     max_length: _builtins.int
     """The maximum length of each post in characters, hashtags included: 0
     means the platform limit, otherwise 1–63206 and capped at each
-    platform's limit.
+    platform's limit. Counted as the platform counts (for X, its weighted
+    length). Values 1–29 are too short for any post: INVALID_ARGUMENT.
     """
     @_builtins.property
     def platforms(self) -> _containers.RepeatedScalarFieldContainer[Global___SocialPlatform.ValueType]:
@@ -151,6 +152,9 @@ class SocialPost(_message.Message):
     HASHTAGS_FIELD_NUMBER: _builtins.int
     CHARACTER_COUNT_FIELD_NUMBER: _builtins.int
     PLATFORM_LIMIT_FIELD_NUMBER: _builtins.int
+    PLATFORM_LENGTH_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     platform: Global___SocialPlatform.ValueType
     """The platform the post is written for."""
     language: _builtins.str
@@ -161,6 +165,20 @@ class SocialPost(_message.Message):
     """The length of `text` in Unicode characters (code points)."""
     platform_limit: _builtins.int
     """The platform's post length limit in characters."""
+    platform_length: _builtins.int
+    """The length of `text` as the platform counts it, at most `platform_limit`
+    and the request's `max_length`: for X its weighted length (a link counts
+    23, CJK characters and emoji 2, per twitter-text), for the others
+    `character_count`.
+    """
+    provider: _builtins.str
+    """The provider that wrote this post: the response's `provider`, or
+    `offline` for a post the model left out and the offline generator wrote.
+    """
+    model: _builtins.str
+    """The model that wrote this post: the response's `model`, or
+    `template-extract` when `provider` is `offline`.
+    """
     @_builtins.property
     def hashtags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The hashtags used in `text`, each with its leading `#`; empty unless
@@ -176,10 +194,13 @@ class SocialPost(_message.Message):
         hashtags: _abc.Iterable[_builtins.str] | None = ...,
         character_count: _builtins.int = ...,
         platform_limit: _builtins.int = ...,
+        platform_length: _builtins.int = ...,
+        provider: _builtins.str = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["character_count", b"character_count", "hashtags", b"hashtags", "language", b"language", "platform", b"platform", "platform_limit", b"platform_limit", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["character_count", b"character_count", "hashtags", b"hashtags", "language", b"language", "model", b"model", "platform", b"platform", "platform_length", b"platform_length", "platform_limit", b"platform_limit", "provider", b"provider", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,9 +216,13 @@ class GenerateSocialContentResponse(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """The language model that wrote the posts, such as `llama-3.1-8b-instant`."""
+    """The language model that wrote the posts, such as `llama-3.1-8b-instant`,
+    or `template-extract` when the offline generator wrote them all.
+    """
     provider: _builtins.str
-    """The provider that served the model, such as `groq` or `ollama`."""
+    """The provider that served the model, such as `groq` or `ollama`, or
+    `offline` when the offline generator wrote every post.
+    """
     @_builtins.property
     def posts(self) -> _containers.RepeatedCompositeFieldContainer[Global___SocialPost]:
         """One post per (platform, language) pair, ordered by platform as requested

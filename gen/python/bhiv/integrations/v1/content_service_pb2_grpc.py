@@ -54,6 +54,29 @@ class ContentServiceServicer:
         `max_length` too short for any post, UNAVAILABLE when the language model
         provider cannot be reached, and RESOURCE_EXHAUSTED when its quota is
         used up.
+
+        How posts are written depends on the integrations setting
+        `BHIV_CONTENT_LLM`. `auto` (the default) asks the llm service when it has a
+        real model (not its local extractive responder); when it has none, cannot
+        be reached or its quota is used up, the offline template-and-extract
+        generator writes the posts and the response says so (`provider`
+        `offline`, `model` `template-extract`). `off` never asks the model.
+        `required` never writes offline: FAILED_PRECONDITION (reason
+        MODEL_NOT_CONFIGURED) when the llm service has no real model, UNAVAILABLE
+        or RESOURCE_EXHAUSTED as above.
+
+        The offline generator extracts from the topic, so it writes in the topic's
+        own language and cannot translate: offline, a language whose primary
+        subtag is not the topic's detected language (a topic too short to judge
+        counts as English) is refused with FAILED_PRECONDITION (reason
+        LANGUAGE_NEEDS_MODEL) under `off`; under `auto`, the model's failure is
+        returned instead (FAILED_PRECONDITION LANGUAGE_NEEDS_MODEL when there is
+        no model, UNAVAILABLE or RESOURCE_EXHAUSTED).
+
+        A model's post is fitted to the limits (trailing hashtags dropped first,
+        then cut between words with an ellipsis); a post the model left out or
+        wrote empty is drafted offline, which that post's `provider` says.
+        `max_length` below 30 is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

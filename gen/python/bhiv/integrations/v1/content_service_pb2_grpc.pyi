@@ -41,6 +41,29 @@ class ContentServiceStub:
     `max_length` too short for any post, UNAVAILABLE when the language model
     provider cannot be reached, and RESOURCE_EXHAUSTED when its quota is
     used up.
+
+    How posts are written depends on the integrations setting
+    `BHIV_CONTENT_LLM`. `auto` (the default) asks the llm service when it has a
+    real model (not its local extractive responder); when it has none, cannot
+    be reached or its quota is used up, the offline template-and-extract
+    generator writes the posts and the response says so (`provider`
+    `offline`, `model` `template-extract`). `off` never asks the model.
+    `required` never writes offline: FAILED_PRECONDITION (reason
+    MODEL_NOT_CONFIGURED) when the llm service has no real model, UNAVAILABLE
+    or RESOURCE_EXHAUSTED as above.
+
+    The offline generator extracts from the topic, so it writes in the topic's
+    own language and cannot translate: offline, a language whose primary
+    subtag is not the topic's detected language (a topic too short to judge
+    counts as English) is refused with FAILED_PRECONDITION (reason
+    LANGUAGE_NEEDS_MODEL) under `off`; under `auto`, the model's failure is
+    returned instead (FAILED_PRECONDITION LANGUAGE_NEEDS_MODEL when there is
+    no model, UNAVAILABLE or RESOURCE_EXHAUSTED).
+
+    A model's post is fitted to the limits (trailing hashtags dropped first,
+    then cut between words with an ellipsis); a post the model left out or
+    wrote empty is drafted offline, which that post's `provider` says.
+    `max_length` below 30 is INVALID_ARGUMENT.
     """
 
 @_typing.type_check_only
@@ -56,6 +79,29 @@ class ContentServiceAsyncStub(ContentServiceStub):
     `max_length` too short for any post, UNAVAILABLE when the language model
     provider cannot be reached, and RESOURCE_EXHAUSTED when its quota is
     used up.
+
+    How posts are written depends on the integrations setting
+    `BHIV_CONTENT_LLM`. `auto` (the default) asks the llm service when it has a
+    real model (not its local extractive responder); when it has none, cannot
+    be reached or its quota is used up, the offline template-and-extract
+    generator writes the posts and the response says so (`provider`
+    `offline`, `model` `template-extract`). `off` never asks the model.
+    `required` never writes offline: FAILED_PRECONDITION (reason
+    MODEL_NOT_CONFIGURED) when the llm service has no real model, UNAVAILABLE
+    or RESOURCE_EXHAUSTED as above.
+
+    The offline generator extracts from the topic, so it writes in the topic's
+    own language and cannot translate: offline, a language whose primary
+    subtag is not the topic's detected language (a topic too short to judge
+    counts as English) is refused with FAILED_PRECONDITION (reason
+    LANGUAGE_NEEDS_MODEL) under `off`; under `auto`, the model's failure is
+    returned instead (FAILED_PRECONDITION LANGUAGE_NEEDS_MODEL when there is
+    no model, UNAVAILABLE or RESOURCE_EXHAUSTED).
+
+    A model's post is fitted to the limits (trailing hashtags dropped first,
+    then cut between words with an ellipsis); a post the model left out or
+    wrote empty is drafted offline, which that post's `provider` says.
+    `max_length` below 30 is INVALID_ARGUMENT.
     """
 
 class ContentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -74,6 +120,29 @@ class ContentServiceServicer(metaclass=_abc_1.ABCMeta):
         `max_length` too short for any post, UNAVAILABLE when the language model
         provider cannot be reached, and RESOURCE_EXHAUSTED when its quota is
         used up.
+
+        How posts are written depends on the integrations setting
+        `BHIV_CONTENT_LLM`. `auto` (the default) asks the llm service when it has a
+        real model (not its local extractive responder); when it has none, cannot
+        be reached or its quota is used up, the offline template-and-extract
+        generator writes the posts and the response says so (`provider`
+        `offline`, `model` `template-extract`). `off` never asks the model.
+        `required` never writes offline: FAILED_PRECONDITION (reason
+        MODEL_NOT_CONFIGURED) when the llm service has no real model, UNAVAILABLE
+        or RESOURCE_EXHAUSTED as above.
+
+        The offline generator extracts from the topic, so it writes in the topic's
+        own language and cannot translate: offline, a language whose primary
+        subtag is not the topic's detected language (a topic too short to judge
+        counts as English) is refused with FAILED_PRECONDITION (reason
+        LANGUAGE_NEEDS_MODEL) under `off`; under `auto`, the model's failure is
+        returned instead (FAILED_PRECONDITION LANGUAGE_NEEDS_MODEL when there is
+        no model, UNAVAILABLE or RESOURCE_EXHAUSTED).
+
+        A model's post is fitted to the limits (trailing hashtags dropped first,
+        then cut between words with an ellipsis); a post the model left out or
+        wrote empty is drafted offline, which that post's `provider` says.
+        `max_length` below 30 is INVALID_ARGUMENT.
         """
 
 def add_ContentServiceServicer_to_server(servicer: ContentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
