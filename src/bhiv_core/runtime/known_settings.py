@@ -123,6 +123,9 @@ SHARED_SETTINGS: Final = frozenset(
         "AGENTS_DISABLED",
         "AGENTS_DEADLINE_SECONDS",
         "AGENTS_SESSION_TURNS",
+        "TASKS_CONCURRENCY",
+        "TASKS_QUEUE",
+        "TASKS_LEASE_SECONDS",
         "AGENTS_LLM",
         # Orchestration's router: the confidence under which a query goes to the general agent.
         "ROUTER_MIN_CONFIDENCE",

@@ -30,6 +30,14 @@ class OrchestrationConfig:
         agents_llm: ``BHIV_AGENTS_LLM`` (``on``/``off``, default ``on``): agents may ask the llm
             service (``BHIV_LLM_ADDR``) to write answers; ``off``: every answer is extractive.
 
+        tasks_concurrency: ``BHIV_TASKS_CONCURRENCY`` (default 4): tasks and workflows one process
+            runs at once.
+        tasks_queue: ``BHIV_TASKS_QUEUE`` (default 100): runs one process accepts beyond those,
+            waiting for a free slot; ExecuteTask/ExecuteWorkflow past it is RESOURCE_EXHAUSTED.
+        tasks_lease: ``BHIV_TASKS_LEASE_SECONDS`` (default 30): how long a worker's claim on a run
+            lasts without renewal (renewed every third of it); a dead worker's runs are taken
+            over after it.
+
         store_url: ``BHIV_ORCHESTRATION_STORE_URL``: a ``mongodb://`` URL selects MongoDB (database
             ``bhiv_orchestration``) for the documents and the passage index; unset means the SQLite
             files ``<data_dir>/orchestration.db`` and ``<data_dir>/orchestration-knowledge.db``.
@@ -43,6 +51,9 @@ class OrchestrationConfig:
     agent_deadline: float = 30.0
     session_turns: int = 10
     agents_llm: bool = True
+    tasks_concurrency: int = 4
+    tasks_queue: int = 100
+    tasks_lease: float = 30.0
 
     @classmethod
     def from_runtime(cls, config: RuntimeConfig) -> OrchestrationConfig:
@@ -59,6 +70,9 @@ class OrchestrationConfig:
             agent_deadline=config.settings.positive_float("AGENTS_DEADLINE_SECONDS", 30.0),
             session_turns=config.settings.positive_int("AGENTS_SESSION_TURNS", 10),
             agents_llm=config.settings.choice("AGENTS_LLM", "on", ("on", "off")) == "on",
+            tasks_concurrency=config.settings.positive_int("TASKS_CONCURRENCY", 4),
+            tasks_queue=config.settings.get("TASKS_QUEUE", 100, _count, "a whole number ≥ 0"),
+            tasks_lease=config.settings.positive_float("TASKS_LEASE_SECONDS", 30.0),
             store_url=mongo_url_setting(
                 config.settings, "ORCHESTRATION_STORE_URL", "the SQLite files of <data_dir>"
             ),
@@ -71,3 +85,10 @@ def _agent_ids(raw: str) -> frozenset[str]:
     if unknown:
         raise ValueError(", ".join(sorted(unknown)))
     return ids
+
+
+def _count(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
+from bhiv_core.agents.base import Agent
 from bhiv_core.agents.catalog import build_catalog
 from bhiv_core.agents.router import min_confidence_setting
 from bhiv_core.interceptors.tracing import client_interceptors
@@ -30,8 +31,13 @@ from bhiv_core.services.orchestration.servicer import (
     AgentServicer,
     KnowledgeServicer,
     OrchestrationServicer,
+    TaskServicer,
+    WorkflowServicer,
 )
+from bhiv_core.services.orchestration.runs import Runner
 from bhiv_core.services.orchestration.sessions import Sessions
+from bhiv_core.services.orchestration.tasks import Tasks
+from bhiv_core.services.orchestration.workflows import Workflows
 from bhiv_core.standard_chain import standard_chain
 
 __all__ = [
@@ -99,7 +105,12 @@ async def seed_sample_corpus(knowledge: Knowledge) -> int:
     return ingested
 
 
-def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time) -> runtime.ServiceDefinition:
+def definition(
+    config: RuntimeConfig,
+    *,
+    clock: Callable[[], float] = time.time,
+    catalog: Mapping[str, Agent] | None = None,
+) -> runtime.ServiceDefinition:
     """Returns what the orchestration service contributes to the runtime.
 
     Its kit store (``<data_dir>/orchestration.db``) and passage index
@@ -108,7 +119,10 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
     dense model when ``BHIV_KNOWLEDGE_DENSE`` is on; orphaned passages are removed and, on the
     first start, the sample corpus is ingested. The agents call the llm service
     (``BHIV_LLM_ADDR``) through the generated stubs over a peer channel that forwards the caller's
-    token and trace context, unless ``BHIV_AGENTS_LLM=off``.
+    token and trace context, unless ``BHIV_AGENTS_LLM=off``. Tasks and workflows run in a pool of
+    ``BHIV_TASKS_CONCURRENCY`` with ``BHIV_TASKS_QUEUE`` waiting; at start, runs whose worker died
+    are resumed (:mod:`~bhiv_core.services.orchestration.runs`). ``catalog`` replaces the twelve
+    agents (tests register a scripted one).
     """
     settings = OrchestrationConfig.from_runtime(config)
     store = make_orchestration_store(config)
@@ -126,7 +140,7 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
 
     channels = PeerChannels(config.peers, extra_interceptors=client_interceptors)
     agents = Agents(
-        build_catalog(),
+        catalog if catalog is not None else build_catalog(),
         index,
         Sessions(store, settings.session_turns, clock),
         disabled=settings.agents_disabled,
@@ -138,18 +152,30 @@ def definition(config: RuntimeConfig, *, clock: Callable[[], float] = time.time)
     async def load_router() -> None:
         await agents.load_router()  # trained once, in a worker thread, before calls are accepted
 
+    runner = Runner(
+        store,
+        concurrency=settings.tasks_concurrency,
+        queue=settings.tasks_queue,
+        lease=settings.tasks_lease,
+        clock=clock,
+    )
+    tasks = Tasks(store, agents, runner, clock)
+    workflows = Workflows(store, agents, runner, clock)
+
     rest = OrchestrationServicer()
     servicers: dict[str, object] = {
         "KnowledgeService": KnowledgeServicer(knowledge),
         "AgentService": AgentServicer(agents),
+        "TaskService": TaskServicer(tasks),
+        "WorkflowService": WorkflowServicer(workflows),
     }
     return runtime.ServiceDefinition(
         name=NAME,
         servicers=[(s, servicers.get(s.name, rest)) for s in services_of_package("bhiv.orchestration.v1")],
         missing=MISSING,
         checks={"store": store.ping, "index": index.ping},
-        on_start=[store.open, load_model, index.open, prepare, load_router],
-        on_stop=[channels.close, index.close, store.close],
+        on_start=[store.open, load_model, index.open, prepare, load_router, runner.start_loop],
+        on_stop=[runner.stop, channels.close, index.close, store.close],
     )
 
 

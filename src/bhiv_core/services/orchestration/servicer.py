@@ -1,9 +1,10 @@
 """The orchestration servicers: proto in, domain call, proto out.
 
-``KnowledgeService`` (over :mod:`~bhiv_core.services.orchestration.knowledge`) and
-``AgentService`` (over :mod:`~bhiv_core.services.orchestration.agents`) are built;
-``TaskService`` and ``WorkflowService`` have no servicer methods yet (issue 13), so the runtime
-answers each of their RPCs UNIMPLEMENTED with :data:`MISSING`.
+``KnowledgeService`` (over :mod:`~bhiv_core.services.orchestration.knowledge`),
+``AgentService`` (over :mod:`~bhiv_core.services.orchestration.agents`), ``TaskService`` (over
+:mod:`~bhiv_core.services.orchestration.tasks`) and ``WorkflowService`` (over
+:mod:`~bhiv_core.services.orchestration.workflows`) are built; a service of the package without a
+servicer would answer UNIMPLEMENTED with :data:`MISSING`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,25 @@ from collections.abc import AsyncIterator
 
 from bhiv.orchestration.v1 import agent_service_pb2 as asv
 from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
+from bhiv.orchestration.v1 import task_service_pb2 as ts
+from bhiv.orchestration.v1 import workflow_service_pb2 as ws
 from bhiv_core.runtime.chain import Context
 from bhiv_core.security.principal import require_principal
 from bhiv_core.services.orchestration.agents import Agents
 from bhiv_core.services.orchestration.knowledge import Knowledge
+from bhiv_core.services.orchestration.tasks import Tasks
+from bhiv_core.services.orchestration.workflows import Workflows
 
-__all__ = ["MISSING", "AgentServicer", "KnowledgeServicer", "OrchestrationServicer"]
+__all__ = [
+    "MISSING",
+    "AgentServicer",
+    "KnowledgeServicer",
+    "OrchestrationServicer",
+    "TaskServicer",
+    "WorkflowServicer",
+]
 
-MISSING = "tasks and workflows are issue 13 (the knowledge base and the agents are built)"
+MISSING = "not built in orchestration"
 
 
 class OrchestrationServicer:
@@ -89,3 +101,65 @@ class AgentServicer:
     async def InvokeAgent(self, request: asv.InvokeAgentRequest, context: Context) -> asv.InvokeAgentResponse:
         """Sends a query to a named agent."""
         return await self._domain.invoke(request, require_principal())
+
+
+class TaskServicer:
+    """Implements ``bhiv.orchestration.v1.TaskService``."""
+
+    def __init__(self, tasks: Tasks):
+        self._domain = tasks
+
+    async def CreateTask(self, request: ts.CreateTaskRequest, context: Context) -> ts.CreateTaskResponse:
+        """Creates a pending task."""
+        return await self._domain.create(request, require_principal())
+
+    async def GetTask(self, request: ts.GetTaskRequest, context: Context) -> ts.GetTaskResponse:
+        """Gets a task."""
+        return await self._domain.get(request, require_principal())
+
+    async def ListTasks(self, request: ts.ListTasksRequest, context: Context) -> ts.ListTasksResponse:
+        """Lists tasks."""
+        return await self._domain.list(request, require_principal())
+
+    async def ExecuteTask(self, request: ts.ExecuteTaskRequest, context: Context) -> ts.ExecuteTaskResponse:
+        """Runs a task."""
+        return await self._domain.execute(request, require_principal())
+
+    async def CancelTask(self, request: ts.CancelTaskRequest, context: Context) -> ts.CancelTaskResponse:
+        """Cancels a task."""
+        return await self._domain.cancel(request, require_principal())
+
+
+class WorkflowServicer:
+    """Implements ``bhiv.orchestration.v1.WorkflowService``."""
+
+    def __init__(self, workflows: Workflows):
+        self._domain = workflows
+
+    async def CreateWorkflow(
+        self, request: ws.CreateWorkflowRequest, context: Context
+    ) -> ws.CreateWorkflowResponse:
+        """Creates a pending workflow."""
+        return await self._domain.create(request, require_principal())
+
+    async def GetWorkflow(self, request: ws.GetWorkflowRequest, context: Context) -> ws.GetWorkflowResponse:
+        """Gets a workflow."""
+        return await self._domain.get(request, require_principal())
+
+    async def ListWorkflows(
+        self, request: ws.ListWorkflowsRequest, context: Context
+    ) -> ws.ListWorkflowsResponse:
+        """Lists workflows."""
+        return await self._domain.list(request, require_principal())
+
+    async def ExecuteWorkflow(
+        self, request: ws.ExecuteWorkflowRequest, context: Context
+    ) -> ws.ExecuteWorkflowResponse:
+        """Runs a workflow."""
+        return await self._domain.execute(request, require_principal())
+
+    async def CancelWorkflow(
+        self, request: ws.CancelWorkflowRequest, context: Context
+    ) -> ws.CancelWorkflowResponse:
+        """Cancels a workflow."""
+        return await self._domain.cancel(request, require_principal())

@@ -1,0 +1,432 @@
+"""Workflows (``bhiv.orchestration.v1.WorkflowService``): steps run in order, each fed by earlier ones.
+
+A workflow is a kit resource (``workflows/{id}``). Its steps' templates are checked at create:
+``{{input}}`` and ``{{step_N}}`` (1 ≤ N < the step's own number) are the only placeholders;
+anything else, or a reference to the step itself or a later one, is INVALID_ARGUMENT with the
+step's ``input_template`` as the field. ExecuteWorkflow resets the step results and hands the
+workflow to the process's pool (:mod:`~bhiv_core.services.orchestration.runs`); the run then
+takes the first step that has not succeeded, renders its query (the workflow's input and the
+answer texts of earlier steps; a rendered query is cut to :data:`MAX_RENDERED_CHARS`), runs its
+agent in process as the workflow's creator (see :mod:`~bhiv_core.services.orchestration.tasks`)
+within the step's timeout, and records the result. A failed or timed-out attempt is retried
+after a short backoff while the step's attempts remain; then the step is FAILED or TIMED_OUT, the
+later steps SKIPPED and the workflow FAILED, its ``error_message`` naming the step. Every change
+is one transaction with a new etag, checked against the run's lease.
+
+CancelWorkflow ends a pending or running workflow CANCELLED: the running step's attempt is
+abandoned and the step recorded SKIPPED with an ``error_message`` saying so, and the steps not
+run yet are SKIPPED.
+
+**After a crash** the workflow resumes from its first unfinished step, keeping the results of the
+finished ones; the step that was running when its worker died has used that attempt: it is
+retried when attempts remain, else it fails (interrupted) and the workflow fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from bhiv.orchestration.v1 import workflow_pb2
+from bhiv.orchestration.v1 import workflow_service_pb2 as ws
+from bhiv_core.resources import (
+    Eq,
+    Filter,
+    Record,
+    ResourceStore,
+    Transaction,
+    check_etag,
+    idempotent,
+    list_page,
+    owner_filters,
+)
+from bhiv_core.runtime.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, clip
+from bhiv_core.runtime.times import to_timestamp
+from bhiv_core.security.principal import Principal
+from bhiv_core.services.orchestration.agents import Agents
+from bhiv_core.services.orchestration.resources import WORKFLOW, WORKFLOWS
+from bhiv_core.services.orchestration.runs import Runner, backoff
+from bhiv_core.services.orchestration.tasks import (
+    DEFAULT_ATTEMPTS,
+    Outcome,
+    check_agent,
+    principal_of,
+    record_of,
+    run_agent,
+    run_as_of,
+    timeout_problem,
+    timeout_seconds,
+)
+
+__all__ = ["MAX_RENDERED_CHARS", "Workflows", "render", "template_problems"]
+
+MAX_RENDERED_CHARS = 10000
+"""The longest query a step sends (the contract's query limit); a longer rendering is cut."""
+
+_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_STEP = re.compile(r"step_([0-9]{1,6})")
+
+_PENDING = workflow_pb2.WORKFLOW_STATUS_PENDING
+_RUNNING = workflow_pb2.WORKFLOW_STATUS_RUNNING
+_SUCCEEDED = workflow_pb2.WORKFLOW_STATUS_SUCCEEDED
+_FAILED = workflow_pb2.WORKFLOW_STATUS_FAILED
+_CANCELLED = workflow_pb2.WORKFLOW_STATUS_CANCELLED
+
+
+def template_problems(template: str, number: int, path: str) -> list[FieldViolation]:
+    """What is wrong with the placeholders of step ``number``'s template (1-based)."""
+    problems = []
+    for match in _PLACEHOLDER.finditer(template):
+        name = match.group(1).strip()
+        if name == "input":
+            continue
+        step = _STEP.fullmatch(name)
+        shown = clip(match.group(0), 80)
+        if step is None:
+            problems.append(
+                FieldViolation(
+                    path, f"{shown} is not a placeholder: use {{{{input}}}} or {{{{step_N}}}}", "UNKNOWN_PLACEHOLDER"
+                )
+            )
+        elif not 1 <= int(step.group(1)) < number:
+            problems.append(
+                FieldViolation(
+                    path,
+                    f"{shown} is not an earlier step: step {number} may use step_1 to step_{number - 1}"
+                    if number > 1
+                    else f"{shown}: the first step may only use {{{{input}}}}",
+                    "FORWARD_REFERENCE",
+                )
+            )
+    return problems
+
+
+def render(template: str, input: str, answers: Sequence[str]) -> str:
+    """The template with ``{{input}}`` and ``{{step_N}}`` filled in (checked at create)."""
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1).strip()
+        if name == "input":
+            return input
+        step = _STEP.fullmatch(name)
+        if step is not None and 1 <= int(step.group(1)) <= len(answers):
+            return answers[int(step.group(1)) - 1]
+        return match.group(0)
+
+    return _PLACEHOLDER.sub(fill, template)[:MAX_RENDERED_CHARS]
+
+
+def _key(id: str) -> str:
+    return f"workflows:{id}"
+
+
+def _attempts(step: workflow_pb2.WorkflowStep) -> int:
+    return step.max_attempts or DEFAULT_ATTEMPTS
+
+
+class Workflows:
+    """The workflow domain of the orchestration service.
+
+    Args:
+        store: Orchestration's kit store.
+        agents: The in-process agents.
+        runner: The process's pool of runs.
+        clock: Unix seconds now.
+
+    """
+
+    prefix = "workflows"
+
+    def __init__(
+        self, store: ResourceStore, agents: Agents, runner: Runner, clock: Callable[[], float] = time.time
+    ):
+        self._store = store
+        self._agents = agents
+        self._runner = runner
+        self._clock = clock
+        runner.register(self)
+
+    async def create(
+        self, request: ws.CreateWorkflowRequest, principal: Principal
+    ) -> ws.CreateWorkflowResponse:
+        """Stores a PENDING workflow after checking its templates, timeouts and agents."""
+        given = request.workflow
+        violations: list[FieldViolation] = []
+        if not given.display_name.strip():
+            violations.append(FieldViolation("workflow.display_name", "must not be blank", "REQUIRED"))
+        for i, step in enumerate(given.steps):
+            at = f"workflow.steps[{i}]"
+            if not step.input_template.strip():
+                violations.append(FieldViolation(f"{at}.input_template", "must not be blank", "REQUIRED"))
+            violations += template_problems(step.input_template, i + 1, f"{at}.input_template")
+            problem = timeout_problem(step, "timeout", f"{at}.timeout")
+            if problem is not None:
+                violations.append(problem)
+        if violations:
+            raise InvalidArgument(violations=violations)
+        for step in given.steps:
+            check_agent(self._agents, step.agent)
+        workflow = workflow_pb2.Workflow(
+            display_name=given.display_name, input=given.input, steps=given.steps, status=_PENDING
+        )
+        workflow = WORKFLOW.fresh(workflow, now=self._clock())
+        stored = WORKFLOW.record(workflow)
+        stored = dataclasses.replace(
+            stored,
+            owner=principal.customer if principal.is_customer else "",
+            fields={**stored.fields, "run_as": run_as_of(principal)},
+        )
+
+        async def step(txn: Transaction) -> ws.CreateWorkflowResponse:
+            await txn.insert(WORKFLOWS, stored)
+            return ws.CreateWorkflowResponse(workflow=workflow)
+
+        return await idempotent(
+            self._store,
+            scope=f"CreateWorkflow:{principal.subject}",
+            request_id=request.request_id,
+            request=request,
+            response_type=ws.CreateWorkflowResponse,
+            step=step,
+            clock=self._clock,
+        )
+
+    async def get(self, request: ws.GetWorkflowRequest, principal: Principal) -> ws.GetWorkflowResponse:
+        """The workflow with its step results, if the principal may see it."""
+        record = await WORKFLOW.get(self._store, request.name, principal)
+        return ws.GetWorkflowResponse(workflow=WORKFLOW.load(record))
+
+    async def list(self, request: ws.ListWorkflowsRequest, principal: Principal) -> ws.ListWorkflowsResponse:
+        """A page of workflows, newest first, filtered by status."""
+        filters: list[Filter] = owner_filters(principal)
+        if request.status:
+            filters.append(Eq("status", int(request.status)))
+        records, token = await list_page(
+            self._store,
+            WORKFLOWS,
+            filters,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            query=("ListWorkflows",),
+            max_bytes=2 << 20,
+        )
+        return ws.ListWorkflowsResponse(workflows=[WORKFLOW.load(r) for r in records], next_page_token=token)
+
+    async def execute(
+        self, request: ws.ExecuteWorkflowRequest, principal: Principal
+    ) -> ws.ExecuteWorkflowResponse:
+        """Starts a run from the first step; waits for its end when ``wait``."""
+        id = WORKFLOW.id_of(request.name)
+        key = _key(id)
+        self._runner.admit()
+        try:
+
+            async def step(txn: Transaction) -> workflow_pb2.Workflow:
+                record = await WORKFLOW.get(txn, request.name, principal)
+                check_etag(request.etag, record, request.name)
+                workflow = WORKFLOW.load(record)
+                if workflow.status == _RUNNING:
+                    raise FailedPrecondition(f"{request.name} is already running", reason="WORKFLOW_RUNNING")
+                for s in workflow.steps:
+                    check_agent(self._agents, s.agent)
+                now = self._clock()
+                workflow.status = _RUNNING
+                workflow.error_message = ""
+                del workflow.step_results[:]
+                workflow.step_results.extend(
+                    workflow_pb2.WorkflowStepResult(
+                        step_number=i + 1, agent=s.agent, status=workflow_pb2.STEP_STATUS_PENDING
+                    )
+                    for i, s in enumerate(workflow.steps)
+                )
+                workflow.start_time.CopyFrom(to_timestamp(now))
+                workflow.ClearField("end_time")
+                WORKFLOW.stamp(workflow, now=now)
+                fresh = record_of(record, WORKFLOW.record(workflow))
+                if not await txn.replace(WORKFLOWS, fresh, expected_etag=record.etag):
+                    raise Aborted(f"{request.name} changed meanwhile: retry", reason="CONCURRENT_UPDATE")
+                await self._runner.take(txn, key)
+                return workflow
+
+            workflow = await self._store.run(step)
+        except BaseException:
+            self._runner.release()
+            raise
+        self._runner.start(key, self._body(id))
+        if request.wait:
+            await asyncio.shield(self._runner.wait(key))
+            record = await self._store.get(WORKFLOWS, id)
+            if record is not None:
+                workflow = WORKFLOW.load(record)
+        return ws.ExecuteWorkflowResponse(workflow=workflow)
+
+    async def cancel(
+        self, request: ws.CancelWorkflowRequest, principal: Principal
+    ) -> ws.CancelWorkflowResponse:
+        """Ends a pending or running workflow as CANCELLED: the running step abandoned, the rest skipped."""
+        id = WORKFLOW.id_of(request.name)
+
+        async def step(txn: Transaction) -> workflow_pb2.Workflow:
+            record = await WORKFLOW.get(txn, request.name, principal)
+            check_etag(request.etag, record, request.name)
+            workflow = WORKFLOW.load(record)
+            if workflow.status not in (_PENDING, _RUNNING):
+                raise FailedPrecondition(
+                    f"{request.name} has already finished ({workflow_pb2.WorkflowStatus.Name(workflow.status)})",
+                    reason="WORKFLOW_FINISHED",
+                )
+            now = self._clock()
+            for result in workflow.step_results:
+                if result.status == workflow_pb2.STEP_STATUS_RUNNING:
+                    result.error_message = (
+                        f"attempt {result.attempts} was abandoned: the workflow was cancelled"
+                    )
+                    result.end_time.CopyFrom(to_timestamp(now))
+                    result.status = workflow_pb2.STEP_STATUS_SKIPPED
+                elif result.status == workflow_pb2.STEP_STATUS_PENDING:
+                    result.status = workflow_pb2.STEP_STATUS_SKIPPED
+            workflow.status = _CANCELLED
+            workflow.end_time.CopyFrom(to_timestamp(now))
+            WORKFLOW.stamp(workflow, now=now)
+            fresh = record_of(record, WORKFLOW.record(workflow))
+            if not await txn.replace(WORKFLOWS, fresh, expected_etag=record.etag):
+                raise Aborted(f"{request.name} changed meanwhile: retry", reason="CONCURRENT_UPDATE")
+            await self._runner.drop(txn, _key(id))
+            return workflow
+
+        workflow = await self._store.run(step)
+        self._runner.abandon(_key(id))
+        return ws.CancelWorkflowResponse(workflow=workflow)
+
+    # ---- running -------------------------------------------------------------------------
+
+    async def recover(self, id: str) -> Callable[[], Awaitable[None]] | None:
+        """Resumes a workflow whose worker died from its first unfinished step; None if not running."""
+
+        async def note(txn: Transaction) -> bool:
+            record = await txn.get(WORKFLOWS, id)
+            if record is None:
+                return False
+            workflow = WORKFLOW.load(record)
+            if workflow.status != _RUNNING:
+                return False
+            for result in workflow.step_results:
+                if result.status == workflow_pb2.STEP_STATUS_RUNNING:
+                    result.error_message = (
+                        f"attempt {result.attempts} was interrupted: the worker running it stopped"
+                    )
+            WORKFLOW.stamp(workflow, now=self._clock())
+            await txn.replace(WORKFLOWS, record_of(record, WORKFLOW.record(workflow)), expected_etag=record.etag)
+            return True
+
+        return self._body(id) if await self._store.run(note) else None
+
+    def _body(self, id: str) -> Callable[[], Awaitable[None]]:
+        async def body() -> None:
+            while True:
+                begun = await self._store.run(lambda txn: self._begin(txn, id))
+                if begun is None:
+                    return
+                index, rendered, step, principal = begun
+                outcome = await run_agent(
+                    self._agents, principal, agent=step.agent, query=rendered, timeout=timeout_seconds(step)
+                )
+                pause = await self._store.run(
+                    lambda txn, outcome=outcome, index=index: self._end(txn, id, index, outcome)
+                )
+                if pause is None:
+                    return
+                if pause:
+                    await asyncio.sleep(pause)
+
+        return body
+
+    async def _held(self, txn: Transaction, id: str) -> tuple[Record, workflow_pb2.Workflow] | None:
+        record = await txn.get(WORKFLOWS, id)
+        if record is None or not await self._runner.holds(txn, _key(id)):
+            return None
+        workflow = WORKFLOW.load(record)
+        if workflow.status != _RUNNING:
+            await self._runner.drop(txn, _key(id))
+            return None
+        return record, workflow
+
+    async def _write(
+        self, txn: Transaction, record: Record, workflow: workflow_pb2.Workflow, *, final: bool
+    ) -> None:
+        now = self._clock()
+        if final:
+            workflow.end_time.CopyFrom(to_timestamp(now))
+            await self._runner.drop(txn, _key(WORKFLOW.id_of(workflow.name)))
+        WORKFLOW.stamp(workflow, now=now)
+        await txn.replace(WORKFLOWS, record_of(record, WORKFLOW.record(workflow)), expected_etag=record.etag)
+
+    def _fail_at(self, workflow: workflow_pb2.Workflow, index: int, status: int) -> None:
+        """Step ``index`` ends with ``status``; the later steps are skipped and the workflow fails."""
+        now = to_timestamp(self._clock())
+        result = workflow.step_results[index]
+        result.status = status  # type: ignore[assignment]
+        result.end_time.CopyFrom(now)
+        for later in workflow.step_results[index + 1 :]:
+            later.status = workflow_pb2.STEP_STATUS_SKIPPED
+        workflow.status = _FAILED
+        workflow.error_message = clip(
+            f"step {index + 1} ({result.agent}) failed after {result.attempts} attempt"
+            f"{'s' if result.attempts != 1 else ''}: {result.error_message}",
+            1000,
+        )
+
+    async def _begin(
+        self, txn: Transaction, id: str
+    ) -> tuple[int, str, workflow_pb2.WorkflowStep, Principal] | None:
+        held = await self._held(txn, id)
+        if held is None:
+            return None
+        record, workflow = held
+        results = workflow.step_results
+        index = next((i for i, r in enumerate(results) if r.status != workflow_pb2.STEP_STATUS_SUCCEEDED), None)
+        if index is None:
+            workflow.status = _SUCCEEDED
+            await self._write(txn, record, workflow, final=True)
+            return None
+        step, result = workflow.steps[index], results[index]
+        if result.attempts >= _attempts(step):
+            result.error_message = (
+                f"attempt {result.attempts} was interrupted (the worker running it stopped) and no attempts remain"
+            )
+            self._fail_at(workflow, index, workflow_pb2.STEP_STATUS_FAILED)
+            await self._write(txn, record, workflow, final=True)
+            return None
+        rendered = render(step.input_template, workflow.input, [r.answer.text for r in results[:index]])
+        result.status = workflow_pb2.STEP_STATUS_RUNNING
+        result.rendered_input = rendered
+        result.attempts += 1
+        if not result.HasField("start_time"):
+            result.start_time.CopyFrom(to_timestamp(self._clock()))
+        await self._write(txn, record, workflow, final=False)
+        return index, rendered, step, principal_of(record)
+
+    async def _end(self, txn: Transaction, id: str, index: int, outcome: Outcome) -> float | None:
+        held = await self._held(txn, id)
+        if held is None:
+            return None
+        record, workflow = held
+        step, result = workflow.steps[index], workflow.step_results[index]
+        if outcome.answer is not None:
+            result.status = workflow_pb2.STEP_STATUS_SUCCEEDED
+            result.answer.CopyFrom(outcome.answer)
+            result.error_message = ""
+            result.end_time.CopyFrom(to_timestamp(self._clock()))
+            await self._write(txn, record, workflow, final=False)
+            return 0.0
+        result.error_message = outcome.error
+        if result.attempts >= _attempts(step):
+            status = workflow_pb2.STEP_STATUS_TIMED_OUT if outcome.timed_out else workflow_pb2.STEP_STATUS_FAILED
+            self._fail_at(workflow, index, status)
+            await self._write(txn, record, workflow, final=True)
+            return None
+        await self._write(txn, record, workflow, final=False)
+        return backoff(result.attempts)
