@@ -1,21 +1,19 @@
-"""Tasks and workflows through the real edge: a three-step chain fed step to step, a step that
-times out on every attempt failing the workflow cleanly, cancellation, and a SIGKILL of
-orchestration in the middle of a step, after which the workflow resumes or fails, never "running".
+"""Tasks and workflows through the real edge: a three-step chain fed step to step, a failing step
+retried then failing the workflow cleanly, a step past its timeout, cancellation, a full pool, and
+a SIGKILL of orchestration in the middle of a run, after which the workflow resumes or fails,
+never stays "running".
 
-The llm service of this module's mesh is keyed to a fake Groq on loopback (the one the llm tests
-use): it answers every completion at once, except those whose prompt holds a marker a test
-registered, which it holds unanswered until the test releases the marker. That is how a step is
-made slow or stuck, deterministically, with real agents, a real llm service and real Groq HTTP.
+Background runs act as their creator without a token, so their agents answer offline (see
+``services/orchestration/tasks.py``): every step here runs real agents, in orchestration's
+process. A long run is a chain of twenty summaries of a long text; this module's mesh runs one
+run at a time with one more queued, so a third is refused.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,79 +25,25 @@ from bhiv.orchestration.v1 import task_service_pb2 as tks
 from bhiv.orchestration.v1 import task_service_pb2_grpc as tks_grpc
 from bhiv.orchestration.v1 import workflow_service_pb2 as wfs
 from bhiv.orchestration.v1 import workflow_service_pb2_grpc as wfs_grpc
+from bhiv_core.knowledge.corpus import SAMPLES, read_sample
 from bhiv_core.mesh import Mesh
 from tests.e2e.client import CALL_TIMEOUT, Session, admin_session
 from tests.e2e.conftest import mesh_env
 from tests.e2e.receiver import until
-from tests.services.llm.conftest import FakeGroq
 
 pytestmark = pytest.mark.e2e
 
 GITA = "What does the Gita say about acting without attachment to results?"
-RUN_TIMEOUT = 180.0
-"""Seconds a workflow may take to finish here: agents load their models on first use."""
+RUN_TIMEOUT = 240.0
+"""Seconds a run may take to finish here: agents load their models on first use, the host is shared."""
 FINISHED = {workflow_pb2.WORKFLOW_STATUS_SUCCEEDED, workflow_pb2.WORKFLOW_STATUS_FAILED}
-
-
-@dataclass
-class HoldingGroq(FakeGroq):
-    """The llm tests' fake Groq, holding back the completions whose request names a held marker."""
-
-    held: dict[str, asyncio.Event] = field(default_factory=dict)
-    seen: dict[str, int] = field(default_factory=dict)
-
-    def hold(self) -> str:
-        """A new marker: completions whose prompt holds it wait until :meth:`release`."""
-        marker = f"HOLD{secrets.token_hex(6)}"
-        self.held[marker] = asyncio.Event()
-        self.seen[marker] = 0
-        return marker
-
-    def release(self, marker: str) -> None:
-        """Answers the held completions of ``marker`` now, and later ones at once."""
-        self.held[marker].set()
-
-    async def _answer(self, behaviour: str, body: dict[str, Any], writer: asyncio.StreamWriter) -> None:
-        text = json.dumps(body)
-        for marker, released in self.held.items():
-            if marker in text:
-                self.seen[marker] += 1
-                await released.wait()
-        await super()._answer(behaviour, body, writer)
-
-    def release_all(self) -> None:
-        for released in self.held.values():
-            released.set()
+LONG_TEXT = read_sample(SAMPLES[0])[:9000]
+"""A long text to summarise: each step of a long run takes a while."""
 
 
 @pytest.fixture(scope="module")
-async def groq() -> AsyncIterator[HoldingGroq]:
-    fake = HoldingGroq()
-    server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
-    fake.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
-        yield fake
-    finally:
-        fake.release_all()
-        server.close()
-
-
-@pytest.fixture(scope="module")
-async def mesh(
-    tmp_path_factory: pytest.TempPathFactory, collector: Any, groq: HoldingGroq
-) -> AsyncIterator[Mesh]:
-    secrets_dir: Path = tmp_path_factory.mktemp("groq")
-    key = secrets_dir / "groq.key"
-    key.write_text("gsk_test_not_a_real_key\n")
-    key.chmod(0o600)
-    env = mesh_env(collector[1]) | {
-        "BHIV_LLM_GROQ_API_KEY_FILE": str(key),
-        "BHIV_LLM_GROQ_BASE_URL": groq.url,
-        # A held completion stays held: neither Groq's client nor the agent gives up first.
-        "BHIV_LLM_GROQ_TIMEOUT_SECONDS": "300",
-        "BHIV_LLM_GROQ_MAX_RETRIES": "0",
-        "BHIV_AGENTS_DEADLINE_SECONDS": "300",
-    }
+async def mesh(tmp_path_factory: pytest.TempPathFactory, collector: Any) -> AsyncIterator[Mesh]:
+    env = mesh_env(collector[1]) | {"BHIV_TASKS_CONCURRENCY": "1", "BHIV_TASKS_QUEUE": "1"}
     started = Mesh.with_free_ports(tmp_path_factory.mktemp("workflows"), env=env, edge_rate_limit=100_000)
     async with started:
         yield started
@@ -117,13 +61,10 @@ async def channel(mesh: Mesh) -> AsyncIterator[grpc.aio.Channel]:
 
 
 def step(
-    agent: str, template: str, *, timeout: float = 0, max_attempts: int = 0
+    agent: str, template: str, *, timeout: Duration | None = None, max_attempts: int = 0
 ) -> workflow_pb2.WorkflowStep:
     return workflow_pb2.WorkflowStep(
-        agent=f"agents/{agent}",
-        input_template=template,
-        timeout=Duration(seconds=int(timeout)) if timeout else None,
-        max_attempts=max_attempts,
+        agent=f"agents/{agent}", input_template=template, timeout=timeout, max_attempts=max_attempts
     )
 
 
@@ -203,82 +144,143 @@ async def test_a_three_step_workflow_runs_to_completion_each_step_fed_by_the_one
     assert created.name in [w.name for w in listed.workflows]
 
 
-async def test_a_step_timing_out_on_every_attempt_fails_the_workflow_and_skips_the_rest(
-    channel: grpc.aio.Channel, admin: Session, groq: HoldingGroq
+async def test_a_failing_step_is_retried_then_the_workflow_fails_and_the_rest_is_skipped(
+    channel: grpc.aio.Channel, admin: Session
 ) -> None:
-    marker = groq.hold()
-    try:
-        created = await create_workflow(
-            channel,
-            admin,
-            [
-                step("knowledge", "{{input}}"),
-                step("text", f"Rewrite this text: {marker} {{{{step_1}}}}", timeout=2, max_attempts=2),
-                step("text", "Extract the keywords: {{step_2}}"),
-            ],
-        )
-        done = await execute(channel, admin, created.name, wait=True)
-    finally:
-        groq.release(marker)
+    created = await create_workflow(
+        channel,
+        admin,
+        [
+            step("knowledge", "{{input}}"),
+            # The image agent needs an image: a query alone fails every attempt.
+            step("image", "Describe the picture of {{step_1}}", max_attempts=3),
+            step("text", "Extract the keywords: {{step_2}}"),
+        ],
+    )
+    done = await execute(channel, admin, created.name, wait=True)
     assert done.status == workflow_pb2.WORKFLOW_STATUS_FAILED
     assert statuses(done) == [
         workflow_pb2.STEP_STATUS_SUCCEEDED,
-        workflow_pb2.STEP_STATUS_TIMED_OUT,
+        workflow_pb2.STEP_STATUS_FAILED,
         workflow_pb2.STEP_STATUS_SKIPPED,
     ]
     first, failed, skipped = done.step_results
-    assert failed.attempts == 2
-    assert failed.error_message and done.error_message
-    assert failed.rendered_input == f"Rewrite this text: {marker} {first.answer.text}"
+    assert first.attempts == 1 and first.answer.text.strip()
+    assert failed.attempts == 3
+    assert failed.error_message.startswith("INVALID_ARGUMENT"), failed.error_message
+    assert failed.rendered_input == f"Describe the picture of {first.answer.text}"
     assert not failed.HasField("answer")
+    assert "2" in done.error_message  # it names the step that failed
     assert skipped.attempts == 0 and skipped.rendered_input == "" and not skipped.HasField("start_time")
-    # The held completions were real attempts that reached the model.
-    assert groq.seen[marker] >= 1
+    # Re-running it starts again from the first step.
+    again = await execute(channel, admin, created.name, wait=True)
+    assert again.status == workflow_pb2.WORKFLOW_STATUS_FAILED
+    assert [r.attempts for r in again.step_results] == [1, 3, 0]
+
+
+async def test_a_step_past_its_timeout_on_every_attempt_is_timed_out(
+    channel: grpc.aio.Channel, admin: Session
+) -> None:
+    created = await create_workflow(
+        channel,
+        admin,
+        [
+            # One microsecond: no summary of a long text is done that fast.
+            step("summarizer", f"Summarize: {LONG_TEXT}", timeout=Duration(nanos=1000), max_attempts=2),
+            step("text", "Extract the keywords: {{step_1}}"),
+        ],
+    )
+    done = await execute(channel, admin, created.name, wait=True)
+    assert done.status == workflow_pb2.WORKFLOW_STATUS_FAILED
+    assert statuses(done) == [workflow_pb2.STEP_STATUS_TIMED_OUT, workflow_pb2.STEP_STATUS_SKIPPED]
+    assert done.step_results[0].attempts == 2 and done.step_results[0].error_message
+
+
+def long_run() -> list[workflow_pb2.WorkflowStep]:
+    """Twenty summaries of a long text, the last few fed by earlier answers."""
+    steps = [step("summarizer", "Summarize: {{input}}") for _ in range(17)]
+    return [
+        *steps,
+        step("text", "Extract the keywords: {{step_1}}"),
+        step("qna", "{{step_2}}"),
+        step("knowledge", "{{step_3}}"),
+    ]
+
+
+async def started(channel: grpc.aio.Channel, admin: Session, name: str) -> workflow_pb2.Workflow:
+    """The workflow once it runs and its first step is done (the rest still to run)."""
+    return await until(
+        lambda: get_workflow(channel, admin, name),
+        lambda w: (
+            w.status != workflow_pb2.WORKFLOW_STATUS_PENDING
+            and w.step_results
+            and w.step_results[0].status == workflow_pb2.STEP_STATUS_SUCCEEDED
+        ),
+        timeout=RUN_TIMEOUT,
+        interval=0.05,
+    )
 
 
 async def test_a_running_workflow_is_cancelled_and_stays_cancelled(
-    channel: grpc.aio.Channel, admin: Session, groq: HoldingGroq
+    channel: grpc.aio.Channel, admin: Session
 ) -> None:
     stub = wfs_grpc.WorkflowServiceStub(channel)
-    marker = groq.hold()
-    try:
-        created = await create_workflow(
-            channel,
-            admin,
-            [
-                step("text", f"Rewrite this text: {marker} {{{{input}}}}"),
-                step("text", "Extract the keywords: {{step_1}}"),
-            ],
+    created = await create_workflow(channel, admin, long_run(), input=LONG_TEXT)
+    running = await execute(channel, admin, created.name, wait=False)
+    assert running.status == workflow_pb2.WORKFLOW_STATUS_RUNNING
+    midway = await started(channel, admin, created.name)
+    assert midway.status == workflow_pb2.WORKFLOW_STATUS_RUNNING
+    busy = await refused(
+        stub.ExecuteWorkflow(
+            wfs.ExecuteWorkflowRequest(name=created.name), metadata=admin.metadata, timeout=CALL_TIMEOUT
         )
-        running = await execute(channel, admin, created.name, wait=False)
-        assert running.status == workflow_pb2.WORKFLOW_STATUS_RUNNING
-        await until(lambda: groq.seen[marker], timeout=RUN_TIMEOUT)
-        busy = await refused(
-            stub.ExecuteWorkflow(
-                wfs.ExecuteWorkflowRequest(name=created.name), metadata=admin.metadata, timeout=CALL_TIMEOUT
-            )
+    )
+    cancelled = (
+        await stub.CancelWorkflow(
+            wfs.CancelWorkflowRequest(name=created.name), metadata=admin.metadata, timeout=CALL_TIMEOUT
         )
-        cancelled = (
-            await stub.CancelWorkflow(
-                wfs.CancelWorkflowRequest(name=created.name), metadata=admin.metadata, timeout=CALL_TIMEOUT
-            )
-        ).workflow
-    finally:
-        groq.release(marker)
+    ).workflow
     again = await refused(
         stub.CancelWorkflow(
             wfs.CancelWorkflowRequest(name=created.name), metadata=admin.metadata, timeout=CALL_TIMEOUT
         )
     )
     assert busy.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert cancelled.status == workflow_pb2.WORKFLOW_STATUS_CANCELLED
-    assert cancelled.step_results[1].status == workflow_pb2.STEP_STATUS_SKIPPED
-    assert cancelled.step_results[0].status != workflow_pb2.STEP_STATUS_RUNNING
     assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
-    # The abandoned step's answer, now released, changes nothing.
+    assert cancelled.status == workflow_pb2.WORKFLOW_STATUS_CANCELLED
+    assert cancelled.step_results[0].status == workflow_pb2.STEP_STATUS_SUCCEEDED
+    assert cancelled.step_results[-1].status == workflow_pb2.STEP_STATUS_SKIPPED
+    assert workflow_pb2.STEP_STATUS_RUNNING not in statuses(cancelled)
+    assert workflow_pb2.STEP_STATUS_PENDING not in statuses(cancelled)
+    # Whatever the abandoned step was doing, nothing runs on: the pool takes (and finishes) a task.
+    task = await run_task(channel, admin, "agents/vedas", GITA)
+    assert task.status == task_pb2.TASK_STATUS_SUCCEEDED
     after = await get_workflow(channel, admin, created.name)
-    assert after.status == workflow_pb2.WORKFLOW_STATUS_CANCELLED
-    assert statuses(after) == statuses(cancelled)
+    assert after == cancelled
+
+
+async def test_a_full_pool_refuses_more_work_with_resource_exhausted(
+    channel: grpc.aio.Channel, admin: Session
+) -> None:
+    stub = wfs_grpc.WorkflowServiceStub(channel)
+    first = await create_workflow(channel, admin, long_run(), input=LONG_TEXT)
+    second = await create_workflow(channel, admin, long_run(), input=LONG_TEXT)
+    third = await create_workflow(channel, admin, [step("qna", "{{input}}")])
+    await execute(channel, admin, first.name, wait=False)
+    await started(channel, admin, first.name)
+    queued = await execute(channel, admin, second.name, wait=False)
+    full = await refused(execute(channel, admin, third.name, wait=False))
+    for name in (first.name, second.name):
+        await stub.CancelWorkflow(
+            wfs.CancelWorkflowRequest(name=name), metadata=admin.metadata, timeout=CALL_TIMEOUT
+        )
+    untouched = await get_workflow(channel, admin, third.name)
+    assert queued.status == workflow_pb2.WORKFLOW_STATUS_RUNNING
+    assert full.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert untouched.status == workflow_pb2.WORKFLOW_STATUS_PENDING and not untouched.step_results
+    # Room again: it runs.
+    done = await execute(channel, admin, third.name, wait=True)
+    assert done.status == workflow_pb2.WORKFLOW_STATUS_SUCCEEDED
 
 
 async def test_bad_workflows_and_tasks_are_refused_with_exact_codes(
@@ -333,44 +335,19 @@ async def test_a_task_runs_an_agent_through_the_edge(channel: grpc.aio.Channel, 
     assert finished.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-async def test_work_killed_mid_step_is_resumed_or_failed_after_a_restart_never_left_running(
-    mesh: Mesh, channel: grpc.aio.Channel, admin: Session, groq: HoldingGroq
+async def test_a_workflow_killed_mid_run_is_resumed_or_failed_after_a_restart_never_left_running(
+    mesh: Mesh, channel: grpc.aio.Channel, admin: Session
 ) -> None:
-    marker = groq.hold()
-    tasks = tks_grpc.TaskServiceStub(channel)
-    try:
-        created = await create_workflow(
-            channel,
-            admin,
-            [
-                step("text", f"Rewrite this text: {marker} {{{{input}}}}", timeout=120, max_attempts=1),
-                step("text", "Extract the keywords: {{step_1}}"),
-            ],
-            input="the quick brown fox jumps over the lazy dog near the river bank",
-        )
-        task = (
-            await tasks.CreateTask(
-                tks.CreateTaskRequest(
-                    task=task_pb2.Task(
-                        agent="agents/text", query=f"Rewrite this text: {marker} slowly, please"
-                    )
-                ),
-                metadata=admin.metadata,
-                timeout=CALL_TIMEOUT,
-            )
-        ).task
-        await execute(channel, admin, created.name, wait=False)
-        await tasks.ExecuteTask(
-            tks.ExecuteTaskRequest(name=task.name, wait=False), metadata=admin.metadata, timeout=CALL_TIMEOUT
-        )
-        # Both are inside a model call when orchestration dies.
-        await until(lambda: groq.seen[marker], lambda n: n >= 2, timeout=RUN_TIMEOUT)
-        midway = await get_workflow(channel, admin, created.name)
-        assert midway.status == workflow_pb2.WORKFLOW_STATUS_RUNNING
-        assert statuses(midway)[0] == workflow_pb2.STEP_STATUS_RUNNING
-        mesh.kill("orchestration")
-    finally:
-        groq.release(marker)
+    created = await create_workflow(channel, admin, long_run(), input=LONG_TEXT)
+    await execute(channel, admin, created.name, wait=False)
+    midway = await started(channel, admin, created.name)
+    mesh.kill("orchestration")
+    # What the SIGKILL left on disk: a run in the middle, not finished.
+    with sqlite3.connect(f"file:{mesh.data_dir / 'orchestration.db'}?mode=ro", uri=True) as db:
+        [(status,)] = db.execute(
+            "SELECT f_status FROM workflows WHERE id = ?", (created.name.removeprefix("workflows/"),)
+        ).fetchall()
+    assert status == workflow_pb2.WORKFLOW_STATUS_RUNNING
     await mesh.restart("orchestration")
 
     after = await until(
@@ -378,27 +355,47 @@ async def test_work_killed_mid_step_is_resumed_or_failed_after_a_restart_never_l
         lambda w: w.status in FINISHED,
         timeout=RUN_TIMEOUT,
     )
-    task_after = await until(
-        lambda: _task(tasks, admin, task.name),
-        lambda t: t.status in (task_pb2.TASK_STATUS_SUCCEEDED, task_pb2.TASK_STATUS_FAILED),
-        timeout=RUN_TIMEOUT,
+    done_before = [r for r in midway.step_results if r.status == workflow_pb2.STEP_STATUS_SUCCEEDED]
+    outcome = workflow_pb2.WorkflowStatus.Name(after.status)
+    print(
+        f"\nkilled after {len(done_before)} of 20 steps; after the restart: {outcome} {after.error_message}"
     )
+    assert done_before
     if after.status == workflow_pb2.WORKFLOW_STATUS_SUCCEEDED:
-        assert statuses(after) == [workflow_pb2.STEP_STATUS_SUCCEEDED] * 2
+        assert statuses(after) == [workflow_pb2.STEP_STATUS_SUCCEEDED] * 20
+        # Resumed, not re-run: the steps finished before the crash kept their results.
+        for before in done_before:
+            kept = after.step_results[before.step_number - 1]
+            assert (kept.start_time, kept.end_time, kept.answer) == (
+                before.start_time,
+                before.end_time,
+                before.answer,
+            )
     else:
         assert after.error_message
-        assert statuses(after)[0] in (workflow_pb2.STEP_STATUS_FAILED, workflow_pb2.STEP_STATUS_TIMED_OUT)
-        assert statuses(after)[1] == workflow_pb2.STEP_STATUS_SKIPPED
-    if task_after.status == task_pb2.TASK_STATUS_SUCCEEDED:
-        assert task_after.result.text.strip()
-    else:
-        assert task_after.error_message
+        assert workflow_pb2.STEP_STATUS_RUNNING not in statuses(after)
+        assert workflow_pb2.STEP_STATUS_PENDING not in statuses(after)
     running = await wfs_grpc.WorkflowServiceStub(channel).ListWorkflows(
         wfs.ListWorkflowsRequest(status=workflow_pb2.WORKFLOW_STATUS_RUNNING, page_size=500),
         metadata=admin.metadata,
         timeout=CALL_TIMEOUT,
     )
     assert created.name not in [w.name for w in running.workflows]
+
+
+async def run_task(channel: grpc.aio.Channel, admin: Session, agent: str, query: str) -> task_pb2.Task:
+    tasks = tks_grpc.TaskServiceStub(channel)
+    created = (
+        await tasks.CreateTask(
+            tks.CreateTaskRequest(task=task_pb2.Task(agent=agent, query=query)),
+            metadata=admin.metadata,
+            timeout=CALL_TIMEOUT,
+        )
+    ).task
+    reply = await tasks.ExecuteTask(
+        tks.ExecuteTaskRequest(name=created.name, wait=True), metadata=admin.metadata, timeout=RUN_TIMEOUT
+    )
+    return reply.task
 
 
 async def _task(tasks: Any, admin: Session, name: str) -> task_pb2.Task:
