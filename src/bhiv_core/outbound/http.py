@@ -60,6 +60,7 @@ __all__ = [
     "ADDRESS_FORBIDDEN",
     "HOST_NOT_ALLOWED",
     "METADATA_ADDRESSES",
+    "RESERVED_HEADERS",
     "Address",
     "AllowEntry",
     "OutboundBadRequest",
@@ -74,6 +75,7 @@ __all__ = [
     "address_problem",
     "parse_allowlist",
     "system_resolver",
+    "url_form_problem",
 ]
 
 HOST_NOT_ALLOWED: Final = "HOST_NOT_ALLOWED"
@@ -102,7 +104,10 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _ALWAYS_DROPPED = frozenset({"authorization", "proxy-authorization", "cookie"})
 # Set by the client itself: a caller's value would let it smuggle a second request or lie.
-_RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "te", "upgrade"})
+RESERVED_HEADERS: Final = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "te", "upgrade"}
+)
+"""Header names (lowercase) the client sets itself and refuses from callers."""
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_LINE = 8192
 _MAX_HEADERS = 100
@@ -411,13 +416,26 @@ def _parse_url(url: str) -> _Target:
     )
 
 
+def url_form_problem(url: str) -> str | None:
+    """Why ``url`` is not an ``http(s)://`` URL the client could ever call (whatever the policy), or None.
+
+    For checking a stored base URL at create time, when the allowlist that applies at call time
+    may still change.
+    """
+    try:
+        _parse_url(url)
+    except (OutboundBadRequest, OutboundRefused) as exc:
+        return str(exc)
+    return None
+
+
 def _check_headers(headers: Mapping[str, str]) -> None:
     for name, value in headers.items():
         if not _TOKEN.fullmatch(name) or len(name) > 256:
             raise OutboundBadRequest("a header name is not an HTTP token")
         if _BAD_VALUE.search(value) or len(value) > 8192:
             raise OutboundBadRequest(f"the value of header {name!r} has control characters or is too long")
-        if name.lower() in _RESERVED_HEADERS:
+        if name.lower() in RESERVED_HEADERS:
             raise OutboundBadRequest(f"header {name!r} is set by the client itself")
 
 

@@ -263,11 +263,21 @@ class ResourceType(Generic[M]):
         message.name = self.name(id or new_id())  # type: ignore[attr-defined]
         return self.stamp(message, now=now, create=True)
 
-    def merge(self, current: M, patch: M, mask: FieldMask, *, prefix: str = "update_mask") -> M:
+    def merge(
+        self,
+        current: M,
+        patch: M,
+        mask: FieldMask,
+        *,
+        prefix: str = "update_mask",
+        request_only: frozenset[str] = frozenset(),
+    ) -> M:
         """``current`` with the fields ``mask`` names taken from ``patch``.
 
         Whole fields: a message or list is replaced, not merged. A path the mask may not name
-        is INVALID_ARGUMENT with a violation per path.
+        is INVALID_ARGUMENT with a violation per path. ``request_only`` names paths the mask may
+        hold that are not fields of the message (a write-only ``secret`` of the request): they
+        pass the check and are left for the caller to apply.
         """
         known = {f.name for f in self.message.DESCRIPTOR.fields}
         violations = []
@@ -275,7 +285,7 @@ class ResourceType(Generic[M]):
             violations.append(FieldViolation(prefix, "name at least one field to change", "REQUIRED"))
         for index, path in enumerate(mask.paths):
             where = f"{prefix}.paths[{index}]"
-            if path in self.mutable:
+            if path in self.mutable or path in request_only:
                 continue
             if path in self.immutable:
                 violations.append(FieldViolation(where, f"{path!r} cannot change after create", "IMMUTABLE"))
@@ -289,7 +299,10 @@ class ResourceType(Generic[M]):
             raise InvalidArgument(violations=violations)
         merged = self.message()
         merged.CopyFrom(current)
-        FieldMask(paths=sorted(set(mask.paths))).MergeMessage(
+        paths = sorted(set(mask.paths) - request_only)
+        if not paths:
+            return merged
+        FieldMask(paths=paths).MergeMessage(
             patch, merged, replace_message_field=True, replace_repeated_field=True
         )
         return merged

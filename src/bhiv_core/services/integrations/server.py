@@ -9,6 +9,8 @@ from __future__ import annotations
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
+from bhiv_core.services.integrations.config import IntegrationsConfig
+from bhiv_core.services.integrations.external.service import external_servicers
 from bhiv_core.services.integrations.resources import make_integrations_store
 from bhiv_core.services.integrations.servicer import MISSING, IntegrationsServicer
 from bhiv_core.standard_chain import standard_chain
@@ -25,6 +27,7 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
     on_start = [store.open]
     on_stop = [store.close]
     # external: IntegrationService, ExternalApiService
+    servicers |= external_servicers(IntegrationsConfig.from_runtime(config), store)
 
     # webhooks: WebhookService, EventService
 
