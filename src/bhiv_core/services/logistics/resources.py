@@ -10,6 +10,9 @@ Money is kept as integer micros so the store can sum it: each item carries its s
 in the two parts of :func:`~bhiv_core.resources.sum_parts` (``value_hi``, ``value_lo``): a store's
 64-bit sum of the whole values could overflow, the sums of the parts cannot, and analytics join
 them into the exact total.
+
+The outbox (:mod:`bhiv_core.events.outbox`) holds the ``logistics.shipment.status_changed`` events
+written in the transactions of the shipments' moves, until the relay hands them to integrations.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from bhiv.logistics.v1 import inventory_item_pb2, shipment_pb2, supplier_pb2
+from bhiv_core.events import outbox
 from bhiv_core.resources import Collection, Field, Record, ResourceType, sort_key, sum_parts
 from bhiv_core.resources.sqlite import schema
 
@@ -89,8 +93,9 @@ ADJUSTMENTS = Collection(
 )
 """Every AdjustStock: the item, the delta, the reason, who and when (JSON in ``data``)."""
 
-COLLECTIONS = (ITEMS, SUPPLIERS, SHIPMENTS, ADJUSTMENTS)
-MIGRATIONS = (schema(COLLECTIONS),)
+_FIRST = (ITEMS, SUPPLIERS, SHIPMENTS, ADJUSTMENTS)
+COLLECTIONS = (*_FIRST, *outbox.COLLECTIONS)
+MIGRATIONS = (schema(_FIRST), outbox.outbox_migration())
 """Logistics' SQLite schema versions: a later change appends a script, never edits one."""
 
 

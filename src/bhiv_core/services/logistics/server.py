@@ -11,6 +11,7 @@ from bhiv.logistics.v1 import inventory_service_pb2, shipment_service_pb2, suppl
 from bhiv_core.interceptors.tracing import client_interceptors
 from bhiv_core.resources import RECEIPT_TTL_SECONDS, ResourceStore, make_resource_store
 from bhiv_core.runtime import server as runtime
+from bhiv_core.events.relay import outbox_relay
 from bhiv_core.runtime.clients import PeerChannels
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.services.logistics.config import LogisticsConfig
@@ -94,12 +95,15 @@ def definition(
     inventory = Inventory(store, page_bytes=settings.page_bytes)
     shipments = Shipments(store, customers, page_bytes=settings.page_bytes)
     pruner = _ReceiptPruner(store)
+    relay = outbox_relay(config, store)  # shipments' status changes, to integrations
 
     async def start() -> None:
         await store.open()
         await pruner.start()
+        await relay.start()
 
     async def stop() -> None:
+        await relay.stop()
         await pruner.stop()
         await channels.close()
         await store.close()

@@ -10,7 +10,9 @@
 - **Advance** follows :mod:`~bhiv_core.services.logistics.lifecycle`; moving to SHIPPED takes the
   reserved units out of stock (``reserved_quantity`` → ``shipped_quantity``) in the same
   transaction. **Cancel** (PENDING or PROCESSING only) returns them to ``quantity``.
-- Every transition appends a tracking event and recomputes the estimated delivery time.
+- Every transition appends a tracking event and recomputes the estimated delivery time; one that
+  changes the status publishes ``logistics.shipment.status_changed`` in its transaction
+  (:func:`~bhiv_core.events.outbox.publish`; another IN_TRANSIT scan changes no status).
 - A customer principal may create shipments only for its own customer and sees only those;
   anything else is NOT_FOUND to it.
 """
@@ -20,7 +22,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from bhiv.integrations.v1 import event_pb2
 from bhiv.logistics.v1 import inventory_item_pb2, shipment_pb2, shipment_service_pb2
+from bhiv_core.events.outbox import publish
 from bhiv_core.resources import (
     Eq,
     Filter,
@@ -267,6 +271,7 @@ class Shipments:
                 )
             if target == lifecycle.SHIPPED:
                 await _consume(txn, shipment, now)
+            previous = shipment.status
             shipment.status = target
             if request.carrier:
                 shipment.carrier = request.carrier
@@ -278,6 +283,8 @@ class Shipments:
                     reason="HISTORY_FULL",
                 )
             await _save(txn, shipment, record.etag, now)
+            if previous != target:
+                await _publish_move(txn, shipment, previous, now)
             return shipment_service_pb2.AdvanceShipmentResponse(shipment=shipment)
 
         return await idempotent(
@@ -304,13 +311,29 @@ class Shipments:
             if shipment.status not in lifecycle.CANCELLABLE:
                 raise lifecycle.illegal_move(name, shipment.status, lifecycle.CANCELLED)
             await _release(txn, shipment, now)
+            previous = shipment.status
             shipment.status = lifecycle.CANCELLED
             shipment.events.append(_event(lifecycle.CANCELLED, now, "", request.reason))
             _set_estimate(shipment, None, now)
             await _save(txn, shipment, record.etag, now)
+            await _publish_move(txn, shipment, previous, now)
             return shipment_service_pb2.CancelShipmentResponse(shipment=shipment)
 
         return await self.store.run(step)
+
+
+async def _publish_move(
+    txn: Transaction, shipment: shipment_pb2.Shipment, previous: lifecycle.Status, now: float
+) -> None:
+    """Writes the shipment's ``logistics.shipment.status_changed`` into the outbox of ``txn``."""
+    moved = event_pb2.ShipmentStatusChangedEvent(
+        shipment=shipment.name,
+        tracking_number=shipment.tracking_number,
+        previous_status=lifecycle.status_name(previous),
+        status=lifecycle.status_name(shipment.status),
+        customer=shipment.customer,
+    )
+    await publish(txn, moved, source="logistics", subject=shipment.name, time=now)
 
 
 def _check_new_shipment(shipment: shipment_pb2.Shipment, now: float) -> None:

@@ -9,6 +9,7 @@ from bhiv_core.agents.threat_response import AddressBlocker
 from bhiv_core.audit.checkpoint import load_or_create_checkpoint_key
 from bhiv_core.audit.checkpointing import AuditVerifier, CheckpointWitness, CheckpointWriter
 from bhiv_core.audit.store import make_audit_store
+from bhiv_core.events.relay import outbox_relay
 from bhiv_core.runtime import server as runtime
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
@@ -70,6 +71,8 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
         alerts.dispatcher,
         blocker=blocker if blocker is not None else EdgeBlocker(blocks.blocks),
     )
+    # Incidents opened are published through the incident store's outbox.
+    relay = outbox_relay(config, response.store)
     detection = ThreatDetectionAgent(response.sink)
     sentinel = SentinelService(
         audit,
@@ -134,6 +137,7 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
             alerts.start,
             blocks.start,
             response.start,
+            relay.start,
             detection.start,
             access_log.start,
             reporter.start,
@@ -142,6 +146,7 @@ def definition(config: RuntimeConfig, *, blocker: AddressBlocker | None = None) 
             reporter.stop,
             access_log.stop,
             detection.stop,
+            relay.stop,
             response.stop,
             blocks.stop,
             alerts.stop,

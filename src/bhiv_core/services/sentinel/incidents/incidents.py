@@ -5,7 +5,8 @@
 that is OPEN or ACKNOWLEDGED and was last seen within ``BHIV_INCIDENT_WINDOW_SECONDS``; otherwise
 it opens a new OPEN incident. A RESOLVED incident is final: later detections open a new one. The
 incident counts its events, keeps the highest severity, the first 100 distinct addresses and the
-first and last detection times.
+first and last detection times. Opening an incident publishes ``sentinel.incident.opened`` in the
+same transaction (:func:`~bhiv_core.events.outbox.publish`).
 
 **Updates.** ``UpdateIncident`` changes ``status`` and ``notes`` (the mask's paths); status moves
 only OPEN → ACKNOWLEDGED → RESOLVED or OPEN → RESOLVED (setting the status an incident already has
@@ -23,11 +24,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from bhiv.integrations.v1 import event_pb2
 from bhiv.sentinel.v1 import threat_pb2
 from bhiv.sentinel.v1 import threat_service_pb2 as ts
 from bhiv_core.agents.threat_detection import Category, Severity
 from bhiv_core.agents.threat_detection.detection import printable
 from bhiv_core.agents.threat_response import Decision, IncidentFacts
+from bhiv_core.events.outbox import publish
 from bhiv_core.resources import (
     Cmp,
     Eq,
@@ -239,6 +242,14 @@ class Incidents:
             )
             state: dict[str, Value] = {"group_key": key, "rule": event.rule_id, "blocked": [], "alerted": 0}
             await txn.insert(INCIDENTS, incident_record(incident, state))
+            opened = event_pb2.IncidentOpenedEvent(
+                incident=incident.name,
+                category=threat_pb2.ThreatCategory.Name(incident.category),
+                severity=threat_pb2.Severity.Name(incident.severity),
+                title=incident.title,
+                source_address=event.source_address,
+            )
+            await publish(txn, opened, source="sentinel", subject=incident.name, time=now)
             return incident.name
 
         return await _retrying(self.store, step)

@@ -9,6 +9,9 @@
   response agent made (address, when, until when, incident), so a repeat offender's next block
   is longer and an address under an active block is not blocked again.
 
+- **outbox**, **outbox_state**: the ``sentinel.incident.opened`` events written in the transaction
+  that opens an incident, until the relay hands them to integrations (:mod:`bhiv_core.events.outbox`).
+
 The kit store is sentinel's third store: ``<data_dir>/sentinel-incidents.db``, or the MongoDB
 database ``bhiv_sentinel-incidents`` of ``BHIV_SENTINEL_STORE_URL``.
 """
@@ -19,6 +22,7 @@ import dataclasses
 from pathlib import Path
 
 from bhiv.sentinel.v1 import threat_pb2
+from bhiv_core.events import outbox
 from bhiv_core.resources import (
     Collection,
     Field,
@@ -33,6 +37,7 @@ from bhiv_core.runtime.times import seconds_of
 
 __all__ = [
     "BLOCKS",
+    "COLLECTIONS",
     "INCIDENT",
     "INCIDENTS",
     "MIGRATIONS",
@@ -109,11 +114,12 @@ BLOCKS = Collection(
     indexes=(("address",),),
 )
 
-MIGRATIONS = (schema((INCIDENTS, BLOCKS)),)
+MIGRATIONS = (schema((INCIDENTS, BLOCKS)), outbox.outbox_migration())
+COLLECTIONS = (INCIDENTS, BLOCKS, *outbox.COLLECTIONS)
 
 
 def make_incident_store(data_dir: Path, url: str | None) -> ResourceStore:
     """Sentinel's incident store: ``<data_dir>/sentinel-incidents.db``, or MongoDB by ``url``."""
     return make_resource_store(
-        name=STORE_NAME, collections=(INCIDENTS, BLOCKS), migrations=MIGRATIONS, data_dir=data_dir, url=url
+        name=STORE_NAME, collections=COLLECTIONS, migrations=MIGRATIONS, data_dir=data_dir, url=url
     )
