@@ -157,15 +157,32 @@ class AgentRequest:
 
 
 class LlmUnavailable(Exception):
-    """No model can answer now (none configured, budget spent, provider down): answer offline."""
+    """No model can answer now (none configured, budget spent, provider down): answer offline.
+
+    Args:
+        message: What happened, for logs and error details.
+        status: Why, for callers that must say so: ``UNAVAILABLE`` (the llm service or its
+            provider cannot be reached), ``RESOURCE_EXHAUSTED`` (a budget or rate limit is used up),
+            or empty (no real model is configured).
+
+    """
+
+    def __init__(self, message: str = "", *, status: str = "") -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(slots=True)
 class LlmReply:
-    """A streamed completion: iterate ``pieces``; ``model`` is ``models/{id}`` of the llm domain."""
+    """A streamed completion: iterate ``pieces``; ``model`` is ``models/{id}`` of the llm domain.
+
+    ``provider`` (such as ``groq``) is known once ``pieces`` is exhausted; empty before, and when
+    the llm service does not say.
+    """
 
     pieces: AsyncIterator[str]
     model: str
+    provider: str = ""
 
 
 class Llm(Protocol):

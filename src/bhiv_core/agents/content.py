@@ -19,7 +19,7 @@ from bhiv_core.agents.llm_text import complete, read_input, relevant
 from bhiv_core.knowledge.index import Passage
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
 from bhiv_core.text.sentences import content_words
-from bhiv_core.text.social import LIMITS, Platform, Post, draft, fit, length, violations
+from bhiv_core.text.social import LIMITS, Platform, Post, draft, fit, length, sections, violations
 
 __all__ = ["ContentAgent", "platforms_named"]
 
@@ -38,7 +38,6 @@ _REQUEST = re.compile(
     r"(?:\s*(?:,|and|&)\s*(?:x|twitter|linkedin|instagram|facebook))*)?[\s:,-]*(?:about\s+|on\s+)?",
     re.I,
 )
-_HEADER = re.compile(r"^\s*\[?(X|Twitter|LinkedIn|Instagram|Facebook)\]?\s*:?\s*$", re.I | re.M)
 _SHORT_BRIEF_WORDS = 25
 _PROMOTIONAL = frozenset(
     {
@@ -69,20 +68,6 @@ def _sentence(brief: str) -> str:
         return ""
     brief = brief[0].upper() + brief[1:]
     return brief if brief[-1] in ".!?" else brief + "."
-
-
-def _parse(text: str) -> dict[Platform, str]:
-    """The model's posts by platform (headers such as ``[LinkedIn]``)."""
-    names = {"x": Platform.X, "twitter": Platform.X, "linkedin": Platform.LINKEDIN}
-    names |= {"instagram": Platform.INSTAGRAM, "facebook": Platform.FACEBOOK}
-    found: dict[Platform, str] = {}
-    headers = list(_HEADER.finditer(text))
-    for i, header in enumerate(headers):
-        end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
-        body = text[header.end() : end].strip()
-        if body:
-            found.setdefault(names[header.group(1).lower()], body)
-    return found
 
 
 def _render(posts: list[Post]) -> str:
@@ -136,7 +121,7 @@ class ContentAgent:
             f"Platforms: {asked}\n<content>\n{lead}\n\n{body}\n</content>",
             max_output_tokens=1200,
         )
-        written = _parse(completed[0]) if completed else {}
+        written = sections(completed[0]) if completed else {}
         posts = []
         for platform in platforms:
             text = fit(written[platform], platform) if platform in written else ""

@@ -137,6 +137,8 @@ SHARED_SETTINGS: Final = frozenset(
         "EVENTS_RELAY",
         "EVENTS_RELAY_POLL_SECONDS",
         "EVENTS_RELAY_MAX_BACKOFF_SECONDS",
+        # integrations: whether social content asks the llm service (auto, off, required).
+        "CONTENT_LLM",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",

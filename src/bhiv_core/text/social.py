@@ -22,7 +22,20 @@ from bhiv_core.text.keywords import keywords
 from bhiv_core.text.summarize import summarize
 from bhiv_core.text.x_length import weighted_length
 
-__all__ = ["LIMITS", "Limits", "Platform", "Post", "draft", "fit", "hashtag", "length", "violations"]
+__all__ = [
+    "LIMITS",
+    "Limits",
+    "Platform",
+    "Post",
+    "draft",
+    "fit",
+    "hashtag",
+    "hashtags_in",
+    "length",
+    "sections",
+    "suggest_hashtags",
+    "violations",
+]
 
 
 class Platform(enum.StrEnum):
@@ -74,15 +87,52 @@ def length(text: str, platform: Platform) -> int:
     return weighted_length(text) if platform is Platform.X else len(text)
 
 
-def violations(text: str, platform: Platform) -> list[str]:
-    """What breaks the platform's rules in ``text`` (empty when it may be posted)."""
+def _limit(platform: Platform, limit: int | None) -> int:
+    """The platform's limit, or ``limit`` when that is set and lower."""
+    most = LIMITS[platform].max_length
+    return min(most, limit) if limit else most
+
+
+def hashtags_in(text: str) -> list[str]:
+    """The hashtags of ``text`` (``#Word``), in order."""
+    return _HASHTAG.findall(text)
+
+
+_SECTION = re.compile(r"^\s*\[?(X|Twitter|LinkedIn|Instagram|Facebook)\]?\s*:?\s*$", re.I | re.M)
+_SECTION_NAMES = {
+    "x": Platform.X,
+    "twitter": Platform.X,
+    "linkedin": Platform.LINKEDIN,
+    "instagram": Platform.INSTAGRAM,
+    "facebook": Platform.FACEBOOK,
+}
+
+
+def sections(text: str) -> dict[Platform, str]:
+    """A model's posts by platform: each under a line holding only its name, such as ``[LinkedIn]``."""
+    found: dict[Platform, str] = {}
+    headers = list(_SECTION.finditer(text))
+    for i, header in enumerate(headers):
+        end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
+        body = text[header.end() : end].strip()
+        if body:
+            found.setdefault(_SECTION_NAMES[header.group(1).lower()], body)
+    return found
+
+
+def violations(text: str, platform: Platform, *, limit: int | None = None) -> list[str]:
+    """What breaks the platform's rules in ``text`` (empty when it may be posted).
+
+    ``limit`` is a lower length limit than the platform's (a caller's ``max_length``).
+    """
     rules = LIMITS[platform]
+    most = _limit(platform, limit)
     found = []
     if not text.strip():
         found.append("the post is empty")
     size = length(text, platform)
-    if size > rules.max_length:
-        found.append(f"{size} characters is over {rules.name}'s {rules.max_length}")
+    if size > most:
+        found.append(f"{size} characters is over {rules.name}'s {most}")
     tags = _HASHTAG.findall(text)
     if len(tags) > rules.max_hashtags:
         found.append(f"{len(tags)} hashtags is over {rules.name}'s {rules.max_hashtags}")
@@ -134,13 +184,15 @@ def _cut(text: str, fits: Callable[[str], bool]) -> str:
     return best
 
 
-def fit(text: str, platform: Platform) -> str:
+def fit(text: str, platform: Platform, *, limit: int | None = None) -> str:
     """``text`` made to respect the platform: extra hashtags dropped, then cut between words.
 
     Trailing hashtags are dropped one by one before any word of the body is; the body is cut at
     white space (so never inside a word, a link or an emoji sequence) and ends with ``…``.
+    ``limit`` is a lower length limit than the platform's (a caller's ``max_length``).
     """
     rules = LIMITS[platform]
+    most = _limit(platform, limit)
     text = text.strip()
     tags = _HASHTAG.findall(text)
     for extra in tags[rules.max_hashtags :][::-1]:
@@ -148,7 +200,7 @@ def fit(text: str, platform: Platform) -> str:
         text = (text[:at] + text[at + len(extra) :]).rstrip()
 
     def fits(candidate: str) -> bool:
-        return length(candidate, platform) <= rules.max_length
+        return length(candidate, platform) <= most
 
     if fits(text):
         return text
@@ -177,8 +229,21 @@ def _hashtags(content: str, count: int, extra: Sequence[str]) -> list[str]:
     return tags
 
 
+def suggest_hashtags(content: str, count: int, extra: Sequence[str] = ()) -> list[str]:
+    """Up to ``count`` hashtags: ``extra`` phrases first, then the key phrases of ``content``."""
+    return _hashtags(content, count, extra)
+
+
 def draft(
-    content: str, platform: Platform, *, lead: str = "", hashtags: Sequence[str] = (), link: str = ""
+    content: str,
+    platform: Platform,
+    *,
+    lead: str = "",
+    hashtags: Sequence[str] = (),
+    link: str = "",
+    closing: str = "",
+    tagged: bool = True,
+    limit: int | None = None,
 ) -> Post:
     """An offline post for ``platform`` from ``content`` (template and extraction; deterministic).
 
@@ -190,21 +255,28 @@ def draft(
         hashtags: Phrases to tag first (a campaign's own, a brief's subject), then the key phrases
             of ``content`` (of ``lead`` when there is no content).
         link: A URL to include (X counts it as 23).
+        closing: A last sentence (a call to action), kept only when the post has room for it.
+        tagged: False for a post with no hashtags at all.
+        limit: A lower length limit than the platform's (a caller's ``max_length``).
 
     """
     rules = LIMITS[platform]
+    most = _limit(platform, limit)
     if lead:
         hook, rest = lead.strip(), summarize(content, length=rules.sentences - 1).sentences if content else []
     else:
         chosen = summarize(content, length=rules.sentences).sentences or [content.strip()]
         hook, rest = chosen[0], chosen[1:]
-    tags = _hashtags(content or lead, rules.hashtags, hashtags)
+    tags = _hashtags(content or lead, rules.hashtags, hashtags) if tagged else []
     if platform is Platform.X:
         body = " ".join([hook, link]).strip()
-        text = f"{body}\n\n{' '.join(tags)}" if tags else body
+        closed = f"{body} {closing}"
     else:
         paragraphs = [hook, " ".join(rest), link]
         body = "\n\n".join(p for p in paragraphs if p)
-        text = f"{body}\n\n{' '.join(tags)}" if tags else body
-    text = fit(text, platform)
+        closed = f"{body}\n\n{closing}"
+    if closing and length(closed, platform) <= most:
+        body = closed
+    text = f"{body}\n\n{' '.join(tags)}" if tags else body
+    text = fit(text, platform, limit=limit)
     return Post(platform, text, length(text, platform), rules.max_length, tuple(_HASHTAG.findall(text)))

@@ -24,7 +24,7 @@ from bhiv_core.security.principal import Principal
 from bhiv_core.services.orchestration.agents import Agents
 from bhiv_core.services.orchestration.config import OrchestrationConfig
 from bhiv_core.services.orchestration.knowledge import Knowledge
-from bhiv_core.services.orchestration.llm_client import LlmClient
+from bhiv_core.agents.llm_client import LlmClient
 from bhiv_core.services.orchestration.resources import COLLECTIONS, MIGRATIONS
 from bhiv_core.services.orchestration.servicer import (
     MISSING,

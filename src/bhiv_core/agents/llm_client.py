@@ -1,4 +1,4 @@
-"""The agents' LLM: ``bhiv.llm.v1.CompletionService`` through the generated stubs.
+"""The llm service for its callers (the agents, integrations' content): ``CompletionService`` via the stubs.
 
 Calls go over :class:`~bhiv_core.runtime.clients.PeerChannels` (``PeerChannels.channel("llm")``),
 so they carry the caller's bearer token (the llm service authorizes and meters the original
@@ -12,7 +12,8 @@ llm). :class:`LlmClient` implements the :class:`~bhiv_core.agents.base.Llm` prot
   raises :class:`~bhiv_core.agents.base.LlmUnavailable` at once, so the agent's own extractive
   path answers (it knows the passages; the llm's responder only sees text).
 - Any error before the first piece (RESOURCE_EXHAUSTED when the caller's budget is spent,
-  UNAVAILABLE, DEADLINE_EXCEEDED, a refused or too long prompt) is ``LlmUnavailable`` too.
+  UNAVAILABLE, DEADLINE_EXCEEDED, a refused or too long prompt) is ``LlmUnavailable`` too, whose
+  ``status`` says why (``RESOURCE_EXHAUSTED``, ``UNAVAILABLE``, or empty for "no real model").
 - A stream that fails after its first piece raises ``LlmUnavailable`` from the pieces iterator;
   one that the llm service answered with its local responder (a fallback after the first call
   was made) ends with ``model`` empty, so the agent reports the extractive method.
@@ -28,6 +29,7 @@ from typing import Any
 import grpc
 
 from bhiv.llm.v1 import (
+    completion_pb2,
     completion_service_pb2,
     completion_service_pb2_grpc,
     conversation_pb2,
@@ -41,6 +43,8 @@ __all__ = [
     "LLM_TIMEOUT_SECONDS",
     "MODELS_TIMEOUT_SECONDS",
     "MODELS_TTL_SECONDS",
+    "RESOURCE_EXHAUSTED",
+    "UNAVAILABLE",
     "UNREACHABLE_TTL_SECONDS",
     "LlmClient",
 ]
@@ -58,6 +62,28 @@ UNREACHABLE_TTL_SECONDS = 10.0
 """How long an llm that did not list its models is not asked again (answers are extractive)."""
 
 log = logging.getLogger(__name__)
+
+UNAVAILABLE = "UNAVAILABLE"
+RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+
+_FALLBACK_STATUS = {
+    completion_pb2.FALLBACK_REASON_MODEL_UNAVAILABLE: "",
+    completion_pb2.FALLBACK_REASON_RATE_LIMITED: RESOURCE_EXHAUSTED,
+    completion_pb2.FALLBACK_REASON_BUDGET_EXHAUSTED: RESOURCE_EXHAUSTED,
+}
+"""A fallback's reason as an LlmUnavailable status (provider errors and timeouts: UNAVAILABLE)."""
+
+
+def _provider(value: int) -> str:
+    """``PROVIDER_GROQ`` → ``groq``; empty when unset."""
+    if value == model_pb2.PROVIDER_UNSPECIFIED:
+        return ""
+    return str(model_pb2.Provider.Name(value)).removeprefix("PROVIDER_").lower()  # type: ignore[arg-type]
+
+
+def _status(code: grpc.StatusCode) -> str:
+    """An llm call's failure as an LlmUnavailable status: quota spent, or not reachable."""
+    return RESOURCE_EXHAUSTED if code == grpc.StatusCode.RESOURCE_EXHAUSTED else UNAVAILABLE
 
 
 class LlmClient:
@@ -95,7 +121,9 @@ class LlmClient:
         except grpc.aio.AioRpcError as error:
             # Remembered as "no model" for a short while (the TTL counts from an earlier time).
             self._model = (now - MODELS_TTL_SECONDS + UNREACHABLE_TTL_SECONDS, "")
-            raise LlmUnavailable(f"the llm service did not list its models ({error.code().name})") from None
+            raise LlmUnavailable(
+                f"the llm service did not list its models ({error.code().name})", status=_status(error.code())
+            ) from None
         chosen = ""
         for model in listed.models:
             if model.is_default and model.available and model.provider != model_pb2.PROVIDER_LOCAL_EXTRACTIVE:
@@ -122,12 +150,19 @@ class LlmClient:
         try:
             first = await anext(events)
         except grpc.aio.AioRpcError as error:
-            raise LlmUnavailable(f"the llm service refused the completion ({error.code().name})") from None
+            raise LlmUnavailable(
+                f"the llm service refused the completion ({error.code().name})", status=_status(error.code())
+            ) from None
         except StopAsyncIteration:
-            raise LlmUnavailable("the llm service ended the completion without a reply") from None
+            raise LlmUnavailable(
+                "the llm service ended the completion without a reply", status=UNAVAILABLE
+            ) from None
         if first.WhichOneof("event") == "completion" and first.completion.fallback:
             call.cancel()
-            raise LlmUnavailable(f"the llm service fell back: {first.completion.fallback_detail}")
+            raise LlmUnavailable(
+                f"the llm service fell back: {first.completion.fallback_detail}",
+                status=_FALLBACK_STATUS.get(first.completion.fallback_reason, UNAVAILABLE),
+            )
         reply = LlmReply(pieces=_no_pieces(), model=model)
         reply.pieces = _pieces(call, events, first, reply)
         return reply
@@ -152,11 +187,14 @@ async def _pieces(call: Any, events: Any, first: Any, reply: LlmReply) -> AsyncI
                     reply.model = ""
                 else:
                     reply.model = completion.model or reply.model
+                    reply.provider = _provider(completion.provider)
             try:
                 event = await anext(events)
             except StopAsyncIteration:
                 return
     except grpc.aio.AioRpcError as error:
-        raise LlmUnavailable(f"the completion failed part way ({error.code().name})") from None
+        raise LlmUnavailable(
+            f"the completion failed part way ({error.code().name})", status=_status(error.code())
+        ) from None
     finally:
         call.cancel()
