@@ -139,6 +139,13 @@ SHARED_SETTINGS: Final = frozenset(
         "EVENTS_RELAY_MAX_BACKOFF_SECONDS",
         # integrations: whether social content asks the llm service (auto, off, required).
         "CONTENT_LLM",
+        # integrations' webhook delivery: attempts, backoff, per-attempt timeout, concurrency, polling.
+        "WEBHOOK_MAX_ATTEMPTS",
+        "WEBHOOK_BACKOFF_SECONDS",
+        "WEBHOOK_BACKOFF_MAX_SECONDS",
+        "WEBHOOK_TIMEOUT_SECONDS",
+        "WEBHOOK_CONCURRENCY",
+        "WEBHOOK_POLL_SECONDS",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",

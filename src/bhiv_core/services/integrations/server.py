@@ -18,6 +18,7 @@ from bhiv_core.services.integrations.content.servicer import ContentServicer
 from bhiv_core.services.integrations.external.service import external_servicers
 from bhiv_core.services.integrations.resources import make_integrations_store
 from bhiv_core.services.integrations.servicer import MISSING, IntegrationsServicer
+from bhiv_core.services.integrations.webhooks.service import WebhookPart
 from bhiv_core.standard_chain import standard_chain
 
 __all__ = ["NAME", "build_server", "definition", "serve"]
@@ -35,6 +36,10 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
     servicers |= external_servicers(IntegrationsConfig.from_runtime(config), store)
 
     # webhooks: WebhookService, EventService
+    webhooks = WebhookPart.build(config, store)
+    servicers.update(webhooks.servicers)
+    on_start.append(webhooks.start)
+    on_stop.insert(0, webhooks.stop)  # before the store closes: in-flight claims are given back
 
     # content: ContentService
     content_channels = PeerChannels(config.peers, extra_interceptors=client_interceptors)

@@ -32,6 +32,7 @@ from enum import StrEnum
 from typing import Any
 
 from bhiv.sentinel.v1 import alert_pb2, threat_pb2
+from bhiv_core.outbound.backoff import retry_delay
 from bhiv_core.resources import Cmp, Eq, Filter, Record, ResourceStore, Transaction, new_etag
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument, NotFound
 from bhiv_core.runtime.times import to_timestamp
@@ -248,8 +249,8 @@ class AlertDispatcher:
 
     def backoff(self, attempts: int) -> float:
         """The wait after the ``attempts``-th failed attempt: doubling, capped, with jitter."""
-        base = min(self._config.backoff_max_seconds, self._config.backoff_seconds * 2 ** (attempts - 1))
-        return float(base * (0.5 + self._jitter() / 2))
+        config = self._config
+        return retry_delay(attempts, config.backoff_seconds, config.backoff_max_seconds, self._jitter())
 
     async def _attempt(
         self, destination: Destination, alert: alert_pb2.Alert, payload: dict[str, Any]
