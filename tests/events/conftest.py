@@ -83,7 +83,7 @@ class Recorder(event_service_pb2_grpc.EventServiceServicer):
     def events(self) -> list[event_pb2.Event]:
         return [e for batch in self.batches for e in batch]
 
-    async def PublishEvents(  # noqa: N802 - the contract's name
+    async def PublishEvents(
         self, request: event_service_pb2.PublishEventsRequest, context: Any
     ) -> event_service_pb2.PublishEventsResponse:
         self.calls += 1
@@ -107,7 +107,7 @@ async def integrations(recorder: Recorder) -> AsyncIterator[str]:
 
 
 async def wait_until(predicate: Any, *, rounds: int = 6000) -> None:
-    """Yields to the loop until ``predicate()`` (or its awaited result) holds; bounded, fails rather than hangs."""
+    """Yields to the loop until ``predicate()`` (or its awaited result) holds: bounded, never hangs."""
     for _ in range(rounds):
         held = predicate()
         if asyncio.iscoroutine(held):
@@ -124,7 +124,7 @@ async def drained(store: ResourceStore) -> bool:
 
 
 def stored_events(db: Path) -> list[event_pb2.Event]:
-    """The events in the outbox of the SQLite store ``db``, in commit order (read as another process would)."""
+    """The events in the outbox of the SQLite store ``db``, in commit order (read as another process)."""
     with contextlib.closing(sqlite3.connect(db)) as conn:
         rows = conn.execute("SELECT data FROM outbox ORDER BY f_seq").fetchall()
     return [event_pb2.Event.FromString(row[0]) for row in rows]

@@ -49,7 +49,10 @@ async def test_opening_a_ticket_publishes_crm_ticket_opened_once(crm: Crm) -> No
     assert (event.type, event.source, event.subject) == ("crm.ticket.opened", "crm", ticket.name)
     assert event.time == ticket.create_time
     assert payload_of(event) == event_pb2.TicketOpenedEvent(
-        ticket=ticket.name, customer=ticket.customer, subject="The scanner is dead", priority="TICKET_PRIORITY_HIGH"
+        ticket=ticket.name,
+        customer=ticket.customer,
+        subject="The scanner is dead",
+        priority="TICKET_PRIORITY_HIGH",
     )
 
 
@@ -66,7 +69,11 @@ async def test_resolving_a_ticket_publishes_crm_ticket_resolved_with_its_fields(
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     opened, event = events(crm)
     assert opened.type == "crm.ticket.opened"
-    assert (event.type, event.subject, event.time) == ("crm.ticket.resolved", ticket.name, resolved.resolve_time)
+    assert (event.type, event.subject, event.time) == (
+        "crm.ticket.resolved",
+        ticket.name,
+        resolved.resolve_time,
+    )
     assert payload_of(event) == event_pb2.TicketResolvedEvent(
         ticket=ticket.name, customer=ticket.customer, subject=ticket.title, assignee="users/sue"
     )
@@ -78,13 +85,19 @@ async def test_reopening_and_resolving_again_publishes_a_second_resolution(crm: 
     await crm.tickets.ResolveTicket(resolve, metadata=SUPPORT)
     await crm.tickets.ReopenTicket(ticket_service_pb2.ReopenTicketRequest(name=ticket.name), metadata=SUPPORT)
     await crm.tickets.ResolveTicket(resolve, metadata=SUPPORT)
-    assert [e.type for e in events(crm)] == ["crm.ticket.opened", "crm.ticket.resolved", "crm.ticket.resolved"]
+    assert [e.type for e in events(crm)] == [
+        "crm.ticket.opened",
+        "crm.ticket.resolved",
+        "crm.ticket.resolved",
+    ]
 
 
 async def test_converting_a_lead_publishes_crm_lead_won_once(crm: Crm) -> None:
     created = await crm.leads.CreateLead(
         lead_service_pb2.CreateLeadRequest(
-            lead=lead_pb2.Lead(first_name="Lia", email="lia@example.org", company="Acme", assignee="users/sam")
+            lead=lead_pb2.Lead(
+                first_name="Lia", email="lia@example.org", company="Acme", assignee="users/sam"
+            )
         ),
         metadata=SALES,
     )
@@ -93,7 +106,9 @@ async def test_converting_a_lead_publishes_crm_lead_won_once(crm: Crm) -> None:
     convert = lead_service_pb2.ConvertLeadRequest(name=lead.name, request_id="convert-1")
     reply = await crm.leads.ConvertLead(convert, metadata=SALES)
     assert await crm.leads.ConvertLead(convert, metadata=SALES) == reply  # a retry: no second event
-    err = await refused(crm.leads.ConvertLead(lead_service_pb2.ConvertLeadRequest(name=lead.name), metadata=SALES))
+    err = await refused(
+        crm.leads.ConvertLead(lead_service_pb2.ConvertLeadRequest(name=lead.name), metadata=SALES)
+    )
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     (event,) = events(crm)
     assert (event.type, event.subject, event.time) == ("crm.lead.won", lead.name, reply.lead.convert_time)

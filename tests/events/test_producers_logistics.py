@@ -12,13 +12,10 @@ from bhiv.integrations.v1 import event_pb2
 from bhiv.logistics.v1 import shipment_pb2 as S
 from bhiv_core.events.catalog import payload_of
 from tests.events.conftest import stored_events
-from tests.services.logistics.conftest import (  # noqa: F401 - crm is a fixture
-    FakeCrm,
-    Logistics,
-    crm,
-    failure,
-    running_logistics,
-)
+from tests.services.logistics import conftest as served
+from tests.services.logistics.conftest import FakeCrm, Logistics, failure, running_logistics
+
+crm = served.crm  # the fake CRM's fixture, for logistics' customer lookups
 
 
 @pytest.fixture
@@ -39,7 +36,9 @@ def moves(logistics: Logistics) -> list[tuple[str, str, str]]:
     return found
 
 
-async def test_each_status_change_publishes_one_event_with_the_shipment_s_fields(logistics: Logistics) -> None:
+async def test_each_status_change_publishes_one_event_with_the_shipment_s_fields(
+    logistics: Logistics,
+) -> None:
     chair = await logistics.item("CHAIR", 10)
     shipment = await logistics.ship("customers/alice", (chair.name, 2))
     assert moves(logistics) == []  # created PENDING: no change of status yet

@@ -22,7 +22,7 @@ from bhiv_core.resources import ResourceStore, Transaction
 from tests.events.conftest import Recorder, drained, ids, integrations, open_sqlite, outbox_events, wait_until
 from tests.harness import config_for
 
-TOKEN = "service-token"  # noqa: S105 - a test value
+TOKEN = "service-token"
 
 
 async def token() -> str:

@@ -22,6 +22,7 @@ receipts table (append it to the service's migrations).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 
@@ -58,7 +59,9 @@ OUTBOX = Collection(
 kept for an operator but no longer sent, so one bad event cannot hold up the ones behind it.
 """
 
-OUTBOX_STATE = Collection("outbox_state", (Field("value", "int"), Field("holder", "text"), Field("until", "real")))
+OUTBOX_STATE = Collection(
+    "outbox_state", (Field("value", "int"), Field("holder", "text"), Field("until", "real"))
+)
 """Two records: the sequence counter (:data:`SEQUENCE_ID`, ``value`` = the last number given) and
 the relay lease (:data:`LEASE_ID`: which relay sends, ``holder``, until when, ``until``)."""
 
@@ -102,10 +105,8 @@ def _notify() -> None:
     with _listeners_lock:
         listeners = list(_listeners)
     for listener in listeners:
-        try:
+        with contextlib.suppress(Exception):  # a wake-up that fails is caught up by the relay's poll
             listener()
-        except Exception:  # noqa: S110 - a wake-up that fails is caught up by the relay's poll
-            pass
 
 
 async def publish(
@@ -130,7 +131,8 @@ async def publish(
     """
     event = envelope(payload, source=source, subject=subject, time=time)
     counter = await txn.get(OUTBOX_STATE, SEQUENCE_ID)
-    seq = int(counter.value("value")) + 1 if counter is not None else 1
+    last = counter.value("value") if counter is not None else 0
+    seq = (last if isinstance(last, int) else 0) + 1
     state = Record(id=SEQUENCE_ID, data=b"", fields={"value": seq}, etag=str(seq))
     if counter is None:
         await txn.insert(OUTBOX_STATE, state)

@@ -8,7 +8,7 @@ integrations accepted is deleted; nothing is deleted before that, so an event is
 once, and integrations drops the duplicates a retried batch brings (by event id).
 
 - **Order.** A batch is sent only when the one before it was accepted; on a failure the relay
-  waits (exponential backoff with full jitter, capped) and sends the same events again, from the
+  waits (exponential backoff with jitter, capped) and sends the same events again, from the
   oldest: never reordered, never skipped.
 - **A bad event.** When integrations answers INVALID_ARGUMENT the relay sends the batch's events
   one by one; one that is refused on its own is marked ``rejected`` in the outbox (kept for an
@@ -279,8 +279,12 @@ class OutboxRelay:
                 woken = True
 
     def backoff(self, failures: int) -> float:
-        """The wait after ``failures`` consecutive failures: full jitter over a capped doubling."""
-        ceiling = min(self._max_backoff, MIN_BACKOFF_SECONDS * 2 ** min(failures - 1, 30))
+        """The wait after ``failures`` consecutive failures: a capped doubling, its upper half jittered.
+
+        Half the ceiling at least (so a retry never comes at once), spread over the other half so
+        the relays of several services that failed together do not retry together.
+        """
+        ceiling: float = min(self._max_backoff, MIN_BACKOFF_SECONDS * 2.0 ** min(failures - 1, 30))
         return ceiling / 2 + self._rng() * ceiling / 2
 
     async def relay_pending(self, *, check_first: bool = False) -> int:
@@ -316,7 +320,9 @@ class OutboxRelay:
         """The next batch, when this relay holds (or now takes) the lease; else nothing."""
         now = self._clock()
         lease = await txn.get(OUTBOX_STATE, LEASE_ID)
-        if lease is not None and lease.value("holder") != self.holder and float(lease.value("until")) > now:
+        until = lease.value("until") if lease is not None else 0.0
+        held = lease is not None and lease.value("holder") not in ("", self.holder)
+        if held and isinstance(until, float) and until > now:
             return []  # another worker's relay sends; this one looks again at the next poll
         records = await txn.find(OUTBOX, [Eq("rejected", False)], limit=self._batch)
         if not records:
@@ -361,7 +367,10 @@ class OutboxRelay:
                 await txn.delete(OUTBOX, record.id, expected_etag=record.etag)
             for record in rejected:
                 marked = Record(
-                    id=record.id, data=record.data, fields={**record.fields, "rejected": True}, etag=record.etag
+                    id=record.id,
+                    data=record.data,
+                    fields={**record.fields, "rejected": True},
+                    etag=record.etag,
                 )
                 await txn.replace(OUTBOX, marked, expected_etag=record.etag)
 

@@ -302,7 +302,10 @@ class Tickets:
                 raise changed(name)
             if ticket.status == RESOLVED and was != RESOLVED:
                 resolved = event_pb2.TicketResolvedEvent(
-                    ticket=ticket.name, customer=ticket.customer, subject=ticket.title, assignee=ticket.assignee
+                    ticket=ticket.name,
+                    customer=ticket.customer,
+                    subject=ticket.title,
+                    assignee=ticket.assignee,
                 )
                 await publish(txn, resolved, source="crm", subject=ticket.name, time=at)
             return ticket

@@ -8,10 +8,10 @@ import logging
 import time
 
 from bhiv.logistics.v1 import inventory_service_pb2, shipment_service_pb2, supplier_service_pb2
+from bhiv_core.events.relay import outbox_relay
 from bhiv_core.interceptors.tracing import client_interceptors
 from bhiv_core.resources import RECEIPT_TTL_SECONDS, ResourceStore, make_resource_store
 from bhiv_core.runtime import server as runtime
-from bhiv_core.events.relay import outbox_relay
 from bhiv_core.runtime.clients import PeerChannels
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.services.logistics.config import LogisticsConfig

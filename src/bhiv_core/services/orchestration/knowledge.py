@@ -8,7 +8,8 @@ contract's 20 MiB), indexes the passages, then inserts the document; a retried r
 attempt already stored a document gets that document, and the passages indexed for nothing are
 removed again. Deletion removes the document, then its passages; :meth:`Knowledge.reconcile`
 (run at start) removes passages whose document is gone, so a crash between the two steps leaves
-nothing searchable behind.
+nothing searchable behind. Inserting a document publishes ``orchestration.document.ingested`` in
+the same transaction (:func:`~bhiv_core.events.outbox.publish`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import re
 import time
 from collections.abc import Callable, Sequence
 
+from bhiv.integrations.v1 import event_pb2
 from bhiv.orchestration.v1 import document_pb2
 from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
+from bhiv_core.events.outbox import publish
 from bhiv_core.knowledge.chunking import chunk
 from bhiv_core.knowledge.extract import PDF, Extracted, decode_text, extract_pdf, extract_text
 from bhiv_core.knowledge.index import PassageIndex
@@ -110,6 +113,14 @@ class Knowledge:
 
         async def insert(txn: Transaction) -> ks.IngestDocumentResponse:
             await txn.insert(DOCUMENTS, DOCUMENT.record(document))
+            ingested = event_pb2.DocumentIngestedEvent(
+                document=document.name,
+                title=document.title,
+                mime_type=document.mime_type,
+                passage_count=document.passage_count,
+                tags=document.tags,
+            )
+            await publish(txn, ingested, source="orchestration", subject=document.name, time=now)
             return ks.IngestDocumentResponse(document=document)
 
         try:

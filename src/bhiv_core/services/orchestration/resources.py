@@ -20,12 +20,17 @@
   ``node``, ``pid``) and until when (``expires``, Unix seconds, renewed while it runs); see
   :mod:`bhiv_core.services.orchestration.runs`.
 
+- **outbox**, **outbox_state**: the ``orchestration.document.ingested`` events written in the
+  transaction that inserts a document, until the relay hands them to integrations
+  (:mod:`bhiv_core.events.outbox`).
+
 The kit store is ``<data_dir>/orchestration.db``.
 """
 
 from __future__ import annotations
 
 from bhiv.orchestration.v1 import document_pb2, task_pb2, workflow_pb2
+from bhiv_core.events import outbox
 from bhiv_core.resources import Collection, Field, ResourceType, Value
 from bhiv_core.resources.sqlite import RECEIPTS, schema
 from bhiv_core.runtime.times import seconds_of
@@ -114,10 +119,11 @@ WORKFLOW: ResourceType[workflow_pb2.Workflow] = ResourceType(
     request_field="workflow",
 )
 
-COLLECTIONS = (DOCUMENTS, SESSIONS, TASKS, WORKFLOWS, RUN_LEASES)
+COLLECTIONS = (DOCUMENTS, SESSIONS, *outbox.COLLECTIONS, TASKS, WORKFLOWS, RUN_LEASES)
 MIGRATIONS = (
     schema((DOCUMENTS,)),
     # Later collections: their tables without a second receipts table.
     schema((SESSIONS,)).removesuffix(RECEIPTS).rstrip(";\n"),
+    outbox.outbox_migration(),
     schema((TASKS, WORKFLOWS, RUN_LEASES)).removesuffix(RECEIPTS).rstrip(";\n"),
 )

@@ -10,7 +10,9 @@ from collections.abc import Callable, Mapping
 from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
 from bhiv_core.agents.base import Agent
 from bhiv_core.agents.catalog import build_catalog
+from bhiv_core.agents.llm_client import LlmClient
 from bhiv_core.agents.router import min_confidence_setting
+from bhiv_core.events.relay import outbox_relay
 from bhiv_core.interceptors.tracing import client_interceptors
 from bhiv_core.knowledge.corpus import SAMPLES, read_sample
 from bhiv_core.knowledge.dense import load_embedder
@@ -24,8 +26,8 @@ from bhiv_core.security.principal import Principal
 from bhiv_core.services.orchestration.agents import Agents
 from bhiv_core.services.orchestration.config import OrchestrationConfig
 from bhiv_core.services.orchestration.knowledge import Knowledge
-from bhiv_core.agents.llm_client import LlmClient
 from bhiv_core.services.orchestration.resources import COLLECTIONS, MIGRATIONS
+from bhiv_core.services.orchestration.runs import Runner
 from bhiv_core.services.orchestration.servicer import (
     MISSING,
     AgentServicer,
@@ -34,7 +36,6 @@ from bhiv_core.services.orchestration.servicer import (
     TaskServicer,
     WorkflowServicer,
 )
-from bhiv_core.services.orchestration.runs import Runner
 from bhiv_core.services.orchestration.sessions import Sessions
 from bhiv_core.services.orchestration.tasks import Tasks
 from bhiv_core.services.orchestration.workflows import Workflows
@@ -128,6 +129,7 @@ def definition(
     store = make_orchestration_store(config)
     index = make_orchestration_index(config)
     knowledge = Knowledge(store, index, clock)
+    relay = outbox_relay(config, store)  # documents ingested, to integrations
 
     async def load_model() -> None:
         if settings.dense:  # about two seconds, once per process: not on the event loop
@@ -174,8 +176,8 @@ def definition(
         servicers=[(s, servicers.get(s.name, rest)) for s in services_of_package("bhiv.orchestration.v1")],
         missing=MISSING,
         checks={"store": store.ping, "index": index.ping},
-        on_start=[store.open, load_model, index.open, prepare, load_router, runner.start_loop],
-        on_stop=[runner.stop, channels.close, index.close, store.close],
+        on_start=[store.open, load_model, index.open, prepare, load_router, relay.start, runner.start_loop],
+        on_stop=[runner.stop, relay.stop, channels.close, index.close, store.close],
     )
 
 
