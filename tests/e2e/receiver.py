@@ -66,7 +66,10 @@ class Receiver:
     url: str = ""
     port: int = 0
     _server: asyncio.Server | None = None
-    _hung: list[asyncio.StreamWriter] = field(default_factory=list)
+    in_flight: int = 0
+    """Requests read and not answered yet (a hanging answer stays in flight until the client leaves)."""
+    max_in_flight: int = 0
+    """The most requests in flight at once so far."""
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> Receiver:
@@ -80,9 +83,6 @@ class Receiver:
     async def stop(self) -> None:
         """Closes the listener and every connection held open (hung answers included)."""
         self._closing.set()
-        for writer in self._hung:
-            writer.close()
-        self._hung.clear()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -96,43 +96,48 @@ class Receiver:
         await self.stop()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # One request per connection: every answer says ``Connection: close``.
+        counted = False
         try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = [*lines[0].split(" ", 2), "", ""][:3]
-                headers = {
-                    k.strip().lower(): v.strip()
-                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
-                }
-                if headers.get("transfer-encoding", "").lower() == "chunked":
-                    body = await self._chunked(reader)
-                else:
-                    body = await reader.readexactly(int(headers.get("content-length") or 0))
-                self.requests.append(Received(method, path, headers, body))
-                answer = self.script.pop(0) if self.script else self.default
-                if answer.hang:
-                    self._hung.append(writer)
-                    await self._closing.wait()  # answers nothing until stop()
-                    return
-                reason = _REASONS.get(answer.status, "Status")
-                out = {"content-length": str(len(answer.body)), "connection": "close", **answer.headers}
-                writer.write(
-                    f"HTTP/1.1 {answer.status} {reason}\r\n".encode()
-                    + "".join(f"{k}: {v}\r\n" for k, v in out.items()).encode()
-                    + b"\r\n"
-                    + (answer.body if method != "HEAD" else b"")
-                )
-                await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = [*lines[0].split(" ", 2), "", ""][:3]
+            headers = {
+                k.strip().lower(): v.strip()
+                for k, _, v in (line.partition(":") for line in lines[1:] if line)
+            }
+            if headers.get("transfer-encoding", "").lower() == "chunked":
+                body = await self._chunked(reader)
+            else:
+                body = await reader.readexactly(int(headers.get("content-length") or 0))
+            self.requests.append(Received(method, path, headers, body))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            counted = True
+            answer = self.script.pop(0) if self.script else self.default
+            if answer.hang:
+                # Answers nothing until the client gives up (closes) or the receiver stops.
+                closing = asyncio.ensure_future(self._closing.wait())
+                gone = asyncio.ensure_future(reader.read())
+                await asyncio.wait({closing, gone}, return_when=asyncio.FIRST_COMPLETED)
+                closing.cancel()
+                gone.cancel()
                 return
-        except (ConnectionError, asyncio.IncompleteReadError):
+            reason = _REASONS.get(answer.status, "Status")
+            out = {"content-length": str(len(answer.body)), "connection": "close", **answer.headers}
+            writer.write(
+                f"HTTP/1.1 {answer.status} {reason}\r\n".encode()
+                + "".join(f"{k}: {v}\r\n" for k, v in out.items()).encode()
+                + b"\r\n"
+                + (answer.body if method != "HEAD" else b"")
+            )
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
-            if writer not in self._hung:
-                writer.close()
+            if counted:
+                self.in_flight -= 1
+            writer.close()
 
     @staticmethod
     async def _chunked(reader: asyncio.StreamReader) -> bytes:

@@ -26,7 +26,9 @@ from google.protobuf import descriptor, json_format, message_factory
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 
-from bhiv.crm.v1 import ticket_pb2
+from bhiv.crm.v1 import lead_pb2, ticket_pb2
+from bhiv.crm.v1 import lead_service_pb2 as ls
+from bhiv.crm.v1 import lead_service_pb2_grpc as ls_grpc
 from bhiv.crm.v1 import ticket_service_pb2 as ts
 from bhiv.crm.v1 import ticket_service_pb2_grpc as ts_grpc
 from bhiv.integrations.v1 import content_service_pb2 as cs
@@ -40,11 +42,19 @@ from bhiv.integrations.v1 import integration_service_pb2 as ins
 from bhiv.integrations.v1 import integration_service_pb2_grpc as ins_grpc
 from bhiv.integrations.v1 import webhook_service_pb2 as ws
 from bhiv.integrations.v1 import webhook_service_pb2_grpc as ws_grpc
+from bhiv.logistics.v1 import shipment_pb2
+from bhiv.logistics.v1 import shipment_service_pb2 as shp
+from bhiv.logistics.v1 import shipment_service_pb2_grpc as shp_grpc
 from bhiv.orchestration.v1 import agent_pb2
 from bhiv.orchestration.v1 import agent_service_pb2 as ags
 from bhiv.orchestration.v1 import agent_service_pb2_grpc as ags_grpc
+from bhiv.orchestration.v1 import knowledge_service_pb2 as ks
+from bhiv.orchestration.v1 import knowledge_service_pb2_grpc as ks_grpc
 from bhiv.sentinel.v1 import audit_service_pb2 as audit
 from bhiv.sentinel.v1 import audit_service_pb2_grpc as audit_grpc
+from bhiv.sentinel.v1 import threat_pb2
+from bhiv.sentinel.v1 import threat_service_pb2 as ths
+from bhiv.sentinel.v1 import threat_service_pb2_grpc as ths_grpc
 from bhiv_core.events.catalog import envelope, event_types
 from bhiv_core.mesh import Mesh, free_port
 from bhiv_core.outbound.signatures import verify_signature
@@ -55,6 +65,7 @@ from tests.e2e.client import CALL_TIMEOUT, Session, admin_session
 from tests.e2e.conftest import mesh_env
 from tests.e2e.receiver import Answer, Received, Receiver, until
 from tests.e2e.test_crm import create_customer, unique_email
+from tests.e2e.test_logistics import make_item, shipment_request
 
 pytestmark = pytest.mark.e2e
 
@@ -377,6 +388,158 @@ async def test_sigkill_of_integrations_mid_retry_loses_no_delivery(
         assert sent, f"no delivery for {ticket.name}"
         assert sent[-1].headers["x-bhiv-event-id"] in by_event
         assert_signed(sent[-1], secret)
+
+
+async def test_every_publisher_reaches_a_webhook_subscribed_to_its_types(
+    channel: grpc.aio.Channel, admin: Session
+) -> None:
+    domain_types = [t for t in event_types() if not t.startswith("integrations.")]
+    assert len(domain_types) == 6
+    meta = {"metadata": admin.metadata, "timeout": CALL_TIMEOUT}
+    async with Receiver() as receiver:
+        hook, secret = await create_webhook(channel, admin, receiver.url, *domain_types)
+        try:
+            # crm: a ticket opened and resolved, a lead won.
+            ticket = await open_ticket(channel, admin, "Everything at once")
+            await ts_grpc.TicketServiceStub(channel).ResolveTicket(
+                ts.ResolveTicketRequest(name=ticket.name, resolution="Done"), **meta
+            )
+            leads = ls_grpc.LeadServiceStub(channel)
+            lead = (
+                await leads.CreateLead(
+                    ls.CreateLeadRequest(
+                        lead=lead_pb2.Lead(first_name="Ravi", email=unique_email("won"), company="Acme")
+                    ),
+                    **meta,
+                )
+            ).lead
+            lead = (
+                await leads.UpdateLead(
+                    ls.UpdateLeadRequest(
+                        lead=lead_pb2.Lead(
+                            name=lead.name, etag=lead.etag, status=lead_pb2.LEAD_STATUS_QUALIFIED
+                        ),
+                        update_mask={"paths": ["status"]},
+                    ),
+                    **meta,
+                )
+            ).lead
+            won = await leads.ConvertLead(ls.ConvertLeadRequest(name=lead.name, etag=lead.etag), **meta)
+            # logistics: a shipment moves from pending to processing.
+            item = await make_item(channel, admin, 5)
+            shipments = shp_grpc.ShipmentServiceStub(channel)
+            shipment = (
+                await shipments.CreateShipment(shipment_request(ticket.customer, (item.name, 1)), **meta)
+            ).shipment
+            await shipments.AdvanceShipment(
+                shp.AdvanceShipmentRequest(
+                    name=shipment.name, status=shipment_pb2.SHIPMENT_STATUS_PROCESSING
+                ),
+                **meta,
+            )
+            # orchestration: a document ingested.
+            document = (
+                await ks_grpc.KnowledgeServiceStub(channel).IngestDocument(
+                    ks.IngestDocumentRequest(
+                        title="Webhook manual",
+                        mime_type="text/plain",
+                        text="# Webhooks\n\nEvery delivery is signed with the webhook's secret.",
+                        tags=["e2e"],
+                    ),
+                    **meta,
+                )
+            ).document
+            # sentinel: a brute force from a documentation address opens an incident.
+            attacker = f"198.51.100.{secrets.randbelow(250) + 1}"
+            threats = ths_grpc.ThreatServiceStub(channel)
+            for i in range(30):
+                await threats.ReportSecurityEvent(
+                    ths.ReportSecurityEventRequest(
+                        kind=threat_pb2.SECURITY_EVENT_KIND_LOGIN_FAILED,
+                        source_address=attacker,
+                        principal=f"nobody-{secrets.token_hex(3)}",
+                        method="/bhiv.identity.v1.AuthService/Login",
+                        detail=f"wrong password; attempt {i}",
+                    ),
+                    **meta,
+                )
+
+            def seen() -> dict[str, list[dict[str, Any]]]:
+                out: dict[str, list[dict[str, Any]]] = {}
+                for r in receiver.requests:
+                    out.setdefault(r.headers["x-bhiv-event"], []).append(r.json()["data"])
+                return out
+
+            def complete(got: dict[str, list[dict[str, Any]]]) -> bool:
+                return set(got) == set(domain_types) and any(
+                    d.get("source_address") == attacker for d in got["sentinel.incident.opened"]
+                )
+
+            got = await until(seen, complete, timeout=DELIVERY_TIMEOUT)
+        finally:
+            await delete_webhook(channel, admin, hook.name)
+    for request in receiver.requests:
+        assert_signed(request, secret)
+    assert [d["ticket"] for d in got["crm.ticket.opened"]] == [ticket.name]
+    assert [d["ticket"] for d in got["crm.ticket.resolved"]] == [ticket.name]
+    assert [(d["lead"], d["customer"], d["company"]) for d in got["crm.lead.won"]] == [
+        (lead.name, won.customer.name, "Acme")
+    ]
+    [moved] = got["logistics.shipment.status_changed"]
+    assert (moved["shipment"], moved["tracking_number"]) == (shipment.name, shipment.tracking_number)
+    assert (moved["previous_status"], moved["status"]) == (
+        "SHIPMENT_STATUS_PENDING",
+        "SHIPMENT_STATUS_PROCESSING",
+    )
+    [ingested] = got["orchestration.document.ingested"]
+    assert (ingested["document"], ingested["title"], ingested["mime_type"]) == (
+        document.name,
+        "Webhook manual",
+        "text/plain",
+    )
+    assert ingested["passage_count"] >= 1 and ingested["tags"] == ["e2e"]
+    incidents = [d for d in got["sentinel.incident.opened"] if d["source_address"] == attacker]
+    assert incidents and all(d["category"] == "THREAT_CATEGORY_BRUTE_FORCE" for d in incidents)
+    assert all(d["incident"].startswith("incidents/") for d in incidents)
+
+
+async def test_a_slow_receiver_holds_only_its_own_delivery_slots(
+    channel: grpc.aio.Channel, admin: Session
+) -> None:
+    hooks = ws_grpc.WebhookServiceStub(channel)
+    async with Receiver(default=Answer(hang=True)) as slow, Receiver() as fast:
+        stuck = (
+            await hooks.CreateWebhook(
+                ws.CreateWebhookRequest(
+                    webhook=webhook_pb2.Webhook(
+                        target_url=slow.url,
+                        event_types=["crm.ticket.opened"],
+                        active=True,
+                        max_concurrent_deliveries=2,
+                    )
+                ),
+                metadata=admin.metadata,
+                timeout=CALL_TIMEOUT,
+            )
+        ).webhook
+        quick, _ = await create_webhook(channel, admin, fast.url, "crm.ticket.opened")
+        try:
+            tickets = [await open_ticket(channel, admin, f"Rush {n}") for n in range(4)]
+            names = {t.name for t in tickets}
+            await until(
+                lambda: {r.json()["data"]["ticket"] for r in fast.requests} >= names, timeout=DELIVERY_TIMEOUT
+            )
+            await until(lambda: slow.max_in_flight, lambda n: n >= 2, timeout=DELIVERY_TIMEOUT)
+            fast_deliveries = await deliveries(channel, admin, quick.name)
+            slow_deliveries = await deliveries(channel, admin, stuck.name)
+        finally:
+            await delete_webhook(channel, admin, stuck.name)
+            await delete_webhook(channel, admin, quick.name)
+    # The hanging receiver never had more than its two slots; the other got every event meanwhile.
+    assert slow.max_in_flight == 2
+    assert len([d for d in fast_deliveries if d.status == webhook_pb2.DELIVERY_STATUS_SUCCEEDED]) >= 4
+    assert len(slow_deliveries) >= 4
+    assert all(d.status != webhook_pb2.DELIVERY_STATUS_SUCCEEDED for d in slow_deliveries)
 
 
 async def test_a_published_event_id_seen_again_is_not_delivered_twice(
