@@ -429,12 +429,22 @@ def url_form_problem(url: str) -> str | None:
     return None
 
 
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_headers(headers: Mapping[str, str]) -> None:
     for name, value in headers.items():
         if not _TOKEN.fullmatch(name) or len(name) > 256:
             raise OutboundBadRequest("a header name is not an HTTP token")
-        if _BAD_VALUE.search(value) or len(value) > 8192:
-            raise OutboundBadRequest(f"the value of header {name!r} has control characters or is too long")
+        if _BAD_VALUE.search(value) or len(value) > 8192 or not _latin1(value):
+            raise OutboundBadRequest(
+                f"the value of header {name!r} has control or non-Latin-1 characters, or is too long"
+            )
         if name.lower() in RESERVED_HEADERS:
             raise OutboundBadRequest(f"header {name!r} is set by the client itself")
 

@@ -490,3 +490,15 @@ async def test_create_with_a_request_id_is_idempotent(tmp_path: Path) -> None:
                 als.ListAlertChannelsRequest(kind=GENERIC), metadata=ADMIN
             )
             assert len(listed.alert_channels) == 1
+
+
+async def test_a_webhook_channel_never_reaches_a_cloud_metadata_address(tmp_path: Path) -> None:
+    # Webhooks leave through the shared outbound client: internal receivers are allowed (admins
+    # configure channels), the metadata endpoints in no form.
+    async with serve_alerts(tmp_path, ALERT_BACKOFF_SECONDS="0.01") as served:
+        for target in ("http://169.254.169.254/latest/meta-data/", "http://[::ffff:169.254.169.254]/x"):
+            created = await served.channel(GENERIC, target)
+            sent = await served.stub.SendTestAlert(
+                als.SendTestAlertRequest(name=created.name), metadata=ADMIN
+            )
+            assert not sent.delivered and "metadata" in sent.error, sent.error

@@ -105,10 +105,10 @@ def _check_request(request: eas.CallExternalApiRequest, api_key_header: str) -> 
                     where, "is set by the service (credentials come from the integration)", "FORBIDDEN_HEADER"
                 )
             )
-        elif len(value) > 4096 or _CONTROL.search(value):
+        elif len(value) > 4096 or _CONTROL.search(value) or not value.isascii():
             out.append(
                 FieldViolation(
-                    where, "the value must be at most 4096 characters, no line breaks", "BAD_FORMAT"
+                    where, "the value must be at most 4096 ASCII characters, no line breaks", "BAD_FORMAT"
                 )
             )
     for name in sorted(request.query_params):

@@ -105,6 +105,10 @@ def check_integration(
             out.append(
                 FieldViolation("secret", "must not contain control characters or line breaks", "BAD_FORMAT")
             )
+        elif kind != BASIC and not new_secret.isascii():
+            out.append(
+                FieldViolation("secret", "must be ASCII (it is sent in a header as it is)", "BAD_FORMAT")
+            )
         elif kind == BASIC and ":" not in new_secret:
             out.append(
                 FieldViolation("secret", "must be <username>:<password> for AUTH_KIND_BASIC", "BAD_FORMAT")

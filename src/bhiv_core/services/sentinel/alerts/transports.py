@@ -1,10 +1,11 @@
 """How an alert leaves sentinel: a bounded HTTP POST, an e-mail through the relay, the signature.
 
-Outbound traffic goes only where an admin configured it: to the channel's own URL (redirects are
-not followed, proxies from the environment are not used) or to the configured SMTP relay. Every
-attempt is bounded: ``seconds`` per socket operation and for the attempt as a whole, and at most
-:data:`MAX_RESPONSE_BYTES` of a webhook's answer are read. Both run on a worker thread with the
-standard library (``http.client``, ``smtplib``), off the event loop.
+Outbound traffic goes only where an admin configured it: to the channel's own URL or to the
+configured SMTP relay. Webhooks go through the shared SSRF-safe client
+(:mod:`bhiv_core.outbound.http`) with a policy of the channel's host alone: redirects are not
+followed, proxies from the environment are not used, cloud metadata addresses are never reached,
+``seconds`` bound the connect and twice that the attempt, and at most :data:`MAX_RESPONSE_BYTES`
+of the answer are read. E-mail runs ``smtplib`` on a worker thread, off the event loop.
 
 The generic webhook's signature (for receivers):
 
@@ -20,7 +21,6 @@ carries ``X-BHIV-Alert: alerts/{id}``, the same on every retry, for receivers to
 from __future__ import annotations
 
 import asyncio
-import http.client
 import ipaddress
 import re
 import smtplib
@@ -29,6 +29,7 @@ from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 from bhiv.sentinel.v1 import alert_pb2
+from bhiv_core.outbound.http import OutboundClient, OutboundError, OutboundPolicy, OutboundTimeout
 from bhiv_core.outbound.signatures import (
     SIGNATURE_HEADER,
     SIGNATURE_TOLERANCE_SECONDS,
@@ -111,43 +112,39 @@ def redact_target(kind: Kind.ValueType, target: str) -> str:
     return f"{url.scheme}://{host}{port}/{REDACTED}"
 
 
-def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> None:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port
-    connection: http.client.HTTPConnection
-    if parts.scheme == "https":
-        connection = http.client.HTTPSConnection(
-            host, port, timeout=timeout, context=ssl.create_default_context()
-        )
-    else:
-        connection = http.client.HTTPConnection(host, port, timeout=timeout)
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
+def _policy(url: str, seconds: float) -> OutboundPolicy:
+    """Where one channel's POST may go: its own host, at any address but a cloud metadata endpoint.
+
+    Channels are configured by admins and may name an internal receiver (a relay, a local sink),
+    so internal addresses stay reachable; the metadata endpoints never are (no range covers them).
+    """
+    host = urlsplit(url).hostname or ""
+    # A literal address target is matched by the ranges (which never cover metadata addresses).
+    entries: tuple[str, ...] = ("0.0.0.0/0", "::/0")
     try:
-        connection.request("POST", path, body=body, headers=headers)
-        response = connection.getresponse()
-        response.read(MAX_RESPONSE_BYTES)  # drained up to a bound; the rest is dropped with the connection
-        status = response.status
-    except (OSError, http.client.HTTPException) as exc:
-        raise DeliveryError(f"{type(exc).__name__}: {exc}"[:500]) from None
-    finally:
-        connection.close()
-    if not 200 <= status < 300:
-        raise DeliveryError(f"the endpoint answered HTTP {status}")
+        ipaddress.ip_address(host)
+    except ValueError:
+        entries = (host, *entries)
+    return OutboundPolicy(entries, MAX_RESPONSE_BYTES, connect_timeout=seconds)
 
 
 async def post_json(url: str, body: bytes, headers: dict[str, str], *, seconds: float) -> None:
     """POSTs ``body`` to ``url``; raises :class:`DeliveryError` unless it answers 2xx in time.
 
-    A 3xx is a failure: following a redirect would send the alert somewhere no admin configured.
+    Sent by the shared outbound client (:mod:`bhiv_core.outbound.http`): ``seconds`` to connect,
+    twice that for the whole attempt. A 3xx is a failure: following a redirect would send the
+    alert somewhere no admin configured.
     """
     headers = {"Content-Type": "application/json", "User-Agent": "bhiv-sentinel", **headers}
     try:
-        async with asyncio.timeout(seconds * 2):
-            await asyncio.to_thread(_post, url, body, headers, seconds)
-    except TimeoutError:
+        client = OutboundClient(_policy(url, seconds))
+        answer = await client.request("POST", url, headers=headers, body=body, timeout=seconds * 2)
+    except OutboundTimeout:
         raise DeliveryError(f"no answer within {seconds * 2:g} s") from None
+    except (OutboundError, ValueError) as exc:
+        raise DeliveryError(f"{type(exc).__name__}: {exc}"[:500]) from None
+    if not 200 <= answer.status < 300:
+        raise DeliveryError(f"the endpoint answered HTTP {answer.status}")
 
 
 def _send(relay: SmtpRelay, message: EmailMessage, timeout: float) -> None:
