@@ -177,12 +177,14 @@ class LlmReply:
     """A streamed completion: iterate ``pieces``; ``model`` is ``models/{id}`` of the llm domain.
 
     ``provider`` (such as ``groq``) is known once ``pieces`` is exhausted; empty before, and when
-    the llm service does not say.
+    the llm service does not say. A stream the llm service answered with its extractive responder
+    after all ends with ``model`` empty and ``fallback`` saying why, as ``LlmUnavailable.status``.
     """
 
     pieces: AsyncIterator[str]
     model: str
     provider: str = ""
+    fallback: str = ""
 
 
 class Llm(Protocol):

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from bhiv_core.agents.audio import AudioAgent
 from bhiv_core.agents.base import AGENT_INTENTS, Agent
-from bhiv_core.agents.content import ContentAgent
+from bhiv_core.agents.content import ContentAgent, SocialWriter
 from bhiv_core.agents.file_search import FileSearchAgent
 from bhiv_core.agents.grounded import EdumentorAgent, KnowledgeAgent, QnaAgent, VedasAgent, WellnessAgent
 from bhiv_core.agents.image import ImageAgent
@@ -24,8 +24,8 @@ AGENT_IDS: tuple[str, ...] = tuple(sorted(AGENT_INTENTS))
 """The twelve agent ids, sorted (ListAgents' order)."""
 
 
-def build_catalog() -> Mapping[str, Agent]:
-    """The twelve agents by id, sorted by id."""
+def build_catalog(*, social: SocialWriter | None = None) -> Mapping[str, Agent]:
+    """The twelve agents by id, sorted by id; ``social`` writes the content agent's posts when it answers."""
     agents: list[Agent] = [
         VedasAgent(),
         EdumentorAgent(),
@@ -36,7 +36,7 @@ def build_catalog() -> Mapping[str, Agent]:
         PlannerAgent(),
         FileSearchAgent(),
         TextAgent(),
-        ContentAgent(),
+        ContentAgent(social),
         ImageAgent(),
         AudioAgent(),
     ]

@@ -7,21 +7,72 @@ knowledge passage (cited as a source). Offline, posts are drafted by template an
 (:func:`bhiv_core.text.social.draft`); with a model, the model writes them and every post is
 re-checked against its platform's limits (:func:`~bhiv_core.text.social.fit`), a platform the
 model left out being drafted offline. Each post shows its length as its platform counts it.
+
+In the orchestration service the posts come from the integrations service's
+``GenerateSocialContent`` (a :class:`SocialWriter` over the generated stubs, carrying the caller's
+token): its posts, and its method (the llm's model, or its offline generator), are the answer.
+When integrations cannot answer (unreachable, or it refuses), the agent writes the posts itself as
+above and says so in the answer. Without a writer (the agent alone), it always writes them itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from bhiv_core.agents.base import AGENT_INTENTS, AgentRequest, AgentSpec, InputType, Method, Reply, Tools
 from bhiv_core.agents.llm_text import complete, read_input, relevant
 from bhiv_core.knowledge.index import Passage
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
+from bhiv_core.text.language import detect
 from bhiv_core.text.sentences import content_words
 from bhiv_core.text.social import LIMITS, Platform, Post, draft, fit, length, sections, violations
 
-__all__ = ["ContentAgent", "platforms_named"]
+__all__ = [
+    "MAX_TOPIC_CHARS",
+    "ContentAgent",
+    "SocialWriter",
+    "SocialWriterUnavailable",
+    "WrittenSocial",
+    "platforms_named",
+]
+
+MAX_TOPIC_CHARS = 2000
+"""The most characters of a topic ``GenerateSocialContent`` takes (its contract's rule)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenSocial:
+    """Posts a :class:`SocialWriter` wrote, in the order asked, and how.
+
+    Attributes:
+        posts: One per platform asked, each within its platform's limits.
+        method: LLM when the model wrote any post, else EXTRACTIVE.
+        model: ``models/{id}`` for the LLM method, else empty.
+        described: Who wrote them, for people (``groq llama-3.1-8b-instant``, ``offline template-extract``).
+
+    """
+
+    posts: list[Post]
+    method: Method
+    model: str
+    described: str
+
+
+class SocialWriterUnavailable(Exception):
+    """The writer could not answer (unreachable, refused, failed): the agent writes the posts itself."""
+
+
+class SocialWriter(Protocol):
+    """Writes social posts elsewhere (the integrations service's ``GenerateSocialContent``)."""
+
+    async def write(self, topic: str, platforms: Sequence[Platform], *, language: str) -> WrittenSocial:
+        """One post per platform, in ``language``; raises :class:`SocialWriterUnavailable`."""
+        ...
+
 
 _PLATFORMS = (
     (Platform.X, re.compile(r"\b(?:x|twitter|tweets?|tweet\w*)\b", re.I)),
@@ -74,8 +125,32 @@ def _render(posts: list[Post]) -> str:
     return "\n\n".join(f"{LIMITS[p.platform].name} ({p.length}/{p.limit}):\n{p.text}" for p in posts)
 
 
+def topic_of(lead: str, body: str) -> str:
+    """The brief, a blank line and the material, within :data:`MAX_TOPIC_CHARS` (cut between words)."""
+    topic = f"{lead}\n\n{body.strip()}".strip()
+    if len(topic) <= MAX_TOPIC_CHARS:
+        return topic
+    cut = topic[: MAX_TOPIC_CHARS + 1]
+    space = max(cut.rfind(" "), cut.rfind("\n"))
+    return (cut[:space] if space > 0 else cut[:MAX_TOPIC_CHARS]).rstrip()
+
+
+def _language(text: str) -> str:
+    """The language tag of ``text`` when the detector is confident of it, else ``en``. Blocking."""
+    found = detect(text)
+    return found.code if found is not None and found.confidence >= 0.5 else "en"
+
+
 class ContentAgent:
-    """Drafts social posts within each platform's limits (offline template-and-extract, or the LLM)."""
+    """Drafts social posts within each platform's limits (offline template-and-extract, or the LLM).
+
+    Args:
+        writer: Where posts are written when it answers (integrations); None: always here.
+
+    """
+
+    def __init__(self, writer: SocialWriter | None = None):
+        self._writer = writer
 
     spec = AgentSpec(
         id="content",
@@ -109,6 +184,23 @@ class ContentAgent:
                 violations=[FieldViolation("query", "holds no content to post about", "EMPTY")]
             )
 
+        note = ""
+        if self._writer is not None:
+            topic = topic_of(lead, body)
+            language = await asyncio.to_thread(_language, topic)
+            try:
+                social = await self._writer.write(topic, platforms, language=language)
+            except SocialWriterUnavailable as refused:
+                note = (
+                    f"\n\n(The integrations service did not write these posts: {refused}. "
+                    "The content agent drafted them itself.)"
+                )
+            else:
+                said = f"(Written by the integrations service: {social.described}.)"
+                reply = Reply.of_text(f"{_render(social.posts)}\n\n{said}", sources)
+                reply.method, reply.model = social.method, social.model
+                return reply
+
         subjects = [w for w in dict.fromkeys(content_words(lead)) if w not in _PROMOTIONAL][:2]
 
         def offline(platform: Platform) -> Post:
@@ -129,7 +221,7 @@ class ContentAgent:
                 posts.append(Post(platform, text, length(text, platform), LIMITS[platform].max_length, ()))
             else:
                 posts.append(await asyncio.to_thread(offline, platform))
-        reply = Reply.of_text(_render(posts), sources)
+        reply = Reply.of_text(_render(posts) + note, sources)
         if completed and any(p in written for p in platforms):
             reply.method, reply.model = Method.LLM, completed[1]
         return reply

@@ -107,6 +107,7 @@ class LlmClient:
         self._timeout = timeout
         self._clock = clock
         self._model: tuple[float, str] | None = None
+        self._unreachable = ""  # the status of the last failed ListModels, while it is remembered
 
     async def _default_model(self) -> str:
         """``models/{id}`` of the default model when it is a real, available one, else empty."""
@@ -121,6 +122,7 @@ class LlmClient:
         except grpc.aio.AioRpcError as error:
             # Remembered as "no model" for a short while (the TTL counts from an earlier time).
             self._model = (now - MODELS_TTL_SECONDS + UNREACHABLE_TTL_SECONDS, "")
+            self._unreachable = _status(error.code())
             raise LlmUnavailable(
                 f"the llm service did not list its models ({error.code().name})", status=_status(error.code())
             ) from None
@@ -128,12 +130,14 @@ class LlmClient:
         for model in listed.models:
             if model.is_default and model.available and model.provider != model_pb2.PROVIDER_LOCAL_EXTRACTIVE:
                 chosen = model.name
-        self._model = (now, chosen)
+        self._model, self._unreachable = (now, chosen), ""
         return chosen
 
     async def stream(self, system: str, user: str, *, max_output_tokens: int = 1024) -> LlmReply:
         """Starts a completion of the default model; LlmUnavailable when offline is possible."""
         model = await self._default_model()
+        if not model and self._unreachable:
+            raise LlmUnavailable("the llm service did not list its models lately", status=self._unreachable)
         if not model:
             raise LlmUnavailable("the llm service has no model beyond its extractive responder")
         request = completion_service_pb2.StreamCompleteRequest(
@@ -185,6 +189,7 @@ async def _pieces(call: Any, events: Any, first: Any, reply: LlmReply) -> AsyncI
                 completion = event.completion
                 if completion.fallback or completion.provider == model_pb2.PROVIDER_LOCAL_EXTRACTIVE:
                     reply.model = ""
+                    reply.fallback = _FALLBACK_STATUS.get(completion.fallback_reason, UNAVAILABLE)
                 else:
                     reply.model = completion.model or reply.model
                     reply.provider = _provider(completion.provider)

@@ -98,7 +98,8 @@ def hashtags_in(text: str) -> list[str]:
     return _HASHTAG.findall(text)
 
 
-_SECTION = re.compile(r"^\s*\[?(X|Twitter|LinkedIn|Instagram|Facebook)\]?\s*:?\s*$", re.I | re.M)
+# Blanks within the line only: ``\s*`` would run across blank lines from every line start (quadratic).
+_SECTION = re.compile(r"^[ \t]*\[?(X|Twitter|LinkedIn|Instagram|Facebook)\]?[ \t]*:?[ \t\r]*$", re.I | re.M)
 _SECTION_NAMES = {
     "x": Platform.X,
     "twitter": Platform.X,

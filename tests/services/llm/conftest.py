@@ -3,7 +3,8 @@
 :class:`FakeGroq` is a small OpenAI-compatible HTTP/1.1 server (asyncio streams, no framework)
 that the real ``groq`` SDK talks to through ``BHIV_LLM_GROQ_BASE_URL``; each request takes the next
 behaviour of its script (``ok``, ``429``, ``500``, ``slow``, ``malformed``, ``garbage``) and ``ok``
-answers a streamed request with server-sent events.
+answers a streamed request with server-sent events: the next of ``replies`` when there is one
+(each a list of pieces), else :data:`REPLY`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class FakeGroq:
     """An OpenAI-compatible chat completions server on loopback, answering from a script."""
 
     script: list[str] = field(default_factory=list)
+    replies: list[list[str]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     url: str = ""
@@ -87,7 +89,7 @@ class FakeGroq:
         if behaviour == "garbage":
             self._send(writer, "200 OK", b"<html>not json")
             return
-        pieces = SCRIPT_REPLY if behaviour == "script" else REPLY
+        pieces = SCRIPT_REPLY if behaviour == "script" else (self.replies.pop(0) if self.replies else REPLY)
         if body.get("stream"):
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
             for i, piece in enumerate(pieces):

@@ -25,6 +25,7 @@ from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.security.principal import Principal
 from bhiv_core.services.orchestration.agents import Agents
 from bhiv_core.services.orchestration.config import OrchestrationConfig
+from bhiv_core.services.orchestration.content_client import ContentClient
 from bhiv_core.services.orchestration.knowledge import Knowledge
 from bhiv_core.services.orchestration.resources import COLLECTIONS, MIGRATIONS
 from bhiv_core.services.orchestration.runs import Runner
@@ -120,10 +121,12 @@ def definition(
     dense model when ``BHIV_KNOWLEDGE_DENSE`` is on; orphaned passages are removed and, on the
     first start, the sample corpus is ingested. The agents call the llm service
     (``BHIV_LLM_ADDR``) through the generated stubs over a peer channel that forwards the caller's
-    token and trace context, unless ``BHIV_AGENTS_LLM=off``. Tasks and workflows run in a pool of
-    ``BHIV_TASKS_CONCURRENCY`` with ``BHIV_TASKS_QUEUE`` waiting; at start, runs whose worker died
-    are resumed (:mod:`~bhiv_core.services.orchestration.runs`). ``catalog`` replaces the twelve
-    agents (tests register a scripted one).
+    token and trace context, unless ``BHIV_AGENTS_LLM=off``; the content agent asks integrations
+    (``BHIV_INTEGRATIONS_ADDR``) the same way, and drafts posts itself only when it cannot answer.
+    Tasks and workflows run in a pool of ``BHIV_TASKS_CONCURRENCY`` with ``BHIV_TASKS_QUEUE``
+    waiting; at start, runs whose worker died are resumed
+    (:mod:`~bhiv_core.services.orchestration.runs`). ``catalog`` replaces the twelve agents (tests
+    register a scripted one).
     """
     settings = OrchestrationConfig.from_runtime(config)
     store = make_orchestration_store(config)
@@ -142,7 +145,9 @@ def definition(
 
     channels = PeerChannels(config.peers, extra_interceptors=client_interceptors)
     agents = Agents(
-        catalog if catalog is not None else build_catalog(),
+        catalog
+        if catalog is not None
+        else build_catalog(social=ContentClient(lambda: channels.channel("integrations"))),
         index,
         Sessions(store, settings.session_turns, clock),
         disabled=settings.agents_disabled,

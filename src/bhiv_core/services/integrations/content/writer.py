@@ -192,20 +192,37 @@ def _offline(brief: Brief, pairs: Sequence[tuple[Platform, str]]) -> list[Writte
     return [_offline_post(brief, platform, language) for platform, language in pairs]
 
 
-_TRAILING_TAGS = re.compile(r"(?:\s*#[^\W_]\w*)+\s*$")
+_TAG = re.compile(r"#[^\W_]\w*")
+_TOKEN = re.compile(r"\S+")
+
+
+def _without_trailing_tags(text: str) -> str:
+    """``text`` without the hashtags that end it (one pass over its words: linear in its length)."""
+    end = len(text)
+    for token in reversed(list(_TOKEN.finditer(text))):
+        if not _TAG.fullmatch(token.group()):
+            break
+        end = token.start()
+    return text[:end].rstrip()
 
 
 def _cleaned(text: str, brief: Brief, platform: Platform) -> str:
-    """A model's post with hashtags as asked: none (inline ``#`` dropped), or some (from the topic)."""
+    """A model's post fitted, with hashtags as asked: none (inline ``#`` dropped), or some.
+
+    When hashtags are asked and the model wrote none, tags from the topic's key phrases follow the
+    post, which is cut first to leave them room.
+    """
+    limit = brief.max_length or None
     text = text.strip()
     if not brief.hashtags:
-        text = _TRAILING_TAGS.sub("", text)
-        return re.sub(r"(?<![\w#])#(?=[^\W_])", "", text).strip()
-    if not hashtags_in(text):
-        tags = suggest_hashtags(brief.topic, LIMITS[platform].hashtags)
-        if tags:
-            text = f"{text}\n\n{' '.join(tags)}"
-    return text
+        text = _without_trailing_tags(text)
+        text = re.sub(r"(?<![\w#])#(?=[^\W_])", "", text).strip()
+    elif text and not hashtags_in(text):
+        tags = "\n\n" + " ".join(suggest_hashtags(brief.topic, LIMITS[platform].hashtags))
+        room = (limit or LIMITS[platform].max_length) - length(tags, platform)
+        if tags.strip() and room >= len(text.split()[0]) + 1:
+            text = fit(text, platform, limit=room) + tags
+    return fit(text, platform, limit=limit)
 
 
 def _system(brief: Brief, language: str) -> str:
@@ -240,7 +257,7 @@ async def _by_model(llm: Llm, brief: Brief, language: str) -> tuple[dict[Platfor
     )
     text = "".join([piece async for piece in reply.pieces])
     if not reply.model:  # the llm service answered with its extractive responder after all
-        raise LlmUnavailable("the llm service fell back to its extractive responder", status="UNAVAILABLE")
+        raise LlmUnavailable("the llm service fell back to its extractive responder", status=reply.fallback)
     return sections(text), reply.model, reply.provider
 
 
@@ -319,7 +336,7 @@ async def _fitted(
     for platform, language in pairs:
         written, model_name, model_provider = answers[language]
         model, provider = model_name.removeprefix("models/"), model_provider or "llm"
-        text = fit(_cleaned(written.get(platform, ""), brief, platform), platform, limit=limit)
+        text = _cleaned(written.get(platform, ""), brief, platform)
         if text and not violations(text, platform, limit=limit):
             tags = tuple(hashtags_in(text)) if brief.hashtags else ()
             posts.append(WrittenPost(platform, language, text, tags, length(text, platform), provider, model))
