@@ -16,10 +16,11 @@ from bhiv.integrations.v1 import webhook_service_pb2 as ws
 from bhiv_core.events import catalog
 from bhiv_core.outbound.signatures import verify_signature
 from bhiv_core.resources import Cmp
+from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.services.integrations.resources import make_integrations_store
+from bhiv_core.services.integrations.webhooks.delivery import EVENT_RETENTION_SECONDS, PARKED
 from bhiv_core.services.integrations.webhooks.resources import QUEUE
 from bhiv_core.services.integrations.webhooks.service import WebhookPart
-from bhiv_core.runtime.contracts import services_of_package
 from tests.harness import config_for, serving
 from tests.services.integrations.webhook_receivers import (
     ADMIN,
@@ -49,9 +50,7 @@ async def test_a_delivery_arrives_signed_with_the_documented_headers(tmp_path: P
             published = await served.publish(event)
             assert (published.accepted, published.duplicates, published.deliveries) == (1, 0, 1)
             assert await eventually(until(lambda: sink.count() == 1))
-            delivered = await eventually(
-                lambda: _with_status(served, created.webhook.name, SUCCEEDED)
-            )
+            delivered = await eventually(lambda: _with_status(served, created.webhook.name, SUCCEEDED))
             got = sink.requests[0]
             assert got.path == "/hooks/bhiv"
             assert verify_signature(secret, got.headers["x-bhiv-signature"], got.body, time.time())
@@ -145,7 +144,10 @@ async def test_a_restart_resumes_retrying_and_in_flight_deliveries(tmp_path: Pat
             assert first and first.attempts >= 2
             assert second and second.attempts == 1
             assert hanging.count() == 2  # sent again after the restart: at least once, same event id
-            assert hanging.requests[0].headers["x-bhiv-event-id"] == hanging.requests[1].headers["x-bhiv-event-id"]
+            assert (
+                hanging.requests[0].headers["x-bhiv-event-id"]
+                == hanging.requests[1].headers["x-bhiv-event-id"]
+            )
 
 
 async def test_a_claim_left_by_a_killed_process_is_retried_after_its_lease(tmp_path: Path) -> None:
@@ -157,7 +159,8 @@ async def test_a_claim_left_by_a_killed_process_is_retried_after_its_lease(tmp_p
             dying = WebhookPart.build(config, store)
             # Its servicers without its engine: the delivery is queued and stays so.
             servicers = [
-                (s, dying.servicers[s.name]) for s in services_of_package("bhiv.integrations.v1")
+                (s, dying.servicers[s.name])
+                for s in services_of_package("bhiv.integrations.v1")
                 if s.name in dying.servicers
             ]
             async with serving(servicers, chain=chain, config=config) as (_, channel):
@@ -218,3 +221,57 @@ async def _count_status(served: object, webhook: str, status: int, count: int) -
 
 async def _queue_empty(store: object) -> bool:
     return not await store.find(QUEUE, [Cmp("due", ">=", 0.0)], after=None, limit=1)  # type: ignore[attr-defined]
+
+
+async def test_an_inactive_webhook_keeps_its_deliveries_parked_until_reactivated(tmp_path: Path) -> None:
+    url, port = dead_url()
+    config = config_for("integrations", DATA_DIR=str(tmp_path), **FAST)
+    async with serve_integrations(tmp_path, WEBHOOK_BACKOFF_SECONDS="0.3") as served:
+        created = await served.webhook(url)
+        name = created.webhook.name
+        await served.publish(ticket_event(), ticket_event())
+        assert await eventually(lambda: _count_status(served, name, RETRYING, 2))
+        await _set_active(served, name, False)
+        store = make_integrations_store(config)
+        await store.open()
+        try:
+            assert await eventually(lambda: _all_parked(store, 2))
+        finally:
+            await store.close()
+        with receiver(port=port) as sink:
+            await _set_active(served, name, True)
+            assert await eventually(lambda: _count_status(served, name, SUCCEEDED, 2))
+            assert sink.count() == 2
+
+
+async def test_accepted_event_ids_are_forgotten_after_the_retention(tmp_path: Path) -> None:
+    config = config_for("integrations", DATA_DIR=str(tmp_path), **FAST)
+    event = ticket_event()
+    async with serve_integrations(tmp_path) as served:
+        assert (await served.publish(event)).accepted == 1
+        assert (await served.publish(event)).duplicates == 1
+        store = make_integrations_store(config)
+        await store.open()
+        try:
+            now = WebhookPart.build(config, store)
+            assert await now.engine.prune_events() == 0
+            later = WebhookPart.build(config, store, clock=lambda: time.time() + EVENT_RETENTION_SECONDS + 60)
+            assert await later.engine.prune_events() == 1
+        finally:
+            await store.close()
+        again = await served.publish(event)
+        assert (again.accepted, again.duplicates) == (1, 0)
+
+
+async def _set_active(served: Served, name: str, active: bool) -> None:
+    await served.webhooks.UpdateWebhook(
+        ws.UpdateWebhookRequest(
+            webhook=webhook_pb2.Webhook(name=name, active=active), update_mask={"paths": ["active"]}
+        ),
+        metadata=ADMIN,
+    )
+
+
+async def _all_parked(store: object, count: int) -> bool:
+    entries = await store.find(QUEUE, [], after=None, limit=100)  # type: ignore[attr-defined]
+    return len(entries) == count and all(float(e.value("due")) >= PARKED for e in entries)

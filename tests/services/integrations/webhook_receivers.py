@@ -191,7 +191,8 @@ class Served:
         """Creates an active webhook as admin; returns the response (with the secret)."""
         fields.setdefault("active", True)
         request = ws.CreateWebhookRequest(
-            webhook=webhook_pb2.Webhook(target_url=url, event_types=list(types), **fields), signing_secret=secret
+            webhook=webhook_pb2.Webhook(target_url=url, event_types=list(types), **fields),
+            signing_secret=secret,
         )
         response: ws.CreateWebhookResponse = await self.webhooks.CreateWebhook(request, metadata=ADMIN)
         return response

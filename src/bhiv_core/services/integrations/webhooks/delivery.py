@@ -48,31 +48,33 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from google.protobuf.duration_pb2 import Duration
 
 from bhiv.integrations.v1 import event_pb2, webhook_pb2
-from bhiv_core.events import catalog
 from bhiv_core.outbound.backoff import retry_delay
 from bhiv_core.outbound.http import OutboundClient, OutboundError
 from bhiv_core.outbound.signatures import SIGNATURE_HEADER, sign
-from bhiv_core.resources import Cmp, Eq, Record, ResourceStore, Transaction, new_etag, new_id
+from bhiv_core.resources import Cmp, Eq, Filter, Record, ResourceStore, Transaction, new_etag, new_id
 from bhiv_core.runtime.times import seconds_of, to_timestamp
 from bhiv_core.services.integrations.webhooks.config import WebhookConfig
-from bhiv_core.services.integrations.webhooks.resources import DELIVERIES, QUEUE, WEBHOOK, WEBHOOKS
+from bhiv_core.services.integrations.webhooks.resources import DELIVERIES, EVENTS, QUEUE, WEBHOOK, WEBHOOKS
 from bhiv_core.storage.sealing import SecretBox
 
 __all__ = [
     "ATTEMPT_LOG_SIZE",
     "DEFAULT_CONCURRENCY",
+    "EVENT_RETENTION_SECONDS",
     "EXCERPT_BYTES",
+    "PARKED",
     "Attempt",
     "DeliveryEngine",
     "delivery_record",
     "new_delivery",
     "open_secret",
+    "park_queue",
     "queue_entry",
 ]
 
@@ -85,7 +87,12 @@ EXCERPT_BYTES = 512
 DEFAULT_CONCURRENCY = 4
 """A webhook's in-flight limit when its ``max_concurrent_deliveries`` is 0."""
 ERROR_CHARS = 1000
+EVENT_RETENTION_SECONDS = 7 * 24 * 3600.0
+"""How long an accepted event id is remembered for dedup: far longer than any relay retries a batch."""
+PARKED = 1e18
+"""The ``due`` of the queue entries of an inactive webhook: never due until it is reactivated."""
 _DRAIN = 500
+_PRUNE_EVERY_SECONDS = 3600.0
 
 Delivery = webhook_pb2.Delivery
 _PENDING = webhook_pb2.DELIVERY_STATUS_PENDING
@@ -272,7 +279,9 @@ class DeliveryEngine:
             delivery.status = _RETRYING
             # The exponent counts from the last (re)delivery, so a redelivered one starts fast again.
             failed = delivery.attempts - (budget - self._config.max_attempts)
-            wait = retry_delay(failed, self._config.backoff_seconds, self._config.backoff_max_seconds, self._jitter())
+            wait = retry_delay(
+                failed, self._config.backoff_seconds, self._config.backoff_max_seconds, self._jitter()
+            )
             delivery.next_attempt_time.CopyFrom(to_timestamp(now + wait))
 
     # The loop.
@@ -296,7 +305,7 @@ class DeliveryEngine:
                     break
                 room -= await self._start_webhook(str(group.key), room, now)
         upcoming = await self._store.find(QUEUE, [Cmp("due", ">", now)], after=None, limit=1)
-        return float(upcoming[0].value("due")) if upcoming else None
+        return _number(upcoming[0], "due") if upcoming else None
 
     async def _start_webhook(self, webhook_id: str, room: int, now: float) -> int:
         """Claims up to ``room`` due deliveries of one webhook; returns how many it started."""
@@ -305,13 +314,14 @@ class DeliveryEngine:
             await self._store.run(lambda txn: _drop_queue(txn, webhook_id))
             return 0
         webhook = WEBHOOK.load(record)
-        if not webhook.active:  # inactive webhooks keep their deliveries queued, unsent
+        if not webhook.active:  # queued while it was being deactivated: park it with the rest
+            await self._store.run(lambda txn: park_queue(txn, webhook_id, active=False, now=now))
             return 0
         limit = webhook.max_concurrent_deliveries or DEFAULT_CONCURRENCY
         free = min(room, limit - self._per_webhook.get(webhook_id, 0))
         if free <= 0:
             return 0
-        due = [Eq("webhook", webhook_id), Cmp("due", "<=", now)]
+        due: list[Filter] = [Eq("webhook", webhook_id), Cmp("due", "<=", now)]
         started = 0
         for entry in await self._store.find(QUEUE, due, after=None, limit=free):
             claimed = await self._claim(entry.id, webhook_id, limit, now)
@@ -342,7 +352,7 @@ class DeliveryEngine:
 
         async def claim(txn: Transaction) -> Record | None:
             entry = await txn.get(QUEUE, id)
-            if entry is None or float(entry.value("due")) > now:
+            if entry is None or _number(entry, "due") > now:
                 return None
             busy = await txn.count(QUEUE, [Eq("webhook", webhook_id), Cmp("lease", ">", now)])
             if busy >= limit:  # other processes hold this webhook's slots
@@ -378,7 +388,7 @@ class DeliveryEngine:
                 await txn.delete(QUEUE, claim.id, expected_etag=claim.etag)
                 return
             updated = Delivery.FromString(current.data)
-            budget = int(current.value("budget"))
+            budget = int(_number(current, "budget"))
             now = self._clock()
             self.apply(updated, attempt, budget=budget, now=now)
             body = str(current.value("body"))
@@ -396,11 +406,32 @@ class DeliveryEngine:
 
         await self._store.run(record_attempt)
 
+    async def prune_events(self) -> int:
+        """Forgets accepted events older than :data:`EVENT_RETENTION_SECONDS`; returns how many."""
+        cutoff = self._clock() - EVENT_RETENTION_SECONDS
+
+        async def prune(txn: Transaction) -> int:
+            old = await txn.find(EVENTS, [Cmp("received", "<", cutoff)], limit=_DRAIN)
+            for record in old:
+                await txn.delete(EVENTS, record.id, expected_etag=record.etag)
+            return len(old)
+
+        pruned = 0
+        while (batch := await self._store.run(prune)) > 0:
+            pruned += batch
+            if batch < _DRAIN:
+                break
+        return pruned
+
     async def _loop(self) -> None:
+        pruned_at = -float("inf")
         while True:
             self._wake.clear()
             next_due: float | None = None
             try:
+                if self._clock() - pruned_at >= _PRUNE_EVERY_SECONDS:
+                    pruned_at = self._clock()
+                    await self.prune_events()
                 next_due = await self.run_round()
             except Exception:  # the store is down: health reports it; try again shortly
                 log.warning("webhook delivery round failed", exc_info=True)
@@ -429,7 +460,19 @@ class DeliveryEngine:
         await asyncio.gather(*tasks, return_exceptions=True)
         for claim in claims:
             with contextlib.suppress(Exception):  # a claim not given back expires with its lease
-                await self._store.run(lambda txn, claim=claim: _release(txn, claim, delete=False))
+                await self._store.run(_releaser(claim))
+
+
+def _number(record: Record, name: str) -> float:
+    value = record.value(name)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _releaser(claim: Record) -> Callable[[Transaction], Awaitable[None]]:
+    async def release(txn: Transaction) -> None:
+        await _release(txn, claim, delete=False)
+
+    return release
 
 
 async def _release(txn: Transaction, claim: Record, *, delete: bool) -> None:
@@ -442,6 +485,26 @@ async def _release(txn: Transaction, claim: Record, *, delete: bool) -> None:
         return
     released = dataclasses.replace(entry, fields={**entry.fields, "due": 0.0, "lease": 0.0}, etag=new_etag())
     await txn.replace(QUEUE, released, expected_etag=entry.etag)
+
+
+async def park_queue(txn: Transaction, webhook_id: str, *, active: bool, now: float) -> int:
+    """Parks a deactivated webhook's queued deliveries, or makes a reactivated one's due now.
+
+    Parked entries (``due`` = :data:`PARKED`) are never due, so an inactive webhook's backlog costs
+    the delivery loop nothing. An entry under a live claim is left alone: its attempt ends by
+    requeueing it, and the next round parks it. Returns how many entries changed.
+    """
+    filters: list[Filter] = [Eq("webhook", webhook_id), Cmp("lease", "<=", now)]
+    filters.append(Cmp("due", ">=", PARKED) if active else Cmp("due", "<", PARKED))
+    changed = 0
+    while entries := await txn.find(QUEUE, filters, limit=_DRAIN):
+        for entry in entries:
+            fields = {**entry.fields, "due": now if active else PARKED, "lease": 0.0}
+            await txn.replace(
+                QUEUE, dataclasses.replace(entry, fields=fields, etag=new_etag()), expected_etag=entry.etag
+            )
+        changed += len(entries)
+    return changed
 
 
 async def _drop_queue(txn: Transaction, webhook_id: str) -> None:

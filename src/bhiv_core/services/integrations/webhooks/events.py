@@ -49,7 +49,9 @@ class Events:
         self._engine = engine
         self._clock = clock
 
-    async def publish(self, request: es.PublishEventsRequest, principal: Principal) -> es.PublishEventsResponse:
+    async def publish(
+        self, request: es.PublishEventsRequest, principal: Principal
+    ) -> es.PublishEventsResponse:
         """Accepts a batch of events and queues their deliveries, atomically."""
         bodies: list[bytes] = []
         violations: list[FieldViolation] = []
@@ -58,7 +60,9 @@ class Events:
                 bodies.append(catalog.body_of(event))  # unpacks the payload: checks type and message
             except catalog.UnknownEventType as exc:
                 where = "type" if event.type not in catalog.event_types() else "payload"
-                violations.append(FieldViolation(f"events[{index}].{where}", str(exc)[:200], "UNKNOWN_EVENT_TYPE"))
+                violations.append(
+                    FieldViolation(f"events[{index}].{where}", str(exc)[:200], "UNKNOWN_EVENT_TYPE")
+                )
         if violations:
             raise InvalidArgument(violations=violations)
         now = self._clock()
@@ -81,11 +85,15 @@ class Events:
                 response.accepted += 1
                 if event.type not in subscribers:
                     subscribers[event.type] = await txn.find(
-                        WEBHOOKS, [Eq("active", True), HasItem("event_types", event.type)], limit=MAX_SUBSCRIBERS
+                        WEBHOOKS,
+                        [Eq("active", True), HasItem("event_types", event.type)],
+                        limit=MAX_SUBSCRIBERS,
                     )
                 for webhook in subscribers[event.type]:
                     delivery = new_delivery(WEBHOOK.load(webhook).name, event, body, now)
-                    stored = delivery_record(delivery, body=body.decode(), budget=self._engine.config.max_attempts)
+                    stored = delivery_record(
+                        delivery, body=body.decode(), budget=self._engine.config.max_attempts
+                    )
                     await txn.insert(DELIVERIES, stored)
                     await txn.insert(QUEUE, queue_entry(stored.id, webhook.id, now))
                     response.deliveries += 1

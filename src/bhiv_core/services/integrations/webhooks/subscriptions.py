@@ -40,6 +40,7 @@ from bhiv_core.services.integrations.webhooks.delivery import (
     delivery_record,
     new_delivery,
     open_secret,
+    park_queue,
     queue_entry,
 )
 from bhiv_core.services.integrations.webhooks.resources import DELIVERIES, QUEUE, WEBHOOK, WEBHOOKS
@@ -114,7 +115,9 @@ class Webhooks:
             if event_type in seen:
                 out.append(FieldViolation(where, "is listed twice", "DUPLICATE"))
             elif event_type not in known:
-                out.append(FieldViolation(where, "is not an event type (see ListEventTypes)", "UNKNOWN_EVENT_TYPE"))
+                out.append(
+                    FieldViolation(where, "is not an event type (see ListEventTypes)", "UNKNOWN_EVENT_TYPE")
+                )
             seen.add(event_type)
         if out:
             raise InvalidArgument(violations=out)
@@ -143,7 +146,9 @@ class Webhooks:
 
         digested = ws.CreateWebhookRequest()
         digested.CopyFrom(request)
-        digested.signing_secret = self._box.fingerprint(request.signing_secret) if request.signing_secret else ""
+        digested.signing_secret = (
+            self._box.fingerprint(request.signing_secret) if request.signing_secret else ""
+        )
         response = await idempotent(
             self._store,
             scope=f"CreateWebhook:{principal.subject}",
@@ -208,10 +213,15 @@ class Webhooks:
             self._check(merged)
             secret = request.signing_secret if rotate else open_secret(record, self._box).decode()
             WEBHOOK.stamp(merged, now=now)
-            if not await txn.replace(WEBHOOKS, sealed_record(merged, secret, self._box), expected_etag=record.etag):
+            if not await txn.replace(
+                WEBHOOKS, sealed_record(merged, secret, self._box), expected_etag=record.etag
+            ):
                 raise Aborted(
-                    f"{patch.name} changed while this call ran: re-read it and retry", reason="CONCURRENT_CHANGE"
+                    f"{patch.name} changed while this call ran: re-read it and retry",
+                    reason="CONCURRENT_CHANGE",
                 )
+            if merged.active != bool(record.value("active")):
+                await park_queue(txn, record.id, active=merged.active, now=now)
             return ws.UpdateWebhookResponse(webhook=merged)
 
         response = await self._store.run(update)
@@ -219,7 +229,9 @@ class Webhooks:
             self._engine.wake()  # reactivated: its queued deliveries may go now
         return response
 
-    async def delete(self, request: ws.DeleteWebhookRequest, principal: Principal) -> ws.DeleteWebhookResponse:
+    async def delete(
+        self, request: ws.DeleteWebhookRequest, principal: Principal
+    ) -> ws.DeleteWebhookResponse:
         """Deletes the webhook, its deliveries and their queued attempts, in one transaction."""
 
         async def delete(txn: Transaction) -> ws.DeleteWebhookResponse:
@@ -328,6 +340,10 @@ def _merge(current: Webhook, patch: Webhook, fields: list[tuple[int, str]]) -> W
     try:
         return WEBHOOK.merge(current, patch, FieldMask(paths=[path for _, path in fields]))
     except InvalidArgument as exc:
-        index = {f"update_mask.paths[{new}]": f"update_mask.paths[{old}]" for new, (old, _) in enumerate(fields)}
-        renamed = [FieldViolation(index.get(v.field, v.field), v.description, v.reason) for v in exc.violations]
+        index = {
+            f"update_mask.paths[{new}]": f"update_mask.paths[{old}]" for new, (old, _) in enumerate(fields)
+        }
+        renamed = [
+            FieldViolation(index.get(v.field, v.field), v.description, v.reason) for v in exc.violations
+        ]
         raise InvalidArgument(violations=renamed) from None
