@@ -21,6 +21,7 @@ from bhiv.orchestration.v1 import task_service_pb2_grpc, workflow_service_pb2_gr
 from bhiv_core.agents.base import AGENT_INTENTS, AgentRequest, AgentSpec, InputType, Reply, Tools
 from bhiv_core.agents.catalog import build_catalog
 from bhiv_core.runtime.errors import Unavailable
+from bhiv_core.services.orchestration.runs import Runner
 from bhiv_core.services.orchestration.server import definition
 from tests.harness import config_for, serving
 from tests.services.orchestration.conftest import chain
@@ -60,6 +61,17 @@ class Served:
     channel: grpc.aio.Channel
     planner: Scripted
     data_dir: Path
+    runner: Runner
+
+    def crash(self) -> None:
+        """Stops the runner as a killed process would: no lease renewed, expired or released."""
+        if self.runner._loop_task is not None:
+            self.runner._loop_task.cancel()
+            self.runner._loop_task = None
+        for key in list(self.runner._local):
+            local = self.runner._local.pop(key)
+            if local.task is not None:
+                local.task.cancel()
 
     @property
     def tasks(self) -> Any:
@@ -81,6 +93,8 @@ async def serve_with_planner(
     settings = {"KNOWLEDGE_DENSE": "off", "AGENTS_LLM": "off", "KNOWLEDGE_SAMPLE_CORPUS": "off"} | env
     config = config_for("orchestration", DATA_DIR=str(data_dir), **settings)
     built = definition(config, catalog=catalog)
+    runner = next(getattr(hook, "__self__", None) for hook in built.on_start if hook.__name__ == "start_loop")
+    assert isinstance(runner, Runner)
     for hook in built.on_start:
         await hook()
     try:
@@ -88,7 +102,7 @@ async def serve_with_planner(
             _,
             channel,
         ):
-            yield Served(channel, planner, data_dir)
+            yield Served(channel, planner, data_dir, runner)
     finally:
         for hook in built.on_stop:
             await hook()

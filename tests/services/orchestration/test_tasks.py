@@ -38,7 +38,9 @@ async def test_a_task_runs_its_agent_and_keeps_the_answer(tmp_path: Path) -> Non
         assert created.status == task_pb2.TASK_STATUS_PENDING
         assert created.etag and created.HasField("create_time") and not created.HasField("start_time")
 
-        done = (await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=created.name, wait=True), metadata=OPS)).task
+        done = (
+            await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=created.name, wait=True), metadata=OPS)
+        ).task
         assert done.status == task_pb2.TASK_STATUS_SUCCEEDED
         assert done.result.agent == "agents/planner"
         assert "PLAN[ship the order]" in done.result.text
@@ -52,8 +54,12 @@ async def test_a_task_runs_its_agent_and_keeps_the_answer(tmp_path: Path) -> Non
 
 async def test_a_task_without_an_agent_is_routed_like_ask(tmp_path: Path) -> None:
     async with serve_with_planner(tmp_path) as s:
-        task = (await s.tasks.CreateTask(ts.CreateTaskRequest(task=_task(query="hello there")), metadata=OPS)).task
-        done = (await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=task.name, wait=True), metadata=OPS)).task
+        task = (
+            await s.tasks.CreateTask(ts.CreateTaskRequest(task=_task(query="hello there")), metadata=OPS)
+        ).task
+        done = (
+            await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=task.name, wait=True), metadata=OPS)
+        ).task
         assert done.status == task_pb2.TASK_STATUS_SUCCEEDED
         assert (done.result.agent, done.result.intent) == ("agents/qna", "greeting")
         assert done.result.method == agent_pb2.ANSWER_METHOD_EXTRACTIVE
@@ -63,10 +69,13 @@ async def test_a_failing_agent_is_retried_max_attempts_times_then_the_task_fails
     async with serve_with_planner(tmp_path, Scripted(mode="fail")) as s:
         task = (
             await s.tasks.CreateTask(
-                ts.CreateTaskRequest(task=_task(agent="agents/planner", query="q", max_attempts=2)), metadata=OPS
+                ts.CreateTaskRequest(task=_task(agent="agents/planner", query="q", max_attempts=2)),
+                metadata=OPS,
             )
         ).task
-        done = (await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=task.name, wait=True), metadata=OPS)).task
+        done = (
+            await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=task.name, wait=True), metadata=OPS)
+        ).task
         assert done.status == task_pb2.TASK_STATUS_FAILED
         assert done.attempts == 2
         assert "UNAVAILABLE" in done.error_message and "call 2" in done.error_message
@@ -77,9 +86,13 @@ async def test_a_failing_agent_is_retried_max_attempts_times_then_the_task_fails
 async def test_a_flaky_agent_succeeds_on_a_later_attempt(tmp_path: Path) -> None:
     async with serve_with_planner(tmp_path, Scripted(fail_times=2)) as s:
         task = (
-            await s.tasks.CreateTask(ts.CreateTaskRequest(task=_task(agent="agents/planner", query="q")), metadata=OPS)
+            await s.tasks.CreateTask(
+                ts.CreateTaskRequest(task=_task(agent="agents/planner", query="q")), metadata=OPS
+            )
         ).task
-        done = (await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=task.name, wait=True), metadata=OPS)).task
+        done = (
+            await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=task.name, wait=True), metadata=OPS)
+        ).task
         assert (done.status, done.attempts, done.error_message) == (task_pb2.TASK_STATUS_SUCCEEDED, 3, "")
 
 
@@ -95,7 +108,9 @@ async def test_an_attempt_past_its_timeout_ends_timed_out(tmp_path: Path) -> Non
                 metadata=OPS,
             )
         ).task
-        done = (await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=task.name, wait=True), metadata=OPS)).task
+        done = (
+            await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=task.name, wait=True), metadata=OPS)
+        ).task
         assert done.status == task_pb2.TASK_STATUS_TIMED_OUT
         assert done.attempts == 2
         assert "timeout of 0.1 s" in done.error_message
@@ -104,7 +119,9 @@ async def test_an_attempt_past_its_timeout_ends_timed_out(tmp_path: Path) -> Non
 async def test_execute_without_wait_returns_running_and_cancel_abandons_the_attempt(tmp_path: Path) -> None:
     async with serve_with_planner(tmp_path, Scripted(mode="hang")) as s:
         task = (
-            await s.tasks.CreateTask(ts.CreateTaskRequest(task=_task(agent="agents/planner", query="q")), metadata=OPS)
+            await s.tasks.CreateTask(
+                ts.CreateTaskRequest(task=_task(agent="agents/planner", query="q")), metadata=OPS
+            )
         ).task
         running = (await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=task.name), metadata=OPS)).task
         assert running.status == task_pb2.TASK_STATUS_RUNNING
@@ -114,14 +131,18 @@ async def test_execute_without_wait_returns_running_and_cancel_abandons_the_atte
         err = await refused(s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=task.name), metadata=OPS))
         assert (err.code(), reason(err)) == (grpc.StatusCode.FAILED_PRECONDITION, "TASK_RUNNING")
 
-        err = await refused(s.tasks.CancelTask(ts.CancelTaskRequest(name=task.name, etag="stale"), metadata=OPS))
+        err = await refused(
+            s.tasks.CancelTask(ts.CancelTaskRequest(name=task.name, etag="stale"), metadata=OPS)
+        )
         assert err.code() == grpc.StatusCode.ABORTED
 
         async def current() -> task_pb2.Task:
             return (await s.tasks.GetTask(ts.GetTaskRequest(name=task.name), metadata=OPS)).task
 
         cancelled = (
-            await s.tasks.CancelTask(ts.CancelTaskRequest(name=task.name, etag=(await current()).etag), metadata=OPS)
+            await s.tasks.CancelTask(
+                ts.CancelTaskRequest(name=task.name, etag=(await current()).etag), metadata=OPS
+            )
         ).task
         assert cancelled.status == task_pb2.TASK_STATUS_CANCELLED
         assert cancelled.HasField("end_time")
@@ -132,7 +153,9 @@ async def test_execute_without_wait_returns_running_and_cancel_abandons_the_atte
         assert (err.code(), reason(err)) == (grpc.StatusCode.FAILED_PRECONDITION, "TASK_FINISHED")
 
         s.planner.mode = "answer"
-        rerun = (await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=task.name, wait=True), metadata=OPS)).task
+        rerun = (
+            await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=task.name, wait=True), metadata=OPS)
+        ).task
         assert (rerun.status, rerun.attempts) == (task_pb2.TASK_STATUS_SUCCEEDED, 1)
 
 
@@ -177,14 +200,18 @@ async def test_bad_tasks_are_invalid_argument_with_field_violations(tmp_path: Pa
         cases = {
             "task.query": _task(agent="agents/planner"),
             "task.timeout": _task(query="q", timeout=Duration(seconds=3601)),
-            "task.attachments[0].content": _task(query="q", attachments=[agent_pb2.Attachment(file_name="x")]),
+            "task.attachments[0].content": _task(
+                query="q", attachments=[agent_pb2.Attachment(file_name="x")]
+            ),
         }
         for field, task in cases.items():
             err = await refused(s.tasks.CreateTask(ts.CreateTaskRequest(task=task), metadata=OPS))
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, field
             assert field in [f for f, _ in violations(err)], (field, violations(err))
         err = await refused(
-            s.tasks.CreateTask(ts.CreateTaskRequest(task=_task(query="q", timeout=Duration(seconds=-1))), metadata=OPS)
+            s.tasks.CreateTask(
+                ts.CreateTaskRequest(task=_task(query="q", timeout=Duration(seconds=-1))), metadata=OPS
+            )
         )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         err = await refused(
@@ -192,11 +219,15 @@ async def test_bad_tasks_are_invalid_argument_with_field_violations(tmp_path: Pa
         )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         err = await refused(
-            s.tasks.CreateTask(ts.CreateTaskRequest(task=_task(agent="agents/oracle", query="q")), metadata=OPS)
+            s.tasks.CreateTask(
+                ts.CreateTaskRequest(task=_task(agent="agents/oracle", query="q")), metadata=OPS
+            )
         )
         assert err.code() == grpc.StatusCode.NOT_FOUND
         err = await refused(
-            s.tasks.CreateTask(ts.CreateTaskRequest(task=_task(agent="agents/image", query="q")), metadata=OPS)
+            s.tasks.CreateTask(
+                ts.CreateTaskRequest(task=_task(agent="agents/image", query="q")), metadata=OPS
+            )
         )
         assert (err.code(), reason(err)) == (grpc.StatusCode.FAILED_PRECONDITION, "AGENT_DISABLED")
         err = await refused(s.tasks.GetTask(ts.GetTaskRequest(name="tasks/nope"), metadata=OPS))
@@ -216,7 +247,9 @@ async def test_create_is_idempotent_lists_filter_and_roles_are_enforced(tmp_path
 
         listed = (await s.tasks.ListTasks(ts.ListTasksRequest(), metadata=ADMIN)).tasks
         assert [t.name for t in listed] == [other.name, first.name]  # newest first
-        done = await s.tasks.ListTasks(ts.ListTasksRequest(status=task_pb2.TASK_STATUS_SUCCEEDED), metadata=OPS)
+        done = await s.tasks.ListTasks(
+            ts.ListTasksRequest(status=task_pb2.TASK_STATUS_SUCCEEDED), metadata=OPS
+        )
         assert [t.name for t in done.tasks] == [other.name]
         planner = await s.tasks.ListTasks(ts.ListTasksRequest(agent="agents/planner"), metadata=OPS)
         assert [t.name for t in planner.tasks] == [first.name]

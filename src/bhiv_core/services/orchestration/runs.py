@@ -37,6 +37,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Protocol
 
 from bhiv_core.resources import Cmp, Eq, Record, ResourceStore, Transaction, new_etag
@@ -51,7 +52,7 @@ _SCAN_BATCH = 50
 
 
 def node_id() -> str:
-    """This process's node: host name and PID namespace (PIDs compare only within one)."""
+    """The node of this process: host name and PID namespace (PIDs compare only within one)."""
     try:
         namespace = os.readlink("/proc/self/ns/pid")
     except OSError:  # not Linux: PIDs are not compared, only lease expiry recovers
@@ -189,7 +190,7 @@ class Runner:
         return current is not None and current.value("holder") == self.holder
 
     @staticmethod
-    async def drop(txn: Transaction, key: str) -> None:
+    async def drop(txn: Transaction, *, key: str) -> None:
         """Inside a transaction that ends a run (finished, cancelled): deletes its lease."""
         current = await txn.get(RUN_LEASES, key)
         if current is not None:
@@ -258,9 +259,9 @@ class Runner:
         await asyncio.gather(*(self.wait(key) for key in keys))
         for key in keys:
             with contextlib.suppress(Exception):
-                await self._store.run(lambda txn, key=key: self._expire(txn, key))
+                await self._store.run(partial(self._expire, key=key))
 
-    async def _expire(self, txn: Transaction, key: str) -> None:
+    async def _expire(self, txn: Transaction, *, key: str) -> None:
         current = await txn.get(RUN_LEASES, key)
         if current is not None and current.value("holder") == self.holder:
             expired = dataclasses.replace(current, fields={**current.fields, "expires": 0.0}, etag=new_etag())
@@ -294,12 +295,16 @@ class Runner:
     async def recover_once(self) -> int:
         """Claims and resumes runs whose holder is gone, while the pool has room; returns how many."""
         now = self._clock()
-        expired = await self._store.find(RUN_LEASES, [Cmp("expires", "<", now)], after=None, limit=_SCAN_BATCH)
+        expired = await self._store.find(
+            RUN_LEASES, [Cmp("expires", "<", now)], after=None, limit=_SCAN_BATCH
+        )
         mine = await self._store.find(RUN_LEASES, [Eq("node", self.node)], after=None, limit=_SCAN_BATCH)
         dead = [
             r
             for r in mine
-            if r.value("holder") != self.holder and r.value("pid") != self.pid and not _alive(int(r.value("pid")))
+            if r.value("holder") != self.holder
+            and r.value("pid") != self.pid
+            and not _alive(int(str(r.value("pid"))))
         ]
         resumed = 0
         seen: set[str] = set()
@@ -313,6 +318,7 @@ class Runner:
             kind = self._kinds.get(prefix)
             if kind is None:
                 continue
+            self.admit()  # reserved before the claim: nothing else can take the room meanwhile
 
             async def claim(txn: Transaction, record: Record = record) -> bool:
                 current = await txn.get(RUN_LEASES, record.id)
@@ -320,24 +326,25 @@ class Runner:
                     return False  # renewed by a live holder, or claimed by another process
                 return await txn.replace(RUN_LEASES, self.lease_record(record.id), expected_etag=current.etag)
 
-            if not await self._store.run(claim):
-                continue
-            log.warning(
-                "taking over run %s from %s",
-                record.id,
-                record.value("holder"),
-                extra={"run": record.id, "previous_holder": record.value("holder")},
-            )
-            self.admit()
             try:
-                body = await kind.recover(id)
+                claimed = await self._store.run(claim)
+                body = await kind.recover(id) if claimed else None
             except Exception:
                 self.release()
                 log.exception("resuming run %s failed", record.id)
                 continue
+            if not claimed:
+                self.release()
+                continue
+            log.warning(
+                "took over run %s from %s",
+                record.id,
+                record.value("holder"),
+                extra={"run": record.id, "previous_holder": record.value("holder")},
+            )
             if body is None:
                 self.release()
-                await self._store.run(lambda txn, key=record.id: self.drop(txn, key))
+                await self._store.run(partial(self.drop, key=record.id))
                 continue
             self.start(record.id, body)
             resumed += 1

@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -66,6 +67,7 @@ __all__ = [
     "Outcome",
     "Tasks",
     "check_agent",
+    "interrupted",
     "principal_of",
     "record_of",
     "run_agent",
@@ -96,6 +98,11 @@ _TIMED_OUT = task_pb2.TASK_STATUS_TIMED_OUT
 # ---- shared with workflows ---------------------------------------------------------------------
 
 
+def interrupted(attempts: int) -> str:
+    """The error of a run whose last attempt died with its worker."""
+    return f"attempt {attempts} was interrupted (the worker running it stopped) and no attempts remain"
+
+
 def run_as_of(principal: Principal) -> str:
     """What a run needs to act as ``principal`` later: subject, role, customer (no token)."""
     return json.dumps({"subject": principal.subject, "role": principal.role, "customer": principal.customer})
@@ -111,7 +118,9 @@ def principal_of(record: Record) -> Principal:
 
 def record_of(record: Record, fresh: Record) -> Record:
     """``fresh`` (a message's stored form) keeping the owner and ``run_as`` of ``record``."""
-    return dataclasses.replace(fresh, owner=record.owner, fields={**fresh.fields, "run_as": record.value("run_as")})
+    return dataclasses.replace(
+        fresh, owner=record.owner, fields={**fresh.fields, "run_as": record.value("run_as")}
+    )
 
 
 def timeout_problem(message: object, field: str, path: str) -> FieldViolation | None:
@@ -159,7 +168,7 @@ async def run_agent(
     query: str,
     attachments: Sequence[agent_pb2.Attachment] = (),
     max_sources: int = 0,
-    timeout: float,
+    timeout: float,  # noqa: ASYNC109 - the attempt's own limit, recorded as TIMED_OUT, not a caller's deadline
 ) -> Outcome:
     """One attempt: the named agent (or the router when ``agent`` is empty) as ``principal``."""
     token = current_principal.set(principal)
@@ -230,7 +239,9 @@ class Tasks:
         for i, attachment in enumerate(given.attachments):
             if attachment.WhichOneof("content") is None:
                 violations.append(
-                    FieldViolation(f"task.attachments[{i}].content", "set exactly one of data or text", "REQUIRED")
+                    FieldViolation(
+                        f"task.attachments[{i}].content", "set exactly one of data or text", "REQUIRED"
+                    )
                 )
         problem = timeout_problem(given, "timeout", "task.timeout")
         if problem is not None:
@@ -289,6 +300,7 @@ class Tasks:
             page_size=request.page_size,
             page_token=request.page_token,
             query=("ListTasks",),
+            max_bytes=2 << 20,
         )
         return ts.ListTasksResponse(tasks=[TASK.load(r) for r in records], next_page_token=token)
 
@@ -315,7 +327,9 @@ class Tasks:
                 task.start_time.CopyFrom(to_timestamp(now))
                 task.ClearField("end_time")
                 TASK.stamp(task, now=now)
-                if not await txn.replace(TASKS, record_of(record, TASK.record(task)), expected_etag=record.etag):
+                if not await txn.replace(
+                    TASKS, record_of(record, TASK.record(task)), expected_etag=record.etag
+                ):
                     raise Aborted(f"{request.name} changed meanwhile: retry", reason="CONCURRENT_UPDATE")
                 await self._runner.take(txn, key)
                 return task
@@ -351,7 +365,7 @@ class Tasks:
             TASK.stamp(task, now=now)
             if not await txn.replace(TASKS, record_of(record, TASK.record(task)), expected_etag=record.etag):
                 raise Aborted(f"{request.name} changed meanwhile: retry", reason="CONCURRENT_UPDATE")
-            await self._runner.drop(txn, _key(id))
+            await self._runner.drop(txn, key=_key(id))
             return task
 
         task = await self._store.run(step)
@@ -379,7 +393,7 @@ class Tasks:
     def _body(self, id: str) -> Callable[[], Awaitable[None]]:
         async def body() -> None:
             while True:
-                begun = await self._store.run(lambda txn: self._begin(txn, id))
+                begun = await self._store.run(partial(self._begin, id=id))
                 if begun is None:
                     return
                 task, principal = begun
@@ -392,7 +406,7 @@ class Tasks:
                     max_sources=task.max_sources,
                     timeout=timeout_seconds(task),
                 )
-                pause = await self._store.run(lambda txn, outcome=outcome: self._end(txn, id, outcome))
+                pause = await self._store.run(partial(self._end, id=id, outcome=outcome))
                 if pause is None:
                     return
                 await asyncio.sleep(pause)
@@ -405,7 +419,7 @@ class Tasks:
             return None
         task = TASK.load(record)
         if task.status != _RUNNING:
-            await self._runner.drop(txn, _key(id))
+            await self._runner.drop(txn, key=_key(id))
             return None
         return record, task
 
@@ -413,27 +427,25 @@ class Tasks:
         now = self._clock()
         if final:
             task.end_time.CopyFrom(to_timestamp(now))
-            await self._runner.drop(txn, _key(TASK.id_of(task.name)))
+            await self._runner.drop(txn, key=_key(TASK.id_of(task.name)))
         TASK.stamp(task, now=now)
         await txn.replace(TASKS, record_of(record, TASK.record(task)), expected_etag=record.etag)
 
-    async def _begin(self, txn: Transaction, id: str) -> tuple[task_pb2.Task, Principal] | None:
+    async def _begin(self, txn: Transaction, *, id: str) -> tuple[task_pb2.Task, Principal] | None:
         held = await self._held(txn, id)
         if held is None:
             return None
         record, task = held
         if task.attempts >= (task.max_attempts or DEFAULT_ATTEMPTS):
             task.status = _FAILED
-            task.error_message = (
-                f"attempt {task.attempts} was interrupted (the worker running it stopped) and no attempts remain"
-            )
+            task.error_message = interrupted(task.attempts)
             await self._write(txn, record, task, final=True)
             return None
         task.attempts += 1
         await self._write(txn, record, task, final=False)
         return task, principal_of(record)
 
-    async def _end(self, txn: Transaction, id: str, outcome: Outcome) -> float | None:
+    async def _end(self, txn: Transaction, *, id: str, outcome: Outcome) -> float | None:
         held = await self._held(txn, id)
         if held is None:
             return None

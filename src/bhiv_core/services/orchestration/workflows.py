@@ -29,6 +29,7 @@ import dataclasses
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 from bhiv.orchestration.v1 import workflow_pb2
 from bhiv.orchestration.v1 import workflow_service_pb2 as ws
@@ -53,6 +54,7 @@ from bhiv_core.services.orchestration.tasks import (
     DEFAULT_ATTEMPTS,
     Outcome,
     check_agent,
+    interrupted,
     principal_of,
     record_of,
     run_agent,
@@ -88,7 +90,9 @@ def template_problems(template: str, number: int, path: str) -> list[FieldViolat
         if step is None:
             problems.append(
                 FieldViolation(
-                    path, f"{shown} is not a placeholder: use {{{{input}}}} or {{{{step_N}}}}", "UNKNOWN_PLACEHOLDER"
+                    path,
+                    f"{shown} is not a placeholder: use {{{{input}}}} or {{{{step_N}}}}",
+                    "UNKNOWN_PLACEHOLDER",
                 )
             )
         elif not 1 <= int(step.group(1)) < number:
@@ -157,18 +161,18 @@ class Workflows:
         violations: list[FieldViolation] = []
         if not given.display_name.strip():
             violations.append(FieldViolation("workflow.display_name", "must not be blank", "REQUIRED"))
-        for i, step in enumerate(given.steps):
+        for i, given_step in enumerate(given.steps):
             at = f"workflow.steps[{i}]"
-            if not step.input_template.strip():
+            if not given_step.input_template.strip():
                 violations.append(FieldViolation(f"{at}.input_template", "must not be blank", "REQUIRED"))
-            violations += template_problems(step.input_template, i + 1, f"{at}.input_template")
-            problem = timeout_problem(step, "timeout", f"{at}.timeout")
+            violations += template_problems(given_step.input_template, i + 1, f"{at}.input_template")
+            problem = timeout_problem(given_step, "timeout", f"{at}.timeout")
             if problem is not None:
                 violations.append(problem)
         if violations:
             raise InvalidArgument(violations=violations)
-        for step in given.steps:
-            check_agent(self._agents, step.agent)
+        for given_step in given.steps:
+            check_agent(self._agents, given_step.agent)
         workflow = workflow_pb2.Workflow(
             display_name=given.display_name, input=given.input, steps=given.steps, status=_PENDING
         )
@@ -274,8 +278,9 @@ class Workflows:
             check_etag(request.etag, record, request.name)
             workflow = WORKFLOW.load(record)
             if workflow.status not in (_PENDING, _RUNNING):
+                state = workflow_pb2.WorkflowStatus.Name(workflow.status)
                 raise FailedPrecondition(
-                    f"{request.name} has already finished ({workflow_pb2.WorkflowStatus.Name(workflow.status)})",
+                    f"{request.name} has already finished ({state})",
                     reason="WORKFLOW_FINISHED",
                 )
             now = self._clock()
@@ -294,7 +299,7 @@ class Workflows:
             fresh = record_of(record, WORKFLOW.record(workflow))
             if not await txn.replace(WORKFLOWS, fresh, expected_etag=record.etag):
                 raise Aborted(f"{request.name} changed meanwhile: retry", reason="CONCURRENT_UPDATE")
-            await self._runner.drop(txn, _key(id))
+            await self._runner.drop(txn, key=_key(id))
             return workflow
 
         workflow = await self._store.run(step)
@@ -319,7 +324,9 @@ class Workflows:
                         f"attempt {result.attempts} was interrupted: the worker running it stopped"
                     )
             WORKFLOW.stamp(workflow, now=self._clock())
-            await txn.replace(WORKFLOWS, record_of(record, WORKFLOW.record(workflow)), expected_etag=record.etag)
+            await txn.replace(
+                WORKFLOWS, record_of(record, WORKFLOW.record(workflow)), expected_etag=record.etag
+            )
             return True
 
         return self._body(id) if await self._store.run(note) else None
@@ -327,16 +334,14 @@ class Workflows:
     def _body(self, id: str) -> Callable[[], Awaitable[None]]:
         async def body() -> None:
             while True:
-                begun = await self._store.run(lambda txn: self._begin(txn, id))
+                begun = await self._store.run(partial(self._begin, id=id))
                 if begun is None:
                     return
                 index, rendered, step, principal = begun
                 outcome = await run_agent(
                     self._agents, principal, agent=step.agent, query=rendered, timeout=timeout_seconds(step)
                 )
-                pause = await self._store.run(
-                    lambda txn, outcome=outcome, index=index: self._end(txn, id, index, outcome)
-                )
+                pause = await self._store.run(partial(self._end, id=id, index=index, outcome=outcome))
                 if pause is None:
                     return
                 if pause:
@@ -350,7 +355,7 @@ class Workflows:
             return None
         workflow = WORKFLOW.load(record)
         if workflow.status != _RUNNING:
-            await self._runner.drop(txn, _key(id))
+            await self._runner.drop(txn, key=_key(id))
             return None
         return record, workflow
 
@@ -360,7 +365,7 @@ class Workflows:
         now = self._clock()
         if final:
             workflow.end_time.CopyFrom(to_timestamp(now))
-            await self._runner.drop(txn, _key(WORKFLOW.id_of(workflow.name)))
+            await self._runner.drop(txn, key=_key(WORKFLOW.id_of(workflow.name)))
         WORKFLOW.stamp(workflow, now=now)
         await txn.replace(WORKFLOWS, record_of(record, WORKFLOW.record(workflow)), expected_etag=record.etag)
 
@@ -380,23 +385,23 @@ class Workflows:
         )
 
     async def _begin(
-        self, txn: Transaction, id: str
+        self, txn: Transaction, *, id: str
     ) -> tuple[int, str, workflow_pb2.WorkflowStep, Principal] | None:
         held = await self._held(txn, id)
         if held is None:
             return None
         record, workflow = held
         results = workflow.step_results
-        index = next((i for i, r in enumerate(results) if r.status != workflow_pb2.STEP_STATUS_SUCCEEDED), None)
+        index = next(
+            (i for i, r in enumerate(results) if r.status != workflow_pb2.STEP_STATUS_SUCCEEDED), None
+        )
         if index is None:
             workflow.status = _SUCCEEDED
             await self._write(txn, record, workflow, final=True)
             return None
         step, result = workflow.steps[index], results[index]
         if result.attempts >= _attempts(step):
-            result.error_message = (
-                f"attempt {result.attempts} was interrupted (the worker running it stopped) and no attempts remain"
-            )
+            result.error_message = interrupted(result.attempts)
             self._fail_at(workflow, index, workflow_pb2.STEP_STATUS_FAILED)
             await self._write(txn, record, workflow, final=True)
             return None
@@ -409,7 +414,7 @@ class Workflows:
         await self._write(txn, record, workflow, final=False)
         return index, rendered, step, principal_of(record)
 
-    async def _end(self, txn: Transaction, id: str, index: int, outcome: Outcome) -> float | None:
+    async def _end(self, txn: Transaction, *, id: str, index: int, outcome: Outcome) -> float | None:
         held = await self._held(txn, id)
         if held is None:
             return None
@@ -424,7 +429,9 @@ class Workflows:
             return 0.0
         result.error_message = outcome.error
         if result.attempts >= _attempts(step):
-            status = workflow_pb2.STEP_STATUS_TIMED_OUT if outcome.timed_out else workflow_pb2.STEP_STATUS_FAILED
+            status = (
+                workflow_pb2.STEP_STATUS_TIMED_OUT if outcome.timed_out else workflow_pb2.STEP_STATUS_FAILED
+            )
             self._fail_at(workflow, index, status)
             await self._write(txn, record, workflow, final=True)
             return None
