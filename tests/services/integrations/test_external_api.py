@@ -15,6 +15,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from bhiv.integrations.v1 import external_api_service_pb2 as eas
 from bhiv.integrations.v1 import integration_pb2
 from bhiv.integrations.v1 import integration_service_pb2 as ins
+from bhiv_core.runtime.config import ConfigError
 from bhiv_core.services.integrations.server import definition
 from tests.harness import config_for, serving
 from tests.outbound.servers import Route, local_http
@@ -294,3 +295,11 @@ async def test_the_served_definition_wires_both_services_with_the_configured_all
     assert answer.status_code == 200 and server.paths == ["/api/ping"]
     assert server.seen[0].headers["authorization"] == f"Bearer {SECRET}"
     assert reason(err) == "HOST_NOT_ALLOWED"
+
+
+def test_a_bad_allowlist_entry_stops_the_service_at_start(tmp_path: Path) -> None:
+    config = config_for(
+        "integrations", DATA_DIR=str(tmp_path), OUTBOUND_ALLOWLIST="api.partner.test,0177.0.0.1"
+    )
+    with pytest.raises(ConfigError, match="BHIV_OUTBOUND_ALLOWLIST"):
+        definition(config)
