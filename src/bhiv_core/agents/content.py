@@ -28,8 +28,17 @@ from bhiv_core.agents.llm_text import complete, read_input, relevant
 from bhiv_core.knowledge.index import Passage
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument
 from bhiv_core.text.language import detect
-from bhiv_core.text.sentences import content_words
-from bhiv_core.text.social import LIMITS, Platform, Post, draft, fit, length, sections, violations
+from bhiv_core.text.social import (
+    LIMITS,
+    Platform,
+    Post,
+    draft,
+    fit,
+    length,
+    sections,
+    subjects_of,
+    violations,
+)
 
 __all__ = [
     "MAX_TOPIC_CHARS",
@@ -90,14 +99,6 @@ _REQUEST = re.compile(
     re.I,
 )
 _SHORT_BRIEF_WORDS = 25
-_PROMOTIONAL = frozenset(
-    {
-        "announcing", "announce", "announces", "introducing", "introduce", "launch", "launching",
-        "launched", "guide", "new", "latest", "release", "released", "today", "check", "read", "learn",
-        "post", "share", "sharing", "excited", "proud", "happy", "our",
-    }
-)  # fmt: skip
-"""Words of a brief that say it is an announcement, not what it is about: not searched for."""
 
 SYSTEM = (
     "You write social media posts from the user's content, one per platform asked, in the content's "
@@ -175,7 +176,7 @@ class ContentAgent:
         body = attached
         sources: list[Passage] = []
         if not attached and lead and len(lead.split()) <= _SHORT_BRIEF_WORDS:
-            terms = [w for w in dict.fromkeys(content_words(lead)) if w not in _PROMOTIONAL]
+            terms = subjects_of(lead)
             found = await tools.search(" ".join(terms), limit=6)
             sources = relevant(found, terms)[:3]
             body = "\n\n".join(s.text for s in sources)
@@ -201,7 +202,7 @@ class ContentAgent:
                 reply.method, reply.model = social.method, social.model
                 return reply
 
-        subjects = [w for w in dict.fromkeys(content_words(lead)) if w not in _PROMOTIONAL][:2]
+        subjects = subjects_of(lead)[:2]
 
         def offline(platform: Platform) -> Post:
             return draft(body, platform, lead=lead, hashtags=subjects)

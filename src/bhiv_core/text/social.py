@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bhiv_core.text.keywords import keywords
+from bhiv_core.text.sentences import content_words
 from bhiv_core.text.summarize import summarize
 from bhiv_core.text.x_length import weighted_length
 
@@ -33,6 +34,7 @@ __all__ = [
     "hashtags_in",
     "length",
     "sections",
+    "subjects_of",
     "suggest_hashtags",
     "violations",
 ]
@@ -228,6 +230,21 @@ def _hashtags(content: str, count: int, extra: Sequence[str]) -> list[str]:
         if len(tags) >= count:
             break
     return tags
+
+
+_PROMOTIONAL = frozenset(
+    {
+        "announcing", "announce", "announces", "introducing", "introduce", "launch", "launching",
+        "launched", "guide", "new", "latest", "release", "released", "today", "check", "read", "learn",
+        "post", "share", "sharing", "excited", "proud", "happy", "our",
+    }
+)  # fmt: skip
+"""Words of a brief that say it is an announcement, not what it is about: neither searched for nor tagged."""
+
+
+def subjects_of(brief: str) -> list[str]:
+    """The content words of ``brief`` that say what it is about (not "announcing", "new"), in order."""
+    return [w for w in dict.fromkeys(content_words(brief)) if w not in _PROMOTIONAL]
 
 
 def suggest_hashtags(content: str, count: int, extra: Sequence[str] = ()) -> list[str]:

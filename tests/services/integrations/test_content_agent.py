@@ -20,9 +20,11 @@ from bhiv_core.mesh import free_port
 from bhiv_core.runtime.server import start_service
 from bhiv_core.security.principal import Principal
 from bhiv_core.services.integrations import server as integrations_server
+from bhiv_core.services.llm import server as llm_server
 from bhiv_core.services.orchestration import server as orchestration_server
 from tests.harness import config_for
-from tests.services.integrations.content_served import SALLY, SALLY_TOKEN, TRACE_ID
+from tests.services.integrations.content_served import SALLY, SALLY_TOKEN, TRACE_ID, groq_env
+from tests.services.llm.conftest import FakeGroq, fake_groq  # noqa: F401 - the fixture
 from tests.services.logistics.conftest import HeaderAuth, role
 from tests.services.orchestration.test_agents_llm import BearerAuth, _chain
 
@@ -36,9 +38,12 @@ SAM_TOKEN = "token-of-users-sam"
 
 @contextlib.asynccontextmanager
 async def agents(
-    tmp_path: Path, *, integrations_up: bool = True
+    tmp_path: Path, *, integrations_up: bool = True, groq: FakeGroq | None = None
 ) -> AsyncIterator[tuple[agent_service_pb2_grpc.AgentServiceAsyncStub, BearerAuth]]:
-    """Orchestration whose content agent asks integrations (offline writer), and integrations' auth."""
+    """Orchestration whose content agent asks integrations, and the auth of integrations (and llm).
+
+    Integrations writes offline; with ``groq``, it asks an llm keyed to it (the same auth stand-in).
+    """
     (tmp_path / "orchestration").mkdir(parents=True)
     (tmp_path / "integrations").mkdir(parents=True)
     auth = BearerAuth(
@@ -47,9 +52,17 @@ async def agents(
             SAM_TOKEN: Principal("users/sam", "support", token=SAM_TOKEN),
         }
     )
-    integrations = None
+    integrations = llm = None
+    peers = {"CONTENT_LLM": "off"}
+    if groq is not None:
+        (tmp_path / "llm").mkdir(parents=True)
+        llm_config = config_for("llm", DATA_DIR=str(tmp_path / "llm"), **groq_env(tmp_path / "llm", groq))
+        llm = await start_service(
+            llm_config, llm_server.definition(llm_config, environ={}), _chain("llm.bhiv.core", auth)
+        )
+        peers = {"CONTENT_LLM": "auto", "LLM_ADDR": llm.address}
     if integrations_up:
-        config = config_for("integrations", DATA_DIR=str(tmp_path / "integrations"), CONTENT_LLM="off")
+        config = config_for("integrations", DATA_DIR=str(tmp_path / "integrations"), **peers)
         integrations = await start_service(
             config, integrations_server.definition(config), _chain("integrations.bhiv.core", auth)
         )
@@ -71,6 +84,8 @@ async def agents(
         await orchestration.stop(grace=0.5)
         if integrations is not None:
             await integrations.stop(grace=0.5)
+        if llm is not None:
+            await llm.stop(grace=0.5)
 
 
 async def test_the_agents_posts_come_from_integrations_for_the_caller(tmp_path: Path) -> None:
@@ -85,6 +100,46 @@ async def test_the_agents_posts_come_from_integrations_for_the_caller(tmp_path: 
         assert f"\n{name} (" in f"\n{answer.text}"
     assert "Announcing our new guide to Ayurveda." in answer.text and "#Ayurveda" in answer.text
     assert answer.sources and "Ayurveda" in answer.sources[0].document_title
+
+
+async def test_the_models_posts_reach_the_agent_through_integrations_with_the_callers_token(
+    tmp_path: Path,
+    fake_groq: FakeGroq,  # noqa: F811 - the fixture
+) -> None:
+    fake_groq.replies.append(["[X]\nOur Ayurveda guide is here: three doshas, one balance. #Ayurveda"])
+    request = asv.InvokeAgentRequest(
+        name="agents/content", query="Write a tweet announcing our new guide to Ayurveda"
+    )
+    async with agents(tmp_path, groq=fake_groq) as (stub, auth):
+        answer = (await stub.InvokeAgent(request, metadata=SALLY)).answer
+    assert (answer.method, answer.model) == (agent_pb2.ANSWER_METHOD_LLM, "models/llama-3.1-8b-instant")
+    assert answer.text.startswith("X (")
+    assert "Our Ayurveda guide is here: three doshas, one balance. #Ayurveda" in answer.text
+    assert answer.text.endswith("(Written by the integrations service: groq llama-3.1-8b-instant.)")
+    # Two hops, one caller: orchestration → integrations → llm, each with sally's token and trace.
+    hops = [(m, h) for m, h in auth.calls if m == GENERATE or m.endswith("/StreamComplete")]
+    assert [m.rsplit("/", 1)[1] for m, _ in hops] == ["GenerateSocialContent", "StreamComplete"]
+    for _, headers in hops:
+        assert headers["authorization"] == f"Bearer {SALLY_TOKEN}"
+        assert headers["traceparent"].split("-")[1] == TRACE_ID
+
+
+async def test_a_long_attachment_is_cut_to_the_topics_limit_not_refused(tmp_path: Path) -> None:
+    text = " ".join(
+        f"The warehouse in district {n} now ships orders {n} hours faster than last year."
+        for n in range(1, 80)
+    )
+    assert len(text) > 5000
+    request = asv.InvokeAgentRequest(
+        name="agents/content",
+        query="Write a LinkedIn post about this",
+        attachments=[agent_pb2.Attachment(mime_type="text/plain", text=text)],
+    )
+    async with agents(tmp_path) as (stub, integrations_auth):
+        answer = (await stub.InvokeAgent(request, metadata=SALLY)).answer
+    assert answer.text.endswith("(Written by the integrations service: offline template-extract.)")
+    assert answer.text.startswith("LinkedIn (") and "warehouse in district" in answer.text
+    assert [m for m, _ in integrations_auth.calls if m == GENERATE] == [GENERATE]
 
 
 async def test_the_agent_drafts_itself_and_says_so_when_integrations_cannot(tmp_path: Path) -> None:

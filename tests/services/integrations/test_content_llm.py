@@ -106,3 +106,18 @@ async def test_a_spent_quota_is_resource_exhausted_when_required_and_offline_whe
         err = await refused(content.generate(topic=TOPIC, platforms=[cs.SOCIAL_PLATFORM_X], languages=["hi"]))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # only the model could write Hindi
     assert reason(err) == "RESOURCE_EXHAUSTED"
+
+
+async def test_a_post_the_model_left_out_in_a_language_offline_cannot_write_is_unavailable(
+    tmp_path: Path,
+    fake_groq: FakeGroq,  # noqa: F811 - the fixture
+) -> None:
+    fake_groq.replies.append(["[LinkedIn]\nनया गोदाम।"])  # no [X] post, and the topic is English
+    async with serve_content(tmp_path, groq=fake_groq) as content:
+        err = await refused(
+            content.generate(
+                topic=TOPIC, platforms=[cs.SOCIAL_PLATFORM_X, cs.SOCIAL_PLATFORM_LINKEDIN], languages=["hi"]
+            )
+        )
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert reason(err) == "MODEL_INCOMPLETE"

@@ -75,7 +75,9 @@ class ContentServiceServicer:
 
         A model's post is fitted to the limits (trailing hashtags dropped first,
         then cut between words with an ellipsis); a post the model left out or
-        wrote empty is drafted offline, which that post's `provider` says.
+        wrote empty is drafted offline, which that post's `provider` says, or,
+        when offline cannot write its language, the call is UNAVAILABLE (reason
+        MODEL_INCOMPLETE) and may be retried.
         `max_length` below 30 is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

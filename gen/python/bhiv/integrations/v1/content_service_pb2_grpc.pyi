@@ -62,7 +62,9 @@ class ContentServiceStub:
 
     A model's post is fitted to the limits (trailing hashtags dropped first,
     then cut between words with an ellipsis); a post the model left out or
-    wrote empty is drafted offline, which that post's `provider` says.
+    wrote empty is drafted offline, which that post's `provider` says, or,
+    when offline cannot write its language, the call is UNAVAILABLE (reason
+    MODEL_INCOMPLETE) and may be retried.
     `max_length` below 30 is INVALID_ARGUMENT.
     """
 
@@ -100,7 +102,9 @@ class ContentServiceAsyncStub(ContentServiceStub):
 
     A model's post is fitted to the limits (trailing hashtags dropped first,
     then cut between words with an ellipsis); a post the model left out or
-    wrote empty is drafted offline, which that post's `provider` says.
+    wrote empty is drafted offline, which that post's `provider` says, or,
+    when offline cannot write its language, the call is UNAVAILABLE (reason
+    MODEL_INCOMPLETE) and may be retried.
     `max_length` below 30 is INVALID_ARGUMENT.
     """
 
@@ -141,7 +145,9 @@ class ContentServiceServicer(metaclass=_abc_1.ABCMeta):
 
         A model's post is fitted to the limits (trailing hashtags dropped first,
         then cut between words with an ellipsis); a post the model left out or
-        wrote empty is drafted offline, which that post's `provider` says.
+        wrote empty is drafted offline, which that post's `provider` says, or,
+        when offline cannot write its language, the call is UNAVAILABLE (reason
+        MODEL_INCOMPLETE) and may be retried.
         `max_length` below 30 is INVALID_ARGUMENT.
         """
 

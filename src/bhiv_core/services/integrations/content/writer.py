@@ -40,6 +40,7 @@ from bhiv_core.text.social import (
     hashtags_in,
     length,
     sections,
+    subjects_of,
     suggest_hashtags,
     violations,
 )
@@ -173,6 +174,7 @@ def _offline_post(brief: Brief, platform: Platform, language: str) -> WrittenPos
         content,
         platform,
         lead=lead,
+        hashtags=subjects_of(lead)[:2] if lead else (),
         closing=tone.closing if _primary(language) == "en" else "",
         tagged=brief.hashtags,
         limit=brief.max_length or None,
@@ -297,11 +299,14 @@ async def write(brief: Brief, llm: Llm | None, mode: LlmMode) -> Written:
         if llm is None:
             failure = LlmUnavailable("no llm service is configured")
         else:
-            try:
-                answers = await asyncio.gather(*(_by_model(llm, brief, lang) for lang in brief.languages))
-            except LlmUnavailable as error:
-                failure = error
-            else:
+            tasks: list[asyncio.Task[tuple[dict[Platform, str], str, str]]] = []
+            try:  # one completion per language, at once; the first failure cancels the others
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(_by_model(llm, brief, lang)) for lang in brief.languages]
+            except* LlmUnavailable as errors:
+                failure = errors.exceptions[0]  # type: ignore[assignment]  # always an LlmUnavailable
+            if failure is None:
+                answers = [task.result() for task in tasks]
                 return await _fitted(brief, pairs, dict(zip(brief.languages, answers, strict=True)))
         if mode is LlmMode.REQUIRED:
             raise _model_failure(failure)
