@@ -8,6 +8,7 @@ relay sends them. Nothing is timed: each test polls for a state with a generous 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -275,3 +276,20 @@ async def _set_active(served: Served, name: str, active: bool) -> None:
 async def _all_parked(store: object, count: int) -> bool:
     entries = await store.find(QUEUE, [], after=None, limit=100)  # type: ignore[attr-defined]
     return len(entries) == count and all(float(e.value("due")) >= PARKED for e in entries)
+
+
+async def test_a_secret_sealed_under_another_key_fails_the_attempt_without_sending(tmp_path: Path) -> None:
+    with receiver() as sink:
+        async with serve_integrations(tmp_path) as served:
+            created = await served.webhook(sink.url)
+        replace_key(tmp_path / "integrations-kek")
+        async with serve_integrations(tmp_path, WEBHOOK_MAX_ATTEMPTS="1") as served:
+            await served.publish(ticket_event())
+            failed = await eventually(lambda: _with_status(served, created.webhook.name, FAILED))
+            assert failed and "does not open" in failed.last_error
+            assert sink.count() == 0
+
+
+def replace_key(path: Path) -> None:
+    """Overwrites the key-encryption key with another (an operator pointing at the wrong file)."""
+    path.write_bytes(os.urandom(32))

@@ -93,6 +93,7 @@ PARKED = 1e18
 """The ``due`` of the queue entries of an inactive webhook: never due until it is reactivated."""
 _DRAIN = 500
 _PRUNE_EVERY_SECONDS = 3600.0
+_UNSEALABLE = "the signing secret does not open with BHIV_INTEGRATIONS_KEK_FILE: nothing was sent"
 
 Delivery = webhook_pb2.Delivery
 _PENDING = webhook_pb2.DELIVERY_STATUS_PENDING
@@ -371,8 +372,14 @@ class DeliveryEngine:
             return
         delivery = Delivery.FromString(record.data)
         webhook = WEBHOOK.load(webhook_record)
-        secret = open_secret(webhook_record, self._box)
-        attempt = await self.post(webhook.target_url, secret, delivery, str(record.value("body")).encode())
+        try:
+            secret = open_secret(webhook_record, self._box)
+        except ValueError:  # another key file than the one that sealed it: nothing can be signed
+            log.error("a webhook's signing secret does not open", extra={"webhook": webhook.name})
+            attempt = Attempt(self._clock(), 0.0, 0, "", _UNSEALABLE)
+        else:
+            body = str(record.value("body")).encode()
+            attempt = await self.post(webhook.target_url, secret, delivery, body)
         if not attempt.ok:
             log.warning(
                 "webhook delivery attempt failed",

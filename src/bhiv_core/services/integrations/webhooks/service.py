@@ -11,16 +11,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bhiv_core.outbound.http import OutboundClient, OutboundPolicy
 from bhiv_core.resources import ResourceStore
-from bhiv_core.runtime.config import ConfigError, RuntimeConfig
+from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.services.integrations.config import IntegrationsConfig
+from bhiv_core.services.integrations.external.service import outbound_client, secret_box
 from bhiv_core.services.integrations.webhooks.config import WebhookConfig
 from bhiv_core.services.integrations.webhooks.delivery import DeliveryEngine
 from bhiv_core.services.integrations.webhooks.events import Events
 from bhiv_core.services.integrations.webhooks.servicer import EventServicer, WebhookServicer
 from bhiv_core.services.integrations.webhooks.subscriptions import Webhooks
-from bhiv_core.storage.sealing import SecretBox
 
 __all__ = ["WebhookPart"]
 
@@ -44,12 +43,8 @@ class WebhookPart:
     ) -> WebhookPart:
         """The webhooks of ``config`` on ``store``; raises ConfigError for a bad setting or key file."""
         integrations = IntegrationsConfig.from_runtime(config)
-        box = SecretBox.load_or_create(integrations.kek_path, "BHIV_INTEGRATIONS_KEK_FILE")
-        try:
-            policy = OutboundPolicy(integrations.outbound_allowlist)
-        except ValueError as exc:
-            raise ConfigError(f"BHIV_OUTBOUND_ALLOWLIST has a bad entry: {exc}") from exc
-        client = OutboundClient(policy)
+        box = secret_box(integrations)
+        client = outbound_client(integrations)
         engine = DeliveryEngine(store, box, client, WebhookConfig.from_runtime(config), clock=clock)
         servicers: dict[str, object] = {
             "WebhookService": WebhookServicer(Webhooks(store, box, client, engine, clock)),

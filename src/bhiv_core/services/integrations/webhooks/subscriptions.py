@@ -15,8 +15,6 @@ import secrets
 import time
 from collections.abc import Callable
 
-from google.protobuf.field_mask_pb2 import FieldMask
-
 from bhiv.integrations.v1 import event_pb2, webhook_pb2
 from bhiv.integrations.v1 import webhook_service_pb2 as ws
 from bhiv_core.events import catalog
@@ -53,6 +51,7 @@ SECRET_LENGTH = (32, 256)
 """The bounds of a given signing secret, in characters."""
 TEST_MESSAGE = "This is a test event sent by SendTestEvent; it is not retried."
 _DRAIN = 500
+_REQUEST_ONLY = frozenset({"signing_secret"})
 _FINISHED = (webhook_pb2.DELIVERY_STATUS_SUCCEEDED, webhook_pb2.DELIVERY_STATUS_FAILED)
 
 
@@ -201,15 +200,14 @@ class Webhooks:
             problem = _secret_problem(request.signing_secret)
             if problem:
                 raise InvalidArgument(violations=[FieldViolation("signing_secret", problem, "BAD_SECRET")])
-        fields = [(index, path) for index, path in enumerate(paths) if path != "signing_secret"]
         now = self._clock()
 
         async def update(txn: Transaction) -> ws.UpdateWebhookResponse:
             record = await WEBHOOK.get(txn, patch.name, principal)
             check_etag(patch.etag, record, patch.name)
-            merged = WEBHOOK.load(record)
-            if fields or not paths:
-                merged = _merge(merged, patch, fields)
+            merged = WEBHOOK.merge(
+                WEBHOOK.load(record), patch, request.update_mask, request_only=_REQUEST_ONLY
+            )
             self._check(merged)
             secret = request.signing_secret if rotate else open_secret(record, self._box).decode()
             WEBHOOK.stamp(merged, now=now)
@@ -333,17 +331,3 @@ class Webhooks:
 
         await self._store.run(insert)
         return ws.SendTestEventResponse(delivery=delivery)
-
-
-def _merge(current: Webhook, patch: Webhook, fields: list[tuple[int, str]]) -> Webhook:
-    """``WEBHOOK.merge`` over the mask's paths other than ``signing_secret``, violations at their index."""
-    try:
-        return WEBHOOK.merge(current, patch, FieldMask(paths=[path for _, path in fields]))
-    except InvalidArgument as exc:
-        index = {
-            f"update_mask.paths[{new}]": f"update_mask.paths[{old}]" for new, (old, _) in enumerate(fields)
-        }
-        renamed = [
-            FieldViolation(index.get(v.field, v.field), v.description, v.reason) for v in exc.violations
-        ]
-        raise InvalidArgument(violations=renamed) from None
