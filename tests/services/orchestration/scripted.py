@@ -21,6 +21,7 @@ from bhiv.orchestration.v1 import task_service_pb2_grpc, workflow_service_pb2_gr
 from bhiv_core.agents.base import AGENT_INTENTS, AgentRequest, AgentSpec, InputType, Reply, Tools
 from bhiv_core.agents.catalog import build_catalog
 from bhiv_core.runtime.errors import Unavailable
+from bhiv_core.security.principal import Principal, current_principal
 from bhiv_core.services.orchestration.runs import Runner
 from bhiv_core.services.orchestration.server import definition
 from tests.harness import config_for, serving
@@ -37,6 +38,7 @@ class Scripted:
     mode: str = "answer"
     fail_times: int = 0
     queries: list[str] = field(default_factory=list)
+    principals: list[Principal | None] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     spec: AgentSpec = field(
         default_factory=lambda: AgentSpec(
@@ -46,6 +48,7 @@ class Scripted:
 
     async def answer(self, request: AgentRequest, tools: Tools) -> Reply:
         self.queries.append(request.query)
+        self.principals.append(current_principal.get())
         self.started.set()
         if self.mode == "hang":
             await asyncio.sleep(3600)
@@ -62,6 +65,7 @@ class Served:
     planner: Scripted
     data_dir: Path
     runner: Runner
+    servicers: dict[str, object]
 
     def crash(self) -> None:
         """Stops the runner as a killed process would: no lease renewed, expired or released."""
@@ -102,7 +106,8 @@ async def serve_with_planner(
             _,
             channel,
         ):
-            yield Served(channel, planner, data_dir, runner)
+            servicers = {descriptor.name: servicer for descriptor, servicer in built.servicers}
+            yield Served(channel, planner, data_dir, runner, servicers)
     finally:
         for hook in built.on_stop:
             await hook()

@@ -330,3 +330,40 @@ async def test_workers_sharing_a_store_never_steal_a_live_run_and_take_over_a_de
         assert done.status == workflow_pb2.WORKFLOW_STATUS_SUCCEEDED
         assert other.queries == ["a trip to Pune"]
         assert done.step_results[0].attempts == 2
+
+
+def test_rendering_is_bounded_and_placeholders_never_span_braces() -> None:
+    from bhiv_core.services.orchestration.workflows import MAX_RENDERED_CHARS, render, template_problems
+
+    assert render("{{input}} then {{ step_2 }}", "in", ["one", "two"]) == "in then two"
+    assert render("{{input}}" * 5000, "x" * 10000, []) == "x" * MAX_RENDERED_CHARS
+    assert render("a{{step_1}}b", "", ["y" * 20000]) == "a" + "y" * (MAX_RENDERED_CHARS - 1)
+    # Unclosed and nested braces are text, found in one pass (a hostile template costs linear time).
+    assert render("{{" * 5000, "in", []) == "{{" * 5000
+    assert template_problems("{{" * 5000 + "x", 1, "t") == []
+    assert [v.reason for v in template_problems("{{ {input} }} {{date}}", 2, "t")] == ["UNKNOWN_PLACEHOLDER"]
+
+
+async def test_a_graceful_stop_hands_running_workflows_to_the_next_start_at_once(tmp_path: Path) -> None:
+    workflow = _workflow(
+        S(agent="agents/qna", input_template="hello"), S(agent="agents/planner", input_template="x")
+    )
+    stopping = Scripted(mode="hang")
+    async with serve_with_planner(tmp_path, stopping, TASKS_LEASE_SECONDS="600") as s:
+        created = (
+            await s.workflows.CreateWorkflow(ws.CreateWorkflowRequest(workflow=workflow), metadata=OPS)
+        ).workflow
+        await s.workflows.ExecuteWorkflow(ws.ExecuteWorkflowRequest(name=created.name), metadata=OPS)
+        await asyncio.wait_for(stopping.started.wait(), 20)
+    # Stopped (SIGTERM's path): the lease was expired, so the next start takes it over at once.
+    async with serve_with_planner(tmp_path, Scripted(), TASKS_LEASE_SECONDS="600") as s:
+
+        async def finished() -> workflow_pb2.Workflow | None:
+            got = (
+                await s.workflows.GetWorkflow(ws.GetWorkflowRequest(name=created.name), metadata=OPS)
+            ).workflow
+            return got if got.status != workflow_pb2.WORKFLOW_STATUS_RUNNING else None
+
+        done = await until(finished)
+        assert done.status == workflow_pb2.WORKFLOW_STATUS_SUCCEEDED
+        assert [r.attempts for r in done.step_results] == [1, 2]

@@ -68,7 +68,8 @@ __all__ = ["MAX_RENDERED_CHARS", "Workflows", "render", "template_problems"]
 MAX_RENDERED_CHARS = 10000
 """The longest query a step sends (the contract's query limit); a longer rendering is cut."""
 
-_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_PLACEHOLDER = re.compile(r"\{\{([^{}]*)\}\}")
+"""A placeholder: no brace inside, so a scan never crosses another ``{{`` (linear in the template)."""
 _STEP = re.compile(r"step_([0-9]{1,6})")
 
 _PENDING = workflow_pb2.WORKFLOW_STATUS_PENDING
@@ -109,18 +110,30 @@ def template_problems(template: str, number: int, path: str) -> list[FieldViolat
 
 
 def render(template: str, input: str, answers: Sequence[str]) -> str:
-    """The template with ``{{input}}`` and ``{{step_N}}`` filled in (checked at create)."""
+    """The template with ``{{input}}`` and ``{{step_N}}`` filled in (checked at create).
 
-    def fill(match: re.Match[str]) -> str:
+    Stops at :data:`MAX_RENDERED_CHARS`: a template repeating a long answer costs no more than that.
+    """
+    parts: list[str] = []
+    size = 0
+    at = 0
+    for match in _PLACEHOLDER.finditer(template):
         name = match.group(1).strip()
-        if name == "input":
-            return input
         step = _STEP.fullmatch(name)
-        if step is not None and 1 <= int(step.group(1)) <= len(answers):
-            return answers[int(step.group(1)) - 1]
-        return match.group(0)
-
-    return _PLACEHOLDER.sub(fill, template)[:MAX_RENDERED_CHARS]
+        if name == "input":
+            value = input
+        elif step is not None and 1 <= int(step.group(1)) <= len(answers):
+            value = answers[int(step.group(1)) - 1]
+        else:
+            value = match.group(0)
+        for piece in (template[at : match.start()], value):
+            parts.append(piece[: MAX_RENDERED_CHARS - size])
+            size += len(parts[-1])
+        at = match.end()
+        if size >= MAX_RENDERED_CHARS:
+            return "".join(parts)
+    parts.append(template[at:][: MAX_RENDERED_CHARS - size])
+    return "".join(parts)
 
 
 def _key(id: str) -> str:
