@@ -260,7 +260,8 @@ class OutboxRelay:
                 self.failures += 1
                 self._failed.inc()
                 delay = self.backoff(self.failures)
-                level = logging.WARNING if self.failures == 1 else logging.DEBUG
+                # Said at the first failure and every 20th after (about every 10 minutes at the cap).
+                level = logging.WARNING if self.failures % 20 == 1 else logging.DEBUG
                 log.log(
                     level,
                     "relaying the outbox failed; retrying in %.1f s",
