@@ -131,14 +131,13 @@ SHARED_SETTINGS: Final = frozenset(
         "ROUTER_MIN_CONFIDENCE",
         # integrations: its store, the key sealing its secrets, where outbound calls may go.
         "INTEGRATIONS_STORE_URL",
+        "CONTENT_LLM",  # integrations' social content: whether it asks the llm (auto, off, required)
         "INTEGRATIONS_KEK_FILE",
         "OUTBOUND_ALLOWLIST",
         # The outbox relay of the publishing services (bhiv_core.events.relay).
         "EVENTS_RELAY",
         "EVENTS_RELAY_POLL_SECONDS",
         "EVENTS_RELAY_MAX_BACKOFF_SECONDS",
-        # integrations: whether social content asks the llm service (auto, off, required).
-        "CONTENT_LLM",
         # integrations' webhook delivery: attempts, backoff, per-attempt timeout, concurrency, polling.
         "WEBHOOK_MAX_ATTEMPTS",
         "WEBHOOK_BACKOFF_SECONDS",

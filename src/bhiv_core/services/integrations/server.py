@@ -6,15 +6,10 @@ contributes its servicers, start and stop hooks below.
 
 from __future__ import annotations
 
-from bhiv_core.agents.llm_client import LlmClient
-from bhiv_core.interceptors.tracing import client_interceptors
 from bhiv_core.runtime import server as runtime
-from bhiv_core.runtime.clients import PeerChannels
 from bhiv_core.runtime.config import RuntimeConfig
 from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.services.integrations.config import IntegrationsConfig
-from bhiv_core.services.integrations.content.config import ContentConfig, LlmMode
-from bhiv_core.services.integrations.content.servicer import ContentServicer
 from bhiv_core.services.integrations.external.service import external_servicers
 from bhiv_core.services.integrations.resources import make_integrations_store
 from bhiv_core.services.integrations.servicer import MISSING, IntegrationsServicer
@@ -42,13 +37,11 @@ def definition(config: RuntimeConfig) -> runtime.ServiceDefinition:
     on_stop.insert(0, webhooks.stop)  # before the store closes: in-flight claims are given back
 
     # content: ContentService
-    content_channels = PeerChannels(config.peers, extra_interceptors=client_interceptors)
-    content_mode = ContentConfig.from_runtime(config).llm
-    servicers["ContentService"] = ContentServicer(
-        LlmClient(lambda: content_channels.channel("llm")) if content_mode is not LlmMode.OFF else None,
-        content_mode,
-    )
-    on_stop.append(content_channels.close)
+    # Imported here, so that each part's wiring stays inside its own block.
+    from bhiv_core.services.integrations.content.service import content_part
+
+    servicers["ContentService"], close_content = content_part(config)
+    on_stop.append(close_content)
 
     rest = IntegrationsServicer()
     return runtime.ServiceDefinition(

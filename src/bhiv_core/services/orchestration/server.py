@@ -121,12 +121,10 @@ def definition(
     dense model when ``BHIV_KNOWLEDGE_DENSE`` is on; orphaned passages are removed and, on the
     first start, the sample corpus is ingested. The agents call the llm service
     (``BHIV_LLM_ADDR``) through the generated stubs over a peer channel that forwards the caller's
-    token and trace context, unless ``BHIV_AGENTS_LLM=off``; the content agent asks integrations
-    (``BHIV_INTEGRATIONS_ADDR``) the same way, and drafts posts itself only when it cannot answer.
-    Tasks and workflows run in a pool of ``BHIV_TASKS_CONCURRENCY`` with ``BHIV_TASKS_QUEUE``
-    waiting; at start, runs whose worker died are resumed
-    (:mod:`~bhiv_core.services.orchestration.runs`). ``catalog`` replaces the twelve agents (tests
-    register a scripted one).
+    token and trace context, unless ``BHIV_AGENTS_LLM=off``. Tasks and workflows run in a pool of
+    ``BHIV_TASKS_CONCURRENCY`` with ``BHIV_TASKS_QUEUE`` waiting; at start, runs whose worker died
+    are resumed (:mod:`~bhiv_core.services.orchestration.runs`). ``catalog`` replaces the twelve
+    agents (tests register a scripted one).
     """
     settings = OrchestrationConfig.from_runtime(config)
     store = make_orchestration_store(config)
@@ -145,6 +143,8 @@ def definition(
 
     channels = PeerChannels(config.peers, extra_interceptors=client_interceptors)
     agents = Agents(
+        # The content agent asks integrations (BHIV_INTEGRATIONS_ADDR) the same way, drafting itself
+        # only when integrations cannot answer.
         catalog
         if catalog is not None
         else build_catalog(social=ContentClient(lambda: channels.channel("integrations"))),

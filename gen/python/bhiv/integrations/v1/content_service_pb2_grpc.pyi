@@ -54,8 +54,8 @@ class ContentServiceStub:
 
     The offline generator extracts from the topic, so it writes in the topic's
     own language and cannot translate: offline, a language whose primary
-    subtag is not the topic's detected language (a topic too short to judge
-    counts as English) is refused with FAILED_PRECONDITION (reason
+    subtag is not the topic's detected language (a topic the detector cannot
+    judge with confidence counts as English or its best guess) is refused with FAILED_PRECONDITION (reason
     LANGUAGE_NEEDS_MODEL) under `off`; under `auto`, the model's failure is
     returned instead (FAILED_PRECONDITION LANGUAGE_NEEDS_MODEL when there is
     no model, UNAVAILABLE or RESOURCE_EXHAUSTED).
@@ -94,8 +94,8 @@ class ContentServiceAsyncStub(ContentServiceStub):
 
     The offline generator extracts from the topic, so it writes in the topic's
     own language and cannot translate: offline, a language whose primary
-    subtag is not the topic's detected language (a topic too short to judge
-    counts as English) is refused with FAILED_PRECONDITION (reason
+    subtag is not the topic's detected language (a topic the detector cannot
+    judge with confidence counts as English or its best guess) is refused with FAILED_PRECONDITION (reason
     LANGUAGE_NEEDS_MODEL) under `off`; under `auto`, the model's failure is
     returned instead (FAILED_PRECONDITION LANGUAGE_NEEDS_MODEL when there is
     no model, UNAVAILABLE or RESOURCE_EXHAUSTED).
@@ -137,8 +137,8 @@ class ContentServiceServicer(metaclass=_abc_1.ABCMeta):
 
         The offline generator extracts from the topic, so it writes in the topic's
         own language and cannot translate: offline, a language whose primary
-        subtag is not the topic's detected language (a topic too short to judge
-        counts as English) is refused with FAILED_PRECONDITION (reason
+        subtag is not the topic's detected language (a topic the detector cannot
+        judge with confidence counts as English or its best guess) is refused with FAILED_PRECONDITION (reason
         LANGUAGE_NEEDS_MODEL) under `off`; under `auto`, the model's failure is
         returned instead (FAILED_PRECONDITION LANGUAGE_NEEDS_MODEL when there is
         no model, UNAVAILABLE or RESOURCE_EXHAUSTED).
