@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Protocol
 
-from bhiv_core.resources import Cmp, Eq, Record, ResourceStore, Transaction, new_etag
+from bhiv_core.resources import Cmp, Eq, Record, ResourceStore, Transaction, Value, new_etag
 from bhiv_core.runtime.errors import QuotaViolation, ResourceExhausted
 from bhiv_core.services.orchestration.resources import RUN_LEASES
 
@@ -49,6 +49,8 @@ __all__ = ["RecoverableKind", "Runner", "backoff", "node_id"]
 log = logging.getLogger(__name__)
 
 _SCAN_BATCH = 50
+_SCAN_PAGES = 40
+"""At most this many pages of a node's leases are read per scan (2,000 runs); later ones wait for expiry."""
 
 
 def node_id() -> str:
@@ -298,14 +300,20 @@ class Runner:
         expired = await self._store.find(
             RUN_LEASES, [Cmp("expires", "<", now)], after=None, limit=_SCAN_BATCH
         )
-        mine = await self._store.find(RUN_LEASES, [Eq("node", self.node)], after=None, limit=_SCAN_BATCH)
-        dead = [
-            r
-            for r in mine
-            if r.value("holder") != self.holder
-            and r.value("pid") != self.pid
-            and not _alive(int(str(r.value("pid"))))
-        ]
+        dead: list[Record] = []
+        after: list[Value] | None = None
+        for _ in range(_SCAN_PAGES):  # every worker of this node holds some: read past the live ones
+            mine = await self._store.find(RUN_LEASES, [Eq("node", self.node)], after=after, limit=_SCAN_BATCH)
+            dead += [
+                r
+                for r in mine
+                if r.value("holder") != self.holder
+                and r.value("pid") != self.pid
+                and not _alive(int(str(r.value("pid"))))
+            ]
+            if len(mine) < _SCAN_BATCH:
+                break
+            after = [mine[-1].value("expires"), mine[-1].id]
         resumed = 0
         seen: set[str] = set()
         for record in [*expired, *dead]:
