@@ -1,11 +1,13 @@
 """Integrations through the real edge: signed webhook deliveries of platform events, retries, the
 dead letter and redelivery, deliveries across a SIGKILL of integrations, SSRF refusals, external
-calls with injected credentials, social content, and hostile input to every new RPC.
+calls with injected credentials, per-webhook concurrency, social content (also through the content
+agent), and hostile input to every new RPC.
 
 The mesh of this module allows outbound calls to 127.0.0.1 only and retries webhook deliveries
 after short backoffs, so a test sees a receiver's three attempts in seconds. Receivers and
 "external APIs" are small HTTP servers of the test (:mod:`tests.e2e.receiver`) on loopback; the
-events come from real CRM changes through crm's outbox and relay.
+events come from real changes (CRM tickets and leads, a shipment, a document, a brute force seen by
+sentinel) through each service's outbox and relay.
 """
 
 from __future__ import annotations
