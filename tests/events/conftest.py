@@ -106,7 +106,7 @@ async def integrations(recorder: Recorder) -> AsyncIterator[str]:
         yield running.address
 
 
-async def wait_until(predicate: Any, *, rounds: int = 6000) -> None:
+async def wait_until(predicate: Any, *, rounds: int = 12000) -> None:
     """Yields to the loop until ``predicate()`` (or its awaited result) holds: bounded, never hangs."""
     for _ in range(rounds):
         held = predicate()

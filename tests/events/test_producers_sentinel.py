@@ -22,7 +22,7 @@ async def test_each_incident_opened_publishes_one_event_with_its_fields(tmp_path
             found = stored_events(db)
             return found if len(found) == len(incidents) else []
 
-        events = await eventually(published)
+        events = await eventually(published, deadline=60.0)
     assert sorted(e.subject for e in events) == sorted(i.name for i in incidents)  # one event each
     (event,) = [e for e in events if e.subject == incident.name]
     assert (event.type, event.source) == ("sentinel.incident.opened", "sentinel")
