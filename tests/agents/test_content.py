@@ -106,3 +106,13 @@ async def test_an_unavailable_model_leaves_offline_drafts(sample_index: Knowledg
     posts = posts_of(await text_of(reply))
     assert posts["LinkedIn"].startswith("Our new study skills guide.")
     assert reply.method == Method.EXTRACTIVE and reply.model == ""
+
+
+async def test_every_kind_of_post_asked_for_is_left_out_of_the_brief(sample_index: KnowledgeIndex) -> None:
+    reply = await ContentAgent().answer(
+        AgentRequest("Write a tweet and a LinkedIn post announcing our new guide to Ayurveda"),
+        IndexTools(sample_index),
+    )
+    posts = posts_of(await text_of(reply))
+    assert list(posts) == ["X", "LinkedIn"]
+    assert all(post.startswith("Announcing our new guide to Ayurveda.") for post in posts.values())

@@ -94,6 +94,9 @@ _REQUEST = re.compile(
     r"^\s*(?:please\s+)?(?:(?:can|could)\s+you\s+)?(?:write|draft|create|compose|make|generate|prepare)\s+"
     r"(?:me\s+|us\s+)?(?:an?\s+|some\s+|\d+\s+)?(?:(?:short|social(?:\s+media)?|linkedin|instagram|facebook|"
     r"x|twitter|marketing)\s+)*(?:posts?|tweets?|captions?|updates?|content|copy)\b"
+    # "a tweet and a LinkedIn post": further kinds of post asked for are not the brief either.
+    r"(?:\s*(?:,|and|&)\s*(?:an?\s+)?(?:(?:linkedin|instagram|facebook|x|twitter)\s+)?"
+    r"(?:posts?|tweets?|captions?|updates?)\b)*"
     r"(?:\s+(?:for|on)\s+(?:x|twitter|linkedin|instagram|facebook|social\s+media)"
     r"(?:\s*(?:,|and|&)\s*(?:x|twitter|linkedin|instagram|facebook))*)?[\s:,-]*(?:about\s+|on\s+)?",
     re.I,
