@@ -134,10 +134,6 @@ SHARED_SETTINGS: Final = frozenset(
         "CONTENT_LLM",  # integrations' social content: whether it asks the llm (auto, off, required)
         "INTEGRATIONS_KEK_FILE",
         "OUTBOUND_ALLOWLIST",
-        # The outbox relay of the publishing services (bhiv_core.events.relay).
-        "EVENTS_RELAY",
-        "EVENTS_RELAY_POLL_SECONDS",
-        "EVENTS_RELAY_MAX_BACKOFF_SECONDS",
         # integrations' webhook delivery: attempts, backoff, per-attempt timeout, concurrency, polling.
         "WEBHOOK_MAX_ATTEMPTS",
         "WEBHOOK_BACKOFF_SECONDS",
@@ -145,6 +141,10 @@ SHARED_SETTINGS: Final = frozenset(
         "WEBHOOK_TIMEOUT_SECONDS",
         "WEBHOOK_CONCURRENCY",
         "WEBHOOK_POLL_SECONDS",
+        # The outbox relay of the publishing services (bhiv_core.events.relay).
+        "EVENTS_RELAY",
+        "EVENTS_RELAY_POLL_SECONDS",
+        "EVENTS_RELAY_MAX_BACKOFF_SECONDS",
         # sentinel
         "SENTINEL_STORE_URL",
         "AUDIT_CHECKPOINT_KEY_FILE",
