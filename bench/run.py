@@ -23,6 +23,9 @@
    passages ingested through ``IngestDocument`` (passages/s, CPU per passage), ``SearchKnowledge``
    p50/p99 and CPU per request with BM25 alone and hybrid, and ``Ask`` offline over the same
    corpus (``Ask: not built`` while AgentService answers UNIMPLEMENTED).
+8. Integrations (:mod:`bench.integrations`, a mesh of its own): webhook deliveries per second and
+   integrations' CPU per delivery to a loopback receiver (one webhook, eight webhooks), and the
+   latency of an event from a CRM commit, through the outbox and its relay, to the receiver.
 
 Edge phases alternate (direct, edge, direct, edge) and the better of each kind is kept, so a noisy
 neighbour hurts both sides alike. CPU per call counts the service process, plus Envoy for the edge.
@@ -53,6 +56,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.audit_chain import audit_verification
 from bench.blocks import block_benchmarks
+from bench.integrations import integrations_benchmarks
 from bench.knowledge import knowledge_benchmarks
 from bench.load import Result, measure, pin, table
 from bench.resources import resource_benchmarks
@@ -303,6 +307,8 @@ async def main(seconds: float = 3.0) -> None:
     report["blocks"] = await block_benchmarks(seconds=2.0)
     print("== knowledge retrieval: 10,000 passages, IngestDocument, SearchKnowledge (BM25, hybrid), Ask ==")
     report["knowledge"] = await knowledge_benchmarks()
+    print("== integrations: webhook delivery throughput and CPU per delivery, outbox relay latency ==")
+    report["integrations"] = await integrations_benchmarks()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
     print(f"saved {RESULTS / 'latest.json'}")
