@@ -6,6 +6,7 @@ maps them to loopback addresses, and counts how often it is asked.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import ssl
 from collections.abc import Iterable
@@ -448,3 +449,55 @@ async def test_errors_never_carry_the_path_query_or_headers() -> None:
             errors.append(exc)
     assert len(errors) == 3
     assert all(secret not in str(e) for e in errors)
+
+
+async def _raw_server(answer: bytes) -> tuple[asyncio.Server, int]:
+    """A server on 127.0.0.1 that reads a request head and writes ``answer`` as is."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 100\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello!!",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+    ],
+    ids=[
+        "hex-prefix",
+        "plus",
+        "minus",
+        "no-crlf-after-chunk",
+        "listed-lengths",
+        "two-lengths",
+        "signed-length",
+    ],
+)
+async def test_a_malformed_body_framing_is_unavailable(answer: bytes) -> None:
+    server, port = await _raw_server(answer)
+    async with server:
+        with pytest.raises(OutboundUnavailable, match="malformed"):
+            await client("127.0.0.1").request("GET", f"http://127.0.0.1:{port}/")
+
+
+async def test_agreeing_repeated_lengths_and_strict_chunks_are_read() -> None:
+    for answer in (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n",
+    ):
+        server, port = await _raw_server(answer)
+        async with server:
+            response = await client("127.0.0.1").request("GET", f"http://127.0.0.1:{port}/")
+        assert response.status == 200 and response.body.startswith(b"hello")

@@ -102,6 +102,7 @@ _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _ALWAYS_DROPPED = frozenset({"authorization", "proxy-authorization", "cookie"})
 # Set by the client itself: a caller's value would let it smuggle a second request or lie.
 RESERVED_HEADERS: Final = frozenset(
@@ -731,23 +732,24 @@ async def _read_response(
     if "chunked" in headers.get("transfer-encoding", "").lower():
         while kept <= cap:
             size_line = await _read_line(reader)
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise OutboundUnavailable(f"host {host!r} answered a malformed chunk") from None
+            # Strictly hex digits (int() would also take "0x1f", "+a", "1_0" or a minus sign).
+            token = size_line.split(b";", 1)[0].strip()
+            if not _CHUNK_SIZE.fullmatch(token):
+                raise OutboundUnavailable(f"host {host!r} answered a malformed chunk")
+            size = int(token, 16)
             if size == 0:
                 break
             keep(await reader.readexactly(min(size, cap + 1 - kept)))
             if kept > cap:
                 break
-            await reader.readexactly(2)
+            if await reader.readexactly(2) != b"\r\n":
+                raise OutboundUnavailable(f"host {host!r} answered a malformed chunk")
     elif "content-length" in headers:
-        try:
-            length = int(headers["content-length"].split(",", 1)[0])
-        except ValueError:
-            raise OutboundUnavailable(f"host {host!r} answered a malformed Content-Length") from None
-        if length < 0:
+        # Repeated or listed values must agree (RFC 9112 6.3); anything but digits is refused.
+        values = {value.strip() for value in headers["content-length"].split(",")}
+        if len(values) != 1 or not all(value.isascii() and value.isdigit() for value in values):
             raise OutboundUnavailable(f"host {host!r} answered a malformed Content-Length")
+        length = int(values.pop())
         keep(await reader.readexactly(min(length, cap + 1)))
     else:
         while kept <= cap:
