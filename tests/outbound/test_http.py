@@ -495,7 +495,8 @@ async def test_a_malformed_body_framing_is_unavailable(answer: bytes) -> None:
 async def test_agreeing_repeated_lengths_and_strict_chunks_are_read() -> None:
     for answer in (
         b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n",
     ):
         server, port = await _raw_server(answer)
         async with server:
