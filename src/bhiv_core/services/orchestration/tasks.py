@@ -184,15 +184,7 @@ async def run_agent(
 
 
 class Tasks(RunKind[task_pb2.Task]):
-    """The task domain of the orchestration service.
-
-    Args:
-        store: Orchestration's kit store.
-        agents: The in-process agents.
-        runner: The process's pool of runs.
-        clock: Unix seconds now.
-
-    """
+    """The task domain of the orchestration service (constructed as :class:`RunKind`)."""
 
     prefix = "tasks"
     kind = TASK

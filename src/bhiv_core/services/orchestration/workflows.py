@@ -132,15 +132,7 @@ def _attempts(step: workflow_pb2.WorkflowStep) -> int:
 
 
 class Workflows(RunKind[workflow_pb2.Workflow]):
-    """The workflow domain of the orchestration service.
-
-    Args:
-        store: Orchestration's kit store.
-        agents: The in-process agents.
-        runner: The process's pool of runs.
-        clock: Unix seconds now.
-
-    """
+    """The workflow domain of the orchestration service (constructed as :class:`RunKind`)."""
 
     prefix = "workflows"
     kind = WORKFLOW
