@@ -22,10 +22,8 @@ else it ends FAILED saying the attempt was interrupted.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -39,26 +37,21 @@ from bhiv_core.resources import (
     Eq,
     Filter,
     Record,
-    ResourceStore,
     Transaction,
-    check_etag,
-    idempotent,
-    list_page,
     owner_filters,
 )
 from bhiv_core.runtime.errors import (
-    Aborted,
     BhivError,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     clip,
 )
-from bhiv_core.runtime.times import to_timestamp
 from bhiv_core.security.principal import Principal, current_principal
 from bhiv_core.services.orchestration.agents import AgentDeadlineExceeded, Agents
-from bhiv_core.services.orchestration.resources import TASK, TASKS
-from bhiv_core.services.orchestration.runs import Runner, backoff
+from bhiv_core.services.orchestration.resources import TASK
+from bhiv_core.services.orchestration.runs import backoff
+from bhiv_core.services.orchestration.runs_kit import RunKind, record_of, run_as_of
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
@@ -103,23 +96,11 @@ def interrupted(attempts: int) -> str:
     return f"attempt {attempts} was interrupted (the worker running it stopped) and no attempts remain"
 
 
-def run_as_of(principal: Principal) -> str:
-    """What a run needs to act as ``principal`` later: subject, role, customer (no token)."""
-    return json.dumps({"subject": principal.subject, "role": principal.role, "customer": principal.customer})
-
-
 def principal_of(record: Record) -> Principal:
     """The principal a stored run acts as."""
     stored = json.loads(str(record.value("run_as")) or "{}")
     return Principal(
         subject=stored.get("subject", ""), role=stored.get("role", ""), customer=stored.get("customer", "")
-    )
-
-
-def record_of(record: Record, fresh: Record) -> Record:
-    """``fresh`` (a message's stored form) keeping the owner and ``run_as`` of ``record``."""
-    return dataclasses.replace(
-        fresh, owner=record.owner, fields={**fresh.fields, "run_as": record.value("run_as")}
     )
 
 
@@ -202,31 +183,16 @@ async def run_agent(
 # ---- tasks -------------------------------------------------------------------------------------
 
 
-def _key(id: str) -> str:
-    return f"tasks:{id}"
-
-
-class Tasks:
-    """The task domain of the orchestration service.
-
-    Args:
-        store: Orchestration's kit store.
-        agents: The in-process agents.
-        runner: The process's pool of runs.
-        clock: Unix seconds now.
-
-    """
+class Tasks(RunKind[task_pb2.Task]):
+    """The task domain of the orchestration service (constructed as :class:`RunKind`)."""
 
     prefix = "tasks"
-
-    def __init__(
-        self, store: ResourceStore, agents: Agents, runner: Runner, clock: Callable[[], float] = time.time
-    ):
-        self._store = store
-        self._agents = agents
-        self._runner = runner
-        self._clock = clock
-        runner.register(self)
+    kind = TASK
+    pending = _PENDING
+    running = _RUNNING
+    cancelled = _CANCELLED
+    reason = "TASK"
+    status_name = staticmethod(task_pb2.TaskStatus.Name)
 
     async def create(self, request: ts.CreateTaskRequest, principal: Principal) -> ts.CreateTaskResponse:
         """Stores a PENDING task after checking its fields and agent."""
@@ -260,31 +226,13 @@ class Tasks:
         )
         if given.HasField("timeout"):
             task.timeout.CopyFrom(given.timeout)
-        task = TASK.fresh(task, now=self._clock())
-        stored = TASK.record(task)
-        stored = dataclasses.replace(
-            stored,
-            owner=principal.customer if principal.is_customer else "",
-            fields={**stored.fields, "run_as": run_as_of(principal)},
-        )
-
-        async def step(txn: Transaction) -> ts.CreateTaskResponse:
-            await txn.insert(TASKS, stored)
-            return ts.CreateTaskResponse(task=task)
-
-        return await idempotent(
-            self._store,
-            scope=f"CreateTask:{principal.subject}",
-            request_id=request.request_id,
-            request=request,
-            response_type=ts.CreateTaskResponse,
-            step=step,
-            clock=self._clock,
+        return await self._create(
+            request, principal, task, rpc="CreateTask", respond=lambda t: ts.CreateTaskResponse(task=t)
         )
 
     async def get(self, request: ts.GetTaskRequest, principal: Principal) -> ts.GetTaskResponse:
         """The task, if the principal may see it."""
-        return ts.GetTaskResponse(task=TASK.load(await TASK.get(self._store, request.name, principal)))
+        return ts.GetTaskResponse(task=await self._get(request.name, principal))
 
     async def list(self, request: ts.ListTasksRequest, principal: Principal) -> ts.ListTasksResponse:
         """A page of tasks, newest first, filtered by status and agent."""
@@ -293,102 +241,31 @@ class Tasks:
             filters.append(Eq("status", int(request.status)))
         if request.agent:
             filters.append(Eq("agent", request.agent))
-        records, token = await list_page(
-            self._store,
-            TASKS,
-            filters,
-            page_size=request.page_size,
-            page_token=request.page_token,
-            query=("ListTasks",),
-            max_bytes=2 << 20,
-        )
-        return ts.ListTasksResponse(tasks=[TASK.load(r) for r in records], next_page_token=token)
+        tasks, token = await self._page(request, filters, rpc="ListTasks")
+        return ts.ListTasksResponse(tasks=tasks, next_page_token=token)
 
     async def execute(self, request: ts.ExecuteTaskRequest, principal: Principal) -> ts.ExecuteTaskResponse:
         """Starts a run (from scratch); waits for its end when ``wait``."""
-        id = TASK.id_of(request.name)
-        key = _key(id)
-        self._runner.admit()
-        try:
-
-            async def step(txn: Transaction) -> task_pb2.Task:
-                record = await TASK.get(txn, request.name, principal)
-                check_etag(request.etag, record, request.name)
-                task = TASK.load(record)
-                if task.status == _RUNNING:
-                    raise FailedPrecondition(f"{request.name} is already running", reason="TASK_RUNNING")
-                if task.agent:
-                    check_agent(self._agents, task.agent)
-                now = self._clock()
-                task.status = _RUNNING
-                task.attempts = 0
-                task.ClearField("result")
-                task.error_message = ""
-                task.start_time.CopyFrom(to_timestamp(now))
-                task.ClearField("end_time")
-                TASK.stamp(task, now=now)
-                if not await txn.replace(
-                    TASKS, record_of(record, TASK.record(task)), expected_etag=record.etag
-                ):
-                    raise Aborted(f"{request.name} changed meanwhile: retry", reason="CONCURRENT_UPDATE")
-                await self._runner.take(txn, key)
-                return task
-
-            task = await self._store.run(step)
-        except BaseException:
-            self._runner.release()
-            raise
-        self._runner.start(key, self._body(id))
-        if request.wait:
-            await asyncio.shield(self._runner.wait(key))
-            record = await self._store.get(TASKS, id)
-            if record is not None:
-                task = TASK.load(record)
-        return ts.ExecuteTaskResponse(task=task)
+        return ts.ExecuteTaskResponse(task=await self._execute(request, principal))
 
     async def cancel(self, request: ts.CancelTaskRequest, principal: Principal) -> ts.CancelTaskResponse:
         """Ends a pending or running task as CANCELLED; a running attempt is abandoned."""
-        id = TASK.id_of(request.name)
-
-        async def step(txn: Transaction) -> task_pb2.Task:
-            record = await TASK.get(txn, request.name, principal)
-            check_etag(request.etag, record, request.name)
-            task = TASK.load(record)
-            if task.status not in (_PENDING, _RUNNING):
-                raise FailedPrecondition(
-                    f"{request.name} has already finished ({task_pb2.TaskStatus.Name(task.status)})",
-                    reason="TASK_FINISHED",
-                )
-            now = self._clock()
-            task.status = _CANCELLED
-            task.end_time.CopyFrom(to_timestamp(now))
-            TASK.stamp(task, now=now)
-            if not await txn.replace(TASKS, record_of(record, TASK.record(task)), expected_etag=record.etag):
-                raise Aborted(f"{request.name} changed meanwhile: retry", reason="CONCURRENT_UPDATE")
-            await self._runner.drop(txn, key=_key(id))
-            return task
-
-        task = await self._store.run(step)
-        self._runner.abandon(_key(id))
-        return ts.CancelTaskResponse(task=task)
+        return ts.CancelTaskResponse(task=await self._cancel(request, principal))
 
     # ---- running -------------------------------------------------------------------------
 
-    async def recover(self, id: str) -> Callable[[], Awaitable[None]] | None:
-        """Resumes a task whose worker died: notes the interrupted attempt; None if not running."""
+    def _reset(self, run: task_pb2.Task) -> None:
+        if run.agent:
+            check_agent(self._agents, run.agent)
+        run.attempts = 0
+        run.ClearField("result")
+        run.error_message = ""
 
-        async def note(txn: Transaction) -> bool:
-            record = await txn.get(TASKS, id)
-            if record is None or TASK.load(record).status != _RUNNING:
-                return False
-            task = TASK.load(record)
-            if task.attempts:
-                task.error_message = f"attempt {task.attempts} was interrupted: the worker running it stopped"
-                TASK.stamp(task, now=self._clock())
-                await txn.replace(TASKS, record_of(record, TASK.record(task)), expected_etag=record.etag)
-            return True
-
-        return self._body(id) if await self._store.run(note) else None
+    def _note(self, run: task_pb2.Task) -> bool:
+        if not run.attempts:
+            return False
+        run.error_message = f"attempt {run.attempts} was interrupted: the worker running it stopped"
+        return True
 
     def _body(self, id: str) -> Callable[[], Awaitable[None]]:
         async def body() -> None:
@@ -412,24 +289,6 @@ class Tasks:
                 await asyncio.sleep(pause)
 
         return body
-
-    async def _held(self, txn: Transaction, id: str) -> tuple[Record, task_pb2.Task] | None:
-        record = await txn.get(TASKS, id)
-        if record is None or not await self._runner.holds(txn, _key(id)):
-            return None
-        task = TASK.load(record)
-        if task.status != _RUNNING:
-            await self._runner.drop(txn, key=_key(id))
-            return None
-        return record, task
-
-    async def _write(self, txn: Transaction, record: Record, task: task_pb2.Task, *, final: bool) -> None:
-        now = self._clock()
-        if final:
-            task.end_time.CopyFrom(to_timestamp(now))
-            await self._runner.drop(txn, key=_key(TASK.id_of(task.name)))
-        TASK.stamp(task, now=now)
-        await txn.replace(TASKS, record_of(record, TASK.record(task)), expected_etag=record.etag)
 
     async def _begin(self, txn: Transaction, *, id: str) -> tuple[task_pb2.Task, Principal] | None:
         held = await self._held(txn, id)

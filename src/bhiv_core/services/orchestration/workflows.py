@@ -25,9 +25,7 @@ retried when attempts remain, else it fails (interrupted) and the workflow fails
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
@@ -36,29 +34,22 @@ from bhiv.orchestration.v1 import workflow_service_pb2 as ws
 from bhiv_core.resources import (
     Eq,
     Filter,
-    Record,
-    ResourceStore,
     Transaction,
-    check_etag,
-    idempotent,
-    list_page,
     owner_filters,
 )
-from bhiv_core.runtime.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, clip
+from bhiv_core.runtime.errors import FieldViolation, InvalidArgument, clip
 from bhiv_core.runtime.times import to_timestamp
 from bhiv_core.security.principal import Principal
-from bhiv_core.services.orchestration.agents import Agents
-from bhiv_core.services.orchestration.resources import WORKFLOW, WORKFLOWS
-from bhiv_core.services.orchestration.runs import Runner, backoff
+from bhiv_core.services.orchestration.resources import WORKFLOW
+from bhiv_core.services.orchestration.runs import backoff
+from bhiv_core.services.orchestration.runs_kit import RunKind
 from bhiv_core.services.orchestration.tasks import (
     DEFAULT_ATTEMPTS,
     Outcome,
     check_agent,
     interrupted,
     principal_of,
-    record_of,
     run_agent,
-    run_as_of,
     timeout_problem,
     timeout_seconds,
 )
@@ -136,35 +127,20 @@ def render(template: str, input: str, answers: Sequence[str]) -> str:
     return "".join(parts)
 
 
-def _key(id: str) -> str:
-    return f"workflows:{id}"
-
-
 def _attempts(step: workflow_pb2.WorkflowStep) -> int:
     return step.max_attempts or DEFAULT_ATTEMPTS
 
 
-class Workflows:
-    """The workflow domain of the orchestration service.
-
-    Args:
-        store: Orchestration's kit store.
-        agents: The in-process agents.
-        runner: The process's pool of runs.
-        clock: Unix seconds now.
-
-    """
+class Workflows(RunKind[workflow_pb2.Workflow]):
+    """The workflow domain of the orchestration service (constructed as :class:`RunKind`)."""
 
     prefix = "workflows"
-
-    def __init__(
-        self, store: ResourceStore, agents: Agents, runner: Runner, clock: Callable[[], float] = time.time
-    ):
-        self._store = store
-        self._agents = agents
-        self._runner = runner
-        self._clock = clock
-        runner.register(self)
+    kind = WORKFLOW
+    pending = _PENDING
+    running = _RUNNING
+    cancelled = _CANCELLED
+    reason = "WORKFLOW"
+    status_name = staticmethod(workflow_pb2.WorkflowStatus.Name)
 
     async def create(
         self, request: ws.CreateWorkflowRequest, principal: Principal
@@ -189,160 +165,68 @@ class Workflows:
         workflow = workflow_pb2.Workflow(
             display_name=given.display_name, input=given.input, steps=given.steps, status=_PENDING
         )
-        workflow = WORKFLOW.fresh(workflow, now=self._clock())
-        stored = WORKFLOW.record(workflow)
-        stored = dataclasses.replace(
-            stored,
-            owner=principal.customer if principal.is_customer else "",
-            fields={**stored.fields, "run_as": run_as_of(principal)},
-        )
-
-        async def step(txn: Transaction) -> ws.CreateWorkflowResponse:
-            await txn.insert(WORKFLOWS, stored)
-            return ws.CreateWorkflowResponse(workflow=workflow)
-
-        return await idempotent(
-            self._store,
-            scope=f"CreateWorkflow:{principal.subject}",
-            request_id=request.request_id,
-            request=request,
-            response_type=ws.CreateWorkflowResponse,
-            step=step,
-            clock=self._clock,
+        return await self._create(
+            request,
+            principal,
+            workflow,
+            rpc="CreateWorkflow",
+            respond=lambda w: ws.CreateWorkflowResponse(workflow=w),
         )
 
     async def get(self, request: ws.GetWorkflowRequest, principal: Principal) -> ws.GetWorkflowResponse:
         """The workflow with its step results, if the principal may see it."""
-        record = await WORKFLOW.get(self._store, request.name, principal)
-        return ws.GetWorkflowResponse(workflow=WORKFLOW.load(record))
+        return ws.GetWorkflowResponse(workflow=await self._get(request.name, principal))
 
     async def list(self, request: ws.ListWorkflowsRequest, principal: Principal) -> ws.ListWorkflowsResponse:
         """A page of workflows, newest first, filtered by status."""
         filters: list[Filter] = owner_filters(principal)
         if request.status:
             filters.append(Eq("status", int(request.status)))
-        records, token = await list_page(
-            self._store,
-            WORKFLOWS,
-            filters,
-            page_size=request.page_size,
-            page_token=request.page_token,
-            query=("ListWorkflows",),
-            max_bytes=2 << 20,
-        )
-        return ws.ListWorkflowsResponse(workflows=[WORKFLOW.load(r) for r in records], next_page_token=token)
+        workflows, token = await self._page(request, filters, rpc="ListWorkflows")
+        return ws.ListWorkflowsResponse(workflows=workflows, next_page_token=token)
 
     async def execute(
         self, request: ws.ExecuteWorkflowRequest, principal: Principal
     ) -> ws.ExecuteWorkflowResponse:
         """Starts a run from the first step; waits for its end when ``wait``."""
-        id = WORKFLOW.id_of(request.name)
-        key = _key(id)
-        self._runner.admit()
-        try:
-
-            async def step(txn: Transaction) -> workflow_pb2.Workflow:
-                record = await WORKFLOW.get(txn, request.name, principal)
-                check_etag(request.etag, record, request.name)
-                workflow = WORKFLOW.load(record)
-                if workflow.status == _RUNNING:
-                    raise FailedPrecondition(f"{request.name} is already running", reason="WORKFLOW_RUNNING")
-                for s in workflow.steps:
-                    check_agent(self._agents, s.agent)
-                now = self._clock()
-                workflow.status = _RUNNING
-                workflow.error_message = ""
-                del workflow.step_results[:]
-                workflow.step_results.extend(
-                    workflow_pb2.WorkflowStepResult(
-                        step_number=i + 1, agent=s.agent, status=workflow_pb2.STEP_STATUS_PENDING
-                    )
-                    for i, s in enumerate(workflow.steps)
-                )
-                workflow.start_time.CopyFrom(to_timestamp(now))
-                workflow.ClearField("end_time")
-                WORKFLOW.stamp(workflow, now=now)
-                fresh = record_of(record, WORKFLOW.record(workflow))
-                if not await txn.replace(WORKFLOWS, fresh, expected_etag=record.etag):
-                    raise Aborted(f"{request.name} changed meanwhile: retry", reason="CONCURRENT_UPDATE")
-                await self._runner.take(txn, key)
-                return workflow
-
-            workflow = await self._store.run(step)
-        except BaseException:
-            self._runner.release()
-            raise
-        self._runner.start(key, self._body(id))
-        if request.wait:
-            await asyncio.shield(self._runner.wait(key))
-            record = await self._store.get(WORKFLOWS, id)
-            if record is not None:
-                workflow = WORKFLOW.load(record)
-        return ws.ExecuteWorkflowResponse(workflow=workflow)
+        return ws.ExecuteWorkflowResponse(workflow=await self._execute(request, principal))
 
     async def cancel(
         self, request: ws.CancelWorkflowRequest, principal: Principal
     ) -> ws.CancelWorkflowResponse:
         """Ends a pending or running workflow as CANCELLED: the running step abandoned, the rest skipped."""
-        id = WORKFLOW.id_of(request.name)
-
-        async def step(txn: Transaction) -> workflow_pb2.Workflow:
-            record = await WORKFLOW.get(txn, request.name, principal)
-            check_etag(request.etag, record, request.name)
-            workflow = WORKFLOW.load(record)
-            if workflow.status not in (_PENDING, _RUNNING):
-                state = workflow_pb2.WorkflowStatus.Name(workflow.status)
-                raise FailedPrecondition(
-                    f"{request.name} has already finished ({state})",
-                    reason="WORKFLOW_FINISHED",
-                )
-            now = self._clock()
-            for result in workflow.step_results:
-                if result.status == workflow_pb2.STEP_STATUS_RUNNING:
-                    result.error_message = (
-                        f"attempt {result.attempts} was abandoned: the workflow was cancelled"
-                    )
-                    result.end_time.CopyFrom(to_timestamp(now))
-                    result.status = workflow_pb2.STEP_STATUS_SKIPPED
-                elif result.status == workflow_pb2.STEP_STATUS_PENDING:
-                    result.status = workflow_pb2.STEP_STATUS_SKIPPED
-            workflow.status = _CANCELLED
-            workflow.end_time.CopyFrom(to_timestamp(now))
-            WORKFLOW.stamp(workflow, now=now)
-            fresh = record_of(record, WORKFLOW.record(workflow))
-            if not await txn.replace(WORKFLOWS, fresh, expected_etag=record.etag):
-                raise Aborted(f"{request.name} changed meanwhile: retry", reason="CONCURRENT_UPDATE")
-            await self._runner.drop(txn, key=_key(id))
-            return workflow
-
-        workflow = await self._store.run(step)
-        self._runner.abandon(_key(id))
-        return ws.CancelWorkflowResponse(workflow=workflow)
+        return ws.CancelWorkflowResponse(workflow=await self._cancel(request, principal))
 
     # ---- running -------------------------------------------------------------------------
 
-    async def recover(self, id: str) -> Callable[[], Awaitable[None]] | None:
-        """Resumes a workflow whose worker died from its first unfinished step; None if not running."""
-
-        async def note(txn: Transaction) -> bool:
-            record = await txn.get(WORKFLOWS, id)
-            if record is None:
-                return False
-            workflow = WORKFLOW.load(record)
-            if workflow.status != _RUNNING:
-                return False
-            for result in workflow.step_results:
-                if result.status == workflow_pb2.STEP_STATUS_RUNNING:
-                    result.error_message = (
-                        f"attempt {result.attempts} was interrupted: the worker running it stopped"
-                    )
-            WORKFLOW.stamp(workflow, now=self._clock())
-            await txn.replace(
-                WORKFLOWS, record_of(record, WORKFLOW.record(workflow)), expected_etag=record.etag
+    def _reset(self, run: workflow_pb2.Workflow) -> None:
+        for s in run.steps:
+            check_agent(self._agents, s.agent)
+        run.error_message = ""
+        del run.step_results[:]
+        run.step_results.extend(
+            workflow_pb2.WorkflowStepResult(
+                step_number=i + 1, agent=s.agent, status=workflow_pb2.STEP_STATUS_PENDING
             )
-            return True
+            for i, s in enumerate(run.steps)
+        )
 
-        return self._body(id) if await self._store.run(note) else None
+    def _on_cancel(self, run: workflow_pb2.Workflow, now: float) -> None:
+        for result in run.step_results:
+            if result.status == workflow_pb2.STEP_STATUS_RUNNING:
+                result.error_message = f"attempt {result.attempts} was abandoned: the workflow was cancelled"
+                result.end_time.CopyFrom(to_timestamp(now))
+                result.status = workflow_pb2.STEP_STATUS_SKIPPED
+            elif result.status == workflow_pb2.STEP_STATUS_PENDING:
+                result.status = workflow_pb2.STEP_STATUS_SKIPPED
+
+    def _note(self, run: workflow_pb2.Workflow) -> bool:
+        for result in run.step_results:
+            if result.status == workflow_pb2.STEP_STATUS_RUNNING:
+                result.error_message = (
+                    f"attempt {result.attempts} was interrupted: the worker running it stopped"
+                )
+        return True
 
     def _body(self, id: str) -> Callable[[], Awaitable[None]]:
         async def body() -> None:
@@ -361,26 +245,6 @@ class Workflows:
                     await asyncio.sleep(pause)
 
         return body
-
-    async def _held(self, txn: Transaction, id: str) -> tuple[Record, workflow_pb2.Workflow] | None:
-        record = await txn.get(WORKFLOWS, id)
-        if record is None or not await self._runner.holds(txn, _key(id)):
-            return None
-        workflow = WORKFLOW.load(record)
-        if workflow.status != _RUNNING:
-            await self._runner.drop(txn, key=_key(id))
-            return None
-        return record, workflow
-
-    async def _write(
-        self, txn: Transaction, record: Record, workflow: workflow_pb2.Workflow, *, final: bool
-    ) -> None:
-        now = self._clock()
-        if final:
-            workflow.end_time.CopyFrom(to_timestamp(now))
-            await self._runner.drop(txn, key=_key(WORKFLOW.id_of(workflow.name)))
-        WORKFLOW.stamp(workflow, now=now)
-        await txn.replace(WORKFLOWS, record_of(record, WORKFLOW.record(workflow)), expected_etag=record.etag)
 
     def _fail_at(self, workflow: workflow_pb2.Workflow, index: int, status: int) -> None:
         """Step ``index`` ends with ``status``; the later steps are skipped and the workflow fails."""
