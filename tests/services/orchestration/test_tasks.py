@@ -11,6 +11,7 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from bhiv.orchestration.v1 import agent_pb2, task_pb2
@@ -308,3 +309,34 @@ async def test_customers_see_only_their_own_runs(tmp_path: Path) -> None:
         current_principal.set(None)
         staff = (await s.tasks.GetTask(ts.GetTaskRequest(name=created.name), metadata=ADMIN)).task
         assert staff.name == created.name
+
+
+async def test_a_run_whose_machinery_raises_ends_failed_not_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug or a store fault after the agent answered: the run must end FAILED at once, not stay
+    # RUNNING until its lease expires and then be resumed to raise again, for ever.
+    from bhiv_core.services.orchestration.tasks import Tasks
+
+    async def broken_end(self: Tasks, txn: object, *, id: str, outcome: object) -> float | None:
+        raise RuntimeError("simulated fault while recording the attempt")
+
+    monkeypatch.setattr(Tasks, "_end", broken_end)
+    async with serve_with_planner(tmp_path) as s:
+        task = (
+            await s.tasks.CreateTask(
+                ts.CreateTaskRequest(task=_task(agent="agents/planner", query="q")), metadata=OPS
+            )
+        ).task
+        done = (
+            await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=task.name, wait=True), metadata=OPS)
+        ).task
+        assert done.status == task_pb2.TASK_STATUS_FAILED
+        assert done.error_message.startswith("the run stopped on an internal error (RuntimeError)")
+        assert done.HasField("end_time")
+        # Ended, so it can be run again (the lease is gone): a second Execute is accepted.
+        monkeypatch.undo()
+        again = (
+            await s.tasks.ExecuteTask(ts.ExecuteTaskRequest(name=task.name, wait=True), metadata=OPS)
+        ).task
+        assert again.status == task_pb2.TASK_STATUS_SUCCEEDED

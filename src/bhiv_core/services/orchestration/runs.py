@@ -87,6 +87,10 @@ class RecoverableKind(Protocol):
         """The body that resumes run ``id`` (its lease now ours), or None when it is not running."""
         ...
 
+    async def fail(self, id: str, message: str) -> bool:
+        """Ends run ``id`` FAILED with ``message`` (its machinery raised); drops its lease."""
+        ...
+
 
 @dataclasses.dataclass
 class _Local:
@@ -215,8 +219,9 @@ class Runner:
                     await body()
             except asyncio.CancelledError:
                 pass
-            except Exception:
+            except Exception as exc:
                 log.exception("run %s failed unexpectedly", key)
+                await self._fail(key, exc)
             finally:
                 self._admitted -= 1
                 if self._local.get(key) is local:
@@ -224,6 +229,23 @@ class Runner:
                 local.done.set()
 
         local.task = asyncio.get_running_loop().create_task(run(), name=f"run {key}")
+
+    async def _fail(self, key: str, exc: Exception) -> None:
+        """Ends the run of ``key`` FAILED after its body raised, so it is not resumed to raise again.
+
+        Best effort: when even that fails (the store is down), the lease expires and another
+        worker resumes the run, which is right for a passing fault.
+        """
+        prefix, _, id = key.partition(":")
+        kind = self._kinds.get(prefix)
+        if kind is None:
+            return
+        try:
+            await kind.fail(
+                id, f"the run stopped on an internal error ({type(exc).__name__}); see the service log"
+            )
+        except Exception:
+            log.exception("could not mark run %s failed; its lease will expire", key)
 
     def running_here(self, key: str) -> bool:
         """Whether ``key`` runs (or waits) in this process."""
@@ -336,13 +358,20 @@ class Runner:
 
             try:
                 claimed = await self._store.run(claim)
-                body = await kind.recover(id) if claimed else None
             except Exception:
                 self.release()
-                log.exception("resuming run %s failed", record.id)
+                log.exception("claiming run %s failed", record.id)
                 continue
             if not claimed:
                 self.release()
+                continue
+            try:
+                body = await kind.recover(id)
+            except Exception as exc:
+                # The lease is ours now: fail the run rather than let it be claimed and raise again.
+                self.release()
+                log.exception("resuming run %s failed", record.id)
+                await self._fail(record.id, exc)
                 continue
             log.warning(
                 "took over run %s from %s",

@@ -73,6 +73,7 @@ class RunKind(Generic[M]):
     pending: int
     running: int
     cancelled: int
+    failed: int
     reason: str
     """The prefix of this kind's reasons: ``TASK`` gives ``TASK_RUNNING`` and ``TASK_FINISHED``."""
     status_name: Callable[[Any], str]
@@ -215,6 +216,9 @@ class RunKind(Generic[M]):
         """Notes in the run that its worker died; True when that changed it."""
         return False
 
+    def _on_fail(self, run: M, now: float) -> None:
+        """What failing on an internal error changes inside the run besides its status."""
+
     def _body(self, id: str) -> Callable[[], Awaitable[None]]:
         """The run's attempt loop, as the runner calls it."""
         raise NotImplementedError
@@ -239,6 +243,27 @@ class RunKind(Generic[M]):
             return True
 
         return self._body(id) if await self._store.run(note) else None
+
+    async def fail(self, id: str, message: str) -> bool:
+        """Ends run ``id`` FAILED with ``message`` when it is still running; drops its lease.
+
+        For a run whose machinery (not its agent) raised: without this it would stay RUNNING
+        until its lease expired, then be resumed, raise again, and so on for ever.
+        """
+
+        async def step(txn: Transaction) -> bool:
+            record = await txn.get(self.kind.collection, id)
+            run: Any = None if record is None else self.kind.load(record)
+            if record is None or run.status != self.running:
+                await self._runner.drop(txn, key=self._key(id))
+                return False
+            run.status = self.failed
+            run.error_message = message[:1000]
+            self._on_fail(run, self._clock())
+            await self._write(txn, record, run, final=True)
+            return True
+
+        return await self._store.run(step)
 
     async def _held(self, txn: Transaction, id: str) -> tuple[Record, M] | None:
         """The running run while this worker holds its lease; else None (the lease dropped)."""

@@ -191,6 +191,7 @@ class Tasks(RunKind[task_pb2.Task]):
     pending = _PENDING
     running = _RUNNING
     cancelled = _CANCELLED
+    failed = _FAILED
     reason = "TASK"
     status_name = staticmethod(task_pb2.TaskStatus.Name)
 

@@ -139,6 +139,7 @@ class Workflows(RunKind[workflow_pb2.Workflow]):
     pending = _PENDING
     running = _RUNNING
     cancelled = _CANCELLED
+    failed = _FAILED
     reason = "WORKFLOW"
     status_name = staticmethod(workflow_pb2.WorkflowStatus.Name)
 
@@ -217,6 +218,15 @@ class Workflows(RunKind[workflow_pb2.Workflow]):
                 result.error_message = f"attempt {result.attempts} was abandoned: the workflow was cancelled"
                 result.end_time.CopyFrom(to_timestamp(now))
                 result.status = workflow_pb2.STEP_STATUS_SKIPPED
+            elif result.status == workflow_pb2.STEP_STATUS_PENDING:
+                result.status = workflow_pb2.STEP_STATUS_SKIPPED
+
+    def _on_fail(self, run: workflow_pb2.Workflow, now: float) -> None:
+        for result in run.step_results:
+            if result.status == workflow_pb2.STEP_STATUS_RUNNING:
+                result.status = workflow_pb2.STEP_STATUS_FAILED
+                result.error_message = run.error_message
+                result.end_time.CopyFrom(to_timestamp(now))
             elif result.status == workflow_pb2.STEP_STATUS_PENDING:
                 result.status = workflow_pb2.STEP_STATUS_SKIPPED
 
