@@ -25,11 +25,11 @@ from bhiv.sentinel.v1 import alert_service_pb2 as als
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.rbac import RbacInterceptor, RolePolicy
 from bhiv_core.interceptors.validation import ValidationInterceptor
+from bhiv_core.outbound.signatures import verify_signature
 from bhiv_core.runtime.chain import chain_order
 from bhiv_core.runtime.contracts import services_of_package
 from bhiv_core.services.sentinel.alerts.delivery import Outcome
 from bhiv_core.services.sentinel.alerts.service import Alerts
-from bhiv_core.services.sentinel.alerts.transports import verify_signature
 from tests.harness import config_for, serving
 from tests.services.crm.conftest import AsCaller, Clock, as_, reason, refused, violations
 from tests.services.sentinel.alert_sinks import http_sink, self_signed, smtp_server

@@ -36,10 +36,10 @@ from bhiv.sentinel.v1 import threat_service_pb2 as ts
 from bhiv_core.interceptors.errors import ErrorMappingInterceptor
 from bhiv_core.interceptors.rbac import RbacInterceptor, RolePolicy
 from bhiv_core.interceptors.validation import ValidationInterceptor
+from bhiv_core.outbound.signatures import verify_signature
 from bhiv_core.runtime.chain import chain_order
 from bhiv_core.runtime.server import RunningService, start_service
 from bhiv_core.services.sentinel import server
-from bhiv_core.services.sentinel.alerts.transports import verify_signature
 from bhiv_core.services.sentinel.store import SqliteSentinelStore
 from tests.harness import config_for
 from tests.services.crm.conftest import AsCaller, as_, reason, refused, violations

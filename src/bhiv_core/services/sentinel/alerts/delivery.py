@@ -33,6 +33,7 @@ from typing import Any
 
 from bhiv.sentinel.v1 import alert_pb2, threat_pb2
 from bhiv_core.outbound.backoff import retry_delay
+from bhiv_core.outbound.signatures import SIGNATURE_HEADER, sign
 from bhiv_core.resources import Cmp, Eq, Filter, Record, ResourceStore, Transaction, new_etag
 from bhiv_core.runtime.errors import FieldViolation, InvalidArgument, NotFound
 from bhiv_core.runtime.times import to_timestamp
@@ -304,9 +305,7 @@ class AlertDispatcher:
         body = json.dumps(document).encode()
         headers = {"X-BHIV-Alert": alert.name}
         if destination.secret:
-            headers[transports.SIGNATURE_HEADER] = transports.sign(
-                destination.secret.encode(), int(self._clock()), body
-            )
+            headers[SIGNATURE_HEADER] = sign(destination.secret.encode(), int(self._clock()), body)
         await transports.post_json(destination.target, body, headers, seconds=timeout)
 
     async def run_due(self) -> float | None:

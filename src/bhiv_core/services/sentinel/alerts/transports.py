@@ -30,26 +30,16 @@ from urllib.parse import urlsplit
 
 from bhiv.sentinel.v1 import alert_pb2
 from bhiv_core.outbound.http import OutboundClient, OutboundError, OutboundPolicy, OutboundTimeout
-from bhiv_core.outbound.signatures import (
-    SIGNATURE_HEADER,
-    SIGNATURE_TOLERANCE_SECONDS,
-    sign,
-    verify_signature,
-)
 from bhiv_core.services.sentinel.alerts.config import SmtpRelay
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
     "REDACTED",
-    "SIGNATURE_HEADER",
-    "SIGNATURE_TOLERANCE_SECONDS",
     "DeliveryError",
     "post_json",
     "redact_target",
     "send_mail",
-    "sign",
     "target_problem",
-    "verify_signature",
 ]
 
 MAX_RESPONSE_BYTES = 64 * 1024
